@@ -1,0 +1,1 @@
+"""tokenyard: an OpenAI-compatible gateway in front of vLLM engines."""

@@ -1,0 +1,33 @@
+"""Small helpers every route module uses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from pydantic import BaseModel
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.protocol.common import ErrorResponse
+from gateway.state import AppState
+
+# Documented in the OpenAPI schema, so clients and fuzzers know every status we send.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": text}
+    for status, text in {
+        400: "Invalid request", 401: "Missing or wrong API key", 404: "Unknown model",
+        413: "Request body too large", 429: "Rate limited or overloaded",
+        500: "Internal error", 503: "Engine unavailable",
+    }.items()
+}
+
+
+def app_state(request: Request) -> AppState:
+    state: AppState = request.app.state.tokenyard
+    return state
+
+
+def json_response(body: BaseModel | dict[str, Any], status_code: int = 200) -> Response:
+    data = body.model_dump(mode="json") if isinstance(body, BaseModel) else body
+    return Response(orjson.dumps(data), status_code=status_code, media_type="application/json")

@@ -1,0 +1,51 @@
+"""POST /v1/chat/completions and /v1/completions: parse, call the service, stream or answer."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from gateway.api.common import ERROR_RESPONSES, app_state, json_response
+from gateway.api.streaming import ClientDisconnected, EventStreamResponse, until_disconnect
+from gateway.protocol.chat import ChatCompletion, ChatCompletionRequest
+from gateway.protocol.common import SamplingFields
+from gateway.protocol.completions import Completion, CompletionRequest
+from gateway.services import chat, completions
+from gateway.state import AppState
+
+router = APIRouter()
+
+_SSE_DOC: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/event-stream": {}}, "description": "JSON, or SSE when stream is true"}
+}
+
+
+async def _serve(
+    request: Request,
+    body: SamplingFields,
+    complete: Callable[[AppState, Any], Awaitable[Any]],
+    stream: Callable[[AppState, Any], Awaitable[AsyncIterator[bytes]]],
+) -> Response:
+    state = app_state(request)
+    disconnects = state.metrics.client_disconnects.labels(body.model)
+    try:
+        if body.stream:
+            events = await until_disconnect(request, stream(state, body))
+            return EventStreamResponse(events, on_disconnect=disconnects.inc)
+        return json_response(await until_disconnect(request, complete(state, body)))
+    except ClientDisconnected:
+        disconnects.inc()
+        return Response(status_code=499)  # nobody reads it; logs show why the request ended
+
+
+@router.post("/v1/chat/completions", response_model=ChatCompletion, responses={**ERROR_RESPONSES, **_SSE_DOC})
+async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
+    return await _serve(request, body, chat.complete, chat.stream)
+
+
+@router.post("/v1/completions", response_model=Completion, responses={**ERROR_RESPONSES, **_SSE_DOC})
+async def create_completion(body: CompletionRequest, request: Request) -> Response:
+    return await _serve(request, body, completions.complete, completions.stream)

@@ -1,0 +1,28 @@
+"""GET /v1/models and /v1/models/{id}."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from gateway.api.common import ERROR_RESPONSES, app_state, json_response
+from gateway.protocol.models import ModelCard, ModelList
+from gateway.state import AppState
+
+router = APIRouter()
+
+
+def _card(state: AppState, model: str) -> ModelCard:
+    info = state.model_info(model)
+    return ModelCard(id=info.name, created=state.started_at, max_model_len=info.max_model_len, root=info.root)
+
+
+@router.get("/v1/models", response_model=ModelList, responses=ERROR_RESPONSES)
+async def list_models(request: Request) -> Response:
+    state = app_state(request)
+    return json_response(ModelList(data=[_card(state, info.name) for info in state.all_models()]))
+
+
+@router.get("/v1/models/{model_id:path}", response_model=ModelCard, responses=ERROR_RESPONSES)
+async def retrieve_model(model_id: str, request: Request) -> Response:
+    return json_response(_card(app_state(request), model_id))

@@ -1,0 +1,88 @@
+"""create_app(settings): the whole application, built fresh; nothing happens at import time."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from engine_adapters.base import EngineAdapter
+from gateway.api import embeddings, generation, health, models
+from gateway.api.common import json_response
+from gateway.errors import GatewayError, InvalidRequest, error_payload, status_error
+from gateway.settings import Settings
+from gateway.state import AppState
+
+log = logging.getLogger(__name__)
+
+AdapterFactory = Callable[[Settings], Awaitable[dict[str, EngineAdapter]]]
+
+
+def _param(loc: tuple[object, ...]) -> str | None:
+    parts = [p for p in loc if p != "body"]
+    if not parts or not isinstance(parts[0], str):
+        return None
+    name = str(parts[0])
+    for part in parts[1:]:
+        name += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return name
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    async def gateway_error(request: Request, exc: Exception) -> Response:
+        if not isinstance(exc, GatewayError) or not exc.public_message:
+            log.error("unexpected error on %s", request.url.path, exc_info=exc)
+        status, body = error_payload(exc)
+        headers = {"retry-after": "1"} if status in (429, 503) else None
+        response = json_response(body, status)
+        if headers:
+            response.headers.update(headers)
+        return response
+
+    async def validation_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        first = exc.errors()[0] if exc.errors() else {}
+        if first.get("type") == "json_invalid":
+            return await gateway_error(request, InvalidRequest("The request body is not valid JSON."))
+        where = _param(tuple(first.get("loc", ())))
+        message = f"{where}: {first.get('msg', 'invalid value')}" if where else str(first.get("msg", "invalid request"))
+        return await gateway_error(request, InvalidRequest(message, param=where))
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        return await gateway_error(request, status_error(exc.status_code, str(exc.detail)))
+
+    app.add_exception_handler(GatewayError, gateway_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, gateway_error)
+
+
+def create_app(settings: Settings, adapter_factory: AdapterFactory | None = None) -> FastAPI:
+    """Build the app. `adapter_factory` starts the engines; by default, in-process vLLM per model."""
+    state = AppState(settings=settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from gateway.engines import start_adapters
+
+        state.adapters = await (adapter_factory or start_adapters)(settings)
+        state.ready = True
+        try:
+            yield
+        finally:
+            state.draining = True
+            for adapter in state.adapters.values():
+                await adapter.close(settings.drain_deadline_s)
+
+    app = FastAPI(title="tokenyard", version="0.1.0", lifespan=lifespan)
+    app.state.tokenyard = state
+    _install_error_handlers(app)
+    for module in (models, generation, embeddings, health):
+        app.include_router(module.router)
+    return app

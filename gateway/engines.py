@@ -1,0 +1,53 @@
+"""Turn model settings into started engine adapters."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from engine_adapters.base import EngineAdapter
+from engine_adapters.vllm_local import LocalModelSpec, VllmLocalAdapter
+from gateway.settings import BUILTIN_GEMMA, BUILTIN_MINILM, ModelSettings, Settings
+
+log = logging.getLogger(__name__)
+
+
+def resolve_path(model: ModelSettings, cache_dir: Path | None) -> str:
+    """A builtin:* model is prepared from its PyPI package (once, then cached)."""
+    if not model.model.startswith("builtin:"):
+        return model.model
+    from gateway import model_store
+
+    if model.model == BUILTIN_GEMMA:
+        return str(model_store.prepare_gemma(cache_dir))
+    if model.model == BUILTIN_MINILM:
+        return str(model_store.minilm_model_dir())
+    raise ValueError(f"unknown builtin model {model.model!r}")
+
+
+def local_spec(model: ModelSettings, path: str, publish_metrics: bool) -> LocalModelSpec:
+    template = model.chat_template.read_text() if model.chat_template else None
+    return LocalModelSpec(
+        name=model.name,
+        path=path,
+        kind=model.kind,
+        dtype=model.dtype,
+        max_model_len=model.max_model_len,
+        chat_template=template,
+        engine_args=dict(model.engine_args),
+        publish_metrics=publish_metrics,
+    )
+
+
+async def start_adapters(settings: Settings) -> dict[str, EngineAdapter]:
+    adapters: dict[str, EngineAdapter] = {}
+    # vLLM keeps its Prometheus metrics in a global registry, so only the first text engine publishes.
+    publisher = next((m.name for m in settings.models if m.kind == "generate"), None)
+    for model in settings.models:
+        path = await asyncio.to_thread(resolve_path, model, settings.cache_dir)
+        adapter = VllmLocalAdapter(local_spec(model, path, publish_metrics=model.name == publisher))
+        log.info("starting engine for %s from %s", model.name, path)
+        await adapter.start()
+        adapters[model.name] = adapter
+    return adapters

@@ -1,0 +1,117 @@
+"""The one error tree, and the one place an error becomes an OpenAI error body.
+
+    GatewayError                      500 api_error (message hidden from the client)
+    ├── InvalidRequest                400 invalid_request_error
+    │   └── ContextLengthExceeded     400 code=context_length_exceeded
+    ├── AuthenticationFailed          401 code=invalid_api_key
+    ├── NotFound                      404
+    │   └── ModelNotFound             404 code=model_not_found
+    ├── PayloadTooLarge               413
+    ├── RateLimited                   429 code=rate_limit_exceeded      (retryable)
+    └── EngineUnavailable             503 code=engine_unavailable      (retryable)
+
+Engine adapters raise these too; they import nothing but this module.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class GatewayError(Exception):
+    status = 500
+    type = "api_error"
+    code: str | None = None
+    retryable = False
+    # Only a subclass's message is written for the client; an unexpected error
+    # gets a generic text and its details stay in the log.
+    public_message = False
+
+    def __init__(self, message: str = "", *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message or self.__class__.__name__)
+        self.message = message or self.__class__.__name__
+        self.param = param
+        if code is not None:
+            self.code = code
+
+
+class InvalidRequest(GatewayError):
+    status = 400
+    type = "invalid_request_error"
+    public_message = True
+
+
+class ContextLengthExceeded(InvalidRequest):
+    code = "context_length_exceeded"
+
+
+class AuthenticationFailed(GatewayError):
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+    public_message = True
+
+
+class NotFound(GatewayError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+    public_message = True
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+    def __init__(self, model: str) -> None:
+        super().__init__(f"The model `{model}` does not exist.", param="model")
+
+
+class PayloadTooLarge(GatewayError):
+    status = 413
+    type = "invalid_request_error"
+    code = "payload_too_large"
+    public_message = True
+
+
+class RateLimited(GatewayError):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+    retryable = True
+    public_message = True
+
+
+class EngineUnavailable(GatewayError):
+    status = 503
+    type = "service_unavailable_error"
+    code = "engine_unavailable"
+    retryable = True
+    public_message = True
+
+
+GENERIC_MESSAGE = "The server had an error while processing your request."
+
+
+def error_payload(exc: BaseException) -> tuple[int, dict[str, Any]]:
+    """Map any exception to (HTTP status, OpenAI error body)."""
+    if not isinstance(exc, GatewayError):
+        exc = GatewayError()
+    message = exc.message if exc.public_message else GENERIC_MESSAGE
+    body = {"error": {"message": message, "type": exc.type, "param": exc.param, "code": exc.code}}
+    return exc.status, body
+
+
+def status_error(status: int, message: str, *, param: str | None = None) -> GatewayError:
+    """Build the error of our tree that an HTTP status stands for (for upstream and framework errors)."""
+    by_status: dict[int, type[GatewayError]] = {
+        400: InvalidRequest,
+        401: AuthenticationFailed,
+        404: NotFound,
+        413: PayloadTooLarge,
+        429: RateLimited,
+        503: EngineUnavailable,
+    }
+    cls = by_status.get(status)
+    if cls is None:
+        return InvalidRequest(message, param=param) if 400 <= status < 500 else GatewayError(message)
+    return cls(message, param=param)

@@ -1,0 +1,1 @@
+"""OpenAI wire models. They import nothing else from this project."""

@@ -1,0 +1,172 @@
+"""Legacy completions: one engine request per prompt, choices numbered prompt by prompt."""
+
+from __future__ import annotations
+
+import math
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine_adapters.base import Chunk, GenerateRequest, TokenLogprob
+from gateway.errors import InvalidRequest
+from gateway.protocol.common import Usage
+from gateway.protocol.completions import Completion, CompletionChoice, CompletionLogprobs, CompletionRequest
+from gateway.services.generation import (
+    DONE,
+    MeteredStream,
+    finish_reason,
+    first_and_rest,
+    merged,
+    new_id,
+    sampling_options,
+    sse,
+    sse_error,
+)
+from gateway.state import AppState
+
+ROUTE = "/v1/completions"
+
+
+def _prompts(req: CompletionRequest) -> list[str | list[int]]:
+    prompt = req.prompt
+    if isinstance(prompt, str):
+        return [prompt]
+    if not prompt:
+        raise InvalidRequest("The prompt is empty.", param="prompt")
+    if all(isinstance(p, int) for p in prompt):
+        return [list(prompt)]  # type: ignore[arg-type]
+    return list(prompt)  # type: ignore[arg-type]
+
+
+def _validate(req: CompletionRequest) -> None:
+    if req.suffix:
+        raise InvalidRequest("suffix is not supported by this server.", param="suffix")
+    if req.best_of is not None and req.best_of != req.n:
+        raise InvalidRequest("best_of other than n is not supported.", param="best_of")
+
+
+@dataclass
+class ChoiceState:
+    """Text and logprobs of one choice, grown chunk by chunk."""
+
+    echo_text: str | None = None
+    offset: int = 0
+    tokens: int = 0
+    reason: str | None = None
+    text: list[str] = field(default_factory=list)
+    logprobs: dict[str, list[Any]] = field(
+        default_factory=lambda: {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+    )
+
+    def add_logprobs(self, entries: list[TokenLogprob | None]) -> dict[str, list[Any]]:
+        part: dict[str, list[Any]] = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+        for entry in entries:
+            if entry is None:
+                continue
+            known = not math.isnan(entry.logprob)
+            part["tokens"].append(entry.token)
+            part["token_logprobs"].append(entry.logprob if known else None)
+            part["top_logprobs"].append(dict(entry.top) if known else None)
+            part["text_offset"].append(self.offset)
+            self.offset += len(entry.token)
+        for key, values in part.items():
+            self.logprobs[key].extend(values)
+        return part
+
+
+class CompletionRun:
+    def __init__(self, state: AppState, req: CompletionRequest) -> None:
+        _validate(req)
+        self.req = req
+        self.id = new_id("cmpl")
+        self.prompts = _prompts(req)
+        echo_logprobs = (req.logprobs or 0) if req.echo else None
+        options = sampling_options(req, max_tokens=req.max_tokens, logprobs=req.logprobs,
+                                   prompt_logprobs=echo_logprobs)
+        adapter = state.adapter_for(req.model)
+        self.metered = [
+            MeteredStream(state, adapter, GenerateRequest(f"{self.id}-{i}", req.model, options, prompt=p), ROUTE)
+            for i, p in enumerate(self.prompts)
+        ]
+        self.choices: dict[int, ChoiceState] = {}
+        self.prompt_tokens: dict[int, int] = {}
+
+    def chunks(self) -> AsyncIterator[Chunk]:
+        offsets = [i * self.req.n for i in range(len(self.prompts))]
+        return merged([m.chunks() for m in self.metered], offsets)
+
+    def apply(self, chunk: Chunk) -> tuple[str, dict[str, list[Any]] | None]:
+        """Fold a chunk into its choice; return the text and logprobs it adds for the client."""
+        choice = self.choices.setdefault(chunk.index, ChoiceState())
+        self.prompt_tokens[chunk.index // self.req.n] = chunk.prompt_tokens
+        choice.tokens = chunk.completion_tokens
+        choice.reason = finish_reason(chunk.finish_reason) or choice.reason
+        text = chunk.text
+        part = None
+        if chunk.prompt_text is not None and self.req.echo:
+            prompt = self.prompts[chunk.index // self.req.n]
+            text = (prompt if isinstance(prompt, str) else chunk.prompt_text) + text
+            if self.req.logprobs is not None:
+                part = choice.add_logprobs(list(chunk.prompt_logprobs or []))
+        if self.req.logprobs is not None:
+            more = choice.add_logprobs(list(chunk.logprobs or []))
+            part = {k: (part[k] if part else []) + v for k, v in more.items()}
+        choice.text.append(text)
+        return text, part
+
+    def usage(self) -> Usage:
+        prompt = sum(self.prompt_tokens.values())
+        completion = sum(c.tokens for c in self.choices.values())
+        return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+
+    def record(self, status: int) -> None:
+        usage = self.usage()
+        self.metered[0].record(status, usage.prompt_tokens, usage.completion_tokens)
+
+
+async def complete(state: AppState, req: CompletionRequest) -> Completion:
+    run = CompletionRun(state, req)
+    async for chunk in run.chunks():
+        run.apply(chunk)
+    run.record(200)
+    choices = [
+        CompletionChoice(
+            index=i,
+            text="".join(c.text),
+            logprobs=CompletionLogprobs(**c.logprobs) if req.logprobs is not None else None,
+            finish_reason=c.reason or "stop",  # type: ignore[arg-type]
+        )
+        for i, c in sorted(run.choices.items())
+    ]
+    return Completion(id=run.id, created=int(time.time()), model=req.model, choices=choices, usage=run.usage())
+
+
+async def stream(state: AppState, req: CompletionRequest) -> AsyncIterator[bytes]:
+    run = CompletionRun(state, req)
+    chunks = await first_and_rest(run.chunks())
+    return _events(run, chunks)
+
+
+async def _events(run: CompletionRun, chunks: AsyncIterator[Chunk]) -> AsyncIterator[bytes]:
+    req = run.req
+    include_usage = bool(req.stream_options and req.stream_options.include_usage)
+    head = {"id": run.id, "object": "text_completion", "created": int(time.time()), "model": req.model}
+    extra = {"usage": None} if include_usage else {}
+    try:
+        async with contextlib.aclosing(chunks):  # type: ignore[type-var]
+            async for chunk in chunks:
+                text, logprobs = run.apply(chunk)
+                reason = finish_reason(chunk.finish_reason)
+                if text or logprobs or reason:
+                    choice = {"index": chunk.index, "text": text, "logprobs": logprobs, "finish_reason": reason}
+                    yield sse({**head, "choices": [choice], **extra})
+    except Exception as exc:
+        run.record(500)
+        yield sse_error(exc)
+        return
+    run.record(200)
+    if include_usage:
+        yield sse({**head, "choices": [], "usage": run.usage().model_dump()})
+    yield DONE

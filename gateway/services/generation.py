@@ -1,0 +1,175 @@
+"""What chat and completions share: sampling options, the metered engine stream, SSE framing."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from engine_adapters.base import Chunk, EngineAdapter, GenerateRequest, SamplingOptions
+from gateway.errors import GatewayError, InvalidRequest, error_payload
+from gateway.protocol.common import SamplingFields
+from gateway.state import AppState
+
+log = logging.getLogger(__name__)
+
+DONE = b"data: [DONE]\n\n"
+FINISH_REASONS = {"stop", "length", "content_filter", "tool_calls"}
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def sse(payload: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+def sse_error(exc: BaseException) -> bytes:
+    if not isinstance(exc, GatewayError):
+        log.error("stream failed after it began", exc_info=exc)
+    return sse(error_payload(exc)[1])
+
+
+def finish_reason(reason: str | None) -> str | None:
+    if reason is None:
+        return None
+    return reason if reason in FINISH_REASONS else "stop"
+
+
+def sampling_options(req: SamplingFields, *, max_tokens: int | None, logprobs: int | None,
+                     prompt_logprobs: int | None = None) -> SamplingOptions:
+    stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
+    return SamplingOptions(
+        n=req.n,
+        max_tokens=max_tokens,
+        temperature=req.temperature,
+        top_p=req.top_p if req.top_p else (None if req.top_p is None else 1e-9),
+        top_k=req.top_k,
+        min_p=req.min_p,
+        seed=req.seed,
+        presence_penalty=req.presence_penalty,
+        frequency_penalty=req.frequency_penalty,
+        repetition_penalty=req.repetition_penalty,
+        stop=stop,
+        stop_token_ids=tuple(req.stop_token_ids or ()),
+        include_stop_str_in_output=req.include_stop_str_in_output,
+        ignore_eos=req.ignore_eos,
+        min_tokens=req.min_tokens,
+        logit_bias=_logit_bias(req.logit_bias),
+        logprobs=logprobs,
+        prompt_logprobs=prompt_logprobs,
+        skip_special_tokens=req.skip_special_tokens,
+    )
+
+
+def _logit_bias(bias: dict[str, float] | None) -> dict[int, float] | None:
+    if not bias:
+        return None
+    try:
+        return {int(token): value for token, value in bias.items()}
+    except ValueError:
+        raise InvalidRequest("logit_bias keys must be token ids.", param="logit_bias") from None
+
+
+class MeteredStream:
+    """One engine request: metrics around it, and an abort when it is left unfinished."""
+
+    def __init__(self, state: AppState, adapter: EngineAdapter, request: GenerateRequest, route: str) -> None:
+        self.state, self.adapter, self.request, self.route = state, adapter, request, route
+        self.started = time.perf_counter()
+        self.finished = False
+        self._last_chunk_at: float | None = None
+
+    async def chunks(self) -> AsyncIterator[Chunk]:
+        metrics, model = self.state.metrics, self.request.model
+        metrics.in_flight.labels(model).inc()
+        try:
+            async for chunk in self.adapter.generate(self.request):
+                self._observe(chunk)
+                yield chunk
+            self.finished = True
+        finally:
+            metrics.in_flight.labels(model).dec()
+            if not self.finished:
+                await self._abort()
+
+    def _observe(self, chunk: Chunk) -> None:
+        now = time.perf_counter()
+        metrics, model = self.state.metrics, self.request.model
+        if self._last_chunk_at is None:
+            metrics.time_to_first_token.labels(model).observe(now - self.started)
+        else:
+            metrics.inter_token_latency.labels(model).observe(now - self._last_chunk_at)
+        self._last_chunk_at = now
+
+    async def _abort(self) -> None:
+        # Shielded: this runs while the task is being cancelled by a client disconnect.
+        try:
+            await asyncio.shield(self.adapter.abort(self.request.request_id))
+        except Exception:
+            log.warning("abort failed for %s", self.request.request_id, exc_info=True)
+
+    def record(self, status: int, prompt_tokens: int, completion_tokens: int) -> None:
+        metrics, model = self.state.metrics, self.request.model
+        metrics.requests.labels(model, self.route, str(status)).inc()
+        metrics.request_duration.labels(model, self.route).observe(time.perf_counter() - self.started)
+        metrics.prompt_tokens.labels(model).inc(prompt_tokens)
+        metrics.completion_tokens.labels(model).inc(completion_tokens)
+
+
+async def merged(streams: list[AsyncIterator[Chunk]], index_offsets: list[int]) -> AsyncIterator[Chunk]:
+    """Interleave several prompts' streams; choice indices are shifted so they stay unique."""
+    if len(streams) == 1:
+        async for chunk in streams[0]:
+            yield chunk
+        return
+    queue: asyncio.Queue[tuple[int, Chunk | BaseException | None]] = asyncio.Queue()
+
+    async def pump(slot: int, stream: AsyncIterator[Chunk]) -> None:
+        try:
+            async for chunk in stream:
+                await queue.put((slot, chunk))
+            await queue.put((slot, None))
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            await queue.put((slot, exc))
+
+    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        remaining = len(tasks)
+        while remaining:
+            slot, item = await queue.get()
+            if item is None:
+                remaining -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                item.index += index_offsets[slot]
+                yield item
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def first_and_rest(stream: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
+    """Pull the first chunk now, so errors before any output become a plain HTTP error."""
+    first = await anext(stream)
+
+    async def rest() -> AsyncIterator[Chunk]:
+        async with contextlib.aclosing(stream):  # type: ignore[type-var]
+            yield first
+            async for chunk in stream:
+                yield chunk
+
+    return rest()
+
+
+Encoder = Callable[[AsyncIterator[Chunk]], AsyncIterator[bytes]]
+Starter = Callable[[], Awaitable[AsyncIterator[Chunk]]]

@@ -1,0 +1,43 @@
+"""AppState: everything one app instance owns, handed around explicitly."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from engine_adapters.base import EngineAdapter, ModelInfo
+from gateway.errors import EngineUnavailable, ModelNotFound
+from gateway.observability.metrics import Metrics
+from gateway.settings import Settings
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    metrics: Metrics = field(default_factory=Metrics)
+    adapters: dict[str, EngineAdapter] = field(default_factory=dict)  # served model name -> adapter
+    started_at: int = field(default_factory=lambda: int(time.time()))
+    ready: bool = False
+    draining: bool = False
+
+    def adapter_for(self, model: str, kind: str = "generate") -> EngineAdapter:
+        adapter = self.adapters.get(model)
+        if adapter is None or self.model_info(model).kind != kind:
+            raise ModelNotFound(model)
+        if not self.ready or self.draining:
+            raise EngineUnavailable("The server is not ready to serve requests.")
+        return adapter
+
+    def model_info(self, model: str) -> ModelInfo:
+        adapter = self.adapters.get(model)
+        for info in adapter.models() if adapter else []:
+            if info.name == model:
+                return info
+        raise ModelNotFound(model)
+
+    def all_models(self) -> list[ModelInfo]:
+        seen: dict[str, ModelInfo] = {}
+        for adapter in self.adapters.values():
+            for info in adapter.models():
+                seen.setdefault(info.name, info)
+        return list(seen.values())
