@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,7 @@ class VllmLocalAdapter:
         self._max_model_len: int | None = spec.max_model_len
 
     async def start(self) -> None:
+        _engine_env_defaults()
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -203,6 +205,20 @@ class VllmLocalAdapter:
         if final is None:
             raise EngineUnavailable("The engine returned no embedding.")
         return [float(x) for x in final.outputs.data.tolist()]
+
+
+def _engine_env_defaults() -> None:
+    """Settings proven on small CPU machines; anything the operator set wins."""
+    cores = sorted(os.sched_getaffinity(0))
+    defaults = {
+        "HF_HUB_OFFLINE": "1",  # weights come from disk or packages, never from a hub
+        "VLLM_CPU_KVCACHE_SPACE": "2",
+        "VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, cores)),
+        "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+        "VLLM_HOST_IP": "127.0.0.1",
+    }
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)
 
 
 def _sampling_params(opts: SamplingOptions, max_tokens: int) -> Any:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from typing import Any
+
+from fastapi import APIRouter, Body, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 from starlette.responses import Response
 
 from gateway.api.common import ERROR_RESPONSES, app_state, json_response
@@ -18,7 +22,10 @@ async def create_embedding(body: EmbeddingRequest, request: Request) -> Response
 
 
 @router.post("/v1/engines/{model}/embeddings", response_model=EmbeddingResponse, responses=ERROR_RESPONSES)
-async def create_engine_embedding(model: str, body: EmbeddingRequest, request: Request) -> Response:
-    # The path names the model; it wins over the body's, as in OpenAI's old engines API.
-    body = body.model_copy(update={"model": model})
-    return json_response(await embeddings.create(app_state(request), body))
+async def create_engine_embedding(model: str, request: Request, body: dict[str, Any] = Body()) -> Response:
+    # The path names the model (OpenAI's old engines API), so the body need not.
+    try:
+        parsed = EmbeddingRequest.model_validate({**body, "model": model})
+    except ValidationError as exc:
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
+    return json_response(await embeddings.create(app_state(request), parsed))

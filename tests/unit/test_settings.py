@@ -1,0 +1,48 @@
+"""Settings precedence (CLI > env > YAML > defaults) and the shipped YAML examples."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.cli import _parser, settings_from_args
+from gateway.settings import BUILTIN_GEMMA, Settings
+
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
+
+
+def test_defaults_serve_the_embedded_models() -> None:
+    settings = Settings()
+    assert (settings.host, settings.port) == ("127.0.0.1", 8000)
+    assert [m.model for m in settings.models][0] == BUILTIN_GEMMA
+    assert {m.kind for m in settings.models} == {"generate", "embed"}
+
+
+def test_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("host: 10.0.0.1\nport: 9000\nlog_level: debug\n")
+    assert Settings(config=config).port == 9000  # YAML over defaults
+    monkeypatch.setenv("TOKENYARD_PORT", "9100")
+    assert Settings(config=config).port == 9100  # env over YAML
+    args = _parser().parse_args(["serve", "--config", str(config), "--port", "9200"])
+    settings = settings_from_args(args)
+    assert settings.port == 9200  # CLI over env
+    assert settings.host == "10.0.0.1" and settings.log_level == "debug"
+
+
+def test_cli_model_replaces_the_model_list() -> None:
+    args = _parser().parse_args(["serve", "--model", "/models/x", "--served-model-name", "x", "--max-model-len", "512"])
+    settings = settings_from_args(args)
+    assert [(m.name, m.model, m.max_model_len) for m in settings.models] == [("x", "/models/x", 512)]
+
+
+def test_missing_config_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        Settings(config=tmp_path / "absent.yaml")
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_example_configs_load(path: Path) -> None:
+    settings = Settings(config=path)
+    assert settings.models and all(m.name for m in settings.models)
