@@ -156,13 +156,16 @@ class VllmLocalAdapter:
         if request.sampling.logprobs is not None and comp.logprobs is not None:
             chunk.logprobs = _token_logprobs(comp.token_ids, comp.logprobs, request.sampling.logprobs)
         if first and request.sampling.prompt_logprobs is not None:
-            chunk.prompt_text = self._tokenizer.decode(out.prompt_token_ids)
+            chunk.prompt_text = self._tokenizer.decode(out.prompt_token_ids, skip_special_tokens=True)
             chunk.prompt_logprobs = self._prompt_logprobs(out, request.sampling.prompt_logprobs)
         return chunk
 
     def _prompt_logprobs(self, out: Any, top: int) -> list[TokenLogprob | None]:
         ids = out.prompt_token_ids
         positions = list(out.prompt_logprobs or [None] * len(ids))
+        if ids and ids[0] == self._tokenizer.bos_token_id:
+            # BOS is not part of the echoed text, and it is the one token with no logprob.
+            ids, positions = ids[1:], positions[1:]
         result: list[TokenLogprob | None] = []
         for token_id, position in zip(ids, positions):
             if not position:
@@ -251,7 +254,7 @@ def _sampling_params(opts: SamplingOptions, max_tokens: int) -> Any:
             output_kind=RequestOutputKind.DELTA,
             **{key: value for key, value in optional.items() if value is not None},
         )
-    except (ValueError, TypeError) as exc:
+    except Exception as exc:  # vLLM's own validation (VLLMValidationError, ValueError)
         raise InvalidRequest(str(exc)) from exc
 
 

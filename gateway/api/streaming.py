@@ -44,6 +44,8 @@ class EventStreamResponse(Response):
 
     def __init__(self, events: AsyncIterator[bytes], on_disconnect: Callable[[], None] | None = None) -> None:
         super().__init__(headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+        # The body is streamed, so no content-length (Response set one for its empty body).
+        self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
         self.events = events
         self.on_disconnect = on_disconnect
 

@@ -46,7 +46,7 @@ def test_non_stream_disconnect_aborts(http: httpx.Client) -> None:
 
     def request() -> None:
         try:
-            httpx.post(f"{http.base_url}v1/completions", json=LONG, timeout=3)
+            httpx.post(http.base_url.join("/v1/completions"), json=LONG, timeout=3)
         except httpx.TimeoutException:
             pass
         done.set()

@@ -35,9 +35,11 @@ def test_multi_turn_chat(client: openai.OpenAI) -> None:
 
 
 def test_end_of_turn_stops_generation(client: openai.OpenAI) -> None:
-    reply = chat(client, temperature=0, max_tokens=200)
+    # Force <end_of_turn> (id 106) as the first token: the turn must end there, unprinted.
+    reply = chat(client, temperature=0, max_tokens=50, logit_bias={"106": 100})
     choice = reply.choices[0]
-    assert choice.finish_reason == "stop" and reply.usage and reply.usage.completion_tokens < 200
+    assert choice.finish_reason == "stop" and choice.message.content == ""
+    assert reply.usage and reply.usage.completion_tokens == 1
 
 
 def test_stream_framing(http: httpx.Client) -> None:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import httpx
 import openai
+import pytest
 
 from tests.conftest import TEXT_MODEL
 from tests.e2e.sse import post_stream
 
-PROMPT = "The capital of France is"
+PROMPT = "The Eiffel Tower is located in the city of"
 
 
 def complete(client: openai.OpenAI, **kwargs: object) -> openai.types.Completion:
@@ -21,7 +22,7 @@ def test_greedy_completion_reads_well(client: openai.OpenAI) -> None:
     assert reply.object == "text_completion" and reply.id.startswith("cmpl-")
     assert "Paris" in reply.choices[0].text
     assert reply.choices[0].finish_reason in ("stop", "length")
-    assert reply.usage and reply.usage.prompt_tokens == 6  # BOS + 5 words
+    assert reply.usage and reply.usage.prompt_tokens == 10  # BOS + 9 tokens
 
 
 def test_logprobs(client: openai.OpenAI) -> None:
@@ -41,9 +42,9 @@ def test_echo(client: openai.OpenAI) -> None:
     assert echoed == PROMPT + plain
     with_logprobs = complete(client, echo=True, logprobs=1).choices[0]
     lp = with_logprobs.logprobs
-    assert lp and lp.token_logprobs and lp.token_logprobs[0] is None
-    assert all(v is not None for v in lp.token_logprobs[1:])
-    assert with_logprobs.text == PROMPT + plain
+    assert lp and lp.tokens and lp.token_logprobs and lp.text_offset
+    assert "".join(lp.tokens) == with_logprobs.text == PROMPT + plain
+    assert lp.text_offset[0] == 0 and lp.text_offset == sorted(lp.text_offset)
 
 
 def test_stream_framing(http: httpx.Client) -> None:
@@ -68,14 +69,26 @@ def test_stream_with_sdk(loose_client: openai.OpenAI, client: openai.OpenAI) -> 
 
 
 def test_batched_prompts_and_n(client: openai.OpenAI) -> None:
-    reply = complete(client, prompt=[PROMPT, "One, two, three,"], n=2, max_tokens=4)
+    reply = complete(client, prompt=[PROMPT, "One, two, three,"], n=2, max_tokens=4, temperature=1.0, seed=7)
     assert sorted(c.index for c in reply.choices) == [0, 1, 2, 3]
-    assert reply.choices[0].text == reply.choices[1].text  # greedy: both samples of prompt 0 agree
-    assert reply.choices[0].text != reply.choices[2].text
+    assert all(c.text for c in reply.choices)
+    single = complete(client, prompt="One, two, three,", max_tokens=1).usage
+    assert single and reply.usage and reply.usage.prompt_tokens == 10 + single.prompt_tokens
+
+
+def test_greedy_with_n_above_one_is_a_clear_400(client: openai.OpenAI) -> None:
+
+    with pytest.raises(openai.BadRequestError, match="greedy"):
+        complete(client, n=2)
 
 
 def test_token_id_prompt(client: openai.OpenAI) -> None:
-    by_text = complete(client, logprobs=0)
-    ids = complete(client, prompt=[2, 651, 6333, 529, 7001, 563], echo=True)
-    assert ids.usage and ids.usage.prompt_tokens == 6
-    assert ids.choices[0].text.endswith(by_text.choices[0].text)
+    from transformers import AutoTokenizer
+
+    from gateway.model_store import prepare_gemma
+
+    token_ids = AutoTokenizer.from_pretrained(prepare_gemma()).encode(PROMPT)
+    by_text = complete(client)
+    by_ids = complete(client, prompt=token_ids, echo=True)
+    assert by_ids.usage and by_ids.usage.prompt_tokens == len(token_ids) == 10
+    assert by_ids.choices[0].text == PROMPT + by_text.choices[0].text

@@ -36,7 +36,8 @@ def test_python_example(server: Server, code: str) -> None:
 
 @pytest.mark.parametrize("code", CURLS)
 def test_curl_example(server: Server, code: str) -> None:
-    result = subprocess.run(["bash", "-c", _local(code, server) + " --silent --fail-with-body"],
+    command = _local(code, server).replace("curl ", "curl --silent --fail-with-body ", 1)
+    result = subprocess.run(["bash", "-c", command],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     body = json.loads(result.stdout)

