@@ -10,7 +10,7 @@ TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 STAMP := $(VENV)/.installed-$(ENGINE)
 ARGS ?=
 
-.PHONY: install serve test models clean
+.PHONY: install serve test models tools clean
 
 install: $(STAMP)
 
@@ -33,7 +33,13 @@ models: $(STAMP)
 serve: models
 	$(PY) -m gateway serve $(ARGS)
 
-test: $(STAMP)
+# promtool lints /metrics in the tests (Debian package prometheus).
+tools:
+	@command -v promtool >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } || \
+		{ echo "promtool is missing: install the Debian package prometheus"; exit 1; }
+
+test: $(STAMP) tools
 	$(PY) -m pytest $(ARGS)
 
 clean:
