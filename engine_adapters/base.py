@@ -9,8 +9,14 @@ are separate protocols. Nothing here imports vLLM, FastAPI or httpx.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
+
+
+# The priority of the request being served. The admission middleware sets it from x-priority or the
+# body's `priority`, so the services need not thread it through to every GenerateRequest they build.
+REQUEST_PRIORITY: ContextVar[int] = ContextVar("tokenyard_request_priority", default=0)
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,13 @@ class GenerateRequest:
     prompt: str | list[int] | None = None
     messages: list[dict[str, Any]] | None = None  # chat: the adapter applies the template
     add_generation_prompt: bool = True
+    # vLLM's scheduling priority (lower runs sooner); set per request by the gateway's admission control.
+    priority: int = field(default_factory=lambda: REQUEST_PRIORITY.get())
+    # Router mode: session affinity key (the x-session-id header, else the `user` field).
+    routing_key: str | None = None
+    # False when the caller sends nothing to the client until the output is complete, so a
+    # router may retry a failure at any point rather than only before the first chunk.
+    stream: bool = True
 
 
 @dataclass(frozen=True)

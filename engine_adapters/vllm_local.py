@@ -46,7 +46,7 @@ class VllmLocalAdapter:
             model=self.spec.path,
             served_model_name=[self.spec.name],
             dtype=self.spec.dtype,  # type: ignore[arg-type]
-            max_model_len=self.spec.max_model_len,
+            max_model_len=self.spec.max_model_len,  # type: ignore[arg-type]  # None: the model's own
             runner="pooling" if self.spec.kind == "embed" else "auto",
             disable_log_stats=not self.spec.publish_metrics,
             **{"enforce_eager": True, **self.spec.engine_args},
@@ -133,7 +133,10 @@ class VllmLocalAdapter:
         params = _sampling_params(request.sampling, max_tokens)
         counts: dict[int, int] = {}
         try:
-            stream = self._engine.generate({"prompt_token_ids": ids}, params, request.request_id)
+            # vLLM reads priority only under scheduling_policy "priority"; under its default (fcfs) it is not passed.
+            by_priority = self.spec.engine_args.get("scheduling_policy") == "priority"
+            extra = {"priority": request.priority} if by_priority else {}
+            stream = self._engine.generate({"prompt_token_ids": ids}, params, request.request_id, **extra)
             async for out in stream:
                 for comp in out.outputs:
                     yield self._chunk(out, comp, counts, request, len(ids))
@@ -228,7 +231,7 @@ def _sampling_params(opts: SamplingOptions, max_tokens: int) -> Any:
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind
 
-    optional = {
+    optional: dict[str, Any] = {
         "temperature": opts.temperature,
         "top_p": opts.top_p,
         "top_k": opts.top_k,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -12,9 +13,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from engine_adapters.base import EngineAdapter
+from gateway import middleware
 from gateway.api import embeddings, generation, health, models
 from gateway.api.common import json_response
 from gateway.errors import GatewayError, InvalidRequest, error_payload, status_error
+from gateway.lifecycle import Drain
 from gateway.settings import Settings
 from gateway.state import AppState
 
@@ -63,6 +66,23 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, gateway_error)
 
 
+def _document_validation_as_400(app: FastAPI) -> None:
+    """Validation errors are answered 400 (OpenAI's way), so FastAPI's default 422 leaves the schema."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            for operations in schema.get("paths", {}).values():
+                for operation in operations.values():
+                    operation.get("responses", {}).pop("422", None)
+            for name in ("HTTPValidationError", "ValidationError"):
+                schema.get("components", {}).get("schemas", {}).pop(name, None)
+        return app.openapi_schema or {}
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def create_app(settings: Settings, adapter_factory: AdapterFactory | None = None) -> FastAPI:
     """Build the app. `adapter_factory` starts the engines; by default, in-process vLLM per model."""
     state = AppState(settings=settings)
@@ -72,17 +92,22 @@ def create_app(settings: Settings, adapter_factory: AdapterFactory | None = None
         from gateway.engines import start_adapters
 
         state.adapters = await (adapter_factory or start_adapters)(settings)
+        # A lifespan may run again on the same app (test clients do): start undrained.
+        state.draining, state.drain = False, Drain()
         state.ready = True
         try:
             yield
         finally:
             state.draining = True
             for adapter in state.adapters.values():
-                await adapter.close(settings.drain_deadline_s)
+                # What is left of the drain deadline: after a SIGTERM drain, the requests are done already.
+                await adapter.close(state.drain.time_left(settings.drain_deadline_s))
 
     app = FastAPI(title="tokenyard", version="0.1.0", lifespan=lifespan)
     app.state.tokenyard = state
     _install_error_handlers(app)
+    _document_validation_as_400(app)
+    middleware.install(app, state)
     for module in (models, generation, embeddings, health):
         app.include_router(module.router)
     return app

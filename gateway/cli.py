@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import logging
+import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,53 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--dtype")
     serve.add_argument("--max-model-len", type=int)
     serve.add_argument("--chat-template", type=Path)
+    _add_security_flags(serve)
     return parser
+
+
+# --- Security flags (issue 4), named as in FastChat and `vllm serve` ---------------------------------
+def _names(text: str) -> list[str]:
+    """A JSON list, as vLLM takes it (`'["*"]'`), or comma-separated (`GET,POST`)."""
+    text = text.strip()
+    if text.startswith("["):
+        return [str(value) for value in json.loads(text)]
+    return [value.strip() for value in text.split(",") if value.strip()]
+
+
+def _add_security_flags(serve: argparse.ArgumentParser) -> None:
+    group = serve.add_argument_group("security")
+    group.add_argument("--api-keys", help="comma-separated keys (also TOKENYARD_API_KEYS); the env or a file hide them")
+    group.add_argument("--api-keys-file", type=Path, help="one key a line, re-read when it changes")
+    group.add_argument("--guard-metrics", action="store_true", default=None, help="ask for a key on /metrics too")
+    group.add_argument("--allowed-origins", type=_names, help="CORS origins (off when unset)")
+    group.add_argument("--allowed-methods", type=_names)
+    group.add_argument("--allowed-headers", type=_names)
+    group.add_argument("--allow-credentials", action="store_true", default=None)
+    group.add_argument("--ssl-keyfile", type=Path)
+    group.add_argument("--ssl-certfile", type=Path)
+    group.add_argument("--ssl", action="store_true", help="TLS from the SSL_KEYFILE and SSL_CERTFILE env (FastChat)")
+
+
+def _security_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    tls = {"ssl_keyfile": args.ssl_keyfile, "ssl_certfile": args.ssl_certfile}
+    if args.ssl:
+        missing = [name for name in ("SSL_KEYFILE", "SSL_CERTFILE") if not os.environ.get(name)]
+        if missing:
+            raise SystemExit(f"--ssl needs {' and '.join(missing)} in the environment")
+        tls = {"ssl_keyfile": tls["ssl_keyfile"] or Path(os.environ["SSL_KEYFILE"]),
+               "ssl_certfile": tls["ssl_certfile"] or Path(os.environ["SSL_CERTFILE"])}
+    sections = {
+        "auth": {"api_keys_file": args.api_keys_file, "guard_metrics": args.guard_metrics},
+        "cors": {"allowed_origins": args.allowed_origins, "allowed_methods": args.allowed_methods,
+                 "allowed_headers": args.allowed_headers, "allow_credentials": args.allow_credentials},
+        "tls": tls,
+    }
+    overrides: dict[str, Any] = {"api_keys": args.api_keys} if args.api_keys is not None else {}
+    for section, values in sections.items():
+        if given := {key: value for key, value in values.items() if value is not None}:
+            overrides[section] = given  # merged with env and YAML field by field
+    return overrides
+# --- end of the security flags ---------------------------------------------------------------------
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -38,17 +85,18 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         model: dict[str, Any] = {"name": args.served_model_name or args.model, "model": args.model}
         model.update({k: v for k in ("dtype", "max_model_len", "chat_template") if (v := getattr(args, k)) is not None})
         overrides["models"] = [ModelSettings(**model)]
+    overrides.update(_security_overrides(args))
     return Settings(**overrides)
 
 
 def main(argv: list[str] | None = None) -> int:
-    import uvicorn
-
     from gateway.app import create_app
+    from gateway.lifecycle import serve
+    from gateway.observability.logging import configure_logging
 
     args = _parser().parse_args(argv)
     settings = settings_from_args(args)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
-                timeout_graceful_shutdown=int(settings.drain_deadline_s) or None)
+    configure_logging(settings.log_level)
+    # uvicorn with a drain on SIGTERM, bounded by settings.drain_deadline_s (see gateway.lifecycle).
+    serve(create_app(settings), settings)
     return 0

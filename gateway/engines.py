@@ -8,6 +8,7 @@ from pathlib import Path
 
 from engine_adapters.base import EngineAdapter
 from engine_adapters.vllm_local import LocalModelSpec, VllmLocalAdapter
+from gateway.routing import local_models, start_routes
 from gateway.settings import BUILTIN_GEMMA, BUILTIN_MINILM, ModelSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -42,12 +43,15 @@ def local_spec(model: ModelSettings, path: str, publish_metrics: bool) -> LocalM
 
 async def start_adapters(settings: Settings) -> dict[str, EngineAdapter]:
     adapters: dict[str, EngineAdapter] = {}
+    local = local_models(settings)  # router mode runs only the models it is told to run here
     # vLLM keeps its Prometheus metrics in a global registry, so only the first text engine publishes.
-    publisher = next((m.name for m in settings.models if m.kind == "generate"), None)
-    for model in settings.models:
+    publisher = next((m.name for m in local if m.kind == "generate"), None)
+    for model in local:
         path = await asyncio.to_thread(resolve_path, model, settings.cache_dir)
         adapter = VllmLocalAdapter(local_spec(model, path, publish_metrics=model.name == publisher))
         log.info("starting engine for %s from %s", model.name, path)
         await adapter.start()
         adapters[model.name] = adapter
+    if settings.routes:
+        await start_routes(settings, adapters)  # the routes join this registry, and follow the config file
     return adapters

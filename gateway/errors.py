@@ -6,6 +6,7 @@
     ├── AuthenticationFailed          401 code=invalid_api_key
     ├── NotFound                      404
     │   └── ModelNotFound             404 code=model_not_found
+    ├── RequestTimeout                408 code=request_timeout       (the body came too slowly)
     ├── PayloadTooLarge               413
     ├── RateLimited                   429 code=rate_limit_exceeded      (retryable)
     └── EngineUnavailable             503 code=engine_unavailable      (retryable)
@@ -66,6 +67,13 @@ class ModelNotFound(NotFound):
         super().__init__(f"The model `{model}` does not exist.", param="model")
 
 
+class RequestTimeout(GatewayError):
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+    public_message = True
+
+
 class PayloadTooLarge(GatewayError):
     status = 413
     type = "invalid_request_error"
@@ -107,6 +115,7 @@ def status_error(status: int, message: str, *, param: str | None = None) -> Gate
         400: InvalidRequest,
         401: AuthenticationFailed,
         404: NotFound,
+        408: RequestTimeout,
         413: PayloadTooLarge,
         429: RateLimited,
         503: EngineUnavailable,

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     YamlConfigSettingsSource,
@@ -28,6 +29,114 @@ class ModelSettings(BaseModel):
     engine_args: dict[str, Any] = Field(default_factory=dict)
 
 
+class DiscoverySettings(BaseModel):
+    """Find a route's instances by re-resolving a (headless Service) DNS name."""
+
+    dns_name: str = Field(min_length=1)
+    port: int = Field(default=8000, ge=1, le=65535)
+    scheme: Literal["http", "https"] = "http"
+    interval_s: float = Field(default=5.0, gt=0)
+
+
+class RouteSettings(BaseModel):
+    """Router mode: one public model name served by remote OpenAI-compatible instances."""
+
+    name: str = Field(min_length=1)
+    aliases: list[str] = Field(default_factory=list)
+    policy: Literal["least-loaded", "power-of-two", "session", "prefix", "round-robin"] = "least-loaded"
+    upstreams: list[str] = Field(default_factory=list, description="Static instance base URLs.")
+    upstream_model: str | None = Field(default=None, description="The model name the instances serve, if different.")
+    kind: Literal["generate", "embed"] = "generate"
+    api_key: SecretStr | None = Field(default=None, description="Sent as a bearer token to every instance.")
+    discovery: DiscoverySettings | None = None
+
+
+class RouterSettings(BaseModel):
+    connect_timeout_s: float = Field(default=2.0, gt=0)
+    first_token_timeout_s: float = Field(default=60.0, gt=0)
+    idle_timeout_s: float = Field(default=30.0, gt=0)
+    request_timeout_s: float = Field(default=600.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1)
+    retry_backoff_s: float = Field(default=0.05, ge=0)
+    health_interval_s: float = Field(default=2.0, gt=0)
+    breaker_failures: int = Field(default=3, ge=1)
+    breaker_cooldown_s: float = Field(default=5.0, gt=0)
+    prefix_chars: int = Field(default=256, ge=1)
+    prefix_load_factor: float = Field(default=1.5, ge=1.0)
+    session_header: str = "x-session-id"
+    reload_interval_s: float = Field(default=2.0, gt=0, description="How often the --config file is checked for changes.")
+
+
+# --- Security, limits and lifecycle (issue 4): keys, rate limits, admission, caps, CORS, TLS ---------
+def _split_keys(value: Any) -> Any:
+    """`k1,k2` (the --api-keys flag, TOKENYARD_API_KEYS) or a YAML list of keys or {key, name, ...}."""
+    if isinstance(value, (str, SecretStr)):
+        raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+        value = [part.strip() for part in raw.split(",") if part.strip()]
+    if isinstance(value, list):
+        return [{"key": item} if isinstance(item, (str, SecretStr)) else item for item in value]
+    return value
+
+
+class ApiKey(BaseModel):
+    """One client key. Only its SHA-256 digest is kept once the app starts; limits left None use `limits`."""
+
+    key: Annotated[SecretStr, Field(min_length=1)]
+    name: str | None = None
+    requests_per_minute: int | None = Field(default=None, gt=0)
+    tokens_per_minute: int | None = Field(default=None, gt=0)
+
+
+class AuthSettings(BaseModel):
+    api_keys_file: Path | None = Field(default=None, description="One key a line, re-read when it changes.")
+    guard_metrics: bool = Field(default=False, description="Ask for a key on /metrics too.")
+
+
+class LimitSettings(BaseModel):
+    # Per key (per client address when no keys are configured); None: no limit.
+    requests_per_minute: int | None = Field(default=None, gt=0)
+    tokens_per_minute: int | None = Field(default=None, gt=0)
+    # Admission, per model: requests running, requests waiting, and how long one may wait.
+    max_in_flight: int = Field(default=256, ge=1)
+    max_queue: int = Field(default=512, ge=0)
+    queue_timeout_s: float = Field(default=30.0, gt=0)
+    # Request size and slow clients.
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    body_timeout_s: float = Field(default=30.0, gt=0)
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    keep_alive_timeout_s: int = Field(default=5, ge=1)
+    # Caps on what one request may ask for; past them, 400.
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_n: int = Field(default=16, ge=1)
+    max_stop: int = Field(default=16, ge=0)
+    max_prompt_chars: int | None = Field(default=1_000_000, ge=1)
+
+
+class CorsSettings(BaseModel):
+    """Off while allowed_origins is empty."""
+
+    allowed_origins: list[str] = Field(default_factory=list)
+    allowed_methods: list[str] = Field(default_factory=lambda: ["GET", "POST"])
+    allowed_headers: list[str] = Field(
+        default_factory=lambda: ["authorization", "content-type", "x-request-id", "x-priority"]
+    )
+    allow_credentials: bool = False
+
+
+class TlsSettings(BaseModel):
+    ssl_keyfile: Path | None = None
+    ssl_certfile: Path | None = None
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> TlsSettings:
+        if (self.ssl_keyfile is None) != (self.ssl_certfile is None):
+            raise ValueError("TLS needs both ssl_keyfile and ssl_certfile")
+        return self
+
+
+ApiKeys = Annotated[list[ApiKey], NoDecode, BeforeValidator(_split_keys)]
+# --- end of issue 4's settings ------------------------------------------------------------------
+
 def default_models() -> list[ModelSettings]:
     return [
         ModelSettings(name="gemma-3-270m", model=BUILTIN_GEMMA, dtype="bfloat16", max_model_len=2048),
@@ -45,6 +154,15 @@ class Settings(BaseSettings):
     models: list[ModelSettings] = Field(default_factory=default_models)
     cache_dir: Path | None = None
     drain_deadline_s: float = Field(default=30.0, ge=0)
+    # Router mode: when routes are set, those model names are served by remote instances.
+    routes: list[RouteSettings] = Field(default_factory=list)
+    router: RouterSettings = Field(default_factory=RouterSettings)
+    # Security and limits (issue 4); api_keys also reads TOKENYARD_API_KEYS=k1,k2.
+    api_keys: ApiKeys = Field(default_factory=list)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    cors: CorsSettings = Field(default_factory=CorsSettings)
+    tls: TlsSettings = Field(default_factory=TlsSettings)
 
     @classmethod
     def settings_customise_sources(

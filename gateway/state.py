@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 
 from engine_adapters.base import EngineAdapter, ModelInfo
 from gateway.errors import EngineUnavailable, ModelNotFound
-from gateway.observability.metrics import Metrics
+from gateway.lifecycle import Drain
+from gateway.observability.metrics import Metrics, UpstreamStat
 from gateway.settings import Settings
 
 
@@ -19,6 +20,15 @@ class AppState:
     started_at: int = field(default_factory=lambda: int(time.time()))
     ready: bool = False
     draining: bool = False
+    drain: Drain = field(default_factory=Drain)  # in-flight requests and the SIGTERM deadline
+
+    def __post_init__(self) -> None:
+        self.metrics.watch_upstreams(self.upstream_stats)
+
+    def upstream_stats(self) -> list[UpstreamStat]:
+        """Router mode: per-instance state of every routed model (a route is listed once, not per alias)."""
+        unique = {id(adapter): adapter for adapter in self.adapters.values()}
+        return [stat for adapter in unique.values() for stat in getattr(adapter, "upstream_stats", list)()]
 
     def adapter_for(self, model: str, kind: str = "generate") -> EngineAdapter:
         adapter = self.adapters.get(model)

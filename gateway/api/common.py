@@ -17,7 +17,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": text}
     for status, text in {
         400: "Invalid request", 401: "Missing or wrong API key", 404: "Unknown model",
-        413: "Request body too large", 429: "Rate limited or overloaded",
+        408: "Request body not received in time", 413: "Request body too large", 429: "Rate limited or overloaded",
         500: "Internal error", 503: "Engine unavailable",
     }.items()
 }

@@ -26,16 +26,17 @@ _SSE_DOC: dict[int | str, dict[str, Any]] = {
 async def _serve(
     request: Request,
     body: SamplingFields,
-    complete: Callable[[AppState, Any], Awaitable[Any]],
-    stream: Callable[[AppState, Any], Awaitable[AsyncIterator[bytes]]],
+    complete: Callable[[AppState, Any, str | None], Awaitable[Any]],
+    stream: Callable[[AppState, Any, str | None], Awaitable[AsyncIterator[bytes]]],
 ) -> Response:
     state = app_state(request)
+    session_id = request.headers.get(state.settings.router.session_header)  # router mode's affinity key
     disconnects = state.metrics.client_disconnects.labels(body.model)
     try:
         if body.stream:
-            events = await until_disconnect(request, stream(state, body))
+            events = await until_disconnect(request, stream(state, body, session_id))
             return EventStreamResponse(events, on_disconnect=disconnects.inc)
-        return json_response(await until_disconnect(request, complete(state, body)))
+        return json_response(await until_disconnect(request, complete(state, body, session_id)))
     except ClientDisconnected:
         disconnects.inc()
         return Response(status_code=499)  # nobody reads it; logs show why the request ended

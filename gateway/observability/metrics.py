@@ -7,11 +7,16 @@ in prometheus_client's global registry.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _TOKEN_GAP_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2.5)
+REJECT_REASONS = ("auth", "rate_limit", "admission", "body_size", "body_timeout")
 
 
 class Metrics:
@@ -47,9 +52,57 @@ class Metrics:
             "tokenyard_client_disconnects", "Requests whose client left before the answer was complete.",
             ["model"], registry=r,
         )
+        # Issue 4: requests refused at the front door, and requests waiting for an admission slot.
+        self.rejected = Counter(
+            "tokenyard_rejected", "Requests refused before reaching an engine, by reason.", ["reason"], registry=r,
+        )
+        for reason in REJECT_REASONS:
+            self.rejected.labels(reason)  # present at 0, so dashboards and alerts see the series
+        self.queue_depth = Gauge(
+            "tokenyard_queue_depth", "Requests waiting for an admission slot.", ["model"], registry=r,
+        )
+
+    def watch_upstreams(self, source: Callable[[], Iterable[UpstreamStat]]) -> None:
+        """Router mode's per-instance metrics, read from the router's own state at scrape time."""
+        self.registry.register(_UpstreamCollector(source))
 
     def render(self, include_engine: bool) -> bytes:
         body = prometheus_client.generate_latest(self.registry)
         if include_engine:
             body += prometheus_client.generate_latest(prometheus_client.REGISTRY)
         return body
+
+
+@dataclass(frozen=True)
+class UpstreamStat:
+    model: str
+    upstream: str
+    healthy: bool
+    breaker_state: int  # 0 closed, 1 half-open, 2 open
+    retries: int
+
+
+class _UpstreamCollector:
+    """Pulled at scrape time, so the request path updates plain ints and never a labelled metric."""
+
+    def __init__(self, source: Callable[[], Iterable[UpstreamStat]]) -> None:
+        self.source = source
+
+    def describe(self) -> list[Metric]:
+        return []  # the instances are not known until the routes start
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["model", "upstream"]
+        healthy = GaugeMetricFamily("tokenyard_upstream_healthy",
+                                    "1 while the instance passes health checks and its breaker is not open.", labels=labels)
+        retries = CounterMetricFamily("tokenyard_upstream_retries",
+                                      "Attempts on the instance that failed before the first chunk and were retried.",
+                                      labels=labels)
+        breaker = GaugeMetricFamily("tokenyard_breaker_state",
+                                    "Circuit breaker per instance: 0 closed, 1 half-open, 2 open.", labels=labels)
+        for stat in self.source():
+            key = [stat.model, stat.upstream]
+            healthy.add_metric(key, float(stat.healthy))
+            retries.add_metric(key, float(stat.retries))
+            breaker.add_metric(key, float(stat.breaker_state))
+        yield from (healthy, retries, breaker)

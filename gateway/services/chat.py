@@ -32,7 +32,7 @@ from gateway.state import AppState
 ROUTE = "/v1/chat/completions"
 
 
-def engine_request(req: ChatCompletionRequest) -> GenerateRequest:
+def engine_request(req: ChatCompletionRequest, session_id: str | None = None) -> GenerateRequest:
     if req.top_logprobs is not None and not req.logprobs:
         raise InvalidRequest("top_logprobs requires logprobs to be true.", param="top_logprobs")
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
@@ -43,6 +43,8 @@ def engine_request(req: ChatCompletionRequest) -> GenerateRequest:
         sampling=sampling_options(req, max_tokens=req.output_budget, logprobs=logprobs),
         messages=messages,
         add_generation_prompt=req.add_generation_prompt,
+        routing_key=session_id or req.user,
+        stream=req.stream,
     )
 
 
@@ -58,8 +60,8 @@ def _logprob_entries(logprobs: list[TokenLogprob]) -> list[dict[str, Any]]:
     ]
 
 
-async def complete(state: AppState, req: ChatCompletionRequest) -> ChatCompletion:
-    greq = engine_request(req)
+async def complete(state: AppState, req: ChatCompletionRequest, session_id: str | None = None) -> ChatCompletion:
+    greq = engine_request(req, session_id)
     metered = MeteredStream(state, state.adapter_for(req.model), greq, ROUTE)
     texts: dict[int, list[str]] = {i: [] for i in range(req.n)}
     logprobs: dict[int, list[TokenLogprob]] = {i: [] for i in range(req.n)}
@@ -88,9 +90,9 @@ async def complete(state: AppState, req: ChatCompletionRequest) -> ChatCompletio
     return ChatCompletion(id=greq.request_id, created=int(time.time()), model=req.model, choices=choices, usage=usage)
 
 
-async def stream(state: AppState, req: ChatCompletionRequest) -> AsyncIterator[bytes]:
+async def stream(state: AppState, req: ChatCompletionRequest, session_id: str | None = None) -> AsyncIterator[bytes]:
     """Start the engine request and wait for its first chunk; then hand back the SSE body."""
-    greq = engine_request(req)
+    greq = engine_request(req, session_id)
     metered = MeteredStream(state, state.adapter_for(req.model), greq, ROUTE)
     chunks = await first_and_rest(metered.chunks())
     return _events(req, greq.request_id, metered, chunks)

@@ -77,7 +77,7 @@ class ChoiceState:
 
 
 class CompletionRun:
-    def __init__(self, state: AppState, req: CompletionRequest) -> None:
+    def __init__(self, state: AppState, req: CompletionRequest, session_id: str | None = None) -> None:
         _validate(req)
         self.req = req
         self.id = new_id("cmpl")
@@ -87,7 +87,8 @@ class CompletionRun:
                                    prompt_logprobs=echo_logprobs)
         adapter = state.adapter_for(req.model)
         self.metered = [
-            MeteredStream(state, adapter, GenerateRequest(f"{self.id}-{i}", req.model, options, prompt=p), ROUTE)
+            MeteredStream(state, adapter, GenerateRequest(f"{self.id}-{i}", req.model, options, prompt=p,
+                                                          routing_key=session_id or req.user, stream=req.stream), ROUTE)
             for i, p in enumerate(self.prompts)
         ]
         self.choices: dict[int, ChoiceState] = {}
@@ -126,8 +127,8 @@ class CompletionRun:
         self.metered[0].record(status, usage.prompt_tokens, usage.completion_tokens)
 
 
-async def complete(state: AppState, req: CompletionRequest) -> Completion:
-    run = CompletionRun(state, req)
+async def complete(state: AppState, req: CompletionRequest, session_id: str | None = None) -> Completion:
+    run = CompletionRun(state, req, session_id)
     async for chunk in run.chunks():
         run.apply(chunk)
     run.record(200)
@@ -143,8 +144,8 @@ async def complete(state: AppState, req: CompletionRequest) -> Completion:
     return Completion(id=run.id, created=int(time.time()), model=req.model, choices=choices, usage=run.usage())
 
 
-async def stream(state: AppState, req: CompletionRequest) -> AsyncIterator[bytes]:
-    run = CompletionRun(state, req)
+async def stream(state: AppState, req: CompletionRequest, session_id: str | None = None) -> AsyncIterator[bytes]:
+    run = CompletionRun(state, req, session_id)
     chunks = await first_and_rest(run.chunks())
     return _events(run, chunks)
 

@@ -230,11 +230,9 @@ def test_engine_configs_load_as_tokenyard_settings(ci_rendered: Rendered, monkey
         assert len(settings.models) == 1
 
 
-def test_router_config_loads_once_the_router_settings_exist(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_router_config_loads(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from gateway.settings import Settings
 
-    if "routes" not in Settings.model_fields:
-        pytest.skip("the router's settings (routes, api_keys_file) are not in gateway.settings yet")
     for name in ("default", "keys-monitoring-keda"):
         rendered = ci(name)
         config_file = tmp_path / f"{name}.yaml"
@@ -348,7 +346,7 @@ def test_api_keys_secret_is_mounted_when_keys_are_set() -> None:
     assert volume["secret"]["items"] == [{"key": "api-keys", "path": "api-keys"}]
     mount = next(m for m in main_container(router)["volumeMounts"] if m["name"] == "api-keys")
     assert mount == {"name": "api-keys", "mountPath": "/etc/tokenyard/keys", "readOnly": True}
-    assert rendered.config_of(router)["api_keys_file"] == "/etc/tokenyard/keys/api-keys"
+    assert rendered.config_of(router)["auth"]["api_keys_file"] == "/etc/tokenyard/keys/api-keys"
     # Keys live in the Secret only, never in a ConfigMap or an environment variable.
     for config_map in rendered.of_kind("ConfigMap"):
         assert "ty-ci-key" not in json.dumps(config_map)
@@ -358,7 +356,7 @@ def test_api_keys_secret_is_mounted_when_keys_are_set() -> None:
 def test_no_keys_no_secret() -> None:
     rendered = ci("default")
     assert rendered.of_kind("Secret") == []
-    assert "api_keys_file" not in rendered.config_of(rendered.router)
+    assert "auth" not in rendered.config_of(rendered.router)
     assert all(v["name"] != "api-keys" for v in pod_spec(rendered.router)["volumes"])
 
 
@@ -368,14 +366,14 @@ def test_existing_secret_is_mounted_not_created() -> None:
     (volume,) = [v for v in pod_spec(rendered.router)["volumes"] if v["name"] == "api-keys"]
     assert volume["secret"]["secretName"] == "team-keys"
     assert volume["secret"]["items"] == [{"key": "keys.txt", "path": "api-keys"}]
-    assert rendered.config_of(rendered.router)["api_keys_file"] == "/etc/tokenyard/keys/api-keys"
+    assert rendered.config_of(rendered.router)["auth"]["api_keys_file"] == "/etc/tokenyard/keys/api-keys"
 
 
 def test_engines_never_see_the_keys() -> None:
     rendered = ci("keys-monitoring-keda")
     for engine in rendered.engines:
         assert all(v["name"] != "api-keys" for v in pod_spec(engine)["volumes"])
-        assert "api_keys_file" not in rendered.config_of(engine)
+        assert "auth" not in rendered.config_of(engine)
 
 
 # --- ServiceMonitor and KEDA ------------------------------------------------------------------

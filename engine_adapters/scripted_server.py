@@ -1,0 +1,309 @@
+"""A scripted OpenAI-compatible server, run as its own process so that router faults are real.
+
+    python -m engine_adapters.scripted_server --port P [--tokens N] [--delay-ms D] [--model NAME] [--fault F]
+
+It serves /health, /v1/models, /metrics (vLLM's load gauges), /v1/chat/completions and /v1/completions
+(streamed or not), and /v1/embeddings. Tokens are `t0 t1 ...`, one every D ms. Faults, also set at
+run time with POST /control {"fault": F, "delay_ms": D, "tokens": N}:
+
+    none    serve normally            503, 429   answer every generation request with that status
+    hang    never answer              stall      3 chunks, then silence
+    reset   3 chunks, then a TCP reset (RST)
+
+GET /stats counts requests, completed, aborted (the client left before the end) and in flight.
+A refused connection is a port nobody listens on; a crash is `kill -9` from the test. It is a small
+asyncio HTTP/1.1 server rather than an ASGI app because a reset needs the socket itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import socket
+import struct
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import orjson
+
+STALL_AFTER = 3  # chunks sent before a stall or a reset
+
+
+@dataclass
+class Script:
+    model: str = "scripted"
+    tokens: int = 16
+    delay_ms: float = 10.0
+    fault: str = "none"
+    max_model_len: int = 4096
+
+
+@dataclass
+class Stats:
+    requests: int = 0
+    completed: int = 0
+    aborted: int = 0
+    in_flight: int = 0
+
+
+@dataclass
+class HttpRequest:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> dict[str, Any]:
+        data = orjson.loads(self.body or b"{}")
+        return data if isinstance(data, dict) else {}
+
+
+class ClientLeft(Exception):
+    pass
+
+
+async def read_request(reader: asyncio.StreamReader) -> HttpRequest | None:
+    line = await reader.readline()
+    if not line.strip():
+        return None
+    method, path, _ = line.decode("latin-1").split(" ", 2)
+    headers: dict[str, str] = {}
+    while (header := await reader.readline()) not in (b"\r\n", b"\n", b""):
+        name, _, value = header.decode("latin-1").partition(":")
+        headers[name.strip().lower()] = value.strip()
+    body = await reader.readexactly(int(headers.get("content-length", "0") or 0))
+    return HttpRequest(method, path.split("?", 1)[0], headers, body)
+
+
+class Exchange:
+    """One request's response side: plain JSON or a chunked SSE body, and the client's leaving."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    async def json(self, status: int, body: Any) -> None:
+        data = orjson.dumps(body)
+        head = f"HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {len(data)}\r\n\r\n"
+        self.writer.write(head.encode() + data)
+        await self.writer.drain()
+
+    async def start_stream(self) -> None:
+        head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+        self.writer.write(head.encode())
+        await self.writer.drain()
+
+    async def event(self, data: bytes) -> None:
+        payload = b"data: " + data + b"\n\n"
+        self.writer.write(b"%x\r\n%s\r\n" % (len(payload), payload))
+        await self.writer.drain()
+
+    async def end_stream(self) -> None:
+        self.writer.write(b"0\r\n\r\n")
+        await self.writer.drain()
+
+    def reset(self) -> None:
+        sock = self.writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = RST
+        self.writer.transport.abort()
+
+    async def until_client_leaves(self) -> None:
+        # The client sends nothing while it waits for our answer, so any read returns only at EOF.
+        await self.reader.read(1)
+        raise ClientLeft()
+
+
+def _text(body: dict[str, Any]) -> str:
+    if "messages" in body:
+        return " ".join(str(m.get("content") or "") for m in body["messages"])
+    prompt = body.get("prompt")
+    return prompt if isinstance(prompt, str) else " ".join(map(str, prompt or []))
+
+
+class ScriptedServer:
+    def __init__(self, script: Script) -> None:
+        self.script = script
+        self.stats = Stats()
+        self.started = int(time.time())
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        exchange = Exchange(reader, writer)
+        try:
+            while (request := await read_request(reader)) is not None:
+                await self.dispatch(request, exchange)
+        except (ClientLeft, ConnectionError, asyncio.IncompleteReadError, ValueError):
+            pass
+        finally:
+            writer.close()
+
+    async def dispatch(self, request: HttpRequest, exchange: Exchange) -> None:
+        routes: dict[tuple[str, str], Callable[[HttpRequest, Exchange], Awaitable[None]]] = {
+            ("GET", "/health"): lambda r, x: x.json(200, {"status": "ok"}),
+            ("GET", "/v1/models"): self.models,
+            ("GET", "/metrics"): self.metrics,
+            ("GET", "/stats"): lambda r, x: x.json(200, asdict(self.stats)),
+            ("POST", "/control"): self.control,
+            ("POST", "/v1/chat/completions"): self.generate,
+            ("POST", "/v1/completions"): self.generate,
+            ("POST", "/v1/embeddings"): self.embeddings,
+        }
+        handler = routes.get((request.method, request.path))
+        if handler is None:
+            await exchange.json(404, {"error": {"message": "not found", "type": "invalid_request_error",
+                                                "param": None, "code": "not_found"}})
+            return
+        await handler(request, exchange)
+
+    async def models(self, request: HttpRequest, exchange: Exchange) -> None:
+        card = {"id": self.script.model, "object": "model", "created": self.started, "owned_by": "scripted",
+                "max_model_len": self.script.max_model_len}
+        await exchange.json(200, {"object": "list", "data": [card]})
+
+    async def metrics(self, request: HttpRequest, exchange: Exchange) -> None:
+        label = f'{{model_name="{self.script.model}"}}'
+        text = (f"vllm:num_requests_running{label} {self.stats.in_flight}\n"
+                f"vllm:num_requests_waiting{label} 0\nvllm:kv_cache_usage_perc{label} 0.0\n")
+        data = text.encode()
+        exchange.writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n\r\n%s"
+                              % (len(data), data))
+        await exchange.writer.drain()
+
+    async def control(self, request: HttpRequest, exchange: Exchange) -> None:
+        for key, value in request.json().items():
+            if hasattr(self.script, key):
+                setattr(self.script, key, type(getattr(self.script, key))(value))
+        await exchange.json(200, {**asdict(self.script), **asdict(self.stats)})
+
+    async def embeddings(self, request: HttpRequest, exchange: Exchange) -> None:
+        inputs = request.json().get("input")
+        items = [inputs] if isinstance(inputs, str) else list(inputs or [])
+        data = []
+        for index, item in enumerate(items):
+            digest = hashlib.sha256(str(item).encode()).digest()
+            data.append({"object": "embedding", "index": index, "embedding": [b / 255 for b in digest[:8]]})
+        tokens = sum(len(str(item).split()) for item in items)
+        await exchange.json(200, {"object": "list", "data": data, "model": self.script.model,
+                                  "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
+    async def generate(self, request: HttpRequest, exchange: Exchange) -> None:
+        self.stats.requests += 1
+        fault = self.script.fault
+        if fault in ("503", "429"):
+            code = "engine_unavailable" if fault == "503" else "rate_limit_exceeded"
+            await exchange.json(int(fault), {"error": {"message": f"scripted {fault}", "type": "scripted",
+                                                       "param": None, "code": code}})
+            return
+        self.stats.in_flight += 1
+        leaving = asyncio.ensure_future(exchange.until_client_leaves())
+        work = asyncio.ensure_future(Generation(self.script, request, exchange).run())
+        try:
+            await asyncio.wait({leaving, work}, return_when=asyncio.FIRST_COMPLETED)
+            if work.done() and not work.exception():
+                self.stats.completed += 1
+                return
+            self.stats.aborted += 1
+            raise ClientLeft()
+        finally:
+            self.stats.in_flight -= 1
+            for task in (leaving, work):
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+
+
+class Generation:
+    def __init__(self, script: Script, request: HttpRequest, exchange: Exchange) -> None:
+        self.script, self.exchange = script, exchange
+        self.body = request.json()
+        self.chat = request.path.endswith("/chat/completions")
+        self.prompt_tokens = max(1, len(_text(self.body).split()))
+        self.count = min(int(self.body.get("max_tokens") or self.script.tokens), self.script.tokens)
+        self.n = int(self.body.get("n") or 1)
+        self.head = {"id": "scripted", "object": "chat.completion.chunk" if self.chat else "text_completion",
+                     "created": int(time.time()), "model": self.body.get("model", script.model)}
+
+    def reason(self) -> str:
+        return "length" if self.count == self.body.get("max_tokens") else "stop"
+
+    async def run(self) -> None:
+        if self.script.fault == "hang":
+            await asyncio.Event().wait()
+        if self.body.get("stream"):
+            await self.stream()
+        else:
+            await self.whole()
+
+    async def tick(self) -> None:
+        await asyncio.sleep(self.script.delay_ms / 1000)
+
+    def choice(self, index: int, text: str | None, reason: str | None, role: bool = False) -> dict[str, Any]:
+        if not self.chat:
+            return {"index": index, "text": text or "", "logprobs": None, "finish_reason": reason}
+        delta = {"role": "assistant", "content": ""} if role else ({"content": text} if text else {})
+        return {"index": index, "delta": delta, "logprobs": None, "finish_reason": reason}
+
+    async def stream(self) -> None:
+        x = self.exchange
+        await x.start_stream()
+        if self.chat:
+            await x.event(orjson.dumps({**self.head, "choices": [self.choice(i, None, None, True) for i in range(self.n)]}))
+        for step in range(self.count):
+            await self.tick()
+            if step == STALL_AFTER and self.script.fault == "stall":
+                await asyncio.Event().wait()
+            if step == STALL_AFTER and self.script.fault == "reset":
+                x.reset()
+                return
+            reason = self.reason() if step == self.count - 1 else None
+            choices = [self.choice(i, f"t{step} ", reason) for i in range(self.n)]
+            await x.event(orjson.dumps({**self.head, "choices": choices}))
+        if (self.body.get("stream_options") or {}).get("include_usage"):
+            await x.event(orjson.dumps({**self.head, "choices": [], "usage": self.usage()}))
+        await x.event(b"[DONE]")
+        await x.end_stream()
+
+    async def whole(self) -> None:
+        for _ in range(self.count):
+            await self.tick()
+        text = "".join(f"t{step} " for step in range(self.count))
+        if self.chat:
+            choices = [{"index": i, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                        "finish_reason": self.reason()} for i in range(self.n)]
+        else:
+            choices = [{"index": i, "text": text, "logprobs": None, "finish_reason": self.reason()} for i in range(self.n)]
+        kind = "chat.completion" if self.chat else "text_completion"
+        await self.exchange.json(200, {**self.head, "object": kind, "choices": choices, "usage": self.usage()})
+
+    def usage(self) -> dict[str, int]:
+        completion = self.count * self.n
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion,
+                "total_tokens": self.prompt_tokens + completion}
+
+
+async def serve(host: str, port: int, script: Script) -> None:
+    server = ScriptedServer(script)
+    listener = await asyncio.start_server(server.handle, host, port, backlog=1024)
+    async with listener:
+        await listener.serve_forever()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--model", default="scripted")
+    parser.add_argument("--tokens", type=int, default=16)
+    parser.add_argument("--delay-ms", type=float, default=10.0)
+    parser.add_argument("--max-model-len", type=int, default=4096)
+    parser.add_argument("--fault", default="none", choices=["none", "503", "429", "hang", "stall", "reset"])
+    args = parser.parse_args(argv)
+    script = Script(args.model, args.tokens, args.delay_ms, args.fault, args.max_model_len)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(args.host, args.port, script))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""Admission control per model: a cap on requests in flight and a bounded, prioritised wait queue.
+
+At most `max_in_flight` requests run per model; up to `max_queue` more wait, the most urgent first,
+each for at most `queue_timeout_s`. Past that the answer is 429 (503 when the engine is down),
+never an unbounded queue. When the queue is full, a more urgent arrival takes the place of the
+least urgent waiter, which is refused: low priority is shed first.
+
+Priority follows vLLM's convention (lower runs sooner, default 0) and comes from the `x-priority`
+header, else the body's `priority`. It is handed on to the engine through REQUEST_PRIORITY.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from engine_adapters.base import REQUEST_PRIORITY
+from gateway.errors import EngineUnavailable, GatewayError, InvalidRequest, RateLimited
+from gateway.middleware.context import header, is_service_path, request_info, send_error
+from gateway.state import AppState
+
+_INT64 = 2**63  # vLLM's own bounds for priority
+
+
+class Refused(Exception):
+    """No slot: the queue was full, the wait timed out, or a more urgent request took the place."""
+
+
+@dataclass(order=True)
+class _Waiter:
+    priority: int
+    seq: int
+    future: asyncio.Future[None] = field(compare=False)
+
+
+class Admission:
+    def __init__(self, max_in_flight: int, max_queue: int, timeout_s: float,
+                 on_depth: Callable[[int], None] = lambda depth: None) -> None:
+        self.max_in_flight, self.max_queue, self.timeout_s = max_in_flight, max_queue, timeout_s
+        self.on_depth = on_depth
+        self.running = 0
+        self.waiting: list[_Waiter] = []  # a few hundred at most: plain min/max scans are enough
+        self._seq = itertools.count()
+
+    async def acquire(self, priority: int = 0) -> None:
+        self._prune()
+        if self.running < self.max_in_flight and not self.waiting:
+            self.running += 1
+            return
+        waiter = self._enqueue(priority)
+        admitted = False
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await waiter.future  # a result: release() handed us its slot
+            admitted = True
+        except TimeoutError:
+            raise Refused(f"no slot within {self.timeout_s:g}s") from None
+        finally:
+            if not admitted:
+                self._withdraw(waiter)
+
+    def release(self) -> None:
+        self._prune()
+        if self.waiting:
+            best = min(self.waiting)
+            self.waiting.remove(best)
+            best.future.set_result(None)  # the slot passes on; `running` stays as it is
+        else:
+            self.running -= 1
+        self.on_depth(len(self.waiting))
+
+    def _enqueue(self, priority: int) -> _Waiter:
+        if len(self.waiting) >= self.max_queue:
+            worst = max(self.waiting, default=None)
+            if worst is None or worst.priority <= priority:  # ties favour those already waiting
+                raise Refused("the wait queue is full")
+            self.waiting.remove(worst)
+            worst.future.set_exception(Refused("a more urgent request took its place in the queue"))
+        waiter = _Waiter(priority, next(self._seq), asyncio.get_running_loop().create_future())
+        self.waiting.append(waiter)
+        self.on_depth(len(self.waiting))
+        return waiter
+
+    def _withdraw(self, waiter: _Waiter) -> None:
+        """A waiter gives up (timeout, shed, client gone); a slot handed to it in that instant goes back."""
+        if waiter in self.waiting:
+            self.waiting.remove(waiter)
+            self.on_depth(len(self.waiting))
+        elif waiter.future.done() and not waiter.future.cancelled() and waiter.future.exception() is None:
+            self.release()
+
+    def _prune(self) -> None:
+        # Futures cancelled with their task (the client left) until that task runs its own cleanup.
+        self.waiting = [w for w in self.waiting if not w.future.done()]
+
+
+def priority_of(scope: Scope, body: Any) -> int:
+    raw = header(scope, b"x-priority")
+    if raw is not None:
+        try:
+            value: Any = int(raw)
+        except ValueError:
+            raise InvalidRequest("x-priority must be an integer.", param="x-priority") from None
+        param = "x-priority"
+    else:
+        value = body.get("priority", 0) if isinstance(body, dict) else 0
+        param = "priority"
+    if isinstance(value, bool) or not isinstance(value, int) or not -_INT64 <= value < _INT64:
+        raise InvalidRequest(f"{param} must be a 64-bit integer.", param=param)
+    return value
+
+
+class AdmissionMiddleware:
+    def __init__(self, app: ASGIApp, state: AppState) -> None:
+        self.app = app
+        self.state = state
+        self.queues: dict[str, Admission] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not is_service_path(scope) or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        info = request_info(scope)
+        try:
+            priority = priority_of(scope, info.body)
+        except InvalidRequest as exc:
+            await send_error(send, exc)
+            return
+        admission = self._admission(info.model)
+        if admission is not None:
+            try:
+                await admission.acquire(priority)
+            except Refused as exc:
+                self.state.metrics.rejected.labels("admission").inc()
+                await send_error(send, await self._refusal(info.model or "", exc))
+                return
+        token = REQUEST_PRIORITY.set(priority)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            REQUEST_PRIORITY.reset(token)
+            if admission is not None:
+                admission.release()
+
+    def _admission(self, model: str | None) -> Admission | None:
+        """Only models this server serves get a queue; for any other name the app answers 404."""
+        if model is None or model not in self.state.adapters:
+            return None
+        if model not in self.queues:
+            limits = self.state.settings.limits
+            gauge = self.state.metrics.queue_depth.labels(model)
+            self.queues[model] = Admission(limits.max_in_flight, limits.max_queue, limits.queue_timeout_s, gauge.set)
+        return self.queues[model]
+
+    async def _refusal(self, model: str, reason: Refused) -> GatewayError:
+        try:
+            if not self.state.ready or self.state.draining:
+                raise EngineUnavailable()
+            await self.state.adapters[model].check_health()
+        except Exception:
+            return EngineUnavailable("The engine for this model is not available.")
+        return RateLimited(f"The server is overloaded ({reason}). Retry later.", code="server_overloaded")

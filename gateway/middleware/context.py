@@ -1,0 +1,82 @@
+"""What the front door's middlewares share: the per-request record, the open paths, the error answer."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from starlette.types import Scope, Send
+
+from gateway.errors import GatewayError, error_payload
+
+# Liveness and readiness answer without a key, while draining and past every limit: probes must work.
+PROBE_PATHS = frozenset({"/health", "/ready"})
+METRICS_PATH = "/metrics"
+_SCOPE_KEY = "tokenyard.request"
+
+Headers = list[tuple[bytes, bytes]]
+
+
+@dataclass
+class RequestInfo:
+    """Filled in as the request passes the middlewares; the access log writes it out."""
+
+    request_id: str
+    started: float = field(default_factory=time.perf_counter)
+    key_name: str | None = None
+    key_limits: tuple[int | None, int | None] | None = None  # the key's own (requests, tokens) per minute
+    model: str | None = None
+    body: Any = None  # the parsed JSON body of a POST
+
+
+def attach(scope: Scope, info: RequestInfo) -> None:
+    scope[_SCOPE_KEY] = info
+
+
+def request_info(scope: Scope) -> RequestInfo:
+    """The request's record; a fresh one when the request-id middleware is not installed (unit tests)."""
+    info = scope.get(_SCOPE_KEY)
+    if info is None:
+        info = RequestInfo(request_id="")
+        scope[_SCOPE_KEY] = info
+    assert isinstance(info, RequestInfo)
+    return info
+
+
+def is_service_path(scope: Scope) -> bool:
+    """HTTP requests other than the probes and /metrics: what keys, limits and the drain apply to."""
+    return scope["type"] == "http" and scope["path"] not in PROBE_PATHS and scope["path"] != METRICS_PATH
+
+
+def model_of(scope: Scope, body: Any) -> str | None:
+    """The model a request names: the path's in OpenAI's old /v1/engines/{model}/..., else the body's."""
+    parts: list[str] = scope["path"].split("/")
+    if len(parts) == 5 and parts[1:3] == ["v1", "engines"]:
+        return parts[3]
+    model = body.get("model") if isinstance(body, dict) else None
+    return model if isinstance(model, str) else None
+
+
+def header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return bytes(value)
+    return None
+
+
+async def send_error(send: Send, exc: GatewayError, headers: Iterable[tuple[bytes, bytes]] = (),
+                     close: bool = False) -> None:
+    """Answer with `exc` as an OpenAI error body, through the one mapping in gateway.errors."""
+    status, body = error_payload(exc)
+    raw = orjson.dumps(body)
+    extra = list(headers)
+    if status in (429, 503) and not any(name == b"retry-after" for name, _ in extra):
+        extra.append((b"retry-after", b"1"))
+    if close:  # the rest of the request may still be on the wire: do not read it as a next request
+        extra.append((b"connection", b"close"))
+    start: Headers = [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": start + extra})
+    await send({"type": "http.response.body", "body": raw, "more_body": False})

@@ -1,0 +1,78 @@
+"""Request ids and the JSON access log: the outermost of our middlewares, so every answer has both.
+
+The log line holds the request id, method, path, status, latency, model and key *name*; never
+headers, query strings, prompts, completions or keys.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.errors import GatewayError
+from gateway.middleware.context import RequestInfo, attach, header, send_error
+from gateway.observability.logging import FIELDS_ATTR
+
+access_log = logging.getLogger("tokenyard.access")
+log = logging.getLogger(__name__)
+
+# A client's id is echoed only when it is short and plain, so it cannot smuggle anything into logs.
+_ACCEPTED_ID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
+
+
+def request_id_from(scope: Scope) -> str:
+    given = header(scope, b"x-request-id")
+    if given is not None and _ACCEPTED_ID.fullmatch(given):
+        return given.decode()
+    return uuid.uuid4().hex
+
+
+class RequestLogMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        info = RequestInfo(request_id=request_id_from(scope))
+        attach(scope, info)
+        id_header = (b"x-request-id", info.request_id.encode())
+        status = 0
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message = {**message, "headers": [*message.get("headers", ()), id_header]}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            if status:  # the answer has begun: nothing left to send but a broken connection
+                raise
+            # Answered here rather than by Starlette's outer error middleware, so the 500 has its id too.
+            log.error("unexpected error", exc_info=exc, extra={FIELDS_ATTR: {"request_id": info.request_id}})
+            await send_error(send_with_id, exc if isinstance(exc, GatewayError) else GatewayError())
+        finally:
+            _log_access(scope, info, status)
+
+
+def _log_access(scope: Scope, info: RequestInfo, status: int) -> None:
+    client = scope.get("client")
+    fields = {
+        "request_id": info.request_id,
+        "method": scope["method"],
+        "path": scope["path"],
+        "status": status or 499,  # no answer at all: the client left first
+        "latency_ms": round((time.perf_counter() - info.started) * 1000, 3),
+        "model": info.model,
+        "key": info.key_name,
+        "client": client[0] if client else None,
+    }
+    access_log.info("request", extra={FIELDS_ATTR: fields})

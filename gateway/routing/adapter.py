@@ -1,0 +1,241 @@
+"""RoutedAdapter: one public model served by several OpenAI-compatible instances, behind the adapter seam.
+
+Each request goes to one instance chosen by the route's policy among the routable ones (healthy and
+breaker not open). A failure before anything could have reached the client is retried on another
+instance with backoff, within max_attempts: for a streamed request that is before its first chunk, for
+a whole answer (stream=False) any time before it is complete. After that the error propagates and the
+service ends the stream with an error event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from typing import TYPE_CHECKING, Any
+
+from engine_adapters.base import Chunk, GenerateRequest, Load, ModelInfo, SamplingOptions
+from engine_adapters.openai_http import HttpTimeouts, OpenAIHttpAdapter
+from gateway.errors import EngineUnavailable, GatewayError
+from gateway.observability.metrics import UpstreamStat
+from gateway.routing.breaker import Breaker, BreakerState
+from gateway.routing.discovery import Resolver, discover, resolve, watch_dns
+from gateway.routing.health import watch_health
+from gateway.routing.instance import Instance, Lease
+from gateway.routing.policies import make_policy
+from gateway.settings import RouterSettings, RouteSettings
+
+if TYPE_CHECKING:
+    from gateway.routing.reload import RouteTable
+
+log = logging.getLogger(__name__)
+
+
+class RoutedAdapter:
+    def __init__(self, route: RouteSettings, settings: RouterSettings, *, rng: random.Random | None = None,
+                 resolver: Resolver = resolve, connect: Callable[[str], OpenAIHttpAdapter] | None = None) -> None:
+        self.route = route
+        self.settings = settings
+        self.names = [route.name, *route.aliases]
+        self.upstream_model = route.upstream_model or route.name
+        self.rng = rng or random.Random()
+        self.policy = make_policy(route.policy, settings, self.rng)
+        self.instances: dict[str, Instance] = {}  # url -> instance, in config order
+        self._resolver = resolver
+        self._connect = connect or self._http_adapter
+        self._leases: dict[str, Lease] = {}  # request id -> the attempt in flight
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+        self.owner: RouteTable | None = None  # the table that follows the config file, if any
+        self._timeouts = HttpTimeouts(
+            connect_s=settings.connect_timeout_s, first_token_s=settings.first_token_timeout_s,
+            idle_s=settings.idle_timeout_s, total_s=settings.request_timeout_s,
+            probe_s=min(max(settings.health_interval_s, 1.0), 5.0),
+        )
+
+    # -- membership ---------------------------------------------------------------
+
+    def _http_adapter(self, url: str) -> OpenAIHttpAdapter:
+        api_key = self.route.api_key.get_secret_value() if self.route.api_key else None
+        return OpenAIHttpAdapter(url, self.upstream_model, timeouts=self._timeouts, api_key=api_key)
+
+    def add_instance(self, url: str, static: bool = True) -> Instance:
+        breaker = Breaker(self.settings.breaker_failures, self.settings.breaker_cooldown_s)
+        instance = self.instances[url] = Instance(url, self._connect(url), breaker, static=static)
+        return instance
+
+    def set_discovered(self, urls: list[str]) -> None:
+        """Follow discovery: add new instances, retire those gone (their requests in flight finish)."""
+        wanted = set(urls)
+        for url in sorted(wanted - self.instances.keys()):
+            log.info("route %s: instance %s joined", self.route.name, url)
+            self._spawn(self.add_instance(url, static=False).adapter.start())
+        for url, instance in list(self.instances.items()):
+            if not instance.static and url not in wanted:
+                log.info("route %s: instance %s left", self.route.name, url)
+                del self.instances[url]
+                self._spawn(instance.adapter.close(self.settings.request_timeout_s))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    async def start(self) -> None:
+        for url in self.route.upstreams:
+            self.add_instance(url.rstrip("/"))
+        if self.route.discovery:
+            self.set_discovered(await discover(self.route.discovery, self._resolver) or [])
+            self._spawn(watch_dns(self.route.discovery, self._resolver, self.set_discovered))
+        # Learn max_model_len now; an instance that is down is not marked: requests or checks will tell.
+        await asyncio.gather(*(instance.adapter.start() for instance in self.instances.values()))
+        self._spawn(watch_health(lambda: list(self.instances.values()), self.settings.health_interval_s))
+
+    async def close(self, drain_deadline_s: float = 0.0) -> None:
+        if self._closed:  # registered under each alias, so closed once per name
+            return
+        self._closed = True
+        if self.owner is not None:
+            await self.owner.stop()
+        # Our own in-flight count covers streams, whole answers and embeddings alike.
+        deadline = time.monotonic() + drain_deadline_s
+        while any(i.in_flight for i in self.instances.values()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*(i.adapter.close() for i in self.instances.values()))
+
+    # -- status -------------------------------------------------------------------
+
+    def models(self) -> list[ModelInfo]:
+        healthy = [i.adapter.max_model_len() for i in self.instances.values() if i.healthy]
+        known = [n for n in healthy if n] or [n for i in self.instances.values() if (n := i.adapter.max_model_len())]
+        max_model_len = min(known) if known else None  # any instance must be able to serve the request
+        return [ModelInfo(name, max_model_len, self.route.kind, root=self.upstream_model) for name in self.names]
+
+    def load(self) -> Load:
+        instances = self.instances.values()
+        return Load(in_flight=sum(i.in_flight for i in instances), waiting=int(sum(i.engine.waiting for i in instances)))
+
+    async def check_health(self) -> None:
+        if not any(i.routable() for i in self.instances.values()):
+            raise EngineUnavailable(f"No healthy instance serves `{self.route.name}` now.")
+
+    def upstream_stats(self) -> list[UpstreamStat]:
+        return [
+            UpstreamStat(self.route.name, i.url, i.healthy and i.breaker.state is not BreakerState.OPEN,
+                         int(i.breaker.state), i.retries)
+            for i in self.instances.values()
+        ]
+
+    # -- requests -----------------------------------------------------------------
+
+    def _lease(self, request: GenerateRequest, tried: set[str], error: GatewayError | None) -> Lease:
+        candidates = [i for i in self.instances.values() if i.url not in tried and i.routable()]
+        if not candidates:
+            raise error or EngineUnavailable(f"No healthy instance serves `{request.model}` now.")
+        instance = self.policy.choose(candidates, request)
+        tried.add(instance.url)
+        return Lease(instance)
+
+    async def _backoff(self, attempt: int) -> None:
+        # Exponential with jitter, so retries from many requests do not arrive together.
+        await asyncio.sleep(self.settings.retry_backoff_s * 2 ** (attempt - 1) * (0.5 + self.rng.random()))
+
+    @contextlib.contextmanager
+    def _holding(self, lease: Lease, request_id: str | None = None) -> Iterator[None]:
+        """One attempt: abortable by request id while it runs; its outcome goes to the instance's breaker."""
+        if request_id:
+            self._leases[request_id] = lease
+        outcome: BaseException | None = None
+        try:
+            yield
+        except BaseException as exc:  # GeneratorExit or CancelledError when the client left: no verdict
+            outcome = exc
+            raise
+        finally:
+            if request_id:
+                self._leases.pop(request_id, None)
+            lease.release(outcome)
+
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[Chunk]:
+        attempts = _Attempts(self, request)
+        while (lease := await attempts.next()) is not None:
+            delivered = False
+            try:
+                with self._holding(lease, request.request_id):
+                    async with contextlib.aclosing(lease.instance.adapter.generate(request)) as source:  # type: ignore[type-var]
+                        if request.stream:
+                            async for chunk in source:
+                                delivered = True
+                                yield chunk
+                        else:  # nothing reaches the client before the end, so all of it can still be retried
+                            whole = [chunk async for chunk in source]
+                            delivered = True
+                            for chunk in whole:
+                                yield chunk
+                return
+            except GatewayError as exc:
+                if delivered or not attempts.retry(lease, exc):
+                    raise
+        raise attempts.last_error()
+
+    async def abort(self, request_id: str) -> None:
+        lease = self._leases.pop(request_id, None)
+        if lease is None:
+            return
+        try:
+            await lease.instance.adapter.abort(request_id)
+        finally:
+            lease.release(asyncio.CancelledError())
+
+    async def embed(self, request_id: str, model: str, inputs: list[str] | list[list[int]]) -> tuple[list[list[float]], int]:
+        first = inputs[0] if inputs else ""
+        request = GenerateRequest(request_id, model, SamplingOptions(), prompt=first if isinstance(first, str) else list(first))
+        attempts = _Attempts(self, request)
+        while (lease := await attempts.next()) is not None:
+            try:
+                with self._holding(lease):
+                    return await lease.instance.adapter.embed(request_id, model, inputs)
+            except GatewayError as exc:
+                if not attempts.retry(lease, exc):
+                    raise
+        raise attempts.last_error()
+
+
+class _Attempts:
+    """One request's retry budget: up to max_attempts tries, each on an instance not tried yet, with backoff."""
+
+    def __init__(self, route: RoutedAdapter, request: GenerateRequest) -> None:
+        self.route, self.request = route, request
+        self.tried: set[str] = set()
+        self.count = 0
+        self.error: GatewayError | None = None
+
+    async def next(self) -> Lease | None:
+        if self.count >= self.route.settings.max_attempts:
+            return None
+        if self.count:
+            await self.route._backoff(self.count)
+        self.count += 1
+        return self.route._lease(self.request, self.tried, self.error)
+
+    def retry(self, lease: Lease, exc: GatewayError) -> bool:
+        """May the request go on to another instance after this failure?"""
+        if not exc.retryable:
+            return False
+        self.error = exc
+        lease.instance.retries += 1
+        log.warning("route %s: %s failed before any output (%s); retrying", self.route.route.name,
+                    lease.instance.url, exc.message)
+        return True
+
+    def last_error(self) -> GatewayError:
+        assert self.error is not None  # the loop ends early only after a retryable failure
+        return self.error

@@ -1,0 +1,47 @@
+"""Active health checks: every interval, GET /health on each instance, then its load and models.
+
+An instance is healthy while it answers /health with 200. Passive signals (failed requests) go to the
+breaker instead; an instance takes traffic only when both agree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable
+
+from engine_adapters.openai_http import EngineLoad
+from gateway.errors import GatewayError
+from gateway.routing.instance import Instance
+
+log = logging.getLogger(__name__)
+
+
+async def probe(instance: Instance) -> None:
+    adapter = instance.adapter
+    try:
+        await adapter.check_health()
+    except GatewayError:
+        if instance.healthy:
+            log.warning("upstream %s failed its health check", instance.url)
+        instance.healthy = False
+        return
+    came_back = not instance.healthy
+    if came_back:
+        log.info("upstream %s is healthy again", instance.url)
+    instance.healthy = True
+    try:
+        instance.engine = await adapter.scrape_load() or EngineLoad()
+        if came_back or not adapter.models():  # a restarted instance may serve another context length
+            await adapter.refresh_models()
+    except GatewayError:
+        log.debug("upstream %s: no load or models this round", instance.url, exc_info=True)
+
+
+async def watch_health(instances: Callable[[], Iterable[Instance]], interval_s: float) -> None:
+    while True:
+        await asyncio.sleep(interval_s)
+        results = await asyncio.gather(*(probe(instance) for instance in instances()), return_exceptions=True)
+        for result in results:  # a bug in one probe must not end the checks for every instance
+            if isinstance(result, Exception):
+                log.error("health check failed unexpectedly", exc_info=result)

@@ -1,0 +1,70 @@
+"""One upstream instance as the router sees it: its adapter, breaker, health and load."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from engine_adapters.openai_http import EngineLoad, OpenAIHttpAdapter
+from gateway.errors import EngineUnavailable, GatewayError, RateLimited
+from gateway.routing.breaker import Breaker
+
+# How much the engine's own gauges weigh against one request of ours in flight. Waiting requests are
+# queued work ahead of ours; a full KV cache means preemption is near.
+WAITING_WEIGHT = 2.0
+KV_CACHE_WEIGHT = 4.0
+
+
+@dataclass
+class Instance:
+    url: str
+    adapter: OpenAIHttpAdapter
+    breaker: Breaker
+    healthy: bool = True  # optimistic until the first health check: passive signals catch a dead one
+    in_flight: int = 0  # our own count, exact and fresh
+    engine: EngineLoad = field(default_factory=EngineLoad)  # scraped every health interval, so stale
+    retries: int = 0  # attempts here that failed before the first chunk and were retried
+    static: bool = True  # from the config (kept) or from discovery (comes and goes)
+
+    @property
+    def key(self) -> str:
+        return self.url
+
+    def routable(self) -> bool:
+        return self.healthy and self.breaker.available()
+
+    def score(self) -> float:
+        # `running` includes our own requests, so the larger of the two, not the sum.
+        busy = max(float(self.in_flight), self.engine.running)
+        return busy + WAITING_WEIGHT * self.engine.waiting + KV_CACHE_WEIGHT * self.engine.kv_cache_usage
+
+    def report(self, exc: BaseException | None) -> None:
+        """Feed the breaker one outcome: None is a success; a 429 or a client's leaving is no verdict."""
+        if exc is None:
+            self.breaker.success()
+        elif is_instance_failure(exc):
+            self.breaker.failure()
+        elif isinstance(exc, GatewayError) and not isinstance(exc, RateLimited):
+            self.breaker.success()  # a 4xx answer proves the instance works
+        else:
+            self.breaker.release()
+
+
+def is_instance_failure(exc: BaseException) -> bool:
+    """Connect errors, timeouts, broken streams (EngineUnavailable) and 5xx answers."""
+    return isinstance(exc, EngineUnavailable) or (isinstance(exc, GatewayError) and exc.status >= 500)
+
+
+class Lease:
+    """One attempt's hold on an instance; released exactly once, by whichever comes first."""
+
+    def __init__(self, instance: Instance) -> None:
+        self.instance = instance
+        self.released = False
+        instance.in_flight += 1
+        instance.breaker.acquire()
+
+    def release(self, exc: BaseException | None) -> None:
+        if not self.released:
+            self.released = True
+            self.instance.in_flight -= 1
+            self.instance.report(exc)

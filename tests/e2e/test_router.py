@@ -1,0 +1,154 @@
+"""Router mode end to end: a router in front of two engine-mode tokenyard instances on the real vLLM engine,
+each in its own process, driven through the strict openai SDK."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import yaml
+
+from gateway.routing.policies import HashRing
+from tests.conftest import EMBED_MODEL, TEXT_MODEL, Server, free_port, start_server, stop_server, wait_ready
+from tests.e2e.test_readme import PYTHON
+
+ALIAS = "gemma"
+PROMPT = "The Eiffel Tower is located in the city of"
+
+
+@dataclass
+class Setup:
+    router: str
+    instances: list[str]
+
+
+def _engine_env(slot: int) -> dict[str, str]:
+    """Half of this machine's cores each, so the two engines do not fight over the same ones."""
+    cores = sorted(os.sched_getaffinity(0))
+    half = cores[slot::2] or cores
+    return {"VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, half)), "VLLM_CPU_KVCACHE_SPACE": "1"}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory, server: Server) -> Iterator[Setup]:
+    from gateway.model_store import prepare_gemma
+
+    workdir = tmp_path_factory.mktemp("router")
+    model = str(prepare_gemma())
+    procs: list[tuple[subprocess.Popen[bytes], Path, str]] = []
+    try:
+        for slot in range(2):  # both engines start at once: each takes a minute or two
+            port, log_path = free_port(), workdir / f"engine-{slot}.log"
+            args = ["--port", str(port), "--model", model, "--served-model-name", TEXT_MODEL,
+                    "--max-model-len", "2048", "--dtype", "bfloat16"]
+            procs.append((start_server(args, log_path, _engine_env(slot)), log_path, f"http://127.0.0.1:{port}"))
+        for proc, log_path, url in procs:
+            wait_ready(url, proc, log_path, 900)
+        instances = [url for _, _, url in procs]
+        config = workdir / "router.yaml"
+        route = {"name": TEXT_MODEL, "aliases": [ALIAS], "policy": "session", "upstreams": instances}
+        # The session's engine-mode server serves the embedding model: a second model behind the router.
+        embed = {"name": EMBED_MODEL, "kind": "embed", "upstreams": [server.url]}
+        config.write_text(yaml.safe_dump({"routes": [route, embed], "router": {"health_interval_s": 1}}))
+        port, log_path = free_port(), workdir / "router.log"
+        procs.append((start_server(["--config", str(config), "--port", str(port)], log_path), log_path, ""))
+        router = f"http://127.0.0.1:{port}"
+        wait_ready(router, procs[-1][0], log_path, 60)
+        yield Setup(router, instances)
+    finally:
+        for proc, _, _ in procs:
+            stop_server(proc)
+
+
+@pytest.fixture(scope="module")
+def sdk(setup: Setup) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{setup.router}/v1", api_key="EMPTY", max_retries=0, timeout=120,
+                         _strict_response_validation=True)
+
+
+def served(instance: str) -> float:
+    """Requests an instance answered, from its own metrics."""
+    text = httpx.get(f"{instance}/metrics", timeout=10).text
+    pattern = rf'^tokenyard_requests_total\{{[^}}]*model="{TEXT_MODEL}"[^}}]*\}} (\S+)$'
+    return sum(float(v) for v in re.findall(pattern, text, re.M))
+
+
+def counts(setup: Setup) -> list[float]:
+    return [served(instance) for instance in setup.instances]
+
+
+def moved(before: list[float], after: list[float]) -> list[int]:
+    return [int(b - a) for a, b in zip(before, after)]
+
+
+def test_models_merge_names_and_context(sdk: openai.OpenAI, setup: Setup) -> None:
+    cards = {card.id: card for card in sdk.models.list()}
+    # two instances of one model: listed once, plus its alias, plus the embedding route
+    assert set(cards) == {TEXT_MODEL, ALIAS, EMBED_MODEL}
+    assert all(card.model_extra and card.model_extra["max_model_len"] == 2048 for card in (cards[TEXT_MODEL], cards[ALIAS]))
+    assert sdk.models.retrieve(ALIAS).id == ALIAS
+
+
+def test_requests_spread_across_both_instances(sdk: openai.OpenAI, setup: Setup) -> None:
+    before = counts(setup)
+    with ThreadPoolExecutor(6) as pool:  # at once: least loaded (no session key) sends 3 to each
+        replies = list(pool.map(lambda _: sdk.completions.create(model=TEXT_MODEL, prompt=PROMPT, max_tokens=8,
+                                                                 temperature=0), range(6)))
+    assert all(r.choices[0].text for r in replies)
+    spread = moved(before, counts(setup))
+    assert sum(spread) == 6 and min(spread) >= 2, spread
+
+
+def _session_on(instance_index: int, setup: Setup) -> str:
+    """A session id whose requests belong to that instance (the ring the router builds over both)."""
+    ring = HashRing(setup.instances)
+    return next(f"session-{i}" for i in range(1000) if ring.owner(f"session-{i}") == setup.instances[instance_index])
+
+
+@pytest.mark.parametrize("instance_index", [0, 1])
+def test_session_affinity_holds(sdk: openai.OpenAI, setup: Setup, instance_index: int) -> None:
+    session = _session_on(instance_index, setup)
+    before = counts(setup)
+    for turn in range(3):
+        sdk.chat.completions.create(model=ALIAS, messages=[{"role": "user", "content": f"Turn {turn}."}],
+                                    max_tokens=4, extra_headers={"x-session-id": session})
+    expected = [0, 0]
+    expected[instance_index] = 3
+    assert moved(before, counts(setup)) == expected
+
+
+def test_the_user_field_is_a_session_key_too(sdk: openai.OpenAI, setup: Setup) -> None:
+    before = counts(setup)
+    for _ in range(3):
+        sdk.completions.create(model=TEXT_MODEL, prompt=PROMPT, max_tokens=4, user="alice")
+    assert sorted(moved(before, counts(setup))) == [0, 3]
+
+
+def test_streaming_through_the_router(sdk: openai.OpenAI) -> None:
+    stream = sdk.chat.completions.create(model=TEXT_MODEL, messages=[{"role": "user", "content": "Count to five."}],
+                                         max_tokens=12, temperature=0, stream=True,
+                                         stream_options={"include_usage": True}, extra_body={"ignore_eos": True})
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    usage = chunks[-1].usage
+    assert text and finish == ["length"]
+    assert usage is not None and usage.completion_tokens == 12 and usage.prompt_tokens > 0
+
+
+def test_readme_router_example(setup: Setup) -> None:
+    """The README's router example, as written, against this router (only the address changes)."""
+    (example,) = [code for code in PYTHON if 'model="gemma"' in code]
+    code = example.replace("http://localhost:8000", setup.router)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str([TEXT_MODEL, ALIAS, EMBED_MODEL])

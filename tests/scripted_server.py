@@ -1,0 +1,55 @@
+"""create_app with the scripted engine, served by gateway.lifecycle.serve: the production server loop
+(signals, drain, slow-client timeouts, TLS, JSON logs) over real sockets, without a real engine.
+
+For end-to-end tests of the gateway's own logic only, never as proof of serving a model:
+
+    python -m tests.scripted_server '{"port": 8123, "api_keys": "k1"}' '{"tokens": 20, "delay_s": 0.05}'
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from engine_adapters.base import EngineAdapter
+from engine_adapters.scripted import Script, ScriptedAdapter
+from gateway.app import create_app
+from gateway.lifecycle import serve
+from gateway.observability.logging import configure_logging
+from gateway.settings import Settings
+from tests.conftest import ROOT, free_port, wait_ready
+
+MODEL = "scripted"
+
+
+def start(settings: dict[str, Any], script: dict[str, Any], log_path: Path,
+          scheme: str = "http") -> tuple[subprocess.Popen[bytes], str]:
+    """Start one in a subprocess and wait until it is ready; returns it and its base URL."""
+    port = free_port()
+    command = [sys.executable, "-m", "tests.scripted_server", json.dumps({"port": port, **settings}),
+               json.dumps(script)]
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    url = f"{scheme}://127.0.0.1:{port}"
+    if scheme == "http":
+        wait_ready(url, proc, log_path, 60)
+    return proc, url
+
+
+def main(argv: list[str]) -> int:
+    settings = Settings(models=[], **json.loads(argv[0]))
+    adapter = ScriptedAdapter(MODEL, Script(**json.loads(argv[1])))
+
+    async def factory(_: Settings) -> dict[str, EngineAdapter]:
+        return {adapter.name: adapter}
+
+    configure_logging(settings.log_level)
+    serve(create_app(settings, adapter_factory=factory), settings)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

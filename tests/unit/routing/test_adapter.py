@@ -1,0 +1,175 @@
+"""RoutedAdapter over fake instances: retries, breakers, the fast 503, aborts, models, discovery."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from typing import Any
+
+import pytest
+
+from engine_adapters.base import GenerateRequest, SamplingOptions
+from gateway.errors import EngineUnavailable, GatewayError, InvalidRequest
+from gateway.routing.adapter import RoutedAdapter
+from gateway.routing.breaker import BreakerState
+from gateway.settings import DiscoverySettings, RouterSettings, RouteSettings
+from tests.unit.routing.fakes import FakeUpstream
+
+URLS = ["http://a:1", "http://b:1", "http://c:1"]
+
+
+def routed(policy: str = "round-robin", urls: list[str] = URLS, **settings: Any) -> tuple[RoutedAdapter, dict[str, FakeUpstream]]:
+    fakes: dict[str, FakeUpstream] = {}
+
+    def connect(url: str) -> Any:
+        return fakes.setdefault(url, FakeUpstream(url))
+
+    route = RouteSettings(name="m", aliases=["m-alias"], policy=policy, upstreams=urls)  # type: ignore[arg-type]
+    router = RouterSettings(**{"retry_backoff_s": 0.0, "health_interval_s": 3600, **settings})
+    adapter = RoutedAdapter(route, router, rng=random.Random(0), connect=connect)
+    for url in urls:
+        adapter.add_instance(url)
+    return adapter, fakes
+
+
+def request(stream: bool = True, request_id: str = "r1") -> GenerateRequest:
+    return GenerateRequest(request_id, "m", SamplingOptions(), prompt="p", stream=stream)
+
+
+async def texts(adapter: RoutedAdapter, req: GenerateRequest) -> list[str]:
+    return [chunk.text async for chunk in adapter.generate(req)]
+
+
+async def test_a_failure_before_output_is_retried_elsewhere() -> None:
+    adapter, fakes = routed()
+    fakes[URLS[0]].behaviour = "before"
+    assert await texts(adapter, request()) == [f"{URLS[2]}:0", f"{URLS[2]}:1"]  # round-robin's next turn
+    assert adapter.instances[URLS[0]].retries == 1
+    assert all(i.in_flight == 0 for i in adapter.instances.values())
+
+
+async def test_a_stream_that_broke_after_output_is_not_retried() -> None:
+    adapter, fakes = routed()
+    fakes[URLS[0]].behaviour = "after"
+    seen: list[str] = []
+    with pytest.raises(EngineUnavailable):
+        async for chunk in adapter.generate(request()):
+            seen.append(chunk.text)
+    assert seen == [f"{URLS[0]}:0"] and fakes[URLS[1]].attempts == 0
+
+
+async def test_a_whole_answer_is_retried_even_after_output() -> None:
+    adapter, fakes = routed()
+    fakes[URLS[0]].behaviour = "after"
+    assert await texts(adapter, request(stream=False)) == [f"{URLS[2]}:0", f"{URLS[2]}:1"]
+
+
+async def test_client_errors_are_not_retried_and_do_not_trip_the_breaker() -> None:
+    adapter, fakes = routed(breaker_failures=1)
+    fakes[URLS[0]].behaviour = "invalid"
+    with pytest.raises(InvalidRequest):
+        await texts(adapter, request())
+    assert sum(f.attempts for f in fakes.values()) == 1
+    assert adapter.instances[URLS[0]].breaker.state is BreakerState.CLOSED
+
+
+async def test_attempts_are_bounded_and_the_last_error_is_raised() -> None:
+    adapter, fakes = routed(max_attempts=2)
+    for fake in fakes.values():
+        fake.behaviour = "before"
+    with pytest.raises(EngineUnavailable):
+        await texts(adapter, request())
+    assert sum(f.attempts for f in fakes.values()) == 2
+
+
+async def test_the_breaker_opens_and_takes_the_instance_out() -> None:
+    adapter, fakes = routed(breaker_failures=3, breaker_cooldown_s=60)
+    fakes[URLS[0]].behaviour = "before"
+    for i in range(12):
+        await texts(adapter, request(request_id=f"r{i}"))
+    assert fakes[URLS[0]].attempts == 3
+    assert adapter.instances[URLS[0]].breaker.state is BreakerState.OPEN
+    stats = {s.upstream: s for s in adapter.upstream_stats()}
+    assert stats[URLS[0]].breaker_state == 2 and not stats[URLS[0]].healthy and stats[URLS[0]].retries == 3
+
+
+async def test_no_healthy_instance_is_a_fast_503() -> None:
+    adapter, _ = routed()
+    for instance in adapter.instances.values():
+        instance.healthy = False
+    started = time.perf_counter()
+    with pytest.raises(EngineUnavailable):
+        await texts(adapter, request())
+    assert time.perf_counter() - started < 0.1
+    with pytest.raises(EngineUnavailable):
+        await adapter.check_health()
+
+
+async def test_abort_reaches_the_instance_and_frees_its_slot() -> None:
+    adapter, fakes = routed()
+    fakes[URLS[0]].behaviour = "endless"
+    stream = adapter.generate(request())
+    await anext(stream)
+    assert adapter.instances[URLS[0]].in_flight == 1
+    await adapter.abort("r1")
+    assert fakes[URLS[0]].aborted == ["r1"]
+    assert adapter.instances[URLS[0]].in_flight == 0
+    await stream.aclose()  # type: ignore[attr-defined]
+    assert adapter.instances[URLS[0]].in_flight == 0  # released once, not twice
+    await adapter.abort("r1")  # idempotent
+
+
+async def test_models_list_every_name_with_the_smallest_context() -> None:
+    adapter, fakes = routed()
+    fakes[URLS[1]].max_len = 1024
+    fakes[URLS[2]].max_len = None
+    assert [(m.name, m.max_model_len, m.kind) for m in adapter.models()] == [
+        ("m", 1024, "generate"), ("m-alias", 1024, "generate")]
+    adapter.instances[URLS[1]].healthy = False  # only healthy instances count, while there are some
+    assert adapter.models()[0].max_model_len == 2048
+
+
+async def test_embeddings_retry_too() -> None:
+    adapter, fakes = routed()
+    fakes[URLS[0]].behaviour = "before"
+    assert await adapter.embed("e1", "m", ["x"]) == ([[1.0]], 1)
+
+
+async def test_discovery_follows_the_dns_answer() -> None:
+    answers = [["10.0.0.1", "10.0.0.2"], ["10.0.0.2", "fd00::3"]]
+
+    async def resolver(host: str, port: int) -> list[str]:
+        assert (host, port) == ("engines.default.svc", 8001)
+        return answers.pop(0) if answers else ["10.0.0.2", "fd00::3"]
+
+    route = RouteSettings(name="m", discovery=DiscoverySettings(dns_name="engines.default.svc", port=8001,
+                                                                 interval_s=0.05))
+    adapter = RoutedAdapter(route, RouterSettings(health_interval_s=3600), resolver=resolver,
+                            connect=FakeUpstream)  # type: ignore[arg-type]
+    await adapter.start()
+    try:
+        assert list(adapter.instances) == ["http://10.0.0.1:8001", "http://10.0.0.2:8001"]
+        await asyncio.sleep(0.2)
+        assert sorted(adapter.instances) == ["http://10.0.0.2:8001", "http://[fd00::3]:8001"]
+    finally:
+        await adapter.close()
+        await adapter.close()  # once per alias: idempotent
+
+
+async def test_health_checks_take_a_dead_instance_out_and_bring_it_back() -> None:
+    adapter, fakes = routed(health_interval_s=0.05)
+    await adapter.start()
+    try:
+        fakes[URLS[0]].behaviour = "before"
+        await asyncio.sleep(0.2)
+        assert not adapter.instances[URLS[0]].healthy
+        fakes[URLS[0]].behaviour = "ok"
+        await asyncio.sleep(0.2)
+        assert adapter.instances[URLS[0]].healthy
+    finally:
+        await adapter.close()
+
+
+def test_gateway_error_is_the_base() -> None:
+    assert issubclass(EngineUnavailable, GatewayError)
