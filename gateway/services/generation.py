@@ -86,6 +86,8 @@ class MeteredStream:
         self.started = time.perf_counter()
         self.finished = False
         self._last_chunk_at: float | None = None
+        # Label lookups hash and lock: do them once per request, not once per chunk.
+        self._inter_token = state.metrics.inter_token_latency.labels(request.model)
 
     async def chunks(self) -> AsyncIterator[Chunk]:
         metrics, model = self.state.metrics, self.request.model
@@ -102,11 +104,10 @@ class MeteredStream:
 
     def _observe(self, chunk: Chunk) -> None:
         now = time.perf_counter()
-        metrics, model = self.state.metrics, self.request.model
         if self._last_chunk_at is None:
-            metrics.time_to_first_token.labels(model).observe(now - self.started)
+            self.state.metrics.time_to_first_token.labels(self.request.model).observe(now - self.started)
         else:
-            metrics.inter_token_latency.labels(model).observe(now - self._last_chunk_at)
+            self._inter_token.observe(now - self._last_chunk_at)
         self._last_chunk_at = now
 
     async def _abort(self) -> None:
