@@ -10,7 +10,7 @@ TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 STAMP := $(VENV)/.installed-$(ENGINE)
 ARGS ?=
 
-.PHONY: install serve test models tools clean
+.PHONY: install serve test models tools bench clean
 
 install: $(STAMP)
 
@@ -41,6 +41,11 @@ tools:
 
 test: $(STAMP) tools
 	$(PY) -m pytest $(ARGS)
+
+# Suite 1 of the benchmarks: engine mode vs `vllm serve`, same run, same machine; writes bench/results/.
+bench: $(STAMP)
+	$(PIP) install -q -e ".[bench]"
+	$(PY) -m bench.engine_vs_vllm $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -33,23 +33,28 @@ MODEL_NAME = "gemma-3-270m"
 ENGINE_FLAGS = ["--served-model-name", MODEL_NAME, "--max-model-len", "2048", "--dtype", "bfloat16"]
 
 
+def engine_env() -> dict[str, str]:
+    """The same engine environment for both servers (tokenyard's CPU defaults, spelled out)."""
+    cores = ",".join(map(str, sorted(os.sched_getaffinity(0))))
+    return {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+            "VLLM_CPU_OMP_THREADS_BIND": cores, "VLLM_HOST_IP": "127.0.0.1", "HF_HUB_OFFLINE": "1"}
+
+
 def start_tokenyard(model_path: str, port: int, log: Path) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "gateway", "serve", "--port", str(port), "--model", model_path,
            *ENGINE_FLAGS]
-    return subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    return subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=engine_env())
 
 
 def start_vllm(model_path: str, port: int, log: Path) -> subprocess.Popen[bytes]:
     # vllm-cpu's `vllm` console script is broken; the module entry point is the same server.
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_path, "--port", str(port),
            "--host", "127.0.0.1", "--enforce-eager", *ENGINE_FLAGS]
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
-           "VLLM_HOST_IP": "127.0.0.1", "HF_HUB_OFFLINE": "1"}
-    return subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
+    return subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=engine_env())
 
 
-def wait_up(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 900) -> float:
-    started = time.monotonic()
+def wait_up(url: str, proc: subprocess.Popen[bytes], started: float, timeout_s: float = 900) -> float:
+    """Seconds from `started` (when both servers were launched) until `url` answers."""
     while time.monotonic() - started < timeout_s:
         if proc.poll() is not None:
             raise RuntimeError(f"{url} exited with {proc.returncode}")
@@ -113,10 +118,11 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     logs = RESULTS / "logs"
     logs.mkdir(exist_ok=True)
+    launched = time.monotonic()
     servers = {"tokenyard": ("http://127.0.0.1:8101", start_tokenyard(model_path, 8101, logs / "tokenyard.log")),
                "vllm": ("http://127.0.0.1:8102", start_vllm(model_path, 8102, logs / "vllm.log"))}
     try:
-        startup = {name: wait_up(url, proc) for name, (url, proc) in servers.items()}
+        startup = {name: wait_up(url, proc, launched) for name, (url, proc) in servers.items()}
         summary, raw = {}, {}
         for concurrency in args.concurrency:
             requests = max(args.requests, concurrency)

@@ -29,13 +29,33 @@ class ModelSettings(BaseModel):
     engine_args: dict[str, Any] = Field(default_factory=dict)
 
 
-class DiscoverySettings(BaseModel):
-    """Find a route's instances by re-resolving a (headless Service) DNS name."""
+SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
-    dns_name: str = Field(min_length=1)
-    port: int = Field(default=8000, ge=1, le=65535)
+
+class DiscoverySettings(BaseModel):
+    """Find a route's instances: mode dns re-resolves a (headless Service) DNS name every interval_s;
+    mode kubernetes watches the Service's EndpointSlices through the Kubernetes API (Ready endpoints)."""
+
+    mode: Literal["dns", "kubernetes"] = "dns"
+    dns_name: str | None = Field(default=None, min_length=1)
+    port: int = Field(default=8000, ge=1, le=65535, description="kubernetes: only when the slice gives none.")
     scheme: Literal["http", "https"] = "http"
-    interval_s: float = Field(default=5.0, gt=0)
+    interval_s: float = Field(default=5.0, gt=0, description="dns: the period; kubernetes: the longest retry backoff.")
+    # Mode kubernetes. Left None, namespace and api_url come from the pod (service-account file, env).
+    service: str | None = Field(default=None, min_length=1)
+    namespace: str | None = Field(default=None, min_length=1)
+    port_name: str | None = Field(default=None, description="The EndpointSlice port to use; else the first.")
+    api_url: str | None = Field(default=None, description="Default https://$KUBERNETES_SERVICE_HOST:$..._PORT.")
+    token_file: Path = SERVICE_ACCOUNT_DIR / "token"  # re-read on every (re)connect: it rotates
+    ca_file: Path = SERVICE_ACCOUNT_DIR / "ca.crt"
+
+    @model_validator(mode="after")
+    def _target_for_mode(self) -> DiscoverySettings:
+        if self.mode == "dns" and not self.dns_name:
+            raise ValueError("discovery mode dns needs dns_name")
+        if self.mode == "kubernetes" and not self.service:
+            raise ValueError("discovery mode kubernetes needs service")
+        return self
 
 
 class RouteSettings(BaseModel):

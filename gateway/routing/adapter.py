@@ -25,6 +25,7 @@ from gateway.routing.breaker import Breaker, BreakerState
 from gateway.routing.discovery import Resolver, discover, resolve, watch_dns
 from gateway.routing.health import watch_health
 from gateway.routing.instance import Instance, Lease
+from gateway.routing.kube import EndpointSliceWatch
 from gateway.routing.policies import make_policy
 from gateway.settings import RouterSettings, RouteSettings
 
@@ -89,9 +90,14 @@ class RoutedAdapter:
     async def start(self) -> None:
         for url in self.route.upstreams:
             self.add_instance(url.rstrip("/"))
-        if self.route.discovery:
-            self.set_discovered(await discover(self.route.discovery, self._resolver) or [])
-            self._spawn(watch_dns(self.route.discovery, self._resolver, self.set_discovered))
+        if (discovery := self.route.discovery) and discovery.mode == "kubernetes":
+            slices = EndpointSliceWatch(discovery, self.set_discovered)
+            self._spawn(slices.run())
+            if not await slices.wait_synced(discovery.interval_s):  # then they join when the list succeeds
+                log.warning("route %s: no EndpointSlice list yet; starting with no discovered instances", self.route.name)
+        elif discovery:
+            self.set_discovered(await discover(discovery, self._resolver) or [])
+            self._spawn(watch_dns(discovery, self._resolver, self.set_discovered))
         # Learn max_model_len now; an instance that is down is not marked: requests or checks will tell.
         await asyncio.gather(*(instance.adapter.start() for instance in self.instances.values()))
         self._spawn(watch_health(lambda: list(self.instances.values()), self.settings.health_interval_s))

@@ -31,6 +31,7 @@ def address_url(scheme: str, address: str, port: int) -> str:
 
 async def discover(settings: DiscoverySettings, resolver: Resolver) -> list[str] | None:
     """The instance URLs the name stands for now; None when the lookup failed."""
+    assert settings.dns_name is not None  # the settings ask for it in mode dns
     try:
         async with asyncio.timeout(settings.interval_s):
             addresses = await resolver(settings.dns_name, settings.port)

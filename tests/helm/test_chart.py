@@ -167,6 +167,38 @@ def test_router_config_lists_each_headless_service(ci_rendered: Rendered) -> Non
         assert routes[served]["policy"] in {"least-loaded", "power-of-two", "session", "prefix", "round-robin"}
 
 
+def test_kubernetes_discovery_mode_watches_endpointslices(tmp_path: Path) -> None:
+    from gateway.settings import Settings
+
+    rendered = render({"router": {"discoveryMode": "kubernetes"}})
+    router_config = rendered.config_of(rendered.router)
+    for route in router_config["routes"]:
+        discovery = route["discovery"]
+        assert "dns_name" not in discovery
+        assert (discovery["mode"], discovery["namespace"], discovery["port_name"]) == ("kubernetes", NAMESPACE, "http")
+        service = rendered.get("Service", discovery["service"])
+        assert service["spec"]["clusterIP"] == "None" and service["spec"]["ports"][0]["name"] == "http"
+    config_file = tmp_path / "router.yaml"
+    config_file.write_text(yaml.safe_dump(router_config))
+    assert Settings(config=config_file).routes[0].discovery.mode == "kubernetes"  # type: ignore[union-attr]
+
+    # Read-only access to endpointslices in this namespace, for the router's ServiceAccount only.
+    (role,), (binding,) = rendered.of_kind("Role"), rendered.of_kind("RoleBinding")
+    assert role["rules"] == [{"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"],
+                              "verbs": ["get", "list", "watch"]}]
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                  "name": role["metadata"]["name"]}
+    account = pod_spec(rendered.router)["serviceAccountName"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account, "namespace": NAMESPACE}]
+    assert pod_spec(rendered.router)["automountServiceAccountToken"] is True  # it needs the token
+    assert all(pod_spec(engine)["automountServiceAccountToken"] is False for engine in rendered.engines)
+    for obj in (role, binding, rendered.router):
+        kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
+    # DNS mode (the default) needs neither.
+    default = render({})
+    assert default.of_kind("Role") == default.of_kind("RoleBinding") == []
+
+
 def test_engine_selectors_do_not_overlap(ci_rendered: Rendered) -> None:
     deployments = ci_rendered.of_kind("Deployment")
     for deployment in deployments:
