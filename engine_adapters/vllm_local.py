@@ -6,7 +6,7 @@ import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -130,7 +130,9 @@ class VllmLocalAdapter:
             raise EngineUnavailable("The engine is not running.")
         ids = self.prompt_ids(request)
         max_tokens = self._check_context(len(ids), request.sampling.max_tokens)
-        params = _sampling_params(request.sampling, max_tokens)
+        # Greedy choices are all the same text: vLLM refuses n > 1 there, OpenAI answers n copies.
+        copies = request.sampling.n if _is_greedy(request.sampling) else 1
+        params = _sampling_params(replace(request.sampling, n=1) if copies > 1 else request.sampling, max_tokens)
         counts: dict[int, int] = {}
         try:
             # vLLM reads priority only under scheduling_policy "priority"; under its default (fcfs) it is not passed.
@@ -139,22 +141,24 @@ class VllmLocalAdapter:
             stream = self._engine.generate({"prompt_token_ids": ids}, params, request.request_id, **extra)
             async for out in stream:
                 for comp in out.outputs:
-                    yield self._chunk(out, comp, counts, request, len(ids))
+                    for index in range(copies) if copies > 1 else (comp.index,):
+                        yield self._chunk(out, comp, counts, request, len(ids), index)
         except GatewayError:
             raise
         except Exception as exc:
             raise _map_engine_error(exc) from exc
 
-    def _chunk(self, out: Any, comp: Any, counts: dict[int, int], request: GenerateRequest, prompt_len: int) -> Chunk:
-        first = comp.index not in counts
-        counts[comp.index] = counts.get(comp.index, 0) + len(comp.token_ids)
+    def _chunk(self, out: Any, comp: Any, counts: dict[int, int], request: GenerateRequest, prompt_len: int,
+               index: int) -> Chunk:
+        first = index not in counts
+        counts[index] = counts.get(index, 0) + len(comp.token_ids)
         chunk = Chunk(
-            index=comp.index,
+            index=index,
             text=comp.text,
             token_ids=comp.token_ids,
             finish_reason=comp.finish_reason,
             prompt_tokens=prompt_len,
-            completion_tokens=counts[comp.index],
+            completion_tokens=counts[index],
         )
         if request.sampling.logprobs is not None and comp.logprobs is not None:
             chunk.logprobs = _token_logprobs(comp.token_ids, comp.logprobs, request.sampling.logprobs)
@@ -225,6 +229,10 @@ def _engine_env_defaults() -> None:
     }
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
+
+
+def _is_greedy(opts: SamplingOptions) -> bool:
+    return opts.temperature is not None and opts.temperature < 1e-5  # vLLM's own threshold
 
 
 def _sampling_params(opts: SamplingOptions, max_tokens: int) -> Any:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import httpx
 import openai
-import pytest
 
 from tests.conftest import TEXT_MODEL
 from tests.e2e.sse import post_stream
@@ -76,10 +75,12 @@ def test_batched_prompts_and_n(client: openai.OpenAI) -> None:
     assert single and reply.usage and reply.usage.prompt_tokens == 10 + single.prompt_tokens
 
 
-def test_greedy_with_n_above_one_is_a_clear_400(client: openai.OpenAI) -> None:
-
-    with pytest.raises(openai.BadRequestError, match="greedy"):
-        complete(client, n=2)
+def test_greedy_with_n_above_one_gives_identical_choices(client: openai.OpenAI) -> None:
+    single = complete(client)
+    reply = complete(client, n=3)
+    assert [c.index for c in reply.choices] == [0, 1, 2]
+    assert {c.text for c in reply.choices} == {single.choices[0].text}
+    assert reply.usage and single.usage and reply.usage.completion_tokens == 3 * single.usage.completion_tokens
 
 
 def test_token_id_prompt(client: openai.OpenAI) -> None:
