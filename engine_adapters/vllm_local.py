@@ -36,6 +36,8 @@ class VllmLocalAdapter:
         self._engine: Any = None
         self._tokenizer: Any = None
         self._max_model_len: int | None = spec.max_model_len
+        # vLLM reads priority only under scheduling_policy "priority"; under its default (fcfs) it is not passed.
+        self._by_priority = spec.engine_args.get("scheduling_policy") == "priority"
 
     async def start(self) -> None:
         _engine_env_defaults()
@@ -135,9 +137,7 @@ class VllmLocalAdapter:
         params = _sampling_params(replace(request.sampling, n=1) if copies > 1 else request.sampling, max_tokens)
         counts: dict[int, int] = {}
         try:
-            # vLLM reads priority only under scheduling_policy "priority"; under its default (fcfs) it is not passed.
-            by_priority = self.spec.engine_args.get("scheduling_policy") == "priority"
-            extra = {"priority": request.priority} if by_priority else {}
+            extra = {"priority": request.priority} if self._by_priority else {}
             stream = self._engine.generate({"prompt_token_ids": ids}, params, request.request_id, **extra)
             async for out in stream:
                 for comp in out.outputs:

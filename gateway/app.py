@@ -99,7 +99,7 @@ def create_app(settings: Settings, adapter_factory: AdapterFactory | None = None
             yield
         finally:
             state.draining = True
-            for adapter in state.adapters.values():
+            for adapter in state.engines():
                 # What is left of the drain deadline: after a SIGTERM drain, the requests are done already.
                 await adapter.close(state.drain.time_left(settings.drain_deadline_s))
 

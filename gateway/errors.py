@@ -109,18 +109,17 @@ def error_payload(exc: BaseException) -> tuple[int, dict[str, Any]]:
     return exc.status, body
 
 
+# Each status's error is the class that declares it: the tree stays the one source of truth.
+_BY_STATUS: dict[int, type[GatewayError]] = {
+    cls.status: cls
+    for cls in (InvalidRequest, AuthenticationFailed, NotFound, RequestTimeout, PayloadTooLarge, RateLimited,
+                EngineUnavailable)
+}
+
+
 def status_error(status: int, message: str, *, param: str | None = None) -> GatewayError:
     """Build the error of our tree that an HTTP status stands for (for upstream and framework errors)."""
-    by_status: dict[int, type[GatewayError]] = {
-        400: InvalidRequest,
-        401: AuthenticationFailed,
-        404: NotFound,
-        408: RequestTimeout,
-        413: PayloadTooLarge,
-        429: RateLimited,
-        503: EngineUnavailable,
-    }
-    cls = by_status.get(status)
+    cls = _BY_STATUS.get(status)
     if cls is None:
         return InvalidRequest(message, param=param) if 400 <= status < 500 else GatewayError(message)
     return cls(message, param=param)

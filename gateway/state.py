@@ -25,10 +25,13 @@ class AppState:
     def __post_init__(self) -> None:
         self.metrics.watch_upstreams(self.upstream_stats)
 
+    def engines(self) -> list[EngineAdapter]:
+        """Each adapter once: a route is registered under its name and every alias."""
+        return list({id(adapter): adapter for adapter in self.adapters.values()}.values())
+
     def upstream_stats(self) -> list[UpstreamStat]:
-        """Router mode: per-instance state of every routed model (a route is listed once, not per alias)."""
-        unique = {id(adapter): adapter for adapter in self.adapters.values()}
-        return [stat for adapter in unique.values() for stat in getattr(adapter, "upstream_stats", list)()]
+        """Router mode: per-instance state of every routed model."""
+        return [stat for adapter in self.engines() for stat in getattr(adapter, "upstream_stats", list)()]
 
     def adapter_for(self, model: str, kind: str = "generate") -> EngineAdapter:
         adapter = self.adapters.get(model)

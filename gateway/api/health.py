@@ -23,7 +23,7 @@ async def ready(request: Request) -> Response:
     if not state.ready or state.draining:
         return JSONResponse({"status": "not ready"}, status_code=503)
     try:
-        await asyncio.gather(*(adapter.check_health() for adapter in state.adapters.values()))
+        await asyncio.gather(*(adapter.check_health() for adapter in state.engines()))
     except Exception:
         return JSONResponse({"status": "engine unhealthy"}, status_code=503)
     return JSONResponse({"status": "ready"})

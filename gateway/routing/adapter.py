@@ -103,7 +103,7 @@ class RoutedAdapter:
         self._spawn(watch_health(lambda: list(self.instances.values()), self.settings.health_interval_s))
 
     async def close(self, drain_deadline_s: float = 0.0) -> None:
-        if self._closed:  # registered under each alias, so closed once per name
+        if self._closed:  # idempotent, as the EngineAdapter seam asks of abort and close alike
             return
         self._closed = True
         if self.owner is not None:
