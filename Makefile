@@ -10,7 +10,7 @@ TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 STAMP := $(VENV)/.installed-$(ENGINE)
 ARGS ?=
 
-.PHONY: install serve test models tools bench clean
+.PHONY: install serve test models tools bench bench-quick bench-router clean
 
 install: $(STAMP)
 
@@ -46,6 +46,17 @@ test: $(STAMP) tools
 bench: $(STAMP)
 	$(PIP) install -q -e ".[bench]"
 	$(PY) -m bench.engine_vs_vllm $(ARGS)
+
+# Suite 2, router overhead: tokenyard's router vs vllm-router, sglang-router, LiteLLM and a naive proxy,
+# each peer hash-pinned in its own venv under bench/.peers/ (bench/peers.py).
+bench-router: $(STAMP)
+	$(PIP) install -q -e ".[bench]"
+	$(PY) -m bench.router_overhead --install-peers $(ARGS)
+
+# Under 5 minutes, no peer installs: Suite 2 with the stub, direct vs tokenyard's router vs the naive proxy.
+bench-quick: $(STAMP)
+	$(PIP) install -q -e ".[bench]"
+	$(PY) -m bench.router_overhead --quick $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -3,7 +3,11 @@
 Both servers run at once on different ports; rounds alternate A/B so drift hits both alike, and the
 headline figures are ratios within each round (median and spread over rounds).
 
-    python -m bench.engine_vs_vllm --rounds 3 --concurrency 1 8 --requests 8 --max-tokens 64
+    python -m bench.engine_vs_vllm --rounds 3 --concurrency 1 8 32 --requests 16 --max-tokens 64
+    python -m bench.engine_vs_vllm --shared-prefix-words 600   # every prompt starts with the same long text
+
+The shared-prefix variant puts one long preamble before each request's own question, so that vLLM's
+prefix cache (on in both servers) serves most of every prompt after the first.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.loadgen import RunResult, run
+from bench.loadgen import PROMPT, RunResult, run
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODEL_NAME = "gemma-3-270m"
@@ -110,7 +114,16 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--suite", default="engine-vs-vllm")
+    parser.add_argument("--shared-prefix-words", type=int, default=0,
+                        help="put this many words of one shared preamble before every prompt")
+    parser.add_argument("--ports", type=int, nargs=2, default=[8301, 8302], help="tokenyard's and vllm's")
     args = parser.parse_args()
+    prompt = PROMPT
+    if args.shared_prefix_words:
+        preamble = " ".join(f"rule{i % 97}" for i in range(args.shared_prefix_words))
+        prompt = f"Follow these house rules: {preamble}.\n\n{PROMPT}"
+        if args.suite == parser.get_default("suite"):
+            args.suite += "-shared-prefix"
 
     from gateway.model_store import prepare_gemma
 
@@ -119,8 +132,9 @@ def main() -> None:
     logs = RESULTS / "logs"
     logs.mkdir(exist_ok=True)
     launched = time.monotonic()
-    servers = {"tokenyard": ("http://127.0.0.1:8101", start_tokenyard(model_path, 8101, logs / "tokenyard.log")),
-               "vllm": ("http://127.0.0.1:8102", start_vllm(model_path, 8102, logs / "vllm.log"))}
+    ty_port, vllm_port = args.ports
+    servers = {"tokenyard": (f"http://127.0.0.1:{ty_port}", start_tokenyard(model_path, ty_port, logs / "tokenyard.log")),
+               "vllm": (f"http://127.0.0.1:{vllm_port}", start_vllm(model_path, vllm_port, logs / "vllm.log"))}
     try:
         startup = {name: wait_up(url, proc, launched) for name, (url, proc) in servers.items()}
         summary, raw = {}, {}
@@ -130,7 +144,7 @@ def main() -> None:
             for i in range(args.rounds):
                 order = list(servers) if i % 2 == 0 else list(reversed(servers))
                 rounds.append({name: asyncio.run(run(servers[name][0], MODEL_NAME, concurrency, requests,
-                                                     args.max_tokens)) for name in order})
+                                                     args.max_tokens, prompt)) for name in order})
             summary[str(concurrency)] = ratios(rounds)
             raw[str(concurrency)] = [{k: asdict(v) for k, v in r.items()} for r in rounds]
     finally:

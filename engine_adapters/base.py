@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 
 # The priority of the request being served. The admission middleware sets it from x-priority or the
@@ -25,6 +25,20 @@ class ModelInfo:
     max_model_len: int | None
     kind: str = "generate"  # "generate" or "embed"
     root: str | None = None
+    parent: str | None = None  # a LoRA adapter: the base model it runs on
+
+
+@dataclass(frozen=True)
+class StructuredOutput:
+    """A constraint on the shape of the output, for engines that can decode under one.
+
+    kind is "json" (spec: a JSON schema, dict), "json_object" (spec: None, any JSON object),
+    "regex" (spec: the pattern), "choice" (spec: a tuple of the allowed strings) or
+    "grammar" (spec: an EBNF/Lark grammar text).
+    """
+
+    kind: Literal["json", "json_object", "regex", "choice", "grammar"]
+    spec: Any = None
 
 
 @dataclass(frozen=True)
@@ -50,6 +64,10 @@ class SamplingOptions:
     logprobs: int | None = None  # top-k alternatives per sampled token; 0 = the sampled token only
     prompt_logprobs: int | None = None
     skip_special_tokens: bool = True
+    tokens_as_ids: bool = False  # logprob tokens written "token_id:123" (vLLM's return_tokens_as_token_ids)
+    beam_search: bool = False  # n is the beam width; the n best beams are the choices
+    length_penalty: float = 1.0  # beam search: the score is the cumulative logprob / length ** length_penalty
+    structured: StructuredOutput | None = None  # constrained decoding (response_format, forced tool calls)
 
 
 @dataclass
@@ -59,7 +77,13 @@ class GenerateRequest:
     sampling: SamplingOptions
     prompt: str | list[int] | None = None
     messages: list[dict[str, Any]] | None = None  # chat: the adapter applies the template
+    # chat: OpenAI-shaped tool definitions, for the template to show the model (the gateway parses the calls).
+    tools: list[dict[str, Any]] | None = None
     add_generation_prompt: bool = True
+    # chat: end the prompt inside the last message (no closing turn), so the model continues it.
+    continue_final_message: bool = False
+    chat_template_kwargs: dict[str, Any] | None = None  # chat: extra variables the template can read
+    add_special_tokens: bool | None = None  # None: the chat template writes them, a text prompt gets them
     # vLLM's scheduling priority (lower runs sooner); set per request by the gateway's admission control.
     priority: int = field(default_factory=lambda: REQUEST_PRIORITY.get())
     # Router mode: session affinity key (the x-session-id header, else the `user` field).
@@ -76,6 +100,13 @@ class TokenLogprob:
     top: tuple[tuple[str, float], ...] = ()
 
 
+@dataclass(frozen=True)
+class RankedLogprob:
+    logprob: float
+    rank: int | None
+    decoded_token: str | None
+
+
 @dataclass
 class Chunk:
     """What one engine step adds to one choice."""
@@ -90,6 +121,8 @@ class Chunk:
     # Only on a choice's first chunk, and only when asked for:
     prompt_text: str | None = None
     prompt_logprobs: list[TokenLogprob | None] | None = None
+    # The same, as vLLM returns them: per prompt position (the first has none), token id -> logprob.
+    prompt_logprobs_by_id: list[dict[int, RankedLogprob] | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -117,7 +150,39 @@ class EngineAdapter(Protocol):
 
 
 @runtime_checkable
+class LoraLoader(Protocol):
+    """Adapters that serve LoRA adapters as extra model names can load and unload them at run time."""
+
+    async def load_lora(self, name: str, path: str) -> None: ...
+
+    async def unload_lora(self, name: str) -> None: ...
+
+
+@runtime_checkable
 class Embedder(Protocol):
     async def embed(self, request_id: str, model: str, inputs: list[str] | list[list[int]]) -> tuple[list[list[float]], int]:
         """Return one vector per input and the number of prompt tokens."""
         ...
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    """Adapters that can show how they tokenize: /tokenize, /detokenize and the token check."""
+
+    async def tokenize(self, request: GenerateRequest) -> list[int]:
+        """The prompt ids `request` would generate from (its prompt, or its messages rendered)."""
+        ...
+
+    async def detokenize(self, model: str, token_ids: list[int]) -> str: ...
+
+    async def token_strings(self, model: str, token_ids: list[int]) -> list[str]:
+        """Each id's token as the vocabulary spells it (byte-level markers included)."""
+        ...
+
+
+@runtime_checkable
+class Relay(Protocol):
+    """Router mode: an OpenAI-shaped request passed through to an upstream as it is, so every field the
+    upstream knows works; the answer comes back as the upstream's SSE bytes, cut at event boundaries."""
+
+    def relay(self, request: GenerateRequest, path: str, body: dict[str, Any]) -> AsyncIterator[bytes]: ...

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 from collections.abc import AsyncIterator, Iterable
@@ -10,7 +11,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from engine_adapters.base import Chunk, GenerateRequest, Load, ModelInfo, SamplingOptions, TokenLogprob
+from engine_adapters.base import (
+    Chunk,
+    GenerateRequest,
+    Load,
+    ModelInfo,
+    RankedLogprob,
+    SamplingOptions,
+    StructuredOutput,
+    TokenLogprob,
+)
 from gateway.errors import ContextLengthExceeded, EngineUnavailable, GatewayError, InvalidRequest
 
 log = logging.getLogger(__name__)
@@ -28,6 +38,7 @@ class LocalModelSpec:
     chat_template: str | None = None  # template text; None keeps the tokenizer's own
     engine_args: dict[str, Any] = field(default_factory=dict)
     publish_metrics: bool = True  # vLLM's Prometheus metrics are global: one engine per process publishes
+    lora_adapters: dict[str, str] = field(default_factory=dict)  # served name -> adapter directory
 
 
 class VllmLocalAdapter:
@@ -38,6 +49,12 @@ class VllmLocalAdapter:
         self._max_model_len: int | None = spec.max_model_len
         # vLLM reads priority only under scheduling_policy "priority"; under its default (fcfs) it is not passed.
         self._by_priority = spec.engine_args.get("scheduling_policy") == "priority"
+        # LoRA adapters served as model names: name -> (vLLM's lora_int_id, path). Ids are never reused,
+        # so a re-loaded adapter is not mistaken for the one vLLM still caches under the old id.
+        self._loras: dict[str, tuple[int, str]] = {}
+        self._last_lora_id = 0
+        for name, path in spec.lora_adapters.items():
+            self._remember_lora(name, path)
 
     async def start(self) -> None:
         _engine_env_defaults()
@@ -56,6 +73,13 @@ class VllmLocalAdapter:
         self._engine = AsyncLLM.from_engine_args(args)
         self._tokenizer = self._engine.get_tokenizer()
         self._max_model_len = self._engine.model_config.max_model_len
+        for name in self._loras:  # vLLM loads adapters lazily: a bad one fails the start, not a request
+            try:
+                await self._engine.add_lora(self._lora_request(name))
+            except Exception as exc:
+                self._engine.shutdown()
+                self._engine = None
+                raise RuntimeError(f"LoRA adapter {name!r} of {self.spec.name!r} cannot be loaded: {exc}") from exc
 
     async def close(self, drain_deadline_s: float = 0.0) -> None:
         if self._engine is None:
@@ -67,7 +91,46 @@ class VllmLocalAdapter:
         self._engine = None
 
     def models(self) -> list[ModelInfo]:
-        return [ModelInfo(self.spec.name, self._max_model_len, self.spec.kind, root=self.spec.path)]
+        base = ModelInfo(self.spec.name, self._max_model_len, self.spec.kind, root=self.spec.path)
+        loras = [ModelInfo(name, self._max_model_len, self.spec.kind, root=path, parent=self.spec.name)
+                 for name, (_, path) in self._loras.items()]
+        return [base, *loras]
+
+    # -- LoRA -------------------------------------------------------------------
+
+    def _remember_lora(self, name: str, path: str) -> None:
+        self._last_lora_id += 1
+        self._loras[name] = (self._last_lora_id, path)
+
+    def _lora_request(self, model: str) -> Any:
+        """vLLM's LoRARequest when `model` names one of our adapters; None for the base model."""
+        if model not in self._loras:
+            return None
+        from vllm.lora.request import LoRARequest
+
+        lora_id, path = self._loras[model]
+        return LoRARequest(model, lora_id, path, base_model_name=self.spec.name)
+
+    async def load_lora(self, name: str, path: str) -> None:
+        if self._engine is None:
+            raise EngineUnavailable("The engine is not running.")
+        if self._engine.vllm_config.lora_config is None:
+            raise InvalidRequest(f"LoRA is not enabled for model {self.spec.name!r}.", param="lora_name")
+        if name == self.spec.name or name in self._loras:
+            raise InvalidRequest(f"The model {name!r} is already served.", param="lora_name")
+        self._remember_lora(name, path)
+        try:
+            # Loads (and checks) the weights now, so a bad path fails here rather than on the first request.
+            await self._engine.add_lora(self._lora_request(name))
+        except Exception as exc:
+            del self._loras[name]
+            raise InvalidRequest(f"Failed to load LoRA adapter {name!r}: {exc}", param="lora_path") from exc
+
+    async def unload_lora(self, name: str) -> None:
+        """Idempotent: an adapter that is not loaded is left as it is."""
+        lora = self._loras.pop(name, None)
+        if lora is not None and self._engine is not None:
+            await self._engine.remove_lora(lora[0])
 
     def load(self) -> Load:
         if self._engine is None:
@@ -88,14 +151,20 @@ class VllmLocalAdapter:
 
     # -- prompts ----------------------------------------------------------------
 
-    def render_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
-        turns = [{**m, "role": _ROLE_FOR_TEMPLATE.get(m["role"], m["role"])} for m in messages]
+    def render_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True,
+                    tools: list[dict[str, Any]] | None = None, *, continue_final_message: bool = False,
+                    template_kwargs: dict[str, Any] | None = None) -> str:
+        turns = [_template_turn(m) for m in messages]
         try:
             rendered = self._tokenizer.apply_chat_template(
                 turns,
                 chat_template=self.spec.chat_template,
                 tokenize=False,
                 add_generation_prompt=add_generation_prompt,
+                tools=tools,
+                # Cuts the rendering right after the last message's text: the model continues that turn.
+                continue_final_message=continue_final_message,
+                **(template_kwargs or {}),
             )
         except Exception as exc:  # jinja's raise_exception, a missing template
             raise InvalidRequest(f"The chat template cannot render these messages: {exc}", param="messages") from exc
@@ -103,12 +172,36 @@ class VllmLocalAdapter:
 
     def prompt_ids(self, request: GenerateRequest) -> list[int]:
         if request.messages is not None:
+            text = self.render_chat(request.messages, request.add_generation_prompt, request.tools,
+                                    continue_final_message=request.continue_final_message,
+                                    template_kwargs=request.chat_template_kwargs)
             # The template writes BOS itself: a second one ruins the output.
-            text = self.render_chat(request.messages, request.add_generation_prompt)
-            return list(self._tokenizer.encode(text, add_special_tokens=False))
+            return list(self._tokenizer.encode(text, add_special_tokens=bool(request.add_special_tokens)))
         if isinstance(request.prompt, str):
-            return list(self._tokenizer.encode(request.prompt))
+            if request.add_special_tokens is False:
+                return list(self._tokenizer.encode(request.prompt, add_special_tokens=False))
+            return list(self._tokenizer.encode(request.prompt))  # with BOS, as vLLM's prompts get it
         return list(request.prompt or [])
+
+    # -- tokenization (the Tokenizer protocol; one tokenizer serves every name of this engine) --------
+
+    async def tokenize(self, request: GenerateRequest) -> list[int]:
+        return self.prompt_ids(request)
+
+    async def detokenize(self, model: str, token_ids: list[int]) -> str:
+        self._check_vocab(token_ids)
+        return str(self._tokenizer.decode(token_ids))
+
+    async def token_strings(self, model: str, token_ids: list[int]) -> list[str]:
+        self._check_vocab(token_ids)
+        return [str(token) for token in self._tokenizer.convert_ids_to_tokens(token_ids)]
+
+    def _check_vocab(self, token_ids: list[int]) -> None:
+        size = len(self._tokenizer)
+        bad = next((t for t in token_ids if not 0 <= t < size), None)
+        if bad is not None:
+            raise InvalidRequest(f"Token id {bad} is out of vocabulary (the vocabulary has {size} tokens).",
+                                 param="tokens")
 
     def _check_context(self, prompt_len: int, max_tokens: int | None) -> int:
         limit = self._max_model_len or 0
@@ -132,13 +225,20 @@ class VllmLocalAdapter:
             raise EngineUnavailable("The engine is not running.")
         ids = self.prompt_ids(request)
         max_tokens = self._check_context(len(ids), request.sampling.max_tokens)
+        beam = request.sampling.beam_search
         # Greedy choices are all the same text: vLLM refuses n > 1 there, OpenAI answers n copies.
-        copies = request.sampling.n if _is_greedy(request.sampling) else 1
-        params = _sampling_params(replace(request.sampling, n=1) if copies > 1 else request.sampling, max_tokens)
+        copies = request.sampling.n if _is_greedy(request.sampling) and not beam else 1
+        params = None if beam else _sampling_params(
+            replace(request.sampling, n=1) if copies > 1 else request.sampling, max_tokens)
         counts: dict[int, int] = {}
         try:
-            extra = {"priority": request.priority} if self._by_priority else {}
-            stream = self._engine.generate({"prompt_token_ids": ids}, params, request.request_id, **extra)
+            extra: dict[str, Any] = {"priority": request.priority} if self._by_priority else {}
+            if (lora := self._lora_request(request.model)) is not None:
+                extra["lora_request"] = lora
+            if beam:
+                stream = self._beam_search(ids, request, max_tokens, lora)
+            else:
+                stream = self._engine.generate({"prompt_token_ids": ids}, params, request.request_id, **extra)
             async for out in stream:
                 for comp in out.outputs:
                     for index in range(copies) if copies > 1 else (comp.index,):
@@ -147,6 +247,25 @@ class VllmLocalAdapter:
             raise
         except Exception as exc:
             raise _map_engine_error(exc) from exc
+
+    def _beam_search(self, ids: list[int], request: GenerateRequest, max_tokens: int, lora: Any) -> AsyncIterator[Any]:
+        """vLLM v1's beam search lives in its API server, over the engine client, not in AsyncLLM: use it as
+        a library. It runs one engine request per beam per step, and yields the n best beams at the end."""
+        from vllm.entrypoints.generate.beam_search.online import BeamSearchOnlineMixin
+        from vllm.inputs.engine import tokens_input
+        from vllm.sampling_params import BeamSearchParams
+
+        class Searcher(BeamSearchOnlineMixin):
+            def __init__(self, engine: Any) -> None:
+                self.engine_client, self.renderer = engine, engine.renderer
+
+        s = request.sampling
+        params = BeamSearchParams(
+            beam_width=s.n, max_tokens=max_tokens, ignore_eos=s.ignore_eos, temperature=s.temperature or 0.0,
+            length_penalty=s.length_penalty, include_stop_str_in_output=s.include_stop_str_in_output,
+            skip_special_tokens=s.skip_special_tokens,
+        )
+        return Searcher(self._engine).beam_search(tokens_input(ids), request.request_id, params, lora_request=lora)
 
     def _chunk(self, out: Any, comp: Any, counts: dict[int, int], request: GenerateRequest, prompt_len: int,
                index: int) -> Chunk:
@@ -161,13 +280,16 @@ class VllmLocalAdapter:
             completion_tokens=counts[index],
         )
         if request.sampling.logprobs is not None and comp.logprobs is not None:
-            chunk.logprobs = _token_logprobs(comp.token_ids, comp.logprobs, request.sampling.logprobs)
+            chunk.logprobs = _token_logprobs(comp.token_ids, comp.logprobs, request.sampling.logprobs,
+                                             request.sampling.tokens_as_ids)
         if first and request.sampling.prompt_logprobs is not None:
             chunk.prompt_text = self._tokenizer.decode(out.prompt_token_ids, skip_special_tokens=True)
-            chunk.prompt_logprobs = self._prompt_logprobs(out, request.sampling.prompt_logprobs)
+            chunk.prompt_logprobs = self._prompt_logprobs(out, request.sampling.prompt_logprobs,
+                                                          request.sampling.tokens_as_ids)
+            chunk.prompt_logprobs_by_id = _ranked_prompt_logprobs(out.prompt_logprobs)
         return chunk
 
-    def _prompt_logprobs(self, out: Any, top: int) -> list[TokenLogprob | None]:
+    def _prompt_logprobs(self, out: Any, top: int, as_ids: bool = False) -> list[TokenLogprob | None]:
         ids = out.prompt_token_ids
         positions = list(out.prompt_logprobs or [None] * len(ids))
         if ids and ids[0] == self._tokenizer.bos_token_id:
@@ -179,7 +301,7 @@ class VllmLocalAdapter:
                 token = self._tokenizer.convert_ids_to_tokens([token_id])[0]
                 result.append(TokenLogprob(self._tokenizer.convert_tokens_to_string([token]), float("nan")))
             else:
-                result.append(_one_logprob(token_id, position, top))
+                result.append(_one_logprob(token_id, position, top, as_ids))
         return result
 
     # -- embeddings -------------------------------------------------------------
@@ -217,6 +339,24 @@ class VllmLocalAdapter:
         return [float(x) for x in final.outputs.data.tolist()]
 
 
+def _template_turn(message: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAI message as chat templates expect it: system for developer, and tool call
+    arguments as objects (the wire carries them as JSON text; templates write them with tojson)."""
+    turn = {**message, "role": _ROLE_FOR_TEMPLATE.get(message["role"], message["role"])}
+    if message.get("tool_calls"):
+        turn["tool_calls"] = [_call_with_object_arguments(call) for call in message["tool_calls"]]
+    return turn
+
+
+def _call_with_object_arguments(call: dict[str, Any]) -> dict[str, Any]:
+    arguments = call.get("function", {}).get("arguments")
+    try:
+        parsed = json.loads(arguments) if isinstance(arguments, str) else arguments
+    except ValueError:
+        return call  # not JSON: the template gets the text as it came
+    return {**call, "function": {**call["function"], "arguments": parsed}}
+
+
 def _engine_env_defaults() -> None:
     """Settings proven on small CPU machines; anything the operator set wins."""
     cores = sorted(os.sched_getaffinity(0))
@@ -251,6 +391,7 @@ def _sampling_params(opts: SamplingOptions, max_tokens: int) -> Any:
         "logprobs": opts.logprobs,
         "prompt_logprobs": opts.prompt_logprobs,
         "logit_bias": opts.logit_bias,
+        "structured_outputs": _structured_params(opts.structured),
     }
     try:
         return SamplingParams(
@@ -269,18 +410,45 @@ def _sampling_params(opts: SamplingOptions, max_tokens: int) -> Any:
         raise InvalidRequest(str(exc)) from exc
 
 
-def _one_logprob(token_id: int, position: dict[int, Any], top: int) -> TokenLogprob:
+def _structured_params(structured: StructuredOutput | None) -> Any:
+    if structured is None:
+        return None
+    from vllm.sampling_params import StructuredOutputsParams
+
+    spec = structured.spec
+    value: Any = list(spec) if structured.kind == "choice" else (True if structured.kind == "json_object" else spec)
+    fields: dict[str, Any] = {structured.kind: value}
+    return StructuredOutputsParams(**fields)
+
+
+def _one_logprob(token_id: int, position: dict[int, Any], top: int, as_ids: bool = False) -> TokenLogprob:
+    def token(tid: int, lp: Any) -> str:
+        # "token_id:N" names tokens that do not decode to text on their own (vLLM's return_tokens_as_token_ids).
+        return f"token_id:{tid}" if as_ids else (lp.decoded_token or "")
+
     chosen = position[token_id]
-    ranked = sorted(position.values(), key=lambda lp: lp.logprob, reverse=True)[:top]
+    ranked = sorted(position.items(), key=lambda item: item[1].logprob, reverse=True)[:top]
     return TokenLogprob(
-        token=chosen.decoded_token or "",
+        token=token(token_id, chosen),
         logprob=max(chosen.logprob, -9999.0),
-        top=tuple((lp.decoded_token or "", max(lp.logprob, -9999.0)) for lp in ranked),
+        top=tuple((token(tid, lp), max(lp.logprob, -9999.0)) for tid, lp in ranked),
     )
 
 
-def _token_logprobs(token_ids: Iterable[int], positions: Iterable[dict[int, Any] | None], top: int) -> list[TokenLogprob]:
-    return [_one_logprob(t, p, top) for t, p in zip(token_ids, positions) if p]
+def _token_logprobs(token_ids: Iterable[int], positions: Iterable[dict[int, Any] | None], top: int,
+                    as_ids: bool = False) -> list[TokenLogprob]:
+    return [_one_logprob(t, p, top, as_ids) for t, p in zip(token_ids, positions) if p]
+
+
+def _ranked_prompt_logprobs(positions: Any) -> list[dict[int, RankedLogprob] | None] | None:
+    """vLLM's prompt logprobs as they are, but for -inf, which JSON cannot carry (clamped, as vLLM does)."""
+    if positions is None:
+        return None
+    return [
+        {tid: RankedLogprob(max(lp.logprob, -9999.0), lp.rank, lp.decoded_token) for tid, lp in position.items()}
+        if position else None
+        for position in positions
+    ]
 
 
 def _map_engine_error(exc: Exception) -> GatewayError:

@@ -14,7 +14,7 @@ from starlette.responses import Response
 
 from engine_adapters.base import EngineAdapter
 from gateway import middleware
-from gateway.api import embeddings, generation, health, models
+from gateway.api import embeddings, generation, health, lora, models, responses, tokenize
 from gateway.api.common import json_response
 from gateway.errors import GatewayError, InvalidRequest, error_payload, status_error
 from gateway.lifecycle import Drain
@@ -108,6 +108,8 @@ def create_app(settings: Settings, adapter_factory: AdapterFactory | None = None
     _install_error_handlers(app)
     _document_validation_as_400(app)
     middleware.install(app, state)
-    for module in (models, generation, embeddings, health):
+    for module in (models, generation, embeddings, health, responses, tokenize):
         app.include_router(module.router)
+    if settings.allow_runtime_lora_updating:  # as vLLM: the routes exist only when runtime updates are allowed
+        app.include_router(lora.router)
     return app

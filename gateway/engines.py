@@ -36,9 +36,20 @@ def local_spec(model: ModelSettings, path: str, publish_metrics: bool) -> LocalM
         dtype=model.dtype,
         max_model_len=model.max_model_len,
         chat_template=template,
-        engine_args=dict(model.engine_args),
+        engine_args={**lora_engine_args(model), **model.engine_args},
         publish_metrics=publish_metrics,
+        lora_adapters={adapter.name: adapter.path for adapter in model.lora_adapters},
     )
+
+
+def lora_engine_args(model: ModelSettings) -> dict[str, object]:
+    """vLLM's LoRA engine args; engine_args set by hand win."""
+    if not model.lora_enabled:
+        return {}
+    args: dict[str, object] = {"enable_lora": True, "max_loras": model.max_loras or max(1, len(model.lora_adapters))}
+    if model.max_lora_rank is not None:
+        args["max_lora_rank"] = model.max_lora_rank
+    return args
 
 
 async def start_adapters(settings: Settings) -> dict[str, EngineAdapter]:
@@ -52,6 +63,8 @@ async def start_adapters(settings: Settings) -> dict[str, EngineAdapter]:
         log.info("starting engine for %s from %s", model.name, path)
         await adapter.start()
         adapters[model.name] = adapter
+        for lora in model.lora_adapters:  # each LoRA adapter is a model name served by its base engine
+            adapters[lora.name] = adapter
     if settings.routes:
         await start_routes(settings, adapters)  # the routes join this registry, and follow the config file
     return adapters

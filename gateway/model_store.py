@@ -63,6 +63,7 @@ def prepare_gemma(cache_dir: Path | None = None, *, self_check: bool = True) -> 
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     final = cache / gemma_dir_name()
     if (final / READY_MARKER).is_file():
+        _refresh_chat_template(final)
         return final
 
     cache.mkdir(parents=True, exist_ok=True)
@@ -110,6 +111,18 @@ def _build(out: Path, *, self_check: bool) -> None:
     # Written last: its presence is what makes a directory count as prepared.
     marker = {"source": gguf.name, "sha256": _gguf_sha256(), "dtype": "bfloat16"}
     (out / READY_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+
+
+def _refresh_chat_template(prepared: Path) -> None:
+    """The cache is keyed by the GGUF alone, so a dir prepared before the packaged template changed
+    still holds the old one: bring it up to date (atomically; a server starting beside us reads it)."""
+    saved = prepared / "chat_template.jinja"
+    current = GEMMA3_CHAT_TEMPLATE.read_text()
+    if saved.is_file() and saved.read_text() == current:
+        return
+    staged = saved.with_name(f"{saved.name}.{os.getpid()}.tmp")
+    staged.write_text(current)
+    os.replace(staged, saved)
 
 
 def _quiet_transformers() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, Field, SecretStr, model_validator
+from pydantic import BaseModel, BeforeValidator, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -14,9 +14,18 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from gateway.services.tool_parsers import DEFAULT_PARSER, PARSERS
+
 # Built-in models ship as PyPI packages and are prepared into the cache at start.
 BUILTIN_GEMMA = "builtin:gemma3-270m"
 BUILTIN_MINILM = "builtin:all-minilm-l6-v2"
+
+
+class LoraAdapterSettings(BaseModel):
+    """A LoRA adapter served as its own model name over a base model's engine."""
+
+    name: str = Field(min_length=1, description="The name clients send as `model`.")
+    path: str = Field(min_length=1, description="A local directory with adapter_config.json and the weights.")
 
 
 class ModelSettings(BaseModel):
@@ -27,6 +36,33 @@ class ModelSettings(BaseModel):
     max_model_len: int | None = Field(default=None, ge=16)
     chat_template: Path | None = None
     engine_args: dict[str, Any] = Field(default_factory=dict)
+    tool_parser: str | None = Field(default=None, description="How tool calls are read from the model's text "
+                                    f"(tool_choice auto): one of {', '.join(PARSERS)}; default {DEFAULT_PARSER}.")
+    # LoRA (vLLM's enable_lora, max_loras, max_lora_rank): on when adapters are listed or enable_lora is set.
+    lora_adapters: list[LoraAdapterSettings] = Field(default_factory=list)
+    enable_lora: bool = Field(default=False, description="Enable LoRA with no static adapters (runtime loading).")
+    max_lora_rank: int | None = Field(default=None, ge=1)
+    max_loras: int | None = Field(default=None, ge=1, description="Adapters in one batch; default: the listed count.")
+
+    @field_validator("tool_parser")
+    @classmethod
+    def _known_tool_parser(cls, value: str | None) -> str | None:
+        if value is not None and value not in PARSERS:
+            raise ValueError(f"unknown tool_parser {value!r}; known: {', '.join(PARSERS)}")
+        return value
+
+    @property
+    def lora_enabled(self) -> bool:
+        return self.enable_lora or bool(self.lora_adapters)
+
+    @model_validator(mode="after")
+    def _lora_names(self) -> ModelSettings:
+        names = [self.name, *(adapter.name for adapter in self.lora_adapters)]
+        if len(set(names)) != len(names):
+            raise ValueError(f"model {self.name!r}: LoRA adapter names must be unique and differ from the model's")
+        if self.lora_enabled and self.kind != "generate":
+            raise ValueError(f"model {self.name!r}: LoRA adapters need a generate model")
+        return self
 
 
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
@@ -183,6 +219,8 @@ class Settings(BaseSettings):
     limits: LimitSettings = Field(default_factory=LimitSettings)
     cors: CorsSettings = Field(default_factory=CorsSettings)
     tls: TlsSettings = Field(default_factory=TlsSettings)
+    # vLLM's VLLM_ALLOW_RUNTIME_LORA_UPDATING: POST /v1/load_lora_adapter and /v1/unload_lora_adapter.
+    allow_runtime_lora_updating: bool = False
 
     @classmethod
     def settings_customise_sources(

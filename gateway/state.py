@@ -21,6 +21,7 @@ class AppState:
     ready: bool = False
     draining: bool = False
     drain: Drain = field(default_factory=Drain)  # in-flight requests and the SIGTERM deadline
+    unknown_fields_seen: set[str] = field(default_factory=set)  # request field names already logged once
 
     def __post_init__(self) -> None:
         self.metrics.watch_upstreams(self.upstream_stats)

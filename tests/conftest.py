@@ -1,6 +1,6 @@
 """One real tokenyard server (real vLLM engines on the default models) per test session.
 
-Set TOKENYARD_TEST_URL to reuse a server you already started with `make serve`.
+Set TOKENYARD_TEST_URL to reuse a server you already started with `make serve` (and TOKENYARD_TEST_LOG to its log).
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+
+from tests import lora_fixture
 
 ROOT = Path(__file__).resolve().parent.parent
 TEXT_MODEL = "gemma-3-270m"
@@ -80,11 +82,15 @@ def stop_server(proc: subprocess.Popen[bytes], timeout_s: float = 60) -> int:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     if url := os.environ.get("TOKENYARD_TEST_URL"):
         wait_ready(url, None, None, 30)
-        yield Server(url.rstrip("/"))
+        log = os.environ.get("TOKENYARD_TEST_LOG")  # that server's log, for the tests that read it
+        yield Server(url.rstrip("/"), Path(log) if log else None)
         return
     port = free_port()
     log_path = tmp_path_factory.mktemp("server") / "server.log"
-    proc = start_server(["--port", str(port)], log_path)
+    # The default models plus a tiny LoRA adapter on the text model (tests/e2e/test_lora.py), built
+    # first (~15 s) so one engine start serves both: a second LoRA-only engine would cost ~90 s more.
+    env = lora_fixture.server_env(tmp_path_factory.mktemp("lora-adapter"))
+    proc = start_server(["--port", str(port)], log_path, env)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, proc, log_path, START_TIMEOUT_S)

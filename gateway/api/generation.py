@@ -8,12 +8,15 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from engine_adapters.base import Relay
 from gateway.api.common import ERROR_RESPONSES, app_state, json_response
 from gateway.api.streaming import ClientDisconnected, EventStreamResponse, until_disconnect
+from gateway.middleware.context import request_info
 from gateway.protocol.chat import ChatCompletion, ChatCompletionRequest
 from gateway.protocol.common import SamplingFields
 from gateway.protocol.completions import Completion, CompletionRequest
-from gateway.services import chat, completions
+from gateway.services import chat, completions, relay
+from gateway.services.generation import log_unknown_fields
 from gateway.state import AppState
 
 router = APIRouter()
@@ -30,13 +33,23 @@ async def _serve(
     stream: Callable[[AppState, Any, str | None], Awaitable[AsyncIterator[bytes]]],
 ) -> Response:
     state = app_state(request)
+    log_unknown_fields(state, body)
     session_id = request.headers.get(state.settings.router.session_header)  # router mode's affinity key
     disconnects = state.metrics.client_disconnects.labels(body.model)
+    adapter = state.adapter_for(body.model)
+    answer: Awaitable[Any]
+    if isinstance(adapter, Relay):  # router mode: the request passes through to an instance
+        raw = request_info(request.scope).body
+        args = (state, adapter, body, raw if isinstance(raw, dict) else body.model_dump(exclude_unset=True),
+                session_id, request.scope["path"])
+        answer = relay.stream(*args) if body.stream else relay.complete(*args)
+    else:
+        answer = stream(state, body, session_id) if body.stream else complete(state, body, session_id)
     try:
         if body.stream:
-            events = await until_disconnect(request, stream(state, body, session_id))
+            events = await until_disconnect(request, answer)
             return EventStreamResponse(events, on_disconnect=disconnects.inc)
-        return json_response(await until_disconnect(request, complete(state, body, session_id)))
+        return json_response(await until_disconnect(request, answer))
     except ClientDisconnected:
         disconnects.inc()
         return Response(status_code=499)  # nobody reads it; logs show why the request ended

@@ -14,7 +14,8 @@ router = APIRouter()
 
 def _card(state: AppState, model: str) -> ModelCard:
     info = state.model_info(model)
-    return ModelCard(id=info.name, created=state.started_at, max_model_len=info.max_model_len, root=info.root)
+    return ModelCard(id=info.name, created=state.started_at, max_model_len=info.max_model_len, root=info.root,
+                     parent=info.parent)
 
 
 @router.get("/v1/models", response_model=ModelList, responses=ERROR_RESPONSES)

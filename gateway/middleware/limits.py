@@ -26,6 +26,7 @@ CHARS_PER_TOKEN = 4  # a rough guess before tokenizing; the answer's usage corre
 UNKNOWN_OUTPUT_TOKENS = 256  # charged when a request names no max_tokens, until usage corrects it
 _MAX_IDENTITIES = 10_000  # buckets kept; the least recently seen go first (a refilled bucket is a new one)
 _USAGE = re.compile(rb'"total_tokens":\s*(\d+)')
+_TOKENIZER_PATHS = frozenset({"/tokenize", "/detokenize", "/api/v1/token_check"})
 _TAIL_BYTES = 512  # usage is the last field of our answers and of the last SSE event
 
 
@@ -65,6 +66,8 @@ def _text_size(value: Any) -> tuple[int, int, int]:
             ids += sum(1 for token in item if _int(token) is not None)
         elif isinstance(item, dict) and isinstance(item.get("text"), str):
             chars += len(item["text"])  # a chat content part
+        elif isinstance(item, dict):
+            chars += _text_size(item.get("content"))[0]  # a Responses input message
     return chars, ids, len(value)
 
 
@@ -77,7 +80,7 @@ def measure(body: dict[str, Any]) -> Ask:
         field = "input" if "input" in body else "prompt"
         chars, ids, prompts = _text_size(body.get(field))
     stop = body.get("stop")
-    max_tokens = next(((name, v) for name in ("max_completion_tokens", "max_tokens")
+    max_tokens = next(((name, v) for name in ("max_completion_tokens", "max_tokens", "max_output_tokens")
                        if (v := _int(body.get(name))) is not None), None)
     return Ask(field, chars, ids, max(prompts, 1), _int(body.get("n")) or 1,
                len(stop) if isinstance(stop, list) else 0, max_tokens)
@@ -219,6 +222,11 @@ class UsageMeter:
         return int(found[-1]) if found else charged
 
 
+def _prompt_only(path: str) -> bool:
+    """Requests that generate nothing: charged their prompt only."""
+    return "embeddings" in path or path in _TOKENIZER_PATHS
+
+
 class LimitsMiddleware:
     def __init__(self, app: ASGIApp, state: AppState) -> None:
         self.app = app
@@ -245,7 +253,7 @@ class LimitsMiddleware:
         if buckets is None:
             await self.app(scope, receive, send)
             return
-        cost = estimate_tokens(ask, embedding="embeddings" in scope["path"]) if ask else 0
+        cost = estimate_tokens(ask, embedding=_prompt_only(scope["path"])) if ask else 0
         wait_s = buckets.wait_s(cost, now)
         if wait_s > 0:
             self.metrics.rejected.labels("rate_limit").inc()

@@ -6,10 +6,12 @@ headers, query strings, prompts, completions or keys.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import time
 import uuid
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -63,6 +65,15 @@ class RequestLogMiddleware:
             _log_access(scope, info, status)
 
 
+def user_id(body: Any) -> str | None:
+    """OpenAI's `user` (the client's id for its end user) as a digest: one user's requests can be grouped
+    in the logs, while the value itself (often an e-mail address) is never written."""
+    user = body.get("user") if isinstance(body, dict) else None
+    if not isinstance(user, str) or not user:
+        return None
+    return "u-" + hashlib.sha256(user.encode()).hexdigest()[:16]
+
+
 def _log_access(scope: Scope, info: RequestInfo, status: int) -> None:
     client = scope.get("client")
     fields = {
@@ -73,6 +84,7 @@ def _log_access(scope: Scope, info: RequestInfo, status: int) -> None:
         "latency_ms": round((time.perf_counter() - info.started) * 1000, 3),
         "model": info.model,
         "key": info.key_name,
+        "user": user_id(info.body),
         "client": client[0] if client else None,
     }
     access_log.info("request", extra={FIELDS_ATTR: fields})

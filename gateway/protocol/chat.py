@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
-from gateway.protocol.common import FinishReason, SamplingFields, Usage, WireModel
+from gateway.protocol.common import FinishReason, PromptLogprobs, SamplingFields, Usage, WireModel
 
 
 class TextPart(WireModel):
@@ -14,10 +14,23 @@ class TextPart(WireModel):
     text: str
 
 
+class FunctionCall(WireModel):
+    name: str
+    arguments: str  # JSON text, as the model wrote it
+
+
+class ToolCall(WireModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessageIn(WireModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None  # assistant: the calls it made
+    tool_call_id: str | None = None  # tool: the call this message answers
 
     def text(self) -> str:
         if isinstance(self.content, list):
@@ -25,12 +38,63 @@ class ChatMessageIn(WireModel):
         return self.content or ""
 
 
-class ChatCompletionRequest(SamplingFields):
+# apply_chat_template's own arguments: a template variable of these names would clash with them.
+_RESERVED_TEMPLATE_KWARGS = frozenset({
+    "conversation", "messages", "tools", "documents", "chat_template", "add_generation_prompt",
+    "continue_final_message", "tokenize", "padding", "truncation", "max_length", "return_tensors",
+    "return_dict", "return_assistant_tokens_mask", "tokenizer_kwargs",
+})
+
+
+class ChatTemplateFields(WireModel):
+    """How messages become a prompt (vLLM's extras): chat requests and /tokenize share them."""
+
+    add_generation_prompt: bool = True
+    # Leave the last message open (no end of turn), so the model continues it instead of answering it.
+    continue_final_message: bool = False
+    chat_template_kwargs: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _template_options(self) -> ChatTemplateFields:
+        if self.continue_final_message and self.add_generation_prompt:
+            raise ValueError("Cannot set both `continue_final_message` and `add_generation_prompt` to true.")
+        clash = sorted(_RESERVED_TEMPLATE_KWARGS & set(self.chat_template_kwargs or {}))
+        if clash:
+            raise ValueError(f"chat_template_kwargs may not set {', '.join(clash)}.")
+        return self
+
+
+class FunctionDefinition(WireModel):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None  # a JSON schema; None: no arguments
+    strict: bool | None = None
+
+
+class Tool(WireModel):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(WireModel):
+    name: str
+
+
+class NamedToolChoice(WireModel):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class ChatCompletionRequest(SamplingFields, ChatTemplateFields):
     messages: list[ChatMessageIn] = Field(min_length=1)
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
-    add_generation_prompt: bool = True
+    # vLLM's extra: the answer starts with the last message's text when that message is the one answered.
+    echo: bool = False
 
     @property
     def output_budget(self) -> int | None:
@@ -56,6 +120,7 @@ class ChatMessageOut(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
     refusal: str | None = None
+    tool_calls: list[ToolCall] | None = None
 
 
 class ChatChoice(BaseModel):
@@ -72,3 +137,4 @@ class ChatCompletion(BaseModel):
     model: str
     choices: list[ChatChoice]
     usage: Usage
+    prompt_logprobs: PromptLogprobs | None = None  # vLLM's extra, only when asked for

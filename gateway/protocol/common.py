@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -28,10 +28,48 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
+class PromptLogprob(BaseModel):
+    """vLLM's prompt_logprobs entry (keyed by token id): not part of OpenAI's API."""
+
+    logprob: float
+    rank: int | None = None
+    decoded_token: str | None = None
+
+
+# Per prompt position (the first has none): token id -> its logprob.
+PromptLogprobs = list[dict[str, PromptLogprob] | None]
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int = 0
     total_tokens: int
+
+
+class JsonSchemaFormat(WireModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    name: str = Field(min_length=1, max_length=64)
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")  # `schema` would shadow BaseModel's
+    strict: bool | None = None
+
+
+class ResponseFormat(WireModel):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
+class StructuredOutputsIn(WireModel):
+    """vLLM's `structured_outputs` extra: exactly one constraint."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    json_: dict[str, Any] | str | None = Field(default=None, alias="json")  # `json` would shadow BaseModel's
+    json_object: bool | None = None
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
 
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -54,7 +92,14 @@ class SamplingFields(WireModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+    # Accepted and ignored: one service tier here, and nothing is stored for metadata to tag.
+    service_tier: str | None = None
+    metadata: dict[str, str] | None = None
     # vLLM's extras
+    prompt_logprobs: int | None = Field(default=None, ge=0, le=20)
+    return_tokens_as_token_ids: bool = False
+    use_beam_search: bool = False
+    length_penalty: float = 1.0
     top_k: int | None = Field(default=None, ge=-1)
     min_p: Probability | None = None
     repetition_penalty: float | None = Field(default=None, gt=0.0, le=2.0)
@@ -63,6 +108,9 @@ class SamplingFields(WireModel):
     stop_token_ids: list[int] | None = None
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
+    # Constrained decoding: OpenAI's response_format, or vLLM's structured_outputs.
+    response_format: ResponseFormat | None = None
+    structured_outputs: StructuredOutputsIn | None = None
 
 
 FinishReason = Literal["stop", "length", "content_filter", "tool_calls"]

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from gateway.protocol.common import FinishReason, SamplingFields, Usage
+from gateway.protocol.common import FinishReason, PromptLogprobs, SamplingFields, Usage
 
 
 class CompletionRequest(SamplingFields):
@@ -30,6 +30,7 @@ class CompletionChoice(BaseModel):
     text: str
     logprobs: CompletionLogprobs | None = None
     finish_reason: FinishReason
+    prompt_logprobs: PromptLogprobs | None = None  # vLLM's extra, only when asked for
 
 
 class Completion(BaseModel):

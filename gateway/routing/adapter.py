@@ -15,7 +15,7 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from engine_adapters.base import Chunk, GenerateRequest, Load, ModelInfo, SamplingOptions
 from engine_adapters.openai_http import HttpTimeouts, OpenAIHttpAdapter
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from gateway.routing.reload import RouteTable
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class RoutedAdapter:
@@ -170,13 +171,21 @@ class RoutedAdapter:
                 self._leases.pop(request_id, None)
             lease.release(outcome)
 
-    async def generate(self, request: GenerateRequest) -> AsyncIterator[Chunk]:
+    def generate(self, request: GenerateRequest) -> AsyncIterator[Chunk]:
+        return self._routed(request, lambda adapter: adapter.generate(request))
+
+    def relay(self, request: GenerateRequest, path: str, body: dict[str, Any]) -> AsyncIterator[bytes]:
+        """The client's request passed through to one instance; its SSE answer back as bytes."""
+        return self._routed(request, lambda adapter: adapter.relay(path, body, request.request_id, request.model))
+
+    async def _routed(self, request: GenerateRequest, open_: Callable[[OpenAIHttpAdapter], AsyncIterator[T]]
+                      ) -> AsyncIterator[T]:
         attempts = _Attempts(self, request)
         while (lease := await attempts.next()) is not None:
             delivered = False
             try:
                 with self._holding(lease, request.request_id):
-                    async with contextlib.aclosing(lease.instance.adapter.generate(request)) as source:  # type: ignore[type-var]
+                    async with contextlib.aclosing(open_(lease.instance.adapter)) as source:  # type: ignore[type-var]
                         if request.stream:
                             async for chunk in source:
                                 delivered = True

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 from engine_adapters.base import Chunk, GenerateRequest, TokenLogprob
@@ -23,29 +24,50 @@ from gateway.services.generation import (
     finish_reason,
     first_and_rest,
     new_id,
+    prompt_logprobs_json,
     sampling_options,
     sse,
     sse_error,
+    usage_dict,
 )
+from gateway.services.tool_calls import ChoiceCalls, ToolPlan, template_messages
+from gateway.services.tool_calls import plan as plan_tools
 from gateway.state import AppState
 
 ROUTE = "/v1/chat/completions"
 
 
-def engine_request(req: ChatCompletionRequest, session_id: str | None = None) -> GenerateRequest:
+def engine_request(req: ChatCompletionRequest, session_id: str | None = None,
+                   tool_plan: ToolPlan | None = None) -> GenerateRequest:
     if req.top_logprobs is not None and not req.logprobs:
         raise InvalidRequest("top_logprobs requires logprobs to be true.", param="top_logprobs")
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
-    messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+    sampling = sampling_options(req, max_tokens=req.output_budget, logprobs=logprobs)
+    if tool_plan is not None and tool_plan.structured is not None:
+        sampling = replace(sampling, structured=tool_plan.structured)
     return GenerateRequest(
         request_id=new_id("chatcmpl"),
         model=req.model,
-        sampling=sampling_options(req, max_tokens=req.output_budget, logprobs=logprobs),
-        messages=messages,
+        sampling=sampling,
+        messages=template_messages(req.messages),
+        # Under tool_choice "none" too, as vLLM does: the model knows its tools but its text is not parsed.
+        tools=[tool.model_dump(exclude_none=True) for tool in req.tools] if req.tools else None,
         add_generation_prompt=req.add_generation_prompt,
+        continue_final_message=req.continue_final_message,
+        chat_template_kwargs=req.chat_template_kwargs,
         routing_key=session_id or req.user,
         stream=req.stream,
     )
+
+
+def echo_prefix(req: ChatCompletionRequest) -> str:
+    """vLLM's chat echo: the last message's text, when that message is the turn being answered
+    (an assistant message, or any message when no new turn is opened)."""
+    if not req.echo:
+        return ""
+    last = req.messages[-1]
+    answered = "assistant" if req.add_generation_prompt else last.role
+    return last.text() if last.role == answered else ""
 
 
 def _logprob_entries(logprobs: list[TokenLogprob]) -> list[dict[str, Any]]:
@@ -60,15 +82,36 @@ def _logprob_entries(logprobs: list[TokenLogprob]) -> list[dict[str, Any]]:
     ]
 
 
+def _tool_plan(state: AppState, req: ChatCompletionRequest) -> ToolPlan | None:
+    parser = next((m.tool_parser for m in state.settings.models if m.name == req.model), None)
+    return plan_tools(req, parser)
+
+
+def _message(content: str, tool_plan: ToolPlan | None) -> tuple[ChatMessageOut, bool]:
+    """The choice's message, and whether it holds tool calls."""
+    if tool_plan is None:
+        return ChatMessageOut(content=content), False
+    calls = ChoiceCalls(tool_plan)
+    sent = calls.feed(content)
+    rest, found = calls.finish()
+    if not found:
+        return ChatMessageOut(content=sent + rest), False
+    return ChatMessageOut(content=(sent + rest) or None, tool_calls=found), True  # type: ignore[arg-type]
+
+
 async def complete(state: AppState, req: ChatCompletionRequest, session_id: str | None = None) -> ChatCompletion:
-    greq = engine_request(req, session_id)
+    tool_plan = _tool_plan(state, req)
+    greq = engine_request(req, session_id, tool_plan)
     metered = MeteredStream(state, state.adapter_for(req.model), greq, ROUTE)
     texts: dict[int, list[str]] = {i: [] for i in range(req.n)}
     logprobs: dict[int, list[TokenLogprob]] = {i: [] for i in range(req.n)}
     reasons: dict[int, str] = {}
     tokens: dict[int, int] = {}
     prompt_tokens = 0
+    prompt_logprobs = None  # vLLM's extra: the prompt's logprobs, once per response
     async for chunk in metered.chunks():
+        if chunk.prompt_logprobs_by_id is not None and req.prompt_logprobs is not None:
+            prompt_logprobs = prompt_logprobs_json(chunk.prompt_logprobs_by_id)
         texts[chunk.index].append(chunk.text)
         logprobs[chunk.index].extend(chunk.logprobs or ())
         prompt_tokens, tokens[chunk.index] = chunk.prompt_tokens, chunk.completion_tokens
@@ -76,33 +119,48 @@ async def complete(state: AppState, req: ChatCompletionRequest, session_id: str 
             reasons[chunk.index] = finish_reason(chunk.finish_reason) or "stop"
     completion_tokens = sum(tokens.values())
     metered.record(200, prompt_tokens, completion_tokens)
-    choices = [
-        ChatChoice(
+    choices = []
+    for i in range(req.n):
+        message, called = _message(echo_prefix(req) + "".join(texts[i]), tool_plan)
+        choices.append(ChatChoice(
             index=i,
-            message=ChatMessageOut(content="".join(texts[i])),
+            message=message,
             logprobs=ChoiceLogprobs.model_validate({"content": _logprob_entries(logprobs[i])}) if req.logprobs else None,
-            finish_reason=reasons.get(i, "stop"),  # type: ignore[arg-type]
-        )
-        for i in range(req.n)
-    ]
+            finish_reason="tool_calls" if called else reasons.get(i, "stop"),  # type: ignore[arg-type]
+        ))
     usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                   total_tokens=prompt_tokens + completion_tokens)
-    return ChatCompletion(id=greq.request_id, created=int(time.time()), model=req.model, choices=choices, usage=usage)
+    return ChatCompletion(id=greq.request_id, created=int(time.time()), model=req.model, choices=choices, usage=usage,
+                          prompt_logprobs=prompt_logprobs)
 
 
 async def stream(state: AppState, req: ChatCompletionRequest, session_id: str | None = None) -> AsyncIterator[bytes]:
     """Start the engine request and wait for its first chunk; then hand back the SSE body."""
-    greq = engine_request(req, session_id)
+    tool_plan = _tool_plan(state, req)
+    greq = engine_request(req, session_id, tool_plan)
     metered = MeteredStream(state, state.adapter_for(req.model), greq, ROUTE)
     chunks = await first_and_rest(metered.chunks())
-    return _events(req, greq.request_id, metered, chunks)
+    return _events(req, greq.request_id, metered, chunks, tool_plan)
+
+
+def _call_deltas(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """OpenAI's stream of a call: id, type and name with empty arguments first, then the arguments."""
+    deltas: list[dict[str, Any]] = []
+    for index, call in enumerate(calls):
+        function = call["function"]
+        deltas.append({"tool_calls": [{"index": index, "id": call["id"], "type": "function",
+                                       "function": {"name": function["name"], "arguments": ""}}]})
+        deltas.append({"tool_calls": [{"index": index, "function": {"arguments": function["arguments"]}}]})
+    return deltas
 
 
 async def _events(req: ChatCompletionRequest, request_id: str, metered: MeteredStream,
-                  chunks: AsyncIterator[Chunk]) -> AsyncIterator[bytes]:
+                  chunks: AsyncIterator[Chunk], tool_plan: ToolPlan | None = None) -> AsyncIterator[bytes]:
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
+    # vLLM's continuous_usage_stats (with include_usage): every chunk carries the usage so far.
+    continuous = include_usage and bool(req.stream_options and req.stream_options.continuous_usage_stats)
     head = {"id": request_id, "object": "chat.completion.chunk", "created": int(time.time()), "model": req.model}
-    extra = {"usage": None} if include_usage else {}
+    extra: dict[str, Any] = {"usage": None} if include_usage else {}
 
     def event(index: int, delta: dict[str, Any], reason: str | None = None, logprobs: Any = None) -> bytes:
         choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": reason}
@@ -111,18 +169,35 @@ async def _events(req: ChatCompletionRequest, request_id: str, metered: MeteredS
     tokens: dict[int, int] = {}
     prompt_tokens = 0
     started: set[int] = set()
+    echoed = echo_prefix(req)
+    calls: dict[int, ChoiceCalls] = {}  # per choice, only under a tool plan
     try:
         async with contextlib.aclosing(chunks):  # type: ignore[type-var]
             async for chunk in chunks:
+                prompt_tokens, tokens[chunk.index] = chunk.prompt_tokens, chunk.completion_tokens
+                if continuous:
+                    extra["usage"] = usage_dict(prompt_tokens, sum(tokens.values()))
                 if chunk.index not in started:
                     started.add(chunk.index)
                     yield event(chunk.index, {"role": "assistant", "content": ""})
-                prompt_tokens, tokens[chunk.index] = chunk.prompt_tokens, chunk.completion_tokens
-                if chunk.text or chunk.logprobs:
+                    if echoed:
+                        yield event(chunk.index, {"content": echoed})
+                text = chunk.text
+                if tool_plan is not None and text:
+                    text = calls.setdefault(chunk.index, ChoiceCalls(tool_plan)).feed(text)
+                if text or chunk.logprobs:
                     logprobs = {"content": _logprob_entries(chunk.logprobs)} if req.logprobs and chunk.logprobs else None
-                    yield event(chunk.index, {"content": chunk.text}, None, logprobs)
+                    yield event(chunk.index, {"content": text}, None, logprobs)
                 if chunk.finish_reason:
-                    yield event(chunk.index, {}, finish_reason(chunk.finish_reason))
+                    reason = finish_reason(chunk.finish_reason)
+                    if chunk.index in calls:
+                        rest, found = calls.pop(chunk.index).finish()
+                        if rest:
+                            yield event(chunk.index, {"content": rest})
+                        for delta in _call_deltas(found):
+                            yield event(chunk.index, delta)
+                        reason = "tool_calls" if found else reason
+                    yield event(chunk.index, {}, reason)
     except Exception as exc:
         metered.record(500, prompt_tokens, sum(tokens.values()))
         yield sse_error(exc)

@@ -20,9 +20,11 @@ from gateway.services.generation import (
     first_and_rest,
     merged,
     new_id,
+    prompt_logprobs_json,
     sampling_options,
     sse,
     sse_error,
+    usage_dict,
 )
 from gateway.state import AppState
 
@@ -56,6 +58,7 @@ class ChoiceState:
     tokens: int = 0
     reason: str | None = None
     text: list[str] = field(default_factory=list)
+    prompt_logprobs: list[Any] | None = None  # vLLM's prompt_logprobs extra, as its wire shape
     logprobs: dict[str, list[Any]] = field(
         default_factory=lambda: {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
     )
@@ -104,6 +107,8 @@ class CompletionRun:
         self.prompt_tokens[chunk.index // self.req.n] = chunk.prompt_tokens
         choice.tokens = chunk.completion_tokens
         choice.reason = finish_reason(chunk.finish_reason) or choice.reason
+        if chunk.prompt_logprobs_by_id is not None and self.req.prompt_logprobs is not None:
+            choice.prompt_logprobs = prompt_logprobs_json(chunk.prompt_logprobs_by_id)
         text = chunk.text
         part = None
         if chunk.prompt_text is not None and self.req.echo:
@@ -118,9 +123,11 @@ class CompletionRun:
         return text, part
 
     def usage(self) -> Usage:
-        prompt = sum(self.prompt_tokens.values())
-        completion = sum(c.tokens for c in self.choices.values())
-        return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+        return Usage(**self.usage_now())
+
+    def usage_now(self) -> dict[str, int]:
+        """Usage so far, as a plain dict: cheap enough for every streamed chunk (continuous_usage_stats)."""
+        return usage_dict(sum(self.prompt_tokens.values()), sum(c.tokens for c in self.choices.values()))
 
     def record(self, status: int) -> None:
         usage = self.usage()
@@ -138,6 +145,7 @@ async def complete(state: AppState, req: CompletionRequest, session_id: str | No
             text="".join(c.text),
             logprobs=CompletionLogprobs(**c.logprobs) if req.logprobs is not None else None,
             finish_reason=c.reason or "stop",  # type: ignore[arg-type]
+            prompt_logprobs=c.prompt_logprobs,
         )
         for i, c in sorted(run.choices.items())
     ]
@@ -153,8 +161,10 @@ async def stream(state: AppState, req: CompletionRequest, session_id: str | None
 async def _events(run: CompletionRun, chunks: AsyncIterator[Chunk]) -> AsyncIterator[bytes]:
     req = run.req
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
+    # vLLM's continuous_usage_stats (with include_usage): every chunk carries the usage so far.
+    continuous = include_usage and bool(req.stream_options and req.stream_options.continuous_usage_stats)
     head = {"id": run.id, "object": "text_completion", "created": int(time.time()), "model": req.model}
-    extra = {"usage": None} if include_usage else {}
+    extra: dict[str, Any] = {"usage": None} if include_usage else {}
     try:
         async with contextlib.aclosing(chunks):  # type: ignore[type-var]
             async for chunk in chunks:
@@ -162,6 +172,8 @@ async def _events(run: CompletionRun, chunks: AsyncIterator[Chunk]) -> AsyncIter
                 reason = finish_reason(chunk.finish_reason)
                 if text or logprobs or reason:
                     choice = {"index": chunk.index, "text": text, "logprobs": logprobs, "finish_reason": reason}
+                    if continuous:
+                        extra["usage"] = run.usage_now()
                     yield sse({**head, "choices": [choice], **extra})
     except Exception as exc:
         run.record(500)

@@ -8,16 +8,20 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
+from pydantic import BaseModel
 
-from engine_adapters.base import Chunk, EngineAdapter, GenerateRequest, SamplingOptions
+from engine_adapters.base import Chunk, EngineAdapter, GenerateRequest, RankedLogprob, SamplingOptions
 from gateway.errors import GatewayError, InvalidRequest, error_payload
+from gateway.observability.logging import FIELDS_ATTR
 from gateway.protocol.common import SamplingFields
+from gateway.services import structured
 from gateway.state import AppState
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DONE = b"data: [DONE]\n\n"
 FINISH_REASONS = {"stop", "length", "content_filter", "tool_calls"}
@@ -45,6 +49,10 @@ def finish_reason(reason: str | None) -> str | None:
 
 def sampling_options(req: SamplingFields, *, max_tokens: int | None, logprobs: int | None,
                      prompt_logprobs: int | None = None) -> SamplingOptions:
+    """`prompt_logprobs`: what the service needs (echo); the request's own vLLM extra is added here."""
+    _check_unsupported(req)
+    if req.prompt_logprobs is not None:
+        prompt_logprobs = max(prompt_logprobs or 0, req.prompt_logprobs)
     stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
     return SamplingOptions(
         n=req.n,
@@ -66,7 +74,49 @@ def sampling_options(req: SamplingFields, *, max_tokens: int | None, logprobs: i
         logprobs=logprobs,
         prompt_logprobs=prompt_logprobs,
         skip_special_tokens=req.skip_special_tokens,
+        structured=structured.requested(req),
+        tokens_as_ids=req.return_tokens_as_token_ids,
+        beam_search=req.use_beam_search,
+        length_penalty=req.length_penalty,
     )
+
+
+def prompt_logprobs_json(positions: list[dict[int, RankedLogprob] | None] | None) -> list[Any] | None:
+    """vLLM's wire shape: a list per prompt position of {token id: {logprob, rank, decoded_token}}."""
+    if positions is None:
+        return None
+    return [
+        {str(tid): {"logprob": lp.logprob, "rank": lp.rank, "decoded_token": lp.decoded_token}
+         for tid, lp in position.items()} if position else None
+        for position in positions
+    ]
+
+
+def usage_dict(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+MAX_LOGGED_FIELD_NAMES = 256  # a client sending ever new names cannot grow the set or the log without bound
+
+
+def log_unknown_fields(state: AppState, req: BaseModel) -> None:
+    """Unknown request fields are accepted and ignored. Each one's NAME (never its value, which may hold
+    anything) is logged once per process, so operators learn what clients expect that we do not do."""
+    seen = state.unknown_fields_seen
+    for name in req.model_extra or ():
+        if name not in seen and len(seen) < MAX_LOGGED_FIELD_NAMES:
+            seen.add(name)
+            log.info("ignored an unknown request field", extra={FIELDS_ATTR: {"field": name[:100]}})
+
+
+def _check_unsupported(req: SamplingFields) -> None:
+    if req.use_beam_search and (req.stop or req.stop_token_ids):
+        # vLLM's beam search stops at EOS or max_tokens only.
+        raise InvalidRequest("stop and stop_token_ids are not supported with beam search.", param="stop")
+    if req.prompt_logprobs is not None and req.stream:
+        # As vLLM: prompt logprobs come with the whole answer only.
+        raise InvalidRequest("prompt_logprobs are not available when stream is true.", param="prompt_logprobs")
 
 
 def _logit_bias(bias: dict[str, float] | None) -> dict[int, float] | None:
@@ -89,20 +139,24 @@ class MeteredStream:
         # Label lookups hash and lock: do them once per request, not once per chunk.
         self._inter_token = state.metrics.inter_token_latency.labels(request.model)
 
-    async def chunks(self) -> AsyncIterator[Chunk]:
+    def chunks(self) -> AsyncIterator[Chunk]:
+        return self.pieces(self.adapter.generate(self.request))
+
+    async def pieces(self, source: AsyncIterator[T]) -> AsyncIterator[T]:
+        """`source` metered: in flight, time to first piece, time between pieces; aborted if left early."""
         metrics, model = self.state.metrics, self.request.model
         metrics.in_flight.labels(model).inc()
         try:
-            async for chunk in self.adapter.generate(self.request):
-                self._observe(chunk)
-                yield chunk
+            async for piece in source:
+                self._observe()
+                yield piece
             self.finished = True
         finally:
             metrics.in_flight.labels(model).dec()
             if not self.finished:
                 await self._abort()
 
-    def _observe(self, chunk: Chunk) -> None:
+    def _observe(self) -> None:
         now = time.perf_counter()
         if self._last_chunk_at is None:
             self.state.metrics.time_to_first_token.labels(self.request.model).observe(now - self.started)

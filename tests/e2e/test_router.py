@@ -152,3 +152,47 @@ def test_readme_router_example(setup: Setup) -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == str([TEXT_MODEL, ALIAS, EMBED_MODEL])
+
+
+def test_a_whole_answer_through_the_router_is_the_instances_own(sdk: openai.OpenAI, setup: Setup) -> None:
+    """Non-streamed requests are streamed from the instance and folded: the same answer as asking it directly."""
+    ask = {"model": TEXT_MODEL, "messages": [{"role": "user", "content": PROMPT}], "max_tokens": 8,
+           "temperature": 0, "logprobs": True, "top_logprobs": 2}
+    routed = sdk.chat.completions.create(**ask)  # type: ignore[call-overload]
+    direct = httpx.post(f"{setup.instances[0]}/v1/chat/completions", json=ask, timeout=120).json()
+    assert routed.choices[0].message.content == direct["choices"][0]["message"]["content"]
+    assert routed.choices[0].finish_reason == direct["choices"][0]["finish_reason"]
+    assert routed.usage is not None
+    assert (routed.usage.prompt_tokens, routed.usage.completion_tokens) == \
+        (direct["usage"]["prompt_tokens"], direct["usage"]["completion_tokens"])
+    assert routed.choices[0].logprobs is not None
+    assert [e.token for e in routed.choices[0].logprobs.content or []] == \
+        [e["token"] for e in direct["choices"][0]["logprobs"]["content"]]
+
+
+def test_fields_the_router_does_not_know_reach_the_instance(sdk: openai.OpenAI) -> None:
+    """Completions with echo and logprobs: served by the instance itself, passed through as it answered."""
+    answer = sdk.completions.create(model=ALIAS, prompt=PROMPT, max_tokens=2, temperature=0, echo=True, logprobs=1)
+    choice = answer.choices[0]
+    assert choice.text.startswith(PROMPT) and len(choice.text) > len(PROMPT)
+    assert choice.logprobs is not None and choice.logprobs.tokens and choice.logprobs.token_logprobs[0] is None
+    assert answer.model == ALIAS  # the client's name for the model, not the instance's
+
+
+def test_a_stream_carries_usage_only_when_asked(setup: Setup) -> None:
+    body = {"model": TEXT_MODEL, "prompt": PROMPT, "max_tokens": 3, "stream": True}
+    with httpx.stream("POST", f"{setup.router}/v1/completions", json=body, timeout=120) as response:
+        events = [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    assert all('"choices":[]' not in event and '"usage":{' not in event for event in events[:-1])
+    before = served_tokens(setup.router)
+    sdk_body = {**body, "stream_options": {"include_usage": True}}
+    with httpx.stream("POST", f"{setup.router}/v1/completions", json=sdk_body, timeout=120) as response:
+        events = [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
+    assert '"usage":{' in events[-2] and events[-1] == "[DONE]"
+    assert served_tokens(setup.router) >= before + 3  # the router counted the tokens either way
+
+
+def served_tokens(url: str) -> float:
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return sum(float(v) for v in re.findall(r'^tokenyard_completion_tokens_total\{[^}]*\} (\S+)$', text, re.M))

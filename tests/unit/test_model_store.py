@@ -84,7 +84,7 @@ def test_chat_template_without_generation_prompt(tokenizer: Any) -> None:
 
 def test_chat_template_rejects_unknown_role(tokenizer: Any) -> None:
     with pytest.raises(Exception, match="role"):
-        tokenizer.apply_chat_template([{"role": "tool", "content": "42"}], tokenize=False)
+        tokenizer.apply_chat_template([{"role": "critic", "content": "42"}], tokenize=False)  # "tool" is a known role
 
 
 def test_rendered_chat_prompt_has_exactly_one_bos(tokenizer: Any) -> None:

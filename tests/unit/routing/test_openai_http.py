@@ -1,26 +1,97 @@
-"""OpenAIHttpAdapter against an in-memory transport: SSE to chunks, errors, timeouts, abort."""
+"""OpenAIHttpAdapter against a scripted upstream on a real port: SSE to chunks, errors, timeouts, abort, relay."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import orjson
 import pytest
+import pytest_asyncio
+from aiohttp import web
 
 from engine_adapters.base import Chunk, GenerateRequest, SamplingOptions
 from engine_adapters.openai_http import HttpTimeouts, OpenAIHttpAdapter, parse_load, request_payload
 from gateway.errors import ContextLengthExceeded, EngineUnavailable, InvalidRequest, ModelNotFound, RateLimited
 
-Handler = Callable[[httpx.Request], Any]
+Reply = Callable[[str, Any], Awaitable["Answer"]]
 
 
-def adapter(handler: Handler, **timeouts: float) -> OpenAIHttpAdapter:
-    client = httpx.AsyncClient(base_url="http://upstream", transport=httpx.MockTransport(handler))
-    return OpenAIHttpAdapter("http://upstream", "upstream-model", client=client,
-                             timeouts=HttpTimeouts(**{"first_token_s": 1.0, "idle_s": 1.0, **timeouts}))
+@dataclass
+class Answer:
+    """What the fake upstream sends: a status, then body parts; a float part is a pause in seconds."""
+
+    status: int = 200
+    parts: Sequence[bytes | float] = ()
+    content_type: str = "text/event-stream"
+
+
+class Upstream:
+    """A real HTTP server on a free port whose answers the test scripts (`reply`, per request)."""
+
+    def __init__(self) -> None:
+        self.reply: Reply = lambda path, body: _answer(Answer(404))
+        self.sent: list[Any] = []
+        self.closed = asyncio.Event()  # the client left while the body was still being written
+        self.url = ""
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        body = orjson.loads(await request.read()) if request.can_read_body else None
+        self.sent.append(body)
+        answer = await self.reply(request.path, body)
+        response = web.StreamResponse(status=answer.status, headers={"content-type": answer.content_type})
+        await response.prepare(request)
+        try:
+            for part in answer.parts:
+                if isinstance(part, float):
+                    await asyncio.sleep(part)
+                else:
+                    await response.write(part)
+            await response.write_eof()
+        except (ConnectionError, asyncio.CancelledError):
+            self.closed.set()
+            raise
+        return response
+
+
+async def _answer(answer: Answer) -> Answer:
+    return answer
+
+
+def replying(*parts: bytes | float, status: int = 200, content_type: str = "text/event-stream") -> Reply:
+    return lambda path, body: _answer(Answer(status, parts, content_type))
+
+
+@pytest_asyncio.fixture(loop_scope="function")  # the server must run on the test's own loop
+async def upstream() -> AsyncIterator[Upstream]:
+    fake = Upstream()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", fake.handle)
+    runner = web.AppRunner(app, handler_cancellation=True)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    fake.url = f"http://127.0.0.1:{port}"
+    yield fake
+    await runner.cleanup()
+
+
+@pytest_asyncio.fixture(loop_scope="function")
+async def make(upstream: Upstream) -> AsyncIterator[Callable[..., OpenAIHttpAdapter]]:
+    made: list[OpenAIHttpAdapter] = []
+
+    def adapter(url: str | None = None, **timeouts: float) -> OpenAIHttpAdapter:
+        made.append(OpenAIHttpAdapter(url or upstream.url, "upstream-model",
+                                      timeouts=HttpTimeouts(**{"first_token_s": 1.0, "idle_s": 1.0, **timeouts})))
+        return made[-1]
+
+    yield adapter
+    for http in made:
+        await http.close()
 
 
 def sse(*events: Any) -> bytes:
@@ -35,46 +106,37 @@ async def collect(stream: AsyncIterator[Chunk]) -> list[Chunk]:
     return [chunk async for chunk in stream]
 
 
-async def pieces(*parts: bytes) -> AsyncIterator[bytes]:
-    for part in parts:
-        yield part
-
-
 def delta(content: str | None, reason: str | None = None, index: int = 0) -> dict[str, Any]:
     return {"choices": [{"index": index, "delta": {"content": content} if content else {}, "finish_reason": reason}]}
 
 
-async def test_chat_stream_becomes_chunks_with_exact_usage() -> None:
-    sent: list[dict[str, Any]] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        sent.append(orjson.loads(request.content))
-        body = sse({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]},
-                   delta("Hel"), delta("lo", "length"),
-                   {"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 3}}, b"[DONE]")
-        # Split mid-line, as TCP may: the reader must join the pieces.
-        return httpx.Response(200, content=pieces(body[:37], body[37:90], body[90:]))
-
-    chunks = await collect(adapter(handler).generate(chat_request(max_tokens=3, temperature=0.5, stop=("x",))))
+async def test_chat_stream_becomes_chunks_with_exact_usage(upstream: Upstream, make: Any) -> None:
+    body = sse({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]},
+               delta("Hel"), delta("lo", "length"),
+               {"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 3}}, b"[DONE]")
+    # Split mid-line, as TCP may: the reader must join the pieces.
+    upstream.reply = replying(body[:37], 0.01, body[37:90], 0.01, body[90:])
+    chunks = await collect(make().generate(chat_request(max_tokens=3, temperature=0.5, stop=("x",))))
     assert [(c.text, c.finish_reason) for c in chunks] == [("", None), ("Hel", None), ("lo", None), ("", "length")]
     assert (chunks[-1].prompt_tokens, chunks[-1].completion_tokens) == (7, 3)
-    body = sent[0]
+    body = upstream.sent[0]
     assert body["model"] == "upstream-model" and body["stream"] is True
     assert body["stream_options"] == {"include_usage": True}
     assert (body["max_tokens"], body["temperature"], body["stop"]) == (3, 0.5, ["x"])
     assert "top_p" not in body  # None means the upstream's default
 
 
-async def test_completion_logprobs_are_mapped() -> None:
+async def test_completion_logprobs_are_mapped(upstream: Upstream, make: Any) -> None:
     event = {"choices": [{"index": 0, "text": "a", "finish_reason": "stop", "logprobs": {
         "tokens": ["a"], "token_logprobs": [-0.5], "top_logprobs": [{"a": -0.5, "b": -1.0}], "text_offset": [0]}}]}
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        assert orjson.loads(request.content)["logprobs"] == 2 and request.url.path == "/v1/completions"
-        return httpx.Response(200, content=sse(event, b"[DONE]"))
+    async def reply(path: str, body: Any) -> Answer:
+        assert body["logprobs"] == 2 and path == "/v1/completions"
+        return Answer(200, [sse(event, b"[DONE]")])
 
+    upstream.reply = reply
     req = GenerateRequest("r", "public", SamplingOptions(logprobs=2), prompt="x")
-    chunks = await collect(adapter(handler).generate(req))
+    chunks = await collect(make().generate(req))
     assert chunks[0].logprobs and chunks[0].logprobs[0].top == (("a", -0.5), ("b", -1.0))
     assert chunks[-1].finish_reason == "stop" and chunks[-1].completion_tokens == 1  # counted: no usage sent
 
@@ -89,94 +151,94 @@ async def test_completion_logprobs_are_mapped() -> None:
     (502, b"<html>bad gateway</html>", EngineUnavailable),
     (401, {"error": {"message": "bad key"}}, EngineUnavailable),  # the router's key for the instance
 ])
-async def test_upstream_errors_map_onto_the_error_tree(status: int, body: Any, error: type[Exception]) -> None:
+async def test_upstream_errors_map_onto_the_error_tree(upstream: Upstream, make: Any, status: int, body: Any,
+                                                      error: type[Exception]) -> None:
     content = body if isinstance(body, bytes) else orjson.dumps(body)
+    upstream.reply = replying(content, status=status, content_type="application/json")
     with pytest.raises(error) as raised:
-        await collect(adapter(lambda r: httpx.Response(status, content=content)).generate(chat_request()))
+        await collect(make().generate(chat_request()))
     if isinstance(raised.value, ModelNotFound):
         assert "public" in raised.value.message  # the client's name, not the upstream's
 
 
-async def test_connect_error_is_unavailable() -> None:
-    def refuse(request: httpx.Request) -> httpx.Response:
-        raise httpx.ConnectError("refused")
-
-    with pytest.raises(EngineUnavailable):
-        await collect(adapter(refuse).generate(chat_request()))
-
-
-async def test_an_error_event_mid_stream_is_raised() -> None:
-    body = sse(delta("a"), {"error": {"message": "engine died", "code": "engine_unavailable"}})
-    with pytest.raises(EngineUnavailable):
-        await collect(adapter(lambda r: httpx.Response(200, content=body)).generate(chat_request()))
+async def test_connect_error_is_unavailable(make: Any) -> None:
+    with socket.socket() as unused:  # a port nobody listens on
+        unused.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{unused.getsockname()[1]}"
+    with pytest.raises(EngineUnavailable, match="connect"):
+        await collect(make(url).generate(chat_request()))
 
 
-async def test_a_stream_that_ends_early_is_unavailable() -> None:
-    with pytest.raises(EngineUnavailable):
-        await collect(adapter(lambda r: httpx.Response(200, content=sse(delta("a")))).generate(chat_request()))
-
-
-async def slow_body(first: bytes, pause_s: float) -> AsyncIterator[bytes]:
-    if first:
-        yield first
-    await asyncio.sleep(pause_s)
-    yield sse(delta("late", "stop"), b"[DONE]")
-
-
-async def test_first_token_timeout() -> None:
-    slow = adapter(lambda r: httpx.Response(200, content=slow_body(b"", 5)), first_token_s=0.2)
-    started = asyncio.get_running_loop().time()
-    with pytest.raises(EngineUnavailable):
-        await collect(slow.generate(chat_request()))
-    assert asyncio.get_running_loop().time() - started < 1.0
-
-
-async def test_idle_timeout_cuts_a_stalled_stream() -> None:
-    stalled = adapter(lambda r: httpx.Response(200, content=slow_body(sse(delta("a")), 5)), idle_s=0.2)
+async def test_an_error_event_mid_stream_is_raised_after_what_came_before(upstream: Upstream, make: Any) -> None:
+    upstream.reply = replying(sse(delta("a"), {"error": {"message": "engine died", "code": "engine_unavailable"}}))
     seen: list[str] = []
     with pytest.raises(EngineUnavailable):
-        async for chunk in stalled.generate(chat_request()):
+        async for chunk in make().generate(chat_request()):
             seen.append(chunk.text)
     assert seen == ["a"]
 
 
-class Endless(httpx.AsyncByteStream):
-    """An upstream body that never ends, and tells when the connection is closed."""
-
-    def __init__(self) -> None:
-        self.closed = asyncio.Event()
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        while True:
-            yield sse(delta("x"))
-            await asyncio.sleep(0.01)
-
-    async def aclose(self) -> None:
-        self.closed.set()
+async def test_a_stream_that_ends_early_is_unavailable(upstream: Upstream, make: Any) -> None:
+    upstream.reply = replying(sse(delta("a")))
+    with pytest.raises(EngineUnavailable, match="ended"):
+        await collect(make().generate(chat_request()))
 
 
-async def test_abort_closes_the_upstream_response() -> None:
-    body = Endless()
-    http = adapter(lambda r: httpx.Response(200, stream=body))
+async def test_first_token_timeout(upstream: Upstream, make: Any) -> None:
+    upstream.reply = replying(5.0, sse(delta("late", "stop"), b"[DONE]"))
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(EngineUnavailable):
+        await collect(make(first_token_s=0.2).generate(chat_request()))
+    assert asyncio.get_running_loop().time() - started < 1.0
+
+
+async def test_idle_timeout_cuts_a_stalled_stream(upstream: Upstream, make: Any) -> None:
+    upstream.reply = replying(sse(delta("a")), 5.0, sse(delta("late", "stop"), b"[DONE]"))
+    seen: list[str] = []
+    with pytest.raises(EngineUnavailable, match="stalled"):
+        async for chunk in make(idle_s=0.2).generate(chat_request()):
+            seen.append(chunk.text)
+    assert seen == ["a"]
+
+
+async def test_abort_closes_the_upstream_response(upstream: Upstream, make: Any) -> None:
+    upstream.reply = replying(*[part for _ in range(1000) for part in (sse(delta("x")), 0.01)])
+    http = make()
     stream = http.generate(chat_request())
     await anext(stream)
     assert http.load().in_flight == 1
     await http.abort("req-1")
-    await asyncio.wait_for(body.closed.wait(), 1)
+    await asyncio.wait_for(upstream.closed.wait(), 2)
     await http.abort("req-1")  # idempotent
     assert http.load().in_flight == 0
 
 
-async def test_embeddings_models_and_load() -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        if request.url.path == "/v1/embeddings":
-            data = [{"index": 1, "embedding": [0.0, 1.0]}, {"index": 0, "embedding": [1.0, 0.0]}]
-            return httpx.Response(200, json={"data": data, "usage": {"prompt_tokens": 4}})
-        if request.url.path == "/v1/models":
-            return httpx.Response(200, json={"data": [{"id": "upstream-model", "max_model_len": 512}]})
-        return httpx.Response(200, text="ok")
+async def test_relay_passes_events_through_renamed(upstream: Upstream, make: Any) -> None:
+    first = {"id": "x", "model": "upstream-model", "choices": [{"index": 0, "delta": {"content": "a"}}]}
+    body = sse(first, b"[DONE]")
+    upstream.reply = replying(body[:20], 0.01, body[20:])
+    http = make()
+    pieces = [piece async for piece in http.relay("/v1/chat/completions", {"model": "public", "tools": []},
+                                                    "req-1", "public")]
+    assert b"".join(pieces) == body.replace(b'"model":"upstream-model"', b'"model":"public"')
+    assert all(piece.endswith(b"\n\n") for piece in pieces)  # whole events only
+    sent = upstream.sent[0]
+    assert sent["model"] == "upstream-model" and sent["tools"] == [] and sent["stream"] is True
+    assert sent["stream_options"] == {"include_usage": True}
 
-    http = adapter(handler)
+
+async def test_embeddings_models_and_load(upstream: Upstream, make: Any) -> None:
+    async def reply(path: str, body: Any) -> Answer:
+        if path == "/v1/embeddings":
+            data = [{"index": 1, "embedding": [0.0, 1.0]}, {"index": 0, "embedding": [1.0, 0.0]}]
+            return Answer(200, [orjson.dumps({"data": data, "usage": {"prompt_tokens": 4}})], "application/json")
+        if path == "/v1/models":
+            return Answer(200, [orjson.dumps({"data": [{"id": "upstream-model", "max_model_len": 512}]})],
+                          "application/json")
+        return Answer(200, [b"ok"], "text/plain")
+
+    upstream.reply = reply
+    http = make()
     assert await http.embed("e", "public", ["a", "b"]) == ([[1.0, 0.0], [0.0, 1.0]], 4)
     await http.start()
     assert http.max_model_len() == 512

@@ -1,0 +1,290 @@
+"""Suite 3: routing quality. Does prefix affinity pay off on real engines?
+
+    python -m bench.routing_quality                       # the full suite: minutes of CPU, run it on a quiet machine
+    python -m bench.routing_quality --dry-run             # print the workload and the commands, start nothing
+
+Two tokenyard instances in engine mode (Gemma 3 270M on vLLM CPU, prefix caching on), each pinned to its own
+core, behind two tokenyard routers over the same pair: one with policy `prefix`, one with `round-robin`.
+The workload is many chat requests that share a few long system prompts. Each phase (one policy, one round)
+gets system prompts of its own (a fresh seed), so both policies start cold and neither inherits the other's
+cache; rounds alternate which policy goes first. Reported: TTFT p50/p99, requests/s and output tokens/s per
+policy, their within-round ratios (prefix / round-robin), and the engines' prefix-cache hit rate where their
+/metrics expose it.
+
+Why it can matter: round-robin sends every system prompt to both instances, so each prompt is prefilled twice
+and each instance's KV cache must hold all of them; prefix affinity prefills each prompt once and splits the
+prompts between the caches. The gap grows as the prompts outgrow one instance's cache (`--kv-blocks`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import random
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = Path(__file__).resolve().parent / "results"
+MODEL = "gemma-3-270m"
+POLICIES = ("prefix", "round-robin")
+WORDS = ("river stone lantern harbor copper meadow signal orbit ledger canvas thunder velvet quarry beacon "
+         "saddle prism harvest glacier compass timber marble falcon cobalt anchor willow ember summit ").split()
+
+
+@dataclass
+class Workload:
+    prompts: int
+    prompt_words: int
+    requests: int
+    concurrency: int
+    max_tokens: int
+
+
+def system_prompts(count: int, words: int, seed: int) -> list[str]:
+    """`count` long system prompts, distinct from their first characters (the router hashes the start)."""
+    rng = random.Random(seed)
+    out = []
+    for index in range(count):
+        body = " ".join(rng.choice(WORDS) for _ in range(words))
+        out.append(f"[{seed}-{index}] You are assistant {index} of set {seed}. Follow these house notes: {body}")
+    return out
+
+
+def requests_for(workload: Workload, seed: int) -> list[list[dict[str, str]]]:
+    """The phase's chat requests: every prompt used about equally, in a shuffled order."""
+    prompts = system_prompts(workload.prompts, workload.prompt_words, seed)
+    rng = random.Random(seed + 1)
+    out = [[{"role": "system", "content": prompts[i % len(prompts)]},
+            {"role": "user", "content": f"Question {i}: name one {rng.choice(WORDS)}."}]
+           for i in range(workload.requests)]
+    rng.shuffle(out)
+    return out
+
+
+@dataclass
+class Phase:
+    policy: str
+    round: int
+    requests: int
+    errors: int
+    wall_s: float
+    req_per_s: float
+    output_tokens_per_s: float
+    ttft_p50_ms: float
+    ttft_p99_ms: float
+    prefix_hit_rate: float | None
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+async def one(client: httpx.AsyncClient, messages: list[dict[str, str]], max_tokens: int) -> tuple[float, int] | None:
+    body = {"model": MODEL, "messages": messages, "max_tokens": max_tokens, "temperature": 0, "stream": True,
+            "stream_options": {"include_usage": True}}
+    started = time.perf_counter()
+    first = None
+    tokens = 0
+    async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+        if response.status_code != 200:
+            await response.aread()
+            return None
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            event = json.loads(line[6:])
+            if event.get("usage"):
+                tokens = event["usage"]["completion_tokens"]
+            if first is None and event.get("choices"):
+                first = time.perf_counter()
+    return ((first or time.perf_counter()) - started, tokens)
+
+
+async def drive(url: str, requests: list[list[dict[str, str]]], concurrency: int,
+                max_tokens: int) -> tuple[list[tuple[float, int] | None], float]:
+    semaphore = asyncio.Semaphore(concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=900) as client:
+        async def bounded(messages: list[dict[str, str]]) -> tuple[float, int] | None:
+            async with semaphore:
+                return await one(client, messages, max_tokens)
+
+        started = time.perf_counter()
+        results = await asyncio.gather(*(bounded(m) for m in requests))
+        return results, time.perf_counter() - started
+
+
+def prefix_counters(urls: list[str]) -> tuple[float, float] | None:
+    """(hits, queries) of vLLM's prefix cache summed over the instances, if their /metrics expose them."""
+    hits = queries = 0.0
+    for url in urls:
+        try:
+            text = httpx.get(f"{url}/metrics", timeout=10).text
+        except httpx.HTTPError:
+            return None
+        found = {name: sum(float(v) for v in re.findall(rf"^vllm:prefix_cache_{name}(?:_total)?(?:{{[^}}]*}})? (\S+)$",
+                                                         text, re.M)) for name in ("hits", "queries")}
+        if not re.search(r"^vllm:prefix_cache_queries", text, re.M):
+            return None
+        hits, queries = hits + found["hits"], queries + found["queries"]
+    return hits, queries
+
+
+def run_phase(policy: str, round_index: int, url: str, instances: list[str], workload: Workload,
+              seed: int) -> Phase:
+    before = prefix_counters(instances)
+    results, wall = asyncio.run(drive(url, requests_for(workload, seed), workload.concurrency, workload.max_tokens))
+    after = prefix_counters(instances)
+    done = [r for r in results if r is not None]
+    ttfts = [r[0] for r in done]
+    hit_rate = None
+    if before and after and after[1] > before[1]:
+        hit_rate = (after[0] - before[0]) / (after[1] - before[1])
+    return Phase(policy, round_index, len(done), len(results) - len(done), wall, len(done) / wall,
+                 sum(r[1] for r in done) / wall, statistics.median(ttfts) * 1000 if ttfts else float("nan"),
+                 _pct(ttfts, 0.99) * 1000, hit_rate)
+
+
+def engine_config(port: int, kv_blocks: int | None) -> str:
+    extra = f"\n      num_gpu_blocks_override: {kv_blocks}" if kv_blocks else ""
+    return (f"host: 127.0.0.1\nport: {port}\nlog_level: warning\nmodels:\n  - name: {MODEL}\n"
+            f"    model: builtin:gemma3-270m\n    dtype: bfloat16\n    max_model_len: 2048\n    engine_args:\n"
+            f"      enforce_eager: true\n      enable_prefix_caching: true{extra}\n")
+
+
+def router_config(port: int, policy: str, instances: list[str]) -> str:
+    upstreams = "".join(f"      - {url}\n" for url in instances)
+    return (f"host: 127.0.0.1\nport: {port}\nlog_level: warning\nroutes:\n  - name: {MODEL}\n"
+            f"    policy: {policy}\n    upstreams:\n{upstreams}")
+
+
+def launch(config: Path, text: str, log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    config.write_text(text)
+    return subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(config)], cwd=ROOT,
+                            env={**os.environ, **env}, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url} exited with {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/ready", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(2)
+    raise TimeoutError(url)
+
+
+def summarise(phases: list[Phase]) -> dict[str, Any]:
+    by_round: dict[int, dict[str, Phase]] = {}
+    for phase in phases:
+        by_round.setdefault(phase.round, {})[phase.policy] = phase
+    ratios: dict[str, list[float]] = {"ttft_p50": [], "ttft_p99": [], "req_per_s": [], "output_tokens_per_s": []}
+    for pair in by_round.values():
+        if set(pair) != set(POLICIES):
+            continue
+        a, b = pair["prefix"], pair["round-robin"]
+        ratios["ttft_p50"].append(a.ttft_p50_ms / b.ttft_p50_ms)
+        ratios["ttft_p99"].append(a.ttft_p99_ms / b.ttft_p99_ms)
+        ratios["req_per_s"].append(a.req_per_s / b.req_per_s)
+        ratios["output_tokens_per_s"].append(a.output_tokens_per_s / b.output_tokens_per_s)
+    return {f"prefix_vs_round_robin_{k}": {"median": statistics.median(v), "min": min(v), "max": max(v), "n": len(v)}
+            for k, v in ratios.items() if v}
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--prompts", type=int, default=8, help="distinct system prompts per phase")
+    parser.add_argument("--prompt-words", type=int, default=900, help="words per system prompt (~1.3 tokens each)")
+    parser.add_argument("--requests", type=int, default=64, help="requests per phase")
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--max-tokens", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--kv-blocks", type=int, help="cap each engine's KV cache (vLLM num_gpu_blocks_override)")
+    parser.add_argument("--port-base", type=int, default=8260)
+    parser.add_argument("--ready-timeout", type=float, default=900)
+    parser.add_argument("--dry-run", action="store_true", help="print the workload and configs, start nothing")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    if args.prompts < 1 or args.requests < 1 or args.concurrency < 1 or args.rounds < 1:
+        parser.error("--prompts, --requests, --concurrency and --rounds must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(argv)
+    workload = Workload(args.prompts, args.prompt_words, args.requests, args.concurrency, args.max_tokens)
+    instances = [f"http://127.0.0.1:{args.port_base + 1}", f"http://127.0.0.1:{args.port_base + 2}"]
+    routers = {policy: (args.port_base + 3 + i) for i, policy in enumerate(POLICIES)}
+    if args.dry_run:
+        sample = requests_for(workload, 0)
+        print(json.dumps({"workload": asdict(workload), "requests": len(sample),
+                          "system_prompt_chars": len(sample[0][0]["content"]),
+                          "engine_config": engine_config(args.port_base + 1, args.kv_blocks),
+                          "router_config": router_config(routers["prefix"], "prefix", instances)}, indent=1))
+        return
+    args.out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="routing-quality-", dir=args.out / "logs" if (args.out / "logs").is_dir()
+                                 else args.out))
+    cores = sorted(os.sched_getaffinity(0))
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for index, url in enumerate(instances):
+            core = str(cores[index % len(cores)])
+            env = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": core, "HF_HUB_OFFLINE": "1"}
+            procs.append(launch(work / f"engine{index}.yaml", engine_config(args.port_base + 1 + index, args.kv_blocks),
+                                work / f"engine{index}.log", env))
+        for policy, port in routers.items():
+            procs.append(launch(work / f"router-{policy}.yaml", router_config(port, policy, instances),
+                                work / f"router-{policy}.log", {}))
+        for url, proc in zip(instances, procs):
+            wait_ready(url, proc, args.ready_timeout)
+        for (policy, port), proc in zip(routers.items(), procs[2:]):
+            wait_ready(f"http://127.0.0.1:{port}", proc, 120)
+        # Warm both engines on prompts no phase uses (first-request costs, not prefix caching).
+        asyncio.run(drive(instances[0], requests_for(Workload(1, 50, 2, 1, 2), 10**6), 1, 2))
+        asyncio.run(drive(instances[1], requests_for(Workload(1, 50, 2, 1, 2), 10**6 + 7), 1, 2))
+        phases = []
+        for round_index in range(args.rounds):
+            order = POLICIES if round_index % 2 == 0 else POLICIES[::-1]
+            for slot, policy in enumerate(order):
+                seed = 1000 * (round_index + 1) + slot
+                phase = run_phase(policy, round_index, f"http://127.0.0.1:{routers[policy]}", instances, workload, seed)
+                print(json.dumps(asdict(phase)), flush=True)
+                phases.append(phase)
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    result = {"suite": "routing-quality", "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+              "machine": {"cores": os.cpu_count(), "load_avg_at_end": os.getloadavg()},
+              "workload": asdict(workload), "kv_blocks": args.kv_blocks, "phases": [asdict(p) for p in phases],
+              "summary": summarise(phases)}
+    path = args.out / f"{dt.date.today().isoformat()}-routing-quality.json"
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    print(path)
+    print(json.dumps(result["summary"], indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""POST /v1/responses (text in, text out, on the chat path) and GET /v1/responses/{id} (nothing is stored)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from gateway.api.common import ERROR_RESPONSES, app_state, json_response
+from gateway.api.streaming import ClientDisconnected, EventStreamResponse, until_disconnect
+from gateway.errors import NotFound
+from gateway.protocol.responses import Response as ResponseObject
+from gateway.protocol.responses import ResponsesRequest
+from gateway.services import responses
+
+router = APIRouter()
+
+_SSE_DOC: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/event-stream": {}}, "description": "JSON, or SSE events when stream is true"}
+}
+
+
+@router.post("/v1/responses", response_model=ResponseObject, responses={**ERROR_RESPONSES, **_SSE_DOC})
+async def create_response(body: ResponsesRequest, request: Request) -> Response:
+    state = app_state(request)
+    session_id = request.headers.get(state.settings.router.session_header)  # router mode's affinity key
+    disconnects = state.metrics.client_disconnects.labels(body.model)
+    try:
+        if body.stream:
+            events = await until_disconnect(request, responses.stream(state, body, session_id))
+            return EventStreamResponse(events, on_disconnect=disconnects.inc)
+        return json_response(await until_disconnect(request, responses.complete(state, body, session_id)))
+    except ClientDisconnected:
+        disconnects.inc()
+        return Response(status_code=499)  # nobody reads it; logs show why the request ended
+
+
+@router.get("/v1/responses/{response_id}", response_model=ResponseObject, responses=ERROR_RESPONSES)
+async def retrieve_response(response_id: str) -> Response:
+    raise NotFound(f"Responses are not stored by this server, so `{response_id}` cannot be retrieved.",
+                   param="response_id")

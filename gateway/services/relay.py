@@ -1,0 +1,166 @@
+"""Router mode: chat and completions pass through to an instance as bytes.
+
+The instance (tokenyard in engine mode, `vllm serve`) does the work, so every field it knows works
+through the router (tools, response_format, echo, ...). The router chooses the instance, retries before
+anything has reached the client, and reads only what accounting needs: the usage event at the end,
+which it asks for and drops again when the client did not. A whole answer (stream false) is streamed
+from the instance too, so that a stall is noticed at the idle timeout, and folded into one body here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+
+from engine_adapters.base import GenerateRequest, Relay, SamplingOptions
+from gateway.protocol.chat import ChatCompletionRequest
+from gateway.protocol.common import SamplingFields
+from gateway.protocol.completions import CompletionRequest
+from gateway.services.generation import DONE, MeteredStream, first_and_rest, new_id, sse_error
+from gateway.state import AppState
+
+CHAT, COMPLETIONS = "/v1/chat/completions", "/v1/completions"
+_USAGE = b'"usage":{'
+# Keys whose string values are set once, not grown delta by delta.
+_SET_ONCE = frozenset({"index", "id", "type", "role", "finish_reason", "stop_reason", "object"})
+
+
+def routing_request(req: SamplingFields, session_id: str | None) -> GenerateRequest:
+    """What the route's policy looks at: the prompt's start, the session key, whether it streams."""
+    messages = prompt = None
+    if isinstance(req, ChatCompletionRequest):
+        messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+    elif isinstance(req, CompletionRequest):
+        first = req.prompt[0] if isinstance(req.prompt, list) and req.prompt else req.prompt
+        prompt = first if isinstance(first, str) else list(req.prompt if isinstance(first, int) else first or [])
+    return GenerateRequest(new_id("relay"), req.model, SamplingOptions(n=req.n), prompt=prompt, messages=messages,
+                           routing_key=session_id or req.user, stream=req.stream)
+
+
+class RelayCall:
+    """One client request, relayed: metered like any engine request, usage read from the last event."""
+
+    def __init__(self, state: AppState, adapter: Relay, req: SamplingFields, body: dict[str, Any],
+                 session_id: str | None, path: str) -> None:
+        self.req, self.path = req, path
+        self.request = routing_request(req, session_id)
+        self.metered = MeteredStream(state, adapter, self.request, path)  # type: ignore[arg-type]
+        self.source = self.metered.pieces(adapter.relay(self.request, path, body))
+        options = req.stream_options
+        self.want_usage = bool(options and options.include_usage)
+        self.usage: dict[str, Any] = {}
+
+    def pass_on(self, piece: bytes) -> bytes:
+        """The bytes for the client: as they came, less the usage event when the client did not ask."""
+        if _USAGE not in piece:
+            return piece
+        kept = []
+        for event in piece.split(b"\n\n"):
+            if _USAGE in event and event.startswith(b"data:"):
+                data = orjson.loads(event[5:])
+                self.usage = data.get("usage") or self.usage
+                if not self.want_usage and not data.get("choices"):
+                    continue
+            kept.append(event)
+        return b"\n\n".join(kept)
+
+    def record(self, status: int) -> None:
+        self.metered.record(status, int(self.usage.get("prompt_tokens") or 0),
+                            int(self.usage.get("completion_tokens") or 0))
+
+
+async def stream(state: AppState, adapter: Relay, req: SamplingFields, body: dict[str, Any],
+                 session_id: str | None, path: str) -> AsyncIterator[bytes]:
+    """Wait for the instance's first events (failures before them are plain HTTP errors); then the body."""
+    call = RelayCall(state, adapter, req, body, session_id, path)
+    pieces = await first_and_rest(call.source)
+    return _events(call, pieces)
+
+
+async def _events(call: RelayCall, pieces: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    try:
+        async with contextlib.aclosing(pieces):  # type: ignore[type-var]
+            async for piece in pieces:
+                if data := call.pass_on(piece):
+                    yield data
+    except Exception as exc:
+        call.record(500)
+        yield sse_error(exc)
+        return
+    call.record(200)
+
+
+async def complete(state: AppState, adapter: Relay, req: SamplingFields, body: dict[str, Any],
+                   session_id: str | None, path: str) -> dict[str, Any]:
+    call = RelayCall(state, adapter, req, body, session_id, path)
+    try:
+        pieces = [call.pass_on(piece) async for piece in call.source]
+    except Exception:
+        call.record(500)
+        raise
+    call.record(200)
+    return fold(b"".join(pieces), chat=path == CHAT, model=req.model, usage=call.usage)
+
+
+def fold(body: bytes, *, chat: bool, model: str, usage: dict[str, Any]) -> dict[str, Any]:
+    """The one answer that a stream of chunks adds up to, as OpenAI sends it when stream is false."""
+    head: dict[str, Any] = {}
+    choices: dict[int, dict[str, Any]] = {}
+    for event in body.split(b"\n\n"):
+        if not event.startswith(b"data:") or event == DONE.rstrip():
+            continue
+        data = orjson.loads(event[5:])
+        head = head or {k: v for k, v in data.items() if k not in ("choices", "usage")}
+        for choice in data.get("choices") or ():
+            _merge(choices.setdefault(int(choice.get("index") or 0), {}), choice)
+    answer = {**head, "object": "chat.completion" if chat else "text_completion", "model": model,
+              "created": head.get("created") or int(time.time())}
+    answer["choices"] = [_whole_choice(choices[i], chat) for i in sorted(choices)]
+    answer["usage"] = usage or None
+    return answer
+
+
+def _whole_choice(choice: dict[str, Any], chat: bool) -> dict[str, Any]:
+    whole = {"index": choice.get("index", 0), "logprobs": choice.get("logprobs"),
+             "finish_reason": choice.get("finish_reason") or "stop"}
+    if not chat:
+        return {**choice, **whole, "text": choice.get("text") or ""}
+    message = {"role": "assistant", "content": None, **choice.get("delta", {})}
+    if calls := message.get("tool_calls"):
+        message["tool_calls"] = [{k: v for k, v in call.items() if k != "index"} for call in calls]
+        message["content"] = message.get("content") or None
+    extra = {k: v for k, v in choice.items() if k not in ("delta", *whole)}
+    return {**extra, **whole, "message": message}
+
+
+def _merge(into: dict[str, Any], delta: dict[str, Any]) -> None:
+    """Grow `into` by one delta: text is appended, lists of indexed items merge by index, others extend."""
+    for key, value in delta.items():
+        old = into.get(key)
+        if value is None or old is None:
+            into[key] = old if value is None else value
+        elif isinstance(value, str) and isinstance(old, str) and key not in _SET_ONCE:
+            into[key] = old + value
+        elif isinstance(value, dict) and isinstance(old, dict):
+            _merge(old, value)
+        elif isinstance(value, list) and isinstance(old, list):
+            _merge_list(old, value)
+        else:
+            into[key] = value
+
+
+def _merge_list(into: list[Any], items: list[Any]) -> None:
+    if not all(isinstance(item, dict) and "index" in item for item in items):
+        into.extend(items)
+        return
+    by_index = {item.get("index"): item for item in into if isinstance(item, dict)}
+    for item in items:
+        if (old := by_index.get(item["index"])) is not None:
+            _merge(old, item)
+        else:
+            into.append(item)
+            by_index[item["index"]] = item

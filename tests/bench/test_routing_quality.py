@@ -1,0 +1,36 @@
+"""Suite 3's workload and argument parsing (the suite itself needs two real engines and runs by hand)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import yaml
+
+from bench.routing_quality import Workload, engine_config, parse, requests_for, router_config
+from gateway.settings import Settings
+
+
+def test_prompts_share_system_prompts_that_differ_where_the_router_looks() -> None:
+    requests = requests_for(Workload(prompts=4, prompt_words=300, requests=40, concurrency=2, max_tokens=4), seed=7)
+    systems = Counter(messages[0]["content"] for messages in requests)
+    assert len(requests) == 40 and len(systems) == 4
+    assert set(systems.values()) == {10}  # each prompt shared equally
+    assert len({prompt[:64] for prompt in systems}) == 4  # distinct well inside the router's prefix_chars
+    other_phase = {messages[0]["content"] for messages in requests_for(Workload(4, 300, 40, 2, 4), seed=8)}
+    assert not other_phase & systems.keys()  # each phase starts cold
+
+
+def test_generated_configs_are_valid_tokenyard_settings() -> None:
+    engine = Settings(**yaml.safe_load(engine_config(8261, kv_blocks=64)))
+    assert engine.models[0].engine_args["enable_prefix_caching"] is True
+    assert engine.models[0].engine_args["num_gpu_blocks_override"] == 64
+    router = Settings(**yaml.safe_load(router_config(8263, "prefix", ["http://127.0.0.1:8261", "http://127.0.0.1:8262"])))
+    assert router.routes[0].policy == "prefix" and len(router.routes[0].upstreams) == 2
+
+
+def test_arguments() -> None:
+    args = parse(["--prompts", "3", "--rounds", "1", "--dry-run"])
+    assert args.prompts == 3 and args.dry_run
+    with pytest.raises(SystemExit):
+        parse(["--requests", "0"])
