@@ -175,7 +175,8 @@ def test_fields_the_router_does_not_know_reach_the_instance(sdk: openai.OpenAI) 
     answer = sdk.completions.create(model=ALIAS, prompt=PROMPT, max_tokens=2, temperature=0, echo=True, logprobs=1)
     choice = answer.choices[0]
     assert choice.text.startswith(PROMPT) and len(choice.text) > len(PROMPT)
-    assert choice.logprobs is not None and choice.logprobs.tokens and choice.logprobs.token_logprobs[0] is None
+    assert choice.logprobs is not None and choice.logprobs.tokens[:3] == ["The", " Eiffel", " Tower"]
+    assert len(choice.logprobs.token_logprobs) == len(choice.logprobs.tokens) > 10  # prompt and output
     assert answer.model == ALIAS  # the client's name for the model, not the instance's
 
 
@@ -196,3 +197,9 @@ def test_a_stream_carries_usage_only_when_asked(setup: Setup) -> None:
 def served_tokens(url: str) -> float:
     text = httpx.get(f"{url}/metrics", timeout=10).text
     return sum(float(v) for v in re.findall(r'^tokenyard_completion_tokens_total\{[^}]*\} (\S+)$', text, re.M))
+
+
+def test_constrained_output_through_the_router(sdk: openai.OpenAI) -> None:
+    answer = sdk.chat.completions.create(model=TEXT_MODEL, messages=[{"role": "user", "content": "Is Paris in France?"}],
+                                         max_tokens=4, extra_body={"structured_outputs": {"choice": ["yes", "no"]}})
+    assert answer.choices[0].message.content in ("yes", "no")
