@@ -282,38 +282,27 @@ class _Events:
 
 
 class _StreamReader:
-    """SSE bytes in, chunks out. A choice's finish is held back until the usage event, which carries
+    """SSE events in, chunks out. A choice's finish is held back until the usage event, which carries
     the exact token counts, has arrived (it follows at once)."""
 
     def __init__(self, request: GenerateRequest) -> None:
         self.chat = request.messages is not None
-        self.model = request.model
         self.want_logprobs = request.sampling.logprobs is not None
         self.echo = request.sampling.prompt_logprobs is not None
-        self.done = False
-        self._buffer = b""
         self._tokens: dict[int, int] = {}  # per choice, counted until usage says exactly
         self._finished: dict[int, str] = {}
         self._usage: dict[str, int] | None = None
 
-    def feed(self, data: bytes) -> list[Chunk]:
-        if self.done:  # the body's end, read so that the connection goes back to the pool
-            return []
-        *lines, self._buffer = (self._buffer + data).split(b"\n")
+    def feed(self, events: bytes) -> list[Chunk]:
+        """Whole events, as stream_raw cuts them; it has already raised on an error event."""
         chunks: list[Chunk] = []
-        for line in lines:
-            if not line.startswith(b"data:"):
-                continue
-            payload = line[5:].strip()
-            if payload == b"[DONE]":
-                self.done = True
-                break
-            chunks.extend(self._event(orjson.loads(payload)))
+        for line in events.split(b"\n"):
+            payload = line[5:].strip() if line.startswith(b"data:") else b""
+            if payload and payload != b"[DONE]":
+                chunks.extend(self._event(orjson.loads(payload)))
         return chunks
 
     def _event(self, event: dict[str, Any]) -> list[Chunk]:
-        if "error" in event:
-            raise _event_error(event["error"], self.model)
         if event.get("usage"):
             self._usage = event["usage"]
         return [chunk for choice in event.get("choices") or () if (chunk := self._choice(choice))]

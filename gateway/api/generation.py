@@ -36,9 +36,9 @@ async def _serve(
     log_unknown_fields(state, body)
     session_id = request.headers.get(state.settings.router.session_header)  # router mode's affinity key
     disconnects = state.metrics.client_disconnects.labels(body.model)
-    adapter = state.adapter_for(body.model)
     answer: Awaitable[Any]
-    if isinstance(adapter, Relay):  # router mode: the request passes through to an instance
+    if isinstance(state.adapters.get(body.model), Relay):  # router mode: the request passes through to an instance
+        adapter: Relay = state.adapter_for(body.model)  # type: ignore[assignment]  # ready, and a generative model
         raw = request_info(request.scope).body
         args = (state, adapter, body, raw if isinstance(raw, dict) else body.model_dump(exclude_unset=True),
                 session_id, request.scope["path"])

@@ -128,8 +128,7 @@ async def complete(state: AppState, req: ChatCompletionRequest, session_id: str 
             logprobs=ChoiceLogprobs.model_validate({"content": _logprob_entries(logprobs[i])}) if req.logprobs else None,
             finish_reason="tool_calls" if called else reasons.get(i, "stop"),  # type: ignore[arg-type]
         ))
-    usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                  total_tokens=prompt_tokens + completion_tokens)
+    usage = Usage(**usage_dict(prompt_tokens, completion_tokens))
     return ChatCompletion(id=greq.request_id, created=int(time.time()), model=req.model, choices=choices, usage=usage,
                           prompt_logprobs=prompt_logprobs)
 
@@ -205,7 +204,5 @@ async def _events(req: ChatCompletionRequest, request_id: str, metered: MeteredS
     completion_tokens = sum(tokens.values())
     metered.record(200, prompt_tokens, completion_tokens)
     if include_usage:
-        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                 "total_tokens": prompt_tokens + completion_tokens}
-        yield sse({**head, "choices": [], "usage": usage})
+        yield sse({**head, "choices": [], "usage": usage_dict(prompt_tokens, completion_tokens)})
     yield DONE
