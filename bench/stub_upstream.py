@@ -193,7 +193,10 @@ class StubProtocol(asyncio.Protocol):
             await asyncio.sleep(reply.pace)
             if self.transport is None or self.transport.is_closing():
                 return
-            self.transport.write(first if index == 0 else last if index == reply.chunks - 1 else middle(index))
+            if index == reply.chunks - 1:  # the last event ends the stream, also when it is the only one
+                self.transport.write(first + last if index == 0 else last)
+            else:
+                self.transport.write(first if index == 0 else middle(index))
 
 
 async def serve(host: str, port: int) -> None:

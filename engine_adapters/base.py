@@ -186,3 +186,9 @@ class Relay(Protocol):
     upstream knows works; the answer comes back as the upstream's SSE bytes, cut at event boundaries."""
 
     def relay(self, request: GenerateRequest, path: str, body: dict[str, Any]) -> AsyncIterator[bytes]: ...
+
+
+def relays(adapter: object) -> bool:
+    """Whether `adapter` passes requests through (a Relay). The same test as isinstance(adapter, Relay),
+    without the cost of a runtime protocol check on every request."""
+    return callable(getattr(adapter, "relay", None))

@@ -169,19 +169,16 @@ class OpenAIHttpAdapter:
         """POST `payload` and yield the SSE body cut at event boundaries. A failure raises: before the
         first bytes as the upstream's answer says; after them as EngineUnavailable (the stream broke or
         stalled) or as the error event the upstream sent."""
-        loop = asyncio.get_running_loop()
-        started = loop.time()
+        started = asyncio.get_running_loop().time()
         response = await self._post(path, orjson.dumps(payload), public_model)
         self._open[request_id] = response
         events = _Events(public_model, rename)
+        watchdog = _Watchdog(self.timeouts, started, response.content)
         ended = False
         try:
-            limit = self.timeouts.first_token_s - (loop.time() - started)
             while True:
-                limit = min(limit, self.timeouts.total_s - (loop.time() - started))
                 try:
-                    async with asyncio.timeout(max(limit, 0.0)):
-                        data = await response.content.readany()
+                    data = await response.content.readany()
                 except (TimeoutError, aiohttp.ClientError) as exc:
                     if events.done:  # after [DONE] only the body's end was missing: nothing lost
                         break
@@ -189,13 +186,14 @@ class OpenAIHttpAdapter:
                 if not data:
                     ended = True
                     break
+                watchdog.touch()
                 if whole := events.feed(data):
                     yield whole
                 if events.error is not None:
                     raise events.error
-                limit = self.timeouts.idle_s
             events.finish()
         finally:
+            watchdog.cancel()
             self._open.pop(request_id, None)
             # Read to the end, the connection goes back to the pool; left early, it is closed (an abort).
             response.release() if ended else response.close()
@@ -238,6 +236,34 @@ class OpenAIHttpAdapter:
         body = orjson.loads(response.content)
         items = sorted(body["data"], key=lambda item: item["index"])
         return [item["embedding"] for item in items], int((body.get("usage") or {}).get("prompt_tokens", 0))
+
+
+class _Watchdog:
+    """A stream's time limits (to the first bytes, between reads, in all), checked lazily: one timer per
+    stream that re-arms itself when it finds the stream moved, rather than a timeout around every read.
+    When a limit passes, the pending read fails with TimeoutError."""
+
+    def __init__(self, timeouts: HttpTimeouts, started: float, content: aiohttp.StreamReader) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.content, self.idle_s = content, timeouts.idle_s
+        self.end_at = started + timeouts.total_s
+        self.last, self.limit = started, timeouts.first_token_s
+        self.handle = self.loop.call_at(self._due(), self._check)
+
+    def touch(self) -> None:
+        self.last, self.limit = self.loop.time(), self.idle_s
+
+    def cancel(self) -> None:
+        self.handle.cancel()
+
+    def _due(self) -> float:
+        return min(self.last + self.limit, self.end_at)
+
+    def _check(self) -> None:
+        if self.loop.time() >= self._due():
+            self.content.set_exception(TimeoutError())
+        else:
+            self.handle = self.loop.call_at(self._due(), self._check)
 
 
 class _Events:

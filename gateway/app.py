@@ -16,7 +16,8 @@ from engine_adapters.base import EngineAdapter
 from gateway import middleware
 from gateway.api import embeddings, generation, health, lora, models, responses, tokenize
 from gateway.api.common import json_response
-from gateway.errors import GatewayError, InvalidRequest, error_payload, status_error
+from gateway.api.passthrough import PassThrough
+from gateway.errors import GatewayError, error_payload, invalid_fields, status_error
 from gateway.lifecycle import Drain
 from gateway.settings import Settings
 from gateway.state import AppState
@@ -24,16 +25,6 @@ from gateway.state import AppState
 log = logging.getLogger(__name__)
 
 AdapterFactory = Callable[[Settings], Awaitable[dict[str, EngineAdapter]]]
-
-
-def _param(loc: tuple[object, ...]) -> str | None:
-    parts = [p for p in loc if p != "body"]
-    if not parts or not isinstance(parts[0], str):
-        return None
-    name = str(parts[0])
-    for part in parts[1:]:
-        name += f"[{part}]" if isinstance(part, int) else f".{part}"
-    return name
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -49,12 +40,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     async def validation_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
-        first = exc.errors()[0] if exc.errors() else {}
-        if first.get("type") == "json_invalid":
-            return await gateway_error(request, InvalidRequest("The request body is not valid JSON."))
-        where = _param(tuple(first.get("loc", ())))
-        message = f"{where}: {first.get('msg', 'invalid value')}" if where else str(first.get("msg", "invalid request"))
-        return await gateway_error(request, InvalidRequest(message, param=where))
+        return await gateway_error(request, invalid_fields(list(exc.errors())))
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
@@ -107,6 +93,7 @@ def create_app(settings: Settings, adapter_factory: AdapterFactory | None = None
     app.state.tokenyard = state
     _install_error_handlers(app)
     _document_validation_as_400(app)
+    app.add_middleware(PassThrough, state=state)  # innermost: routed chat and completions end there
     middleware.install(app, state)
     for module in (models, generation, embeddings, health, responses, tokenize):
         app.include_router(module.router)

@@ -123,3 +123,23 @@ def status_error(status: int, message: str, *, param: str | None = None) -> Gate
     if cls is None:
         return InvalidRequest(message, param=param) if 400 <= status < 500 else GatewayError(message)
     return cls(message, param=param)
+
+
+def invalid_fields(errors: list[Any]) -> InvalidRequest:
+    """A 400 for failed validation (pydantic's list of errors), naming the first bad field as OpenAI's `param`."""
+    first = errors[0] if errors else {}
+    if first.get("type") == "json_invalid":
+        return InvalidRequest("The request body is not valid JSON.")
+    where = _param(tuple(first.get("loc", ())))
+    message = f"{where}: {first.get('msg', 'invalid value')}" if where else str(first.get("msg", "invalid request"))
+    return InvalidRequest(message, param=where)
+
+
+def _param(loc: tuple[object, ...]) -> str | None:
+    parts = [p for p in loc if p != "body"]
+    if not parts or not isinstance(parts[0], str):
+        return None
+    name = str(parts[0])
+    for part in parts[1:]:
+        name += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return name

@@ -8,14 +8,12 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from engine_adapters.base import Relay
 from gateway.api.common import ERROR_RESPONSES, app_state, json_response
 from gateway.api.streaming import ClientDisconnected, EventStreamResponse, until_disconnect
-from gateway.middleware.context import request_info
 from gateway.protocol.chat import ChatCompletion, ChatCompletionRequest
 from gateway.protocol.common import SamplingFields
 from gateway.protocol.completions import Completion, CompletionRequest
-from gateway.services import chat, completions, relay
+from gateway.services import chat, completions
 from gateway.services.generation import log_unknown_fields
 from gateway.state import AppState
 
@@ -36,20 +34,13 @@ async def _serve(
     log_unknown_fields(state, body)
     session_id = request.headers.get(state.settings.router.session_header)  # router mode's affinity key
     disconnects = state.metrics.client_disconnects.labels(body.model)
-    answer: Awaitable[Any]
-    if isinstance(state.adapters.get(body.model), Relay):  # router mode: the request passes through to an instance
-        adapter: Relay = state.adapter_for(body.model)  # type: ignore[assignment]  # ready, and a generative model
-        raw = request_info(request.scope).body
-        args = (state, adapter, body, raw if isinstance(raw, dict) else body.model_dump(exclude_unset=True),
-                session_id, request.scope["path"])
-        answer = relay.stream(*args) if body.stream else relay.complete(*args)
-    else:
-        answer = stream(state, body, session_id) if body.stream else complete(state, body, session_id)
+    # Routed models never get here: gateway.api.passthrough answers them before FastAPI does.
+    answer: Awaitable[Any] = stream(state, body, session_id) if body.stream else complete(state, body, session_id)
     try:
         if body.stream:
-            events = await until_disconnect(request, answer)
+            events = await until_disconnect(request.receive, answer)
             return EventStreamResponse(events, on_disconnect=disconnects.inc)
-        return json_response(await until_disconnect(request, answer))
+        return json_response(await until_disconnect(request.receive, answer))
     except ClientDisconnected:
         disconnects.inc()
         return Response(status_code=499)  # nobody reads it; logs show why the request ended

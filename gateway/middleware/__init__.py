@@ -8,6 +8,9 @@
     BodyMiddleware         413 / 408 as the bytes arrive, one JSON parse, 400 for bad JSON
     LimitsMiddleware       caps (400), per-key rate limits (429) and x-ratelimit-* headers
     AdmissionMiddleware    per-model in-flight cap and priority queue (429 / 503)
+
+Inside them all, create_app puts gateway.api.passthrough.PassThrough, which answers router mode's
+chat and completions itself; everything else goes on to FastAPI.
 """
 
 from __future__ import annotations

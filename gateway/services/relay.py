@@ -9,9 +9,7 @@ from the instance too, so that a stall is noticed at the idle timeout, and folde
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -20,7 +18,7 @@ from engine_adapters.base import GenerateRequest, Relay, SamplingOptions
 from gateway.protocol.chat import ChatCompletionRequest
 from gateway.protocol.common import SamplingFields
 from gateway.protocol.completions import CompletionRequest
-from gateway.services.generation import DONE, MeteredStream, first_and_rest, new_id, sse_error
+from gateway.services.generation import DONE, MeteredStream, new_id
 from gateway.state import AppState
 
 CHAT, COMPLETIONS = "/v1/chat/completions", "/v1/completions"
@@ -71,39 +69,6 @@ class RelayCall:
     def record(self, status: int) -> None:
         self.metered.record(status, int(self.usage.get("prompt_tokens") or 0),
                             int(self.usage.get("completion_tokens") or 0))
-
-
-async def stream(state: AppState, adapter: Relay, req: SamplingFields, body: dict[str, Any],
-                 session_id: str | None, path: str) -> AsyncIterator[bytes]:
-    """Wait for the instance's first events (failures before them are plain HTTP errors); then the body."""
-    call = RelayCall(state, adapter, req, body, session_id, path)
-    pieces = await first_and_rest(call.source)
-    return _events(call, pieces)
-
-
-async def _events(call: RelayCall, pieces: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    try:
-        async with contextlib.aclosing(pieces):  # type: ignore[type-var]
-            async for piece in pieces:
-                if data := call.pass_on(piece):
-                    yield data
-    except Exception as exc:
-        call.record(500)
-        yield sse_error(exc)
-        return
-    call.record(200)
-
-
-async def complete(state: AppState, adapter: Relay, req: SamplingFields, body: dict[str, Any],
-                   session_id: str | None, path: str) -> dict[str, Any]:
-    call = RelayCall(state, adapter, req, body, session_id, path)
-    try:
-        pieces = [call.pass_on(piece) async for piece in call.source]
-    except Exception:
-        call.record(500)
-        raise
-    call.record(200)
-    return fold(b"".join(pieces), chat=path == CHAT, model=req.model, usage=call.usage)
 
 
 def fold(body: bytes, *, chat: bool, model: str, usage: dict[str, Any]) -> dict[str, Any]:

@@ -201,6 +201,18 @@ async def test_idle_timeout_cuts_a_stalled_stream(upstream: Upstream, make: Any)
     assert seen == ["a"]
 
 
+async def test_a_stream_that_keeps_flowing_is_cut_at_the_total_limit(upstream: Upstream, make: Any) -> None:
+    # Every read comes well within the idle limit, and each one pushes the idle deadline on; the total does not move.
+    upstream.reply = replying(*[part for _ in range(200) for part in (sse(delta("x")), 0.05)])
+    started = asyncio.get_running_loop().time()
+    seen: list[str] = []
+    with pytest.raises(EngineUnavailable, match="stalled"):
+        async for chunk in make(idle_s=0.3, total_s=0.6).generate(chat_request()):
+            seen.append(chunk.text)
+    assert 0.5 < asyncio.get_running_loop().time() - started < 2.0
+    assert 5 <= len(seen) < 20
+
+
 async def test_abort_closes_the_upstream_response(upstream: Upstream, make: Any) -> None:
     upstream.reply = replying(*[part for _ in range(1000) for part in (sse(delta("x")), 0.01)])
     http = make()

@@ -1,0 +1,108 @@
+"""Router mode's fast lane: chat and completions for routed models, answered in plain ASGI.
+
+A routed model's request needs no engine work here. Its body is checked against the same wire models as
+in engine mode, so bad input gets the same 400, and then it is passed through to an instance as bytes
+(gateway.services.relay). Skipping FastAPI's routing, dependency solving and response classes, and the
+chain of generators around each chunk, keeps the router's CPU per request small; bench/router_overhead.py
+measures it. Every other request goes on to the FastAPI app. The middlewares around both are the same.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, cast
+
+import orjson
+from pydantic import BaseModel, ValidationError
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from engine_adapters.base import Relay, relays
+from gateway.api.streaming import ClientDisconnected, until_disconnect
+from gateway.errors import GatewayError, error_payload, invalid_fields
+from gateway.middleware.context import header, request_info, send_error
+from gateway.protocol.chat import ChatCompletionRequest
+from gateway.protocol.completions import CompletionRequest
+from gateway.services.generation import log_unknown_fields, sse_error
+from gateway.services.relay import CHAT, COMPLETIONS, RelayCall, fold
+from gateway.state import AppState
+
+WIRE: dict[str, type[BaseModel]] = {CHAT: ChatCompletionRequest, COMPLETIONS: CompletionRequest}
+_SSE = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
+_END = {"type": "http.response.body", "body": b"", "more_body": False}
+
+
+class PassThrough:
+    """The innermost middleware: routed chat and completions end here; the rest goes on to `app`."""
+
+    def __init__(self, app: ASGIApp, state: AppState) -> None:
+        self.app, self.state = app, state
+        self.session_header = state.settings.router.session_header.lower().encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        wire = WIRE.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
+        body = request_info(scope).body if wire else None
+        model = body.get("model") if isinstance(body, dict) else None
+        if wire is None or not isinstance(body, dict) or not isinstance(model, str) \
+                or not relays(self.state.adapters.get(model)):
+            await self.app(scope, receive, send)
+            return
+        try:
+            call = self._call(scope, wire, body)
+        except GatewayError as exc:
+            await send_error(send, exc)
+            return
+        try:
+            await until_disconnect(receive, _answer(call, send))
+        except ClientDisconnected:
+            self.state.metrics.client_disconnects.labels(call.req.model).inc()
+
+    def _call(self, scope: Scope, wire: type[BaseModel], body: dict[str, Any]) -> RelayCall:
+        try:
+            req = wire.model_validate(body)
+        except ValidationError as exc:
+            raise invalid_fields(exc.errors()) from None
+        assert isinstance(req, ChatCompletionRequest | CompletionRequest)
+        adapter = cast(Relay, self.state.adapter_for(req.model))  # ready, and a generative model
+        log_unknown_fields(self.state, req)
+        session = header(scope, self.session_header)
+        return RelayCall(self.state, adapter, req, body, session.decode("latin-1") if session else None,
+                         scope["path"])
+
+
+async def _answer(call: RelayCall, send: Send) -> None:
+    """The instance's answer, passed on: a failure before its first bytes is a plain HTTP error, one after
+    them an SSE error event; a whole answer (stream false) is folded from the events."""
+    async with contextlib.aclosing(call.source) as source:  # type: ignore[type-var]
+        try:
+            first = await anext(source)
+            if not call.req.stream:
+                await _whole(call, [first, *[piece async for piece in source]], send)
+                return
+        except Exception as exc:
+            call.record(error_payload(exc)[0])
+            if not isinstance(exc, GatewayError):
+                raise  # a fault of ours: the request log middleware answers 500 with the request id
+            await send_error(send, exc)
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": _SSE})
+        try:
+            if data := call.pass_on(first):
+                await send({"type": "http.response.body", "body": data, "more_body": True})
+            async for piece in source:
+                if data := call.pass_on(piece):
+                    await send({"type": "http.response.body", "body": data, "more_body": True})
+        except Exception as exc:
+            call.record(500)
+            await send({"type": "http.response.body", "body": sse_error(exc), "more_body": True})
+        else:
+            call.record(200)
+        await send(_END)
+
+
+async def _whole(call: RelayCall, pieces: list[bytes], send: Send) -> None:
+    events = b"".join([call.pass_on(piece) for piece in pieces])
+    raw = orjson.dumps(fold(events, chat=call.path == CHAT, model=call.req.model, usage=call.usage))
+    call.record(200)
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": raw, "more_body": False})

@@ -1,0 +1,44 @@
+"""Router mode's fast lane (gateway.api.passthrough): a routed request is checked like any other before
+it is passed through, and what comes back is the instance's answer, streamed or folded."""
+
+from __future__ import annotations
+
+import httpx
+import orjson
+import pytest
+
+from tests.faults.client import completion
+from tests.faults.harness import Fleet
+
+
+@pytest.mark.parametrize(("body", "param"), [
+    ({"temperature": "hot"}, "temperature"),
+    ({"max_tokens": "many"}, "max_tokens"),
+    ({"n": 0}, "n"),
+])
+async def test_bad_fields_are_a_400_from_the_router_itself(fleet: Fleet, body: dict[str, object], param: str) -> None:
+    (engine,), router = fleet.start(1)
+    before = engine.stats()["requests"]
+    async with httpx.AsyncClient(base_url=router.url, timeout=10) as client:
+        response = await client.post("/v1/completions", json={**completion(max_tokens=4), **body})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["param"] == param and error["type"] == "invalid_request_error"
+    assert engine.stats()["requests"] == before  # never passed through
+
+
+async def test_streamed_and_whole_answers_come_back_whole(fleet: Fleet) -> None:
+    _, router = fleet.start(1, tokens=5, delay_ms=1)
+    async with httpx.AsyncClient(base_url=router.url, timeout=10) as client:
+        whole = (await client.post("/v1/completions", json=completion(max_tokens=5))).json()
+        streamed = await client.post("/v1/completions", json={**completion(max_tokens=5), "stream": True,
+                                                              "stream_options": {"include_usage": True}})
+    assert whole["object"] == "text_completion" and whole["usage"]["completion_tokens"] == 5
+    assert whole["choices"][0]["finish_reason"] == "length"
+    assert streamed.headers["content-type"].startswith("text/event-stream")
+    events = [line[6:] for line in streamed.text.split("\n\n") if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    usage = orjson.loads(events[-2])
+    assert usage["choices"] == [] and usage["usage"]["completion_tokens"] == 5
+    text = "".join(c["text"] for e in events[:-2] for c in orjson.loads(e)["choices"])
+    assert text == whole["choices"][0]["text"]
