@@ -10,7 +10,7 @@ TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 STAMP := $(VENV)/.installed-$(ENGINE)
 ARGS ?=
 
-.PHONY: install serve test models tools bench bench-quick bench-router clean
+.PHONY: install serve test models tools bench bench-quick bench-router bench-routing clean
 
 install: $(STAMP)
 
@@ -52,6 +52,11 @@ bench: $(STAMP)
 bench-router: $(STAMP)
 	$(PIP) install -q -e ".[bench]"
 	$(PY) -m bench.router_overhead --install-peers $(ARGS)
+
+# Suite 3, routing quality: policy prefix vs round-robin over two real engine-mode instances.
+bench-routing: $(STAMP)
+	$(PIP) install -q -e ".[bench]"
+	$(PY) -m bench.routing_quality $(ARGS)
 
 # Under 5 minutes, no peer installs: Suite 2 with the stub, direct vs tokenyard's router vs the naive proxy.
 bench-quick: $(STAMP)

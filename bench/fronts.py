@@ -37,8 +37,9 @@ class Front:
 
 def tokenyard(port: int, upstream: str, workdir: Path) -> Front:
     config = workdir / "tokenyard-router.yaml"
-    text = (f"host: 127.0.0.1\nport: {port}\nlog_level: warning\nroutes:\n  - name: {MODEL}\n"
-            f"    policy: round-robin\n    upstreams:\n      - {upstream}\n")
+    # Admission raised past the 1,000-stream probe, as the peers run with their own caps off.
+    text = (f"host: 127.0.0.1\nport: {port}\nlog_level: warning\nlimits:\n  max_in_flight: 2048\n"
+            f"routes:\n  - name: {MODEL}\n    policy: round-robin\n    upstreams:\n      - {upstream}\n")
     return Front("tokenyard", port, [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
                  files={str(config): text}, version=_git_version())
 

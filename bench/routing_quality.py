@@ -208,6 +208,44 @@ def summarise(phases: list[Phase]) -> dict[str, Any]:
             for k, v in ratios.items() if v}
 
 
+def markdown(result: dict[str, Any]) -> str:
+    w = result["workload"]
+    lines = [f"# Suite 3: routing quality ({result['date']})", "",
+             f"{w['prompts']} system prompts of {w['prompt_words']} words, {w['requests']} chat requests per phase, "
+             f"concurrency {w['concurrency']}, {w['max_tokens']} output tokens; KV blocks per engine: "
+             f"{result['kv_blocks'] or 'as many as 1 GiB holds (VLLM_CPU_KVCACHE_SPACE=1)'}.", "",
+             "| round | policy | TTFT p50 ms | TTFT p99 ms | req/s | prefix-cache hit rate |", "|---|---|---|---|---|---|"]
+    for p in result["phases"]:
+        hit = "" if p["prefix_hit_rate"] is None else f"{p['prefix_hit_rate']:.2f}"
+        lines.append(f"| {p['round']} | {p['policy']} | {p['ttft_p50_ms']:.0f} | {p['ttft_p99_ms']:.0f} | "
+                     f"{p['req_per_s']:.2f} | {hit} |")
+    lines += ["", "| prefix / round-robin, same round | median | min | max |", "|---|---|---|---|"]
+    for name, r in result["summary"].items():
+        lines.append(f"| {name.removeprefix('prefix_vs_round_robin_')} | {r['median']:.2f}× | {r['min']:.2f}× | "
+                     f"{r['max']:.2f}× |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [("ttft_p50_ms", "TTFT p50 (ms)"), ("ttft_p99_ms", "TTFT p99 (ms)"), ("req_per_s", "requests/s")]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(12, 3.5))
+    for ax, (metric, title) in zip(axes, metrics):
+        for offset, policy in ((-0.2, "prefix"), (0.2, "round-robin")):
+            phases = [p for p in result["phases"] if p["policy"] == policy]
+            ax.bar([p["round"] + offset for p in phases], [p[metric] for p in phases], width=0.4, label=policy)
+        ax.set_xticks(sorted({p["round"] for p in result["phases"]}))
+        ax.set_xlabel("round")
+        ax.set_title(title)
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--prompts", type=int, default=8, help="distinct system prompts per phase")
@@ -221,6 +259,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--ready-timeout", type=float, default=900)
     parser.add_argument("--dry-run", action="store_true", help="print the workload and configs, start nothing")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--tag", default="routing-quality", help="results file stem after the date")
     args = parser.parse_args(argv)
     if args.prompts < 1 or args.requests < 1 or args.concurrency < 1 or args.rounds < 1:
         parser.error("--prompts, --requests, --concurrency and --rounds must be at least 1")
@@ -280,9 +319,11 @@ def main(argv: list[str] | None = None) -> None:
               "machine": {"cores": os.cpu_count(), "load_avg_at_end": os.getloadavg()},
               "workload": asdict(workload), "kv_blocks": args.kv_blocks, "phases": [asdict(p) for p in phases],
               "summary": summarise(phases)}
-    path = args.out / f"{dt.date.today().isoformat()}-routing-quality.json"
-    path.write_text(json.dumps(result, indent=1) + "\n")
-    print(path)
+    stem = args.out / f"{dt.date.today().isoformat()}-{args.tag}"
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+    stem.with_suffix(".md").write_text(markdown(result))
+    plot(result, stem.with_suffix(".png"))
+    print(stem.with_suffix(".json"))
     print(json.dumps(result["summary"], indent=1))
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import asdict
+from pathlib import Path
 
 import pytest
 import yaml
 
-from bench.routing_quality import Workload, engine_config, parse, requests_for, router_config
+from bench.routing_quality import Phase, Workload, engine_config, markdown, parse, plot, requests_for, router_config, summarise
 from gateway.settings import Settings
 
 
@@ -34,3 +36,15 @@ def test_arguments() -> None:
     assert args.prompts == 3 and args.dry_run
     with pytest.raises(SystemExit):
         parse(["--requests", "0"])
+
+
+def test_a_result_is_written_as_markdown_and_a_plot(tmp_path: Path) -> None:
+    phases = [Phase(policy, r, 64, 0, 30.0, 2.0 + (policy == "prefix"), 16.0, 300.0 if policy == "prefix" else 900.0,
+                    2000.0, 0.8) for r in range(2) for policy in ("prefix", "round-robin")]
+    result = {"date": "2026-11-22T00:00:00+00:00", "workload": asdict(Workload(8, 900, 64, 4, 8)), "kv_blocks": None,
+              "phases": [asdict(p) for p in phases], "summary": summarise(phases)}
+    assert result["summary"]["prefix_vs_round_robin_ttft_p50"]["median"] == pytest.approx(1 / 3)
+    text = markdown(result)
+    assert "| ttft_p50 | 0.33× |" in text and text.count("| prefix |") == 2
+    plot(result, tmp_path / "r.png")
+    assert (tmp_path / "r.png").stat().st_size > 1000

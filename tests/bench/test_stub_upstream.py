@@ -55,3 +55,6 @@ def test_stream_and_whole_answers_are_openai_shaped(stub_url: str) -> None:
     whole = client.completions.create(model="stub", prompt="hi", max_tokens=3)
     assert whole.choices[0].text == "tok " * 3 and whole.usage is not None and whole.usage.completion_tokens == 3
     assert [m.id for m in client.models.list()] == ["stub"]
+    single = list(client.chat.completions.create(model="stub", messages=[{"role": "user", "content": "hi"}],
+                                                  max_tokens=1, stream=True, timeout=5))
+    assert [c.choices[0].finish_reason for c in single] == [None, "length"]  # a 1-chunk stream still ends
