@@ -25,9 +25,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import httpx
-
 from bench.loadgen import PROMPT, RunResult, run
+from bench.procs import wait_answering
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODEL_NAME = "gemma-3-270m"
@@ -55,20 +54,6 @@ def start_vllm(model_path: str, port: int, log: Path) -> subprocess.Popen[bytes]
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_path, "--port", str(port),
            "--host", "127.0.0.1", "--enforce-eager", *ENGINE_FLAGS]
     return subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=engine_env())
-
-
-def wait_up(url: str, proc: subprocess.Popen[bytes], started: float, timeout_s: float = 900) -> float:
-    """Seconds from `started` (when both servers were launched) until `url` answers."""
-    while time.monotonic() - started < timeout_s:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{url} exited with {proc.returncode}")
-        try:
-            if httpx.get(f"{url}/v1/models", timeout=2).status_code == 200:
-                return time.monotonic() - started
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise TimeoutError(url)
 
 
 def machine() -> dict[str, object]:
@@ -136,7 +121,7 @@ def main() -> None:
     servers = {"tokenyard": (f"http://127.0.0.1:{ty_port}", start_tokenyard(model_path, ty_port, logs / "tokenyard.log")),
                "vllm": (f"http://127.0.0.1:{vllm_port}", start_vllm(model_path, vllm_port, logs / "vllm.log"))}
     try:
-        startup = {name: wait_up(url, proc, launched) for name, (url, proc) in servers.items()}
+        startup = {name: wait_answering(url, proc, "/v1/models", started=launched) for name, (url, proc) in servers.items()}
         summary, raw = {}, {}
         for concurrency in args.concurrency:
             requests = max(args.requests, concurrency)

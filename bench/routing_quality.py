@@ -36,6 +36,7 @@ from typing import Any
 
 import httpx
 
+from bench.procs import wait_answering
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
 MODEL = "gemma-3-270m"
@@ -177,20 +178,6 @@ def launch(config: Path, text: str, log: Path, env: dict[str, str]) -> subproces
                             env={**os.environ, **env}, stdout=log.open("wb"), stderr=subprocess.STDOUT)
 
 
-def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
-    started = time.monotonic()
-    while time.monotonic() - started < timeout_s:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{url} exited with {proc.returncode}")
-        try:
-            if httpx.get(f"{url}/ready", timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(2)
-    raise TimeoutError(url)
-
-
 def summarise(phases: list[Phase]) -> dict[str, Any]:
     by_round: dict[int, dict[str, Phase]] = {}
     for phase in phases:
@@ -293,9 +280,9 @@ def main(argv: list[str] | None = None) -> None:
             procs.append(launch(work / f"router-{policy}.yaml", router_config(port, policy, instances),
                                 work / f"router-{policy}.log", {}))
         for url, proc in zip(instances, procs):
-            wait_ready(url, proc, args.ready_timeout)
+            wait_answering(url, proc, "/ready", timeout_s=args.ready_timeout, interval_s=2)
         for (policy, port), proc in zip(routers.items(), procs[2:]):
-            wait_ready(f"http://127.0.0.1:{port}", proc, 120)
+            wait_answering(f"http://127.0.0.1:{port}", proc, "/ready", timeout_s=120, interval_s=2)
         # Warm both engines on prompts no phase uses (first-request costs, not prefix caching).
         asyncio.run(drive(instances[0], requests_for(Workload(1, 50, 2, 1, 2), 10**6), 1, 2))
         asyncio.run(drive(instances[1], requests_for(Workload(1, 50, 2, 1, 2), 10**6 + 7), 1, 2))

@@ -187,6 +187,10 @@ class Relay(Protocol):
 
     def relay(self, request: GenerateRequest, path: str, body: dict[str, Any]) -> AsyncIterator[bytes]: ...
 
+    async def forward(self, request: GenerateRequest, path: str, body: dict[str, Any]) -> bytes:
+        """A JSON request that generates nothing (the tokenizer routes), passed through the same way."""
+        ...
+
 
 def relays(adapter: object) -> bool:
     """Whether `adapter` passes requests through (a Relay). The same test as isinstance(adapter, Relay),

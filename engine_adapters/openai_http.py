@@ -198,6 +198,18 @@ class OpenAIHttpAdapter:
             # Read to the end, the connection goes back to the pool; left early, it is closed (an abort).
             response.release() if ended else response.close()
 
+    async def forward(self, path: str, body: dict[str, Any], public_model: str) -> bytes:
+        """POST a JSON request that generates nothing (the tokenizer routes) under the upstream's model name;
+        the upstream's JSON answer, as bytes."""
+        response = await self._post(path, orjson.dumps({**body, "model": self.model}), public_model)
+        try:
+            async with asyncio.timeout(self.timeouts.idle_s):
+                return await response.read()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise _stream_error(exc) from exc
+        finally:
+            response.release()
+
     def _pool(self) -> aiohttp.ClientSession:
         if self._session is None:
             self._session = aiohttp.ClientSession(

@@ -1,38 +1,41 @@
-"""Router mode's fast lane: chat and completions for routed models, answered in plain ASGI.
+"""Router mode's fast lane: chat, completions and the tokenizer routes for routed models, in plain ASGI.
 
 A routed model's request needs no engine work here. Its body is checked against the same wire models as
 in engine mode, so bad input gets the same 400, and then it is passed through to an instance as bytes
-(gateway.services.relay). Skipping FastAPI's routing, dependency solving and response classes, and the
-chain of generators around each chunk, keeps the router's CPU per request small; bench/router_overhead.py
-measures it. Every other request goes on to the FastAPI app. The middlewares around both are the same.
+(gateway.services.relay); /tokenize and /detokenize get the instance's JSON answer. Skipping FastAPI's
+routing, dependency solving and response classes, and the chain of generators around each chunk, keeps the
+router's CPU per request small; bench/router_overhead.py measures it. Every other request goes on to the FastAPI app. The middlewares around both are the same.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Awaitable
 from typing import Any, cast
 
 import orjson
 from pydantic import BaseModel, ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from engine_adapters.base import Relay, relays
+from engine_adapters.base import GenerateRequest, Relay, SamplingOptions, relays
 from gateway.api.streaming import ClientDisconnected, until_disconnect
 from gateway.errors import GatewayError, error_payload, invalid_fields
 from gateway.middleware.context import header, request_info, send_error
 from gateway.protocol.chat import ChatCompletionRequest
 from gateway.protocol.completions import CompletionRequest
-from gateway.services.generation import log_unknown_fields, sse_error
+from gateway.protocol.tokenize import DetokenizeRequest, TokenizeRequest
+from gateway.services.generation import log_unknown_fields, new_id, sse_error
 from gateway.services.relay import CHAT, COMPLETIONS, RelayCall, fold
 from gateway.state import AppState
 
-WIRE: dict[str, type[BaseModel]] = {CHAT: ChatCompletionRequest, COMPLETIONS: CompletionRequest}
+WIRE: dict[str, type[BaseModel]] = {CHAT: ChatCompletionRequest, COMPLETIONS: CompletionRequest,
+                                     "/tokenize": TokenizeRequest, "/detokenize": DetokenizeRequest}
 _SSE = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 _END = {"type": "http.response.body", "body": b"", "more_body": False}
 
 
 class PassThrough:
-    """The innermost middleware: routed chat and completions end here; the rest goes on to `app`."""
+    """The innermost middleware: routed chat, completions and tokenizer requests end here; the rest goes on."""
 
     def __init__(self, app: ASGIApp, state: AppState) -> None:
         self.app, self.state = app, state
@@ -47,26 +50,33 @@ class PassThrough:
             await self.app(scope, receive, send)
             return
         try:
-            call = self._call(scope, wire, body)
+            work = self._work(scope, wire, body, send)
         except GatewayError as exc:
             await send_error(send, exc)
             return
         try:
-            await until_disconnect(receive, _answer(call, send))
+            await until_disconnect(receive, work)
         except ClientDisconnected:
-            self.state.metrics.client_disconnects.labels(call.req.model).inc()
+            self.state.metrics.client_disconnects.labels(model).inc()
 
-    def _call(self, scope: Scope, wire: type[BaseModel], body: dict[str, Any]) -> RelayCall:
+    def _work(self, scope: Scope, wire: type[BaseModel], body: dict[str, Any], send: Send) -> Awaitable[None]:
+        """What answers the request, once its body has passed the same checks as in engine mode."""
         try:
             req = wire.model_validate(body)
         except ValidationError as exc:
             raise invalid_fields(exc.errors()) from None
-        assert isinstance(req, ChatCompletionRequest | CompletionRequest)
-        adapter = cast(Relay, self.state.adapter_for(req.model))  # ready, and a generative model
+        model = str(body["model"])
+        adapter = cast(Relay, self.state.adapter_for(model, self.state.model_info(model).kind))  # served, ready
+        path = scope["path"]
+        if not isinstance(req, ChatCompletionRequest | CompletionRequest):
+            prompt = body.get("prompt")
+            request = GenerateRequest(new_id("forward"), model, SamplingOptions(),
+                                      prompt=prompt if isinstance(prompt, str) else None)
+            return _forward(adapter.forward(request, path, body), send)
         log_unknown_fields(self.state, req)
         session = header(scope, self.session_header)
-        return RelayCall(self.state, adapter, req, body, session.decode("latin-1") if session else None,
-                         scope["path"])
+        return _answer(RelayCall(self.state, adapter, req, body, session.decode("latin-1") if session else None,
+                                 path), send)
 
 
 async def _answer(call: RelayCall, send: Send) -> None:
@@ -103,6 +113,19 @@ async def _whole(call: RelayCall, pieces: list[bytes], send: Send) -> None:
     events = b"".join([call.pass_on(piece) for piece in pieces])
     raw = orjson.dumps(fold(events, chat=call.path == CHAT, model=call.req.model, usage=call.usage))
     call.record(200)
+    await _send_json(send, raw)
+
+
+async def _forward(answer: Awaitable[bytes], send: Send) -> None:
+    try:
+        raw = await answer
+    except GatewayError as exc:
+        await send_error(send, exc)
+        return
+    await _send_json(send, raw)
+
+
+async def _send_json(send: Send, raw: bytes) -> None:
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode())]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": raw, "more_body": False})

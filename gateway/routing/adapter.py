@@ -178,6 +178,16 @@ class RoutedAdapter:
         """The client's request passed through to one instance; its SSE answer back as bytes."""
         return self._routed(request, lambda adapter: adapter.relay(path, body, request.request_id, request.model))
 
+    async def forward(self, request: GenerateRequest, path: str, body: dict[str, Any]) -> bytes:
+        """A JSON request that generates nothing, to one instance, retried like generation; the answer's bytes."""
+        async def answer(adapter: OpenAIHttpAdapter) -> AsyncIterator[bytes]:
+            yield await adapter.forward(path, body, request.model)
+
+        async with contextlib.aclosing(self._routed(request, answer)) as answers:  # type: ignore[type-var]
+            async for whole in answers:
+                return whole
+        raise EngineUnavailable(f"No instance answered for `{request.model}`.")  # _routed yields or raises
+
     async def _routed(self, request: GenerateRequest, open_: Callable[[OpenAIHttpAdapter], AsyncIterator[T]]
                       ) -> AsyncIterator[T]:
         attempts = _Attempts(self, request)

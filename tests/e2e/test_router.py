@@ -203,3 +203,16 @@ def test_constrained_output_through_the_router(sdk: openai.OpenAI) -> None:
     answer = sdk.chat.completions.create(model=TEXT_MODEL, messages=[{"role": "user", "content": "Is Paris in France?"}],
                                          max_tokens=4, extra_body={"structured_outputs": {"choice": ["yes", "no"]}})
     assert answer.choices[0].message.content in ("yes", "no")
+
+
+def test_tokenizer_routes_pass_through(setup: Setup) -> None:
+    messages = [{"role": "user", "content": "Hello there"}]
+    for body in ({"model": TEXT_MODEL, "prompt": PROMPT}, {"model": TEXT_MODEL, "messages": messages}):
+        routed = httpx.post(f"{setup.router}/tokenize", json=body, timeout=60)
+        direct = httpx.post(f"{setup.instances[0]}/tokenize", json=body, timeout=60)
+        assert routed.status_code == 200 and routed.json() == direct.json()
+    tokens = httpx.post(f"{setup.router}/tokenize", json={"model": ALIAS, "prompt": PROMPT}, timeout=60).json()["tokens"]
+    text = httpx.post(f"{setup.router}/detokenize", json={"model": ALIAS, "tokens": tokens}, timeout=60).json()
+    assert text["prompt"].endswith(PROMPT)
+    bad = httpx.post(f"{setup.router}/detokenize", json={"model": TEXT_MODEL, "tokens": "x"}, timeout=60)
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "tokens"  # checked by the router itself
