@@ -213,11 +213,15 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(result: dict[str, Any], path: Path) -> None:
-    import matplotlib
+def plot(result: dict[str, Any], path: Path) -> bool:
+    """The PNG, when matplotlib (the `bench` extra) is installed; False when it is not."""
+    try:
+        import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
 
     metrics = [("ttft_p50_ms", "TTFT p50 (ms)"), ("ttft_p99_ms", "TTFT p99 (ms)"), ("req_per_s", "requests/s")]
     fig, axes = plt.subplots(1, len(metrics), figsize=(12, 3.5))
@@ -231,6 +235,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     axes[0].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    return True
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:

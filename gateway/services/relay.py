@@ -29,12 +29,14 @@ _SET_ONCE = frozenset({"index", "id", "type", "role", "finish_reason", "stop_rea
 
 def routing_request(req: SamplingFields, session_id: str | None) -> GenerateRequest:
     """What the route's policy looks at: the prompt's start, the session key, whether it streams."""
-    messages = prompt = None
+    messages: list[dict[str, Any]] | None = None
+    prompt: str | list[int] | None = None
     if isinstance(req, ChatCompletionRequest):
         messages = [{"role": m.role, "content": m.text()} for m in req.messages]
     elif isinstance(req, CompletionRequest):
         first = req.prompt[0] if isinstance(req.prompt, list) and req.prompt else req.prompt
-        prompt = first if isinstance(first, str) else list(req.prompt if isinstance(first, int) else first or [])
+        ids = req.prompt if isinstance(first, int) else first or []
+        prompt = first if isinstance(first, str) else [int(i) for i in ids if isinstance(i, int)]
     return GenerateRequest(new_id("relay"), req.model, SamplingOptions(n=req.n), prompt=prompt, messages=messages,
                            routing_key=session_id or req.user, stream=req.stream)
 

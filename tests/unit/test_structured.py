@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from engine_adapters.base import GenerateRequest, SamplingOptions, StructuredOutput
-from engine_adapters.openai_http import request_payload
+from engine_adapters.openai_wire import request_payload
 from gateway.errors import InvalidRequest
 from gateway.protocol.completions import CompletionRequest
 from gateway.services.structured import requested

@@ -14,7 +14,8 @@ import pytest_asyncio
 from aiohttp import web
 
 from engine_adapters.base import Chunk, GenerateRequest, SamplingOptions
-from engine_adapters.openai_http import HttpTimeouts, OpenAIHttpAdapter, parse_load, request_payload
+from engine_adapters.openai_http import HttpTimeouts, OpenAIHttpAdapter
+from engine_adapters.openai_wire import parse_load, request_payload
 from gateway.errors import ContextLengthExceeded, EngineUnavailable, InvalidRequest, ModelNotFound, RateLimited
 
 Reply = Callable[[str, Any], Awaitable["Answer"]]

@@ -1,0 +1,204 @@
+"""The OpenAI wire as the HTTP adapter reads and writes it: an engine request as an upstream JSON body,
+the upstream's SSE events as engine-neutral chunks, its error bodies as the gateway's errors, and vLLM's
+load gauges from its /metrics. No I/O here; engine_adapters.openai_http does that."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from engine_adapters.base import Chunk, GenerateRequest, StructuredOutput, TokenLogprob
+from gateway.errors import (
+    ContextLengthExceeded,
+    EngineUnavailable,
+    GatewayError,
+    InvalidRequest,
+    ModelNotFound,
+    status_error,
+)
+
+log = logging.getLogger(__name__)
+
+# Error codes that servers put in a streamed `data: {"error": ...}` event, as the status they stand for.
+_CODE_STATUS = {"engine_unavailable": 503, "rate_limit_exceeded": 429, "context_length_exceeded": 400,
+                "model_not_found": 404}
+_LOAD_GAUGES = (b"vllm:num_requests_waiting", b"vllm:num_requests_running", b"vllm:kv_cache_usage_perc")
+
+
+@dataclass(frozen=True)
+class EngineLoad:
+    """What an instance's own /metrics says (vLLM's gauges), summed over its engines."""
+
+    waiting: float = 0.0
+    running: float = 0.0
+    kv_cache_usage: float = 0.0
+
+
+class ChunkReader:
+    """SSE events in, chunks out. A choice's finish is held back until the usage event, which carries
+    the exact token counts, has arrived (it follows at once)."""
+
+    def __init__(self, request: GenerateRequest) -> None:
+        self.chat = request.messages is not None
+        self.want_logprobs = request.sampling.logprobs is not None
+        self.echo = request.sampling.prompt_logprobs is not None
+        self._tokens: dict[int, int] = {}  # per choice, counted until usage says exactly
+        self._finished: dict[int, str] = {}
+        self._usage: dict[str, int] | None = None
+
+    def feed(self, events: bytes) -> list[Chunk]:
+        """Whole events, as stream_raw cuts them; it has already raised on an error event."""
+        chunks: list[Chunk] = []
+        for line in events.split(b"\n"):
+            payload = line[5:].strip() if line.startswith(b"data:") else b""
+            if payload and payload != b"[DONE]":
+                chunks.extend(self._event(orjson.loads(payload)))
+        return chunks
+
+    def _event(self, event: dict[str, Any]) -> list[Chunk]:
+        if event.get("usage"):
+            self._usage = event["usage"]
+        return [chunk for choice in event.get("choices") or () if (chunk := self._choice(choice))]
+
+    def _choice(self, choice: dict[str, Any]) -> Chunk | None:
+        index = int(choice.get("index") or 0)
+        first = index not in self._tokens
+        text = (choice.get("delta") or {}).get("content") if self.chat else choice.get("text")
+        logprobs = _logprobs(choice.get("logprobs"), self.chat) if self.want_logprobs else None
+        count = len(logprobs) if logprobs else (1 if text else 0)
+        self._tokens[index] = self._tokens.get(index, 0) + count
+        if choice.get("finish_reason"):
+            self._finished[index] = choice["finish_reason"]
+        if not (text or logprobs or first):
+            return None
+        chunk = Chunk(index=index, text=text or "", logprobs=logprobs, completion_tokens=self._tokens[index])
+        if first and self.echo:
+            chunk.prompt_text = ""  # the service echoes the prompt it holds
+        return chunk
+
+    def finish(self) -> list[Chunk]:
+        if not self._finished:
+            raise EngineUnavailable("The upstream ended the stream before it finished.")
+        usage = self._usage or {}
+        counts = dict(self._tokens)
+        if "completion_tokens" in usage:  # exact total; choices other than the first keep their count
+            counts[0] = int(usage["completion_tokens"]) - sum(v for k, v in counts.items() if k != 0)
+        prompt_tokens = int(usage.get("prompt_tokens", 0))
+        return [Chunk(index=i, finish_reason=reason, prompt_tokens=prompt_tokens, completion_tokens=counts.get(i, 0))
+                for i, reason in sorted(self._finished.items())]
+
+
+def _logprobs(raw: Any, chat: bool) -> list[TokenLogprob] | None:
+    if not raw:
+        return None
+    if chat:
+        return [TokenLogprob(e["token"], e["logprob"], tuple((t["token"], t["logprob"]) for t in e.get("top_logprobs") or ()))
+                for e in raw.get("content") or ()]
+    tops = raw.get("top_logprobs") or [None] * len(raw.get("tokens") or ())
+    return [TokenLogprob(token, logprob if logprob is not None else float("nan"), tuple((top or {}).items()))
+            for token, logprob, top in zip(raw.get("tokens") or (), raw.get("token_logprobs") or (), tops)]
+
+
+def request_payload(request: GenerateRequest, model: str) -> tuple[str, dict[str, Any]]:
+    """The upstream path and JSON body for an engine request."""
+    s = request.sampling
+    optional = {
+        "max_tokens": s.max_tokens, "temperature": s.temperature, "top_p": s.top_p, "top_k": s.top_k,
+        "min_p": s.min_p, "seed": s.seed, "presence_penalty": s.presence_penalty,
+        "frequency_penalty": s.frequency_penalty, "repetition_penalty": s.repetition_penalty,
+        "stop": list(s.stop) or None, "stop_token_ids": list(s.stop_token_ids) or None,
+        "include_stop_str_in_output": s.include_stop_str_in_output or None, "ignore_eos": s.ignore_eos or None,
+        "min_tokens": s.min_tokens or None,
+        "logit_bias": {str(k): v for k, v in s.logit_bias.items()} if s.logit_bias else None,
+        "skip_special_tokens": None if s.skip_special_tokens else False,
+    }
+    body: dict[str, Any] = {"model": model, "n": s.n, "stream": True, "stream_options": {"include_usage": True}}
+    body.update({key: value for key, value in optional.items() if value is not None})
+    if s.structured is not None:
+        body["structured_outputs"] = _structured_body(s.structured)
+    if request.messages is not None:
+        body["messages"] = request.messages
+        if request.tools:
+            # The upstream shows the tools to the model; the gateway reads the calls from its text.
+            body.update(tools=request.tools, tool_choice="none")
+        if not request.add_generation_prompt:
+            body["add_generation_prompt"] = False
+        if request.continue_final_message:
+            body["continue_final_message"] = True
+        if request.chat_template_kwargs:
+            body["chat_template_kwargs"] = request.chat_template_kwargs
+        if s.logprobs is not None:
+            body.update(logprobs=True, top_logprobs=s.logprobs)
+        return "/v1/chat/completions", body
+    if s.prompt_logprobs is not None and (s.logprobs is not None or not isinstance(request.prompt, str)):
+        # The upstream's echoed prompt cannot be told apart from its output in a stream.
+        raise InvalidRequest("echo with logprobs or token ids is not supported for routed models.", param="echo")
+    body["prompt"] = request.prompt
+    if s.logprobs is not None:
+        body["logprobs"] = s.logprobs
+    return "/v1/completions", body
+
+
+def _structured_body(structured: StructuredOutput) -> dict[str, Any]:
+    """vLLM's `structured_outputs` field (tokenyard accepts it too)."""
+    if structured.kind == "json_object":
+        return {"json_object": True}
+    return {structured.kind: list(structured.spec) if structured.kind == "choice" else structured.spec}
+
+
+def upstream_error(status: int, body: bytes, public_model: str) -> GatewayError:
+    """The error of our tree for an upstream's error answer; its message reaches the client only for 4xx."""
+    try:
+        detail = orjson.loads(body).get("error") or {}
+    except (orjson.JSONDecodeError, AttributeError):
+        detail = {}
+    if not isinstance(detail, dict):
+        detail = {"message": str(detail)}
+    message = str(detail.get("message") or f"The upstream answered {status}.")
+    param = detail.get("param") if isinstance(detail.get("param"), str) else None
+    if detail.get("code") == "context_length_exceeded":
+        return ContextLengthExceeded(message, param=param)
+    if status == 404:
+        return ModelNotFound(public_model)
+    if status in (401, 403):  # the router's own credentials for the instance, not the client's: unusable
+        log.error("an upstream refused the router's credentials (%d)", status)
+        return EngineUnavailable("The upstream instance refused the router's credentials.")
+    if status in (502, 503, 504):
+        return EngineUnavailable("The upstream instance is unavailable.")
+    return status_error(status, message, param=param)
+
+
+def event_error(detail: Any, public_model: str) -> GatewayError:
+    detail = detail if isinstance(detail, dict) else {"message": str(detail)}
+    code = detail.get("code")
+    status = code if isinstance(code, int) else _CODE_STATUS.get(str(code), 500)
+    return upstream_error(status, orjson.dumps({"error": detail}), public_model)
+
+
+def parse_load(text: bytes, model: str) -> EngineLoad:
+    """Sum vLLM's load gauges; only this model's lines when the instance labels them by model."""
+    sums = {name: 0.0 for name in _LOAD_GAUGES}
+    mine = {name: 0.0 for name in _LOAD_GAUGES}
+    labelled = False
+    label = f'model_name="{model}"'.encode()
+    for line in text.splitlines():
+        if not line.startswith(b"vllm:"):
+            continue
+        name, _, rest = line.partition(b"{")
+        if name not in sums:
+            name = line.split(b" ", 1)[0]
+            if name not in sums:
+                continue
+        try:
+            value = float(line.rsplit(b" ", 1)[1])
+        except (IndexError, ValueError):
+            continue
+        sums[name] += value
+        if label in rest:
+            labelled = True
+            mine[name] += value
+    values = mine if labelled else sums
+    return EngineLoad(*(values[name] for name in _LOAD_GAUGES))
