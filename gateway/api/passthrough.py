@@ -65,14 +65,17 @@ class PassThrough:
             req = wire.model_validate(body)
         except ValidationError as exc:
             raise invalid_fields(exc.errors()) from None
-        model = str(body["model"])
-        adapter = cast(Relay, self.state.adapter_for(model, self.state.model_info(model).kind))  # served, ready
-        path = scope["path"]
-        if not isinstance(req, ChatCompletionRequest | CompletionRequest):
+        model, path = str(body["model"]), scope["path"]
+        generates = isinstance(req, ChatCompletionRequest | CompletionRequest)
+        # Served and ready; generation only from a generative route (an embedding route is a 404, as before).
+        kind = "generate" if generates else self.state.model_info(model).kind
+        adapter = cast(Relay, self.state.adapter_for(model, kind))
+        if not generates:
             prompt = body.get("prompt")
             request = GenerateRequest(new_id("forward"), model, SamplingOptions(),
                                       prompt=prompt if isinstance(prompt, str) else None)
             return _forward(adapter.forward(request, path, body), send)
+        assert isinstance(req, ChatCompletionRequest | CompletionRequest)
         log_unknown_fields(self.state, req)
         session = header(scope, self.session_header)
         return _answer(RelayCall(self.state, adapter, req, body, session.decode("latin-1") if session else None,

@@ -216,3 +216,8 @@ def test_tokenizer_routes_pass_through(setup: Setup) -> None:
     assert text["prompt"].endswith(PROMPT)
     bad = httpx.post(f"{setup.router}/detokenize", json={"model": TEXT_MODEL, "tokens": "x"}, timeout=60)
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "tokens"  # checked by the router itself
+
+
+def test_generation_from_an_embedding_route_is_a_404(setup: Setup) -> None:
+    answer = httpx.post(f"{setup.router}/v1/completions", json={"model": EMBED_MODEL, "prompt": "x"}, timeout=60)
+    assert answer.status_code == 404 and answer.json()["error"]["code"] == "model_not_found"
