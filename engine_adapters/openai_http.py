@@ -7,9 +7,10 @@ the retryable ones (EngineUnavailable, RateLimited) are raised before the first 
 when the stream breaks, which a router must then not retry for a streamed request.
 
 What the JSON and SSE mean is in engine_adapters.openai_wire; this module does the I/O.
-Two clients: generation streams over aiohttp, whose C parser costs about an eighth of the CPU of
-httpx's per streamed request (0.45 ms against 3.2-4.1 ms, measured on this repo's scripted upstream);
-the control plane (probes, model lists, embeddings) stays on httpx, the project's client.
+Two clients: generation and the tokenizer routes go over engine_adapters.h1, a small keep-alive HTTP/1.1
+client on httptools, because the relay's CPU per request is the router's cost (httpx took 3.2-4.1 ms per
+streamed request, aiohttp about a third of the whole router's; README, Performance); the control plane
+(probes, model lists, embeddings) stays on httpx, the project's client.
 """
 
 from __future__ import annotations
@@ -22,11 +23,11 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import httpx
 import orjson
 
 from engine_adapters.base import Chunk, GenerateRequest, Load, ModelInfo
+from engine_adapters.h1 import ConnectFailed, Connection, Pool
 from engine_adapters.openai_wire import ChunkReader, EngineLoad, event_error, parse_load, request_payload, upstream_error
 from gateway.errors import EngineUnavailable, GatewayError
 
@@ -57,9 +58,8 @@ class OpenAIHttpAdapter:
             timeout=httpx.Timeout(self.timeouts.total_s, connect=self.timeouts.connect_s),
             limits=httpx.Limits(max_connections=1024, max_keepalive_connections=128),
         )
-        self._auth = headers
-        self._session: aiohttp.ClientSession | None = None  # generation's pool, made in the loop on first use
-        self._open: dict[str, aiohttp.ClientResponse] = {}  # request id -> upstream response being read
+        self._pool = Pool(self.base_url, headers, connect_s=self.timeouts.connect_s)  # generation's connections
+        self._open: dict[str, Connection] = {}  # request id -> upstream response being read
         self._models: list[ModelInfo] = []
 
     # -- lifecycle and status ----------------------------------------------------
@@ -77,8 +77,7 @@ class OpenAIHttpAdapter:
         for request_id in list(self._open):
             await self.abort(request_id)
         await self._client.aclose()
-        if self._session is not None:
-            await self._session.close()
+        self._pool.close()
 
     def models(self) -> list[ModelInfo]:
         return list(self._models)
@@ -120,9 +119,9 @@ class OpenAIHttpAdapter:
 
     async def abort(self, request_id: str) -> None:
         # Closing the response closes its connection, which is how an HTTP upstream learns to stop.
-        response = self._open.pop(request_id, None)
-        if response is not None:
-            response.close()
+        conn = self._open.pop(request_id, None)
+        if conn is not None:
+            conn.close()
 
     # -- generation ---------------------------------------------------------------
 
@@ -152,16 +151,16 @@ class OpenAIHttpAdapter:
         first bytes as the upstream's answer says; after them as EngineUnavailable (the stream broke or
         stalled) or as the error event the upstream sent."""
         started = asyncio.get_running_loop().time()
-        response = await self._post(path, orjson.dumps(payload), public_model)
-        self._open[request_id] = response
+        conn = await self._post(path, orjson.dumps(payload), public_model)
+        self._open[request_id] = conn
         events = _Events(public_model, rename)
-        watchdog = _Watchdog(self.timeouts, started, response.content)
+        watchdog = _Watchdog(self.timeouts, started, conn)
         ended = False
         try:
             while True:
                 try:
-                    data = await response.content.readany()
-                except (TimeoutError, aiohttp.ClientError) as exc:
+                    data = await conn.read()
+                except (TimeoutError, OSError) as exc:
                     if events.done:  # after [DONE] only the body's end was missing: nothing lost
                         break
                     raise _stream_error(exc) from exc
@@ -178,41 +177,35 @@ class OpenAIHttpAdapter:
             watchdog.cancel()
             self._open.pop(request_id, None)
             # Read to the end, the connection goes back to the pool; left early, it is closed (an abort).
-            response.release() if ended else response.close()
+            self._pool.release(conn) if ended else conn.close()
 
     async def forward(self, path: str, body: dict[str, Any], public_model: str) -> bytes:
         """POST a JSON request that generates nothing (the tokenizer routes) under the upstream's model name;
         the upstream's JSON answer, as bytes."""
-        response = await self._post(path, orjson.dumps({**body, "model": self.model}), public_model)
+        conn = await self._post(path, orjson.dumps({**body, "model": self.model}), public_model)
         try:
             async with asyncio.timeout(self.timeouts.idle_s):
-                return await response.read()
-        except (TimeoutError, aiohttp.ClientError) as exc:
+                return await conn.read_all()
+        except (TimeoutError, OSError) as exc:
             raise _stream_error(exc) from exc
         finally:
-            response.release()
+            self._pool.release(conn)
 
-    def _pool(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                headers=self._auth, connector=aiohttp.TCPConnector(limit=1024, limit_per_host=0),
-                timeout=aiohttp.ClientTimeout(total=self.timeouts.total_s, sock_connect=self.timeouts.connect_s),
-            )
-        return self._session
-
-    async def _post(self, path: str, payload: bytes, public_model: str) -> aiohttp.ClientResponse:
+    async def _post(self, path: str, payload: bytes, public_model: str) -> Connection:
         try:
             async with asyncio.timeout(self.timeouts.first_token_s):
-                response = await self._pool().post(self.base_url + path, data=payload, headers=_JSON)
-                if response.status != 200:
-                    body = await response.read()
-                    response.release()
-                    raise upstream_error(response.status, body, public_model)
+                conn = await self._pool.post(path, payload)
+                if conn.status != 200:
+                    try:
+                        body = await conn.read_all()
+                    finally:
+                        self._pool.release(conn)
+                    raise upstream_error(conn.status, body, public_model)
         except TimeoutError as exc:
             raise EngineUnavailable("The upstream did not answer in time.") from exc
-        except aiohttp.ClientError as exc:
+        except OSError as exc:
             raise _transport_error(exc) from exc
-        return response
+        return conn
 
     # -- embeddings ---------------------------------------------------------------
 
@@ -237,9 +230,9 @@ class _Watchdog:
     stream that re-arms itself when it finds the stream moved, rather than a timeout around every read.
     When a limit passes, the pending read fails with TimeoutError."""
 
-    def __init__(self, timeouts: HttpTimeouts, started: float, content: aiohttp.StreamReader) -> None:
+    def __init__(self, timeouts: HttpTimeouts, started: float, conn: Connection) -> None:
         self.loop = asyncio.get_running_loop()
-        self.content, self.idle_s = content, timeouts.idle_s
+        self.conn, self.idle_s = conn, timeouts.idle_s
         self.end_at = started + timeouts.total_s
         self.last, self.limit = started, timeouts.first_token_s
         self.handle = self.loop.call_at(self._due(), self._check)
@@ -255,7 +248,7 @@ class _Watchdog:
 
     def _check(self) -> None:
         if self.loop.time() >= self._due():
-            self.content.set_exception(TimeoutError())
+            self.conn.fail(TimeoutError())
         else:
             self.handle = self.loop.call_at(self._due(), self._check)
 
@@ -302,8 +295,7 @@ class _Events:
 
 
 def _transport_error(exc: Exception) -> EngineUnavailable:
-    if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, aiohttp.ClientConnectorError,
-                        aiohttp.ConnectionTimeoutError)):
+    if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, ConnectFailed)):
         return EngineUnavailable("Cannot connect to the upstream instance.")
     return EngineUnavailable("The connection to the upstream instance failed.")
 

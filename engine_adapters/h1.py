@@ -1,0 +1,211 @@
+"""A small pooled HTTP/1.1 client for the router's hot path: generation relayed to an instance.
+
+One request per connection at a time; the response is parsed by httptools (the C parser uvicorn uses) in
+the protocol callback, and its body is handed over as the socket gives it, with nothing in between: no
+stream reader, no per-read timer, no client-side request objects. bench/router_overhead.py measured it
+against aiohttp, the client it replaced here (README, Performance). Time limits are the caller's: it wraps
+`post` in a timeout and can fail a pending read with `Connection.fail`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from urllib.parse import urlsplit
+
+import httptools
+
+_HIGH_WATER = 1 << 20  # unread body bytes at which the socket stops being read until the reader catches up
+
+
+class UpstreamClosed(ConnectionError):
+    """The connection ended, or the upstream spoke something other than HTTP/1.1."""
+
+
+class ConnectFailed(ConnectionError):
+    """No connection could be made (refused, unreachable, or not within the connect timeout)."""
+
+
+class Connection(asyncio.Protocol):
+    """One connection and the response being read on it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.reset()
+
+    def reset(self) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.status = 0
+        self.headers_done = self.complete = self.keep_alive = self.framed = self.paused = False
+        self.received = 0  # bytes of this response so far
+        self.body: list[bytes] = []
+        self.buffered = 0
+        self.error: BaseException | None = None
+        self.waiter: asyncio.Future[None] | None = None
+
+    # -- asyncio.Protocol -----------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.received += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self.fail(UpstreamClosed(f"The upstream's answer is not HTTP/1.1: {exc}"))
+            self.close()
+        if self.buffered > _HIGH_WATER and not self.paused and self.transport is not None:
+            self.paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.headers_done and not self.framed:
+            self.complete = True  # a body that runs to the end of the connection
+        elif not self.complete:
+            self.fail(UpstreamClosed("The upstream closed the connection."))
+        self._wake()
+
+    # -- httptools callbacks ----------------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() in (b"content-length", b"transfer-encoding"):
+            self.framed = True
+
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+        self.headers_done = True
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+        self.buffered += len(body)
+
+    def on_message_complete(self) -> None:
+        self.keep_alive = self.parser.should_keep_alive()
+        self.complete = True
+
+    # -- reading ------------------------------------------------------------------------
+
+    async def head(self) -> int:
+        """The response's status, once its headers are in."""
+        while not self.headers_done:
+            if self.error is not None:
+                raise self.error
+            await self._wait()
+        return self.status
+
+    async def read(self) -> bytes:
+        """The body bytes that have come since the last read; b"" at its end."""
+        while not self.body:
+            if self.complete:
+                return b""
+            if self.error is not None:
+                raise self.error
+            await self._wait()
+        data = self.body[0] if len(self.body) == 1 else b"".join(self.body)
+        self.body.clear()
+        self.buffered = 0
+        if self.paused and self.transport is not None:
+            self.paused = False
+            self.transport.resume_reading()
+        return data
+
+    async def read_all(self) -> bytes:
+        parts = []
+        while data := await self.read():
+            parts.append(data)
+        return b"".join(parts)
+
+    def fail(self, exc: BaseException) -> None:
+        """End the pending and later reads with `exc` (a timeout, a broken stream)."""
+        if self.error is None:
+            self.error = exc
+        self._wake()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+        self.closed = True
+
+    async def _wait(self) -> None:
+        self.waiter = self.loop.create_future()
+        try:
+            await self.waiter
+        finally:
+            self.waiter = None
+
+    def _wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+
+class Pool:
+    """Keep-alive connections to one server, for POSTs of JSON bodies."""
+
+    def __init__(self, base_url: str, headers: dict[str, str], *, connect_s: float = 2.0, max_idle: int = 128) -> None:
+        url = urlsplit(base_url)
+        self.host = url.hostname or "127.0.0.1"
+        self.port = url.port or (443 if url.scheme == "https" else 80)
+        self.ssl = ssl.create_default_context() if url.scheme == "https" else None
+        self.prefix = url.path.rstrip("/")
+        fixed = {"host": url.netloc, "content-type": "application/json", **headers}
+        self.fixed = "".join(f"{name}: {value}\r\n" for name, value in fixed.items()).encode("latin-1")
+        self.connect_s, self.max_idle = connect_s, max_idle
+        self.idle: list[Connection] = []
+
+    async def post(self, path: str, body: bytes) -> Connection:
+        """Send the request; the connection, once the response's headers are in. A kept-alive connection that
+        the server had closed meanwhile is replaced by a new one (nothing was read from it)."""
+        request = b"POST %s HTTP/1.1\r\n%scontent-length: %d\r\n\r\n%s" % (
+            (self.prefix + path).encode("latin-1"), self.fixed, len(body), body)
+        while True:
+            conn = self._take()
+            fresh = conn is None
+            if conn is None:
+                conn = await self._connect()
+            assert conn.transport is not None
+            conn.transport.write(request)
+            try:
+                await conn.head()
+                return conn
+            except UpstreamClosed:
+                conn.close()
+                if fresh or conn.received:
+                    raise
+            except BaseException:  # a timeout or a cancel while waiting: the connection is not reusable
+                conn.close()
+                raise
+
+    def release(self, conn: Connection) -> None:
+        """A response read to its end: its connection is kept for the next request; otherwise it is closed."""
+        if conn.complete and conn.keep_alive and not conn.closed and len(self.idle) < self.max_idle:
+            self.idle.append(conn)
+        else:
+            conn.close()
+
+    def close(self) -> None:
+        for conn in self.idle:
+            conn.close()
+        self.idle.clear()
+
+    def _take(self) -> Connection | None:
+        while self.idle:
+            conn = self.idle.pop()
+            if not conn.closed:
+                conn.reset()
+                return conn
+        return None
+
+    async def _connect(self) -> Connection:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.connect_s):
+                _, conn = await loop.create_connection(lambda: Connection(loop), self.host, self.port, ssl=self.ssl,
+                                                       server_hostname=self.host if self.ssl else None)
+        except (OSError, TimeoutError) as exc:
+            raise ConnectFailed(f"Cannot connect to {self.host}:{self.port}.") from exc
+        return conn
