@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import httptools
@@ -157,8 +158,9 @@ class Pool:
         self.connect_s, self.max_idle = connect_s, max_idle
         self.idle: list[Connection] = []
 
-    async def post(self, path: str, body: bytes) -> Connection:
-        """Send the request; the connection, once the response's headers are in. A kept-alive connection that
+    async def post(self, path: str, body: bytes, sent: Callable[[Connection], None] = lambda conn: None) -> Connection:
+        """Send the request; the connection, once the response's headers are in. `sent` is told each
+        connection the request goes out on (to arm the caller's timer on it). A kept-alive connection that
         the server had closed meanwhile is replaced by a new one (nothing was read from it)."""
         request = b"POST %s HTTP/1.1\r\n%scontent-length: %d\r\n\r\n%s" % (
             (self.prefix + path).encode("latin-1"), self.fixed, len(body), body)
@@ -169,6 +171,7 @@ class Pool:
                 conn = await self._connect()
             assert conn.transport is not None
             conn.transport.write(request)
+            sent(conn)
             try:
                 await conn.head()
                 return conn

@@ -150,11 +150,9 @@ class OpenAIHttpAdapter:
         """POST `payload` and yield the SSE body cut at event boundaries. A failure raises: before the
         first bytes as the upstream's answer says; after them as EngineUnavailable (the stream broke or
         stalled) or as the error event the upstream sent."""
-        started = asyncio.get_running_loop().time()
-        conn = await self._post(path, orjson.dumps(payload), public_model)
+        conn, watchdog = await self._post(path, orjson.dumps(payload), public_model)
         self._open[request_id] = conn
         events = _Events(public_model, rename)
-        watchdog = _Watchdog(self.timeouts, started, conn)
         ended = False
         try:
             while True:
@@ -182,30 +180,35 @@ class OpenAIHttpAdapter:
     async def forward(self, path: str, body: dict[str, Any], public_model: str) -> bytes:
         """POST a JSON request that generates nothing (the tokenizer routes) under the upstream's model name;
         the upstream's JSON answer, as bytes."""
-        conn = await self._post(path, orjson.dumps({**body, "model": self.model}), public_model)
+        conn, watchdog = await self._post(path, orjson.dumps({**body, "model": self.model}), public_model)
+        watchdog.touch()  # the answer's whole body within the idle limit
         try:
-            async with asyncio.timeout(self.timeouts.idle_s):
-                return await conn.read_all()
+            return await conn.read_all()
         except (TimeoutError, OSError) as exc:
             raise _stream_error(exc) from exc
         finally:
+            watchdog.cancel()
             self._pool.release(conn)
 
-    async def _post(self, path: str, payload: bytes, public_model: str) -> Connection:
+    async def _post(self, path: str, payload: bytes, public_model: str) -> tuple[Connection, _Watchdog]:
+        """The connection with the upstream's 200 answer, and the timer that now watches it."""
+        watchdog = _Watchdog(self.timeouts)
         try:
-            async with asyncio.timeout(self.timeouts.first_token_s):
-                conn = await self._pool.post(path, payload)
-                if conn.status != 200:
-                    try:
-                        body = await conn.read_all()
-                    finally:
-                        self._pool.release(conn)
-                    raise upstream_error(conn.status, body, public_model)
-        except TimeoutError as exc:
-            raise EngineUnavailable("The upstream did not answer in time.") from exc
-        except OSError as exc:
-            raise _transport_error(exc) from exc
-        return conn
+            conn = await self._pool.post(path, payload, watchdog.watch)
+            if conn.status != 200:
+                try:
+                    body = await conn.read_all()
+                finally:
+                    self._pool.release(conn)
+                raise upstream_error(conn.status, body, public_model)
+        except BaseException as exc:
+            watchdog.cancel()
+            if isinstance(exc, TimeoutError):
+                raise EngineUnavailable("The upstream did not answer in time.") from exc
+            if isinstance(exc, OSError):
+                raise _transport_error(exc) from exc
+            raise
+        return conn, watchdog
 
     # -- embeddings ---------------------------------------------------------------
 
@@ -226,28 +229,37 @@ class OpenAIHttpAdapter:
 
 
 class _Watchdog:
-    """A stream's time limits (to the first bytes, between reads, in all), checked lazily: one timer per
-    stream that re-arms itself when it finds the stream moved, rather than a timeout around every read.
-    When a limit passes, the pending read fails with TimeoutError."""
+    """A request's time limits (to the first bytes, between reads, in all), checked lazily: one timer per
+    request that re-arms itself when it finds the stream moved, rather than a timeout around every read.
+    The clock starts when the request is sent; when a limit passes, the pending read fails with TimeoutError."""
 
-    def __init__(self, timeouts: HttpTimeouts, started: float, conn: Connection) -> None:
-        self.loop = asyncio.get_running_loop()
-        self.conn, self.idle_s = conn, timeouts.idle_s
-        self.end_at = started + timeouts.total_s
-        self.last, self.limit = started, timeouts.first_token_s
-        self.handle = self.loop.call_at(self._due(), self._check)
+    def __init__(self, timeouts: HttpTimeouts) -> None:
+        self.timeouts, self.idle_s = timeouts, timeouts.idle_s
+        self.conn: Connection | None = None
+        self.handle: asyncio.TimerHandle | None = None
+
+    def watch(self, conn: Connection) -> None:
+        """The connection the request went out on (a second one when a kept one had gone stale)."""
+        self.conn = conn
+        if self.handle is None:
+            self.loop = conn.loop
+            self.last = self.loop.time()
+            self.end_at, self.limit = self.last + self.timeouts.total_s, self.timeouts.first_token_s
+            self.handle = self.loop.call_at(self._due(), self._check)
 
     def touch(self) -> None:
         self.last, self.limit = self.loop.time(), self.idle_s
 
     def cancel(self) -> None:
-        self.handle.cancel()
+        if self.handle is not None:
+            self.handle.cancel()
 
     def _due(self) -> float:
         return min(self.last + self.limit, self.end_at)
 
     def _check(self) -> None:
         if self.loop.time() >= self._due():
+            assert self.conn is not None
             self.conn.fail(TimeoutError())
         else:
             self.handle = self.loop.call_at(self._due(), self._check)

@@ -23,19 +23,32 @@ async def _wait_for_disconnect(receive: Receive) -> None:
 
 
 async def until_disconnect(receive: Receive, work: Awaitable[T]) -> T:
-    """Await `work`, cancelling it (and so aborting the engine request) if the client leaves first."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_wait_for_disconnect(receive))
-    try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-        if not task.done():
+    """Await `work`, cancelling it (and so aborting the engine request) if the client leaves first.
+
+    `work` runs in the caller's task; one watcher task waits for the disconnect and cancels the caller's
+    task if `work` is still running then, which this turns into ClientDisconnected."""
+    task = asyncio.current_task()
+    assert task is not None
+    state = {"running": True, "left": False}
+
+    async def watch() -> None:
+        await _wait_for_disconnect(receive)
+        if state["running"]:
+            state["left"] = True
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            raise ClientDisconnected()
-    return task.result()
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if not state["left"]:
+            raise
+        if hasattr(task, "uncancel"):  # the cancel is handled: taken back, so later timeouts work (3.11+)
+            task.uncancel()
+        raise ClientDisconnected() from None
+    finally:
+        state["running"] = False
+        watcher.cancel()
 
 
 class EventStreamResponse(Response):

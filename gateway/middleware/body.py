@@ -57,12 +57,12 @@ def _deeper_than(value: Any, limit: int) -> bool:
 
 
 async def read_body(receive: Receive, max_bytes: int, deadline: float) -> bytes:
-    loop = asyncio.get_running_loop()
     chunks: list[bytes] = []
     size = 0
     while True:
         try:
-            message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+            async with asyncio.timeout_at(deadline):  # in this task: no task per read, as wait_for makes
+                message = await receive()
         except TimeoutError:
             raise RequestTimeout("The request body was not received in time.") from None
         if message["type"] == "http.disconnect":

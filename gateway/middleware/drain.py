@@ -23,7 +23,7 @@ class _Running:
 
     def __init__(self, send: Send, draining: Callable[[], bool]) -> None:
         self._send, self._draining = send, draining
-        self.task: asyncio.Future[None] | None = None
+        self.task: asyncio.Task[None] | None = None
         self.started = self.finished = self.streaming = self.cut = False
 
     async def send(self, message: Message) -> None:
@@ -71,18 +71,17 @@ class DrainMiddleware:
                              close=True)
             return
         running = _Running(send, lambda: self.state.draining)
-        # A task of its own, so the drain can cancel the app without cancelling this middleware.
-        running.task = asyncio.ensure_future(self.app(scope, receive, running.send))
+        # The drain cancels this task to cut the app off; what the cut answer still needs is sent here.
+        running.task = asyncio.current_task()
         self.state.drain.add(running)
         try:
-            await asyncio.wait({running.task})
+            await self.app(scope, receive, running.send)
+        except (Exception, asyncio.CancelledError):
+            if not running.cut:
+                raise  # the app's own error, or our caller giving up (uvicorn's forced shutdown)
         finally:
             self.state.drain.discard(running)
-            if not running.task.done():  # our own caller gave up (uvicorn's forced shutdown)
-                running.task.cancel()
         if running.cut:
-            if not running.task.cancelled():
-                running.task.exception()  # retrieved, so asyncio does not warn; the cut answer stands
+            if hasattr(running.task, "uncancel"):  # the cancel is handled (3.11+)
+                running.task.uncancel()
             await running.finish_cut()
-        else:
-            running.task.result()  # the app's own error, if it had one, goes on up

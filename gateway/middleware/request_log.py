@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
 import time
-import uuid
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -30,7 +30,7 @@ def request_id_from(scope: Scope) -> str:
     given = header(scope, b"x-request-id")
     if given is not None and _ACCEPTED_ID.fullmatch(given):
         return given.decode()
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()
 
 
 class RequestLogMiddleware:

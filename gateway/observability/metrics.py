@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -61,6 +62,17 @@ class Metrics:
         self.queue_depth = Gauge(
             "tokenyard_queue_depth", "Requests waiting for an admission slot.", ["model"], registry=r,
         )
+
+        self._children: dict[tuple[object, ...], Any] = {}
+
+    def child(self, metric: Any, *values: str) -> Any:
+        """`metric.labels(*values)`, looked up once: labels() builds a key and takes a lock on every call,
+        and the hot path asks for the same few children on every request."""
+        key = (id(metric), *values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return found
 
     def watch_upstreams(self, source: Callable[[], Iterable[UpstreamStat]]) -> None:
         """Router mode's per-instance metrics, read from the router's own state at scrape time."""

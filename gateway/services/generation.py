@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -28,7 +28,7 @@ FINISH_REASONS = {"stop", "length", "content_filter", "tool_calls"}
 
 
 def new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex}"
+    return f"{prefix}-{os.urandom(16).hex()}"  # uuid4's randomness, without building a UUID
 
 
 def sse(payload: dict[str, Any]) -> bytes:
@@ -136,30 +136,31 @@ class MeteredStream:
         self.started = time.perf_counter()
         self.finished = False
         self._last_chunk_at: float | None = None
-        # Label lookups hash and lock: do them once per request, not once per chunk.
-        self._inter_token = state.metrics.inter_token_latency.labels(request.model)
+        self._inter_token = state.metrics.child(state.metrics.inter_token_latency, request.model)
 
     def chunks(self) -> AsyncIterator[Chunk]:
         return self.pieces(self.adapter.generate(self.request))
 
     async def pieces(self, source: AsyncIterator[T]) -> AsyncIterator[T]:
         """`source` metered: in flight, time to first piece, time between pieces; aborted if left early."""
-        metrics, model = self.state.metrics, self.request.model
-        metrics.in_flight.labels(model).inc()
+        metrics = self.state.metrics
+        in_flight = metrics.child(metrics.in_flight, self.request.model)
+        in_flight.inc()
         try:
             async for piece in source:
                 self._observe()
                 yield piece
             self.finished = True
         finally:
-            metrics.in_flight.labels(model).dec()
+            in_flight.dec()
             if not self.finished:
                 await self._abort()
 
     def _observe(self) -> None:
         now = time.perf_counter()
         if self._last_chunk_at is None:
-            self.state.metrics.time_to_first_token.labels(self.request.model).observe(now - self.started)
+            metrics = self.state.metrics
+            metrics.child(metrics.time_to_first_token, self.request.model).observe(now - self.started)
         else:
             self._inter_token.observe(now - self._last_chunk_at)
         self._last_chunk_at = now
@@ -173,10 +174,10 @@ class MeteredStream:
 
     def record(self, status: int, prompt_tokens: int, completion_tokens: int) -> None:
         metrics, model = self.state.metrics, self.request.model
-        metrics.requests.labels(model, self.route, str(status)).inc()
-        metrics.request_duration.labels(model, self.route).observe(time.perf_counter() - self.started)
-        metrics.prompt_tokens.labels(model).inc(prompt_tokens)
-        metrics.completion_tokens.labels(model).inc(completion_tokens)
+        metrics.child(metrics.requests, model, self.route, str(status)).inc()
+        metrics.child(metrics.request_duration, model, self.route).observe(time.perf_counter() - self.started)
+        metrics.child(metrics.prompt_tokens, model).inc(prompt_tokens)
+        metrics.child(metrics.completion_tokens, model).inc(completion_tokens)
 
 
 async def merged(streams: list[AsyncIterator[Chunk]], index_offsets: list[int]) -> AsyncIterator[Chunk]:
