@@ -283,7 +283,7 @@ class _Events:
             self._rest = data
             return b""
         whole, self._rest = data[:end], data[end:]
-        if b'data: {"error"' in whole or b'data:{"error"' in whole:
+        if b'{"error"' in whole and (b'data: {"error"' in whole or b'data:{"error"' in whole):
             whole = self._cut_error(whole)
         if b"data: [DONE]" in whole:
             self.done = True

@@ -75,6 +75,8 @@ def user_id(body: Any) -> str | None:
 
 
 def _log_access(scope: Scope, info: RequestInfo, status: int) -> None:
+    if not access_log.isEnabledFor(logging.INFO):
+        return
     client = scope.get("client")
     fields = {
         "request_id": info.request_id,
