@@ -26,6 +26,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from bench.loadgen import PROMPT, RunResult, run
+from bench.plots import pyplot
 from bench.procs import wait_answering
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -73,10 +74,9 @@ def ratios(rounds: list[dict[str, RunResult]]) -> dict[str, dict[str, float]]:
 
 
 def plot(summary: dict[str, dict[str, dict[str, float]]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
+    if plt is None:
+        return
 
     metrics = ["output_tokens_per_s", "ttft_p50_s", "itl_p50_s"]
     fig, axes = plt.subplots(1, len(metrics), figsize=(12, 3.5))

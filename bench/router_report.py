@@ -9,6 +9,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from bench.plots import pyplot
+
 Run = dict[str, Any]
 FRONT_ORDER = ["tokenyard", "vllm-router", "sglang-router", "naive", "litellm", "direct"]
 COLORS = dict(zip(FRONT_ORDER, ["tab:blue", "tab:green", "tab:purple", "tab:orange", "tab:red", "tab:gray"]))
@@ -147,14 +149,10 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def plot(result: dict[str, Any], path: Path) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        import matplotlib.ticker
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
+    from matplotlib.ticker import ScalarFormatter
     rows = result["summary"]
     panels = [("stream-paced", "cpu_ms_per_req", "CPU ms per streamed request (32 paced chunks)", "log"),
               ("stream-burst", "cpu_us_per_chunk", "CPU µs per relayed chunk (128 back to back)", "log"),
@@ -171,7 +169,7 @@ def plot(result: dict[str, Any], path: Path) -> bool:
                         yerr=[[v["median"] - v["min"] for _, v in points], [v["max"] - v["median"] for _, v in points]])
         ax.set_xscale("log", base=2)
         ax.set_xticks(sorted({r["concurrency"] for r in rows if r["mode"] == mode}))
-        ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.get_xaxis().set_major_formatter(ScalarFormatter())
         ax.set_yscale(scale)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("concurrency")

@@ -36,6 +36,7 @@ from typing import Any
 
 import httpx
 
+from bench.plots import pyplot
 from bench.procs import wait_answering
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -215,14 +216,9 @@ def markdown(result: dict[str, Any]) -> str:
 
 def plot(result: dict[str, Any], path: Path) -> bool:
     """The PNG, when matplotlib (the `bench` extra) is installed; False when it is not."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
-
     metrics = [("ttft_p50_ms", "TTFT p50 (ms)"), ("ttft_p99_ms", "TTFT p99 (ms)"), ("req_per_s", "requests/s")]
     fig, axes = plt.subplots(1, len(metrics), figsize=(12, 3.5))
     for ax, (metric, title) in zip(axes, metrics):

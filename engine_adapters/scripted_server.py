@@ -149,6 +149,7 @@ class ScriptedServer:
             ("POST", "/v1/chat/completions"): self.generate,
             ("POST", "/v1/completions"): self.generate,
             ("POST", "/v1/embeddings"): self.embeddings,
+            ("POST", "/tokenize"): self.tokenize,
         }
         handler = routes.get((request.method, request.path))
         if handler is None:
@@ -187,6 +188,12 @@ class ScriptedServer:
         tokens = sum(len(str(item).split()) for item in items)
         await exchange.json(200, {"object": "list", "data": data, "model": self.script.model,
                                   "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
+    async def tokenize(self, request: HttpRequest, exchange: Exchange) -> None:
+        """One token per word, as vLLM's /tokenize answers."""
+        words = _text(request.json()).split()
+        await exchange.json(200, {"count": len(words), "max_model_len": self.script.max_model_len,
+                                  "tokens": list(range(1, len(words) + 1))})
 
     async def generate(self, request: HttpRequest, exchange: Exchange) -> None:
         self.stats.requests += 1

@@ -45,6 +45,9 @@ class PassThrough:
         wire = WIRE.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
         body = request_info(scope).body if wire else None
         model = body.get("model") if isinstance(body, dict) else None
+        if model is None and isinstance(body, dict) and wire in (TokenizeRequest, DetokenizeRequest):
+            model = self._only_model()  # like vLLM: the one model served when none is named
+            body = {**body, "model": model}
         if wire is None or not isinstance(body, dict) or not isinstance(model, str) \
                 or not relays(self.state.adapters.get(model)):
             await self.app(scope, receive, send)
@@ -58,6 +61,10 @@ class PassThrough:
             await until_disconnect(receive, work)
         except ClientDisconnected:
             self.state.metrics.client_disconnects.labels(model).inc()
+
+    def _only_model(self) -> str | None:
+        names = {info.name for info in self.state.all_models()}
+        return names.pop() if len(names) == 1 else None
 
     def _work(self, scope: Scope, wire: type[BaseModel], body: dict[str, Any], send: Send) -> Awaitable[None]:
         """What answers the request, once its body has passed the same checks as in engine mode."""
@@ -102,22 +109,25 @@ async def _answer(call: RelayCall, send: Send) -> None:
 
 
 async def _stream(call: RelayCall, first: bytes, source: AsyncIterator[bytes], send: Send) -> None:
-    """The events as they come; the one holding [DONE] also ends the body (one write less per request),
-    while the instance's own end is still read, so its connection goes back to the pool."""
+    """The events as they come; the one holding [DONE] also ends the body (one write less per request)
+    and is counted then, while the instance's own end is still read so its connection goes back to the pool."""
     ended = False
     try:
         piece: bytes | None = first
         while piece is not None:
             if (data := call.pass_on(piece)) and not ended:
-                ended = data.endswith(DONE)
+                if ended := data.endswith(DONE):
+                    call.record(200)
                 await send({"type": "http.response.body", "body": data, "more_body": not ended})
             piece = await anext(source, None)
     except Exception as exc:
+        if ended:
+            return  # the answer was whole; only the instance's end of it went wrong
         call.record(500)
-        if not ended:
-            await send({"type": "http.response.body", "body": sse_error(exc), "more_body": True})
+        await send({"type": "http.response.body", "body": sse_error(exc), "more_body": True})
     else:
-        call.record(200)
+        if not ended:
+            call.record(200)
     if not ended:
         await send(_END)
 

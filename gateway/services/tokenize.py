@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from engine_adapters.base import GenerateRequest, SamplingOptions, Tokenizer
+from typing import cast
+
+import orjson
+
+from engine_adapters.base import GenerateRequest, Relay, SamplingOptions, Tokenizer, relays
 from gateway.errors import EngineUnavailable, InvalidRequest
 from gateway.protocol.tokenize import (
     DetokenizeRequest,
@@ -72,11 +76,22 @@ async def token_check(state: AppState, req: TokenCheckRequest) -> TokenCheckResp
     """FastChat's check: does each prompt, plus the max_tokens it wants, fit the model's context?"""
     results = []
     for item in req.prompts:
-        tokenizer = _tokenizer(state, item.model)
-        ids = await tokenizer.tokenize(GenerateRequest(
-            request_id=new_id("tokencheck"), model=item.model, sampling=SamplingOptions(), prompt=item.prompt,
-        ))
+        count = await _count(state, item.model, item.prompt)
         context = _max_model_len(state, item.model) or 0
-        results.append(TokenCheckResult(fits=len(ids) + item.max_tokens <= context, tokenCount=len(ids),
+        results.append(TokenCheckResult(fits=count + item.max_tokens <= context, tokenCount=count,
                                         contextLength=context))
     return TokenCheckResponse(prompts=results)
+
+
+async def _count(state: AppState, model: str, prompt: str) -> int:
+    """The prompt's token count: from the engine's tokenizer, or in router mode from an instance's /tokenize."""
+    request = GenerateRequest(request_id=new_id("tokencheck"), model=model, sampling=SamplingOptions(), prompt=prompt)
+    adapter = state.adapters.get(model)
+    if not relays(adapter):
+        return len(await _tokenizer(state, model).tokenize(request))
+    relay = cast(Relay, state.adapter_for(model, state.model_info(model).kind))
+    answer = orjson.loads(await relay.forward(request, "/tokenize", {"model": model, "prompt": prompt}))
+    tokens = answer.get("tokens") if isinstance(answer, dict) else None
+    if not isinstance(tokens, list):
+        raise EngineUnavailable("The upstream's /tokenize answer has no tokens.")
+    return len(tokens)

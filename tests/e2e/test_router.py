@@ -216,6 +216,10 @@ def test_tokenizer_routes_pass_through(setup: Setup) -> None:
     assert text["prompt"].endswith(PROMPT)
     bad = httpx.post(f"{setup.router}/detokenize", json={"model": TEXT_MODEL, "tokens": "x"}, timeout=60)
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "tokens"  # checked by the router itself
+    check = {"prompts": [{"model": TEXT_MODEL, "prompt": PROMPT, "max_tokens": 16}]}
+    routed = httpx.post(f"{setup.router}/api/v1/token_check", json=check, timeout=60)
+    direct = httpx.post(f"{setup.instances[0]}/api/v1/token_check", json=check, timeout=60)
+    assert routed.status_code == 200 and routed.json() == direct.json()
 
 
 def test_generation_from_an_embedding_route_is_a_404(setup: Setup) -> None:

@@ -42,3 +42,19 @@ async def test_streamed_and_whole_answers_come_back_whole(fleet: Fleet) -> None:
     assert usage["choices"] == [] and usage["usage"]["completion_tokens"] == 5
     text = "".join(c["text"] for e in events[:-2] for c in orjson.loads(e)["choices"])
     assert text == whole["choices"][0]["text"]
+
+
+async def test_tokenizer_routes_on_a_router_with_one_model(fleet: Fleet) -> None:
+    (engine,), router = fleet.start(1)
+    model = httpx.get(f"{router.url}/v1/models", timeout=10).json()["data"][0]["id"]
+    async with httpx.AsyncClient(base_url=router.url, timeout=10) as client:
+        unnamed = await client.post("/tokenize", json={"prompt": "one two three"})  # the one model served
+        named = await client.post("/tokenize", json={"model": model, "prompt": "one two three"})
+        check = await client.post("/api/v1/token_check", json={"prompts": [
+            {"model": model, "prompt": "one two three", "max_tokens": 10},
+            {"model": model, "prompt": "one two three", "max_tokens": 10**6}]})
+    assert unnamed.status_code == 200 and unnamed.json() == named.json()
+    assert unnamed.json()["tokens"] == [1, 2, 3]
+    results = check.json()["prompts"]
+    assert [r["tokenCount"] for r in results] == [3, 3] and [r["fits"] for r in results] == [True, False]
+    assert results[0]["contextLength"] == named.json()["max_model_len"]
