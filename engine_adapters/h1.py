@@ -185,6 +185,8 @@ class Pool:
 
     def release(self, conn: Connection) -> None:
         """A response read to its end: its connection is kept for the next request; otherwise it is closed."""
+        if len(self.idle) >= self.max_idle:  # full: drop the ones the server has closed meanwhile
+            self.idle = [kept for kept in self.idle if not kept.closed]
         if conn.complete and conn.keep_alive and not conn.closed and len(self.idle) < self.max_idle:
             self.idle.append(conn)
         else:

@@ -167,3 +167,17 @@ async def test_a_slow_reader_pauses_the_socket(serve) -> None:
     await asyncio.sleep(0.2)  # nothing read: the buffer stops near the high-water mark
     assert conn.paused and conn.buffered < 4 * 1024 * 1024
     assert len(await conn.read_all()) == len(big) * 16
+
+
+async def test_connections_the_server_closed_do_not_hold_the_idle_slots(serve) -> None:
+    pool = Pool(await serve(Server(sse_answer)), {}, max_idle=2)
+    conns = [await pool.post("/x", b"{}") for _ in range(3)]
+    for conn in conns:
+        await conn.read_all()
+    pool.release(conns[0])
+    pool.release(conns[1])
+    for conn in conns[:2]:
+        conn.transport.close()  # as the server's keep-alive timeout would
+    await asyncio.sleep(0.05)
+    pool.release(conns[2])
+    assert pool.idle == [conns[2]]
