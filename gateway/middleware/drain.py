@@ -72,7 +72,7 @@ class DrainMiddleware:
             return
         running = _Running(send, lambda: self.state.draining)
         # The drain cancels this task to cut the app off; what the cut answer still needs is sent here.
-        running.task = asyncio.current_task()
+        running.task = task = asyncio.current_task()
         self.state.drain.add(running)
         try:
             await self.app(scope, receive, running.send)
@@ -82,6 +82,6 @@ class DrainMiddleware:
         finally:
             self.state.drain.discard(running)
         if running.cut:
-            if hasattr(running.task, "uncancel"):  # the cancel is handled (3.11+)
-                running.task.uncancel()
+            if task is not None and hasattr(task, "uncancel"):  # the cancel is handled (3.11+)
+                task.uncancel()
             await running.finish_cut()
