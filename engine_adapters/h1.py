@@ -3,8 +3,8 @@
 One request per connection at a time; the response is parsed by httptools (the C parser uvicorn uses) in
 the protocol callback, and its body is handed over as the socket gives it, with nothing in between: no
 stream reader, no per-read timer, no client-side request objects. bench/router_overhead.py measured it
-against aiohttp, the client it replaced here (README, Performance). Time limits are the caller's: it wraps
-`post` in a timeout and can fail a pending read with `Connection.fail`.
+against aiohttp, the client it replaced here (README, Performance). Time limits are the caller's: `post`
+tells it each connection the request goes out on, and it can fail a pending read with `Connection.fail`.
 """
 
 from __future__ import annotations

@@ -49,6 +49,11 @@ class AppState:
                 return info
         raise ModelNotFound(model)
 
+    def only_model(self) -> str | None:
+        """The one model served, when there is exactly one (vLLM's default where a request names none)."""
+        names = {info.name for info in self.all_models()}
+        return names.pop() if len(names) == 1 else None
+
     def all_models(self) -> list[ModelInfo]:
         seen: dict[str, ModelInfo] = {}
         for adapter in self.adapters.values():

@@ -46,7 +46,7 @@ class PassThrough:
         body = request_info(scope).body if wire else None
         model = body.get("model") if isinstance(body, dict) else None
         if model is None and isinstance(body, dict) and wire in (TokenizeRequest, DetokenizeRequest):
-            model = self._only_model()  # like vLLM: the one model served when none is named
+            model = self.state.only_model()  # like vLLM: the one model served when none is named
             body = {**body, "model": model}
         if wire is None or not isinstance(body, dict) or not isinstance(model, str) \
                 or not relays(self.state.adapters.get(model)):
@@ -61,10 +61,6 @@ class PassThrough:
             await until_disconnect(receive, work)
         except ClientDisconnected:
             self.state.metrics.client_disconnects.labels(model).inc()
-
-    def _only_model(self) -> str | None:
-        names = {info.name for info in self.state.all_models()}
-        return names.pop() if len(names) == 1 else None
 
     def _work(self, scope: Scope, wire: type[BaseModel], body: dict[str, Any], send: Send) -> Awaitable[None]:
         """What answers the request, once its body has passed the same checks as in engine mode."""
@@ -125,10 +121,10 @@ async def _stream(call: RelayCall, first: bytes, source: AsyncIterator[bytes], s
             return  # the answer was whole; only the instance's end of it went wrong
         call.record(500)
         await send({"type": "http.response.body", "body": sse_error(exc), "more_body": True})
-    else:
-        if not ended:
-            call.record(200)
+        await send(_END)
+        return
     if not ended:
+        call.record(200)
         await send(_END)
 
 

@@ -29,25 +29,26 @@ async def until_disconnect(receive: Receive, work: Awaitable[T]) -> T:
     task if `work` is still running then, which this turns into ClientDisconnected."""
     task = asyncio.current_task()
     assert task is not None
-    state = {"running": True, "left": False}
+    running, left = True, False
 
     async def watch() -> None:
+        nonlocal left
         await _wait_for_disconnect(receive)
-        if state["running"]:
-            state["left"] = True
+        if running:
+            left = True
             task.cancel()
 
     watcher = asyncio.ensure_future(watch())
     try:
         return await work
     except asyncio.CancelledError:
-        if not state["left"]:
+        if not left:
             raise
         if hasattr(task, "uncancel"):  # the cancel is handled: taken back, so later timeouts work (3.11+)
             task.uncancel()
         raise ClientDisconnected() from None
     finally:
-        state["running"] = False
+        running = False
         watcher.cancel()
 
 
@@ -63,20 +64,11 @@ class EventStreamResponse(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-        relay = asyncio.ensure_future(self._relay(send))
-        watcher = asyncio.ensure_future(_wait_for_disconnect(receive))
         try:
-            await asyncio.wait({relay, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            watcher.cancel()
-            if not relay.done():
-                relay.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await relay
-                if self.on_disconnect:
-                    self.on_disconnect()
-        if relay.done() and not relay.cancelled():
-            relay.result()
+            await until_disconnect(receive, self._relay(send))
+        except ClientDisconnected:
+            if self.on_disconnect:
+                self.on_disconnect()
 
     async def _relay(self, send: Send) -> None:
         # aclosing: a cancelled relay closes the generator, whose finally aborts the engine request.

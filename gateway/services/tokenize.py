@@ -26,10 +26,10 @@ def _model_name(state: AppState, model: str | None) -> str:
     """The named model; like vLLM, the one model served when none is named."""
     if model is not None:
         return model
-    names = [info.name for info in state.all_models()]
-    if len(names) != 1:
+    only = state.only_model()
+    if only is None:
         raise InvalidRequest("This server serves several models: name one in `model`.", param="model")
-    return names[0]
+    return only
 
 
 def _tokenizer(state: AppState, model: str) -> Tokenizer:
