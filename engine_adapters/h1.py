@@ -5,6 +5,8 @@ the protocol callback, and its body is handed over as the socket gives it, with 
 stream reader, no per-read timer, no client-side request objects. bench/router_overhead.py measured it
 against aiohttp, the client it replaced here (README, Performance). Time limits are the caller's: `post`
 tells it each connection the request goes out on, and it can fail a pending read with `Connection.fail`.
+A reader may also take the body in the socket's callback (`Connection.on_data`), so that bytes it can pass
+straight on never wake the task waiting in `read`.
 """
 
 from __future__ import annotations
@@ -45,6 +47,10 @@ class Connection(asyncio.Protocol):
         self.buffered = 0
         self.error: BaseException | None = None
         self.waiter: asyncio.Future[None] | None = None
+        # Given each piece of body first while set: True when it took the piece, which then skips the
+        # buffer; False puts it in the buffer for `read`, and unsets the hook, so order is kept.
+        self.on_data: Callable[[bytes], bool] | None = None
+        self.news = False  # something for a waiting reader: headers, body in the buffer, the end
 
     # -- asyncio.Protocol -----------------------------------------------------------
 
@@ -61,7 +67,9 @@ class Connection(asyncio.Protocol):
         if self.buffered > _HIGH_WATER and not self.paused and self.transport is not None:
             self.paused = True
             self.transport.pause_reading()
-        self._wake()
+        if self.news:
+            self.news = False
+            self._wake()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -79,15 +87,20 @@ class Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()
-        self.headers_done = True
+        self.headers_done = self.news = True
 
     def on_body(self, body: bytes) -> None:
+        if self.on_data is not None:
+            if self.on_data(body):
+                return
+            self.on_data = None
         self.body.append(body)
         self.buffered += len(body)
+        self.news = True
 
     def on_message_complete(self) -> None:
         self.keep_alive = self.parser.should_keep_alive()
-        self.complete = True
+        self.complete = self.news = True
 
     # -- reading ------------------------------------------------------------------------
 

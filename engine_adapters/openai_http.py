@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 import orjson
 
-from engine_adapters.base import Chunk, GenerateRequest, Load, ModelInfo
+from engine_adapters.base import Chunk, GenerateRequest, Load, ModelInfo, Sink
 from engine_adapters.h1 import ConnectFailed, Connection, Pool
 from engine_adapters.openai_wire import ChunkReader, EngineLoad, event_error, parse_load, request_payload, upstream_error
 from gateway.errors import EngineUnavailable, GatewayError
@@ -135,43 +135,52 @@ class OpenAIHttpAdapter:
         for chunk in reader.finish():
             yield chunk
 
-    def relay(self, path: str, body: dict[str, Any], request_id: str, public_model: str) -> AsyncIterator[bytes]:
+    def relay(self, path: str, body: dict[str, Any], request_id: str, public_model: str,
+              sink: Sink | None = None) -> AsyncIterator[bytes]:
         """Pass an OpenAI-shaped request through as it is (under the upstream's model name, streamed, with
-        usage); answer its SSE body in whole events, each `"model"` renamed back to the public name."""
+        usage); answer its SSE body in whole events, each `"model"` renamed back to the public name. With a
+        `sink`, the events after the first go to it from the socket's callback where they can (base.Sink)."""
         payload = {**body, "model": self.model, "stream": True,
                    "stream_options": {**(body.get("stream_options") or {}), "include_usage": True}}
         rename = None
         if public_model != self.model:
             rename = (b'"model":' + orjson.dumps(self.model), b'"model":' + orjson.dumps(public_model))
-        return self.stream_raw(path, payload, request_id, public_model, rename)
+        return self.stream_raw(path, payload, request_id, public_model, rename, sink)
 
     async def stream_raw(self, path: str, payload: dict[str, Any], request_id: str, public_model: str,
-                         rename: tuple[bytes, bytes] | None = None) -> AsyncGenerator[bytes, None]:
+                         rename: tuple[bytes, bytes] | None = None, sink: Sink | None = None
+                         ) -> AsyncGenerator[bytes, None]:
         """POST `payload` and yield the SSE body cut at event boundaries. A failure raises: before the
         first bytes as the upstream's answer says; after them as EngineUnavailable (the stream broke or
         stalled) or as the error event the upstream sent."""
         conn, watchdog = await self._post(path, orjson.dumps(payload), public_model)
         self._open[request_id] = conn
         events = _Events(public_model, rename)
-        ended = False
+        splice = _Splice(conn, events, watchdog, sink) if sink is not None else None
+        yielded = ended = False
         try:
             while True:
+                # Only while waiting here: a piece yielded is still on its way to the client.
+                conn.on_data = splice.take if splice is not None and yielded else None
                 try:
                     data = await conn.read()
                 except (TimeoutError, OSError) as exc:
                     if events.done:  # after [DONE] only the body's end was missing: nothing lost
                         break
                     raise _stream_error(exc) from exc
+                conn.on_data = None
                 if not data:
                     ended = True
                     break
                 watchdog.touch()
                 if whole := events.feed(data):
+                    yielded = True
                     yield whole
                 if events.error is not None:
                     raise events.error
             events.finish()
         finally:
+            conn.on_data = None
             watchdog.cancel()
             self._open.pop(request_id, None)
             # Read to the end, the connection goes back to the pool; left early, it is closed (an abort).
@@ -263,6 +272,25 @@ class _Watchdog:
             self.conn.fail(TimeoutError())
         else:
             self.handle = self.loop.call_at(self._due(), self._check)
+
+
+class _Splice:
+    """A stream's events put straight into a Sink from the socket's callback (Connection.on_data), with
+    no task woken per piece. It leaves to `read` the pieces that may end the answer ([DONE], usage, an
+    error) and any piece that comes while the sink is not ready, so these go the usual way, in order."""
+
+    def __init__(self, conn: Connection, events: _Events, watchdog: _Watchdog, sink: Sink) -> None:
+        self.conn, self.events, self.watchdog, self.sink = conn, events, watchdog, sink
+
+    def take(self, data: bytes) -> bool:
+        if b"[DONE]" in data or b'"usage":{' in data or b'"error"' in data or not self.sink.ready():
+            return False
+        self.watchdog.touch()
+        if whole := self.events.feed(data):
+            self.sink.write(whole)
+        if self.events.error is not None:  # its mark was cut between two pieces: what came first is passed on
+            self.conn.fail(self.events.error)
+        return True
 
 
 class _Events:

@@ -17,7 +17,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from engine_adapters.base import Chunk, GenerateRequest, Load, ModelInfo, SamplingOptions
+from engine_adapters.base import Chunk, GenerateRequest, Load, ModelInfo, SamplingOptions, Sink
 from engine_adapters.openai_http import HttpTimeouts, OpenAIHttpAdapter
 from gateway.errors import EngineUnavailable, GatewayError
 from gateway.observability.metrics import UpstreamStat
@@ -174,9 +174,11 @@ class RoutedAdapter:
     def generate(self, request: GenerateRequest) -> AsyncIterator[Chunk]:
         return self._routed(request, lambda adapter: adapter.generate(request))
 
-    def relay(self, request: GenerateRequest, path: str, body: dict[str, Any]) -> AsyncIterator[bytes]:
-        """The client's request passed through to one instance; its SSE answer back as bytes."""
-        return self._routed(request, lambda adapter: adapter.relay(path, body, request.request_id, request.model))
+    def relay(self, request: GenerateRequest, path: str, body: dict[str, Any],
+              sink: Sink | None = None) -> AsyncIterator[bytes]:
+        """The client's request passed through to one instance; its SSE answer back as bytes (base.Relay)."""
+        return self._routed(request, lambda adapter: adapter.relay(path, body, request.request_id, request.model,
+                                                                   sink))
 
     async def forward(self, request: GenerateRequest, path: str, body: dict[str, Any]) -> bytes:
         """A JSON request that generates nothing, to one instance, retried like generation; the answer's bytes."""

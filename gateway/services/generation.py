@@ -148,7 +148,7 @@ class MeteredStream:
         in_flight.inc()
         try:
             async for piece in source:
-                self._observe()
+                self.observe()
                 yield piece
             self.finished = True
         finally:
@@ -156,7 +156,8 @@ class MeteredStream:
             if not self.finished:
                 await self._abort()
 
-    def _observe(self) -> None:
+    def observe(self) -> None:
+        """One more piece has come: the time to the first one, or since the last."""
         now = time.perf_counter()
         if self._last_chunk_at is None:
             metrics = self.state.metrics

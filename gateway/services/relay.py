@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from engine_adapters.base import GenerateRequest, Relay, SamplingOptions
+from engine_adapters.base import GenerateRequest, Relay, SamplingOptions, Sink
 from gateway.protocol.chat import ChatCompletionRequest
 from gateway.protocol.common import SamplingFields
 from gateway.protocol.completions import CompletionRequest
@@ -42,14 +42,17 @@ def routing_request(req: SamplingFields, session_id: str | None) -> GenerateRequ
 
 
 class RelayCall:
-    """One client request, relayed: metered like any engine request, usage read from the last event."""
+    """One client request, relayed: metered like any engine request, usage read from the last event.
+    Given a `writer` to the client (a streamed answer on uvicorn), it is the relay's Sink: the events
+    between the first and the last go from the instance's socket to the client's without a task switch."""
 
     def __init__(self, state: AppState, adapter: Relay, req: SamplingFields, body: dict[str, Any],
-                 session_id: str | None, path: str) -> None:
+                 session_id: str | None, path: str, writer: Sink | None = None) -> None:
         self.req, self.path = req, path
         self.request = routing_request(req, session_id)
         self.metered = MeteredStream(state, adapter, self.request, path)  # type: ignore[arg-type]
-        self.source = self.metered.pieces(adapter.relay(self.request, path, body))
+        self.writer = writer if req.stream else None
+        self.source = self.metered.pieces(adapter.relay(self.request, path, body, self if self.writer else None))
         options = req.stream_options
         self.want_usage = bool(options and options.include_usage)
         self.usage: dict[str, Any] = {}
@@ -67,6 +70,14 @@ class RelayCall:
                     continue
             kept.append(event)
         return b"\n\n".join(kept)
+
+    def ready(self) -> bool:
+        return self.writer is not None and self.writer.ready()
+
+    def write(self, events: bytes) -> None:
+        assert self.writer is not None
+        self.metered.observe()
+        self.writer.write(self.pass_on(events))
 
     def record(self, status: int) -> None:
         self.metered.record(status, int(self.usage.get("prompt_tokens") or 0),

@@ -3,6 +3,10 @@ it is passed through, and what comes back is the instance's answer, streamed or 
 
 from __future__ import annotations
 
+import asyncio
+import re
+import socket
+
 import httpx
 import orjson
 import pytest
@@ -58,3 +62,24 @@ async def test_tokenizer_routes_on_a_router_with_one_model(fleet: Fleet) -> None
     results = check.json()["prompts"]
     assert [r["tokenCount"] for r in results] == [3, 3] and [r["fits"] for r in results] == [True, False]
     assert results[0]["contextLength"] == named.json()["max_model_len"]
+
+
+async def test_a_client_that_reads_slowly_gets_every_event_in_order(fleet: Fleet) -> None:
+    """The router writes most events straight to the client's socket; once that backs up, they wait in
+    order behind the ones already written (gateway.lifecycle.BodyWriter)."""
+    tokens = 20000  # about 3 MB: fewer fit in the sockets' buffers and never back the router up
+    _, router = fleet.start(1, tokens=tokens, delay_ms=0)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window: the router's side backs up
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", int(router.url.rsplit(":", 1)[1])))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    body = orjson.dumps({**completion(max_tokens=tokens), "stream": True})
+    writer.write(b"POST /v1/completions HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-type: application/json\r\n"
+                 b"content-length: %d\r\n\r\n%s" % (len(body), body))
+    await asyncio.sleep(1.0)  # not reading meanwhile
+    raw = await asyncio.wait_for(reader.read(), 30)
+    writer.close()
+    assert raw.startswith(b"HTTP/1.1 200") and raw.endswith(b"data: [DONE]\n\n\r\n0\r\n\r\n")
+    texts = re.findall(rb'"text":"([^"]*)"', raw)
+    assert b"".join(texts) == b"".join(b"t%d " % step for step in range(tokens))

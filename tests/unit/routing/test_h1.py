@@ -169,6 +169,44 @@ async def test_a_slow_reader_pauses_the_socket(serve) -> None:
     assert len(await conn.read_all()) == len(big) * 16
 
 
+async def test_a_body_hook_takes_pieces_until_it_declines_one(serve) -> None:
+    async def paced(number: int, writer: asyncio.StreamWriter) -> None:
+        writer.write(CHUNKED)
+        await writer.drain()
+        await asyncio.sleep(0.02)  # the head alone, so that the hook below is set before any body comes
+        for part in (b"a", b"b", b"stop", b"c"):
+            writer.write(chunk(part))
+            await writer.drain()
+            await asyncio.sleep(0.02)
+        writer.write(b"0\r\n\r\n")
+
+    pool = Pool(await serve(Server(paced)), {})
+    conn = await pool.post("/x", b"{}")
+    taken: list[bytes] = []
+    wakes = 0
+
+    def hook(data: bytes) -> bool:
+        if data == b"stop":
+            return False
+        taken.append(data)
+        return True
+
+    wake = conn._wake
+
+    def counted() -> None:
+        nonlocal wakes
+        wakes += 1
+        wake()
+
+    conn._wake = counted  # type: ignore[method-assign]
+    conn.on_data = hook
+    assert await conn.read() == b"stop"
+    assert taken == [b"a", b"b"] and wakes == 1  # the reader was woken for the piece declined only
+    assert conn.on_data is None  # unset by the refusal, so what follows is buffered in order
+    assert await conn.read_all() == b"c"
+    pool.release(conn)
+
+
 async def test_connections_the_server_closed_do_not_hold_the_idle_slots(serve) -> None:
     pool = Pool(await serve(Server(sse_answer)), {}, max_idle=2)
     conns = [await pool.post("/x", b"{}") for _ in range(3)]

@@ -240,6 +240,49 @@ async def test_relay_passes_events_through_renamed(upstream: Upstream, make: Any
     assert sent["stream_options"] == {"include_usage": True}
 
 
+class ListSink:
+    """A base.Sink that keeps what it is given."""
+
+    def __init__(self, ready: bool = True) -> None:
+        self.ready_now, self.written = ready, []
+
+    def ready(self) -> bool:
+        return self.ready_now
+
+    def write(self, events: bytes) -> None:
+        self.written.append(events)
+
+
+@pytest.mark.parametrize("ready", [True, False])
+async def test_relay_puts_the_middle_events_into_a_ready_sink(upstream: Upstream, make: Any, ready: bool) -> None:
+    events = [sse(delta(text)) for text in "abc"] + [sse({"choices": [], "usage": {"prompt_tokens": 1}}), sse(b"[DONE]")]
+    parts: list[bytes | float] = [part for event in events for part in (event, 0.02)]
+    upstream.reply = replying(*parts)
+    sink = ListSink(ready)
+    http = make()
+    pieces = [piece async for piece in http.relay("/v1/chat/completions", {"model": "public"}, "req-1", "public",
+                                                    sink)]
+    if ready:  # the first is yielded (it starts the answer), and so are the usage and [DONE] events
+        assert pieces == [events[0], *events[3:]] and sink.written == events[1:3]
+    else:
+        assert pieces == events and sink.written == []
+    assert http.load().in_flight == 0
+
+
+async def test_an_error_event_cut_in_two_still_ends_a_sunk_stream(upstream: Upstream, make: Any) -> None:
+    error = sse({"error": {"message": "engine died", "code": "engine_unavailable"}})
+    cut = error.index(b"err") + 3  # neither half holds the error's mark
+    upstream.reply = replying(sse(delta("a")), 0.02, sse(delta("b")) + error[:cut], 0.02, error[cut:], 0.02,
+                              sse(b"[DONE]"))
+    sink = ListSink()
+    http = make()
+    pieces: list[bytes] = []
+    with pytest.raises(EngineUnavailable, match="instance is unavailable"):  # the event's, not a broken stream
+        async for piece in http.relay("/v1/chat/completions", {"model": "public"}, "req-1", "public", sink):
+            pieces.append(piece)
+    assert pieces == [sse(delta("a"))] and sink.written == [sse(delta("b"))]
+
+
 async def test_embeddings_models_and_load(upstream: Upstream, make: Any) -> None:
     async def reply(path: str, body: Any) -> Answer:
         if path == "/v1/embeddings":
