@@ -47,10 +47,11 @@ class Connection(asyncio.Protocol):
         self.buffered = 0
         self.error: BaseException | None = None
         self.waiter: asyncio.Future[None] | None = None
-        # Given each piece of body first while set: True when it took the piece, which then skips the
-        # buffer; False puts it in the buffer for `read`, and unsets the hook, so order is kept.
+        # While set, given the body that each read from the socket brought: True when it took it, and then
+        # no reader is woken for it; False leaves it in the buffer for `read` and unsets the hook, so that
+        # what follows queues behind it in order.
         self.on_data: Callable[[bytes], bool] | None = None
-        self.news = False  # something for a waiting reader: headers, body in the buffer, the end
+        self.news = False  # something besides body for a waiting reader: the headers, the end
 
     # -- asyncio.Protocol -----------------------------------------------------------
 
@@ -64,12 +65,24 @@ class Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self.fail(UpstreamClosed(f"The upstream's answer is not HTTP/1.1: {exc}"))
             self.close()
+        if self.body and self.on_data is not None:
+            self._offer()
         if self.buffered > _HIGH_WATER and not self.paused and self.transport is not None:
             self.paused = True
             self.transport.pause_reading()
-        if self.news:
+        if self.news or self.body:
             self.news = False
             self._wake()
+
+    def _offer(self) -> None:
+        assert self.on_data is not None
+        data = self.body[0] if len(self.body) == 1 else b"".join(self.body)
+        self.body.clear()
+        if self.on_data(data):
+            self.buffered = 0
+        else:
+            self.on_data = None
+            self.body.append(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -90,13 +103,8 @@ class Connection(asyncio.Protocol):
         self.headers_done = self.news = True
 
     def on_body(self, body: bytes) -> None:
-        if self.on_data is not None:
-            if self.on_data(body):
-                return
-            self.on_data = None
         self.body.append(body)
         self.buffered += len(body)
-        self.news = True
 
     def on_message_complete(self) -> None:
         self.keep_alive = self.parser.should_keep_alive()

@@ -34,10 +34,6 @@ log = logging.getLogger(__name__)
 _POLL_S = 0.05
 # After the cut-off: time for cut requests to write their last event, and for uvicorn to close sockets.
 _AFTER_CUT_S = 1.0
-# The collector's thresholds once serving: what requests allocate is short-lived and freed by reference
-# counts, so the youngest generation is swept every 20,000 allocations instead of 700 (Python's default).
-# About 5 % less CPU per relayed request in the router (bench/router_overhead.py's stub, A/B by hand).
-_GC_THRESHOLDS = (20_000, 20, 100)
 
 
 class CutOff(Protocol):
@@ -112,10 +108,11 @@ class BodyWriter:
     chunked framing, the client still there, its socket not backed up. Then uvicorn's own record of the
     answer stays right, and a sink that is not ready leaves the bytes to `send`, which waits for the client."""
 
-    __slots__ = ("cycle",)
+    __slots__ = ("cycle", "lost")
 
     def __init__(self, cycle: Any) -> None:
         self.cycle = cycle  # uvicorn's RequestResponseCycle for this request
+        self.lost: Callable[[], None] | None = None  # called when the connection ends before the answer
 
     def ready(self) -> bool:
         cycle = self.cycle
@@ -128,7 +125,8 @@ class BodyWriter:
 
 
 def header_timeout_protocol(header_timeout_s: float) -> type[asyncio.Protocol]:
-    """uvicorn's httptools protocol, plus a deadline for a request's headers, and each request's BodyWriter.
+    """uvicorn's httptools protocol, plus a deadline for a request's headers, and each request's BodyWriter,
+    which it tells when the connection ends.
 
     uvicorn times out idle keep-alive connections only after a response; a connection that never
     sends a request, or sends its headers a byte at a time, would otherwise be held for ever.
@@ -137,6 +135,7 @@ def header_timeout_protocol(header_timeout_s: float) -> type[asyncio.Protocol]:
 
     class HeaderTimeoutProtocol(HttpToolsProtocol):
         _header_timer: asyncio.TimerHandle | None = None
+        _writer: BodyWriter | None = None  # the latest request's, which is the one uvicorn tells of a disconnect
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -152,11 +151,13 @@ def header_timeout_protocol(header_timeout_s: float) -> type[asyncio.Protocol]:
             super().on_headers_complete()
             if self.cycle is not None and self.cycle.scope is self.scope:  # not an upgrade
                 extensions: dict[str, Any] = self.scope.setdefault("extensions", {})  # type: ignore[assignment]
-                extensions[BODY_WRITER] = BodyWriter(self.cycle)
+                self._writer = extensions[BODY_WRITER] = BodyWriter(self.cycle)
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
             super().connection_lost(exc)
+            if self._writer is not None and self._writer.lost is not None and not self._writer.cycle.response_complete:
+                self._writer.lost()
 
         def _arm(self) -> None:
             self._header_timer = self.loop.call_later(header_timeout_s, self._headers_too_slow)
@@ -209,7 +210,6 @@ def _server_class() -> Callable[[uvicorn.Config, AppState, float], uvicorn.Serve
             # collector's sweeps, which then only walk what requests allocate.
             gc.collect()
             gc.freeze()
-            gc.set_threshold(*_GC_THRESHOLDS)
 
         def handle_exit(self, sig: int, frame: Any) -> None:
             # Not recorded in _captured_signals on purpose: uvicorn re-raises those after shutdown,

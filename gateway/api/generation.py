@@ -38,9 +38,9 @@ async def _serve(
     answer: Awaitable[Any] = stream(state, body, session_id) if body.stream else complete(state, body, session_id)
     try:
         if body.stream:
-            events = await until_disconnect(request.receive, answer)
+            events = await until_disconnect(request.receive, answer, request.scope)
             return EventStreamResponse(events, on_disconnect=disconnects.inc)
-        return json_response(await until_disconnect(request.receive, answer))
+        return json_response(await until_disconnect(request.receive, answer, request.scope))
     except ClientDisconnected:
         disconnects.inc()
         return Response(status_code=499)  # nobody reads it; logs show why the request ended

@@ -59,7 +59,7 @@ class PassThrough:
             await send_error(send, exc)
             return
         try:
-            await until_disconnect(receive, work)
+            await until_disconnect(receive, work, scope)
         except ClientDisconnected:
             self.state.metrics.client_disconnects.labels(model).inc()
 

@@ -28,9 +28,10 @@ async def create_response(body: ResponsesRequest, request: Request) -> Response:
     disconnects = state.metrics.client_disconnects.labels(body.model)
     try:
         if body.stream:
-            events = await until_disconnect(request.receive, responses.stream(state, body, session_id))
+            events = await until_disconnect(request.receive, responses.stream(state, body, session_id), request.scope)
             return EventStreamResponse(events, on_disconnect=disconnects.inc)
-        return json_response(await until_disconnect(request.receive, responses.complete(state, body, session_id)))
+        return json_response(await until_disconnect(request.receive, responses.complete(state, body, session_id),
+                                                  request.scope))
     except ClientDisconnected:
         disconnects.inc()
         return Response(status_code=499)  # nobody reads it; logs show why the request ended

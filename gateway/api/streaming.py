@@ -10,6 +10,8 @@ from typing import TypeVar
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from gateway.lifecycle import BODY_WRITER, BodyWriter
+
 T = TypeVar("T")
 
 
@@ -22,23 +24,34 @@ async def _wait_for_disconnect(receive: Receive) -> None:
         pass
 
 
-async def until_disconnect(receive: Receive, work: Awaitable[T]) -> T:
+async def until_disconnect(receive: Receive, work: Awaitable[T], scope: Scope | None = None) -> T:
     """Await `work`, cancelling it (and so aborting the engine request) if the client leaves first.
 
-    `work` runs in the caller's task; one watcher task waits for the disconnect and cancels the caller's
-    task if `work` is still running then, which this turns into ClientDisconnected."""
+    `work` runs in the caller's task, which is cancelled if the client leaves while `work` is still
+    running; this turns that into ClientDisconnected. On uvicorn the connection says so itself
+    (gateway.lifecycle.BodyWriter.lost); elsewhere one watcher task waits for `receive`'s disconnect."""
     task = asyncio.current_task()
     assert task is not None
     running, left = True, False
 
-    async def watch() -> None:
+    def leave() -> None:
         nonlocal left
-        await _wait_for_disconnect(receive)
         if running:
             left = True
             task.cancel()
 
-    watcher = asyncio.ensure_future(watch())
+    async def watch() -> None:
+        await _wait_for_disconnect(receive)
+        leave()
+
+    writer: BodyWriter | None = scope.get("extensions", {}).get(BODY_WRITER) if scope is not None else None
+    if writer is not None and writer.cycle.disconnected:  # gone already, while the request was being read
+        if asyncio.iscoroutine(work):
+            work.close()
+        raise ClientDisconnected()
+    watcher = asyncio.ensure_future(watch()) if writer is None else None
+    if writer is not None:
+        writer.lost = leave
     try:
         return await work
     except asyncio.CancelledError:
@@ -49,7 +62,10 @@ async def until_disconnect(receive: Receive, work: Awaitable[T]) -> T:
         raise ClientDisconnected() from None
     finally:
         running = False
-        watcher.cancel()
+        if watcher is not None:
+            watcher.cancel()
+        elif writer is not None:
+            writer.lost = None
 
 
 class EventStreamResponse(Response):
@@ -65,7 +81,7 @@ class EventStreamResponse(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         try:
-            await until_disconnect(receive, self._relay(send))
+            await until_disconnect(receive, self._relay(send), scope)
         except ClientDisconnected:
             if self.on_disconnect:
                 self.on_disconnect()
