@@ -108,10 +108,11 @@ class BodyWriter:
     chunked framing, the client still there, its socket not backed up. Then uvicorn's own record of the
     answer stays right, and a sink that is not ready leaves the bytes to `send`, which waits for the client."""
 
-    __slots__ = ("cycle", "lost")
+    __slots__ = ("cycle", "loop", "lost")
 
-    def __init__(self, cycle: Any) -> None:
+    def __init__(self, cycle: Any, loop: asyncio.AbstractEventLoop) -> None:
         self.cycle = cycle  # uvicorn's RequestResponseCycle for this request
+        self.loop = loop
         self.lost: Callable[[], None] | None = None  # called when the connection ends before the answer
 
     def ready(self) -> bool:
@@ -151,7 +152,7 @@ def header_timeout_protocol(header_timeout_s: float) -> type[asyncio.Protocol]:
             super().on_headers_complete()
             if self.cycle is not None and self.cycle.scope is self.scope:  # not an upgrade
                 extensions: dict[str, Any] = self.scope.setdefault("extensions", {})  # type: ignore[assignment]
-                self._writer = extensions[BODY_WRITER] = BodyWriter(self.cycle)
+                self._writer = extensions[BODY_WRITER] = BodyWriter(self.cycle, self.loop)
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()

@@ -30,7 +30,8 @@ async def until_disconnect(receive: Receive, work: Awaitable[T], scope: Scope | 
     `work` runs in the caller's task, which is cancelled if the client leaves while `work` is still
     running; this turns that into ClientDisconnected. On uvicorn the connection says so itself
     (gateway.lifecycle.BodyWriter.lost); elsewhere one watcher task waits for `receive`'s disconnect."""
-    task = asyncio.current_task()
+    writer: BodyWriter | None = scope.get("extensions", {}).get(BODY_WRITER) if scope is not None else None
+    task = asyncio.current_task(writer.loop if writer is not None else None)  # the loop given: no running-loop lookup
     assert task is not None
     running, left = True, False
 
@@ -44,7 +45,6 @@ async def until_disconnect(receive: Receive, work: Awaitable[T], scope: Scope | 
         await _wait_for_disconnect(receive)
         leave()
 
-    writer: BodyWriter | None = scope.get("extensions", {}).get(BODY_WRITER) if scope is not None else None
     if writer is not None and writer.cycle.disconnected:  # gone already, while the request was being read
         if asyncio.iscoroutine(work):
             work.close()

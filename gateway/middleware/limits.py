@@ -179,7 +179,9 @@ class RateLimiter:
         self._buckets: OrderedDict[str, Buckets] = OrderedDict()
 
     def buckets(self, identity: str, own: tuple[int | None, int | None] | None) -> Buckets | None:
-        rpm, tpm = (mine if mine is not None else default for mine, default in zip(own or (None, None), self.defaults))
+        rpm, tpm = self.defaults
+        if own is not None:  # the key's own limits, where it has them
+            rpm, tpm = (own[0] if own[0] is not None else rpm), (own[1] if own[1] is not None else tpm)
         if rpm is None and tpm is None:
             return None
         found = self._buckets.get(identity)

@@ -54,7 +54,7 @@ async def test_a_receive_disconnect_cancels_the_work() -> None:
 
 async def test_the_connection_tells_of_a_disconnect_without_a_watcher() -> None:
     work = Work()
-    writer = BodyWriter(SimpleNamespace(disconnected=False))
+    writer = BodyWriter(SimpleNamespace(disconnected=False), asyncio.get_running_loop())
     tasks_before = len(asyncio.all_tasks())
     running = asyncio.ensure_future(until_disconnect(never_receive, work.run(), scope_with(writer)))
     await work.started.wait()
@@ -68,14 +68,14 @@ async def test_the_connection_tells_of_a_disconnect_without_a_watcher() -> None:
 
 async def test_a_client_gone_before_the_work_starts_never_starts_it() -> None:
     work = Work()
-    writer = BodyWriter(SimpleNamespace(disconnected=True))
+    writer = BodyWriter(SimpleNamespace(disconnected=True), asyncio.get_running_loop())
     with pytest.raises(ClientDisconnected):
         await until_disconnect(never_receive, work.run(), scope_with(writer))
     assert not work.started.is_set()
 
 
 async def test_work_that_ends_first_is_not_cancelled_later() -> None:
-    writer = BodyWriter(SimpleNamespace(disconnected=False))
+    writer = BodyWriter(SimpleNamespace(disconnected=False), asyncio.get_running_loop())
 
     async def quick() -> str:
         return "answer"
