@@ -28,7 +28,15 @@ import orjson
 
 from engine_adapters.base import Chunk, GenerateRequest, Load, ModelInfo, Sink
 from engine_adapters.h1 import ConnectFailed, Connection, Pool
-from engine_adapters.openai_wire import ChunkReader, EngineLoad, event_error, parse_load, request_payload, upstream_error
+from engine_adapters.openai_wire import (
+    ChunkReader,
+    EngineLoad,
+    answered_whole,
+    event_error,
+    parse_load,
+    request_payload,
+    upstream_error,
+)
 from gateway.errors import EngineUnavailable, GatewayError
 
 log = logging.getLogger(__name__)
@@ -140,12 +148,34 @@ class OpenAIHttpAdapter:
         """Pass an OpenAI-shaped request through as it is (under the upstream's model name, streamed, with
         usage); answer its SSE body in whole events, each `"model"` renamed back to the public name. With a
         `sink`, the events after the first go to it from the socket's callback where they can (base.Sink)."""
-        payload = {**body, "model": self.model, "stream": True,
-                   "stream_options": {**(body.get("stream_options") or {}), "include_usage": True}}
         rename = None
         if public_model != self.model:
             rename = (b'"model":' + orjson.dumps(self.model), b'"model":' + orjson.dumps(public_model))
+        if answered_whole(body):
+            return self._whole(path, {**body, "model": self.model}, request_id, public_model, rename)
+        payload = {**body, "model": self.model, "stream": True,
+                   "stream_options": {**(body.get("stream_options") or {}), "include_usage": True}}
         return self.stream_raw(path, payload, request_id, public_model, rename, sink)
+
+    async def _whole(self, path: str, payload: dict[str, Any], request_id: str, public_model: str,
+                     rename: tuple[bytes, bytes] | None) -> AsyncGenerator[bytes, None]:
+        """A non-streamed request sent as it is (openai_wire.answered_whole): the upstream's JSON answer, as
+        one piece. Nothing comes before the answer is complete, so only the total time limit applies."""
+        conn, watchdog = await self._post(path, orjson.dumps(payload), public_model, whole=True)
+        self._open[request_id] = conn
+        ended = False
+        try:
+            watchdog.touch()  # the answer's whole body within the idle limit, once its head is in
+            try:
+                answer = await conn.read_all()
+            except (TimeoutError, OSError) as exc:
+                raise _stream_error(exc) from exc
+            ended = True
+        finally:
+            watchdog.cancel()
+            self._open.pop(request_id, None)
+            self._pool.release(conn) if ended else conn.close()
+        yield answer.replace(*rename) if rename is not None else answer
 
     async def stream_raw(self, path: str, payload: dict[str, Any], request_id: str, public_model: str,
                          rename: tuple[bytes, bytes] | None = None, sink: Sink | None = None
@@ -199,9 +229,11 @@ class OpenAIHttpAdapter:
             watchdog.cancel()
             self._pool.release(conn)
 
-    async def _post(self, path: str, payload: bytes, public_model: str) -> tuple[Connection, _Watchdog]:
-        """The connection with the upstream's 200 answer, and the timer that now watches it."""
-        watchdog = _Watchdog(self.timeouts)
+    async def _post(self, path: str, payload: bytes, public_model: str,
+                    whole: bool = False) -> tuple[Connection, _Watchdog]:
+        """The connection with the upstream's 200 answer, and the timer that now watches it (until the head
+        comes: the first-token limit, or for a `whole` answer only the total limit)."""
+        watchdog = _Watchdog(self.timeouts, first_s=self.timeouts.total_s if whole else None)
         try:
             conn = await self._pool.post(path, payload, watchdog.watch)
             if conn.status != 200:
@@ -242,8 +274,9 @@ class _Watchdog:
     request that re-arms itself when it finds the stream moved, rather than a timeout around every read.
     The clock starts when the request is sent; when a limit passes, the pending read fails with TimeoutError."""
 
-    def __init__(self, timeouts: HttpTimeouts) -> None:
+    def __init__(self, timeouts: HttpTimeouts, first_s: float | None = None) -> None:
         self.timeouts, self.idle_s = timeouts, timeouts.idle_s
+        self.first_s = timeouts.first_token_s if first_s is None else first_s
         self.conn: Connection | None = None
         self.handle: asyncio.TimerHandle | None = None
 
@@ -253,7 +286,7 @@ class _Watchdog:
         if self.handle is None:
             self.loop = conn.loop
             self.last = self.loop.time()
-            self.end_at, self.limit = self.last + self.timeouts.total_s, self.timeouts.first_token_s
+            self.end_at, self.limit = self.last + self.timeouts.total_s, self.first_s
             self.handle = self.loop.call_at(self._due(), self._check)
 
     def touch(self) -> None:

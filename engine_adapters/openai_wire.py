@@ -149,6 +149,12 @@ def _structured_body(structured: StructuredOutput) -> dict[str, Any]:
     return {structured.kind: list(structured.spec) if structured.kind == "choice" else structured.spec}
 
 
+def answered_whole(body: dict[str, Any]) -> bool:
+    """Whether a non-streamed request asks for what an instance gives only in a whole answer: vLLM and
+    tokenyard refuse `prompt_logprobs` when streaming, so such a request cannot be streamed and folded."""
+    return not body.get("stream") and body.get("prompt_logprobs") is not None
+
+
 def upstream_error(status: int, body: bytes, public_model: str) -> GatewayError:
     """The error of our tree for an upstream's error answer; its message reaches the client only for 4xx."""
     try:

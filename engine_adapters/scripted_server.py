@@ -238,7 +238,11 @@ class Generation:
     async def run(self) -> None:
         if self.script.fault == "hang":
             await asyncio.Event().wait()
-        if self.body.get("stream"):
+        if self.body.get("stream") and self.body.get("prompt_logprobs") is not None:  # refused, as tokenyard does
+            await self.exchange.json(400, {"error": {"message": "`prompt_logprobs` are not available when "
+                                                     "`stream=True`.", "type": "BadRequestError",
+                                                     "param": "prompt_logprobs", "code": 400}})
+        elif self.body.get("stream"):
             await self.stream()
         else:
             await self.whole()
@@ -276,13 +280,19 @@ class Generation:
         for _ in range(self.count):
             await self.tick()
         text = "".join(f"t{step} " for step in range(self.count))
+        choices: list[dict[str, Any]]
         if self.chat:
             choices = [{"index": i, "message": {"role": "assistant", "content": text}, "logprobs": None,
                         "finish_reason": self.reason()} for i in range(self.n)]
         else:
             choices = [{"index": i, "text": text, "logprobs": None, "finish_reason": self.reason()} for i in range(self.n)]
         kind = "chat.completion" if self.chat else "text_completion"
-        await self.exchange.json(200, {**self.head, "object": kind, "choices": choices, "usage": self.usage()})
+        answer: dict[str, Any] = {**self.head, "object": kind, "choices": choices, "usage": self.usage()}
+        if self.body.get("prompt_logprobs") is not None:  # where vLLM puts them: the answer's (chat), each choice's
+            scored = [None] + [{"1": {"logprob": -1.0, "rank": 1, "decoded_token": "w"}}] * (self.prompt_tokens - 1)
+            for holder in [answer] if self.chat else choices:
+                holder["prompt_logprobs"] = scored
+        await self.exchange.json(200, answer)
 
     def usage(self) -> dict[str, int]:
         completion = self.count * self.n

@@ -131,10 +131,22 @@ async def _stream(call: RelayCall, first: bytes, source: AsyncIterator[bytes], s
 
 
 async def _whole(call: RelayCall, pieces: list[bytes], send: Send) -> None:
-    events = b"".join([call.pass_on(piece) for piece in pieces])
-    raw = orjson.dumps(fold(events, chat=call.path == CHAT, model=call.req.model, usage=call.usage))
+    if call.whole:  # the instance's own whole answer, passed on as it is
+        raw = b"".join(pieces)
+        call.usage = _usage(raw)
+    else:
+        events = b"".join([call.pass_on(piece) for piece in pieces])
+        raw = orjson.dumps(fold(events, chat=call.path == CHAT, model=call.req.model, usage=call.usage))
     call.record(200)
     await _send_json(send, raw)
+
+
+def _usage(raw: bytes) -> dict[str, Any]:
+    try:
+        usage = orjson.loads(raw).get("usage")
+    except (orjson.JSONDecodeError, AttributeError):
+        return {}
+    return usage if isinstance(usage, dict) else {}
 
 
 async def _forward(answer: Awaitable[bytes], send: Send) -> None:

@@ -4,7 +4,8 @@ The instance (tokenyard in engine mode, `vllm serve`) does the work, so every fi
 through the router (tools, response_format, echo, ...). The router chooses the instance, retries before
 anything has reached the client, and reads only what accounting needs: the usage event at the end,
 which it asks for and drops again when the client did not. A whole answer (stream false) is streamed
-from the instance too, so that a stall is noticed at the idle timeout, and folded into one body here.
+from the instance too, so that a stall is noticed at the idle timeout, and folded into one body here;
+except where vLLM answers only whole (openai_wire.answered_whole), which is passed on as the instance sent it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 import orjson
 
 from engine_adapters.base import GenerateRequest, Relay, SamplingOptions, Sink
+from engine_adapters.openai_wire import answered_whole
 from gateway.protocol.chat import ChatCompletionRequest
 from gateway.protocol.common import SamplingFields
 from gateway.protocol.completions import CompletionRequest
@@ -52,6 +54,7 @@ class RelayCall:
         self.request = routing_request(req, session_id)
         self.metered = MeteredStream(state, adapter, self.request, path)  # type: ignore[arg-type]
         self.writer = writer if req.stream else None
+        self.whole = answered_whole(body)  # the instance answers whole, and that answer is passed on as it is
         self.source = self.metered.pieces(adapter.relay(self.request, path, body, self if self.writer else None))
         options = req.stream_options
         self.want_usage = bool(options and options.include_usage)

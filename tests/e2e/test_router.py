@@ -180,6 +180,19 @@ def test_fields_the_router_does_not_know_reach_the_instance(sdk: openai.OpenAI) 
     assert answer.model == ALIAS  # the client's name for the model, not the instance's
 
 
+def test_prompt_logprobs_through_the_router(setup: Setup) -> None:
+    """An instance gives prompt_logprobs only whole (streamed, they are a 400), so the router sends such a
+    request as it is and passes the answer on; it matches asking the instance directly."""
+    ask = {"model": TEXT_MODEL, "prompt": PROMPT, "max_tokens": 2, "temperature": 0, "prompt_logprobs": 1}
+    routed = httpx.post(f"{setup.router}/v1/completions", json=ask, timeout=120)
+    direct = httpx.post(f"{setup.instances[0]}/v1/completions", json=ask, timeout=120).json()
+    assert routed.status_code == 200, routed.text
+    choice = routed.json()["choices"][0]
+    assert choice["prompt_logprobs"] == direct["choices"][0]["prompt_logprobs"]
+    assert choice["prompt_logprobs"][0] is None and len(choice["prompt_logprobs"]) > 5
+    assert choice["text"] == direct["choices"][0]["text"]
+
+
 def test_a_stream_carries_usage_only_when_asked(setup: Setup) -> None:
     body = {"model": TEXT_MODEL, "prompt": PROMPT, "max_tokens": 3, "stream": True}
     with httpx.stream("POST", f"{setup.router}/v1/completions", json=body, timeout=120) as response:

@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from tests.faults.client import completion
-from tests.faults.harness import Fleet
+from tests.faults.harness import MODEL, Fleet
 
 
 @pytest.mark.parametrize(("body", "param"), [
@@ -46,6 +46,24 @@ async def test_streamed_and_whole_answers_come_back_whole(fleet: Fleet) -> None:
     assert usage["choices"] == [] and usage["usage"]["completion_tokens"] == 5
     text = "".join(c["text"] for e in events[:-2] for c in orjson.loads(e)["choices"])
     assert text == whole["choices"][0]["text"]
+
+
+async def test_prompt_logprobs_come_back_in_a_whole_answer(fleet: Fleet) -> None:
+    """vLLM gives prompt_logprobs only in a whole answer (it refuses them streamed), so such a request is
+    passed through whole rather than streamed and folded; streamed, the instance's refusal comes back."""
+    _, router = fleet.start(1, tokens=3, delay_ms=1)
+    async with httpx.AsyncClient(base_url=router.url, timeout=10) as client:
+        whole = await client.post("/v1/completions", json=completion(max_tokens=3, prompt="one two three",
+                                                                        prompt_logprobs=1))
+        streamed = await client.post("/v1/completions", json={**completion(max_tokens=3), "prompt_logprobs": 1,
+                                                             "stream": True})
+    assert whole.status_code == 200, whole.text
+    choice = whole.json()["choices"][0]
+    assert choice["text"] == "t0 t1 t2 " and choice["prompt_logprobs"][0] is None
+    assert len(choice["prompt_logprobs"]) == 3 and whole.json()["usage"]["completion_tokens"] == 3
+    assert streamed.status_code == 400 and streamed.json()["error"]["param"] == "prompt_logprobs"
+    metrics = httpx.get(f"{router.url}/metrics", timeout=2).text  # the usage read from the whole answer
+    assert re.search(rf'^tokenyard_completion_tokens_total{{model="{MODEL}"}} 3\.0$', metrics, re.M)
 
 
 async def test_tokenizer_routes_on_a_router_with_one_model(fleet: Fleet) -> None:

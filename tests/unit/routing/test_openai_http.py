@@ -283,6 +283,23 @@ async def test_an_error_event_cut_in_two_still_ends_a_sunk_stream(upstream: Upst
     assert pieces == [sse(delta("a"))] and sink.written == [sse(delta("b"))]
 
 
+async def test_what_vllm_answers_only_whole_is_sent_and_passed_on_as_it_is(upstream: Upstream, make: Any) -> None:
+    answer = {"id": "x", "object": "text_completion", "model": "upstream-model",
+              "choices": [{"index": 0, "text": "a", "prompt_logprobs": [None]}], "usage": {"prompt_tokens": 1}}
+
+    async def reply(path: str, body: Any) -> Answer:
+        await asyncio.sleep(0.4)  # the head comes with the whole answer, past the first-token limit
+        return Answer(200, [orjson.dumps(answer)], "application/json")
+
+    upstream.reply = reply
+    http = make(first_token_s=0.2)
+    pieces = [piece async for piece in http.relay("/v1/completions", {"model": "public", "prompt_logprobs": 1},
+                                                    "req-1", "public")]
+    assert [orjson.loads(piece) for piece in pieces] == [{**answer, "model": "public"}]
+    assert upstream.sent[0] == {"model": "upstream-model", "prompt_logprobs": 1}  # not turned into a stream
+    assert http.load().in_flight == 0
+
+
 async def test_embeddings_models_and_load(upstream: Upstream, make: Any) -> None:
     async def reply(path: str, body: Any) -> Answer:
         if path == "/v1/embeddings":
