@@ -157,8 +157,9 @@ def header_timeout_protocol(header_timeout_s: float) -> type[asyncio.Protocol]:
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
             super().connection_lost(exc)
-            if self._writer is not None and self._writer.lost is not None and not self._writer.cycle.response_complete:
-                self._writer.lost()
+            writer = self._writer
+            if writer is not None and writer.lost is not None and not writer.cycle.response_complete:
+                writer.lost()
 
         def _arm(self) -> None:
             self._header_timer = self.loop.call_later(header_timeout_s, self._headers_too_slow)

@@ -4,8 +4,8 @@ The instance (tokenyard in engine mode, `vllm serve`) does the work, so every fi
 through the router (tools, response_format, echo, ...). The router chooses the instance, retries before
 anything has reached the client, and reads only what accounting needs: the usage event at the end,
 which it asks for and drops again when the client did not. A whole answer (stream false) is streamed
-from the instance too, so that a stall is noticed at the idle timeout, and folded into one body here;
-except where vLLM answers only whole (openai_wire.answered_whole), which is passed on as the instance sent it.
+from the instance too, so that a stall is noticed at the idle timeout, and folded into one body here,
+except what instances give only whole (openai_wire.answered_whole): that answer is passed on as it came.
 """
 
 from __future__ import annotations
