@@ -161,20 +161,7 @@ class OpenAIHttpAdapter:
                      rename: tuple[bytes, bytes] | None) -> AsyncGenerator[bytes, None]:
         """A non-streamed request sent as it is (openai_wire.answered_whole): the upstream's JSON answer, as
         one piece. Nothing comes before the answer is complete, so only the total time limit applies."""
-        conn, watchdog = await self._post(path, orjson.dumps(payload), public_model, whole=True)
-        self._open[request_id] = conn
-        ended = False
-        try:
-            watchdog.touch()  # the answer's whole body within the idle limit, once its head is in
-            try:
-                answer = await conn.read_all()
-            except (TimeoutError, OSError) as exc:
-                raise _stream_error(exc) from exc
-            ended = True
-        finally:
-            watchdog.cancel()
-            self._open.pop(request_id, None)
-            self._pool.release(conn) if ended else conn.close()
+        answer = await self._answer(path, payload, public_model, request_id, whole=True)
         yield answer.replace(*rename) if rename is not None else answer
 
     async def stream_raw(self, path: str, payload: dict[str, Any], request_id: str, public_model: str,
@@ -219,15 +206,24 @@ class OpenAIHttpAdapter:
     async def forward(self, path: str, body: dict[str, Any], public_model: str) -> bytes:
         """POST a JSON request that generates nothing (the tokenizer routes) under the upstream's model name;
         the upstream's JSON answer, as bytes."""
-        conn, watchdog = await self._post(path, orjson.dumps({**body, "model": self.model}), public_model)
-        watchdog.touch()  # the answer's whole body within the idle limit
+        return await self._answer(path, {**body, "model": self.model}, public_model)
+
+    async def _answer(self, path: str, payload: dict[str, Any], public_model: str, request_id: str | None = None,
+                      whole: bool = False) -> bytes:
+        """POST `payload` and read the upstream's one JSON answer (abortable by `request_id` when given)."""
+        conn, watchdog = await self._post(path, orjson.dumps(payload), public_model, whole)
+        if request_id is not None:
+            self._open[request_id] = conn
+        watchdog.touch()  # the answer's whole body within the idle limit, once its head is in
         try:
             return await conn.read_all()
         except (TimeoutError, OSError) as exc:
             raise _stream_error(exc) from exc
         finally:
             watchdog.cancel()
-            self._pool.release(conn)
+            if request_id is not None:
+                self._open.pop(request_id, None)
+            self._pool.release(conn)  # kept when read to its end; closed otherwise (an abort, a failure)
 
     async def _post(self, path: str, payload: bytes, public_model: str,
                     whole: bool = False) -> tuple[Connection, _Watchdog]:

@@ -125,6 +125,12 @@ class BodyWriter:
             self.cycle.transport.write(b"%x\r\n%s\r\n" % (len(data), data))
 
 
+def body_writer(scope: Any) -> BodyWriter | None:
+    """The request's BodyWriter: there when uvicorn runs the app through header_timeout_protocol."""
+    writer: BodyWriter | None = scope.get("extensions", {}).get(BODY_WRITER)
+    return writer
+
+
 def header_timeout_protocol(header_timeout_s: float) -> type[asyncio.Protocol]:
     """uvicorn's httptools protocol, plus a deadline for a request's headers, and each request's BodyWriter,
     which it tells when the connection ends.

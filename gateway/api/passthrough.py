@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from engine_adapters.base import GenerateRequest, Relay, SamplingOptions, relays
 from gateway.api.streaming import ClientDisconnected, until_disconnect
 from gateway.errors import GatewayError, error_payload, invalid_fields
-from gateway.lifecycle import BODY_WRITER
+from gateway.lifecycle import body_writer
 from gateway.middleware.context import header, request_info, send_error
 from gateway.protocol.chat import ChatCompletionRequest
 from gateway.protocol.completions import CompletionRequest
@@ -82,9 +82,8 @@ class PassThrough:
         assert isinstance(req, ChatCompletionRequest | CompletionRequest)
         log_unknown_fields(self.state, req)
         session = header(scope, self.session_header)
-        writer = scope.get("extensions", {}).get(BODY_WRITER)  # on uvicorn: the client's socket, for the events
         return _answer(RelayCall(self.state, adapter, req, body, session.decode("latin-1") if session else None,
-                                 path, writer), send)
+                                 path, body_writer(scope)), send)  # on uvicorn: the client's socket, for the events
 
 
 async def _answer(call: RelayCall, send: Send) -> None:

@@ -10,7 +10,7 @@ from typing import TypeVar
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from gateway.lifecycle import BODY_WRITER, BodyWriter
+from gateway.lifecycle import body_writer
 
 T = TypeVar("T")
 
@@ -30,7 +30,7 @@ async def until_disconnect(receive: Receive, work: Awaitable[T], scope: Scope | 
     `work` runs in the caller's task, which is cancelled if the client leaves while `work` is still
     running; this turns that into ClientDisconnected. On uvicorn the connection says so itself
     (gateway.lifecycle.BodyWriter.lost); elsewhere one watcher task waits for `receive`'s disconnect."""
-    writer: BodyWriter | None = scope.get("extensions", {}).get(BODY_WRITER) if scope is not None else None
+    writer = body_writer(scope) if scope is not None else None
     task = asyncio.current_task(writer.loop if writer is not None else None)  # the loop given: no running-loop lookup
     assert task is not None
     running, left = True, False

@@ -60,6 +60,14 @@ def sse_answer(number: int, writer: asyncio.StreamWriter) -> None:
     writer.write(CHUNKED + chunk(b"data: %d\n\n" % number) + chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
 
 
+async def read_answer(pool: Pool) -> bytes:
+    """One request's whole answer; its connection back to the pool."""
+    conn = await pool.post("/x", b"{}")
+    body = await conn.read_all()
+    pool.release(conn)
+    return body
+
+
 async def test_streams_a_chunked_body_and_reuses_the_connection(serve) -> None:
     server = Server(sse_answer)
     pool = Pool(await serve(server), {"authorization": "Bearer k"})
@@ -81,9 +89,7 @@ async def test_a_kept_connection_the_server_closed_is_replaced(serve) -> None:
     server = Server(answer_then_close)
     pool = Pool(await serve(server), {})
     for number in (1, 2):
-        conn = await pool.post("/x", b"{}")
-        assert await conn.read_all() == b"data: %d\n\ndata: [DONE]\n\n" % number
-        pool.release(conn)
+        assert await read_answer(pool) == b"data: %d\n\ndata: [DONE]\n\n" % number
         await asyncio.sleep(0.05)
     assert server.connections == 2
 
@@ -98,9 +104,7 @@ async def test_a_request_on_a_connection_closing_meanwhile_is_sent_again(serve) 
     server = Server(second_unanswered)
     pool = Pool(await serve(server), {})
     for expected in (1, 3):
-        conn = await pool.post("/x", b"{}")
-        assert await conn.read_all() == b"data: %d\n\ndata: [DONE]\n\n" % expected
-        pool.release(conn)
+        assert await read_answer(pool) == b"data: %d\n\ndata: [DONE]\n\n" % expected
     assert (server.requests, server.connections) == (3, 2)
 
 
