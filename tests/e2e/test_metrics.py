@@ -48,6 +48,8 @@ def test_counters_follow_real_traffic(client: openai.OpenAI, http: httpx.Client)
     assert moved("tokenyard_requests_total", status="200", **route) == 4
     assert moved("tokenyard_request_duration_seconds_count", **route) == 4
     assert moved("tokenyard_time_to_first_token_seconds_count", model=TEXT_MODEL) == 4
+    gaps = moved("tokenyard_inter_token_latency_seconds_count", model=TEXT_MODEL)  # a tallied histogram
+    assert gaps > 0 and gaps == moved("tokenyard_inter_token_latency_seconds_bucket", model=TEXT_MODEL, le="+Inf")
     assert moved("tokenyard_prompt_tokens_total", model=TEXT_MODEL) == sum(u.prompt_tokens for u in usages if u)
     assert moved("tokenyard_completion_tokens_total", model=TEXT_MODEL) == sum(
         u.completion_tokens for u in usages if u)
