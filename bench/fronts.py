@@ -50,6 +50,17 @@ def naive(port: int, upstream: str, workdir: Path) -> Front:
     return Front("naive", port, cmd, env={"NAIVE_UPSTREAM": upstream}, version="fastapi+httpx")
 
 
+def bare_callback(port: int, upstream: str, workdir: Path) -> Front:
+    cmd = [sys.executable, "-m", "bench.bare_relay", "--port", str(port), "--upstream", upstream]
+    return Front("bare-callback", port, cmd, version="asyncio+httptools, no ASGI")
+
+
+def bare_asgi(port: int, upstream: str, workdir: Path) -> Front:
+    cmd = [sys.executable, "-m", "uvicorn", "bench.bare_relay:app", "--host", "127.0.0.1", "--port", str(port),
+           "--loop", "uvloop", "--http", "httptools", "--log-level", "warning", "--no-access-log"]
+    return Front("bare-asgi", port, cmd, env={"BARE_UPSTREAM": upstream}, version="raw ASGI on uvicorn + h1")
+
+
 def litellm(port: int, upstream: str, workdir: Path) -> Front:
     config = workdir / "litellm.yaml"
     text = (f"model_list:\n  - model_name: {MODEL}\n    litellm_params:\n      model: openai/{MODEL}\n"
@@ -76,7 +87,7 @@ def sglang_router(port: int, upstream: str, workdir: Path) -> Front:
 
 
 BUILDERS = {"tokenyard": tokenyard, "naive": naive, "litellm": litellm, "vllm-router": vllm_router,
-            "sglang-router": sglang_router}
+            "sglang-router": sglang_router, "bare-callback": bare_callback, "bare-asgi": bare_asgi}
 PEER_FRONTS = {"litellm", "vllm-router", "sglang-router"}
 
 

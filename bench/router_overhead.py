@@ -7,7 +7,8 @@ A stub upstream (bench/stub_upstream.py) answers in microseconds; the load gener
 through each front. The front runs alone on core 0, the stub and the load generator on core 1, and the
 front's own CPU time (its whole process tree, from /proc) is read across every run, so the figures are:
 CPU ms per request, CPU µs per relayed chunk, TTFT added over direct, requests/s against direct and
-against LiteLLM, and RSS. Rounds alternate the fronts; every ratio is taken within a round, then the
+against LiteLLM, and RSS. Two floors run beside the fronts (bench/bare_relay.py): relays that do nothing
+else, one on uvicorn as a raw ASGI app and one with no ASGI at all. Rounds alternate the fronts; every ratio is taken within a round, then the
 median and the spread over rounds are reported. The rest of the machine's CPU is recorded for every run
 and runs where it was busy are flagged.
 """
@@ -263,7 +264,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     quick = {"fronts": ["direct", "tokenyard", "naive"], "concurrency": [1, 16], "rounds": 2, "duration": 3.0,
              "modes": list(MODES), "open_streams": 0}
-    full = {"fronts": ["direct", "tokenyard", "naive", "vllm-router", "sglang-router", "litellm"],
+    # bare-*: the floors (bench/bare_relay.py), relays that do nothing else, measured beside the fronts
+    full = {"fronts": ["direct", "tokenyard", "naive", "vllm-router", "sglang-router", "litellm", "bare-asgi",
+                       "bare-callback"],
             "concurrency": [1, 16, 64, 256], "rounds": 2, "duration": 3.0, "modes": list(MODES),
             "open_streams": 1000}
     for key, value in (quick if args.quick else full).items():

@@ -12,8 +12,9 @@ from typing import Any
 from bench.plots import pyplot
 
 Run = dict[str, Any]
-FRONT_ORDER = ["tokenyard", "vllm-router", "sglang-router", "naive", "litellm", "direct"]
-COLORS = dict(zip(FRONT_ORDER, ["tab:blue", "tab:green", "tab:purple", "tab:orange", "tab:red", "tab:gray"]))
+FRONT_ORDER = ["tokenyard", "vllm-router", "sglang-router", "naive", "litellm", "bare-asgi", "bare-callback", "direct"]
+COLORS = dict(zip(FRONT_ORDER, ["tab:blue", "tab:green", "tab:purple", "tab:orange", "tab:red", "tab:olive", "tab:cyan",
+                                "tab:gray"]))
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:

@@ -53,3 +53,20 @@ def test_bench_quick_writes_results(tmp_path: Path) -> None:
     assert {row["front"] for row in result["summary"]} == fronts
     table = path.with_suffix(".md").read_text()
     assert "| tokenyard |" in table and "| naive |" in table
+
+
+def test_the_bare_floors_relay_whole_answers(tmp_path: Path) -> None:
+    """The two floors that Suite 2 measures beside the fronts pass every stream and body on whole."""
+    cmd = [sys.executable, "-m", "bench.router_overhead", "--fronts", "direct", "bare-callback", "bare-asgi",
+           "--rounds", "1", "--duration", "0.3", "--concurrency", "2", "--modes", "stream-burst", "nonstream",
+           "--warmup", "1", "--open-streams", "0", "--port-base", str(free_port_base()), "--out", str(tmp_path),
+           "--tag", "floors"]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+    [path] = tmp_path.glob("*-floors.json")
+    result = json.loads(path.read_text())
+    assert result["failed_fronts"] == {}
+    assert {run["front"] for run in result["runs"]} == {"direct", "bare-callback", "bare-asgi"}
+    for run in result["runs"]:
+        assert run["requests"] > 0 and run["errors"] == 0 and run["short"] == 0, run
