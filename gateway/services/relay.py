@@ -101,7 +101,7 @@ def fold(body: bytes, *, chat: bool, model: str, usage: dict[str, Any]) -> dict[
             _merge(choices.setdefault(int(choice.get("index") or 0), {}), choice)
     answer = {**head, "object": "chat.completion" if chat else "text_completion", "model": model,
               "created": head.get("created") or int(time.time())}
-    answer["choices"] = [_whole_choice(choices[i], chat) for i in sorted(choices)]
+    answer["choices"] = [_whole_choice(_joined(choices[i]), chat) for i in sorted(choices)]
     answer["usage"] = usage or None
     return answer
 
@@ -119,17 +119,36 @@ def _whole_choice(choice: dict[str, Any], chat: bool) -> dict[str, Any]:
     return {**extra, **whole, "message": message}
 
 
+class _Text(list[str]):
+    """The pieces of one text field as it grows, joined once at the end: a str grown by + is copied whole
+    on every delta, which is quadratic on a long answer."""
+
+
+def _joined(value: Any) -> Any:
+    """`value` with every _Text in it joined into its str."""
+    if isinstance(value, _Text):
+        return "".join(value)
+    if isinstance(value, dict):
+        return {key: _joined(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_joined(item) for item in value]
+    return value
+
+
 def _merge(into: dict[str, Any], delta: dict[str, Any]) -> None:
     """Grow `into` by one delta: text is appended, lists of indexed items merge by index, others extend."""
     for key, value in delta.items():
         old = into.get(key)
-        if value is None or old is None:
+        if isinstance(value, str) and isinstance(old, str | _Text) and key not in _SET_ONCE:
+            if isinstance(old, _Text):
+                old.append(value)
+            else:
+                into[key] = _Text([old, value])
+        elif value is None or old is None:
             into[key] = old if value is None else value
-        elif isinstance(value, str) and isinstance(old, str) and key not in _SET_ONCE:
-            into[key] = old + value
         elif isinstance(value, dict) and isinstance(old, dict):
             _merge(old, value)
-        elif isinstance(value, list) and isinstance(old, list):
+        elif isinstance(value, list) and isinstance(old, list) and not isinstance(old, _Text):
             _merge_list(old, value)
         else:
             into[key] = value

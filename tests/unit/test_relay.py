@@ -87,3 +87,12 @@ def test_fold_builds_a_legacy_completion() -> None:
     answer = fold(sse(piece("Par"), piece("is", "length"), b"[DONE]"), chat=False, model="m", usage={})
     assert answer["object"] == "text_completion"
     assert answer["choices"] == [{"index": 0, "text": "Paris", "logprobs": None, "finish_reason": "length"}]
+
+
+def test_fold_joins_a_long_answer_piece_by_piece() -> None:
+    words = [f"w{i} " for i in range(5000)]
+    body = sse(chunk({"role": "assistant", "content": ""}), *(chunk({"content": w}) for w in words),
+               chunk({"content": None}, "length"), b"[DONE]")
+    [choice] = fold(body, chat=True, model="m", usage={})["choices"]
+    assert choice["message"] == {"role": "assistant", "content": "".join(words)}
+    assert choice["finish_reason"] == "length"
