@@ -115,12 +115,14 @@ async def serve_callback(port: int, upstream_url: str) -> None:
     await server.serve_forever()
 
 
-_POOLS: dict[str, Pool] = {}  # the asgi floor's one pool, made on the first request (in the server's loop)
-
-
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    """The `asgi` floor (run by uvicorn)."""
-    if scope["type"] != "http":
+    """The `asgi` floor (run by uvicorn). Its pool is made at start-up and kept in the lifespan's state."""
+    if scope["type"] == "lifespan":
+        while (message := await receive())["type"] != "lifespan.shutdown":
+            scope["state"]["pool"] = Pool(os.environ.get("BARE_UPSTREAM", "http://127.0.0.1:8201"), {})
+            await send({"type": "lifespan.startup.complete"})
+        scope["state"]["pool"].close()
+        await send({"type": "lifespan.shutdown.complete"})
         return
     body = b""
     while True:
@@ -128,8 +130,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         body += message.get("body", b"")
         if not message.get("more_body"):
             break
-    upstream = os.environ.get("BARE_UPSTREAM", "http://127.0.0.1:8201")
-    pool = _POOLS.get(upstream) or _POOLS.setdefault(upstream, Pool(upstream, {}))
+    pool: Pool = scope["state"]["pool"]
     conn = await pool.post(scope["path"], body)
     kind = b"text/event-stream" if orjson.loads(body).get("stream") else b"application/json"
     await send({"type": "http.response.start", "status": conn.status, "headers": [(b"content-type", kind)]})
