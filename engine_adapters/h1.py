@@ -76,8 +76,7 @@ class Connection(asyncio.Protocol):
 
     def _offer(self) -> None:
         assert self.on_data is not None
-        data = self.body[0] if len(self.body) == 1 else b"".join(self.body)
-        self.body.clear()
+        data = self._take_body()
         if self.on_data(data):
             self.buffered = 0
         else:
@@ -128,12 +127,17 @@ class Connection(asyncio.Protocol):
             if self.error is not None:
                 raise self.error
             await self._wait()
-        data = self.body[0] if len(self.body) == 1 else b"".join(self.body)
-        self.body.clear()
+        data = self._take_body()
         self.buffered = 0
         if self.paused and self.transport is not None:
             self.paused = False
             self.transport.resume_reading()
+        return data
+
+    def _take_body(self) -> bytes:
+        """The body bytes buffered so far, as one piece; the buffer is left empty."""
+        data = self.body[0] if len(self.body) == 1 else b"".join(self.body)
+        self.body.clear()
         return data
 
     async def read_all(self) -> bytes:
