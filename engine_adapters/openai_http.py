@@ -30,6 +30,7 @@ from engine_adapters.base import Chunk, GenerateRequest, Load, ModelInfo, Sink
 from engine_adapters.h1 import ConnectFailed, Connection, Pool
 from engine_adapters.openai_wire import (
     ChunkReader,
+    USAGE_MARK,
     EngineLoad,
     answered_whole,
     event_error,
@@ -312,7 +313,7 @@ class _Splice:
         self.conn, self.events, self.watchdog, self.sink = conn, events, watchdog, sink
 
     def take(self, data: bytes) -> bool:
-        if b"[DONE]" in data or b'"usage":{' in data or b'"error"' in data or not self.sink.ready():
+        if b"[DONE]" in data or USAGE_MARK in data or b'"error"' in data or not self.sink.ready():
             return False
         self.watchdog.touch()
         if whole := self.events.feed(data):

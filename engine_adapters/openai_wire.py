@@ -149,6 +149,10 @@ def _structured_body(structured: StructuredOutput) -> dict[str, Any]:
     return {structured.kind: list(structured.spec) if structured.kind == "choice" else structured.spec}
 
 
+# An SSE event that carries usage holds this: the router reads and may drop such events, and never splices them.
+USAGE_MARK = b'"usage":{'
+
+
 def answered_whole(body: dict[str, Any]) -> bool:
     """Whether a non-streamed request asks for what an instance gives only in a whole answer: vLLM and
     tokenyard refuse `prompt_logprobs` when streaming, so such a request cannot be streamed and folded."""

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from engine_adapters.base import GenerateRequest, Relay, SamplingOptions, Sink
-from engine_adapters.openai_wire import answered_whole
+from engine_adapters.openai_wire import USAGE_MARK, answered_whole
 from gateway.protocol.chat import ChatCompletionRequest
 from gateway.protocol.common import SamplingFields
 from gateway.protocol.completions import CompletionRequest
@@ -24,7 +24,6 @@ from gateway.services.generation import DONE, MeteredStream, new_id
 from gateway.state import AppState
 
 CHAT, COMPLETIONS = "/v1/chat/completions", "/v1/completions"
-_USAGE = b'"usage":{'
 # Keys whose string values are set once, not grown delta by delta.
 _SET_ONCE = frozenset({"index", "id", "type", "role", "finish_reason", "stop_reason", "object"})
 
@@ -62,11 +61,11 @@ class RelayCall:
 
     def pass_on(self, piece: bytes) -> bytes:
         """The bytes for the client: as they came, less the usage event when the client did not ask."""
-        if _USAGE not in piece:
+        if USAGE_MARK not in piece:
             return piece
         kept = []
         for event in piece.split(b"\n\n"):
-            if _USAGE in event and event.startswith(b"data:"):
+            if USAGE_MARK in event and event.startswith(b"data:"):
                 data = orjson.loads(event[5:])
                 self.usage = data.get("usage") or self.usage
                 if not self.want_usage and not data.get("choices"):
