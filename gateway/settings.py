@@ -105,6 +105,7 @@ class RouteSettings(BaseModel):
     kind: Literal["generate", "embed"] = "generate"
     api_key: SecretStr | None = Field(default=None, description="Sent as a bearer token to every instance.")
     discovery: DiscoverySettings | None = None
+    hold_timeout_s: float | None = Field(default=None, ge=0, description="This route's hold; default router's.")
 
 
 class RouterSettings(BaseModel):
@@ -121,6 +122,10 @@ class RouterSettings(BaseModel):
     prefix_load_factor: float = Field(default=1.5, ge=1.0)
     session_header: str = "x-session-id"
     reload_interval_s: float = Field(default=2.0, gt=0, description="How often the --config file is checked for changes.")
+    hold_timeout_s: float = Field(
+        default=300.0, ge=0,
+        description="How long a request for a model with no ready instance waits for one (a cold start on a GPU "
+                    "node: scale from zero, model load) before 503 engine_unavailable; 0 answers 503 at once.")
 
 
 # --- Security, limits and lifecycle (issue 4): keys, rate limits, admission, caps, CORS, TLS ---------

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from engine_adapters.base import EngineAdapter, ModelInfo
 from gateway.errors import EngineUnavailable, ModelNotFound
 from gateway.lifecycle import Drain
-from gateway.observability.metrics import Metrics, UpstreamStat
+from gateway.observability.metrics import Metrics, RouteStatus, UpstreamStat
+from gateway.routing.adapter import RoutedAdapter
 from gateway.settings import Settings
+
+if TYPE_CHECKING:
+    from gateway.middleware.admission import Admission
 
 
 @dataclass
@@ -22,13 +27,25 @@ class AppState:
     draining: bool = False
     drain: Drain = field(default_factory=Drain)  # in-flight requests and the SIGTERM deadline
     unknown_fields_seen: set[str] = field(default_factory=set)  # request field names already logged once
+    queues: dict[str, Admission] = field(default_factory=dict)  # requested model name -> its admission queue
 
     def __post_init__(self) -> None:
         self.metrics.watch_upstreams(self.upstream_stats)
+        self.metrics.watch_routes(self.route_statuses)
 
     def engines(self) -> list[EngineAdapter]:
         """Each adapter once: a route is registered under its name and every alias."""
         return list({id(adapter): adapter for adapter in self.adapters.values()}.values())
+
+    def routes(self) -> list[RoutedAdapter]:
+        """Router mode: each routed model's adapter once."""
+        return [adapter for adapter in self.engines() if isinstance(adapter, RoutedAdapter)]
+
+    def route_statuses(self) -> list[RouteStatus]:
+        """Each routed model now; its waiting requests are those held by the route and those queued for a slot
+        under any of its names."""
+        return [route.status(queued=sum(self.queues[name].depth for name in route.names if name in self.queues))
+                for route in self.routes()]
 
     def upstream_stats(self) -> list[UpstreamStat]:
         """Router mode: per-instance state of every routed model."""

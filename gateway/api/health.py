@@ -19,14 +19,23 @@ async def health() -> Response:
 
 @router.get("/ready", include_in_schema=False)
 async def ready(request: Request) -> Response:
+    """Ready to take requests: started, not draining, and this process's own engines answer. A routed model's
+    instances do not count: a router with no instance for one model still serves the others (and holds that
+    model's requests), so each routed model's state is listed in the body instead (tokenyard_route_* metrics)."""
     state = app_state(request)
     if not state.ready or state.draining:
         return JSONResponse({"status": "not ready"}, status_code=503)
-    try:
-        await asyncio.gather(*(adapter.check_health() for adapter in state.engines()))
-    except Exception:
-        return JSONResponse({"status": "engine unhealthy"}, status_code=503)
-    return JSONResponse({"status": "ready"})
+    routes = state.routes()
+    local = [adapter for adapter in state.engines() if adapter not in routes]
+    results = await asyncio.gather(*(adapter.check_health() for adapter in local), return_exceptions=True)
+    models: dict[str, object] = {}
+    for adapter, result in zip(local, results):
+        for info in adapter.models():
+            models[info.name] = {"state": "unavailable" if isinstance(result, BaseException) else "ready"}
+    models.update({status.model: status.as_json() for status in state.route_statuses()})
+    healthy = not any(isinstance(result, BaseException) for result in results)
+    return JSONResponse({"status": "ready" if healthy else "engine unhealthy", "models": models},
+                        status_code=200 if healthy else 503)
 
 
 @router.get("/metrics", include_in_schema=False)

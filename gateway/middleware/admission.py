@@ -64,6 +64,11 @@ class Admission:
             if not admitted:
                 self._withdraw(waiter)
 
+    @property
+    def depth(self) -> int:
+        """Requests waiting now (a waiter whose client left may stay in the list until the next prune)."""
+        return sum(not waiter.future.done() for waiter in self.waiting)
+
     def release(self) -> None:
         self._prune()
         if self.waiting:
@@ -119,7 +124,7 @@ class AdmissionMiddleware:
     def __init__(self, app: ASGIApp, state: AppState) -> None:
         self.app = app
         self.state = state
-        self.queues: dict[str, Admission] = {}
+        self.queues = state.queues
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not is_service_path(scope) or scope["method"] != "POST":

@@ -81,6 +81,10 @@ class Metrics:
         """Router mode's per-instance metrics, read from the router's own state at scrape time."""
         self.registry.register(_UpstreamCollector(source))
 
+    def watch_routes(self, source: Callable[[], Iterable[RouteStatus]]) -> None:
+        """Router mode's per-model metrics (ready instances, waiting requests), read at scrape time."""
+        self.registry.register(_RouteCollector(source))
+
     def render(self, include_engine: bool) -> bytes:
         body = prometheus_client.generate_latest(self.registry)
         if include_engine:
@@ -140,6 +144,49 @@ class UpstreamStat:
     healthy: bool
     breaker_state: int  # 0 closed, 1 half-open, 2 open
     retries: int
+
+
+@dataclass(frozen=True)
+class RouteStatus:
+    """One routed model now: its instances, how many are routable, and the requests waiting for it."""
+
+    model: str
+    instances: int
+    ready_instances: int
+    waiting: int  # held for an instance to become ready, plus queued for an admission slot
+    in_flight: int  # on an instance now
+    breakers: dict[str, int]  # breaker state name -> instances in it
+
+    def as_json(self) -> dict[str, object]:
+        return {"state": "ready" if self.ready_instances else "unavailable", "instances": self.instances,
+                "ready_instances": self.ready_instances, "waiting_requests": self.waiting,
+                "in_flight_requests": self.in_flight, "breakers": self.breakers}
+
+
+class _RouteCollector:
+    def __init__(self, source: Callable[[], Iterable[RouteStatus]]) -> None:
+        self.source = source
+
+    def describe(self) -> list[Metric]:
+        return []  # the routes are not known until they start, and follow the config file
+
+    def collect(self) -> Iterator[Metric]:
+        ready = GaugeMetricFamily("tokenyard_route_ready_instances",
+                                  "Instances of the model that can take requests now (healthy, breaker not open).",
+                                  labels=["model"])
+        total = GaugeMetricFamily("tokenyard_route_instances", "Instances of the model known to the router.",
+                                  labels=["model"])
+        waiting = GaugeMetricFamily("tokenyard_route_waiting_requests",
+                                    "Requests for the model waiting for a ready instance or an admission slot.",
+                                    labels=["model"])
+        in_flight = GaugeMetricFamily("tokenyard_route_in_flight_requests",
+                                      "Requests for the model on one of its instances now.", labels=["model"])
+        for status in self.source():
+            ready.add_metric([status.model], float(status.ready_instances))
+            total.add_metric([status.model], float(status.instances))
+            waiting.add_metric([status.model], float(status.waiting))
+            in_flight.add_metric([status.model], float(status.in_flight))
+        yield from (ready, total, waiting, in_flight)
 
 
 class _UpstreamCollector:

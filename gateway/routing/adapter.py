@@ -1,9 +1,14 @@
 """RoutedAdapter: one public model served by several OpenAI-compatible instances, behind the adapter seam.
 
 Each request goes to one instance chosen by the route's policy among the routable ones (healthy and
-breaker not open). A failure before anything could have reached the client is retried on another
-instance with backoff, within max_attempts: for a streamed request that is before its first chunk, for
-a whole answer (stream=False) any time before it is complete. After that the error propagates and the
+breaker not open). While the route has no routable instance at all (it is starting, scaled to zero,
+or every instance is down), a request is held for up to hold_timeout_s until one becomes routable, then
+served; past that it gets 503 engine_unavailable (with Retry-After). A held request whose client leaves
+is cancelled with its task, and so leaves the hold at once.
+
+A failure before anything could have reached the client is retried on another instance with backoff,
+within max_attempts: for a streamed request that is before its first chunk, for a whole answer
+(stream=False) any time before it is complete. After that the error propagates and the
 service ends the stream with an error event.
 """
 
@@ -20,10 +25,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from engine_adapters.base import Chunk, GenerateRequest, Load, ModelInfo, SamplingOptions, Sink
 from engine_adapters.openai_http import HttpTimeouts, OpenAIHttpAdapter
 from gateway.errors import EngineUnavailable, GatewayError
-from gateway.observability.metrics import UpstreamStat
+from gateway.observability.metrics import RouteStatus, UpstreamStat
 from gateway.routing.breaker import Breaker, BreakerState
 from gateway.routing.discovery import Resolver, discover, resolve, watch_dns
-from gateway.routing.health import watch_health
+from gateway.routing.health import probe, watch_health
 from gateway.routing.instance import Instance, Lease
 from gateway.routing.kube import EndpointSliceWatch
 from gateway.routing.policies import make_policy
@@ -51,6 +56,8 @@ class RoutedAdapter:
         self._leases: dict[str, Lease] = {}  # request id -> the attempt in flight
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
+        self.held = 0  # requests waiting now for an instance to become routable
+        self._routable_again = asyncio.Event()  # set, then replaced, whenever an instance may have become routable
         self.owner: RouteTable | None = None  # the table that follows the config file, if any
         self._timeouts = HttpTimeouts(
             connect_s=settings.connect_timeout_s, first_token_s=settings.first_token_timeout_s,
@@ -75,6 +82,7 @@ class RoutedAdapter:
         for url in sorted(wanted - self.instances.keys()):
             log.info("route %s: instance %s joined", self.route.name, url)
             self._spawn(self.add_instance(url, static=False).adapter.start())
+            self._wake_held()
         for url, instance in list(self.instances.items()):
             if not instance.static and url not in wanted:
                 log.info("route %s: instance %s left", self.route.name, url)
@@ -99,9 +107,11 @@ class RoutedAdapter:
         elif discovery:
             self.set_discovered(await discover(discovery, self._resolver) or [])
             self._spawn(watch_dns(discovery, self._resolver, self.set_discovered))
-        # Learn max_model_len now; an instance that is down is not marked: requests or checks will tell.
-        await asyncio.gather(*(instance.adapter.start() for instance in self.instances.values()))
-        self._spawn(watch_health(lambda: list(self.instances.values()), self.settings.health_interval_s))
+        # A first health check now: an instance that is down at start is not routable, so requests are held
+        # instead of failing on it; the instances that answer tell their max_model_len.
+        await asyncio.gather(*(probe(instance) for instance in self.instances.values()))
+        self._spawn(watch_health(lambda: list(self.instances.values()), self.settings.health_interval_s,
+                                 on_healthy=self._wake_held))
 
     async def close(self, drain_deadline_s: float = 0.0) -> None:
         if self._closed:  # idempotent, as the EngineAdapter seam asks of abort and close alike
@@ -131,8 +141,18 @@ class RoutedAdapter:
         return Load(in_flight=sum(i.in_flight for i in instances), waiting=int(sum(i.engine.waiting for i in instances)))
 
     async def check_health(self) -> None:
-        if not any(i.routable() for i in self.instances.values()):
+        if not self.routable():
             raise EngineUnavailable(f"No healthy instance serves `{self.route.name}` now.")
+
+    def routable(self) -> list[Instance]:
+        return [i for i in self.instances.values() if i.routable()]
+
+    def status(self, queued: int = 0) -> RouteStatus:
+        """The route now, for /ready and /metrics; `queued` are its requests waiting for an admission slot."""
+        instances = list(self.instances.values())
+        breakers = {state.name.lower(): sum(i.breaker.state is state for i in instances) for state in BreakerState}
+        return RouteStatus(self.route.name, len(instances), len(self.routable()), self.held + queued,
+                           sum(i.in_flight for i in instances), breakers)
 
     def upstream_stats(self) -> list[UpstreamStat]:
         return [
@@ -143,13 +163,41 @@ class RoutedAdapter:
 
     # -- requests -----------------------------------------------------------------
 
-    def _lease(self, request: GenerateRequest, tried: set[str], error: GatewayError | None) -> Lease:
-        candidates = [i for i in self.instances.values() if i.url not in tried and i.routable()]
+    async def _lease(self, attempts: _Attempts) -> Lease:
+        if not self.routable():
+            await self._hold(attempts.hold_until)
+            attempts.tried.clear()  # the instances changed while it was held
+        candidates = [i for i in self.routable() if i.url not in attempts.tried]
         if not candidates:
-            raise error or EngineUnavailable(f"No healthy instance serves `{request.model}` now.")
-        instance = self.policy.choose(candidates, request)
-        tried.add(instance.url)
+            raise attempts.error or EngineUnavailable(f"No healthy instance serves `{attempts.request.model}` now.")
+        instance = self.policy.choose(candidates, attempts.request)
+        attempts.tried.add(instance.url)
         return Lease(instance)
+
+    def hold_timeout_s(self) -> float:
+        return self.settings.hold_timeout_s if self.route.hold_timeout_s is None else self.route.hold_timeout_s
+
+    async def _hold(self, until: float) -> None:
+        """Wait until an instance is routable, or raise at `until` (monotonic). A wait is woken when an instance
+        joins or passes a health check again, and re-checks every health interval (a breaker's cooldown ends)."""
+        self.held += 1
+        try:
+            while not self.routable():
+                left = until - time.monotonic()
+                if left <= 0:
+                    raise EngineUnavailable(f"No instance of `{self.route.name}` became ready within "
+                                            f"{self.hold_timeout_s():g} s." if self.hold_timeout_s() else
+                                            f"No healthy instance serves `{self.route.name}` now.")
+                woken = self._routable_again
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(left, self.settings.health_interval_s)):
+                        await woken.wait()
+        finally:
+            self.held -= 1
+
+    def _wake_held(self) -> None:
+        self._routable_again.set()
+        self._routable_again = asyncio.Event()
 
     async def _backoff(self, attempt: int) -> None:
         # Exponential with jitter, so retries from many requests do not arrive together.
@@ -244,6 +292,7 @@ class _Attempts:
         self.tried: set[str] = set()
         self.count = 0
         self.error: GatewayError | None = None
+        self.hold_until = time.monotonic() + route.hold_timeout_s()
 
     async def next(self) -> Lease | None:
         if self.count >= self.route.settings.max_attempts:
@@ -251,7 +300,7 @@ class _Attempts:
         if self.count:
             await self.route._backoff(self.count)
         self.count += 1
-        return self.route._lease(self.request, self.tried, self.error)
+        return await self.route._lease(self)
 
     def retry(self, lease: Lease, exc: GatewayError) -> bool:
         """May the request go on to another instance after this failure?"""

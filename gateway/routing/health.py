@@ -17,7 +17,8 @@ from gateway.routing.instance import Instance
 log = logging.getLogger(__name__)
 
 
-async def probe(instance: Instance) -> None:
+async def probe(instance: Instance) -> bool:
+    """One check of the instance; True when it passed after failing before (it came back)."""
     adapter = instance.adapter
     try:
         await adapter.check_health()
@@ -25,7 +26,7 @@ async def probe(instance: Instance) -> None:
         if instance.healthy:
             log.warning("upstream %s failed its health check", instance.url)
         instance.healthy = False
-        return
+        return False
     came_back = not instance.healthy
     if came_back:
         log.info("upstream %s is healthy again", instance.url)
@@ -36,12 +37,17 @@ async def probe(instance: Instance) -> None:
             await adapter.refresh_models()
     except GatewayError:
         log.debug("upstream %s: no load or models this round", instance.url, exc_info=True)
+    return came_back
 
 
-async def watch_health(instances: Callable[[], Iterable[Instance]], interval_s: float) -> None:
+async def watch_health(instances: Callable[[], Iterable[Instance]], interval_s: float,
+                       on_healthy: Callable[[], None] = lambda: None) -> None:
+    """Probe every instance each interval; `on_healthy` is called when any came back."""
     while True:
         await asyncio.sleep(interval_s)
         results = await asyncio.gather(*(probe(instance) for instance in instances()), return_exceptions=True)
         for result in results:  # a bug in one probe must not end the checks for every instance
             if isinstance(result, Exception):
                 log.error("health check failed unexpectedly", exc_info=result)
+        if any(result is True for result in results):
+            on_healthy()

@@ -63,8 +63,8 @@ async def test_failures_mid_stream_end_the_stream_with_an_error(pair: tuple[Engi
     assert answered.status == 200 and answered.body["choices"][0]["text"].count("t") == 8
 
 
-async def test_no_healthy_instance_is_a_fast_503(fleet: Fleet) -> None:
-    engines, router = fleet.start(2, health_interval_s=0.2)
+async def test_no_healthy_instance_and_no_hold_is_a_fast_503(fleet: Fleet) -> None:
+    engines, router = fleet.start(2, health_interval_s=0.2, hold_timeout_s=0)
     for engine in engines:
         engine.kill()
     deadline = time.monotonic() + 10
