@@ -13,7 +13,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.helm.conftest import rendered_ci
+from tests.helm.conftest import ci
 from tests.helm.crds import validate_custom_resource
 from tests.helm.rendering import (
     CHART_DIR,
@@ -32,10 +32,6 @@ from tests.helm.rendering import (
 DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 MONITORING_API = "monitoring.coreos.com/v1"
-
-
-def ci(name: str) -> Rendered:
-    return rendered_ci(CI_VALUES_DIR / f"{name}-values.yaml")
 
 
 def env_of(container: dict[str, Any]) -> dict[str, str]:

@@ -8,16 +8,12 @@ import helm_python
 import promql_parser
 import pytest
 
-from tests.helm.conftest import rendered_ci
+from tests.helm.conftest import ci
 from tests.helm.crds import validate_custom_resource
-from tests.helm.rendering import CI_VALUES_DIR, NAMESPACE, Rendered, render
+from tests.helm.rendering import NAMESPACE, Rendered, render
 
 MONITORING_API = "monitoring.coreos.com/v1"
 SCRAPED = {"serviceMonitor": {"enabled": True, "force": True}}
-
-
-def ci(name: str) -> Rendered:
-    return rendered_ci(CI_VALUES_DIR / f"{name}-values.yaml")
 
 
 def by_model(rendered: Rendered) -> dict[str, dict[str, Any]]:
