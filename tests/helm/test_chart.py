@@ -598,6 +598,12 @@ def test_config_change_rolls_only_the_changed_engine() -> None:
     # The router's routes do not carry max_model_len, so only the gemma engine restarts.
     assert differing == ["ty-tokenyard-engine-gemma-3-270m"]
 
+    # Scaling settings change the pod count, not the pods: no model reload for them.
+    scaled = {"serviceMonitor": {"enabled": True, "force": True}}
+    scaling = {"keda": {"enabled": True, "maxReplicaCount": 9, "routerTrigger": {"threshold": "2"}},
+               "replicaCount": 3, "progressDeadlineSeconds": 5000}
+    assert checksums(scaled) == checksums({**scaled, "engineDefaults": scaling})
+
 
 # --- names ------------------------------------------------------------------------------------
 
