@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helm.rendering import Rendered, ci_values_files, load_values, render
+from tests.helm.rendering import CI_VALUES_DIR, Rendered, ci_values_files, load_values, render
 
 _rendered: dict[Path, Rendered] = {}
 
@@ -14,6 +14,11 @@ def rendered_ci(path: Path) -> Rendered:
     if path not in _rendered:
         _rendered[path] = render(load_values(path))
     return _rendered[path]
+
+
+def ci(name: str) -> Rendered:
+    """The rendering of helm/tokenyard/ci/<name>-values.yaml."""
+    return rendered_ci(CI_VALUES_DIR / f"{name}-values.yaml")
 
 
 @pytest.fixture(params=ci_values_files(), ids=lambda path: path.name.removesuffix("-values.yaml"))

@@ -10,11 +10,11 @@ from typing import Any
 
 import helm_python
 import kubernetes_validate
-import promql_parser
 import pytest
 import yaml
 
-from tests.helm.conftest import rendered_ci
+from tests.helm.conftest import ci
+from tests.helm.crds import validate_custom_resource
 from tests.helm.rendering import (
     CHART_DIR,
     CI_VALUES_DIR,
@@ -32,10 +32,6 @@ from tests.helm.rendering import (
 DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 MONITORING_API = "monitoring.coreos.com/v1"
-
-
-def ci(name: str) -> Rendered:
-    return rendered_ci(CI_VALUES_DIR / f"{name}-values.yaml")
 
 
 def env_of(container: dict[str, Any]) -> dict[str, str]:
@@ -69,6 +65,12 @@ def test_every_object_validates_against_kubernetes_schemas(ci_rendered: Rendered
             kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
         except kubernetes_validate.ValidationError as error:
             pytest.fail(f"{where}: {'.'.join(map(str, error.path))}: {error.message}")
+
+
+def test_custom_resources_validate_against_upstream_crds(ci_rendered: Rendered) -> None:
+    for obj in ci_rendered.objects:
+        if obj["kind"] in CUSTOM_KINDS:
+            validate_custom_resource(obj)
 
 
 def test_only_known_kinds_are_rendered(ci_rendered: Rendered) -> None:
@@ -114,6 +116,34 @@ def test_engines_get_minutes_to_load_a_model() -> None:
     for engine in ci("default").engines:
         startup = main_container(engine)["startupProbe"]
         assert startup["periodSeconds"] * startup["failureThreshold"] >= 600
+
+
+def startup_budget_s(container: dict[str, Any]) -> int:
+    startup = container["startupProbe"]
+    budget: int = startup.get("initialDelaySeconds", 0) + startup["failureThreshold"] * startup["periodSeconds"]
+    return budget
+
+
+def test_engine_rollouts_outlast_the_startup_probe(ci_rendered: Rendered) -> None:
+    """A rollout is not marked failed (Helm --wait, Argo CD) while the startup probe still waits for the model."""
+    for engine in ci_rendered.engines:
+        assert engine["spec"]["progressDeadlineSeconds"] > startup_budget_s(main_container(engine))
+
+
+def test_progress_deadline_follows_the_startup_probe_or_a_value() -> None:
+    (gemma, _) = ci("default").engines
+    assert startup_budget_s(main_container(gemma)) == 1200
+    assert gemma["spec"]["progressDeadlineSeconds"] == 1800  # the budget plus 600 s for pull and preparation
+
+    slow = {"startup": {"initialDelaySeconds": 30, "periodSeconds": 20, "failureThreshold": 180}}
+    rendered = render({"engineDefaults": {"probes": slow},
+                       "models": [{"name": "a", "model": "/a"}, {"name": "b", "model": "/b",
+                                                                  "progressDeadlineSeconds": 7200}]})
+    deadlines = {rendered.config_of(e)["models"][0]["name"]: e["spec"]["progressDeadlineSeconds"]
+                 for e in rendered.engines}
+    assert deadlines == {"a": 30 + 20 * 180 + 600, "b": 7200}
+    with pytest.raises(helm_python.HelmRenderError, match="progressDeadlineSeconds 900 is shorter than"):
+        render({"engineDefaults": {"progressDeadlineSeconds": 900}})
 
 
 def test_termination_grace_covers_prestop_and_drain(ci_rendered: Rendered) -> None:
@@ -302,6 +332,7 @@ def test_cpu_values_request_no_gpu(name: str) -> None:
 
 def test_model_overrides_replace_defaults_even_with_false_or_zero() -> None:
     rendered = render({
+        "serviceMonitor": {"enabled": True, "force": True},
         "engineDefaults": {"gpu": {"count": 1}, "keda": {"enabled": True}, "replicaCount": 3},
         "models": [
             {"name": "big", "model": "/models/big"},
@@ -385,6 +416,29 @@ def test_api_keys_secret_is_mounted_when_keys_are_set() -> None:
     assert "ty-ci-key" not in json.dumps(rendered.of_kind("Deployment"))
 
 
+def test_hub_token_comes_from_an_existing_secret() -> None:
+    rendered = ci("keys-monitoring-keda")
+    engines = {rendered.config_of(e)["models"][0]["name"]: e for e in rendered.engines}
+    (token,) = [item for item in main_container(engines["gemma-3-270m"])["env"] if item["name"] == "HF_TOKEN"]
+    assert token == {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf-hub", "key": "token"}}}
+    # A model may turn it off; the router never gets it; the chart creates no Secret for it.
+    assert "HF_TOKEN" not in env_of(main_container(engines["all-MiniLM-L6-v2"]))
+    assert "HF_TOKEN" not in env_of(main_container(rendered.router))
+    assert [s["metadata"]["name"] for s in rendered.of_kind("Secret")] == ["ty-tokenyard-api-keys"]
+    for engine in ci("default").engines:
+        assert "HF_TOKEN" not in env_of(main_container(engine))
+
+
+def test_hub_downloads_land_on_the_model_cache() -> None:
+    rendered = render({"engineDefaults": {"modelCache": {"type": "pvc"}, "hfTokenSecret": {"name": "hf"}},
+                       "models": [{"name": "qwen", "model": "Qwen/Qwen2.5-0.5B-Instruct"}]})
+    (engine,) = rendered.engines
+    env = env_of(main_container(engine))
+    assert env["HF_HOME"] == "/var/cache/tokenyard/huggingface"
+    assert env["TOKENYARD_CACHE_DIR"] == "/var/cache/tokenyard"
+    kubernetes_validate.validate(engine, KUBE_VERSION, strict=True)
+
+
 def test_no_keys_no_secret() -> None:
     rendered = ci("default")
     assert rendered.of_kind("Secret") == []
@@ -408,7 +462,7 @@ def test_engines_never_see_the_keys() -> None:
         assert "auth" not in rendered.config_of(engine)
 
 
-# --- ServiceMonitor and KEDA ------------------------------------------------------------------
+# --- ServiceMonitor (KEDA: test_keda.py) --------------------------------------------------------
 
 
 def test_servicemonitor_is_off_by_default() -> None:
@@ -443,38 +497,6 @@ def test_servicemonitor_shape() -> None:
     assert all(any(p["name"] == "http" for p in s["spec"]["ports"]) for s in scraped)
 
 
-@pytest.mark.parametrize("name", ["default", "cpu-embedded", "multi-model-gpu"])
-def test_keda_is_off_by_default(name: str) -> None:
-    rendered = ci(name)
-    assert rendered.of_kind("ScaledObject") == []
-    assert all("replicas" in engine["spec"] for engine in rendered.engines)
-
-
-def test_keda_scaledobject_shape() -> None:
-    rendered = ci("keys-monitoring-keda")
-    engines = {rendered.config_of(e)["models"][0]["name"]: e for e in rendered.engines}
-    (scaled,) = rendered.of_kind("ScaledObject")
-    gemma = engines["gemma-3-270m"]
-    assert scaled["apiVersion"] == "keda.sh/v1alpha1"
-    assert scaled["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
-                                                "name": gemma["metadata"]["name"]}
-    assert (scaled["spec"]["minReplicaCount"], scaled["spec"]["maxReplicaCount"]) == (1, 6)
-    (trigger,) = scaled["spec"]["triggers"]
-    assert trigger["type"] == "prometheus"
-    metadata = trigger["metadata"]
-    assert metadata["serverAddress"] == "http://kube-prometheus-stack-prometheus.monitoring.svc:9090"
-    assert metadata["threshold"] == "8"
-    assert all(isinstance(value, str) for value in metadata.values())
-    selectors: list[Any] = []
-    promql_parser.walk(promql_parser.parse(metadata["query"]),
-                       lambda node: selectors.append(node) if isinstance(node, promql_parser.VectorSelector) else None)
-    assert [s.name for s in selectors] == ["vllm:num_requests_waiting"]
-    assert 'model_name="gemma-3-270m"' in metadata["query"] and f'namespace="{NAMESPACE}"' in metadata["query"]
-    # KEDA owns the replica count of the scaled engine; the other one keeps its fixed count.
-    assert "replicas" not in gemma["spec"]
-    assert engines["all-MiniLM-L6-v2"]["spec"]["replicas"] == 2
-
-
 # --- router scaling, security, helm test, dashboards -------------------------------------------
 
 
@@ -487,11 +509,26 @@ def test_router_hpa_and_pdb() -> None:
     assert main_container(router)["resources"]["requests"]["cpu"]
     (pdb,) = rendered.of_kind("PodDisruptionBudget")
     assert pdb["spec"]["selector"]["matchLabels"] == router["spec"]["selector"]["matchLabels"]
-    assert pdb["spec"]["minAvailable"] < hpa["spec"]["minReplicas"]
+    assert pdb["spec"]["maxUnavailable"] < hpa["spec"]["minReplicas"]
 
     small = ci("cpu-embedded")
     assert small.of_kind("HorizontalPodAutoscaler") == [] and small.of_kind("PodDisruptionBudget") == []
     assert small.router["spec"]["replicas"] == 1
+
+
+def test_router_pdb_lets_a_drain_evict_a_lone_router() -> None:
+    """minAvailable 1 over one pod would refuse every eviction; maxUnavailable 1 always allows one."""
+    rendered = render({"router": {"replicaCount": 1, "autoscaling": {"enabled": False}}})
+    assert rendered.router["spec"]["replicas"] == 1
+    (pdb,) = rendered.of_kind("PodDisruptionBudget")
+    assert "minAvailable" not in pdb["spec"]
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+    kubernetes_validate.validate(pdb, KUBE_VERSION, strict=True)
+    tuned = render({"router": {"podDisruptionBudget": {"maxUnavailable": "50%", "unhealthyPodEvictionPolicy": ""}}})
+    (pdb,) = tuned.of_kind("PodDisruptionBudget")
+    assert pdb["spec"] == {"maxUnavailable": "50%", "selector": pdb["spec"]["selector"]}
+    kubernetes_validate.validate(pdb, KUBE_VERSION, strict=True)
 
 
 def test_pods_run_as_non_root(ci_rendered: Rendered) -> None:
@@ -560,6 +597,12 @@ def test_config_change_rolls_only_the_changed_engine() -> None:
     differing = sorted(name for name in before if before[name] != after[name])
     # The router's routes do not carry max_model_len, so only the gemma engine restarts.
     assert differing == ["ty-tokenyard-engine-gemma-3-270m"]
+
+    # Scaling settings change the pod count, not the pods: no model reload for them.
+    scaled = {"serviceMonitor": {"enabled": True, "force": True}}
+    scaling = {"keda": {"enabled": True, "maxReplicaCount": 9, "routerTrigger": {"threshold": "2"}},
+               "replicaCount": 3, "progressDeadlineSeconds": 5000}
+    assert checksums(scaled) == checksums({**scaled, "engineDefaults": scaling})
 
 
 # --- names ------------------------------------------------------------------------------------

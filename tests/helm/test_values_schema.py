@@ -81,7 +81,13 @@ BAD_VALUES = {
     "bad log level": {"logLevel": "verbose"},
     "keys not a list": {"apiKeys": {"keys": "secret-key-1"}},
     "key with a space": {"apiKeys": {"keys": ["two words"]}},
-    "numeric KEDA threshold": {"engineDefaults": {"keda": {"threshold": 5}}},
+    "numeric KEDA threshold": {"engineDefaults": {"keda": {"routerTrigger": {"threshold": 5}}}},
+    "KEDA fallback without replicas": {"engineDefaults": {"keda": {"fallback": {"failureThreshold": 3}}}},
+    "unknown KEDA fallback behavior": {"engineDefaults": {"keda": {"fallback": {
+        "failureThreshold": 3, "replicas": 1, "behavior": "max"}}}},
+    "hub token as a plain value": {"engineDefaults": {"hfTokenSecret": "hf_abcdefghijklmnop"}},
+    "PDB that blocks drains": {"router": {"podDisruptionBudget": {"maxUnavailable": 0}}},
+    "negative progress deadline": {"models": [{"name": "m", "model": "/m", "progressDeadlineSeconds": -1}]},
     "bad quantity": {"router": {"resources": {"limits": {"memory": "lots"}}}},
     "bad scrape interval": {"serviceMonitor": {"interval": "fast"}},
 }

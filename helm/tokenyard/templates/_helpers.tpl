@@ -198,3 +198,60 @@ lifecycle:
 - name: home
   mountPath: /home/tokenyard
 {{- end -}}
+
+{{/* "true" when the ServiceMonitor is rendered: enabled, and the cluster serves its API (or force is set). */}}
+{{- define "tokenyard.serviceMonitorRendered" -}}
+{{- $sm := .Values.serviceMonitor -}}
+{{- if and $sm.enabled (or $sm.force (.Capabilities.APIVersions.Has "monitoring.coreos.com/v1")) -}}true{{- end -}}
+{{- end -}}
+
+{{/*
+The KEDA triggers of one engine, given (list root engine), as YAML {triggers: [...]}; empty when KEDA is
+off or when no trigger can have a series. Two triggers, not one combined query: KEDA's HPA scales to
+the larger of their replica counts and the ScaledObject is active while either is, so each query stays
+a plain sum and one series being absent (KEDA reads an empty result as 0) cannot hide the other.
+- router: the requests the router holds or queues for this model (tokenyard_route_waiting_requests,
+  summed over router pods, as the ServiceMonitor scrapes them from the router Service). The router
+  holds a request for a model with no ready engine, so this series exists at zero engine pods: it is
+  what scales an engine from 0 to 1. Its `model` label is the route's name, which is the model's name.
+- engine: vLLM's own queue on the model's engine pods (vllm:num_requests_waiting), which drives
+  1 -> N. Embedding engines publish no vllm:* metrics, so an embed model gets it only with a query of
+  its own; with the router trigger off as well, it renders no ScaledObject and keeps replicaCount.
+*/}}
+{{- define "tokenyard.kedaTriggers" -}}
+{{- $root := index . 0 -}}
+{{- $engine := index . 1 -}}
+{{- $keda := $engine.keda -}}
+{{- $triggers := list -}}
+{{- if $keda.enabled -}}
+{{- $router := $keda.routerTrigger -}}
+{{- if $router.enabled -}}
+{{- $query := printf "sum(tokenyard_route_waiting_requests{namespace=%q, service=%q, model=%q})" $root.Release.Namespace (include "tokenyard.routerName" $root) $engine.name -}}
+{{- $triggers = append $triggers (merge (dict "name" "router-queue" "query" (default $query $router.query)) $router) -}}
+{{- end -}}
+{{- $own := $keda.engineTrigger -}}
+{{- if and $own.enabled (or (eq $engine.kind "generate") $own.query) -}}
+{{- $query := printf "sum(vllm:num_requests_waiting{namespace=%q, service=%q, model_name=%q})" $root.Release.Namespace $engine.headless $engine.name -}}
+{{- $triggers = append $triggers (merge (dict "name" "engine-queue" "query" (default $query $own.query)) $own) -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml (dict "triggers" $triggers) -}}
+{{- end -}}
+
+{{/*
+progressDeadlineSeconds of an engine: its own value, or the startup probe's whole budget plus 600 s for
+scheduling, the image pull and the model preparation, so that a slow model load is not reported as a
+failed rollout (by Helm --wait or Argo CD) while the probe would still wait for it.
+*/}}
+{{- define "tokenyard.progressDeadlineSeconds" -}}
+{{- $startup := .probes.startup -}}
+{{- $budget := add (default 0 $startup.initialDelaySeconds) (mul (default 3 $startup.failureThreshold) (default 10 $startup.periodSeconds)) -}}
+{{- if .progressDeadlineSeconds -}}
+{{- if lt (int .progressDeadlineSeconds) (int $budget) -}}
+{{- fail (printf "models: %q: progressDeadlineSeconds %v is shorter than the startup probe's budget of %v s (initialDelaySeconds + failureThreshold x periodSeconds); raise it, or set 0 to derive it" .name .progressDeadlineSeconds $budget) -}}
+{{- end -}}
+{{- .progressDeadlineSeconds -}}
+{{- else -}}
+{{- add $budget 600 -}}
+{{- end -}}
+{{- end -}}
