@@ -60,7 +60,10 @@ def test_generate_model_wakes_on_the_router_queue_and_grows_on_vllms() -> None:
                                                 "name": gemma["metadata"]["name"]}
     assert "replicas" not in gemma["spec"], "KEDA owns the replica count"
     triggers = {t["name"]: t for t in scaled["spec"]["triggers"]}
-    assert sorted(triggers) == ["engine-queue", "router-queue"]
+    assert sorted(triggers) == ["engine-queue", "router-in-flight", "router-queue"]
+    busy = triggers.pop("router-in-flight")["metadata"]  # keeps the engine up while requests run on it
+    assert selector(busy["query"])[0] == "tokenyard_route_in_flight_requests"
+    assert (busy["activationThreshold"], int(busy["threshold"]) >= 10**6) == ("0", True)
     for trigger in triggers.values():
         assert trigger["type"] == "prometheus"
         metadata = trigger["metadata"]
@@ -88,7 +91,8 @@ def test_generate_model_wakes_on_the_router_queue_and_grows_on_vllms() -> None:
 def test_embed_model_scales_on_the_router_queue_only() -> None:
     rendered = ci("keys-monitoring-keda")
     scaled = by_model(rendered)["all-MiniLM-L6-v2"]
-    (trigger,) = scaled["spec"]["triggers"]
+    trigger, busy = scaled["spec"]["triggers"]
+    assert busy["name"] == "router-in-flight"
     metric, labels = selector(trigger["metadata"]["query"])
     assert (trigger["name"], metric, labels["model"]) == ("router-queue", "tokenyard_route_waiting_requests",
                                                           "all-MiniLM-L6-v2")

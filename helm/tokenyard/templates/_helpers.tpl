@@ -214,6 +214,10 @@ a plain sum and one series being absent (KEDA reads an empty result as 0) cannot
   summed over router pods, as the ServiceMonitor scrapes them from the router Service). The router
   holds a request for a model with no ready engine, so this series exists at zero engine pods: it is
   what scales an engine from 0 to 1. Its `model` label is the route's name, which is the model's name.
+- router-in-flight, with the router trigger: the model's requests running on an engine now
+  (tokenyard_route_in_flight_requests). Its threshold is so high that it never asks for more than one
+  pod; it is there so that the ScaledObject stays active, and an engine is not scaled to zero, while
+  requests still run on it but none waits.
 - engine: vLLM's own queue on the model's engine pods (vllm:num_requests_waiting), which drives
   1 -> N. Embedding engines publish no vllm:* metrics, so an embed model gets it only with a query of
   its own; with the router trigger off as well, it renders no ScaledObject and keeps replicaCount.
@@ -228,6 +232,8 @@ a plain sum and one series being absent (KEDA reads an empty result as 0) cannot
 {{- if $router.enabled -}}
 {{- $query := printf "sum(tokenyard_route_waiting_requests{namespace=%q, service=%q, model=%q})" $root.Release.Namespace (include "tokenyard.routerName" $root) $engine.name -}}
 {{- $triggers = append $triggers (merge (dict "name" "router-queue" "query" (default $query $router.query)) $router) -}}
+{{- $busy := printf "sum(tokenyard_route_in_flight_requests{namespace=%q, service=%q, model=%q})" $root.Release.Namespace (include "tokenyard.routerName" $root) $engine.name -}}
+{{- $triggers = append $triggers (dict "name" "router-in-flight" "query" $busy "threshold" "1000000" "activationThreshold" "0") -}}
 {{- end -}}
 {{- $own := $keda.engineTrigger -}}
 {{- if and $own.enabled (or (eq $engine.kind "generate") $own.query) -}}
