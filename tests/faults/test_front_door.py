@@ -190,3 +190,12 @@ def test_a_trailing_slash_is_served_without_a_redirect_to_the_clients_host(fleet
                          json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
         assert chat.status_code == 200 and "location" not in chat.headers
         assert chat.json()["choices"][0]["message"]["content"]
+
+
+def test_a_request_the_parser_refuses_gets_an_openai_400(fleet: Fleet) -> None:
+    router = _start(fleet)
+    for request in (b"GET /health HTTP/1.1\r\nHost x\r\n\r\n", b"FROB /health HTTP/1.1\r\nHost: x\r\n\r\n"):
+        head, error = _status_and_error(_exchange(router.port, request))
+        assert head.startswith(b"HTTP/1.1 400 ") and b"connection: close" in head
+        assert error == {"message": "Invalid HTTP request received.", "type": "invalid_request_error",
+                         "param": None, "code": None}
