@@ -4,8 +4,8 @@ shape, then one JSON parse.
 413 comes before any parsing, from content-length when there is one and from the running count
 when there is not (chunked uploads). A body that trickles in gets 408 once `body_timeout_s` has
 passed since the request began. A body past max_json_elements, max_json_containers or max_json_depth
-gets 400 before it is parsed (see check_shape). The parsed body is kept for the limits and admission middlewares,
-and the raw bytes are replayed to the app.
+gets 400 before it is parsed (see check_shape). The parsed body is kept for the limits and admission
+middlewares, and the raw bytes are replayed to the app.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def check_shape(raw: bytes, bounds: JsonBounds) -> None:
     if raw.count(b"[") + raw.count(b"{") <= min(bounds.depth, bounds.containers):
         return  # even counting the brackets inside strings, within both bounds
     brackets = _brackets_outside_strings(raw, bounds)
-    if brackets.count(b"[") + brackets.count(b"{") > bounds.containers:
+    if len(brackets) > 2 * bounds.containers:  # each opens and closes once: more is too many, or not JSON
         raise _too_many_containers(bounds)
     if max(accumulate(map(_STEP.__getitem__, brackets)), default=0) > bounds.depth:
         raise InvalidRequest(f"The request body nests deeper than {bounds.depth} levels.")

@@ -177,6 +177,8 @@ def test_shapes_past_a_bound_are_refused_before_parsing() -> None:
     # Strings holding brackets, kept apart by brackets: too many containers is known without visiting each.
     assert _refusal(b"[" + b",".join([b'["["]'] * 30) + b"]", JsonBounds(depth=4, containers=10, elements=1000)) \
         == "The request body has more than 10 JSON arrays and objects."
+    assert _refusal(b'{"a": [[[[' + b"]" * 1000 + b"}", small) == \
+        "The request body has more than 10 JSON arrays and objects."  # closers alone cost the walk too
     with pytest.raises(InvalidRequest, match="not valid JSON"):  # unterminated: within the bounds, for orjson to say
         parse_within(b'{"a": "[[[[[[[[[[[[[', small)
 
