@@ -137,8 +137,8 @@ def body_writer(scope: Any) -> BodyWriter | None:
     return writer
 
 
-class HeadTooLarge(Exception):
-    """Raised in a parser callback to stop httptools; uvicorn then calls send_400_response, and 431 is sent instead."""
+class StopParsing(Exception):
+    """Raised in a parser callback to stop httptools at once; uvicorn then calls send_400_response."""
 
 
 def closing_answer(exc: GatewayError) -> bytes:
@@ -198,7 +198,7 @@ def bounded_protocol(limits: LimitSettings) -> type[asyncio.Protocol]:
             # A head that came whole in one read was not caught by the count in data_received.
             if len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers) > max_head:
                 self._head_over = True
-                raise HeadTooLarge()
+                raise StopParsing()
             self._head_bytes = None
             super().on_headers_complete()
             if self.cycle is not None and self.cycle.scope is self.scope:  # not an upgrade
