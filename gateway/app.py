@@ -17,7 +17,7 @@ from gateway import middleware
 from gateway.api import embeddings, generation, health, lora, models, responses, tokenize
 from gateway.api.common import json_response
 from gateway.api.passthrough import PassThrough
-from gateway.errors import GatewayError, error_payload, invalid_fields, status_error
+from gateway.errors import GatewayError, MethodNotAllowed, error_payload, invalid_fields, status_error
 from gateway.lifecycle import Drain
 from gateway.settings import Settings
 from gateway.state import AppState
@@ -44,7 +44,14 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
-        return await gateway_error(request, status_error(exc.status_code, str(exc.detail)))
+        if exc.status_code != 405:
+            return await gateway_error(request, status_error(exc.status_code, str(exc.detail)))
+        allow = (exc.headers or {}).get("Allow", "")
+        if "GET" in allow.split(", "):
+            allow += ", HEAD"  # served wherever GET is (gateway.middleware.canonical)
+        response = await gateway_error(request, MethodNotAllowed(f"This method is not allowed here; allowed: {allow}."))
+        response.headers["allow"] = allow
+        return response
 
     app.add_exception_handler(GatewayError, gateway_error)
     app.add_exception_handler(RequestValidationError, validation_error)
@@ -89,7 +96,8 @@ def create_app(settings: Settings, adapter_factory: AdapterFactory | None = None
                 # What is left of the drain deadline: after a SIGTERM drain, the requests are done already.
                 await adapter.close(state.drain.time_left(settings.drain_deadline_s))
 
-    app = FastAPI(title="tokenyard", version="0.1.0", lifespan=lifespan)
+    # No redirect for a trailing slash: its Location would name the client's Host (see middleware.canonical).
+    app = FastAPI(title="tokenyard", version="0.1.0", lifespan=lifespan, redirect_slashes=False)
     app.state.tokenyard = state
     _install_error_handlers(app)
     _document_validation_as_400(app)

@@ -6,9 +6,11 @@
     ├── AuthenticationFailed          401 code=invalid_api_key
     ├── NotFound                      404
     │   └── ModelNotFound             404 code=model_not_found
+    ├── MethodNotAllowed              405 code=method_not_allowed     (the answer carries `Allow`)
     ├── RequestTimeout                408 code=request_timeout       (the body came too slowly)
     ├── PayloadTooLarge               413
     ├── RateLimited                   429 code=rate_limit_exceeded      (retryable)
+    ├── HeaderTooLarge                431 code=request_header_fields_too_large  (answered by the HTTP protocol)
     └── EngineUnavailable             503 code=engine_unavailable      (retryable)
 
 Engine adapters raise these too; they import nothing but this module.
@@ -67,6 +69,13 @@ class ModelNotFound(NotFound):
         super().__init__(f"The model `{model}` does not exist.", param="model")
 
 
+class MethodNotAllowed(GatewayError):
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
+    public_message = True
+
+
 class RequestTimeout(GatewayError):
     status = 408
     type = "invalid_request_error"
@@ -86,6 +95,13 @@ class RateLimited(GatewayError):
     type = "rate_limit_error"
     code = "rate_limit_exceeded"
     retryable = True
+    public_message = True
+
+
+class HeaderTooLarge(GatewayError):
+    status = 431
+    type = "invalid_request_error"
+    code = "request_header_fields_too_large"
     public_message = True
 
 

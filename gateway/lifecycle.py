@@ -18,15 +18,19 @@ import gc
 import logging
 import time
 from collections.abc import Callable
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Protocol
 
+import orjson
+
+from gateway.errors import GatewayError, HeaderTooLarge, InvalidRequest, error_payload
 from gateway.observability.logging import FIELDS_ATTR
 
 if TYPE_CHECKING:
     import uvicorn
     from fastapi import FastAPI
 
-    from gateway.settings import Settings
+    from gateway.settings import LimitSettings, Settings
     from gateway.state import AppState
 
 log = logging.getLogger(__name__)
@@ -34,6 +38,8 @@ log = logging.getLogger(__name__)
 _POLL_S = 0.05
 # After the cut-off: time for cut requests to write their last event, and for uvicorn to close sockets.
 _AFTER_CUT_S = 1.0
+# After a 431 or a protocol 400: how long what the client still sends is read and dropped before the close.
+_LINGER_S = 1.0
 
 
 class CutOff(Protocol):
@@ -126,27 +132,61 @@ class BodyWriter:
 
 
 def body_writer(scope: Any) -> BodyWriter | None:
-    """The request's BodyWriter: there when uvicorn runs the app through header_timeout_protocol."""
+    """The request's BodyWriter: there when uvicorn runs the app through bounded_protocol."""
     writer: BodyWriter | None = scope.get("extensions", {}).get(BODY_WRITER)
     return writer
 
 
-def header_timeout_protocol(header_timeout_s: float) -> type[asyncio.Protocol]:
-    """uvicorn's httptools protocol, plus a deadline for a request's headers, and each request's BodyWriter,
-    which it tells when the connection ends.
+class StopParsing(Exception):
+    """Raised in a parser callback to stop httptools at once; uvicorn then calls send_400_response."""
+
+
+def closing_answer(exc: GatewayError) -> bytes:
+    """A whole answer with `exc` in OpenAI's error shape, for the protocol to write before it closes."""
+    status, body = error_payload(exc)
+    raw = orjson.dumps(body)
+    head = f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\ncontent-type: application/json\r\n" \
+           f"content-length: {len(raw)}\r\nconnection: close\r\n\r\n"
+    return head.encode() + raw
+
+
+def bounded_protocol(limits: LimitSettings) -> type[asyncio.Protocol]:
+    """uvicorn's httptools protocol, plus bounds on a request's head (a deadline and a size), and each request's
+    BodyWriter, which it tells when the connection ends.
 
     uvicorn times out idle keep-alive connections only after a response; a connection that never
-    sends a request, or sends its headers a byte at a time, would otherwise be held for ever.
+    sends a request, or sends its headers a byte at a time, would otherwise be held for ever. Nor does
+    it (or httptools) bound a head's size: a header of many megabytes would be gathered and parsed whole.
+    Here the bytes that arrive while a head is incomplete are counted, and past max_header_bytes the
+    client gets 431 at once; the rest of what it sends is read and dropped for a moment (so that it can
+    read the answer rather than a reset), then the connection closes. A request httptools cannot parse
+    gets uvicorn's 400 the same way, in OpenAI's error shape.
     """
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-    class HeaderTimeoutProtocol(HttpToolsProtocol):
+    header_timeout_s, max_head = limits.header_timeout_s, limits.max_header_bytes
+    head_too_large = f"The request line and headers are larger than {max_head} bytes."
+
+    class BoundedProtocol(HttpToolsProtocol):
         _header_timer: asyncio.TimerHandle | None = None
         _writer: BodyWriter | None = None  # the latest request's, which is the one uvicorn tells of a disconnect
+        # Bytes received since the last head ended (or the connection began); None while a body is read.
+        _head_bytes: int | None = 0
+        _head_over = False  # set just before the parser is stopped for a head past the bound
+        _refused = False  # answered 431 or 400: what arrives now is dropped until the connection closes
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            if self._refused:
+                return
+            if self._head_bytes is not None:
+                self._head_bytes += len(data)
+            super().data_received(data)
+            if self._head_bytes is not None and self._head_bytes > max_head and not self.transport.is_closing():
+                self._refuse(HeaderTooLarge(head_too_large))  # still no end of the head in sight
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
@@ -155,10 +195,22 @@ def header_timeout_protocol(header_timeout_s: float) -> type[asyncio.Protocol]:
 
         def on_headers_complete(self) -> None:
             self._disarm()
+            # A head that came whole in one read was not caught by the count in data_received.
+            if len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers) > max_head:
+                self._head_over = True
+                raise StopParsing()
+            self._head_bytes = None
             super().on_headers_complete()
             if self.cycle is not None and self.cycle.scope is self.scope:  # not an upgrade
                 extensions: dict[str, Any] = self.scope.setdefault("extensions", {})  # type: ignore[assignment]
                 self._writer = extensions[BODY_WRITER] = BodyWriter(self.cycle, self.loop)
+
+        def on_message_complete(self) -> None:
+            super().on_message_complete()
+            self._head_bytes = 0
+
+        def send_400_response(self, msg: str) -> None:
+            self._refuse(HeaderTooLarge(head_too_large) if self._head_over else InvalidRequest(msg))
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
@@ -166,6 +218,13 @@ def header_timeout_protocol(header_timeout_s: float) -> type[asyncio.Protocol]:
             writer = self._writer
             if writer is not None and writer.lost is not None and not writer.cycle.response_complete:
                 writer.lost()
+
+        def _refuse(self, exc: GatewayError) -> None:
+            self._refused = True
+            self._disarm()
+            self.transport.write(closing_answer(exc))
+            # Closing at once, with the client's bytes unread, would send a reset that can discard the answer.
+            self._header_timer = self.loop.call_later(_LINGER_S, self.transport.close)
 
         def _arm(self) -> None:
             self._header_timer = self.loop.call_later(header_timeout_s, self._headers_too_slow)
@@ -180,7 +239,7 @@ def header_timeout_protocol(header_timeout_s: float) -> type[asyncio.Protocol]:
             if not self.transport.is_closing():
                 self.transport.close()
 
-    return HeaderTimeoutProtocol
+    return BoundedProtocol
 
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
@@ -191,7 +250,7 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         "log_level": settings.log_level,
         "log_config": None,  # our JSON handler on the root logger formats uvicorn's records too
         "access_log": False,  # the gateway writes its own access log, with request ids
-        "http": header_timeout_protocol(limits.header_timeout_s),
+        "http": bounded_protocol(limits),
         "timeout_keep_alive": limits.keep_alive_timeout_s,
         # The drain has already waited for the requests; this only covers sockets still closing.
         "timeout_graceful_shutdown": int(_AFTER_CUT_S),

@@ -162,7 +162,13 @@ class LimitSettings(BaseModel):
     max_queue: int = Field(default=512, ge=0)
     queue_timeout_s: float = Field(default=30.0, gt=0)
     # Request size and slow clients.
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024, description="The request line and headers; past it, 431.")
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    # The JSON body's shape, checked before it is parsed; past a bound, 400.
+    max_json_depth: int = Field(default=64, ge=2)
+    max_json_containers: int = Field(default=20_000, ge=1, description="Arrays and objects in the body.")
+    max_json_elements: int = Field(default=250_000, ge=1, description="Values in the body's arrays and objects, "
+                                   "counted by their commas (commas inside strings count too).")
     body_timeout_s: float = Field(default=30.0, gt=0)
     header_timeout_s: float = Field(default=10.0, gt=0)
     keep_alive_timeout_s: int = Field(default=5, ge=1)

@@ -1,11 +1,13 @@
 """The front door: pure ASGI middlewares, outermost first.
 
     RequestLogMiddleware   request id in and out, JSON access log, a 500 with its id
+    CanonicalRequestMiddleware  HEAD as GET without a body; a path's trailing slash dropped
     CORSMiddleware         only when allowed_origins is set (deny by default); outside auth, so
                            preflights and 401s carry CORS headers
     DrainMiddleware        503 while draining; tracks in-flight requests for the drain deadline
-    AuthMiddleware         401 without a valid key
-    BodyMiddleware         413 / 408 as the bytes arrive, one JSON parse, 400 for bad JSON
+    AuthMiddleware         401 without a valid key, 400 for more than one Authorization header
+    BodyMiddleware         413 / 408 as the bytes arrive, 400 for a costly JSON shape, one JSON parse,
+                           400 for bad JSON
     LimitsMiddleware       caps (400), per-key rate limits (429) and x-ratelimit-* headers
     AdmissionMiddleware    per-model in-flight cap and priority queue (429 / 503)
 
@@ -21,6 +23,7 @@ from starlette.middleware.cors import CORSMiddleware
 from gateway.middleware.admission import AdmissionMiddleware
 from gateway.middleware.auth import AuthMiddleware
 from gateway.middleware.body import BodyMiddleware
+from gateway.middleware.canonical import CanonicalRequestMiddleware
 from gateway.middleware.drain import DrainMiddleware
 from gateway.middleware.limits import LimitsMiddleware
 from gateway.middleware.request_log import RequestLogMiddleware
@@ -42,4 +45,5 @@ def install(app: FastAPI, state: AppState) -> None:
         app.add_middleware(CORSMiddleware, allow_origins=cors.allowed_origins, allow_methods=cors.allowed_methods,
                            allow_headers=cors.allowed_headers, allow_credentials=cors.allow_credentials,
                            expose_headers=_EXPOSED)
+    app.add_middleware(CanonicalRequestMiddleware)
     app.add_middleware(RequestLogMiddleware)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.errors import AuthenticationFailed
+from gateway.errors import AuthenticationFailed, InvalidRequest
 from gateway.middleware.context import METRICS_PATH, PROBE_PATHS, header, request_info, send_error
 from gateway.settings import ApiKey
 from gateway.state import AppState
@@ -114,6 +114,10 @@ class KeyStore:
         log.info("loaded %d key(s) from the keys file", len(self._from_file))
 
 
+def _authorizations(scope: Scope) -> int:
+    return sum(1 for name, _ in scope["headers"] if name == b"authorization")
+
+
 def bearer_token(scope: Scope) -> str | None:
     value = header(scope, b"authorization")
     if value is None:
@@ -131,6 +135,10 @@ class AuthMiddleware:
         self.keys = KeyStore(state.settings.api_keys, state.settings.auth.api_keys_file)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] not in PROBE_PATHS and _authorizations(scope) > 1:
+            # Which one would count is ours to guess, and another hop may guess differently: refuse.
+            await send_error(send, InvalidRequest("The request has more than one Authorization header."))
+            return
         if not self._needs_key(scope):
             await self.app(scope, receive, send)
             return

@@ -1,4 +1,5 @@
-"""Body size and read deadline as the bytes arrive, one JSON parse, and the body replayed to the app."""
+"""Body size and read deadline as the bytes arrive, bounds on the JSON's shape, one JSON parse, and the body
+replayed to the app."""
 
 from __future__ import annotations
 
@@ -12,12 +13,19 @@ import pytest
 from starlette.types import Message, Receive, Scope, Send
 
 from gateway.errors import InvalidRequest
-from gateway.middleware.body import MAX_JSON_DEPTH, BodyMiddleware, parse_json
+from gateway.middleware.body import BodyMiddleware, JsonBounds, check_shape
+from gateway.middleware.body import parse_json as parse_within
 from gateway.middleware.context import request_info
 from gateway.state import AppState
 from tests.unit.middleware.scripted import MODEL, RecordingAdapter, chat, scripted_client, settings, state_of
 
 LIMIT = 4096
+BOUNDS = JsonBounds(depth=64, containers=20_000, elements=250_000)  # LimitSettings' defaults
+MAX_JSON_DEPTH = BOUNDS.depth
+
+
+def parse_json(raw: bytes) -> Any:
+    return parse_within(raw, BOUNDS)
 
 
 async def _chunks(total: int, size: int = 1000) -> AsyncIterator[bytes]:
@@ -128,7 +136,7 @@ def _nested(depth: int) -> bytes:
         (b"\xef\xbb\xbf{}", "The request body is not valid JSON."),
         (_nested(MAX_JSON_DEPTH + 1), f"The request body nests deeper than {MAX_JSON_DEPTH} levels."),
         (_nested(1000), f"The request body nests deeper than {MAX_JSON_DEPTH} levels."),
-        (_nested(5000), "The request body is not valid JSON."),  # past orjson's own limit too
+        (_nested(5000), f"The request body nests deeper than {MAX_JSON_DEPTH} levels."),  # past orjson's too
     ],
     ids=["truncated", "invalid-utf8", "surrogate", "surrogate-escape", "nan", "infinity", "bom", "depth-65",
          "depth-1000", "depth-5000"],
@@ -144,6 +152,42 @@ def test_valid_json_is_accepted() -> None:
     assert parse_json(_nested(MAX_JSON_DEPTH - 2))["model"] == "m"
     assert parse_json(orjson.dumps({"input": [[1, 2]] * 500}))["input"][499] == [1, 2]
     assert parse_json(rb'{"text": "caf\u00e9 \ud83d\ude00 \u00fc"}') == {"text": "caf\u00e9 \U0001f600 \u00fc"}
+
+
+def _refusal(raw: bytes, bounds: JsonBounds = BOUNDS) -> str | None:
+    try:
+        check_shape(raw, bounds)
+    except InvalidRequest as exc:
+        return exc.message
+    return None
+
+
+def test_shapes_past_a_bound_are_refused_before_parsing() -> None:
+    small = JsonBounds(depth=4, containers=10, elements=100)
+    assert _refusal(b'{"messages": [' + b",".join([b"[]"] * 101) + b"]}", small) == \
+        "The request body has more than 100 JSON elements."
+    assert _refusal(b'{"messages": [' + b",".join([b"[]"] * 10) + b"]}", small) == \
+        "The request body has more than 10 JSON arrays and objects."
+    assert _refusal(b'{"a": [[[[]]]]}', small) == "The request body nests deeper than 4 levels."
+    assert _refusal(b'{"a": [[[]]], "b": [[[]]]}', small) is None  # depth is the deepest, not the total
+    # Brackets are counted again without those inside strings, with escapes read as JSON reads them.
+    assert _refusal(b'{"a": "[[[[[[[[[[[[{{{{", "b": ["]]]]]", "\\"[[[[[[["]}', small) is None
+    assert _refusal(b'{"a": "\\\\", "b": [[[[]]]]}', small) == "The request body nests deeper than 4 levels."
+    assert _refusal(b'{"a": "\\\\\\"[[[[[[", "b": 1}', small) is None  # an escaped backslash, then an escaped quote
+    # Strings holding brackets, kept apart by brackets: too many containers is known without visiting each.
+    assert _refusal(b"[" + b",".join([b'["["]'] * 30) + b"]", JsonBounds(depth=4, containers=10, elements=1000)) \
+        == "The request body has more than 10 JSON arrays and objects."
+    assert _refusal(b'{"a": [[[[' + b"]" * 1000 + b"}", small) == \
+        "The request body has more than 10 JSON arrays and objects."  # closers alone cost the walk too
+    with pytest.raises(InvalidRequest, match="not valid JSON"):  # unterminated: within the bounds, for orjson to say
+        parse_within(b'{"a": "[[[[[[[[[[[[[', small)
+
+
+def test_the_costly_shape_is_refused_by_the_default_bounds() -> None:
+    lists = b'{"model":"m","messages":[' + b",".join([b"[]"] * 2_660_000) + b"]}"
+    deep = b'{"model":"m","x":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    assert _refusal(lists) == "The request body has more than 250000 JSON elements."
+    assert _refusal(deep) == "The request body has more than 20000 JSON arrays and objects."
 
 
 async def test_bad_json_is_an_openai_400() -> None:

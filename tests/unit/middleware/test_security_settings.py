@@ -75,7 +75,7 @@ def test_server_options_bound_slow_clients_and_leave_logging_to_us() -> None:
     options = uvicorn_options(Settings(limits={"header_timeout_s": 3, "keep_alive_timeout_s": 7}))
     assert options["log_config"] is None and options["access_log"] is False
     assert options["timeout_keep_alive"] == 7 and options["timeout_graceful_shutdown"] == 1
-    assert options["http"].__name__ == "HeaderTimeoutProtocol"
+    assert options["http"].__name__ == "BoundedProtocol"
 
 
 async def test_cors_is_off_by_default() -> None:
