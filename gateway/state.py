@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from engine_adapters.base import EngineAdapter, ModelInfo
+from engine_adapters.base import EngineAdapter, LocalEngine, ModelInfo
 from gateway.errors import EngineUnavailable, ModelNotFound
 from gateway.lifecycle import Drain
 from gateway.observability.metrics import Metrics, UpstreamStat
@@ -29,6 +29,12 @@ class AppState:
     def engines(self) -> list[EngineAdapter]:
         """Each adapter once: a route is registered under its name and every alias."""
         return list({id(adapter): adapter for adapter in self.adapters.values()}.values())
+
+    def engine_deaths(self) -> dict[str, str]:
+        """The in-process engines that have died: model name -> cause. Remote instances never count:
+        the router routes around them, and a restart of this process would not bring them back."""
+        return {adapter.models()[0].name: cause for adapter in self.engines()
+                if isinstance(adapter, LocalEngine) and (cause := adapter.death_cause()) is not None}
 
     def upstream_stats(self) -> list[UpstreamStat]:
         """Router mode: per-instance state of every routed model."""
