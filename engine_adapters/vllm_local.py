@@ -401,7 +401,7 @@ def set_env_defaults(defaults: Mapping[str, str], environ: MutableMapping[str, s
 
 
 def _engine_exit_report(engine: Any) -> str | None:
-    """How vLLM's engine processes ended ("EngineCore_DP0 was killed by SIGKILL"), when they have; None if
+    """How vLLM's engine processes ended ("EngineCore was killed by SIGKILL"), when they have; None if
     they have not ended (yet) or vLLM no longer keeps them where this looks (AsyncLLM's engine manager)."""
     manager = getattr(getattr(engine.engine_core, "resources", None), "engine_manager", None)
     finished = manager.finished_procs() if manager is not None else {}

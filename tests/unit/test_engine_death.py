@@ -18,7 +18,7 @@ from gateway.settings import RouteSettings, Settings
 from gateway.state import AppState
 from tests.unit.middleware.scripted import MODEL, chat, scripted_client, settings, state_of
 
-CAUSE = "EngineCore_DP0 was killed by SIGKILL"
+CAUSE = "EngineCore was killed by SIGKILL"
 
 
 class MortalAdapter(ScriptedAdapter):

@@ -75,8 +75,8 @@ def engine(errored: bool, finished: dict[str, int] | None = None) -> SimpleNames
 
 
 @pytest.mark.parametrize(("finished", "cause"), [
-    ({"EngineCore_DP0": -9}, "EngineCore_DP0 was killed by SIGKILL"),
-    ({"EngineCore_DP0": 1}, "EngineCore_DP0 exited with code 1"),
+    ({"EngineCore": -9}, "EngineCore was killed by SIGKILL"),
+    ({"EngineCore": 1}, "EngineCore exited with code 1"),
     ({}, "the engine reported a fatal error (see vLLM's log above)"),  # dead, its process not yet reaped
     (None, "the engine reported a fatal error (see vLLM's log above)"),  # vLLM keeps no engine manager
 ])
