@@ -194,6 +194,11 @@ class TlsSettings(BaseModel):
 ApiKeys = Annotated[list[ApiKey], NoDecode, BeforeValidator(_split_keys)]
 # --- end of issue 4's settings ------------------------------------------------------------------
 
+def _null_word(value: Any) -> Any:
+    """`null` (or `none`) reads as None: an environment variable cannot hold YAML's null."""
+    return None if isinstance(value, str) and value.strip().lower() in ("null", "none") else value
+
+
 def default_models() -> list[ModelSettings]:
     return [
         ModelSettings(name="gemma-3-270m", model=BUILTIN_GEMMA, dtype="bfloat16", max_model_len=2048),
@@ -213,7 +218,7 @@ class Settings(BaseSettings):
     drain_deadline_s: float = Field(default=30.0, ge=0)
     # When an in-process engine dies: drain for this long, then exit non-zero so the process is restarted
     # (as `vllm serve` exits). None: stay up (for debugging); /health answers 503 either way.
-    engine_dead_exit_s: float | None = Field(default=5.0, ge=0)
+    engine_dead_exit_s: Annotated[float | None, BeforeValidator(_null_word)] = Field(default=5.0, ge=0)
     # Router mode: when routes are set, those model names are served by remote instances.
     routes: list[RouteSettings] = Field(default_factory=list)
     router: RouterSettings = Field(default_factory=RouterSettings)
