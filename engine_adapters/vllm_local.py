@@ -409,7 +409,7 @@ def _engine_exit_report(engine: Any) -> str | None:
 
 
 def _how_it_ended(exit_code: int) -> str:
-    """A process's exit code in words; a negative one is the signal that killed it (SIGKILL: often the OOM killer)."""
+    """An exit code in words; a negative one is the signal that killed the process (SIGKILL: often the OOM killer)."""
     if exit_code < 0 and -exit_code in signal.valid_signals():
         return f"was killed by {signal.Signals(-exit_code).name}"
     return f"exited with code {exit_code}"
