@@ -159,6 +159,16 @@ class LoraLoader(Protocol):
 
 
 @runtime_checkable
+class LocalEngine(Protocol):
+    """Adapters whose engine runs in this process's care (vLLM's EngineCore). Such an engine, once dead,
+    comes back only with a restart of the process; a remote instance being down never counts."""
+
+    def death_cause(self) -> str | None:
+        """Why the engine has died; None while it runs, and before its start or after its close. Cheap: no I/O."""
+        ...
+
+
+@runtime_checkable
 class Embedder(Protocol):
     async def embed(self, request_id: str, model: str, inputs: list[str] | list[list[int]]) -> tuple[list[list[float]], int]:
         """Return one vector per input and the number of prompt tokens."""

@@ -6,7 +6,8 @@ import asyncio
 import json
 import logging
 import os
-from collections.abc import AsyncIterator, Iterable
+import signal
+from collections.abc import AsyncIterator, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from gateway.errors import ContextLengthExceeded, EngineUnavailable, GatewayErro
 log = logging.getLogger(__name__)
 
 _ROLE_FOR_TEMPLATE = {"developer": "system"}
+CPU = "cpu"  # vLLM's name for its CPU platform (current_platform.device_type)
 
 
 @dataclass
@@ -42,8 +44,9 @@ class LocalModelSpec:
 
 
 class VllmLocalAdapter:
-    def __init__(self, spec: LocalModelSpec) -> None:
+    def __init__(self, spec: LocalModelSpec, platform: str | None = None) -> None:
         self.spec = spec
+        self._platform = platform  # vLLM's device type ("cpu", "cuda"); None: the one vLLM detects
         self._engine: Any = None
         self._tokenizer: Any = None
         self._max_model_len: int | None = spec.max_model_len
@@ -57,19 +60,12 @@ class VllmLocalAdapter:
             self._remember_lora(name, path)
 
     async def start(self) -> None:
-        _engine_env_defaults()
+        platform = self._platform or detected_platform()
+        set_env_defaults(env_defaults_for(platform, sorted(os.sched_getaffinity(0))))
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        args = AsyncEngineArgs(
-            model=self.spec.path,
-            served_model_name=[self.spec.name],
-            dtype=self.spec.dtype,  # type: ignore[arg-type]
-            max_model_len=self.spec.max_model_len,  # type: ignore[arg-type]  # None: the model's own
-            runner="pooling" if self.spec.kind == "embed" else "auto",
-            disable_log_stats=not self.spec.publish_metrics,
-            **{"enforce_eager": True, **self.spec.engine_args},
-        )
+        args = AsyncEngineArgs(**engine_args_for(self.spec, platform))
         self._engine = AsyncLLM.from_engine_args(args)
         self._tokenizer = self._engine.get_tokenizer()
         self._max_model_len = self._engine.model_config.max_model_len
@@ -85,7 +81,7 @@ class VllmLocalAdapter:
         if self._engine is None:
             return
         deadline = asyncio.get_running_loop().time() + drain_deadline_s
-        while self.load().in_flight and asyncio.get_running_loop().time() < deadline:
+        while self.load().in_flight and not self._engine.errored and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.05)
         self._engine.shutdown()
         self._engine = None
@@ -144,6 +140,11 @@ class VllmLocalAdapter:
             await self._engine.check_health()
         except Exception as exc:
             raise EngineUnavailable("The engine is not healthy.") from exc
+
+    def death_cause(self) -> str | None:
+        if self._engine is None or not self._engine.errored:
+            return None
+        return _engine_exit_report(self._engine) or "the engine reported a fatal error (see vLLM's log above)"
 
     async def abort(self, request_id: str) -> None:
         if self._engine is not None:
@@ -357,18 +358,61 @@ def _call_with_object_arguments(call: dict[str, Any]) -> dict[str, Any]:
     return {**call, "function": {**call["function"], "arguments": parsed}}
 
 
-def _engine_env_defaults() -> None:
-    """Settings proven on small CPU machines; anything the operator set wins."""
-    cores = sorted(os.sched_getaffinity(0))
-    defaults = {
-        "HF_HUB_OFFLINE": "1",  # weights come from disk or packages, never from a hub
+def detected_platform() -> str:
+    """vLLM's platform here: "cpu" for its CPU build, else the device type ("cuda", ...)."""
+    from vllm.platforms import current_platform
+
+    return CPU if current_platform.is_cpu() else str(current_platform.device_type)
+
+
+def engine_args_for(spec: LocalModelSpec, platform: str) -> dict[str, Any]:
+    """vLLM's AsyncEngineArgs for `spec` on `platform`; the model's own engine_args win. On CPU, eager
+    mode: torch.compile costs minutes of start-up on a small CPU machine and gains little there. Elsewhere
+    vLLM's own defaults stand (on CUDA: CUDA graphs and torch.compile)."""
+    platform_defaults = {"enforce_eager": True} if platform == CPU else {}
+    return {
+        "model": spec.path,
+        "served_model_name": [spec.name],
+        "dtype": spec.dtype,
+        "max_model_len": spec.max_model_len,  # None: the model's own
+        "runner": "pooling" if spec.kind == "embed" else "auto",
+        "disable_log_stats": not spec.publish_metrics,
+        **platform_defaults,
+        **spec.engine_args,
+    }
+
+
+def env_defaults_for(platform: str, cores: Iterable[int]) -> dict[str, str]:
+    """Environment defaults for vLLM on `platform`, proven on small CPU machines; none elsewhere."""
+    if platform != CPU:
+        return {}
+    return {
         "VLLM_CPU_KVCACHE_SPACE": "2",
         "VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, cores)),
         "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
-        "VLLM_HOST_IP": "127.0.0.1",
+        "VLLM_HOST_IP": "127.0.0.1",  # one machine: the engine's processes talk over loopback
     }
+
+
+def set_env_defaults(defaults: Mapping[str, str], environ: MutableMapping[str, str] = os.environ) -> None:
+    """Set each variable the operator has not set; what the operator set wins."""
     for key, value in defaults.items():
-        os.environ.setdefault(key, value)
+        environ.setdefault(key, value)
+
+
+def _engine_exit_report(engine: Any) -> str | None:
+    """How vLLM's engine processes ended ("EngineCore was killed by SIGKILL"), when they have; None if
+    they have not ended (yet) or vLLM no longer keeps them where this looks (AsyncLLM's engine manager)."""
+    manager = getattr(getattr(engine.engine_core, "resources", None), "engine_manager", None)
+    finished = manager.finished_procs() if manager is not None else {}
+    return "; ".join(f"{name} {_how_it_ended(code)}" for name, code in finished.items() if code != 0) or None
+
+
+def _how_it_ended(exit_code: int) -> str:
+    """An exit code in words; a negative one is the signal that killed the process (SIGKILL: often the OOM killer)."""
+    if exit_code < 0 and -exit_code in signal.valid_signals():
+        return f"was killed by {signal.Signals(-exit_code).name}"
+    return f"exited with code {exit_code}"
 
 
 def _is_greedy(opts: SamplingOptions) -> bool:

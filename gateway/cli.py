@@ -98,5 +98,5 @@ def main(argv: list[str] | None = None) -> int:
     settings = settings_from_args(args)
     configure_logging(settings.log_level)
     # uvicorn with a drain on SIGTERM, bounded by settings.drain_deadline_s (see gateway.lifecycle).
-    serve(create_app(settings), settings)
-    return 0
+    # Exits non-zero when an in-process engine dies (settings.engine_dead_exit_s).
+    return serve(create_app(settings), settings)

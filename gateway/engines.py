@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 
 from engine_adapters.base import EngineAdapter
-from engine_adapters.vllm_local import LocalModelSpec, VllmLocalAdapter
+from engine_adapters.vllm_local import LocalModelSpec, VllmLocalAdapter, set_env_defaults
 from gateway.routing import local_models, start_routes
 from gateway.settings import BUILTIN_GEMMA, BUILTIN_MINILM, ModelSettings, Settings
 
@@ -25,6 +26,17 @@ def resolve_path(model: ModelSettings, cache_dir: Path | None) -> str:
     if model.model == BUILTIN_MINILM:
         return str(model_store.minilm_model_dir())
     raise ValueError(f"unknown builtin model {model.model!r}")
+
+
+def from_hub(model: ModelSettings) -> bool:
+    """Whether the model is a hub id, to download as `vllm serve` does, rather than builtin:* or a local path."""
+    return not model.model.startswith("builtin:") and not Path(model.model).exists()
+
+
+def hub_env_defaults(models: Iterable[ModelSettings]) -> dict[str, str]:
+    """Offline when no model comes from the hub: then no library's look-up can wait on a network that is
+    not there. Otherwise hub access is as the operator set it (HF_HUB_OFFLINE, HF_TOKEN, HF_ENDPOINT)."""
+    return {} if any(from_hub(model) for model in models) else {"HF_HUB_OFFLINE": "1"}
 
 
 def local_spec(model: ModelSettings, path: str, publish_metrics: bool) -> LocalModelSpec:
@@ -57,6 +69,8 @@ async def start_adapters(settings: Settings) -> dict[str, EngineAdapter]:
     local = local_models(settings)  # router mode runs only the models it is told to run here
     # vLLM keeps its Prometheus metrics in a global registry, so only the first text engine publishes.
     publisher = next((m.name for m in local if m.kind == "generate"), None)
+    # Before anything imports huggingface_hub, which reads HF_HUB_OFFLINE once, at import.
+    set_env_defaults(hub_env_defaults(local))
     for model in local:
         path = await asyncio.to_thread(resolve_path, model, settings.cache_dir)
         adapter = VllmLocalAdapter(local_spec(model, path, publish_metrics=model.name == publisher))

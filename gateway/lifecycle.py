@@ -9,6 +9,11 @@ The shutdown is a checklist, bounded by one deadline (settings.drain_deadline_s)
 4. uvicorn closes the connections (nothing is running by then) and the lifespan closes the
    engines with what is left of the deadline, so the two never wait twice. The process exits 0.
 A second signal skips to step 3 at once.
+
+When an in-process engine dies (OOM kill, CUDA error), only a restart mends it, so the server, as
+`vllm serve` does, exits: it logs why, refuses new requests, waits settings.engine_dead_exit_s (the dead
+engine's streams have ended already; other engines' requests may finish; /health answers 503, so a
+liveness probe would restart the process too), cuts off what is left, and exits with ENGINE_DEAD_EXIT_CODE.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _POLL_S = 0.05
+_DEATH_POLL_S = 0.5  # how often the server looks for a dead engine (attribute reads, no I/O)
+ENGINE_DEAD_EXIT_CODE = 1
 # After the cut-off: time for cut requests to write their last event, and for uvicorn to close sockets.
 _AFTER_CUT_S = 1.0
 # After a 431 or a protocol 400: how long what the client still sends is read and dropped before the close.
@@ -98,6 +105,13 @@ async def drain(state: AppState, deadline_s: float) -> None:
         tracker.cut_off()
         await tracker.wait_idle(grace_s=_AFTER_CUT_S)
     _log("drained", in_flight=tracker.in_flight)
+
+
+async def engine_death(state: AppState, poll_s: float = _DEATH_POLL_S) -> dict[str, str]:
+    """Wait until an in-process engine has died; return the dead ones (model name -> cause)."""
+    while not (deaths := state.engine_deaths()):
+        await asyncio.sleep(poll_s)
+    return deaths
 
 
 def _log(message: str, level: int = logging.INFO, **fields: Any) -> None:
@@ -260,23 +274,34 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
-def _server_class() -> Callable[[uvicorn.Config, AppState, float], uvicorn.Server]:
+def server_class() -> Callable[[uvicorn.Config, AppState], uvicorn.Server]:
+    """uvicorn's server with the drain on SIGTERM, and an exit when an in-process engine dies."""
     import uvicorn
 
     class DrainingServer(uvicorn.Server):
-        def __init__(self, config: uvicorn.Config, state: AppState, deadline_s: float) -> None:
+        def __init__(self, config: uvicorn.Config, state: AppState) -> None:
             super().__init__(config)
-            self.state, self.deadline_s = state, deadline_s
+            self.state = state
+            self.deadline_s = state.settings.drain_deadline_s
+            self.exit_code = 0
             self._loop: asyncio.AbstractEventLoop | None = None
             self._draining: asyncio.Task[None] | None = None
+            self._watching: asyncio.Task[None] | None = None
 
         async def startup(self, sockets: Any = None) -> None:
             self._loop = asyncio.get_running_loop()
             await super().startup(sockets)
+            if not self.should_exit:
+                self._watching = asyncio.ensure_future(self._exit_on_engine_death())
             # What start-up built (modules, models, the app) lives as long as the process: kept out of the
             # collector's sweeps, which then only walk what requests allocate.
             gc.collect()
             gc.freeze()
+
+        async def shutdown(self, sockets: Any = None) -> None:
+            if self._watching is not None:
+                self._watching.cancel()
+            await super().shutdown(sockets)
 
         def handle_exit(self, sig: int, frame: Any) -> None:
             # Not recorded in _captured_signals on purpose: uvicorn re-raises those after shutdown,
@@ -288,27 +313,40 @@ def _server_class() -> Callable[[uvicorn.Config, AppState, float], uvicorn.Serve
             else:
                 self._loop.call_soon_threadsafe(self._hurry)
 
-        def _begin(self) -> None:
-            self._draining = asyncio.ensure_future(self._drain_then_exit())
+        def _begin(self, deadline_s: float | None = None) -> None:
+            if self._draining is None:
+                self._draining = asyncio.ensure_future(self._drain_then_exit(deadline_s))
 
         def _hurry(self) -> None:
             self.state.drain.deadline = self.state.drain.clock()
 
-        async def _drain_then_exit(self) -> None:
+        async def _drain_then_exit(self, deadline_s: float | None) -> None:
             try:
-                await drain(self.state, self.deadline_s)
+                await drain(self.state, self.deadline_s if deadline_s is None else deadline_s)
             finally:
                 self.should_exit = True
+
+        async def _exit_on_engine_death(self) -> None:
+            exit_after_s = self.state.settings.engine_dead_exit_s
+            then = f"exiting in {exit_after_s:g} s" if exit_after_s is not None else "staying up (engine_dead_exit_s null)"
+            for model, cause in (await engine_death(self.state)).items():
+                _log(f"engine for model {model} died: {cause}; {then}", logging.ERROR, model=model, cause=cause)
+            if exit_after_s is None:
+                return
+            self.exit_code = ENGINE_DEAD_EXIT_CODE
+            begin_drain(self.state, exit_after_s)  # new requests get 503 now (a running drain keeps its deadline)
+            await asyncio.sleep(exit_after_s)  # probes see /health 503; other engines' requests may finish
+            self._begin(0.0)  # the deadline has passed: what still runs is cut off, then the server exits
 
     return DrainingServer
 
 
-def serve(app: FastAPI, settings: Settings) -> None:
-    """Run `app` until SIGTERM or SIGINT, then drain (see the module docstring)."""
+def serve(app: FastAPI, settings: Settings) -> int:
+    """Run `app` until SIGTERM or SIGINT, then drain (see the module docstring). Returns the exit code."""
     import uvicorn
 
-    state: AppState = app.state.tokenyard
     # The settings as the process sees them; SecretStr fields print as stars.
     _log("settings", settings=settings.model_dump(mode="json"))
-    config = uvicorn.Config(app, **uvicorn_options(settings))
-    _server_class()(config, state, settings.drain_deadline_s).run()
+    server = server_class()(uvicorn.Config(app, **uvicorn_options(settings)), app.state.tokenyard)
+    server.run()
+    return server.exit_code  # type: ignore[attr-defined, no-any-return]

@@ -20,10 +20,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-# Everything must come from installed packages; never let transformers reach a hub.
-# Set at import so it is in place before any transformers/huggingface_hub import.
-os.environ["HF_HUB_OFFLINE"] = "1"
-
 GEMMA3_CHAT_TEMPLATE: Path = Path(__file__).resolve().parent / "templates" / "gemma3_chat.jinja"
 # <eos> ends a document, <end_of_turn> ends a chat reply; both must stop generation.
 GEMMA3_STOP_TOKEN_IDS: tuple[int, ...] = (1, 106)
@@ -277,6 +273,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gateway.model_store", description="Prepare tokenyard's embedded models.")
     parser.add_argument("--cache-dir", type=Path, default=None, help="default: $TOKENYARD_CACHE_DIR or ~/.cache/tokenyard")
     args = parser.parse_args(argv)
+    # Everything comes from installed packages (every load here is local_files_only): no hub look-ups,
+    # unless the operator asked otherwise. Before transformers is imported: huggingface_hub reads it once.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     print(f"gemma3-270m: {prepare_gemma(args.cache_dir)}")
     print(f"all-minilm-l6-v2: {minilm_model_dir()}")
     return 0

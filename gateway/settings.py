@@ -30,7 +30,8 @@ class LoraAdapterSettings(BaseModel):
 
 class ModelSettings(BaseModel):
     name: str = Field(min_length=1, description="The name clients send as `model`.")
-    model: str = Field(min_length=1, description="A local path, a hub name already on disk, or builtin:*.")
+    model: str = Field(min_length=1, description="A local path, builtin:*, or a Hugging Face hub id "
+                       "(downloaded as `vllm serve` does; HF_TOKEN from the environment).")
     kind: Literal["generate", "embed"] = "generate"
     dtype: str = "auto"
     max_model_len: int | None = Field(default=None, ge=16)
@@ -204,6 +205,11 @@ class TlsSettings(BaseModel):
 ApiKeys = Annotated[list[ApiKey], NoDecode, BeforeValidator(_split_keys)]
 # --- end of issue 4's settings ------------------------------------------------------------------
 
+def _null_word(value: Any) -> Any:
+    """`null` (or `none`) reads as None: an environment variable cannot hold YAML's null."""
+    return None if isinstance(value, str) and value.strip().lower() in ("null", "none") else value
+
+
 def default_models() -> list[ModelSettings]:
     return [
         ModelSettings(name="gemma-3-270m", model=BUILTIN_GEMMA, dtype="bfloat16", max_model_len=2048),
@@ -221,6 +227,9 @@ class Settings(BaseSettings):
     models: list[ModelSettings] = Field(default_factory=default_models)
     cache_dir: Path | None = None
     drain_deadline_s: float = Field(default=30.0, ge=0)
+    # When an in-process engine dies: drain for this long, then exit non-zero so the process is restarted
+    # (as `vllm serve` exits). None: stay up (for debugging); /health answers 503 either way.
+    engine_dead_exit_s: Annotated[float | None, BeforeValidator(_null_word)] = Field(default=5.0, ge=0)
     # Router mode: when routes are set, those model names are served by remote instances.
     routes: list[RouteSettings] = Field(default_factory=list)
     router: RouterSettings = Field(default_factory=RouterSettings)

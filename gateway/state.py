@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from engine_adapters.base import EngineAdapter, ModelInfo
+from engine_adapters.base import EngineAdapter, LocalEngine, ModelInfo
 from gateway.errors import EngineUnavailable, ModelNotFound
 from gateway.lifecycle import Drain
 from gateway.observability.metrics import Metrics, RouteStatus, UpstreamStat
@@ -46,6 +46,12 @@ class AppState:
         under any of its names."""
         return [route.status(queued=sum(self.queues[name].depth for name in route.names if name in self.queues))
                 for route in self.routes()]
+
+    def engine_deaths(self) -> dict[str, str]:
+        """The in-process engines that have died: model name -> cause. Remote instances never count:
+        the router routes around them, and a restart of this process would not bring them back."""
+        return {adapter.models()[0].name: cause for adapter in self.engines()
+                if isinstance(adapter, LocalEngine) and (cause := adapter.death_cause()) is not None}
 
     def upstream_stats(self) -> list[UpstreamStat]:
         """Router mode: per-instance state of every routed model."""

@@ -13,7 +13,10 @@ router = APIRouter()
 
 
 @router.get("/health", include_in_schema=False)
-async def health() -> Response:
+async def health(request: Request) -> Response:
+    """Liveness: 503 once an in-process engine has died, which only a restart mends (router routes never count)."""
+    if dead := app_state(request).engine_deaths():
+        return JSONResponse({"status": "engine dead", "models": sorted(dead)}, status_code=503)
     return JSONResponse({"status": "ok"})
 
 

@@ -1,4 +1,5 @@
-"""When the real engine dies: the stream in flight gets an SSE error event, then every request a 503."""
+"""When the real engine dies: the stream in flight gets an SSE error event, every request a 503, /health a 503,
+and the process exits non-zero after engine_dead_exit_s, having logged why."""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ import orjson
 import psutil
 import pytest
 
+from gateway.lifecycle import ENGINE_DEAD_EXIT_CODE
 from tests.conftest import TEXT_MODEL, free_port, start_server, stop_server, wait_ready
+
+EXIT_AFTER_S = 5  # the default engine_dead_exit_s
 
 
 def _engine_core(server_pid: int) -> psutil.Process:
@@ -22,8 +26,21 @@ def _engine_core(server_pid: int) -> psutil.Process:
     raise AssertionError("no EngineCore process under the server")
 
 
+def _log_entries(log_path: Path) -> list[dict[str, object]]:
+    """The server's JSON log lines (vLLM's own lines are not JSON)."""
+    entries = []
+    for line in log_path.read_bytes().splitlines():
+        try:
+            entry = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(entry, dict):
+            entries.append(entry)
+    return entries
+
+
 @pytest.mark.engine
-def test_engine_death_becomes_an_error_event_then_503(tmp_path: Path) -> None:
+def test_engine_death_becomes_an_error_event_then_503_then_an_exit(tmp_path: Path) -> None:
     port, log_path = free_port(), tmp_path / "server.log"
     args = ["--port", str(port), "--model", "builtin:gemma3-270m", "--served-model-name", TEXT_MODEL,
             "--dtype", "bfloat16", "--max-model-len", "512"]
@@ -52,7 +69,18 @@ def test_engine_death_becomes_an_error_event_then_503(tmp_path: Path) -> None:
             sdk.completions.create(model=TEXT_MODEL, prompt="Hello", max_tokens=4)
         assert err.value.status_code == 503 and err.value.code == "engine_unavailable"
         assert httpx.get(f"{url}/ready").status_code == 503
-        assert httpx.get(f"{url}/health").status_code == 200  # the process is alive; the engine is not
+        health = httpx.get(f"{url}/health")  # liveness: the engine is dead and only a restart mends it
+        assert health.status_code == 503 and health.json()["models"] == [TEXT_MODEL]
         assert "Traceback" not in err.value.response.text
+
+        code = proc.wait(timeout=EXIT_AFTER_S + 10)
+        assert code == ENGINE_DEAD_EXIT_CODE != 0
+        assert time.monotonic() - killed < EXIT_AFTER_S + 10
+        errors = [entry for entry in _log_entries(log_path) if entry.get("level") == "error"
+                  and entry.get("logger") == "gateway.lifecycle"]
+        assert len(errors) == 1 and errors[0]["model"] == TEXT_MODEL
+        assert errors[0]["cause"] == "EngineCore was killed by SIGKILL"
+        assert errors[0]["message"] == (f"engine for model {TEXT_MODEL} died: EngineCore was killed by SIGKILL; "
+                                        f"exiting in {EXIT_AFTER_S} s")
     finally:
         stop_server(proc)

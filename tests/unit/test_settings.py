@@ -37,6 +37,18 @@ def test_cli_model_replaces_the_model_list() -> None:
     assert [(m.name, m.model, m.max_model_len) for m in settings.models] == [("x", "/models/x", 512)]
 
 
+def test_engine_dead_exit_defaults_to_5_s_and_null_keeps_the_process_up(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().engine_dead_exit_s == 5.0
+    config = tmp_path / "c.yaml"
+    config.write_text("engine_dead_exit_s: null\n")
+    assert Settings(config=config).engine_dead_exit_s is None
+    monkeypatch.setenv("TOKENYARD_ENGINE_DEAD_EXIT_S", "null")  # what an env var can say for YAML's null
+    assert Settings().engine_dead_exit_s is None
+    monkeypatch.setenv("TOKENYARD_ENGINE_DEAD_EXIT_S", "0")
+    assert Settings().engine_dead_exit_s == 0.0
+
+
 def test_missing_config_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         Settings(config=tmp_path / "absent.yaml")
