@@ -61,7 +61,8 @@ class PassThrough:
         try:
             await until_disconnect(receive, work, scope)
         except ClientDisconnected:
-            self.state.metrics.client_disconnects.labels(model).inc()
+            metrics = self.state.metrics
+            metrics.child(metrics.client_disconnects, self.state.model_label(model)).inc()
 
     def _work(self, scope: Scope, wire: type[BaseModel], body: dict[str, Any], send: Send) -> Awaitable[None]:
         """What answers the request, once its body has passed the same checks as in engine mode."""
