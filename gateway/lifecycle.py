@@ -108,12 +108,13 @@ class BodyWriter:
     chunked framing, the client still there, its socket not backed up. Then uvicorn's own record of the
     answer stays right, and a sink that is not ready leaves the bytes to `send`, which waits for the client."""
 
-    __slots__ = ("cycle", "loop", "lost")
+    __slots__ = ("cycle", "loop", "lost", "refused")
 
     def __init__(self, cycle: Any, loop: asyncio.AbstractEventLoop) -> None:
         self.cycle = cycle  # uvicorn's RequestResponseCycle for this request
         self.loop = loop
         self.lost: Callable[[], None] | None = None  # called when the connection ends before the answer
+        self.refused = False  # uvicorn answered 400 itself: the rest of the request could not be parsed
 
     def ready(self) -> bool:
         cycle = self.cycle
@@ -166,6 +167,14 @@ def header_timeout_protocol(header_timeout_s: float) -> type[asyncio.Protocol]:
             writer = self._writer
             if writer is not None and writer.lost is not None and not writer.cycle.response_complete:
                 writer.lost()
+
+        def send_400_response(self, msg: str) -> None:
+            # A bad body (say, a malformed chunk) while the app runs: the app only hears a disconnect,
+            # so its writer records that the server refused the request, for the access log.
+            writer = self._writer
+            if writer is not None and writer.cycle is self.cycle and not writer.cycle.response_started:
+                writer.refused = True
+            super().send_400_response(msg)
 
         def _arm(self) -> None:
             self._header_timer = self.loop.call_later(header_timeout_s, self._headers_too_slow)
