@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 
+from tests.conftest import free_port
 from tests.faults.harness import MODEL, Fleet, Router, wait_until
 
 HUGE = 1024 * 1024
@@ -81,3 +83,17 @@ def test_a_malformed_chunked_body_is_logged_as_a_400_with_its_id(fleet: Fleet) -
     wait_until(lambda: any(a["request_id"] == "bad-chunk-1" for a in _access(router)), 5, "the access log line")
     line = next(a for a in _access(router) if a["request_id"] == "bad-chunk-1")
     assert line["status"] == 400
+
+
+def test_a_router_refuses_an_upstream_url_with_credentials_and_never_prints_them(tmp_path: Path) -> None:
+    engine_port = free_port()
+    router = Router(tmp_path, [f"http://admin:s3cretpw@127.0.0.1:{engine_port}"], log_level="debug").start()
+    try:
+        assert router.proc is not None
+        code = router.proc.wait(30)
+    finally:
+        router.stop()
+    output = router.log_path.read_text()
+    assert code != 0
+    assert f"http://127.0.0.1:{engine_port}: a URL must not carry credentials" in output and "api_key" in output
+    assert "s3cretpw" not in output
