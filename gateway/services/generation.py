@@ -23,7 +23,6 @@ from gateway.state import AppState
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-DONE = b"data: [DONE]\n\n"
 FINISH_REASONS = {"stop", "length", "content_filter", "tool_calls"}
 
 

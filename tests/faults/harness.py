@@ -100,7 +100,7 @@ class Router:
     """`python -m gateway serve --config router.yaml`: one route over the given instance URLs."""
 
     def __init__(self, workdir: Path, upstreams: list[str], policy: str = "least-loaded", log_level: str = "warning",
-                 **router: Any) -> None:
+                 aliases: tuple[str, ...] = (), **router: Any) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.config = workdir / f"router-{self.port}.yaml"
@@ -108,13 +108,13 @@ class Router:
         self.settings = {"connect_timeout_s": 0.5, "first_token_timeout_s": 5, "idle_timeout_s": 3,
                          "health_interval_s": 0.5, "breaker_failures": 3, "breaker_cooldown_s": 2,
                          "retry_backoff_s": 0.02, "reload_interval_s": 0.2, **router}
-        self.policy, self.log_level = policy, log_level
+        self.policy, self.log_level, self.aliases = policy, log_level, list(aliases)
         self.write_config(upstreams)
         self.log_path = workdir / f"router-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def write_config(self, upstreams: list[str]) -> None:
-        route = {"name": MODEL, "policy": self.policy, "upstreams": upstreams}
+        route = {"name": MODEL, "policy": self.policy, "upstreams": upstreams, "aliases": self.aliases}
         config = {"routes": [route], "router": self.settings, "log_level": self.log_level}
         self.config.write_text(yaml.safe_dump(config))
 
