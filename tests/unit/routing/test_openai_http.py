@@ -14,8 +14,8 @@ import pytest_asyncio
 from aiohttp import web
 
 from engine_adapters.base import Chunk, GenerateRequest, SamplingOptions
-from engine_adapters.openai_http import HttpTimeouts, OpenAIHttpAdapter
-from engine_adapters.openai_wire import parse_load, request_payload
+from engine_adapters.openai_http import HttpTimeouts, OpenAIHttpAdapter, _Events
+from engine_adapters.openai_wire import USAGE_EVENT, parse_load, request_payload
 from gateway.errors import ContextLengthExceeded, EngineUnavailable, InvalidRequest, ModelNotFound, RateLimited
 
 Reply = Callable[[str, Any], Awaitable["Answer"]]
@@ -334,3 +334,13 @@ def test_echo_with_logprobs_is_refused() -> None:
     req = GenerateRequest("r", "m", SamplingOptions(logprobs=1, prompt_logprobs=1), prompt="x")
     with pytest.raises(InvalidRequest):
         request_payload(req, "m")
+
+
+@pytest.mark.parametrize("spelling", [b'data: {"error": {', b'data:{ "error" : {', b'data:  {\t"error":{'])
+def test_the_events_the_relay_acts_on_are_found_in_any_spacing(spelling: bytes) -> None:
+    events = _Events("m", None)
+    head = events.feed(b'data: {"choices": []}\n\n' + spelling + b'"message": "x", "code": 400}}\n\n')
+    assert head == b'data: {"choices": []}\n\n' and isinstance(events.error, InvalidRequest)
+    done = _Events("m", None)
+    assert done.feed(b"data:[DONE]\n\n") == b"data: [DONE]\n\n" and done.done
+    assert USAGE_EVENT.search(b'{"usage" :\n{"prompt_tokens": 1}}') and not USAGE_EVENT.search(b'{"usage": null}')
