@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 _CODE_STATUS = {"engine_unavailable": 503, "rate_limit_exceeded": 429, "context_length_exceeded": 400,
                 "model_not_found": 404}
 _LOAD_GAUGES = (b"vllm:num_requests_waiting", b"vllm:num_requests_running", b"vllm:kv_cache_usage_perc")
+# How vLLM's 500 begins when its engine has died (EngineDeadError): unlike a 500 about one request's
+# content, it says the instance is unwell.
+_ENGINE_DEAD = "EngineCore encountered an issue"
 
 
 @dataclass(frozen=True)
@@ -195,6 +198,8 @@ def upstream_error(status: int, body: bytes, public_model: str) -> GatewayError:
         return EngineUnavailable("The upstream instance refused the router's credentials.")
     if status in (502, 503, 504):
         return EngineUnavailable("The upstream instance is unavailable.")
+    if status == 500 and message.startswith(_ENGINE_DEAD):
+        return EngineUnavailable("The upstream instance's engine has stopped.")
     return status_error(status, message, param=param)
 
 
