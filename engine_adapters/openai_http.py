@@ -32,12 +32,12 @@ from engine_adapters.openai_wire import (
     DONE,
     DONE_EVENT,
     ERROR_EVENT,
-    USAGE_EVENT,
     ChunkReader,
     EngineLoad,
     ModelRename,
     answered_whole,
     event_error,
+    holds_usage,
     parse_load,
     request_payload,
     upstream_error,
@@ -315,7 +315,7 @@ class _Splice:
         self.conn, self.events, self.watchdog, self.sink = conn, events, watchdog, sink
 
     def take(self, data: bytes) -> bool:
-        if b"[DONE]" in data or USAGE_EVENT.search(data) or b'"error"' in data or not self.sink.ready():
+        if b"[DONE]" in data or holds_usage(data) or b'"error"' in data or not self.sink.ready():
             return False
         self.watchdog.touch()
         if whole := self.events.feed(data):

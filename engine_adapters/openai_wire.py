@@ -162,6 +162,11 @@ ERROR_EVENT = re.compile(rb'data:[ \t]*\{\s*"error"\s*:')
 DONE = b"data: [DONE]\n\n"  # the end of a stream as tokenyard writes it, and passes an upstream's on
 
 
+def holds_usage(data: bytes) -> bool:
+    """Whether `data` holds a usage event; the search only behind the literal every spelling holds."""
+    return b'"usage"' in data and USAGE_EVENT.search(data) is not None
+
+
 class ModelRename:
     """An upstream's `"model": "<its name>"` written back as the route's public name, whatever the spacing."""
 

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from engine_adapters.base import GenerateRequest, Relay, SamplingOptions, Sink
-from engine_adapters.openai_wire import DONE, USAGE_EVENT, answered_whole
+from engine_adapters.openai_wire import DONE, answered_whole, holds_usage
 from gateway.protocol.chat import ChatCompletionRequest
 from gateway.protocol.common import SamplingFields
 from gateway.protocol.completions import CompletionRequest
@@ -61,11 +61,11 @@ class RelayCall:
 
     def pass_on(self, piece: bytes) -> bytes:
         """The bytes for the client: as they came, less the usage event when the client did not ask."""
-        if USAGE_EVENT.search(piece) is None:
+        if not holds_usage(piece):
             return piece
         kept = []
         for event in piece.split(b"\n\n"):
-            if event.startswith(b"data:") and USAGE_EVENT.search(event):
+            if event.startswith(b"data:") and holds_usage(event):
                 data = orjson.loads(event[5:])
                 self.usage = data.get("usage") or self.usage
                 if not self.want_usage and not data.get("choices"):
