@@ -29,11 +29,15 @@ import orjson
 from engine_adapters.base import Chunk, GenerateRequest, Load, ModelInfo, Sink
 from engine_adapters.h1 import ConnectFailed, Connection, Pool
 from engine_adapters.openai_wire import (
+    DONE,
+    DONE_EVENT,
+    ERROR_EVENT,
     ChunkReader,
-    USAGE_MARK,
     EngineLoad,
+    ModelRename,
     answered_whole,
     event_error,
+    holds_usage,
     parse_load,
     request_payload,
     upstream_error,
@@ -149,9 +153,7 @@ class OpenAIHttpAdapter:
         """Pass an OpenAI-shaped request through as it is (under the upstream's model name, streamed, with
         usage); answer its SSE body in whole events, each `"model"` renamed back to the public name. With a
         `sink`, the events after the first go to it from the socket's callback where they can (base.Sink)."""
-        rename = None
-        if public_model != self.model:
-            rename = (b'"model":' + orjson.dumps(self.model), b'"model":' + orjson.dumps(public_model))
+        rename = ModelRename(self.model, public_model) if public_model != self.model else None
         if answered_whole(body):
             return self._whole(path, {**body, "model": self.model}, request_id, public_model, rename)
         payload = {**body, "model": self.model, "stream": True,
@@ -159,14 +161,14 @@ class OpenAIHttpAdapter:
         return self.stream_raw(path, payload, request_id, public_model, rename, sink)
 
     async def _whole(self, path: str, payload: dict[str, Any], request_id: str, public_model: str,
-                     rename: tuple[bytes, bytes] | None) -> AsyncGenerator[bytes, None]:
+                     rename: ModelRename | None) -> AsyncGenerator[bytes, None]:
         """A non-streamed request sent as it is (openai_wire.answered_whole): the upstream's JSON answer, as
         one piece. Nothing comes before the answer is complete, so only the total time limit applies."""
         answer = await self._answer(path, payload, public_model, request_id, whole=True)
-        yield answer.replace(*rename) if rename is not None else answer
+        yield rename(answer) if rename is not None else answer
 
     async def stream_raw(self, path: str, payload: dict[str, Any], request_id: str, public_model: str,
-                         rename: tuple[bytes, bytes] | None = None, sink: Sink | None = None
+                         rename: ModelRename | None = None, sink: Sink | None = None
                          ) -> AsyncGenerator[bytes, None]:
         """POST `payload` and yield the SSE body cut at event boundaries. A failure raises: before the
         first bytes as the upstream's answer says; after them as EngineUnavailable (the stream broke or
@@ -313,7 +315,7 @@ class _Splice:
         self.conn, self.events, self.watchdog, self.sink = conn, events, watchdog, sink
 
     def take(self, data: bytes) -> bool:
-        if b"[DONE]" in data or USAGE_MARK in data or b'"error"' in data or not self.sink.ready():
+        if b"[DONE]" in data or holds_usage(data) or b'"error"' in data or not self.sink.ready():
             return False
         self.watchdog.touch()
         if whole := self.events.feed(data):
@@ -327,7 +329,7 @@ class _Events:
     """Cuts an SSE body at event boundaries, so that what is passed on or parsed is whole events;
     notices [DONE], and turns an error event into the gateway's error (after passing on what came first)."""
 
-    def __init__(self, public_model: str, rename: tuple[bytes, bytes] | None) -> None:
+    def __init__(self, public_model: str, rename: ModelRename | None) -> None:
         self.public_model, self.rename = public_model, rename
         self.done = False
         self.error: GatewayError | None = None
@@ -341,16 +343,17 @@ class _Events:
             self._rest = data
             return b""
         whole, self._rest = data[:end], data[end:]
-        if b'{"error"' in whole and (b'data: {"error"' in whole or b'data:{"error"' in whole):
-            whole = self._cut_error(whole)
-        if b"data: [DONE]" in whole:
+        # Each search behind the `in` of a literal that every spelling holds: most pieces hold neither.
+        if b'"error"' in whole and (error := ERROR_EVENT.search(whole)) is not None:
+            whole = self._cut_error(whole, error.start())
+        if b"[DONE]" in whole and (done := DONE_EVENT.search(whole)) is not None:
             self.done = True
+            whole = whole[:done.start()] + DONE  # in the one spelling that the relay looks for
         if self.rename is not None:
-            whole = whole.replace(*self.rename)
+            whole = self.rename(whole)
         return whole
 
-    def _cut_error(self, whole: bytes) -> bytes:
-        at = max(whole.find(b'data: {"error"'), whole.find(b'data:{"error"'))
+    def _cut_error(self, whole: bytes, at: int) -> bytes:
         event = whole[at:].split(b"\n\n", 1)[0]
         try:
             detail = orjson.loads(event[5:]).get("error")

@@ -5,6 +5,7 @@ load gauges from its /metrics. No I/O here; engine_adapters.openai_http does tha
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,9 @@ log = logging.getLogger(__name__)
 _CODE_STATUS = {"engine_unavailable": 503, "rate_limit_exceeded": 429, "context_length_exceeded": 400,
                 "model_not_found": 404}
 _LOAD_GAUGES = (b"vllm:num_requests_waiting", b"vllm:num_requests_running", b"vllm:kv_cache_usage_perc")
+# How vLLM's 500 begins when its engine has died (EngineDeadError): unlike a 500 about one request's
+# content, it says the instance is unwell.
+_ENGINE_DEAD = "EngineCore encountered an issue"
 
 
 @dataclass(frozen=True)
@@ -149,8 +153,29 @@ def _structured_body(structured: StructuredOutput) -> dict[str, Any]:
     return {structured.kind: list(structured.spec) if structured.kind == "choice" else structured.spec}
 
 
-# An SSE event that carries usage holds this: the router reads and may drop such events, and never splices them.
-USAGE_MARK = b'"usage":{'
+# The events the router acts on, found whatever the upstream's spacing (json.dumps writes `"usage": {`, and
+# SSE allows `data:` with or without a space): one search each, as cheap as the `in` of a fixed literal.
+# An event carrying usage: the router reads and may drop it, and never splices it.
+USAGE_EVENT = re.compile(rb'"usage"\s*:\s*\{')
+DONE_EVENT = re.compile(rb"data:[ \t]*\[DONE\]")
+ERROR_EVENT = re.compile(rb'data:[ \t]*\{\s*"error"\s*:')
+DONE = b"data: [DONE]\n\n"  # the end of a stream as tokenyard writes it, and passes an upstream's on
+
+
+def holds_usage(data: bytes) -> bool:
+    """Whether `data` holds a usage event; the search only behind the literal every spelling holds."""
+    return b'"usage"' in data and USAGE_EVENT.search(data) is not None
+
+
+class ModelRename:
+    """An upstream's `"model": "<its name>"` written back as the route's public name, whatever the spacing."""
+
+    def __init__(self, upstream: str, public: str) -> None:
+        self.pattern = re.compile(rb'"model"\s*:\s*' + re.escape(orjson.dumps(upstream)))
+        self.to = b'"model":' + orjson.dumps(public)
+
+    def __call__(self, data: bytes) -> bytes:
+        return self.pattern.sub(lambda _: self.to, data)  # a function: `to` may hold backslashes
 
 
 def answered_whole(body: dict[str, Any]) -> bool:
@@ -178,6 +203,8 @@ def upstream_error(status: int, body: bytes, public_model: str) -> GatewayError:
         return EngineUnavailable("The upstream instance refused the router's credentials.")
     if status in (502, 503, 504):
         return EngineUnavailable("The upstream instance is unavailable.")
+    if status == 500 and message.startswith(_ENGINE_DEAD):
+        return EngineUnavailable("The upstream instance's engine has stopped.")
     return status_error(status, message, param=param)
 
 

@@ -1,14 +1,21 @@
 """A scripted OpenAI-compatible server, run as its own process so that router faults are real.
 
     python -m engine_adapters.scripted_server --port P [--tokens N] [--delay-ms D] [--model NAME] [--fault F]
+                                              [--wire compact|loose]
 
 It serves /health, /v1/models, /metrics (vLLM's load gauges), /v1/chat/completions and /v1/completions
 (streamed or not), and /v1/embeddings. Tokens are `t0 t1 ...`, one every D ms. Faults, also set at
-run time with POST /control {"fault": F, "delay_ms": D, "tokens": N}:
+run time with POST /control {"fault": F, "delay_ms": D, "tokens": N, "poison": WORD, "wire": W}:
 
     none    serve normally            503, 429   answer every generation request with that status
     hang    never answer              stall      3 chunks, then silence
     reset   3 chunks, then a TCP reset (RST)
+    error   3 chunks, then an SSE error event (as vLLM sends one mid-stream) and the stream's end
+
+A request whose prompt holds the poison word (none by default) is answered 500, as an engine answers a
+request it cannot serve. Wire `loose` writes JSON as Python's json.dumps does by default (`"key": value`),
+whole answers indented, and SSE fields without the optional space (`data:{...}`, `data:[DONE]`): all valid,
+as an OpenAI-compatible server may write them; `compact` (the default) is orjson's and vLLM's spacing.
 
 GET /stats counts requests, completed, aborted (the client left before the end) and in flight.
 A refused connection is a port nobody listens on; a crash is `kill -9` from the test. It is a small
@@ -21,6 +28,7 @@ import argparse
 import asyncio
 import contextlib
 import hashlib
+import json
 import socket
 import struct
 import time
@@ -40,6 +48,16 @@ class Script:
     delay_ms: float = 10.0
     fault: str = "none"
     max_model_len: int = 4096
+    poison: str = ""
+    wire: str = "compact"
+
+    def dumps(self, value: Any, whole: bool = False) -> bytes:
+        if self.wire == "loose":
+            return json.dumps(value, indent=2 if whole else None).encode()
+        return orjson.dumps(value)
+
+    def sse(self, data: bytes) -> bytes:
+        return (b"data:" if self.wire == "loose" else b"data: ") + data + b"\n\n"
 
 
 @dataclass
@@ -82,11 +100,11 @@ async def read_request(reader: asyncio.StreamReader) -> HttpRequest | None:
 class Exchange:
     """One request's response side: plain JSON or a chunked SSE body, and the client's leaving."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, script: Script) -> None:
+        self.reader, self.writer, self.script = reader, writer, script
 
     async def json(self, status: int, body: Any) -> None:
-        data = orjson.dumps(body)
+        data = self.script.dumps(body, whole=True)
         head = f"HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {len(data)}\r\n\r\n"
         self.writer.write(head.encode() + data)
         await self.writer.drain()
@@ -96,8 +114,8 @@ class Exchange:
         self.writer.write(head.encode())
         await self.writer.drain()
 
-    async def event(self, data: bytes) -> None:
-        payload = b"data: " + data + b"\n\n"
+    async def event(self, data: Any) -> None:
+        payload = self.script.sse(data if isinstance(data, bytes) else self.script.dumps(data))
         self.writer.write(b"%x\r\n%s\r\n" % (len(payload), payload))
         await self.writer.drain()
 
@@ -130,7 +148,7 @@ class ScriptedServer:
         self.started = int(time.time())
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        exchange = Exchange(reader, writer)
+        exchange = Exchange(reader, writer, self.script)
         try:
             while (request := await read_request(reader)) is not None:
                 await self.dispatch(request, exchange)
@@ -203,6 +221,10 @@ class ScriptedServer:
             await exchange.json(int(fault), {"error": {"message": f"scripted {fault}", "type": "scripted",
                                                        "param": None, "code": code}})
             return
+        if self.script.poison and self.script.poison in _text(request.json()):
+            await exchange.json(500, {"error": {"message": "scripted failure on this request",
+                                                "type": "InternalServerError", "param": None, "code": 500}})
+            return
         self.stats.in_flight += 1
         leaving = asyncio.ensure_future(exchange.until_client_leaves())
         work = asyncio.ensure_future(Generation(self.script, request, exchange).run())
@@ -260,7 +282,7 @@ class Generation:
         x = self.exchange
         await x.start_stream()
         if self.chat:
-            await x.event(orjson.dumps({**self.head, "choices": [self.choice(i, None, None, True) for i in range(self.n)]}))
+            await x.event({**self.head, "choices": [self.choice(i, None, None, True) for i in range(self.n)]})
         for step in range(self.count):
             await self.tick()
             if step == STALL_AFTER and self.script.fault == "stall":
@@ -268,11 +290,16 @@ class Generation:
             if step == STALL_AFTER and self.script.fault == "reset":
                 x.reset()
                 return
+            if step == STALL_AFTER and self.script.fault == "error":
+                await x.event({"error": {"message": "scripted error mid-stream", "type": "BadRequestError",
+                                         "param": None, "code": 400}})
+                await x.end_stream()
+                return
             reason = self.reason() if step == self.count - 1 else None
             choices = [self.choice(i, f"t{step} ", reason) for i in range(self.n)]
-            await x.event(orjson.dumps({**self.head, "choices": choices}))
+            await x.event({**self.head, "choices": choices})
         if (self.body.get("stream_options") or {}).get("include_usage"):
-            await x.event(orjson.dumps({**self.head, "choices": [], "usage": self.usage()}))
+            await x.event({**self.head, "choices": [], "usage": self.usage()})
         await x.event(b"[DONE]")
         await x.end_stream()
 
@@ -315,9 +342,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tokens", type=int, default=16)
     parser.add_argument("--delay-ms", type=float, default=10.0)
     parser.add_argument("--max-model-len", type=int, default=4096)
-    parser.add_argument("--fault", default="none", choices=["none", "503", "429", "hang", "stall", "reset"])
+    parser.add_argument("--fault", default="none", choices=["none", "503", "429", "hang", "stall", "reset", "error"])
+    parser.add_argument("--wire", default="compact", choices=["compact", "loose"])
     args = parser.parse_args(argv)
-    script = Script(args.model, args.tokens, args.delay_ms, args.fault, args.max_model_len)
+    script = Script(args.model, args.tokens, args.delay_ms, args.fault, args.max_model_len, wire=args.wire)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(args.host, args.port, script))
 

@@ -128,12 +128,13 @@ class BodyWriter:
     chunked framing, the client still there, its socket not backed up. Then uvicorn's own record of the
     answer stays right, and a sink that is not ready leaves the bytes to `send`, which waits for the client."""
 
-    __slots__ = ("cycle", "loop", "lost")
+    __slots__ = ("cycle", "loop", "lost", "refused")
 
     def __init__(self, cycle: Any, loop: asyncio.AbstractEventLoop) -> None:
         self.cycle = cycle  # uvicorn's RequestResponseCycle for this request
         self.loop = loop
         self.lost: Callable[[], None] | None = None  # called when the connection ends before the answer
+        self.refused = False  # uvicorn answered 400 itself: the rest of the request could not be parsed
 
     def ready(self) -> bool:
         cycle = self.cycle
@@ -224,6 +225,11 @@ def bounded_protocol(limits: LimitSettings) -> type[asyncio.Protocol]:
             self._head_bytes = 0
 
         def send_400_response(self, msg: str) -> None:
+            # A bad body (say, a malformed chunk) while the app runs: the app only hears a disconnect,
+            # so its writer records that the server refused the request, for the access log.
+            writer = self._writer
+            if writer is not None and writer.cycle is self.cycle and not writer.cycle.response_started:
+                writer.refused = True
             self._refuse(HeaderTooLarge(head_too_large) if self._head_over else InvalidRequest(msg))
 
         def connection_lost(self, exc: Exception | None) -> None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, BeforeValidator, Field, SecretStr, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -69,6 +70,23 @@ class ModelSettings(BaseModel):
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 
+def _no_credentials(hint: str) -> AfterValidator:
+    """A URL refused when it carries user:password@: the password would show in /metrics (an instance's
+    label), in the settings logged at start and in the Host header. The error shows the URL without it."""
+    def check(url: str) -> str:
+        parts = urlsplit(url)
+        if "@" in parts.netloc:
+            shown = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+            raise ValueError(f"{shown}: a URL must not carry credentials (user:password@host); {hint}")
+        return url
+
+    return AfterValidator(check)
+
+
+UpstreamUrl = Annotated[str, _no_credentials("give the instance's key as the route's api_key (a bearer token)")]
+KubeApiUrl = Annotated[str, _no_credentials("the API's token is read from token_file")]
+
+
 class DiscoverySettings(BaseModel):
     """Find a route's instances: mode dns re-resolves a (headless Service) DNS name every interval_s;
     mode kubernetes watches the Service's EndpointSlices through the Kubernetes API (Ready endpoints)."""
@@ -82,7 +100,7 @@ class DiscoverySettings(BaseModel):
     service: str | None = Field(default=None, min_length=1)
     namespace: str | None = Field(default=None, min_length=1)
     port_name: str | None = Field(default=None, description="The EndpointSlice port to use; else the first.")
-    api_url: str | None = Field(default=None, description="Default https://$KUBERNETES_SERVICE_HOST:$..._PORT.")
+    api_url: KubeApiUrl | None = Field(default=None, description="Default https://$KUBERNETES_SERVICE_HOST:$..._PORT.")
     token_file: Path = SERVICE_ACCOUNT_DIR / "token"  # re-read on every (re)connect: it rotates
     ca_file: Path = SERVICE_ACCOUNT_DIR / "ca.crt"
 
@@ -101,7 +119,7 @@ class RouteSettings(BaseModel):
     name: str = Field(min_length=1)
     aliases: list[str] = Field(default_factory=list)
     policy: Literal["least-loaded", "power-of-two", "session", "prefix", "round-robin"] = "least-loaded"
-    upstreams: list[str] = Field(default_factory=list, description="Static instance base URLs.")
+    upstreams: list[UpstreamUrl] = Field(default_factory=list, description="Static instance base URLs.")
     upstream_model: str | None = Field(default=None, description="The model name the instances serve, if different.")
     kind: Literal["generate", "embed"] = "generate"
     api_key: SecretStr | None = Field(default=None, description="Sent as a bearer token to every instance.")
@@ -218,7 +236,9 @@ def default_models() -> list[ModelSettings]:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="TOKENYARD_", env_nested_delimiter="__", extra="forbid")
+    # hide_input_in_errors: a refused value (a key, a URL with a password) is never printed back.
+    model_config = SettingsConfigDict(env_prefix="TOKENYARD_", env_nested_delimiter="__", extra="forbid",
+                                      hide_input_in_errors=True)
 
     config: Path | None = None
     host: str = "127.0.0.1"

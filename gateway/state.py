@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from engine_adapters.base import EngineAdapter, LocalEngine, ModelInfo
 from gateway.errors import EngineUnavailable, ModelNotFound
 from gateway.lifecycle import Drain
-from gateway.observability.metrics import Metrics, RouteStatus, UpstreamStat
+from gateway.observability.metrics import UNKNOWN_MODEL, Metrics, RouteStatus, UpstreamStat
 from gateway.routing.adapter import RoutedAdapter
 from gateway.settings import Settings
 
@@ -64,6 +64,11 @@ class AppState:
         if not self.ready or self.draining:
             raise EngineUnavailable("The server is not ready to serve requests.")
         return adapter
+
+    def model_label(self, model: object) -> str:
+        """The `model` label for a requested name: the name itself only when it is served, else one bucket,
+        so that no client can add series to /metrics by naming models."""
+        return model if isinstance(model, str) and model in self.adapters else UNKNOWN_MODEL
 
     def model_info(self, model: str) -> ModelInfo:
         adapter = self.adapters.get(model)

@@ -33,7 +33,7 @@ async def _serve(
     state = app_state(request)
     log_unknown_fields(state, body)
     session_id = request.headers.get(state.settings.router.session_header)  # router mode's affinity key
-    disconnects = state.metrics.client_disconnects.labels(body.model)
+    disconnects = state.metrics.child(state.metrics.client_disconnects, state.model_label(body.model))
     # Routed models never get here: gateway.api.passthrough answers them before FastAPI does.
     answer: Awaitable[Any] = stream(state, body, session_id) if body.stream else complete(state, body, session_id)
     try:

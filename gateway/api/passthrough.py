@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from engine_adapters.base import GenerateRequest, Relay, SamplingOptions, relays
+from engine_adapters.openai_wire import DONE
 from gateway.api.streaming import ClientDisconnected, until_disconnect
 from gateway.errors import GatewayError, error_payload, invalid_fields
 from gateway.lifecycle import body_writer
@@ -25,7 +26,7 @@ from gateway.middleware.context import header, request_info, send_error
 from gateway.protocol.chat import ChatCompletionRequest
 from gateway.protocol.completions import CompletionRequest
 from gateway.protocol.tokenize import DetokenizeRequest, TokenizeRequest
-from gateway.services.generation import DONE, log_unknown_fields, new_id, sse_error
+from gateway.services.generation import log_unknown_fields, new_id, sse_error
 from gateway.services.relay import CHAT, COMPLETIONS, RelayCall, fold
 from gateway.state import AppState
 
@@ -61,7 +62,8 @@ class PassThrough:
         try:
             await until_disconnect(receive, work, scope)
         except ClientDisconnected:
-            self.state.metrics.client_disconnects.labels(model).inc()
+            metrics = self.state.metrics
+            metrics.child(metrics.client_disconnects, self.state.model_label(model)).inc()
 
     def _work(self, scope: Scope, wire: type[BaseModel], body: dict[str, Any], send: Send) -> Awaitable[None]:
         """What answers the request, once its body has passed the same checks as in engine mode."""

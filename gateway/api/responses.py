@@ -25,7 +25,7 @@ _SSE_DOC: dict[int | str, dict[str, Any]] = {
 async def create_response(body: ResponsesRequest, request: Request) -> Response:
     state = app_state(request)
     session_id = request.headers.get(state.settings.router.session_header)  # router mode's affinity key
-    disconnects = state.metrics.client_disconnects.labels(body.model)
+    disconnects = state.metrics.child(state.metrics.client_disconnects, state.model_label(body.model))
     try:
         if body.stream:
             events = await until_disconnect(request.receive, responses.stream(state, body, session_id), request.scope)

@@ -16,6 +16,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import GatewayError
+from gateway.lifecycle import body_writer
 from gateway.middleware.context import RequestInfo, attach, header, send_error
 from gateway.observability.logging import FIELDS_ATTR
 
@@ -82,7 +83,7 @@ def _log_access(scope: Scope, info: RequestInfo, status: int) -> None:
         "request_id": info.request_id,
         "method": scope["method"],
         "path": scope["path"],
-        "status": status or 499,  # no answer at all: the client left first
+        "status": status or _unanswered(scope),
         "latency_ms": round((time.perf_counter() - info.started) * 1000, 3),
         "model": info.model,
         "key": info.key_name,
@@ -90,3 +91,10 @@ def _log_access(scope: Scope, info: RequestInfo, status: int) -> None:
         "client": client[0] if client else None,
     }
     access_log.info("request", extra={FIELDS_ATTR: fields})
+
+
+def _unanswered(scope: Scope) -> int:
+    """The status of a request the app never answered: 400 when the server refused the rest of it (the
+    body could not be parsed, and uvicorn answered), else 499, the client left first."""
+    writer = body_writer(scope)
+    return 400 if writer is not None and writer.refused else 499

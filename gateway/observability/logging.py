@@ -17,10 +17,18 @@ import orjson
 # What a record carries besides its message; attached with `extra={"fields": {...}}`.
 FIELDS_ATTR = "fields"
 _BEARER = re.compile(r"(?i)(bearer\s+)[^\s\"',;]+")
+# Fields carry what clients sent (model names, paths, ids): a line stays small whatever they send.
+MAX_FIELD_CHARS = 256
+MAX_MESSAGE_CHARS = 4096
 
 
 def redact(text: str) -> str:
     return _BEARER.sub(r"\1[redacted]", text)
+
+
+def clip(text: str, limit: int = MAX_FIELD_CHARS) -> str:
+    """`text` cut to `limit` characters, and marked so when it was."""
+    return text if len(text) <= limit else f"{text[:limit]}…[{len(text) - limit} more chars]"
 
 
 class JsonFormatter(logging.Formatter):
@@ -29,11 +37,11 @@ class JsonFormatter(logging.Formatter):
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": redact(record.getMessage()),
+            "message": clip(redact(record.getMessage()), MAX_MESSAGE_CHARS),
         }
         fields = getattr(record, FIELDS_ATTR, None)
         if isinstance(fields, dict):
-            entry.update(fields)
+            entry.update({name: clip(value) if isinstance(value, str) else value for name, value in fields.items()})
         if record.exc_info:
             entry["exc"] = redact(self.formatException(record.exc_info))
         return orjson.dumps(entry, default=str).decode()

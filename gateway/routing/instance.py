@@ -38,20 +38,22 @@ class Instance:
         return busy + WAITING_WEIGHT * self.engine.waiting + KV_CACHE_WEIGHT * self.engine.kv_cache_usage
 
     def report(self, exc: BaseException | None) -> None:
-        """Feed the breaker one outcome: None is a success; a 429 or a client's leaving is no verdict."""
+        """Feed the breaker one outcome: None is a success; a 429, a 500 or a client's leaving is no verdict."""
         if exc is None:
             self.breaker.success()
         elif is_instance_failure(exc):
             self.breaker.failure()
-        elif isinstance(exc, GatewayError) and not isinstance(exc, RateLimited):
+        elif isinstance(exc, GatewayError) and exc.status < 500 and not isinstance(exc, RateLimited):
             self.breaker.success()  # a 4xx answer proves the instance works
         else:
             self.breaker.release()
 
 
 def is_instance_failure(exc: BaseException) -> bool:
-    """Connect errors, timeouts, broken streams (EngineUnavailable) and 5xx answers."""
-    return isinstance(exc, EngineUnavailable) or (isinstance(exc, GatewayError) and exc.status >= 500)
+    """What says the instance is unwell, all EngineUnavailable: connect errors, timeouts, broken streams,
+    502/503/504 and a dead engine. A plain 500 is not: it may be one request's content (a poison prompt),
+    and counting it would let one client open the breaker for everyone."""
+    return isinstance(exc, EngineUnavailable)
 
 
 class Lease:

@@ -9,6 +9,7 @@ from dataclasses import replace
 from typing import Any
 
 from engine_adapters.base import Chunk, GenerateRequest, TokenLogprob
+from engine_adapters.openai_wire import DONE
 from gateway.errors import InvalidRequest
 from gateway.protocol.chat import (
     ChatChoice,
@@ -19,7 +20,6 @@ from gateway.protocol.chat import (
 )
 from gateway.protocol.common import Usage
 from gateway.services.generation import (
-    DONE,
     MeteredStream,
     finish_reason,
     first_and_rest,

@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine_adapters.base import Chunk, GenerateRequest, TokenLogprob
+from engine_adapters.openai_wire import DONE
 from gateway.errors import InvalidRequest
 from gateway.protocol.common import Usage
 from gateway.protocol.completions import Completion, CompletionChoice, CompletionLogprobs, CompletionRequest
 from gateway.services.generation import (
-    DONE,
     MeteredStream,
     finish_reason,
     first_and_rest,

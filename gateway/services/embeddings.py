@@ -47,10 +47,10 @@ async def create(state: AppState, req: EmbeddingRequest) -> EmbeddingResponse:
     started = time.perf_counter()
     inputs = _inputs(req)
     vectors, prompt_tokens = await adapter.embed(new_id("embd"), req.model, inputs)
-    metrics = state.metrics
-    metrics.requests.labels(req.model, ROUTE, "200").inc()
-    metrics.request_duration.labels(req.model, ROUTE).observe(time.perf_counter() - started)
-    metrics.prompt_tokens.labels(req.model).inc(prompt_tokens)
+    metrics, model = state.metrics, state.model_label(req.model)
+    metrics.child(metrics.requests, model, ROUTE, "200").inc()
+    metrics.child(metrics.request_duration, model, ROUTE).observe(time.perf_counter() - started)
+    metrics.child(metrics.prompt_tokens, model).inc(prompt_tokens)
     data = [Embedding(index=i, embedding=_encode(v, req.encoding_format)) for i, v in enumerate(vectors)]
     usage = EmbeddingUsage(prompt_tokens=prompt_tokens, total_tokens=prompt_tokens)
     return EmbeddingResponse(data=data, model=req.model, usage=usage)

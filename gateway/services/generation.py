@@ -23,7 +23,6 @@ from gateway.state import AppState
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-DONE = b"data: [DONE]\n\n"
 FINISH_REASONS = {"stop", "length", "content_filter", "tool_calls"}
 
 
@@ -136,7 +135,8 @@ class MeteredStream:
         self.started = time.perf_counter()
         self.finished = False
         self._last_chunk_at: float | None = None
-        self._inter_token = state.metrics.child(state.metrics.inter_token_latency, request.model)
+        self.label = state.model_label(request.model)
+        self._inter_token = state.metrics.child(state.metrics.inter_token_latency, self.label)
 
     def chunks(self) -> AsyncIterator[Chunk]:
         return self.pieces(self.adapter.generate(self.request))
@@ -144,7 +144,7 @@ class MeteredStream:
     async def pieces(self, source: AsyncIterator[T]) -> AsyncIterator[T]:
         """`source` metered: in flight, time to first piece, time between pieces; aborted if left early."""
         metrics = self.state.metrics
-        in_flight = metrics.child(metrics.in_flight, self.request.model)
+        in_flight = metrics.child(metrics.in_flight, self.label)
         in_flight.inc()
         try:
             async for piece in source:
@@ -161,7 +161,7 @@ class MeteredStream:
         now = time.perf_counter()
         if self._last_chunk_at is None:
             metrics = self.state.metrics
-            metrics.child(metrics.time_to_first_token, self.request.model).observe(now - self.started)
+            metrics.child(metrics.time_to_first_token, self.label).observe(now - self.started)
         else:
             self._inter_token.observe(now - self._last_chunk_at)
         self._last_chunk_at = now
@@ -174,7 +174,7 @@ class MeteredStream:
             log.warning("abort failed for %s", self.request.request_id, exc_info=True)
 
     def record(self, status: int, prompt_tokens: int, completion_tokens: int) -> None:
-        metrics, model = self.state.metrics, self.request.model
+        metrics, model = self.state.metrics, self.label
         metrics.child(metrics.requests, model, self.route, str(status)).inc()
         metrics.child(metrics.request_duration, model, self.route).observe(time.perf_counter() - self.started)
         metrics.child(metrics.prompt_tokens, model).inc(prompt_tokens)

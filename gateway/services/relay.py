@@ -16,11 +16,11 @@ from typing import Any
 import orjson
 
 from engine_adapters.base import GenerateRequest, Relay, SamplingOptions, Sink
-from engine_adapters.openai_wire import USAGE_MARK, answered_whole
+from engine_adapters.openai_wire import DONE, answered_whole, holds_usage
 from gateway.protocol.chat import ChatCompletionRequest
 from gateway.protocol.common import SamplingFields
 from gateway.protocol.completions import CompletionRequest
-from gateway.services.generation import DONE, MeteredStream, new_id
+from gateway.services.generation import MeteredStream, new_id
 from gateway.state import AppState
 
 CHAT, COMPLETIONS = "/v1/chat/completions", "/v1/completions"
@@ -61,11 +61,11 @@ class RelayCall:
 
     def pass_on(self, piece: bytes) -> bytes:
         """The bytes for the client: as they came, less the usage event when the client did not ask."""
-        if USAGE_MARK not in piece:
+        if not holds_usage(piece):
             return piece
         kept = []
         for event in piece.split(b"\n\n"):
-            if USAGE_MARK in event and event.startswith(b"data:"):
+            if event.startswith(b"data:") and holds_usage(event):
                 data = orjson.loads(event[5:])
                 self.usage = data.get("usage") or self.usage
                 if not self.want_usage and not data.get("choices"):

@@ -100,8 +100,8 @@ class Router:
     """`python -m gateway serve --config router.yaml`: one route over the given instance URLs; `config` adds
     top-level settings (keys, limits)."""
 
-    def __init__(self, workdir: Path, upstreams: list[str], policy: str = "least-loaded",
-                 config: dict[str, Any] | None = None, **router: Any) -> None:
+    def __init__(self, workdir: Path, upstreams: list[str], policy: str = "least-loaded", log_level: str = "warning",
+                 aliases: tuple[str, ...] = (), config: dict[str, Any] | None = None, **router: Any) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.config = workdir / f"router-{self.port}.yaml"
@@ -109,14 +109,14 @@ class Router:
         self.settings = {"connect_timeout_s": 0.5, "first_token_timeout_s": 5, "idle_timeout_s": 3,
                          "health_interval_s": 0.5, "breaker_failures": 3, "breaker_cooldown_s": 2,
                          "retry_backoff_s": 0.02, "reload_interval_s": 0.2, **router}
-        self.policy, self.extra = policy, config or {}
+        self.policy, self.log_level, self.aliases, self.extra = policy, log_level, list(aliases), config or {}
         self.write_config(upstreams)
         self.log_path = workdir / f"router-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def write_config(self, upstreams: list[str]) -> None:
-        route = {"name": MODEL, "policy": self.policy, "upstreams": upstreams}
-        config = {"routes": [route], "router": self.settings, "log_level": "warning", **self.extra}
+        route = {"name": MODEL, "policy": self.policy, "upstreams": upstreams, "aliases": self.aliases}
+        config = {"routes": [route], "router": self.settings, "log_level": self.log_level, **self.extra}
         self.config.write_text(yaml.safe_dump(config))
 
     def start(self) -> Router:

@@ -90,3 +90,15 @@ async def test_traffic_returns_when_the_instance_comes_back(fleet: Fleet) -> Non
     returned_s = time.monotonic() - back_at
     print(f"traffic returned {returned_s:.2f}s after the instance came back")
     assert returned_s < 30
+
+
+async def test_one_clients_poison_requests_leave_the_breaker_closed_for_everyone(fleet: Fleet) -> None:
+    (engine,), router = fleet.start(1, tokens=4, delay_ms=1)  # the breaker opens after 3 failures
+    engine.control(poison="boom")  # the engine answers 500 to any prompt holding it, and only to those
+    async with httpx.AsyncClient(base_url=router.url, timeout=10) as client:
+        poisoned = [await whole(client, completion(max_tokens=4, prompt="boom")) for _ in range(5)]
+        poisoned.append(await stream(client, completion(max_tokens=4, prompt="boom")))
+        served = await asyncio.gather(*[whole(client, completion(max_tokens=4)) for _ in range(4)])
+    assert {outcome.status for outcome in poisoned} == {500}
+    assert [outcome.status for outcome in served] == [200] * 4
+    assert router.metric("tokenyard_breaker_state", engine.url) == 0

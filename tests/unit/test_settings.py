@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from pydantic import ValidationError
+
 from gateway.cli import _parser, settings_from_args
 from gateway.settings import BUILTIN_GEMMA, Settings
 
@@ -58,3 +60,19 @@ def test_missing_config_file_is_an_error(tmp_path: Path) -> None:
 def test_example_configs_load(path: Path) -> None:
     settings = Settings(config=path)
     assert settings.models and all(m.name for m in settings.models)
+
+
+@pytest.mark.parametrize("url", ["http://admin:s3cretpw@10.0.0.5:8000", "https://s3cretpw@vllm.internal"])
+def test_an_upstream_url_with_credentials_is_refused_without_echoing_them(url: str) -> None:
+    with pytest.raises(ValidationError) as refused:
+        Settings(routes=[{"name": "m", "upstreams": ["http://10.0.0.4:8000", url]}])
+    text = str(refused.value)
+    assert "api_key" in text and url.replace("admin:", "").replace("s3cretpw@", "") in text
+    assert "s3cretpw" not in text and "admin" not in text
+
+
+def test_a_kubernetes_api_url_with_credentials_is_refused() -> None:
+    discovery = {"mode": "kubernetes", "service": "vllm", "api_url": "https://u:s3cretpw@k8s:6443"}
+    with pytest.raises(ValidationError, match="token_file") as refused:
+        Settings(routes=[{"name": "m", "discovery": discovery}])
+    assert "s3cretpw" not in str(refused.value)

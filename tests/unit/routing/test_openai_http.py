@@ -14,9 +14,16 @@ import pytest_asyncio
 from aiohttp import web
 
 from engine_adapters.base import Chunk, GenerateRequest, SamplingOptions
-from engine_adapters.openai_http import HttpTimeouts, OpenAIHttpAdapter
-from engine_adapters.openai_wire import parse_load, request_payload
-from gateway.errors import ContextLengthExceeded, EngineUnavailable, InvalidRequest, ModelNotFound, RateLimited
+from engine_adapters.openai_http import HttpTimeouts, OpenAIHttpAdapter, _Events
+from engine_adapters.openai_wire import USAGE_EVENT, parse_load, request_payload
+from gateway.errors import (
+    ContextLengthExceeded,
+    EngineUnavailable,
+    GatewayError,
+    InvalidRequest,
+    ModelNotFound,
+    RateLimited,
+)
 
 Reply = Callable[[str, Any], Awaitable["Answer"]]
 
@@ -151,6 +158,9 @@ async def test_completion_logprobs_are_mapped(upstream: Upstream, make: Any) -> 
     (503, {"error": {"message": "down"}}, EngineUnavailable),
     (502, b"<html>bad gateway</html>", EngineUnavailable),
     (401, {"error": {"message": "bad key"}}, EngineUnavailable),  # the router's key for the instance
+    (500, {"error": {"message": "EngineCore encountered an issue. See stack trace (above) for the root cause.",
+                     "type": "InternalServerError", "code": 500}}, EngineUnavailable),  # vLLM's engine died
+    (500, {"error": {"message": "cannot render this prompt", "code": 500}}, GatewayError),
 ])
 async def test_upstream_errors_map_onto_the_error_tree(upstream: Upstream, make: Any, status: int, body: Any,
                                                       error: type[Exception]) -> None:
@@ -158,6 +168,7 @@ async def test_upstream_errors_map_onto_the_error_tree(upstream: Upstream, make:
     upstream.reply = replying(content, status=status, content_type="application/json")
     with pytest.raises(error) as raised:
         await collect(make().generate(chat_request()))
+    assert type(raised.value) is error
     if isinstance(raised.value, ModelNotFound):
         assert "public" in raised.value.message  # the client's name, not the upstream's
 
@@ -334,3 +345,13 @@ def test_echo_with_logprobs_is_refused() -> None:
     req = GenerateRequest("r", "m", SamplingOptions(logprobs=1, prompt_logprobs=1), prompt="x")
     with pytest.raises(InvalidRequest):
         request_payload(req, "m")
+
+
+@pytest.mark.parametrize("spelling", [b'data: {"error": {', b'data:{ "error" : {', b'data:  {\t"error":{'])
+def test_the_events_the_relay_acts_on_are_found_in_any_spacing(spelling: bytes) -> None:
+    events = _Events("m", None)
+    head = events.feed(b'data: {"choices": []}\n\n' + spelling + b'"message": "x", "code": 400}}\n\n')
+    assert head == b'data: {"choices": []}\n\n' and isinstance(events.error, InvalidRequest)
+    done = _Events("m", None)
+    assert done.feed(b"data:[DONE]\n\n") == b"data: [DONE]\n\n" and done.done
+    assert USAGE_EVENT.search(b'{"usage" :\n{"prompt_tokens": 1}}') and not USAGE_EVENT.search(b'{"usage": null}')
