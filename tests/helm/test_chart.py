@@ -76,7 +76,7 @@ def test_custom_resources_validate_against_upstream_crds(ci_rendered: Rendered) 
 def test_only_known_kinds_are_rendered(ci_rendered: Rendered) -> None:
     kinds = {obj["kind"] for obj in ci_rendered.objects}
     assert kinds <= {"ServiceAccount", "ConfigMap", "Secret", "Service", "Deployment", "HorizontalPodAutoscaler",
-                     "PodDisruptionBudget", "PersistentVolumeClaim", "Pod", *CUSTOM_KINDS}
+                     "PodDisruptionBudget", "PersistentVolumeClaim", "Pod", "NetworkPolicy", *CUSTOM_KINDS}
 
 
 def test_names_are_valid_and_unique(ci_rendered: Rendered) -> None:
@@ -399,7 +399,7 @@ def test_image_defaults_to_app_version() -> None:
 
 def test_api_keys_secret_is_mounted_when_keys_are_set() -> None:
     rendered = ci("keys-monitoring-keda")
-    (secret,) = rendered.of_kind("Secret")
+    secret = rendered.get("Secret", "ty-tokenyard-api-keys")
     lines = base64.b64decode(secret["data"]["api-keys"]).decode().splitlines()
     assert lines == load_values(CI_VALUES_DIR / "keys-monitoring-keda-values.yaml")["apiKeys"]["keys"]
 
@@ -424,7 +424,7 @@ def test_hub_token_comes_from_an_existing_secret() -> None:
     # A model may turn it off; the router never gets it; the chart creates no Secret for it.
     assert "HF_TOKEN" not in env_of(main_container(engines["all-MiniLM-L6-v2"]))
     assert "HF_TOKEN" not in env_of(main_container(rendered.router))
-    assert [s["metadata"]["name"] for s in rendered.of_kind("Secret")] == ["ty-tokenyard-api-keys"]
+    assert rendered.names("Secret") == ["ty-tokenyard-api-keys", "ty-tokenyard-internal-key"]
     for engine in ci("default").engines:
         assert "HF_TOKEN" not in env_of(main_container(engine))
 
@@ -441,14 +441,14 @@ def test_hub_downloads_land_on_the_model_cache() -> None:
 
 def test_no_keys_no_secret() -> None:
     rendered = ci("default")
-    assert rendered.of_kind("Secret") == []
+    assert rendered.names("Secret") == ["ty-tokenyard-internal-key"]
     assert "auth" not in rendered.config_of(rendered.router)
     assert all(v["name"] != "api-keys" for v in pod_spec(rendered.router)["volumes"])
 
 
 def test_existing_secret_is_mounted_not_created() -> None:
     rendered = render({"apiKeys": {"existingSecret": "team-keys", "secretKey": "keys.txt"}})
-    assert rendered.of_kind("Secret") == []
+    assert rendered.names("Secret") == ["ty-tokenyard-internal-key"]
     (volume,) = [v for v in pod_spec(rendered.router)["volumes"] if v["name"] == "api-keys"]
     assert volume["secret"]["secretName"] == "team-keys"
     assert volume["secret"]["items"] == [{"key": "keys.txt", "path": "api-keys"}]
@@ -459,7 +459,8 @@ def test_engines_never_see_the_keys() -> None:
     rendered = ci("keys-monitoring-keda")
     for engine in rendered.engines:
         assert all(v["name"] != "api-keys" for v in pod_spec(engine)["volumes"])
-        assert "auth" not in rendered.config_of(engine)
+        # Their only key is the internal one (test_security.py).
+        assert rendered.config_of(engine)["auth"] == {"api_keys_file": "/etc/tokenyard/internal/internal-key"}
 
 
 # --- ServiceMonitor (KEDA: test_keda.py) --------------------------------------------------------
@@ -561,7 +562,7 @@ def test_helm_test_pod_lists_models_through_the_router(ci_rendered: Rendered) ->
     assert sorted(json.loads(env["EXPECTED_MODELS"])) == served
     # The script is plain Python: it must at least compile.
     compile(container["command"][2], "helm-test", "exec")
-    has_keys = bool(ci_rendered.of_kind("Secret"))
+    has_keys = any(name.endswith("-api-keys") for name in ci_rendered.names("Secret"))
     assert ("KEYS_FILE" in env) == has_keys
 
 

@@ -43,6 +43,34 @@ Names. The full name is kept to 40 characters so that "-router", "-engine-<model
 {{- if or .Values.apiKeys.keys .Values.apiKeys.existingSecret -}}true{{- end -}}
 {{- end -}}
 
+{{- define "tokenyard.internalKeySecretName" -}}
+{{- default (printf "%s-internal-key" (include "tokenyard.fullname" .)) .Values.internalKey.existingSecret -}}
+{{- end -}}
+
+{{/* Where engines and the router read the internal key: a directory mount (no subPath), so updates arrive. */}}
+{{- define "tokenyard.internalKeyDir" -}}/etc/tokenyard/internal{{- end -}}
+{{- define "tokenyard.internalKeyPath" -}}{{ include "tokenyard.internalKeyDir" . }}/internal-key{{- end -}}
+
+{{- define "tokenyard.internalKeyMount" -}}
+{{- if .Values.internalKey.enabled }}
+- name: internal-key
+  mountPath: {{ include "tokenyard.internalKeyDir" . }}
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "tokenyard.internalKeyVolume" -}}
+{{- if .Values.internalKey.enabled }}
+- name: internal-key
+  secret:
+    secretName: {{ include "tokenyard.internalKeySecretName" . }}
+    defaultMode: 0440
+    items:
+      - key: {{ .Values.internalKey.secretKey }}
+        path: internal-key
+{{- end }}
+{{- end -}}
+
 {{/* Where the router reads its config and the API keys; the file layout is part of the router's contract. */}}
 {{- define "tokenyard.configPath" -}}/etc/tokenyard/config.yaml{{- end -}}
 {{- define "tokenyard.keysDir" -}}/etc/tokenyard/keys{{- end -}}
