@@ -390,8 +390,32 @@ def test_without_a_model_cache_the_image_models_are_used(name: str) -> None:
 
 def test_image_defaults_to_app_version() -> None:
     rendered = ci("default")
-    for deployment in rendered.of_kind("Deployment"):
+    for deployment in rendered.engines:
         assert main_container(deployment)["image"] == "tokenyard:0.1.0"
+    # The router and the helm test pod run the slim router image (Dockerfile.router).
+    assert main_container(rendered.router)["image"] == "tokenyard-router:0.1.0"
+    (test_pod,) = rendered.of_kind("Pod")
+    assert test_pod["spec"]["containers"][0]["image"] == "tokenyard-router:0.1.0"
+
+
+def test_router_image_and_digests() -> None:
+    digest = "sha256:" + "a" * 64
+    other = "sha256:" + "b" * 64
+    rendered = render({
+        "image": {"repository": "reg.example/ty", "tag": "0.1.0-cuda", "digest": digest},
+        "router": {"image": {"digest": other, "pullPolicy": "Always"}},
+        "imagePullSecrets": [{"name": "pull"}],
+        "models": [{"name": "a", "model": "/m/a"},
+                   {"name": "b", "model": "/m/b", "image": {"repository": "reg.example/custom", "tag": "1"}}],
+    })
+    engines = {rendered.config_of(e)["models"][0]["name"]: e for e in rendered.engines}
+    assert main_container(engines["a"])["image"] == f"reg.example/ty:0.1.0-cuda@{digest}"
+    assert main_container(engines["b"])["image"] == "reg.example/custom:1"  # another repository: not its digest
+    router = main_container(rendered.router)
+    assert (router["image"], router["imagePullPolicy"]) == (f"reg.example/ty-router:0.1.0@{other}", "Always")
+    (test_pod,) = rendered.of_kind("Pod")
+    assert test_pod["spec"]["containers"][0]["image"] == router["image"]
+    assert test_pod["spec"]["imagePullSecrets"] == [{"name": "pull"}]
 
 
 # --- API keys ---------------------------------------------------------------------------------

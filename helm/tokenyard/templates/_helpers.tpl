@@ -92,12 +92,30 @@ app.kubernetes.io/name: {{ include "tokenyard.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
+{{/* repository[:tag][@digest], given (list repository tag digest); a digest pins the image whatever the tag says. */}}
+{{- define "tokenyard.imageRef" -}}
+{{- $repository := index . 0 -}}
+{{- $tag := index . 1 -}}
+{{- $digest := index . 2 -}}
+{{- $repository -}}{{- with $tag -}}:{{ . }}{{- end -}}{{- with $digest -}}@{{ . }}{{- end -}}
+{{- end -}}
+
+{{/* The engine image of (list root image-override): the override's fields, else `image`'s. */}}
 {{- define "tokenyard.image" -}}
 {{- $root := index . 0 -}}
 {{- $image := index . 1 -}}
-{{- $repository := default $root.Values.image.repository $image.repository -}}
-{{- $tag := default (default $root.Chart.AppVersion $root.Values.image.tag) $image.tag -}}
-{{- printf "%s:%s" $repository $tag -}}
+{{- $top := $root.Values.image -}}
+{{- $repository := default $top.repository $image.repository -}}
+{{- $tag := default (default $root.Chart.AppVersion $top.tag) $image.tag -}}
+{{- $digest := $image.digest | default (ternary "" (default "" $top.digest) (not (empty $image.repository))) -}}
+{{- include "tokenyard.imageRef" (list $repository $tag $digest) -}}
+{{- end -}}
+
+{{/* The router image (Dockerfile.router): router.image, else "<image.repository>-router" at the appVersion. */}}
+{{- define "tokenyard.routerImage" -}}
+{{- $image := .Values.router.image -}}
+{{- $repository := default (printf "%s-router" .Values.image.repository) $image.repository -}}
+{{- include "tokenyard.imageRef" (list $repository (default .Chart.AppVersion $image.tag) $image.digest) -}}
 {{- end -}}
 
 {{/*
