@@ -212,14 +212,16 @@ def test_kubernetes_discovery_mode_watches_endpointslices(tmp_path: Path) -> Non
     config_file.write_text(yaml.safe_dump(router_config))
     assert Settings(config=config_file).routes[0].discovery.mode == "kubernetes"  # type: ignore[union-attr]
 
-    # Read-only access to endpointslices in this namespace, for the router's ServiceAccount only.
+    # List and watch endpointslices (all the router calls) in this namespace, for the router's own ServiceAccount.
     (role,), (binding,) = rendered.of_kind("Role"), rendered.of_kind("RoleBinding")
     assert role["rules"] == [{"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"],
-                              "verbs": ["get", "list", "watch"]}]
+                              "verbs": ["list", "watch"]}]
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
                                   "name": role["metadata"]["name"]}
     account = pod_spec(rendered.router)["serviceAccountName"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account, "namespace": NAMESPACE}]
+    assert account == "ty-tokenyard-router" != pod_spec(rendered.engines[0])["serviceAccountName"]
+    assert rendered.get("ServiceAccount", account)["automountServiceAccountToken"] is True
     assert pod_spec(rendered.router)["automountServiceAccountToken"] is True  # it needs the token
     assert all(pod_spec(engine)["automountServiceAccountToken"] is False for engine in rendered.engines)
     for obj in (role, binding, rendered.router):

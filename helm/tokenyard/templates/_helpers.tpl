@@ -87,6 +87,27 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end -}}
 
+{{/*
+Labels of pod templates: no helm.sh/chart and no app.kubernetes.io/version, which change with every chart
+release and would restart every pod (a model load on each GPU engine) though nothing in the pod changed.
+*/}}
+{{- define "tokenyard.podLabels" -}}
+{{ include "tokenyard.selectorLabels" . }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{- define "tokenyard.routerServiceAccountName" -}}
+{{- $sa := .Values.router.serviceAccount -}}
+{{- if $sa.create -}}
+{{- default (include "tokenyard.routerName" .) $sa.name -}}
+{{- else -}}
+{{- default "default" $sa.name -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "tokenyard.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "tokenyard.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
@@ -230,12 +251,30 @@ lifecycle:
       command: ["sleep", "{{ .Values.drain.preStopSleepSeconds }}"]
 {{- end -}}
 
-{{/* The writable paths of a read-only root filesystem: /tmp and the user's home (caches of vLLM, Triton, torch). */}}
+{{/*
+The writable paths of a read-only root filesystem, given a `scratch` value: /tmp and the user's home (caches
+of vLLM, Triton, torch), each with a size limit so that a runaway cache evicts its pod, not its node's others.
+*/}}
 {{- define "tokenyard.scratchVolumes" -}}
 - name: tmp
-  emptyDir: {}
+  emptyDir:
+    sizeLimit: {{ .tmpSizeLimit }}
 - name: home
-  emptyDir: {}
+  emptyDir:
+    sizeLimit: {{ .homeSizeLimit }}
+{{- end -}}
+
+{{/* Anti-affinity of the router's pods (router.podAntiAffinity: soft, hard or none), when no affinity is set. */}}
+{{- define "tokenyard.routerAffinity" -}}
+{{- $mode := .Values.router.podAntiAffinity -}}
+{{- $term := dict "topologyKey" "kubernetes.io/hostname" "labelSelector" (dict "matchLabels" (fromYaml (include "tokenyard.routerSelectorLabels" .))) -}}
+{{- if .Values.router.affinity -}}
+{{- toYaml .Values.router.affinity -}}
+{{- else if eq $mode "soft" -}}
+{{- toYaml (dict "podAntiAffinity" (dict "preferredDuringSchedulingIgnoredDuringExecution" (list (dict "weight" 100 "podAffinityTerm" $term)))) -}}
+{{- else if eq $mode "hard" -}}
+{{- toYaml (dict "podAntiAffinity" (dict "requiredDuringSchedulingIgnoredDuringExecution" (list $term))) -}}
+{{- end -}}
 {{- end -}}
 
 {{- define "tokenyard.scratchMounts" -}}
