@@ -23,7 +23,7 @@ KUBE_VERSION = "1.29.0"
 RELEASE = "ty"
 NAMESPACE = "llm"
 # Kinds from CRDs: no Kubernetes schema for them, so the tests check their shape by hand.
-CUSTOM_KINDS = frozenset({"ServiceMonitor", "ScaledObject"})
+CUSTOM_KINDS = frozenset({"ServiceMonitor", "ScaledObject", "HTTPRoute", "InferencePool", "LeaderWorkerSet"})
 
 
 def ci_values_files() -> list[Path]:

@@ -76,7 +76,8 @@ def test_custom_resources_validate_against_upstream_crds(ci_rendered: Rendered) 
 def test_only_known_kinds_are_rendered(ci_rendered: Rendered) -> None:
     kinds = {obj["kind"] for obj in ci_rendered.objects}
     assert kinds <= {"ServiceAccount", "ConfigMap", "Secret", "Service", "Deployment", "HorizontalPodAutoscaler",
-                     "PodDisruptionBudget", "PersistentVolumeClaim", "Pod", "NetworkPolicy", *CUSTOM_KINDS}
+                     "PodDisruptionBudget", "PersistentVolumeClaim", "Pod", "NetworkPolicy", "Ingress", "Role",
+                     "RoleBinding", *CUSTOM_KINDS}
 
 
 def test_names_are_valid_and_unique(ci_rendered: Rendered) -> None:

@@ -107,3 +107,71 @@ def test_router_has_its_own_service_account() -> None:
     # In DNS mode no pod gets an API token.
     assert rendered.get("ServiceAccount", router_account)["automountServiceAccountToken"] is False
     assert pod_spec(rendered.router)["automountServiceAccountToken"] is False
+
+
+# --- exposure: Ingress and HTTPRoute ----------------------------------------------------------
+
+
+def test_ingress_routes_to_the_router_service() -> None:
+    tls = [{"hosts": ["llm.example.com"], "secretName": "llm-tls"}]
+    rendered = render({"router": {"ingress": {"enabled": True, "className": "nginx", "hosts": ["llm.example.com"],
+                                              "tls": tls}}})
+    (ingress,) = rendered.of_kind("Ingress")
+    (rule,) = ingress["spec"]["rules"]
+    assert rule["host"] == "llm.example.com" and ingress["spec"]["tls"] == tls
+    backend = rule["http"]["paths"][0]["backend"]["service"]
+    service = rendered.get("Service", backend["name"])
+    assert service["spec"]["ports"][0]["name"] == backend["port"]["name"]
+    assert selects({"matchLabels": service["spec"]["selector"]}, pod_labels(rendered.router))
+    validate(ingress)
+    assert render({}).of_kind("Ingress") == []
+
+
+def test_httproute_routes_to_the_router_service() -> None:
+    from tests.helm.crds import validate_custom_resource
+
+    parent = [{"name": "public", "namespace": "gateways"}]
+    rendered = render({"router": {"httpRoute": {"enabled": True, "parentRefs": parent, "hostnames": ["llm.example.com"],
+                                                "timeouts": {"request": "0s"}}}})
+    (route,) = rendered.of_kind("HTTPRoute")
+    assert route["spec"]["parentRefs"] == parent
+    (backend,) = route["spec"]["rules"][0]["backendRefs"]
+    service = rendered.get("Service", backend["name"])
+    assert backend["port"] == service["spec"]["ports"][0]["port"]
+    validate_custom_resource(route)
+
+
+# --- ServiceMonitor and InferencePool ----------------------------------------------------------
+
+
+def test_servicemonitor_sends_a_key_when_metrics_are_guarded() -> None:
+    from tests.helm.crds import validate_custom_resource
+
+    drop = [{"sourceLabels": ["__name__"], "regex": "python_gc_.*", "action": "drop"}]
+    extra = [{"targetLabel": "cluster", "replacement": "eu-1"}]
+    rendered = render({"apiKeys": {"keys": ["sk-0123456789"], "guardMetrics": True},
+                       "serviceMonitor": {"enabled": True, "force": True, "bearerTokenSecret": {"name": "prom-key"},
+                                          "relabelings": extra, "metricRelabelings": drop}})
+    assert rendered.config_of(rendered.router)["auth"]["guard_metrics"] is True
+    (monitor,) = rendered.of_kind("ServiceMonitor")
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["authorization"] == {"type": "Bearer", "credentials": {"name": "prom-key", "key": "token"}}
+    assert endpoint["relabelings"][-1] == extra[0] and endpoint["metricRelabelings"] == drop
+    validate_custom_resource(monitor)
+    (plain,) = render({"serviceMonitor": {"enabled": True, "force": True}}).of_kind("ServiceMonitor")
+    assert "authorization" not in plain["spec"]["endpoints"][0]
+
+
+def test_inference_pool_selects_one_models_engines() -> None:
+    from tests.helm.crds import validate_custom_resource
+
+    rendered = render({"models": [
+        {"name": "a", "model": "/m/a", "inferencePool": {"enabled": True, "endpointPicker": {"name": "a-epp"}}},
+        {"name": "b", "model": "/m/b"}]})
+    (pool,) = rendered.of_kind("InferencePool")
+    engines = {rendered.config_of(e)["models"][0]["name"]: e for e in rendered.engines}
+    assert selects(pool["spec"]["selector"], pod_labels(engines["a"]))
+    assert not selects(pool["spec"]["selector"], pod_labels(engines["b"]))
+    assert pool["spec"]["targetPorts"] == [{"number": main_container(engines["a"])["ports"][0]["containerPort"]}]
+    assert pool["spec"]["endpointPickerRef"] == {"name": "a-epp", "port": {"number": 9002}}
+    validate_custom_resource(pool)
