@@ -77,11 +77,20 @@ spec:
     - name: engine
       image: {{ $image | quote }}
       imagePullPolicy: {{ $pullPolicy }}
+      {{- if eq $role "engine" }}
       command: ["tokenyard", "serve", "--config", {{ include "tokenyard.configPath" $root | quote }}]
+      {{- else }}
+      command:
+        - bash
+        - -ec
+        - {{ include "tokenyard.rayCommand" (dict "root" $root "engine" $engine "role" $role) | quote }}
+      {{- end }}
+      {{- if ne $role "worker" }}
       ports:
         - name: http
           containerPort: {{ include "tokenyard.containerPort" $root }}
           protocol: TCP
+      {{- end }}
       {{- if or $cached $engine.hfTokenSecret.name $engine.extraEnv }}
       env:
         {{- if $cached }}
@@ -110,8 +119,10 @@ spec:
       envFrom:
         {{- toYaml . | nindent 8 }}
       {{- end }}
+      {{- if ne $role "worker" }}
       {{- include "tokenyard.probes" (list $engine.probes) | nindent 6 }}
       {{- include "tokenyard.lifecycle" $root | nindent 6 }}
+      {{- end }}
       resources:
         {{- toYaml $resources | nindent 8 }}
       securityContext:
@@ -121,7 +132,9 @@ spec:
           mountPath: {{ include "tokenyard.configPath" $root }}
           subPath: config.yaml
           readOnly: true
+        {{- if ne $role "worker" }}
         {{- include "tokenyard.internalKeyMount" $root | nindent 8 }}
+        {{- end }}
         {{- include "tokenyard.scratchMounts" $root | nindent 8 }}
         {{- if $engine.shmSizeLimit }}
         - name: shm
@@ -138,7 +151,9 @@ spec:
     - name: config
       configMap:
         name: {{ $engine.fullname }}-config
+    {{- if ne $role "worker" }}
     {{- include "tokenyard.internalKeyVolume" $root | nindent 4 }}
+    {{- end }}
     {{- include "tokenyard.scratchVolumes" $engine.scratch | nindent 4 }}
     {{- with $engine.extraVolumes }}
     {{- toYaml . | nindent 4 }}
@@ -176,4 +191,23 @@ spec:
   topologySpreadConstraints:
     {{- toYaml . | nindent 4 }}
   {{- end }}
+{{- end -}}
+
+{{/*
+The shell command of a multi-node model's pods. The leader starts the Ray head, waits until every worker
+of its group has joined (all nodes x gpu.count GPUs), then serves the model with vLLM's Ray executor
+(tensor parallel inside a node, pipeline parallel across nodes). A worker joins the Ray cluster of its
+group's leader, whose address the LeaderWorkerSet controller sets as LWS_LEADER_ADDRESS.
+*/}}
+{{- define "tokenyard.rayCommand" -}}
+{{- $engine := .engine -}}
+{{- $port := $engine.multiNode.rayPort -}}
+{{- if eq .role "leader" -}}
+{{- $gpus := mul (int $engine.multiNode.nodes) (int $engine.gpu.count) -}}
+ray start --head --port={{ $port }} --include-dashboard=false --disable-usage-stats
+until python -c 'import sys, ray; ray.init(address="auto", logging_level="ERROR"); sys.exit(ray.cluster_resources().get("GPU", 0) < {{ $gpus }})'; do echo "waiting for the group's {{ $gpus }} GPUs to join"; sleep 5; done
+exec tokenyard serve --config {{ include "tokenyard.configPath" .root }}
+{{- else -}}
+exec ray start --address="${LWS_LEADER_ADDRESS}:{{ $port }}" --block --disable-usage-stats
+{{- end -}}
 {{- end -}}
