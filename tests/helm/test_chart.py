@@ -26,6 +26,7 @@ from tests.helm.rendering import (
     load_values,
     main_container,
     pod_spec,
+    pod_templates,
     render,
 )
 
@@ -44,7 +45,7 @@ def env_of(container: dict[str, Any]) -> dict[str, str]:
 def test_ci_values_sets_exist() -> None:
     names = {path.name for path in CI_VALUES_DIR.glob("*-values.yaml")}
     assert {"default-values.yaml", "multi-model-gpu-values.yaml", "cpu-embedded-values.yaml",
-            "keys-monitoring-keda-values.yaml"} <= names
+            "keys-monitoring-keda-values.yaml", "production-values.yaml"} <= names
 
 
 def test_lint_passes(ci_values_path: Path) -> None:
@@ -127,7 +128,7 @@ def startup_budget_s(container: dict[str, Any]) -> int:
 
 def test_engine_rollouts_outlast_the_startup_probe(ci_rendered: Rendered) -> None:
     """A rollout is not marked failed (Helm --wait, Argo CD) while the startup probe still waits for the model."""
-    for engine in ci_rendered.engines:
+    for engine in ci_rendered.component("Deployment", "engine"):  # a LeaderWorkerSet has no such deadline
         assert engine["spec"]["progressDeadlineSeconds"] > startup_budget_s(main_container(engine))
 
 
@@ -187,12 +188,19 @@ def test_router_config_lists_each_headless_service(ci_rendered: Rendered) -> Non
     for engine in ci_rendered.engines:
         served = ci_rendered.config_of(engine)["models"][0]["name"]
         discovery = routes[served]["discovery"]
-        service_name, namespace, svc, *domain = discovery["dns_name"].split(".")
-        assert (namespace, svc, ".".join(domain)) == (NAMESPACE, "svc", "cluster.local")
+        if discovery.get("mode") == "kubernetes":
+            service_name, namespace = discovery["service"], discovery["namespace"]
+            assert namespace == NAMESPACE
+        else:
+            service_name, namespace, svc, *domain = discovery["dns_name"].split(".")
+            assert (namespace, svc, ".".join(domain)) == (NAMESPACE, "svc", "cluster.local")
         service = ci_rendered.get("Service", service_name)
         assert service["spec"]["clusterIP"] == "None"
-        assert service["spec"]["selector"].items() <= engine["spec"]["template"]["metadata"]["labels"].items()
-        assert service["spec"]["selector"] == engine["spec"]["selector"]["matchLabels"]
+        # A multi-node model's Service also selects leaders only, by the label the LWS controller sets.
+        selector = {k: v for k, v in service["spec"]["selector"].items() if not k.startswith("leaderworkerset.")}
+        assert selector.items() <= pod_templates(engine)[0]["metadata"]["labels"].items()
+        if engine["kind"] == "Deployment":
+            assert service["spec"]["selector"] == engine["spec"]["selector"]["matchLabels"]
         assert {"port": discovery["port"], "scheme": discovery["scheme"]} == {"port": 8000, "scheme": "http"}
         assert discovery["interval_s"] > 0
         assert routes[served]["policy"] in {"least-loaded", "power-of-two", "session", "prefix", "round-robin"}
@@ -560,13 +568,16 @@ def test_router_pdb_lets_a_drain_evict_a_lone_router() -> None:
 
 
 def test_pods_run_as_non_root(ci_rendered: Rendered) -> None:
-    workloads = ci_rendered.of_kind("Deployment") + ci_rendered.of_kind("Pod")
+    workloads = ci_rendered.of_kind("Deployment") + ci_rendered.of_kind("LeaderWorkerSet") + ci_rendered.of_kind("Pod")
     assert workloads
+    watches = any(route.get("discovery", {}).get("mode") == "kubernetes"
+                  for route in ci_rendered.config_of(ci_rendered.router)["routes"])
     for workload in workloads:
         spec = pod_spec(workload)
         assert spec["securityContext"]["runAsNonRoot"] is True
         assert spec["securityContext"]["runAsUser"] != 0
-        assert spec["automountServiceAccountToken"] is False
+        # Only the router, and only when it watches EndpointSlices, gets an API token.
+        assert spec["automountServiceAccountToken"] is (watches and workload is ci_rendered.router)
         for container in containers(workload):
             context = container["securityContext"]
             assert context["allowPrivilegeEscalation"] is False
@@ -589,7 +600,7 @@ def test_helm_test_pod_lists_models_through_the_router(ci_rendered: Rendered) ->
     assert sorted(json.loads(env["EXPECTED_MODELS"])) == served
     # The script is plain Python: it must at least compile.
     compile(container["command"][2], "helm-test", "exec")
-    has_keys = any(name.endswith("-api-keys") for name in ci_rendered.names("Secret"))
+    has_keys = "api_keys_file" in ci_rendered.config_of(ci_rendered.router).get("auth", {})
     assert ("KEYS_FILE" in env) == has_keys
 
 

@@ -31,7 +31,7 @@ def test_a_multi_node_model_is_a_leader_worker_set() -> None:
     result = rendered()
     (lws,) = result.of_kind("LeaderWorkerSet")
     assert lws["metadata"]["name"] == "ty-tokenyard-engine-llama-405b"
-    assert [d["metadata"]["name"] for d in result.engines] == ["ty-tokenyard-engine-small"]  # no Deployment for it
+    assert result.names("Deployment") == ["ty-tokenyard-engine-small", "ty-tokenyard-router"]  # none for it
     assert lws["spec"]["leaderWorkerTemplate"]["size"] == 2 and lws["spec"]["replicas"] == 1
     validate_custom_resource(lws)
     for template in templates(lws):  # the pods themselves, against Kubernetes' own PodTemplate schema
@@ -55,7 +55,7 @@ def test_leader_serves_over_ray_and_workers_join_it() -> None:
     assert not any(m["name"] == "internal-key" for m in worker["volumeMounts"])
     for container in (leader, worker):
         assert container["resources"]["limits"]["nvidia.com/gpu"] == 8
-    config = result.config_of({"kind": "Deployment", "spec": {"template": templates(lws)[0]}})
+    config = result.config_of(lws)
     assert config["models"][0]["engine_args"] == {"tensor_parallel_size": 8, "pipeline_parallel_size": 2,
                                                   "distributed_executor_backend": "ray", "max_num_seqs": 64}
     assert config["auth"]["api_keys_file"] == "/etc/tokenyard/internal/internal-key"

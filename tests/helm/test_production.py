@@ -8,7 +8,7 @@ from typing import Any
 import kubernetes_validate
 
 from tests.helm.conftest import ci
-from tests.helm.rendering import KUBE_VERSION, Rendered, main_container, pod_spec, render
+from tests.helm.rendering import KUBE_VERSION, Rendered, main_container, pod_spec, pod_templates, render
 from tests.helm.test_security import pod_labels, selects
 
 SPREAD = [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway",
@@ -20,12 +20,21 @@ def validate(*objects: dict[str, Any]) -> None:
         kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
 
 
+def test_the_production_set_turns_everything_on() -> None:
+    rendered = ci("production")
+    kinds = {obj["kind"] for obj in rendered.objects}
+    assert {"NetworkPolicy", "Ingress", "HTTPRoute", "ServiceMonitor", "ScaledObject", "InferencePool",
+            "LeaderWorkerSet", "PodDisruptionBudget", "Role", "RoleBinding"} <= kinds
+    assert len(rendered.of_kind("InferencePool")) == 2 and len(rendered.component("PodDisruptionBudget", "engine")) == 1
+
+
 def test_pod_templates_leave_out_the_chart_version(ci_rendered: Rendered) -> None:
     # A chart release changes helm.sh/chart; in a pod template it would restart every engine (a model load).
-    for deployment in ci_rendered.of_kind("Deployment"):
-        assert "helm.sh/chart" in deployment["metadata"]["labels"]
-        assert "helm.sh/chart" not in pod_labels(deployment)
-        assert "app.kubernetes.io/version" not in pod_labels(deployment)
+    for workload in ci_rendered.of_kind("Deployment") + ci_rendered.of_kind("LeaderWorkerSet"):
+        assert "helm.sh/chart" in workload["metadata"]["labels"]
+        for template in pod_templates(workload):
+            assert "helm.sh/chart" not in template["metadata"]["labels"]
+            assert "app.kubernetes.io/version" not in template["metadata"]["labels"]
 
 
 def test_topology_spread_for_engines_and_router() -> None:

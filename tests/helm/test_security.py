@@ -11,13 +11,13 @@ from typing import Any
 import kubernetes_validate
 
 from tests.helm.conftest import ci
-from tests.helm.rendering import KUBE_VERSION, Rendered, main_container, pod_spec, render
+from tests.helm.rendering import KUBE_VERSION, Rendered, main_container, pod_spec, pod_templates, render
 
 KEY_PATH = "/etc/tokenyard/internal/internal-key"
 
 
 def pod_labels(workload: dict[str, Any]) -> dict[str, str]:
-    labels: dict[str, str] = workload["spec"]["template"]["metadata"]["labels"]
+    labels: dict[str, str] = pod_templates(workload)[0]["metadata"]["labels"]
     return labels
 
 
