@@ -67,7 +67,8 @@ def test_the_key_can_be_turned_off() -> None:
 
 
 def policies(rendered: Rendered) -> dict[str, dict[str, Any]]:
-    return {p["metadata"]["labels"]["app.kubernetes.io/component"]: p["spec"] for p in rendered.of_kind("NetworkPolicy")}
+    return {policy["metadata"]["labels"]["app.kubernetes.io/component"]: policy["spec"]
+            for policy in rendered.of_kind("NetworkPolicy")}
 
 
 def test_engines_take_traffic_only_from_the_router_and_the_scrapers() -> None:
