@@ -100,7 +100,10 @@ def test_the_router_is_open_on_its_port_or_to_whom_it_is_told() -> None:
     peer = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}
     scrapers = {"podSelector": {"matchLabels": {"app": "prometheus"}}}
     told = render({"networkPolicy": {"routerFrom": [peer], "metricsFrom": [scrapers]}})
-    assert policies(told)["router"]["ingress"][0]["from"] == [peer]
+    (test_pod,) = told.of_kind("Pod")
+    router_from = policies(told)["router"]["ingress"][0]["from"]
+    assert router_from[0] == peer and selects(router_from[1]["podSelector"], test_pod["metadata"]["labels"])
+    assert not selects(router_from[1]["podSelector"], pod_labels(told.engines[0]))
     assert policies(told)["engine"]["ingress"][0]["from"][1:] == [scrapers]
     for policy in told.of_kind("NetworkPolicy"):
         kubernetes_validate.validate(policy, KUBE_VERSION, strict=True)
