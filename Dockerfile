@@ -13,7 +13,6 @@ SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ENV DEBIAN_FRONTEND=noninteractive \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH \
@@ -30,17 +29,21 @@ RUN apt-get update \
 
 WORKDIR /src
 
-# Dependencies first, from pyproject.toml alone, so a code change does not reinstall vLLM.
-COPY pyproject.toml README.md ./
-RUN python -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print("\n".join(p["dependencies"] + p["optional-dependencies"]["cuda"]))' > /tmp/requirements.txt \
+# Dependencies first, from pyproject.toml alone, so a code or README change does not reinstall vLLM.
+# pip's cache lives in a BuildKit cache mount: kept between builds, never in a layer.
+COPY pyproject.toml ./
+RUN --mount=type=cache,target=/root/.cache/pip \
+    python -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print("\n".join(p["dependencies"] + p["optional-dependencies"]["cuda"] + p["optional-dependencies"]["ray"]))' > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 
+COPY README.md ./
 COPY gateway ./gateway
 COPY engine_adapters ./engine_adapters
 # The project itself, from this directory: nothing to pin.
 # hadolint ignore=DL3013
-RUN pip install ".[cuda]" \
+RUN --mount=type=cache,target=/root/.cache/pip \
+    pip install ".[cuda,ray]" \
     && python -c "import vllm; print('vllm', vllm.__version__)"
 
 # Prepare the embedded default models once, at build time, into TOKENYARD_CACHE_DIR (readable by all).

@@ -123,8 +123,16 @@ class RouteSettings(BaseModel):
     upstream_model: str | None = Field(default=None, description="The model name the instances serve, if different.")
     kind: Literal["generate", "embed"] = "generate"
     api_key: SecretStr | None = Field(default=None, description="Sent as a bearer token to every instance.")
+    api_key_file: Path | None = Field(
+        default=None, description="Instead of api_key: a keys file whose first key is sent; re-read when it changes.")
     discovery: DiscoverySettings | None = None
     hold_timeout_s: float | None = Field(default=None, ge=0, description="This route's hold; default router's.")
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> RouteSettings:
+        if self.api_key is not None and self.api_key_file is not None:
+            raise ValueError("set api_key or api_key_file, not both")
+        return self
 
 
 class RouterSettings(BaseModel):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 import time
@@ -32,6 +33,7 @@ from gateway.routing.health import probe, watch_health
 from gateway.routing.instance import Instance, Lease
 from gateway.routing.kube import EndpointSliceWatch
 from gateway.routing.policies import make_policy
+from gateway.routing.route_key import RouteKey
 from gateway.settings import RouterSettings, RouteSettings
 
 if TYPE_CHECKING:
@@ -52,6 +54,7 @@ class RoutedAdapter:
         self.policy = make_policy(route.policy, settings, self.rng)
         self.instances: dict[str, Instance] = {}  # url -> instance, in config order
         self._resolver = resolver
+        self._key = RouteKey(route.api_key, route.api_key_file)
         self._connect = connect or self._http_adapter
         self._leases: dict[str, Lease] = {}  # request id -> the attempt in flight
         self._tasks: set[asyncio.Task[None]] = set()
@@ -68,8 +71,7 @@ class RoutedAdapter:
     # -- membership ---------------------------------------------------------------
 
     def _http_adapter(self, url: str) -> OpenAIHttpAdapter:
-        api_key = self.route.api_key.get_secret_value() if self.route.api_key else None
-        return OpenAIHttpAdapter(url, self.upstream_model, timeouts=self._timeouts, api_key=api_key)
+        return OpenAIHttpAdapter(url, self.upstream_model, timeouts=self._timeouts, api_key=self._key.value)
 
     def add_instance(self, url: str, static: bool = True) -> Instance:
         breaker = Breaker(self.settings.breaker_failures, self.settings.breaker_cooldown_s)
@@ -88,6 +90,17 @@ class RoutedAdapter:
                 log.info("route %s: instance %s left", self.route.name, url)
                 del self.instances[url]
                 self._spawn(instance.adapter.close(self.settings.request_timeout_s))
+
+    async def _watch_key(self) -> None:
+        """Follow api_key_file: when its key changes, every instance gets a client that sends the new one."""
+        while True:
+            await asyncio.sleep(self.settings.reload_interval_s)
+            if self._key.changed():
+                log.info("route %s: its instance key changed", self.route.name)
+                for url, old in list(self.instances.items()):  # requests in flight finish on the old client
+                    new = self.instances[url] = dataclasses.replace(old, adapter=self._connect(url), in_flight=0)
+                    self._spawn(new.adapter.start())
+                    self._spawn(old.adapter.close(self.settings.request_timeout_s))
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(work)
@@ -112,6 +125,8 @@ class RoutedAdapter:
         await asyncio.gather(*(probe(instance) for instance in self.instances.values()))
         self._spawn(watch_health(lambda: list(self.instances.values()), self.settings.health_interval_s,
                                  on_healthy=self._wake_held))
+        if self._key.watched:
+            self._spawn(self._watch_key())
 
     async def close(self, drain_deadline_s: float = 0.0) -> None:
         if self._closed:  # idempotent, as the EngineAdapter seam asks of abort and close alike

@@ -29,7 +29,8 @@ def crds_dir() -> Path:
     for candidate in candidates:
         if candidate.is_dir():
             return candidate
-    pytest.fail(f"no upstream CRDs in {' or '.join(map(str, candidates))}; set {CRDS_DIR_ENV}")
+    pytest.skip(f"no upstream CRDs in {' or '.join(map(str, candidates))} (shared/crds/ is beside the project "
+                f"only in CI and on the team's machines); set {CRDS_DIR_ENV} to validate custom resources")
 
 
 @cache

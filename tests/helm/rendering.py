@@ -23,7 +23,7 @@ KUBE_VERSION = "1.29.0"
 RELEASE = "ty"
 NAMESPACE = "llm"
 # Kinds from CRDs: no Kubernetes schema for them, so the tests check their shape by hand.
-CUSTOM_KINDS = frozenset({"ServiceMonitor", "ScaledObject"})
+CUSTOM_KINDS = frozenset({"ServiceMonitor", "ScaledObject", "HTTPRoute", "InferencePool", "LeaderWorkerSet"})
 
 
 def ci_values_files() -> list[Path]:
@@ -88,11 +88,12 @@ class Rendered:
 
     @property
     def engines(self) -> list[dict[str, Any]]:
-        return self.component("Deployment", "engine")
+        """Engine workloads: a Deployment per model, a LeaderWorkerSet per multi-node one."""
+        return self.component("Deployment", "engine") + self.component("LeaderWorkerSet", "engine")
 
     def config_of(self, deployment: dict[str, Any]) -> dict[str, Any]:
-        """The tokenyard config file that a Deployment's pods read, parsed."""
-        volumes = deployment["spec"]["template"]["spec"]["volumes"]
+        """The tokenyard config file that a workload's pods (a multi-node model's leaders) read, parsed."""
+        volumes = pod_spec(deployment)["volumes"]
         (config_volume,) = [volume for volume in volumes if volume["name"] == "config"]
         config_map = self.get("ConfigMap", config_volume["configMap"]["name"])
         config: dict[str, Any] = yaml.safe_load(config_map["data"]["config.yaml"])
@@ -112,18 +113,27 @@ def render(values: Mapping[str, Any] | None = None, **kwargs: Any) -> Rendered:
     return rendered
 
 
+def pod_templates(workload: dict[str, Any]) -> list[dict[str, Any]]:
+    """The pod templates of a workload, the serving one first: a Deployment's, a LeaderWorkerSet's leader
+    and worker templates, or a Pod itself."""
+    if workload["kind"] == "LeaderWorkerSet":
+        group = workload["spec"]["leaderWorkerTemplate"]
+        return [group["leaderTemplate"], group["workerTemplate"]]
+    return [workload["spec"]["template"] if workload["kind"] == "Deployment" else workload]
+
+
 def containers(workload: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """Every container (init ones too) of a Deployment or a Pod."""
-    spec = workload["spec"]["template"]["spec"] if workload["kind"] == "Deployment" else workload["spec"]
-    yield from spec.get("initContainers", [])
-    yield from spec["containers"]
+    """Every container (init ones too) of every pod template of a workload."""
+    for template in pod_templates(workload):
+        yield from template["spec"].get("initContainers", [])
+        yield from template["spec"]["containers"]
 
 
 def pod_spec(workload: dict[str, Any]) -> dict[str, Any]:
-    spec: dict[str, Any] = workload["spec"]["template"]["spec"] if workload["kind"] == "Deployment" else workload["spec"]
+    spec: dict[str, Any] = pod_templates(workload)[0]["spec"]
     return spec
 
 
 def main_container(deployment: dict[str, Any]) -> dict[str, Any]:
-    first: dict[str, Any] = deployment["spec"]["template"]["spec"]["containers"][0]
+    first: dict[str, Any] = pod_spec(deployment)["containers"][0]
     return first

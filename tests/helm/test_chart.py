@@ -26,6 +26,7 @@ from tests.helm.rendering import (
     load_values,
     main_container,
     pod_spec,
+    pod_templates,
     render,
 )
 
@@ -44,7 +45,7 @@ def env_of(container: dict[str, Any]) -> dict[str, str]:
 def test_ci_values_sets_exist() -> None:
     names = {path.name for path in CI_VALUES_DIR.glob("*-values.yaml")}
     assert {"default-values.yaml", "multi-model-gpu-values.yaml", "cpu-embedded-values.yaml",
-            "keys-monitoring-keda-values.yaml"} <= names
+            "keys-monitoring-keda-values.yaml", "production-values.yaml"} <= names
 
 
 def test_lint_passes(ci_values_path: Path) -> None:
@@ -76,7 +77,8 @@ def test_custom_resources_validate_against_upstream_crds(ci_rendered: Rendered) 
 def test_only_known_kinds_are_rendered(ci_rendered: Rendered) -> None:
     kinds = {obj["kind"] for obj in ci_rendered.objects}
     assert kinds <= {"ServiceAccount", "ConfigMap", "Secret", "Service", "Deployment", "HorizontalPodAutoscaler",
-                     "PodDisruptionBudget", "PersistentVolumeClaim", "Pod", *CUSTOM_KINDS}
+                     "PodDisruptionBudget", "PersistentVolumeClaim", "Pod", "NetworkPolicy", "Ingress", "Role",
+                     "RoleBinding", *CUSTOM_KINDS}
 
 
 def test_names_are_valid_and_unique(ci_rendered: Rendered) -> None:
@@ -126,7 +128,7 @@ def startup_budget_s(container: dict[str, Any]) -> int:
 
 def test_engine_rollouts_outlast_the_startup_probe(ci_rendered: Rendered) -> None:
     """A rollout is not marked failed (Helm --wait, Argo CD) while the startup probe still waits for the model."""
-    for engine in ci_rendered.engines:
+    for engine in ci_rendered.component("Deployment", "engine"):  # a LeaderWorkerSet has no such deadline
         assert engine["spec"]["progressDeadlineSeconds"] > startup_budget_s(main_container(engine))
 
 
@@ -186,12 +188,19 @@ def test_router_config_lists_each_headless_service(ci_rendered: Rendered) -> Non
     for engine in ci_rendered.engines:
         served = ci_rendered.config_of(engine)["models"][0]["name"]
         discovery = routes[served]["discovery"]
-        service_name, namespace, svc, *domain = discovery["dns_name"].split(".")
-        assert (namespace, svc, ".".join(domain)) == (NAMESPACE, "svc", "cluster.local")
+        if discovery.get("mode") == "kubernetes":
+            service_name, namespace = discovery["service"], discovery["namespace"]
+            assert namespace == NAMESPACE
+        else:
+            service_name, namespace, svc, *domain = discovery["dns_name"].split(".")
+            assert (namespace, svc, ".".join(domain)) == (NAMESPACE, "svc", "cluster.local")
         service = ci_rendered.get("Service", service_name)
         assert service["spec"]["clusterIP"] == "None"
-        assert service["spec"]["selector"].items() <= engine["spec"]["template"]["metadata"]["labels"].items()
-        assert service["spec"]["selector"] == engine["spec"]["selector"]["matchLabels"]
+        # A multi-node model's Service also selects leaders only, by the label the LWS controller sets.
+        selector = {k: v for k, v in service["spec"]["selector"].items() if not k.startswith("leaderworkerset.")}
+        assert selector.items() <= pod_templates(engine)[0]["metadata"]["labels"].items()
+        if engine["kind"] == "Deployment":
+            assert service["spec"]["selector"] == engine["spec"]["selector"]["matchLabels"]
         assert {"port": discovery["port"], "scheme": discovery["scheme"]} == {"port": 8000, "scheme": "http"}
         assert discovery["interval_s"] > 0
         assert routes[served]["policy"] in {"least-loaded", "power-of-two", "session", "prefix", "round-robin"}
@@ -212,14 +221,16 @@ def test_kubernetes_discovery_mode_watches_endpointslices(tmp_path: Path) -> Non
     config_file.write_text(yaml.safe_dump(router_config))
     assert Settings(config=config_file).routes[0].discovery.mode == "kubernetes"  # type: ignore[union-attr]
 
-    # Read-only access to endpointslices in this namespace, for the router's ServiceAccount only.
+    # List and watch endpointslices (all the router calls) in this namespace, for the router's own ServiceAccount.
     (role,), (binding,) = rendered.of_kind("Role"), rendered.of_kind("RoleBinding")
     assert role["rules"] == [{"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"],
-                              "verbs": ["get", "list", "watch"]}]
+                              "verbs": ["list", "watch"]}]
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
                                   "name": role["metadata"]["name"]}
     account = pod_spec(rendered.router)["serviceAccountName"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account, "namespace": NAMESPACE}]
+    assert account == "ty-tokenyard-router" != pod_spec(rendered.engines[0])["serviceAccountName"]
+    assert rendered.get("ServiceAccount", account)["automountServiceAccountToken"] is True
     assert pod_spec(rendered.router)["automountServiceAccountToken"] is True  # it needs the token
     assert all(pod_spec(engine)["automountServiceAccountToken"] is False for engine in rendered.engines)
     for obj in (role, binding, rendered.router):
@@ -390,8 +401,32 @@ def test_without_a_model_cache_the_image_models_are_used(name: str) -> None:
 
 def test_image_defaults_to_app_version() -> None:
     rendered = ci("default")
-    for deployment in rendered.of_kind("Deployment"):
+    for deployment in rendered.engines:
         assert main_container(deployment)["image"] == "tokenyard:0.1.0"
+    # The router and the helm test pod run the slim router image (Dockerfile.router).
+    assert main_container(rendered.router)["image"] == "tokenyard-router:0.1.0"
+    (test_pod,) = rendered.of_kind("Pod")
+    assert test_pod["spec"]["containers"][0]["image"] == "tokenyard-router:0.1.0"
+
+
+def test_router_image_and_digests() -> None:
+    digest = "sha256:" + "a" * 64
+    other = "sha256:" + "b" * 64
+    rendered = render({
+        "image": {"repository": "reg.example/ty", "tag": "0.1.0-cuda", "digest": digest},
+        "router": {"image": {"digest": other, "pullPolicy": "Always"}},
+        "imagePullSecrets": [{"name": "pull"}],
+        "models": [{"name": "a", "model": "/m/a"},
+                   {"name": "b", "model": "/m/b", "image": {"repository": "reg.example/custom", "tag": "1"}}],
+    })
+    engines = {rendered.config_of(e)["models"][0]["name"]: e for e in rendered.engines}
+    assert main_container(engines["a"])["image"] == f"reg.example/ty:0.1.0-cuda@{digest}"
+    assert main_container(engines["b"])["image"] == "reg.example/custom:1"  # another repository: not its digest
+    router = main_container(rendered.router)
+    assert (router["image"], router["imagePullPolicy"]) == (f"reg.example/ty-router:0.1.0@{other}", "Always")
+    (test_pod,) = rendered.of_kind("Pod")
+    assert test_pod["spec"]["containers"][0]["image"] == router["image"]
+    assert test_pod["spec"]["imagePullSecrets"] == [{"name": "pull"}]
 
 
 # --- API keys ---------------------------------------------------------------------------------
@@ -399,7 +434,7 @@ def test_image_defaults_to_app_version() -> None:
 
 def test_api_keys_secret_is_mounted_when_keys_are_set() -> None:
     rendered = ci("keys-monitoring-keda")
-    (secret,) = rendered.of_kind("Secret")
+    secret = rendered.get("Secret", "ty-tokenyard-api-keys")
     lines = base64.b64decode(secret["data"]["api-keys"]).decode().splitlines()
     assert lines == load_values(CI_VALUES_DIR / "keys-monitoring-keda-values.yaml")["apiKeys"]["keys"]
 
@@ -424,7 +459,7 @@ def test_hub_token_comes_from_an_existing_secret() -> None:
     # A model may turn it off; the router never gets it; the chart creates no Secret for it.
     assert "HF_TOKEN" not in env_of(main_container(engines["all-MiniLM-L6-v2"]))
     assert "HF_TOKEN" not in env_of(main_container(rendered.router))
-    assert [s["metadata"]["name"] for s in rendered.of_kind("Secret")] == ["ty-tokenyard-api-keys"]
+    assert rendered.names("Secret") == ["ty-tokenyard-api-keys", "ty-tokenyard-internal-key"]
     for engine in ci("default").engines:
         assert "HF_TOKEN" not in env_of(main_container(engine))
 
@@ -441,14 +476,14 @@ def test_hub_downloads_land_on_the_model_cache() -> None:
 
 def test_no_keys_no_secret() -> None:
     rendered = ci("default")
-    assert rendered.of_kind("Secret") == []
+    assert rendered.names("Secret") == ["ty-tokenyard-internal-key"]
     assert "auth" not in rendered.config_of(rendered.router)
     assert all(v["name"] != "api-keys" for v in pod_spec(rendered.router)["volumes"])
 
 
 def test_existing_secret_is_mounted_not_created() -> None:
     rendered = render({"apiKeys": {"existingSecret": "team-keys", "secretKey": "keys.txt"}})
-    assert rendered.of_kind("Secret") == []
+    assert rendered.names("Secret") == ["ty-tokenyard-internal-key"]
     (volume,) = [v for v in pod_spec(rendered.router)["volumes"] if v["name"] == "api-keys"]
     assert volume["secret"]["secretName"] == "team-keys"
     assert volume["secret"]["items"] == [{"key": "keys.txt", "path": "api-keys"}]
@@ -459,7 +494,8 @@ def test_engines_never_see_the_keys() -> None:
     rendered = ci("keys-monitoring-keda")
     for engine in rendered.engines:
         assert all(v["name"] != "api-keys" for v in pod_spec(engine)["volumes"])
-        assert "auth" not in rendered.config_of(engine)
+        # Their only key is the internal one (test_security.py).
+        assert rendered.config_of(engine)["auth"] == {"api_keys_file": "/etc/tokenyard/internal/internal-key"}
 
 
 # --- ServiceMonitor (KEDA: test_keda.py) --------------------------------------------------------
@@ -532,13 +568,16 @@ def test_router_pdb_lets_a_drain_evict_a_lone_router() -> None:
 
 
 def test_pods_run_as_non_root(ci_rendered: Rendered) -> None:
-    workloads = ci_rendered.of_kind("Deployment") + ci_rendered.of_kind("Pod")
+    workloads = ci_rendered.of_kind("Deployment") + ci_rendered.of_kind("LeaderWorkerSet") + ci_rendered.of_kind("Pod")
     assert workloads
+    watches = any(route.get("discovery", {}).get("mode") == "kubernetes"
+                  for route in ci_rendered.config_of(ci_rendered.router)["routes"])
     for workload in workloads:
         spec = pod_spec(workload)
         assert spec["securityContext"]["runAsNonRoot"] is True
         assert spec["securityContext"]["runAsUser"] != 0
-        assert spec["automountServiceAccountToken"] is False
+        # Only the router, and only when it watches EndpointSlices, gets an API token.
+        assert spec["automountServiceAccountToken"] is (watches and workload is ci_rendered.router)
         for container in containers(workload):
             context = container["securityContext"]
             assert context["allowPrivilegeEscalation"] is False
@@ -561,7 +600,7 @@ def test_helm_test_pod_lists_models_through_the_router(ci_rendered: Rendered) ->
     assert sorted(json.loads(env["EXPECTED_MODELS"])) == served
     # The script is plain Python: it must at least compile.
     compile(container["command"][2], "helm-test", "exec")
-    has_keys = bool(ci_rendered.of_kind("Secret"))
+    has_keys = "api_keys_file" in ci_rendered.config_of(ci_rendered.router).get("auth", {})
     assert ("KEYS_FILE" in env) == has_keys
 
 

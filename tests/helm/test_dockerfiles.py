@@ -12,7 +12,8 @@ import pytest
 
 from tests.helm.rendering import ROOT
 
-DOCKERFILES = [ROOT / "Dockerfile", ROOT / "Dockerfile.cpu"]
+ENGINE_DOCKERFILES = [ROOT / "Dockerfile", ROOT / "Dockerfile.cpu"]
+DOCKERFILES = [*ENGINE_DOCKERFILES, ROOT / "Dockerfile.router"]
 
 
 def hadolint() -> str | None:
@@ -50,10 +51,34 @@ def test_image_runs_tokenyard_as_non_root_on_8000(path: Path) -> None:
     assert users[-1].split(":")[0] == "10001"
     assert ("EXPOSE", "8000") in steps
     assert steps[-1] == ("CMD", '["tokenyard", "serve", "--host", "0.0.0.0"]')
+    # The chart mounts a writable home over this path.
+    assert "--home-dir /home/tokenyard" in " ".join(args for keyword, args in steps if keyword == "RUN")
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
+def test_dependencies_are_cached_and_not_reinstalled_for_a_readme_edit(path: Path) -> None:
+    steps = instructions(path)
+    copies = [args for keyword, args in steps if keyword == "COPY"]
+    assert copies[0] == "pyproject.toml ./"  # the dependency layer sees pyproject.toml alone
+    installs = [args for keyword, args in steps if keyword == "RUN" and "pip install" in args]
+    assert installs and all(args.startswith("--mount=type=cache,target=/root/.cache/pip ") for args in installs)
+    env = " ".join(args for keyword, args in steps if keyword == "ENV")
+    assert "PIP_NO_CACHE_DIR" not in env  # it would leave the cache mount empty
+
+
+def test_router_image_has_no_engine() -> None:
+    steps = instructions(ROOT / "Dockerfile.router")
+    runs = " ".join(args for keyword, args in steps if keyword == "RUN")
+    assert '["dependencies"]' in runs and "optional-dependencies" not in runs
+    assert "pip install . &&" in runs and "find_spec('vllm') is not None" in runs
+    assert "model_store" not in runs
+
+
+@pytest.mark.parametrize("path", ENGINE_DOCKERFILES, ids=lambda p: p.name)
+def test_engine_image_bakes_in_the_models(path: Path) -> None:
+    steps = instructions(path)
     run = " ".join(args for keyword, args in steps if keyword == "RUN")
     assert "python -m gateway.model_store" in run
-    # The chart mounts a writable home over this path and leaves the baked models outside it.
-    assert "--home-dir /home/tokenyard" in run
     env = " ".join(args for keyword, args in steps if keyword == "ENV")
     assert "TOKENYARD_CACHE_DIR=/opt/tokenyard/models" in env
 
@@ -63,7 +88,9 @@ def test_cuda_image_installs_the_cuda_extra() -> None:
     assert steps[0][0] in {"ARG", "FROM"}
     base = next(args for keyword, args in steps if keyword == "ARG" and args.startswith("CUDA_IMAGE="))
     assert base.startswith("CUDA_IMAGE=nvidia/cuda:")
-    assert ("RUN", 'pip install ".[cuda]" && python -c "import vllm; print(\'vllm\', vllm.__version__)"') in steps
+    # The ray extra runs multi-node engines (models[].multiNode).
+    assert ("RUN", '--mount=type=cache,target=/root/.cache/pip pip install ".[cuda,ray]" && '
+                   'python -c "import vllm; print(\'vllm\', vllm.__version__)"') in steps
 
 
 def test_cpu_image_follows_make_install() -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +34,15 @@ def resolve(node: dict[str, Any]) -> dict[str, Any]:
 def test_schema_is_a_valid_draft7_schema() -> None:
     assert SCHEMA["$schema"] == "http://json-schema.org/draft-07/schema#"
     jsonschema.Draft7Validator.check_schema(SCHEMA)
+
+
+def test_schema_passes_check_jsonschema_metaschema() -> None:
+    """check-jsonschema also checks each `pattern` as an ECMA-262 regex in unicode mode, which Python's re does not."""
+    if importlib.util.find_spec("check_jsonschema") is None:
+        pytest.skip("check-jsonschema is not installed (the dev extra installs it)")
+    result = subprocess.run([sys.executable, "-m", "check_jsonschema", "--check-metaschema",
+                             str(CHART_DIR / "values.schema.json")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_defaults_and_ci_values_satisfy_the_schema(ci_values_path: Path) -> None:

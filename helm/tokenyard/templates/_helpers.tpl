@@ -43,6 +43,34 @@ Names. The full name is kept to 40 characters so that "-router", "-engine-<model
 {{- if or .Values.apiKeys.keys .Values.apiKeys.existingSecret -}}true{{- end -}}
 {{- end -}}
 
+{{- define "tokenyard.internalKeySecretName" -}}
+{{- default (printf "%s-internal-key" (include "tokenyard.fullname" .)) .Values.internalKey.existingSecret -}}
+{{- end -}}
+
+{{/* Where engines and the router read the internal key: a directory mount (no subPath), so updates arrive. */}}
+{{- define "tokenyard.internalKeyDir" -}}/etc/tokenyard/internal{{- end -}}
+{{- define "tokenyard.internalKeyPath" -}}{{ include "tokenyard.internalKeyDir" . }}/internal-key{{- end -}}
+
+{{- define "tokenyard.internalKeyMount" -}}
+{{- if .Values.internalKey.enabled }}
+- name: internal-key
+  mountPath: {{ include "tokenyard.internalKeyDir" . }}
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "tokenyard.internalKeyVolume" -}}
+{{- if .Values.internalKey.enabled }}
+- name: internal-key
+  secret:
+    secretName: {{ include "tokenyard.internalKeySecretName" . }}
+    defaultMode: 0440
+    items:
+      - key: {{ .Values.internalKey.secretKey }}
+        path: internal-key
+{{- end }}
+{{- end -}}
+
 {{/* Where the router reads its config and the API keys; the file layout is part of the router's contract. */}}
 {{- define "tokenyard.configPath" -}}/etc/tokenyard/config.yaml{{- end -}}
 {{- define "tokenyard.keysDir" -}}/etc/tokenyard/keys{{- end -}}
@@ -59,17 +87,56 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end -}}
 
+{{/*
+Labels of pod templates: no helm.sh/chart and no app.kubernetes.io/version, which change with every chart
+release and would restart every pod (a model load on each GPU engine) though nothing in the pod changed.
+*/}}
+{{- define "tokenyard.podLabels" -}}
+{{ include "tokenyard.selectorLabels" . }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{- define "tokenyard.routerServiceAccountName" -}}
+{{- $sa := .Values.router.serviceAccount -}}
+{{- if $sa.create -}}
+{{- default (include "tokenyard.routerName" .) $sa.name -}}
+{{- else -}}
+{{- default "default" $sa.name -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "tokenyard.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "tokenyard.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
+{{/* repository[:tag][@digest], given (list repository tag digest); a digest pins the image whatever the tag says. */}}
+{{- define "tokenyard.imageRef" -}}
+{{- $repository := index . 0 -}}
+{{- $tag := index . 1 -}}
+{{- $digest := index . 2 -}}
+{{- $repository -}}{{- with $tag -}}:{{ . }}{{- end -}}{{- with $digest -}}@{{ . }}{{- end -}}
+{{- end -}}
+
+{{/* The engine image of (list root image-override): the override's fields, else `image`'s. */}}
 {{- define "tokenyard.image" -}}
 {{- $root := index . 0 -}}
 {{- $image := index . 1 -}}
-{{- $repository := default $root.Values.image.repository $image.repository -}}
-{{- $tag := default (default $root.Chart.AppVersion $root.Values.image.tag) $image.tag -}}
-{{- printf "%s:%s" $repository $tag -}}
+{{- $top := $root.Values.image -}}
+{{- $repository := default $top.repository $image.repository -}}
+{{- $tag := default (default $root.Chart.AppVersion $top.tag) $image.tag -}}
+{{- $digest := $image.digest | default (ternary "" (default "" $top.digest) (not (empty $image.repository))) -}}
+{{- include "tokenyard.imageRef" (list $repository $tag $digest) -}}
+{{- end -}}
+
+{{/* The router image (Dockerfile.router): router.image, else "<image.repository>-router" at the appVersion. */}}
+{{- define "tokenyard.routerImage" -}}
+{{- $image := .Values.router.image -}}
+{{- $repository := default (printf "%s-router" .Values.image.repository) $image.repository -}}
+{{- include "tokenyard.imageRef" (list $repository (default .Chart.AppVersion $image.tag) $image.digest) -}}
 {{- end -}}
 
 {{/*
@@ -184,12 +251,30 @@ lifecycle:
       command: ["sleep", "{{ .Values.drain.preStopSleepSeconds }}"]
 {{- end -}}
 
-{{/* The writable paths of a read-only root filesystem: /tmp and the user's home (caches of vLLM, Triton, torch). */}}
+{{/*
+The writable paths of a read-only root filesystem, given a `scratch` value: /tmp and the user's home (caches
+of vLLM, Triton, torch), each with a size limit so that a runaway cache evicts its pod, not its node's others.
+*/}}
 {{- define "tokenyard.scratchVolumes" -}}
 - name: tmp
-  emptyDir: {}
+  emptyDir:
+    sizeLimit: {{ .tmpSizeLimit }}
 - name: home
-  emptyDir: {}
+  emptyDir:
+    sizeLimit: {{ .homeSizeLimit }}
+{{- end -}}
+
+{{/* Anti-affinity of the router's pods (router.podAntiAffinity: soft, hard or none), when no affinity is set. */}}
+{{- define "tokenyard.routerAffinity" -}}
+{{- $mode := .Values.router.podAntiAffinity -}}
+{{- $term := dict "topologyKey" "kubernetes.io/hostname" "labelSelector" (dict "matchLabels" (fromYaml (include "tokenyard.routerSelectorLabels" .))) -}}
+{{- if .Values.router.affinity -}}
+{{- toYaml .Values.router.affinity -}}
+{{- else if eq $mode "soft" -}}
+{{- toYaml (dict "podAntiAffinity" (dict "preferredDuringSchedulingIgnoredDuringExecution" (list (dict "weight" 100 "podAffinityTerm" $term)))) -}}
+{{- else if eq $mode "hard" -}}
+{{- toYaml (dict "podAntiAffinity" (dict "requiredDuringSchedulingIgnoredDuringExecution" (list $term))) -}}
+{{- end -}}
 {{- end -}}
 
 {{- define "tokenyard.scratchMounts" -}}

@@ -1,0 +1,213 @@
+{{/*
+The pod template of an engine, given (dict "root" $ "engine" <engine> "role" <role>): role "engine" (a
+Deployment's pod: tokenyard serves the model), "leader" (a multi-node model's leader: the Ray head, then
+tokenyard serving the model over the whole group) or "worker" (a Ray worker that joins its leader).
+*/}}
+{{- define "tokenyard.enginePod" -}}
+{{- $root := .root -}}
+{{- $engine := .engine -}}
+{{- $role := .role -}}
+{{- $cache := $engine.modelCache -}}
+{{- $cached := ne $cache.type "none" -}}
+{{- $prepare := and $cached $cache.prepare (hasPrefix "builtin:" $engine.model) -}}
+{{- $image := include "tokenyard.image" (list $root $engine.image) -}}
+{{- $pullPolicy := default $root.Values.image.pullPolicy $engine.image.pullPolicy -}}
+{{- $resources := deepCopy (default (dict) $engine.resources) -}}
+{{- $gpus := int $engine.gpu.count -}}
+{{- if gt $gpus 0 -}}
+{{- $limits := default (dict) (get $resources "limits") -}}
+{{- $requests := default (dict) (get $resources "requests") -}}
+{{- $_ := set $limits $engine.gpu.resourceName $gpus -}}
+{{- $_ := set $requests $engine.gpu.resourceName $gpus -}}
+{{- $_ := set $resources "limits" $limits -}}
+{{- $_ := set $resources "requests" $requests -}}
+{{- end }}
+metadata:
+  labels:
+    {{- include "tokenyard.podLabels" $root | nindent 4 }}
+    app.kubernetes.io/component: engine
+    tokenyard/model: {{ $engine.slug | quote }}
+    {{- with $engine.podLabels }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  annotations:
+    # Any change to this engine's settings rolls its pods, and only its pods; how many pods it has
+    # (replicaCount, keda) and the rollout's deadline are not the pods' settings, and a restart
+    # costs a model load.
+    checksum/config: {{ toYaml (list (omit $engine "replicaCount" "keda" "progressDeadlineSeconds") $root.Values.drain $root.Values.logLevel) | sha256sum }}
+    {{- with $engine.podAnnotations }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+spec:
+  serviceAccountName: {{ include "tokenyard.serviceAccountName" $root }}
+  automountServiceAccountToken: {{ $root.Values.serviceAccount.automountServiceAccountToken }}
+  {{- with $root.Values.imagePullSecrets }}
+  imagePullSecrets:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $engine.runtimeClassName }}
+  runtimeClassName: {{ . }}
+  {{- end }}
+  {{- with $engine.priorityClassName }}
+  priorityClassName: {{ . }}
+  {{- end }}
+  securityContext:
+    {{- toYaml $root.Values.podSecurityContext | nindent 4 }}
+  terminationGracePeriodSeconds: {{ include "tokenyard.terminationGracePeriodSeconds" $root }}
+  {{- if $prepare }}
+  initContainers:
+    # Prepares the builtin:* models into the cache volume, so the engine starts on a ready cache.
+    - name: prepare-model
+      image: {{ $image | quote }}
+      imagePullPolicy: {{ $pullPolicy }}
+      command: ["python", "-m", "gateway.model_store", "--cache-dir", {{ $cache.mountPath | quote }}]
+      env:
+        - name: TOKENYARD_CACHE_DIR
+          value: {{ $cache.mountPath | quote }}
+      resources:
+        {{- toYaml $cache.prepareResources | nindent 8 }}
+      securityContext:
+        {{- toYaml $root.Values.securityContext | nindent 8 }}
+      volumeMounts:
+        - name: model-cache
+          mountPath: {{ $cache.mountPath }}
+        {{- include "tokenyard.scratchMounts" $root | nindent 8 }}
+  {{- end }}
+  containers:
+    - name: engine
+      image: {{ $image | quote }}
+      imagePullPolicy: {{ $pullPolicy }}
+      {{- if eq $role "engine" }}
+      command: ["tokenyard", "serve", "--config", {{ include "tokenyard.configPath" $root | quote }}]
+      {{- else }}
+      command:
+        - bash
+        - -ec
+        - {{ include "tokenyard.rayCommand" (dict "root" $root "engine" $engine "role" $role) | quote }}
+      {{- end }}
+      {{- if ne $role "worker" }}
+      ports:
+        - name: http
+          containerPort: {{ include "tokenyard.containerPort" $root }}
+          protocol: TCP
+      {{- end }}
+      {{- if or $cached $engine.hfTokenSecret.name $engine.extraEnv }}
+      env:
+        {{- if $cached }}
+        # The environment outranks the config file, so the image's own cache dir must be replaced here.
+        - name: TOKENYARD_CACHE_DIR
+          value: {{ $cache.mountPath | quote }}
+        # Weights fetched from a model hub land on the cache volume too, not in the pod's scratch home.
+        - name: HF_HOME
+          value: {{ printf "%s/huggingface" $cache.mountPath | quote }}
+        {{- end }}
+        {{- with $engine.hfTokenSecret }}
+        {{- if .name }}
+        # The hub token is only ever a reference to a Secret, never a value in the chart.
+        - name: HF_TOKEN
+          valueFrom:
+            secretKeyRef:
+              name: {{ .name }}
+              key: {{ .key }}
+        {{- end }}
+        {{- end }}
+        {{- with $engine.extraEnv }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+      {{- end }}
+      {{- with $engine.envFrom }}
+      envFrom:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- if ne $role "worker" }}
+      {{- include "tokenyard.probes" (list $engine.probes) | nindent 6 }}
+      {{- include "tokenyard.lifecycle" $root | nindent 6 }}
+      {{- end }}
+      resources:
+        {{- toYaml $resources | nindent 8 }}
+      securityContext:
+        {{- toYaml $root.Values.securityContext | nindent 8 }}
+      volumeMounts:
+        - name: config
+          mountPath: {{ include "tokenyard.configPath" $root }}
+          subPath: config.yaml
+          readOnly: true
+        {{- if ne $role "worker" }}
+        {{- include "tokenyard.internalKeyMount" $root | nindent 8 }}
+        {{- end }}
+        {{- include "tokenyard.scratchMounts" $root | nindent 8 }}
+        {{- if $engine.shmSizeLimit }}
+        - name: shm
+          mountPath: /dev/shm
+        {{- end }}
+        {{- if $cached }}
+        - name: model-cache
+          mountPath: {{ $cache.mountPath }}
+        {{- end }}
+        {{- with $engine.extraVolumeMounts }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+  volumes:
+    - name: config
+      configMap:
+        name: {{ $engine.fullname }}-config
+    {{- if ne $role "worker" }}
+    {{- include "tokenyard.internalKeyVolume" $root | nindent 4 }}
+    {{- end }}
+    {{- include "tokenyard.scratchVolumes" $engine.scratch | nindent 4 }}
+    {{- with $engine.extraVolumes }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+    {{- with $engine.shmSizeLimit }}
+    - name: shm
+      emptyDir:
+        medium: Memory
+        sizeLimit: {{ . }}
+    {{- end }}
+    {{- if eq $cache.type "emptyDir" }}
+    - name: model-cache
+      emptyDir:
+        {{- with $cache.emptyDir.sizeLimit }}
+        sizeLimit: {{ . }}
+        {{- end }}
+    {{- else if eq $cache.type "pvc" }}
+    - name: model-cache
+      persistentVolumeClaim:
+        claimName: {{ default (printf "%s-models" $engine.fullname) $cache.pvc.existingClaim }}
+    {{- end }}
+  {{- with $engine.nodeSelector }}
+  nodeSelector:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $engine.tolerations }}
+  tolerations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $engine.affinity }}
+  affinity:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $engine.topologySpreadConstraints }}
+  topologySpreadConstraints:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end -}}
+
+{{/*
+The shell command of a multi-node model's pods. The leader starts the Ray head, waits until every worker
+of its group has joined (all nodes x gpu.count GPUs), then serves the model with vLLM's Ray executor
+(tensor parallel inside a node, pipeline parallel across nodes). A worker joins the Ray cluster of its
+group's leader, whose address the LeaderWorkerSet controller sets as LWS_LEADER_ADDRESS.
+*/}}
+{{- define "tokenyard.rayCommand" -}}
+{{- $engine := .engine -}}
+{{- $port := $engine.multiNode.rayPort -}}
+{{- if eq .role "leader" -}}
+{{- $gpus := mul (int $engine.multiNode.nodes) (int $engine.gpu.count) -}}
+ray start --head --port={{ $port }} --include-dashboard=false --disable-usage-stats
+until python -c 'import sys, ray; ray.init(address="auto", logging_level="ERROR"); sys.exit(ray.cluster_resources().get("GPU", 0) < {{ $gpus }})'; do echo "waiting for the group's {{ $gpus }} GPUs to join"; sleep 5; done
+exec tokenyard serve --config {{ include "tokenyard.configPath" .root }}
+{{- else -}}
+exec ray start --address="${LWS_LEADER_ADDRESS}:{{ $port }}" --block --disable-usage-stats
+{{- end -}}
+{{- end -}}
