@@ -9,6 +9,7 @@
     ├── RequestTimeout                408 code=request_timeout       (the body came too slowly)
     ├── PayloadTooLarge               413
     ├── RateLimited                   429 code=rate_limit_exceeded      (retryable)
+    ├── QuotaExceeded                 429 type=code=insufficient_quota  (a key's token budget is spent)
     └── EngineUnavailable             503 code=engine_unavailable      (retryable)
 
 Engine adapters raise these too; they import nothing but this module.
@@ -86,6 +87,15 @@ class RateLimited(GatewayError):
     type = "rate_limit_error"
     code = "rate_limit_exceeded"
     retryable = True
+    public_message = True
+
+
+class QuotaExceeded(GatewayError):
+    """OpenAI's answer when an account's quota is spent: not retryable until the period resets."""
+
+    status = 429
+    type = "insufficient_quota"
+    code = "insufficient_quota"
     public_message = True
 
 
