@@ -162,7 +162,8 @@ def refusal(limits: KeyLimits, decision: Decision) -> tuple[GatewayError, Header
         return (RateLimited("Rate limit reached for this key. Retry after the time in the retry-after header."),
                 _retry_after(decision.wait_s) + rate_headers(limits, decision))
     budget = limits.budget(window.period)
-    message = (f"This key's {window.period}ly token budget ({budget} tokens) is used up; "
+    adjective = {"day": "daily", "month": "monthly"}[window.period]
+    message = (f"This key's {adjective} token budget ({budget} tokens) is used up; "
                f"it resets at {window.resets_at_text}.")
     return QuotaExceeded(message), _retry_after((window.resets_at - utc_now()).total_seconds())
 
