@@ -9,7 +9,6 @@ clock (TIME), so replicas need not agree on the time. Budget periods are UTC day
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from collections import OrderedDict
@@ -20,7 +19,6 @@ from typing import Any, Protocol
 
 from gateway.settings import LimitSettings
 
-log = logging.getLogger(__name__)
 
 PERIODS = ("day", "month")
 _MAX_IDENTITIES = 10_000  # memory: buckets kept; the least recently seen go first (a refilled bucket is a new one)

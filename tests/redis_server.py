@@ -40,8 +40,14 @@ class RedisServer:
                 time.sleep(0.05)
         raise AssertionError("redis-server did not start")
 
+    def pause(self, paused: bool) -> None:
+        """SIGSTOP: Redis stops answering but keeps its data; SIGCONT: it goes on."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP if paused else signal.SIGCONT)
+
     def kill(self) -> None:
         if self.proc is not None:
+            self.proc.send_signal(signal.SIGCONT)  # a paused one too
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait()
             self.proc = None

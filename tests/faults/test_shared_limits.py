@@ -98,3 +98,30 @@ def test_redis_killed_mid_run(fleet: Fleet, redis_server: RedisServer, failure: 
     log = router.log_path.read_text()
     assert log.count("limit store unreachable") == 1 and "limit store reachable again" in log  # once per outage
     assert KEY not in log
+
+
+def _day_usage(router: Router) -> dict[str, Any]:
+    usage: dict[str, Any] = httpx.get(f"{router.url}/v1/usage", headers=AUTH, timeout=5).json()["periods"]["day"]
+    return usage
+
+
+def test_usage_is_exact_across_a_stalled_redis_and_failures_are_refunded(
+        fleet: Fleet, redis_server: RedisServer) -> None:  # noqa: F811
+    router = _routers(fleet, 1, "tokens_per_day=100000", {"backend": "redis", "redis_url": redis_server.url,
+                                                          "redis_timeout_s": 0.3})[0]
+    answers = [_post(router).json()["usage"]["total_tokens"] for _ in range(3)]
+    missing = httpx.post(f"{router.url}/v1/chat/completions", json={**BODY, "model": "nope"}, headers=AUTH, timeout=10)
+    assert missing.status_code == 404  # charged its estimate up front, refunded in full
+    assert (_day_usage(router)["tokens"], _day_usage(router)["requests"]) == (sum(answers), 4)
+    redis_server.pause(True)
+    try:
+        assert _post(router).status_code == 200  # fail open: served, and not charged anywhere
+        assert httpx.get(f"{router.url}/v1/usage", headers=AUTH, timeout=5).status_code == 503
+    finally:
+        redis_server.pause(False)
+    # The admit that timed out was on its way: Redis runs it when it resumes, so the request served meanwhile
+    # is charged its estimate once (4 prompt + 8 max_tokens), as documented; or not at all, had it not left.
+    stalled = _day_usage(router)["tokens"] - sum(answers)
+    assert stalled in (0, 12)
+    answers.append(_post(router).json()["usage"]["total_tokens"])
+    assert _day_usage(router)["tokens"] == sum(answers) + stalled  # nothing lost, nothing charged twice

@@ -103,3 +103,10 @@ async def test_memory_store_starts_a_new_day_from_zero() -> None:
     assert tuesday[0].name == "2026-12-08" and tuesday[1].name == monday[1].name == "2026-12"
     assert (await store.admit(Charge("k", limits, 1, tuesday))).allowed
     assert windows(datetime(2026, 12, 31, tzinfo=timezone.utc))[1].resets_at_text == "2027-01-01T00:00:00Z"
+
+
+def test_redis_backend_needs_a_url() -> None:
+    with pytest.raises(ValueError, match="limits backend redis needs redis_url"):
+        settings(limits={"backend": "redis"})
+    with pytest.raises(ValueError, match="redis_failure"):
+        settings(limits={"backend": "redis", "redis_url": "redis://127.0.0.1:1/0", "redis_failure": "maybe"})
