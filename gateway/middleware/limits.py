@@ -281,7 +281,7 @@ class LimitsMiddleware:
         await send_error(send, error, headers)
 
     async def _settle(self, charge: Charge, refund: int) -> None:
-        if refund == 0 and charge.periods is None:
+        if refund == 0:  # the estimate was right: nothing to correct, no second round trip
             return
         try:
             await self.store.settle(charge, refund)
