@@ -1,4 +1,5 @@
-"""A real redis-server for the tests: started on a free port with no persistence, killed and restarted at will."""
+"""A real redis-server for the tests: started on a free port with no persistence and a password (which must
+never show in a log), killed, paused and restarted at will."""
 
 from __future__ import annotations
 
@@ -15,26 +16,28 @@ import pytest
 from tests.conftest import free_port
 
 BINARY = shutil.which("redis-server")
+PASSWORD = "redis-test-password-4711"
 
 
 class RedisServer:
     def __init__(self, workdir: Path) -> None:
         assert BINARY is not None
         self.port, self.workdir = free_port(), workdir
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.url = f"redis://:{PASSWORD}@127.0.0.1:{self.port}/0"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> RedisServer:
         log = (self.workdir / f"redis-{self.port}.log").open("ab")
         self.proc = subprocess.Popen([BINARY or "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-                                      "--save", "", "--appendonly", "no", "--dir", str(self.workdir)],
+                                      "--save", "", "--appendonly", "no", "--dir", str(self.workdir),
+                                      "--requirepass", PASSWORD],
                                      stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(16).startswith(b"+PONG"):
+                    sock.sendall(f"AUTH {PASSWORD}\r\nPING\r\n".encode())
+                    if sock.recv(32).endswith(b"+PONG\r\n"):
                         return self
             except OSError:
                 time.sleep(0.05)

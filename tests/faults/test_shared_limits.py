@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from tests.faults.harness import MODEL, Engine, Fleet, Router
-from tests.redis_server import RedisServer, redis_server  # noqa: F401  (the fixture)
+from tests.redis_server import PASSWORD, RedisServer, redis_server  # noqa: F401  (the fixture)
 
 KEY = "sk-shared-limits-0123456789"
 AUTH = {"authorization": f"Bearer {KEY}"}
@@ -97,7 +97,7 @@ def test_redis_killed_mid_run(fleet: Fleet, redis_server: RedisServer, failure: 
     assert [_post(router).status_code for _ in range(4)] == [200, 200, 200, 429]
     log = router.log_path.read_text()
     assert log.count("limit store unreachable") == 1 and "limit store reachable again" in log  # once per outage
-    assert KEY not in log
+    assert KEY not in log and PASSWORD not in log
 
 
 def _day_usage(router: Router) -> dict[str, Any]:
