@@ -33,11 +33,15 @@ models: $(STAMP)
 serve: models
 	$(PY) -m gateway serve $(ARGS)
 
-# promtool lints /metrics in the tests (Debian package prometheus).
+# promtool lints /metrics in the tests (Debian package prometheus); the shared-limits tests start a real
+# redis-server (Debian package redis-server).
 tools:
 	@command -v promtool >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 		apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } || \
 		{ echo "promtool is missing: install the Debian package prometheus"; exit 1; }
+	@command -v redis-server >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq --no-install-recommends redis-server >/dev/null; } || \
+		{ echo "redis-server is missing: install the Debian package redis-server"; exit 1; }
 
 test: $(STAMP) tools
 	$(PY) -m pytest $(ARGS)

@@ -14,11 +14,13 @@ from starlette.responses import Response
 
 from engine_adapters.base import EngineAdapter
 from gateway import middleware
-from gateway.api import embeddings, generation, health, lora, models, responses, tokenize
+from gateway.api import embeddings, generation, health, lora, models, responses, tokenize, usage
 from gateway.api.common import json_response
 from gateway.api.passthrough import PassThrough
 from gateway.errors import GatewayError, MethodNotAllowed, error_payload, invalid_fields, status_error
 from gateway.lifecycle import Drain
+from gateway.limit_store import build_store
+from gateway.middleware.auth import KeyStore
 from gateway.settings import Settings
 from gateway.state import AppState
 
@@ -78,7 +80,8 @@ def _document_validation_as_400(app: FastAPI) -> None:
 
 def create_app(settings: Settings, adapter_factory: AdapterFactory | None = None) -> FastAPI:
     """Build the app. `adapter_factory` starts the engines; by default, in-process vLLM per model."""
-    state = AppState(settings=settings)
+    state = AppState(settings=settings, keys=KeyStore(settings.api_keys, settings.auth.api_keys_file),
+                     limit_store=build_store(settings.limits))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -95,6 +98,7 @@ def create_app(settings: Settings, adapter_factory: AdapterFactory | None = None
             for adapter in state.engines():
                 # What is left of the drain deadline: after a SIGTERM drain, the requests are done already.
                 await adapter.close(state.drain.time_left(settings.drain_deadline_s))
+            await state.limit_store.close()
 
     # No redirect for a trailing slash: its Location would name the client's Host (see middleware.canonical).
     app = FastAPI(title="tokenyard", version="0.1.0", lifespan=lifespan, redirect_slashes=False)
@@ -103,7 +107,7 @@ def create_app(settings: Settings, adapter_factory: AdapterFactory | None = None
     _document_validation_as_400(app)
     app.add_middleware(PassThrough, state=state)  # innermost: routed chat and completions end there
     middleware.install(app, state)
-    for module in (models, generation, embeddings, health, responses, tokenize):
+    for module in (models, generation, embeddings, health, responses, tokenize, usage):
         app.include_router(module.router)
     if settings.allow_runtime_lora_updating:  # as vLLM: the routes exist only when runtime updates are allowed
         app.include_router(lora.router)

@@ -11,6 +11,7 @@
     ├── PayloadTooLarge               413
     ├── RateLimited                   429 code=rate_limit_exceeded      (retryable)
     ├── HeaderTooLarge                431 code=request_header_fields_too_large  (answered by the HTTP protocol)
+    ├── QuotaExceeded                 429 type=code=insufficient_quota  (a key's token budget is spent)
     └── EngineUnavailable             503 code=engine_unavailable      (retryable)
 
 Engine adapters raise these too; they import nothing but this module.
@@ -102,6 +103,15 @@ class HeaderTooLarge(GatewayError):
     status = 431
     type = "invalid_request_error"
     code = "request_header_fields_too_large"
+    public_message = True
+
+
+class QuotaExceeded(GatewayError):
+    """OpenAI's answer when an account's quota is spent: not retryable until the period resets."""
+
+    status = 429
+    type = "insufficient_quota"
+    code = "insufficient_quota"
     public_message = True
 
 

@@ -173,17 +173,30 @@ class ApiKey(BaseModel):
     name: str | None = None
     requests_per_minute: int | None = Field(default=None, gt=0)
     tokens_per_minute: int | None = Field(default=None, gt=0)
+    tokens_per_day: int | None = Field(default=None, gt=0, description="Token budget per UTC day.")
+    tokens_per_month: int | None = Field(default=None, gt=0, description="Token budget per UTC month.")
 
 
 class AuthSettings(BaseModel):
     api_keys_file: Path | None = Field(default=None, description="One key a line, re-read when it changes.")
     guard_metrics: bool = Field(default=False, description="Ask for a key on /metrics too.")
+    admin_key: SecretStr | None = Field(default=None, min_length=1,
+                                        description="Opens GET /admin/usage: every key's usage and budgets.")
 
 
 class LimitSettings(BaseModel):
     # Per key (per client address when no keys are configured); None: no limit.
     requests_per_minute: int | None = Field(default=None, gt=0)
     tokens_per_minute: int | None = Field(default=None, gt=0)
+    # Token budgets of every key (a key's own override them); keys only, never client addresses.
+    tokens_per_day: int | None = Field(default=None, gt=0)
+    tokens_per_month: int | None = Field(default=None, gt=0)
+    # Where buckets and budgets live: this process (memory), or a Redis shared by every router replica.
+    backend: Literal["memory", "redis"] = "memory"
+    redis_url: SecretStr | None = Field(default=None, description="redis://[:password@]host:port/db or rediss://")
+    redis_timeout_s: float = Field(default=0.25, gt=0, description="Connect and reply timeout of one call.")
+    redis_failure: Literal["open", "closed"] = Field(
+        default="open", description="Redis unreachable: serve unlimited (open) or answer 503 (closed).")
     # Admission, per model: requests running, requests waiting, and how long one may wait.
     max_in_flight: int = Field(default=256, ge=1)
     max_queue: int = Field(default=512, ge=0)
@@ -204,6 +217,12 @@ class LimitSettings(BaseModel):
     max_n: int = Field(default=16, ge=1)
     max_stop: int = Field(default=16, ge=0)
     max_prompt_chars: int | None = Field(default=1_000_000, ge=1)
+
+    @model_validator(mode="after")
+    def _redis_needs_url(self) -> LimitSettings:
+        if self.backend == "redis" and self.redis_url is None:
+            raise ValueError("limits backend redis needs redis_url")
+        return self
 
 
 class CorsSettings(BaseModel):

@@ -9,12 +9,14 @@ from typing import TYPE_CHECKING
 from engine_adapters.base import EngineAdapter, LocalEngine, ModelInfo
 from gateway.errors import EngineUnavailable, ModelNotFound
 from gateway.lifecycle import Drain
+from gateway.limit_store import LimitStore, MemoryStore
 from gateway.observability.metrics import UNKNOWN_MODEL, Metrics, RouteStatus, UpstreamStat
 from gateway.routing.adapter import RoutedAdapter
 from gateway.settings import Settings
 
 if TYPE_CHECKING:
     from gateway.middleware.admission import Admission
+    from gateway.middleware.auth import KeyStore
 
 
 @dataclass
@@ -28,6 +30,8 @@ class AppState:
     drain: Drain = field(default_factory=Drain)  # in-flight requests and the SIGTERM deadline
     unknown_fields_seen: set[str] = field(default_factory=set)  # request field names already logged once
     queues: dict[str, Admission] = field(default_factory=dict)  # requested model name -> its admission queue
+    keys: KeyStore | None = None  # the client keys, when create_app built the app
+    limit_store: LimitStore = field(default_factory=MemoryStore)  # rate-limit buckets and budgets
 
     def __post_init__(self) -> None:
         self.metrics.watch_upstreams(self.upstream_stats)

@@ -4,9 +4,10 @@ Keys come from settings (--api-keys, TOKENYARD_API_KEYS, YAML) and from a keys f
 when it changes (a mounted Kubernetes Secret). Only SHA-256 digests are kept; a presented key is
 compared with every digest, with no early exit, so timing tells nothing about which keys exist.
 
-Keys file: one key a line, optionally followed by space-separated `name=`, `rpm=` and `tpm=`:
+Keys file: one key a line, optionally followed by space-separated `name=`, `rpm=`, `tpm=` and the token
+budgets `tokens_per_day=` and `tokens_per_month=`:
 
-    sk-team-a-0123456789 name=team-a rpm=600 tpm=200000
+    sk-team-a-0123456789 name=team-a rpm=600 tpm=200000 tokens_per_day=2000000
     sk-batch-9876543210  name=batch
     # comments and blank lines are skipped
 """
@@ -25,29 +26,31 @@ from pathlib import Path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.errors import AuthenticationFailed, InvalidRequest
-from gateway.middleware.context import METRICS_PATH, PROBE_PATHS, header, request_info, send_error
+from gateway.limit_store import KeyLimits
+from gateway.middleware.context import ADMIN_USAGE_PATH, METRICS_PATH, PROBE_PATHS, header, request_info, send_error
 from gateway.settings import ApiKey
 from gateway.state import AppState
 
 log = logging.getLogger(__name__)
 
 _RELOAD_CHECK_S = 1.0  # stat() the keys file at most this often
+_LIMIT_OPTIONS = {"rpm": "requests_per_minute", "tpm": "tokens_per_minute", "tokens_per_day": "tokens_per_day",
+                  "tokens_per_month": "tokens_per_month"}
 
 
 @dataclass(frozen=True)
 class KeyEntry:
     name: str
     digest: bytes
-    requests_per_minute: int | None = None
-    tokens_per_minute: int | None = None
+    limits: KeyLimits = KeyLimits()
 
 
 def digest(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
 
 
-def _entry(key: str, name: str | None, position: int, rpm: int | None = None, tpm: int | None = None) -> KeyEntry:
-    return KeyEntry(name or f"key-{position}", digest(key), rpm, tpm)
+def _entry(key: str, name: str | None, position: int, limits: KeyLimits = KeyLimits()) -> KeyEntry:
+    return KeyEntry(name or f"key-{position}", digest(key), limits)
 
 
 def parse_keys_file(text: str) -> list[KeyEntry]:
@@ -57,20 +60,21 @@ def parse_keys_file(text: str) -> list[KeyEntry]:
         if not fields or fields[0].startswith("#"):
             continue
         options = dict(field.partition("=")[::2] for field in fields[1:])
-        unknown = set(options) - {"name", "rpm", "tpm"}
+        unknown = set(options) - {"name", *_LIMIT_OPTIONS}
         if unknown:  # the message names the line, never its content: that holds a key
             raise ValueError(f"keys file line {number}: unknown option(s) {sorted(unknown)}")
-        limits = [int(options[k]) if k in options else None for k in ("rpm", "tpm")]
-        if any(limit is not None and limit < 1 for limit in limits):
+        limits = {field: int(options[option]) for option, field in _LIMIT_OPTIONS.items() if option in options}
+        if any(limit < 1 for limit in limits.values()):
             raise ValueError(f"keys file line {number}: limits must be positive")
-        entries.append(_entry(fields[0], options.get("name"), len(entries) + 1, *limits))
+        entries.append(_entry(fields[0], options.get("name"), len(entries) + 1, KeyLimits(**limits)))
     return entries
 
 
 class KeyStore:
     def __init__(self, keys: list[ApiKey], path: Path | None, clock: Callable[[], float] = time.monotonic) -> None:
         self._static = [
-            _entry(k.key.get_secret_value(), k.name, i, k.requests_per_minute, k.tokens_per_minute)
+            _entry(k.key.get_secret_value(), k.name, i,
+                   KeyLimits(k.requests_per_minute, k.tokens_per_minute, k.tokens_per_day, k.tokens_per_month))
             for i, k in enumerate(keys, start=1)
         ]
         self._path, self._clock = path, clock
@@ -93,6 +97,10 @@ class KeyStore:
             if secrets.compare_digest(candidate, entry.digest) and found is None:
                 found = entry
         return found
+
+    def entries(self) -> list[KeyEntry]:
+        self._maybe_reload()
+        return self._static + self._from_file
 
     def _maybe_reload(self) -> None:
         now = self._clock()
@@ -132,7 +140,8 @@ class AuthMiddleware:
         self.app = app
         self.metrics = state.metrics
         self.guard_metrics = state.settings.auth.guard_metrics
-        self.keys = KeyStore(state.settings.api_keys, state.settings.auth.api_keys_file)
+        assert state.keys is not None, "create_app builds the key store"
+        self.keys = state.keys
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] not in PROBE_PATHS and _authorizations(scope) > 1:
@@ -151,10 +160,11 @@ class AuthMiddleware:
             return
         info = request_info(scope)
         info.key_name = entry.name
-        info.key_limits = (entry.requests_per_minute, entry.tokens_per_minute)
+        info.key_limits = entry.limits
         await self.app(scope, receive, send)
 
     def _needs_key(self, scope: Scope) -> bool:
-        if scope["type"] != "http" or not self.keys.enabled or scope["path"] in PROBE_PATHS:
+        # The admin view checks the admin key itself.
+        if scope["type"] != "http" or not self.keys.enabled or scope["path"] in (*PROBE_PATHS, ADMIN_USAGE_PATH):
             return False
         return scope["path"] != METRICS_PATH or self.guard_metrics

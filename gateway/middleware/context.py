@@ -11,10 +11,13 @@ import orjson
 from starlette.types import Scope, Send
 
 from gateway.errors import GatewayError, error_payload
+from gateway.limit_store import KeyLimits
 
 # Liveness and readiness answer without a key, while draining and past every limit: probes must work.
 PROBE_PATHS = frozenset({"/health", "/ready"})
 METRICS_PATH = "/metrics"
+USAGE_PATH = "/v1/usage"  # a key's own usage: needs that key, and is neither limited nor charged
+ADMIN_USAGE_PATH = "/admin/usage"  # every key's usage: needs the admin key instead of a client key
 _SCOPE_KEY = "tokenyard.request"
 
 Headers = list[tuple[bytes, bytes]]
@@ -27,7 +30,7 @@ class RequestInfo:
     request_id: str
     started: float = field(default_factory=time.perf_counter)
     key_name: str | None = None
-    key_limits: tuple[int | None, int | None] | None = None  # the key's own (requests, tokens) per minute
+    key_limits: KeyLimits | None = None  # the key's own limits and budgets
     model: str | None = None
     body: Any = None  # the parsed JSON body of a POST
 

@@ -1,31 +1,52 @@
-"""Caps on what one request may ask for (400), and per-key token buckets for requests and tokens (429).
+"""Caps on what one request may ask for (400), per-key token buckets for requests and tokens (429
+rate_limit_exceeded), and per-key token budgets per day and month (429 insufficient_quota).
 
 A request is charged its estimated tokens up front (prompt characters / 4, plus max_tokens × n for
-each prompt); when the answer carries `usage`, the bucket is corrected to the real total, and a
-failed request is refunded. Every response of a limited key carries OpenAI's x-ratelimit-* headers.
+each prompt), to its token bucket and its budgets alike; when the answer carries `usage`, the charge is
+corrected to the real total, and a failed request is refunded. Every response of a limited key carries
+OpenAI's x-ratelimit-* headers. The buckets and budgets live in the limit store (gateway.limit_store).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import re
-import time
-from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.errors import InvalidRequest, RateLimited
-from gateway.middleware.context import Headers, is_service_path, request_info, send_error
+from gateway.errors import EngineUnavailable, GatewayError, InvalidRequest, QuotaExceeded, RateLimited
+from gateway.limit_store import (
+    Charge,
+    Decision,
+    KeyLimits,
+    StoreUnavailable,
+    default_limits,
+    floor_level,
+    reset_s,
+    utc_now,
+    windows,
+)
+from gateway.middleware.context import (
+    ADMIN_USAGE_PATH,
+    USAGE_PATH,
+    Headers,
+    RequestInfo,
+    is_service_path,
+    request_info,
+    send_error,
+)
 from gateway.settings import LimitSettings
 from gateway.state import AppState
 
+log = logging.getLogger(__name__)
+
 CHARS_PER_TOKEN = 4  # a rough guess before tokenizing; the answer's usage corrects it
 UNKNOWN_OUTPUT_TOKENS = 256  # charged when a request names no max_tokens, until usage corrects it
-_MAX_IDENTITIES = 10_000  # buckets kept; the least recently seen go first (a refilled bucket is a new one)
-_USAGE = re.compile(rb'"total_tokens":\s*(\d+)')
+_USAGE = {name: re.compile(rb'"' + name.encode() + rb'":\s*(\d+)')
+          for name in ("prompt_tokens", "completion_tokens", "total_tokens")}
 _TOKENIZER_PATHS = frozenset({"/tokenize", "/detokenize", "/api/v1/token_check"})
 _TAIL_BYTES = 512  # usage is the last field of our answers and of the last SSE event
 
@@ -107,38 +128,6 @@ def estimate_tokens(ask: Ask, embedding: bool) -> int:
     return prompt + output * ask.n * ask.prompts
 
 
-class TokenBucket:
-    def __init__(self, per_minute: int, now: float) -> None:
-        self.per_minute = per_minute
-        self.rate = per_minute / 60.0
-        self.level, self.updated = float(per_minute), now
-
-    def _refill(self, now: float) -> None:
-        self.level = min(float(self.per_minute), self.level + (now - self.updated) * self.rate)
-        self.updated = now
-
-    def wait_s(self, cost: int, now: float) -> float:
-        """Seconds until `cost` can be taken. A cost above the whole bucket waits only for a full one."""
-        self._refill(now)
-        need = min(cost, self.per_minute)
-        return 0.0 if self.level >= need else (need - self.level) / self.rate
-
-    def take(self, cost: int, now: float) -> None:
-        self._refill(now)
-        self.level -= cost  # may go below zero: a big request makes its key wait longer afterwards
-
-    def refund(self, amount: int, now: float) -> None:
-        self._refill(now)
-        self.level = min(float(self.per_minute), self.level + amount)
-
-    def headers(self, kind: str, now: float) -> Headers:
-        self._refill(now)
-        reset_s = (self.per_minute - self.level) / self.rate
-        return [(f"x-ratelimit-limit-{kind}".encode(), str(self.per_minute).encode()),
-                (f"x-ratelimit-remaining-{kind}".encode(), str(max(0, math.floor(self.level))).encode()),
-                (f"x-ratelimit-reset-{kind}".encode(), duration(reset_s).encode())]
-
-
 def duration(seconds: float) -> str:
     """OpenAI's reset format: 20ms, 1.5s, 6m0s."""
     if seconds < 1:
@@ -148,62 +137,48 @@ def duration(seconds: float) -> str:
     return f"{int(minutes)}m{rest_text}s" if minutes else f"{rest_text}s"
 
 
-@dataclass
-class Buckets:
-    requests: TokenBucket | None
-    tokens: TokenBucket | None
 
-    def wait_s(self, cost: int, now: float) -> float:
-        waits = [self.requests.wait_s(1, now) if self.requests else 0.0,
-                 self.tokens.wait_s(cost, now) if self.tokens else 0.0]
-        return max(waits)
-
-    def take(self, cost: int, now: float) -> None:
-        if self.requests:
-            self.requests.take(1, now)
-        if self.tokens:
-            self.tokens.take(cost, now)
-
-    def headers(self, now: float) -> Headers:
-        pairs = (("requests", self.requests), ("tokens", self.tokens))
-        return [h for kind, bucket in pairs if bucket for h in bucket.headers(kind, now)]
+def rate_headers(limits: KeyLimits, decision: Decision) -> Headers:
+    """OpenAI's x-ratelimit-* headers from the buckets' levels that admit saw."""
+    found: Headers = []
+    for kind, limit, level in (("requests", limits.requests_per_minute, decision.requests_left),
+                               ("tokens", limits.tokens_per_minute, decision.tokens_left)):
+        if limit and level is not None:
+            found += [(f"x-ratelimit-limit-{kind}".encode(), str(limit).encode()),
+                      (f"x-ratelimit-remaining-{kind}".encode(), str(floor_level(level)).encode()),
+                      (f"x-ratelimit-reset-{kind}".encode(), duration(reset_s(limit, level)).encode())]
+    return found
 
 
-class RateLimiter:
-    """Buckets per identity: a key's name, or the client's address when no keys are configured."""
-
-    def __init__(self, requests_per_minute: int | None, tokens_per_minute: int | None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.defaults = (requests_per_minute, tokens_per_minute)
-        self.clock = clock
-        self._buckets: OrderedDict[str, Buckets] = OrderedDict()
-
-    def buckets(self, identity: str, own: tuple[int | None, int | None] | None) -> Buckets | None:
-        rpm, tpm = self.defaults
-        if own is not None:  # the key's own limits, where it has them
-            rpm, tpm = (own[0] if own[0] is not None else rpm), (own[1] if own[1] is not None else tpm)
-        if rpm is None and tpm is None:
-            return None
-        found = self._buckets.get(identity)
-        now = self.clock()
-        if found is None or _per_minute(found.requests) != rpm or _per_minute(found.tokens) != tpm:
-            # New, or its key's limits changed in the keys file: start it afresh.
-            found = Buckets(TokenBucket(rpm, now) if rpm else None, TokenBucket(tpm, now) if tpm else None)
-            self._buckets[identity] = found
-        self._buckets.move_to_end(identity)
-        while len(self._buckets) > _MAX_IDENTITIES:
-            self._buckets.popitem(last=False)
-        return found
+def _retry_after(seconds: float) -> Headers:
+    return [(b"retry-after", str(math.ceil(seconds)).encode()),
+            (b"retry-after-ms", str(math.ceil(seconds * 1000)).encode())]
 
 
-def _per_minute(bucket: TokenBucket | None) -> int | None:
-    return bucket.per_minute if bucket else None
+def refusal(limits: KeyLimits, decision: Decision) -> tuple[GatewayError, Headers]:
+    """The 429 for a refused request, with its headers."""
+    window = decision.over_budget
+    if window is None:
+        return (RateLimited("Rate limit reached for this key. Retry after the time in the retry-after header."),
+                _retry_after(decision.wait_s) + rate_headers(limits, decision))
+    budget = limits.budget(window.period)
+    adjective = {"day": "daily", "month": "monthly"}[window.period]
+    message = (f"This key's {adjective} token budget ({budget} tokens) is used up; "
+               f"it resets at {window.resets_at_text}.")
+    return QuotaExceeded(message), _retry_after((window.resets_at - utc_now()).total_seconds())
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
 
 
 class UsageMeter:
     """Wraps `send`: adds the rate headers to the answer, and reads the usage it reports."""
 
-    def __init__(self, send: Send, headers: Callable[[], Headers]) -> None:
+    def __init__(self, send: Send, headers: Headers) -> None:
         self._send, self._headers = send, headers
         self.status = 0
         self._tail = b""
@@ -211,17 +186,28 @@ class UsageMeter:
     async def send(self, message: Message) -> None:
         if message["type"] == "http.response.start":
             self.status = message["status"]
-            message = {**message, "headers": [*message.get("headers", ()), *self._headers()]}
+            message = {**message, "headers": [*message.get("headers", ()), *self._headers]}
         elif message["type"] == "http.response.body":
             self._tail = (self._tail + message.get("body", b""))[-_TAIL_BYTES:]
         await self._send(message)
 
+    @property
+    def failed(self) -> bool:
+        return not self.status or self.status >= 400
+
+    def usage(self) -> Usage | None:
+        """The answer's last `usage`, when it has one."""
+        found = {name: _USAGE[name].findall(self._tail) for name in _USAGE}
+        if not found["total_tokens"]:
+            return None
+        return Usage(*(int(values[-1]) if values else 0 for values in found.values()))
+
     def used(self, charged: int) -> int:
         """Tokens the request really used: none when it failed, the estimate when the answer did not say."""
-        if not self.status or self.status >= 400:
+        if self.failed:
             return 0
-        found = _USAGE.findall(self._tail)
-        return int(found[-1]) if found else charged
+        usage = self.usage()
+        return usage.total_tokens if usage else charged
 
 
 def _prompt_only(path: str) -> bool:
@@ -232,42 +218,98 @@ def _prompt_only(path: str) -> bool:
 class LimitsMiddleware:
     def __init__(self, app: ASGIApp, state: AppState) -> None:
         self.app = app
-        self.metrics = state.metrics
+        self.state, self.metrics, self.store = state, state.metrics, state.limit_store
         self.limits = state.settings.limits
-        self.limiter = RateLimiter(self.limits.requests_per_minute, self.limits.tokens_per_minute)
+        self.defaults = default_limits(self.limits)
+        self._store_down = False  # logged once per outage
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not is_service_path(scope):
+        if not is_service_path(scope) or scope["path"] in (USAGE_PATH, ADMIN_USAGE_PATH):
             await self.app(scope, receive, send)
             return
         info = request_info(scope)
-        client = scope.get("client")
-        identity = info.key_name or f"client:{client[0] if client else '-'}"
-        buckets = self.limiter.buckets(identity, info.key_limits)
-        now = self.limiter.clock()
         ask = measure(info.body) if isinstance(info.body, dict) else None
+        charge = self._charge(scope, info, ask)
         if ask is not None:
             try:
                 check_caps(ask, self.limits)
-            except InvalidRequest as exc:  # refused before it is counted, yet with the key's headers
-                await send_error(send, exc, buckets.headers(now) if buckets else ())
+            except InvalidRequest as exc:  # refused before it is counted
+                await send_error(send, exc)
                 return
-        if buckets is None:
+        if charge is None:
             await self.app(scope, receive, send)
             return
-        cost = estimate_tokens(ask, embedding=_prompt_only(scope["path"])) if ask else 0
-        wait_s = buckets.wait_s(cost, now)
-        if wait_s > 0:
-            self.metrics.rejected.labels("rate_limit").inc()
-            retry = [(b"retry-after", str(math.ceil(wait_s)).encode()),
-                     (b"retry-after-ms", str(math.ceil(wait_s * 1000)).encode())]
-            await send_error(send, RateLimited("Rate limit reached for this key. Retry after the time "
-                                               "in the retry-after header."), retry + buckets.headers(now))
+        try:
+            decision: Decision | None = await self.store.admit(charge)
+            self._store_up()
+        except StoreUnavailable as exc:
+            decision = None
+            if self._store_failed(exc):
+                await send_error(send, EngineUnavailable("The rate-limit store is unreachable; retry shortly.",
+                                                         code="limits_unavailable"))
+                return
+        if decision is not None and not decision.allowed:
+            await self._refuse(send, info, charge.limits, decision)
             return
-        buckets.take(cost, now)
-        meter = UsageMeter(send, lambda: buckets.headers(self.limiter.clock()))
+        meter = UsageMeter(send, rate_headers(charge.limits, decision) if decision else [])
         try:
             await self.app(scope, receive, meter.send)
         finally:
-            if buckets.tokens:
-                buckets.tokens.refund(cost - meter.used(cost), self.limiter.clock())
+            if decision is not None:
+                await self._settle(charge, charge.cost - meter.used(charge.cost))
+            if info.key_name is not None:
+                self._count(info, meter)
+
+    def _charge(self, scope: Scope, info: RequestInfo, ask: Ask | None) -> Charge | None:
+        """What admit is asked for, or None when nothing limits or accounts for this request."""
+        limits = info.key_limits.over(self.defaults) if info.key_limits else self.defaults
+        if info.key_name is None and limits.per_minute == (None, None):
+            return None
+        client = scope.get("client")
+        identity = info.key_name or f"client:{client[0] if client else '-'}"
+        cost = estimate_tokens(ask, embedding=_prompt_only(scope["path"])) if ask else 0
+        if info.key_name is None:  # budgets and usage are kept per key only
+            limits = replace(limits, tokens_per_day=None, tokens_per_month=None)
+        return Charge(identity, limits, cost, windows(utc_now()) if info.key_name else None)
+
+    async def _refuse(self, send: Send, info: RequestInfo, limits: KeyLimits, decision: Decision) -> None:
+        reason = "over_budget" if decision.over_budget else "rate_limited"
+        self.metrics.rejected.labels("over_budget" if decision.over_budget else "rate_limit").inc()
+        if info.key_name is not None:
+            self.metrics.key_rejected.labels(info.key_name, reason).inc()
+        error, headers = refusal(limits, decision)
+        await send_error(send, error, headers)
+
+    async def _settle(self, charge: Charge, refund: int) -> None:
+        if refund == 0:  # the estimate was right: nothing to correct, no second round trip
+            return
+        try:
+            await self.store.settle(charge, refund)
+        except StoreUnavailable as exc:
+            self._store_failed(exc)
+
+    def _store_failed(self, exc: StoreUnavailable) -> bool:
+        """Count and log (once per outage) a store failure; True when the request must be refused."""
+        self.metrics.limit_store_errors.inc()
+        if not self._store_down:
+            self._store_down = True
+            log.warning("limit store unreachable (%s): requests are %s until it is back", exc,
+                        "served without limits" if self.limits.redis_failure == "open" else "refused")
+        closed = self.limits.redis_failure == "closed"
+        if closed:
+            self.metrics.rejected.labels("limit_store").inc()
+        return closed
+
+    def _store_up(self) -> None:
+        if self._store_down:
+            self._store_down = False
+            log.warning("limit store reachable again")
+
+    def _count(self, info: RequestInfo, meter: UsageMeter) -> None:
+        key = info.key_name or ""
+        model = info.model if info.model in self.state.adapters else "unknown"
+        self.metrics.key_requests.labels(key, model, str(meter.status or 499)).inc()
+        usage = None if meter.failed else meter.usage()
+        if usage is not None:
+            self.metrics.key_prompt_tokens.labels(key, model).inc(usage.prompt_tokens)
+            self.metrics.key_completion_tokens.labels(key, model).inc(usage.completion_tokens)

@@ -20,7 +20,8 @@ from prometheus_client.utils import floatToGoString
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _TOKEN_GAP_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2.5)
-REJECT_REASONS = ("auth", "rate_limit", "admission", "body_size", "body_timeout")
+REJECT_REASONS = ("auth", "rate_limit", "over_budget", "limit_store", "admission", "body_size", "body_timeout")
+KEY_REJECT_REASONS = ("rate_limited", "over_budget")
 # Label values are configured names (served models, routes, key names) or fixed buckets such as this one:
 # never a string a client sent (AppState.model_label maps a requested model name).
 UNKNOWN_MODEL = "unknown"
@@ -65,6 +66,26 @@ class Metrics:
         )
         for reason in REJECT_REASONS:
             self.rejected.labels(reason)  # present at 0, so dashboards and alerts see the series
+        # Per key *name* (a configured name or key-N, so bounded by the keys configured; never the key).
+        self.key_requests = Counter(
+            "tokenyard_key_requests", "Requests of a key that passed its limits, by model and HTTP status.",
+            ["key", "model", "status"], registry=r,
+        )
+        self.key_prompt_tokens = Counter(
+            "tokenyard_key_prompt_tokens", "Prompt tokens of a key's requests, as their answers reported.",
+            ["key", "model"], registry=r,
+        )
+        self.key_completion_tokens = Counter(
+            "tokenyard_key_completion_tokens", "Completion tokens of a key's requests, as their answers reported.",
+            ["key", "model"], registry=r,
+        )
+        self.key_rejected = Counter(
+            "tokenyard_key_rejected", "A key's requests refused by its rate limits or token budgets.",
+            ["key", "reason"], registry=r,
+        )
+        self.limit_store_errors = Counter(
+            "tokenyard_limit_store_errors", "Calls to the shared limit store (Redis) that failed.", registry=r,
+        )
         self.queue_depth = Gauge(
             "tokenyard_queue_depth", "Requests waiting for an admission slot.", ["model"], registry=r,
         )

@@ -10,6 +10,7 @@ import httpx
 import openai
 import pytest
 
+from gateway.limit_store import KeyLimits
 from gateway.middleware.auth import KeyStore, digest, parse_keys_file
 from gateway.settings import ApiKey
 from tests.unit.middleware.scripted import MODEL, chat, scripted_client, settings, state_of
@@ -100,11 +101,12 @@ def test_every_key_is_compared_with_no_early_exit(monkeypatch: pytest.MonkeyPatc
 
 
 def test_keys_file_format() -> None:
-    entries = parse_keys_file("# team keys\n\nsk-a-1 name=team-a rpm=600 tpm=200000\n  sk-b-2  \nsk-c-3 name=batch\n")
-    assert [(e.name, e.requests_per_minute, e.tokens_per_minute) for e in entries] == [
-        ("team-a", 600, 200000), ("key-2", None, None), ("batch", None, None)]
+    entries = parse_keys_file("# team keys\n\nsk-a-1 name=team-a rpm=600 tpm=200000\n  sk-b-2  \n"
+                              "sk-c-3 name=batch tokens_per_day=2000000 tokens_per_month=30000000\n")
+    assert [(e.name, e.limits) for e in entries] == [
+        ("team-a", KeyLimits(600, 200000)), ("key-2", KeyLimits()), ("batch", KeyLimits(None, None, 2_000_000, 30_000_000))]
     assert entries[1].digest == digest("sk-b-2")
-    for bad, why in [("sk-x colour=red", "unknown option"), ("sk-x rpm=0", "must be positive")]:
+    for bad, why in [("sk-x colour=red", "unknown option"), ("sk-x rpm=0", "must be positive"), ("sk-x tokens_per_day=0", "must be positive")]:
         with pytest.raises(ValueError, match=why) as err:
             parse_keys_file(bad)
         assert "sk-x" not in str(err.value)

@@ -6,14 +6,13 @@ import httpx
 import openai
 import pytest
 
+from gateway.limit_store import Decision, KeyLimits, MemoryStore, TokenBucket, _per_minute
 from gateway.middleware.limits import (
     Ask,
-    RateLimiter,
-    TokenBucket,
-    _per_minute,
     duration,
     estimate_tokens,
     measure,
+    rate_headers,
 )
 from tests.unit.middleware.scripted import MODEL, RecordingAdapter, chat, scripted_client, settings, state_of
 
@@ -80,9 +79,10 @@ def test_token_bucket_figures() -> None:
     bucket.take(100, 60.0)
     assert bucket.level == pytest.approx(-40.0)  # a big request makes its key wait afterwards
     bucket.refund(30, 60.0)
-    assert dict(bucket.headers("tokens", 60.0)) == {b"x-ratelimit-limit-tokens": b"60",
-                                                    b"x-ratelimit-remaining-tokens": b"0",
-                                                    b"x-ratelimit-reset-tokens": b"1m10s"}
+    decision = Decision(True, tokens_left=bucket.level)
+    assert dict(rate_headers(KeyLimits(tokens_per_minute=60), decision)) == {
+        b"x-ratelimit-limit-tokens": b"60", b"x-ratelimit-remaining-tokens": b"0",
+        b"x-ratelimit-reset-tokens": b"1m10s"}
 
 
 def test_duration_format() -> None:
@@ -90,16 +90,15 @@ def test_duration_format() -> None:
         "0ms", "21ms", "1.5s", "59.999s", "6m0s", "1m1.25s"]
 
 
-def test_limiter_keeps_buckets_per_identity_and_follows_changed_limits() -> None:
-    limiter = RateLimiter(10, None, clock=lambda: 0.0)
-    alice = limiter.buckets("alice", None)
-    assert alice is not None and alice.tokens is None and _per_minute(alice.requests) == 10
-    assert limiter.buckets("alice", None) is alice
-    assert limiter.buckets("bob", None) is not alice
-    faster = limiter.buckets("alice", (20, 1000))
-    assert faster is not None and faster is not alice
+def test_store_keeps_buckets_per_identity_and_follows_changed_limits() -> None:
+    store, ten = MemoryStore(clock=lambda: 0.0), KeyLimits(requests_per_minute=10)
+    alice = store.buckets("alice", ten)
+    assert alice.tokens is None and _per_minute(alice.requests) == 10
+    assert store.buckets("alice", ten) is alice
+    assert store.buckets("bob", ten) is not alice
+    faster = store.buckets("alice", KeyLimits(20, 1000))
+    assert faster is not alice
     assert (_per_minute(faster.requests), _per_minute(faster.tokens)) == (20, 1000)
-    assert RateLimiter(None, None).buckets("carol", None) is None
 
 
 def _rate_headers(response: httpx.Response) -> dict[str, str]:

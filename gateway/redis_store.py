@@ -1,0 +1,156 @@
+"""The limit store in Redis, shared by every router replica: one Lua script per admit and one per settle.
+
+Keys, all of one key's in one hash slot (`{identity}`), so the scripts also run on a Redis Cluster:
+    tokenyard:{identity}:requests   bucket: level, at (Redis TIME), limit; expires once full again
+    tokenyard:{identity}:tokens     the same for tokens
+    tokenyard:{identity}:day:<date> usage: tokens, requests; expires a day after its period ends
+    tokenyard:{identity}:month:<yyyy-mm>
+Any Redis or connection error becomes StoreUnavailable; the client reconnects on the next call by itself.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import redis.asyncio as redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from gateway.limit_store import Charge, Decision, KeyLimits, PeriodUsage, StoreUnavailable, Window, windows
+
+_KEEP_AFTER_PERIOD = timedelta(days=1)
+
+# A bucket's level as of now: full when new, expired or its limit changed; refilled at limit/60 a second.
+_BUCKET = """
+local function level(key, limit, now)
+  if limit == 0 then return nil end
+  local saved = redis.call('HMGET', key, 'level', 'at', 'limit')
+  if not saved[1] or tonumber(saved[3]) ~= limit then return limit end
+  return math.min(limit, tonumber(saved[1]) + (now - tonumber(saved[2])) * limit / 60)
+end
+local function save(key, lvl, limit, now)
+  if lvl == nil then return end
+  redis.call('HSET', key, 'level', tostring(lvl), 'at', tostring(now), 'limit', limit)
+  redis.call('EXPIRE', key, math.ceil((limit - lvl) * 60 / limit) + 1)
+end
+local function text(lvl) if lvl == nil then return '' end return tostring(lvl) end
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+"""
+
+# KEYS: requests bucket, tokens bucket, day usage, month usage.
+# ARGV: rpm, tpm, cost, day budget, month budget (0: none), day ttl, month ttl, keep usage (1/0).
+# Returns {'ok' | 'rate_limited' | 'over_budget', wait_s or period index, requests level, tokens level}.
+ADMIT = _BUCKET + """
+local rpm, tpm, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local keep = ARGV[8] == '1'
+if keep then
+  for i = 1, 2 do
+    local budget = tonumber(ARGV[3 + i])
+    if budget > 0 and tonumber(redis.call('HGET', KEYS[2 + i], 'tokens') or '0') >= budget then
+      return {'over_budget', tostring(i), '', ''}
+    end
+  end
+end
+local r, t = level(KEYS[1], rpm, now), level(KEYS[2], tpm, now)
+local wait = 0
+if r and r < 1 then wait = (1 - r) * 60 / rpm end
+if t and t < math.min(cost, tpm) then wait = math.max(wait, (math.min(cost, tpm) - t) * 60 / tpm) end
+if wait > 0 then return {'rate_limited', tostring(wait), text(r), text(t)} end
+if r then r = r - 1 end
+if t then t = t - cost end
+save(KEYS[1], r, rpm, now)
+save(KEYS[2], t, tpm, now)
+if keep then
+  for i = 1, 2 do
+    redis.call('HINCRBY', KEYS[2 + i], 'tokens', cost)
+    redis.call('HINCRBY', KEYS[2 + i], 'requests', 1)
+    redis.call('EXPIRE', KEYS[2 + i], ARGV[5 + i])
+  end
+end
+return {'ok', '0', text(r), text(t)}
+"""
+
+# KEYS: tokens bucket, day usage, month usage. ARGV: refund (negative: charge more), tpm, keep usage (1/0).
+SETTLE = _BUCKET + """
+local refund, tpm = tonumber(ARGV[1]), tonumber(ARGV[2])
+local t = level(KEYS[1], tpm, now)
+if t then save(KEYS[1], math.min(tpm, t + refund), tpm, now) end
+if ARGV[3] == '1' then
+  for i = 2, 3 do
+    if redis.call('EXISTS', KEYS[i]) == 1 then redis.call('HINCRBY', KEYS[i], 'tokens', -refund) end
+  end
+end
+return 1
+"""
+
+
+def _key(identity: str, part: str) -> str:
+    return f"tokenyard:{{{identity}}}:{part}"
+
+
+def _usage_key(identity: str, window: Window) -> str:
+    return _key(identity, f"{window.period}:{window.name}")
+
+
+def _ttl_s(window: Window) -> int:
+    return int((window.resets_at + _KEEP_AFTER_PERIOD - datetime.now(timezone.utc)).total_seconds()) + 1
+
+
+def _level(text: bytes) -> float | None:
+    return float(text) if text else None
+
+
+class RedisStore:
+    def __init__(self, url: str, timeout_s: float) -> None:
+        # No retries inside the client: a failed call is answered at once (fail open or closed), and the
+        # next request tries again on a fresh connection.
+        self.client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                                           retry=Retry(NoBackoff(), 0), health_check_interval=0)
+        self._admit = self.client.register_script(ADMIT)
+        self._settle = self.client.register_script(SETTLE)
+
+    async def _run(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return await script(keys=keys, args=args)
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(type(exc).__name__) from None  # the message may hold the URL
+
+    async def admit(self, charge: Charge) -> Decision:
+        limits, day, month = charge.limits, *_periods(charge)
+        keys = [_key(charge.identity, "requests"), _key(charge.identity, "tokens"),
+                _usage_key(charge.identity, day), _usage_key(charge.identity, month)]
+        args = [limits.requests_per_minute or 0, limits.tokens_per_minute or 0, charge.cost,
+                limits.tokens_per_day or 0, limits.tokens_per_month or 0, _ttl_s(day), _ttl_s(month),
+                int(charge.periods is not None)]
+        verdict, figure, requests, tokens = await self._run(self._admit, keys, args)
+        if verdict == b"over_budget":
+            return Decision(False, over_budget=(day, month)[int(figure) - 1])
+        return Decision(verdict == b"ok", float(figure), None, _level(requests), _level(tokens))
+
+    async def settle(self, charge: Charge, refund: int) -> None:
+        day, month = _periods(charge)
+        keys = [_key(charge.identity, "tokens"), _usage_key(charge.identity, day), _usage_key(charge.identity, month)]
+        await self._run(self._settle, keys, [refund, charge.limits.tokens_per_minute or 0,
+                                             int(charge.periods is not None)])
+
+    async def usage(self, identity: str, limits: KeyLimits) -> list[PeriodUsage]:
+        now_windows = windows(datetime.now(timezone.utc))
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for window in now_windows:
+                    pipe.hmget(_usage_key(identity, window), "tokens", "requests")
+                found = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(type(exc).__name__) from None
+        return [PeriodUsage(window, int(tokens or 0), int(requests or 0), limits.budget(window.period))
+                for window, (tokens, requests) in zip(now_windows, found)]
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+def _periods(charge: Charge) -> tuple[Window, Window]:
+    return charge.periods or windows(datetime.now(timezone.utc))
