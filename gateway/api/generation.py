@@ -13,6 +13,7 @@ from gateway.api.streaming import ClientDisconnected, EventStreamResponse, until
 from gateway.protocol.chat import ChatCompletion, ChatCompletionRequest
 from gateway.protocol.common import SamplingFields
 from gateway.protocol.completions import Completion, CompletionRequest
+from gateway.protocol.messages import MessagesRequest
 from gateway.services import chat, completions
 from gateway.services.generation import log_unknown_fields
 from gateway.state import AppState
@@ -24,12 +25,13 @@ _SSE_DOC: dict[int | str, dict[str, Any]] = {
 }
 
 
-async def _serve(
+async def serve(
     request: Request,
-    body: SamplingFields,
+    body: SamplingFields | MessagesRequest,
     complete: Callable[[AppState, Any, str | None], Awaitable[Any]],
     stream: Callable[[AppState, Any, str | None], Awaitable[AsyncIterator[bytes]]],
 ) -> Response:
+    """Answer a generating request whole or as a stream, aborting the engine request if the client leaves."""
     state = app_state(request)
     log_unknown_fields(state, body)
     session_id = request.headers.get(state.settings.router.session_header)  # router mode's affinity key
@@ -48,9 +50,9 @@ async def _serve(
 
 @router.post("/v1/chat/completions", response_model=ChatCompletion, responses={**ERROR_RESPONSES, **_SSE_DOC})
 async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
-    return await _serve(request, body, chat.complete, chat.stream)
+    return await serve(request, body, chat.complete, chat.stream)
 
 
 @router.post("/v1/completions", response_model=Completion, responses={**ERROR_RESPONSES, **_SSE_DOC})
 async def create_completion(body: CompletionRequest, request: Request) -> Response:
-    return await _serve(request, body, completions.complete, completions.stream)
+    return await serve(request, body, completions.complete, completions.stream)

@@ -128,6 +128,7 @@ class ChatChoice(BaseModel):
     message: ChatMessageOut
     logprobs: ChoiceLogprobs | None = None
     finish_reason: FinishReason
+    stop_reason: str | None = None  # vLLM's extra: the stop string that ended the choice
 
 
 class ChatCompletion(BaseModel):
