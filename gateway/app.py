@@ -14,7 +14,7 @@ from starlette.responses import Response
 
 from engine_adapters.base import EngineAdapter
 from gateway import middleware
-from gateway.api import embeddings, generation, health, lora, messages, models, responses, tokenize
+from gateway.api import embeddings, generation, health, lora, messages, models, responses, scoring, tokenize
 from gateway.api.common import json_response
 from gateway.api.passthrough import PassThrough
 from gateway.errors import GatewayError, error_payload, invalid_fields, status_error
@@ -95,7 +95,7 @@ def create_app(settings: Settings, adapter_factory: AdapterFactory | None = None
     _document_validation_as_400(app)
     app.add_middleware(PassThrough, state=state)  # innermost: routed chat and completions end there
     middleware.install(app, state)
-    for module in (models, generation, embeddings, health, responses, tokenize, messages):
+    for module in (models, generation, embeddings, health, responses, tokenize, messages, scoring):
         app.include_router(module.router)
     if settings.allow_runtime_lora_updating:  # as vLLM: the routes exist only when runtime updates are allowed
         app.include_router(lora.router)

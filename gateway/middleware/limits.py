@@ -73,11 +73,12 @@ def _text_size(value: Any) -> tuple[int, int, int]:
 
 def measure(body: dict[str, Any]) -> Ask:
     if isinstance(body.get("messages"), list):
-        field, chars, ids, prompts = "messages", 0, 0, 1
+        field, ids, prompts = "messages", 0, 1
+        chars = _text_size(body.get("system"))[0]  # Anthropic's system prompt (text or text blocks)
         for message in body["messages"]:
             chars += _text_size(message.get("content"))[0] if isinstance(message, dict) else 0
-    else:
-        field = "input" if "input" in body else "prompt"
+    else:  # a prompt, an input, or FastChat's messages as one string
+        field = next((name for name in ("messages", "input") if name in body), "prompt")
         chars, ids, prompts = _text_size(body.get(field))
     stop = body.get("stop")
     max_tokens = next(((name, v) for name in ("max_completion_tokens", "max_tokens", "max_output_tokens")
