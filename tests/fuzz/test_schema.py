@@ -28,7 +28,8 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 
 
 def _with_served_model(case: Any) -> bool:
-    model = EMBED_MODEL if "embeddings" in case.operation.path else MODEL
+    on_embeddings = any(word in case.operation.path for word in ("embeddings", "score", "rerank"))
+    model = EMBED_MODEL if on_embeddings else MODEL
     if isinstance(case.path_parameters, dict) and "model" in case.path_parameters:
         case.path_parameters = {**case.path_parameters, "model": model}
         return True

@@ -168,3 +168,11 @@ async def test_stream_ends_with_stop_reason_and_usage() -> None:
     assert events[-2] == {"type": "message_delta", "delta": {"stop_reason": "max_tokens", "stop_sequence": None},
                           "usage": {"input_tokens": 3, "output_tokens": 3}}
     assert events[-1] == {"type": "message_stop"}
+
+
+async def test_the_system_prompt_counts_against_the_prompt_cap() -> None:
+    async with scripted_client(settings(limits={"max_prompt_chars": 20})) as client:
+        short = await client.post("/v1/messages", json=message(system="Be brief."))
+        long = await client.post("/v1/messages", json=message(system=[{"type": "text", "text": "x" * 30}]))
+    assert short.status_code == 200
+    assert long.status_code == 400 and long.json()["error"]["type"] == "invalid_request_error"
