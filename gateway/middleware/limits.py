@@ -25,8 +25,11 @@ from gateway.state import AppState
 CHARS_PER_TOKEN = 4  # a rough guess before tokenizing; the answer's usage corrects it
 UNKNOWN_OUTPUT_TOKENS = 256  # charged when a request names no max_tokens, until usage corrects it
 _MAX_IDENTITIES = 10_000  # buckets kept; the least recently seen go first (a refilled bucket is a new one)
-_USAGE = re.compile(rb'"total_tokens":\s*(\d+)')
-_TOKENIZER_PATHS = frozenset({"/tokenize", "/detokenize", "/api/v1/token_check"})
+# OpenAI's usage, or Anthropic's (input and output tokens, no total).
+_USAGE = re.compile(rb'"total_tokens":\s*(\d+)|"input_tokens":\s*(\d+),\s*"output_tokens":\s*(\d+)')
+# Requests that generate nothing, besides embeddings: charged their prompt only.
+_PROMPT_ONLY_PATHS = frozenset({"/tokenize", "/detokenize", "/api/v1/token_check", "/v1/messages/count_tokens",
+                                "/v1/score", "/score", "/v1/rerank", "/rerank", "/v2/rerank"})
 _TAIL_BYTES = 512  # usage is the last field of our answers and of the last SSE event
 
 
@@ -222,12 +225,15 @@ class UsageMeter:
         if not self.status or self.status >= 400:
             return 0
         found = _USAGE.findall(self._tail)
-        return int(found[-1]) if found else charged
+        if not found:
+            return charged
+        total, input_tokens, output_tokens = found[-1]
+        return int(total) if total else int(input_tokens) + int(output_tokens)
 
 
 def _prompt_only(path: str) -> bool:
     """Requests that generate nothing: charged their prompt only."""
-    return "embeddings" in path or path in _TOKENIZER_PATHS
+    return "embeddings" in path or path in _PROMPT_ONLY_PATHS
 
 
 class LimitsMiddleware:

@@ -176,3 +176,13 @@ async def test_the_system_prompt_counts_against_the_prompt_cap() -> None:
         long = await client.post("/v1/messages", json=message(system=[{"type": "text", "text": "x" * 30}]))
     assert short.status_code == 200
     assert long.status_code == 400 and long.json()["error"]["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_tokens_charged_are_corrected_from_anthropics_usage(stream: bool) -> None:
+    async with scripted_client(settings(limits={"tokens_per_minute": 100})) as client:
+        # "hi" ~ 1 token + max_tokens 60 charged up front; the scripted engine really uses 3 + 8 = 11.
+        answer = await client.post("/v1/messages", json=message(max_tokens=60, stream=stream))
+        assert answer.status_code == 200
+        after = await client.get("/v1/models")  # costs no tokens: shows the corrected level
+        assert after.headers["x-ratelimit-remaining-tokens"] == "89"
