@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
+from engine_adapters.base import Chunk
 from engine_adapters.scripted import Script
 from gateway.errors import EngineUnavailable, InvalidRequest, RateLimited, error_payload
 from tests.unit.middleware.scripted import MODEL, RecordingAdapter, chat, scripted_client, settings
@@ -81,15 +82,36 @@ async def test_request_becomes_a_chat_request() -> None:
     assert body["stop_reason"] == "max_tokens" and body["usage"] == {"input_tokens": 3, "output_tokens": 5}
 
 
+class OneChunk(RecordingAdapter):
+    """Answers every request with one given chunk."""
+
+    def __init__(self, chunk: Chunk) -> None:
+        super().__init__()
+        self.chunk = chunk
+
+    async def generate(self, request: Any) -> Any:  # type: ignore[override]
+        self.requests.append(request)
+        yield self.chunk
+
+
+async def test_a_stop_string_is_a_stop_sequence_streamed_or_not() -> None:
+    engine = OneChunk(Chunk(index=0, text="a", finish_reason="stop", stop_sequence="END", prompt_tokens=3,
+                            completion_tokens=1))
+    async with scripted_client(settings(), engine) as client:
+        whole = (await client.post("/v1/messages", json=message(stop_sequences=["END"]))).json()
+        streamed = frames((await client.post("/v1/messages", json=message(stop_sequences=["END"],
+                                                                          stream=True))).content)
+    assert (whole["stop_reason"], whole["stop_sequence"]) == ("stop_sequence", "END")
+    assert streamed[-2]["delta"] == {"stop_reason": "stop_sequence", "stop_sequence": "END"}
+
+
 async def test_named_tool_choice_answers_a_tool_use_block() -> None:
-    class Caller(RecordingAdapter):  # answers a forced call with its arguments, as constrained decoding would
-        async def generate(self, request: Any) -> Any:  # type: ignore[override]
-            from engine_adapters.base import Chunk
-            self.requests.append(request)
-            yield Chunk(index=0, text='{"city": "Paris"}', finish_reason="stop", prompt_tokens=3, completion_tokens=4)
+    # A forced call's output is its arguments, as constrained decoding makes it.
+    caller = OneChunk(Chunk(index=0, text='{"city": "Paris"}', finish_reason="stop", prompt_tokens=3,
+                            completion_tokens=4))
 
     tools = [{"name": "get_weather", "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}]
-    async with scripted_client(settings(), Caller()) as client:
+    async with scripted_client(settings(), caller) as client:
         body = message(tools=tools, tool_choice={"type": "tool", "name": "get_weather"})
         whole = (await client.post("/v1/messages", json=body)).json()
         streamed = frames((await client.post("/v1/messages", json={**body, "stream": True})).content)
