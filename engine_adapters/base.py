@@ -116,6 +116,7 @@ class Chunk:
     token_ids: Sequence[int] = ()
     logprobs: list[TokenLogprob] | None = None
     finish_reason: str | None = None
+    stop_sequence: str | None = None  # the stop string that ended the choice, when one did
     prompt_tokens: int = 0
     completion_tokens: int = 0  # cumulative for this choice
     # Only on a choice's first chunk, and only when asked for:

@@ -277,6 +277,7 @@ class VllmLocalAdapter:
             text=comp.text,
             token_ids=comp.token_ids,
             finish_reason=comp.finish_reason,
+            stop_sequence=stop if isinstance(stop := getattr(comp, "stop_reason", None), str) else None,
             prompt_tokens=prompt_len,
             completion_tokens=counts[index],
         )

@@ -14,7 +14,7 @@ from starlette.responses import Response
 
 from engine_adapters.base import EngineAdapter
 from gateway import middleware
-from gateway.api import embeddings, generation, health, lora, models, responses, tokenize, usage
+from gateway.api import embeddings, generation, health, lora, messages, models, responses, scoring, tokenize, usage
 from gateway.api.common import json_response
 from gateway.api.passthrough import PassThrough
 from gateway.errors import GatewayError, MethodNotAllowed, error_payload, invalid_fields, status_error
@@ -33,7 +33,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def gateway_error(request: Request, exc: Exception) -> Response:
         if not isinstance(exc, GatewayError) or not exc.public_message:
             log.error("unexpected error on %s", request.url.path, exc_info=exc)
-        status, body = error_payload(exc)
+        status, body = error_payload(exc, request.url.path)
         headers = {"retry-after": "1"} if status in (429, 503) else None
         response = json_response(body, status)
         if headers:
@@ -107,7 +107,7 @@ def create_app(settings: Settings, adapter_factory: AdapterFactory | None = None
     _document_validation_as_400(app)
     app.add_middleware(PassThrough, state=state)  # innermost: routed chat and completions end there
     middleware.install(app, state)
-    for module in (models, generation, embeddings, health, responses, tokenize, usage):
+    for module in (models, generation, embeddings, health, responses, tokenize, usage, messages, scoring):
         app.include_router(module.router)
     if settings.allow_runtime_lora_updating:  # as vLLM: the routes exist only when runtime updates are allowed
         app.include_router(lora.router)

@@ -1,4 +1,4 @@
-"""The one error tree, and the one place an error becomes an OpenAI error body.
+"""The one error tree, and the one place an error becomes a body: OpenAI's, or Anthropic's on its paths.
 
     GatewayError                      500 api_error (message hidden from the client)
     ├── InvalidRequest                400 invalid_request_error
@@ -14,7 +14,9 @@
     ├── QuotaExceeded                 429 type=code=insufficient_quota  (a key's token budget is spent)
     └── EngineUnavailable             503 code=engine_unavailable      (retryable)
 
-Engine adapters raise these too; they import nothing but this module.
+Engine adapters raise these too; they import nothing but this module. On Anthropic's paths
+(/v1/messages…) the same error is written {"type": "error", "error": {"type", "message"}} with
+Anthropic's error types; the status is the same.
 """
 
 from __future__ import annotations
@@ -126,11 +128,25 @@ class EngineUnavailable(GatewayError):
 GENERIC_MESSAGE = "The server had an error while processing your request."
 
 
-def error_payload(exc: BaseException) -> tuple[int, dict[str, Any]]:
-    """Map any exception to (HTTP status, OpenAI error body)."""
+# Anthropic's error types by status (its SDK picks its exception class by the status alone).
+_ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                    404: "not_found_error", 408: "timeout_error", 413: "request_too_large",
+                    429: "rate_limit_error", 503: "overloaded_error"}
+
+
+def anthropic_path(path: str) -> bool:
+    """Paths whose clients speak Anthropic's Messages API, and so read Anthropic's error body."""
+    return path == "/v1/messages" or path.startswith("/v1/messages/")
+
+
+def error_payload(exc: BaseException, path: str = "") -> tuple[int, dict[str, Any]]:
+    """Map any exception to (HTTP status, error body): OpenAI's, or Anthropic's on an Anthropic path."""
     if not isinstance(exc, GatewayError):
         exc = GatewayError()
     message = exc.message if exc.public_message else GENERIC_MESSAGE
+    if anthropic_path(path):
+        kind = _ANTHROPIC_TYPES.get(exc.status, "invalid_request_error" if exc.status < 500 else "api_error")
+        return exc.status, {"type": "error", "error": {"type": kind, "message": message}}
     body = {"error": {"message": message, "type": exc.type, "param": exc.param, "code": exc.code}}
     return exc.status, body
 

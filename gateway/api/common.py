@@ -12,15 +12,21 @@ from starlette.responses import Response
 from gateway.protocol.common import ErrorResponse
 from gateway.state import AppState
 
-# Documented in the OpenAPI schema, so clients and fuzzers know every status we send.
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse, "description": text}
-    for status, text in {
-        400: "Invalid request", 401: "Missing or wrong API key", 404: "Unknown model",
-        408: "Request body not received in time", 413: "Request body too large", 429: "Rate limited or overloaded",
-        500: "Internal error", 503: "Engine unavailable",
-    }.items()
-}
+
+
+def error_responses(body: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
+    """Every status we send, with its error `body`: documented in the OpenAPI schema for clients and fuzzers."""
+    return {
+        status: {"model": body, "description": text}
+        for status, text in {
+            400: "Invalid request", 401: "Missing or wrong API key", 404: "Unknown model",
+            408: "Request body not received in time", 413: "Request body too large",
+            429: "Rate limited or overloaded", 500: "Internal error", 503: "Engine unavailable",
+        }.items()
+    }
+
+
+ERROR_RESPONSES = error_responses(ErrorResponse)
 
 
 def app_state(request: Request) -> AppState:

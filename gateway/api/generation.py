@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from typing import Any
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from gateway.api.common import ERROR_RESPONSES, app_state, json_response
+from gateway.errors import NotFound
 from gateway.api.streaming import ClientDisconnected, EventStreamResponse, until_disconnect
-from gateway.protocol.chat import ChatCompletion, ChatCompletionRequest
+from gateway.protocol.chat import ChatCompletion, ChatCompletionRequest, FastChatChatRequest
 from gateway.protocol.common import SamplingFields
 from gateway.protocol.completions import Completion, CompletionRequest
+from gateway.protocol.messages import MessagesRequest
 from gateway.services import chat, completions
 from gateway.services.generation import log_unknown_fields
 from gateway.state import AppState
@@ -24,12 +27,13 @@ _SSE_DOC: dict[int | str, dict[str, Any]] = {
 }
 
 
-async def _serve(
+async def serve(
     request: Request,
-    body: SamplingFields,
+    body: SamplingFields | MessagesRequest,
     complete: Callable[[AppState, Any, str | None], Awaitable[Any]],
     stream: Callable[[AppState, Any, str | None], Awaitable[AsyncIterator[bytes]]],
 ) -> Response:
+    """Answer a generating request whole or as a stream, aborting the engine request if the client leaves."""
     state = app_state(request)
     log_unknown_fields(state, body)
     session_id = request.headers.get(state.settings.router.session_header)  # router mode's affinity key
@@ -48,9 +52,24 @@ async def _serve(
 
 @router.post("/v1/chat/completions", response_model=ChatCompletion, responses={**ERROR_RESPONSES, **_SSE_DOC})
 async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
-    return await _serve(request, body, chat.complete, chat.stream)
+    return await serve(request, body, chat.complete, chat.stream)
 
 
 @router.post("/v1/completions", response_model=Completion, responses={**ERROR_RESPONSES, **_SSE_DOC})
 async def create_completion(body: CompletionRequest, request: Request) -> Response:
-    return await _serve(request, body, completions.complete, completions.stream)
+    return await serve(request, body, completions.complete, completions.stream)
+
+
+FASTCHAT_CHAT_ROUTE = "/api/v1/chat/completions"
+
+
+@router.post(FASTCHAT_CHAT_ROUTE, response_model=ChatCompletion, responses={**ERROR_RESPONSES, **_SSE_DOC})
+async def create_fastchat_chat_completion(body: FastChatChatRequest, request: Request) -> Response:
+    """FastChat's chat route, behind the same keys and limits as /v1 (FastChat leaves it open)."""
+    return await serve(request, body, partial(chat.complete, route=FASTCHAT_CHAT_ROUTE),
+                       partial(chat.stream, route=FASTCHAT_CHAT_ROUTE))
+
+
+@router.post("/v1/edits", include_in_schema=False)
+async def retired_edits() -> Response:
+    raise NotFound("The Edits API (/v1/edits) is retired: use /v1/chat/completions instead.")

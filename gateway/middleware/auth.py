@@ -135,6 +135,14 @@ def bearer_token(scope: Scope) -> str | None:
     return token if scheme.lower() == "bearer" and token else None
 
 
+def presented_key(scope: Scope) -> str | None:
+    """The key a client presents: `Authorization: Bearer`, else Anthropic's `x-api-key` header."""
+    token = bearer_token(scope)
+    if token is None and (value := header(scope, b"x-api-key")) is not None:
+        token = value.decode("latin-1").strip() or None
+    return token
+
+
 class AuthMiddleware:
     def __init__(self, app: ASGIApp, state: AppState) -> None:
         self.app = app
@@ -151,7 +159,7 @@ class AuthMiddleware:
         if not self._needs_key(scope):
             await self.app(scope, receive, send)
             return
-        token = bearer_token(scope)
+        token = presented_key(scope)
         entry = self.keys.match(token) if token else None
         if entry is None:
             self.metrics.rejected.labels("auth").inc()

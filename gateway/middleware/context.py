@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,9 @@ METRICS_PATH = "/metrics"
 USAGE_PATH = "/v1/usage"  # a key's own usage: needs that key, and is neither limited nor charged
 ADMIN_USAGE_PATH = "/admin/usage"  # every key's usage: needs the admin key instead of a client key
 _SCOPE_KEY = "tokenyard.request"
+# The path being served, for send_error to write the error body its client reads (OpenAI's or
+# Anthropic's). Set by attach(), which the outermost middleware calls; each request runs in its own task.
+_ERROR_PATH: ContextVar[str] = ContextVar("tokenyard_error_path", default="")
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -37,6 +41,7 @@ class RequestInfo:
 
 def attach(scope: Scope, info: RequestInfo) -> None:
     scope[_SCOPE_KEY] = info
+    _ERROR_PATH.set(scope.get("path", ""))
 
 
 def request_info(scope: Scope) -> RequestInfo:
@@ -72,8 +77,8 @@ def header(scope: Scope, name: bytes) -> bytes | None:
 
 async def send_error(send: Send, exc: GatewayError, headers: Iterable[tuple[bytes, bytes]] = (),
                      close: bool = False) -> None:
-    """Answer with `exc` as an OpenAI error body, through the one mapping in gateway.errors."""
-    status, body = error_payload(exc)
+    """Answer with `exc` as an error body, through the one mapping in gateway.errors."""
+    status, body = error_payload(exc, _ERROR_PATH.get())
     raw = orjson.dumps(body)
     extra = list(headers)
     if status in (429, 503) and not any(name == b"retry-after" for name, _ in extra):

@@ -45,9 +45,12 @@ log = logging.getLogger(__name__)
 
 CHARS_PER_TOKEN = 4  # a rough guess before tokenizing; the answer's usage corrects it
 UNKNOWN_OUTPUT_TOKENS = 256  # charged when a request names no max_tokens, until usage corrects it
+# OpenAI's usage, or Anthropic's (input and output tokens, no total).
 _USAGE = {name: re.compile(rb'"' + name.encode() + rb'":\s*(\d+)')
-          for name in ("prompt_tokens", "completion_tokens", "total_tokens")}
-_TOKENIZER_PATHS = frozenset({"/tokenize", "/detokenize", "/api/v1/token_check"})
+          for name in ("prompt_tokens", "completion_tokens", "total_tokens", "input_tokens", "output_tokens")}
+# Requests that generate nothing, besides embeddings: charged their prompt only.
+_PROMPT_ONLY_PATHS = frozenset({"/tokenize", "/detokenize", "/api/v1/token_check", "/v1/messages/count_tokens",
+                                "/v1/score", "/score", "/v1/rerank", "/rerank", "/v2/rerank"})
 _TAIL_BYTES = 512  # usage is the last field of our answers and of the last SSE event
 
 
@@ -94,11 +97,12 @@ def _text_size(value: Any) -> tuple[int, int, int]:
 
 def measure(body: dict[str, Any]) -> Ask:
     if isinstance(body.get("messages"), list):
-        field, chars, ids, prompts = "messages", 0, 0, 1
+        field, ids, prompts = "messages", 0, 1
+        chars = _text_size(body.get("system"))[0]  # Anthropic's system prompt (text or text blocks)
         for message in body["messages"]:
             chars += _text_size(message.get("content"))[0] if isinstance(message, dict) else 0
-    else:
-        field = "input" if "input" in body else "prompt"
+    else:  # a prompt, an input, or FastChat's messages as one string
+        field = next((name for name in ("messages", "input") if name in body), "prompt")
         chars, ids, prompts = _text_size(body.get(field))
     stop = body.get("stop")
     max_tokens = next(((name, v) for name in ("max_completion_tokens", "max_tokens", "max_output_tokens")
@@ -197,10 +201,13 @@ class UsageMeter:
 
     def usage(self) -> Usage | None:
         """The answer's last `usage`, when it has one."""
-        found = {name: _USAGE[name].findall(self._tail) for name in _USAGE}
-        if not found["total_tokens"]:
-            return None
-        return Usage(*(int(values[-1]) if values else 0 for values in found.values()))
+        found = {name: int(values[-1]) for name, pattern in _USAGE.items() if (values := pattern.findall(self._tail))}
+        if "total_tokens" in found:
+            return Usage(found.get("prompt_tokens", 0), found.get("completion_tokens", 0), found["total_tokens"])
+        if "input_tokens" in found and "output_tokens" in found:  # Anthropic's: no total
+            inputs, outputs = found["input_tokens"], found["output_tokens"]
+            return Usage(inputs, outputs, inputs + outputs)
+        return None
 
     def used(self, charged: int) -> int:
         """Tokens the request really used: none when it failed, the estimate when the answer did not say."""
@@ -212,7 +219,7 @@ class UsageMeter:
 
 def _prompt_only(path: str) -> bool:
     """Requests that generate nothing: charged their prompt only."""
-    return "embeddings" in path or path in _TOKENIZER_PATHS
+    return "embeddings" in path or path in _PROMPT_ONLY_PATHS
 
 
 class LimitsMiddleware:

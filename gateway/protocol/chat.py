@@ -128,6 +128,7 @@ class ChatChoice(BaseModel):
     message: ChatMessageOut
     logprobs: ChoiceLogprobs | None = None
     finish_reason: FinishReason
+    stop_reason: str | None = None  # vLLM's extra: the stop string that ended the choice
 
 
 class ChatCompletion(BaseModel):
@@ -138,3 +139,16 @@ class ChatCompletion(BaseModel):
     choices: list[ChatChoice]
     usage: Usage
     prompt_logprobs: PromptLogprobs | None = None  # vLLM's extra, only when asked for
+
+
+class FastChatChatRequest(ChatCompletionRequest):
+    """FastChat's /api/v1/chat/completions: OpenAI's request (FastChat's extras top_k and repetition_penalty are
+    ours too), whose `messages` may also be one string, the user's turn."""
+
+    messages: list[ChatMessageIn] | str = Field(min_length=1)  # type: ignore[assignment]
+
+    @model_validator(mode="after")
+    def _one_user_turn(self) -> FastChatChatRequest:
+        if isinstance(self.messages, str):
+            self.messages = [ChatMessageIn(role="user", content=self.messages)]
+        return self

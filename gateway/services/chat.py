@@ -82,7 +82,8 @@ def _logprob_entries(logprobs: list[TokenLogprob]) -> list[dict[str, Any]]:
     ]
 
 
-def _tool_plan(state: AppState, req: ChatCompletionRequest) -> ToolPlan | None:
+def tool_plan_for(state: AppState, req: ChatCompletionRequest) -> ToolPlan | None:
+    """How the model's output is read for tool calls (None: as plain content)."""
     parser = next((m.tool_parser for m in state.settings.models if m.name == req.model), None)
     return plan_tools(req, parser)
 
@@ -99,13 +100,16 @@ def _message(content: str, tool_plan: ToolPlan | None) -> tuple[ChatMessageOut, 
     return ChatMessageOut(content=(sent + rest) or None, tool_calls=found), True  # type: ignore[arg-type]
 
 
-async def complete(state: AppState, req: ChatCompletionRequest, session_id: str | None = None) -> ChatCompletion:
-    tool_plan = _tool_plan(state, req)
+async def complete(state: AppState, req: ChatCompletionRequest, session_id: str | None = None,
+                   route: str = ROUTE) -> ChatCompletion:
+    """`route`: the path whose metrics the request counts in (other APIs answer on the chat path too)."""
+    tool_plan = tool_plan_for(state, req)
     greq = engine_request(req, session_id, tool_plan)
-    metered = MeteredStream(state, state.adapter_for(req.model), greq, ROUTE)
+    metered = MeteredStream(state, state.adapter_for(req.model), greq, route)
     texts: dict[int, list[str]] = {i: [] for i in range(req.n)}
     logprobs: dict[int, list[TokenLogprob]] = {i: [] for i in range(req.n)}
     reasons: dict[int, str] = {}
+    stop_strings: dict[int, str] = {}
     tokens: dict[int, int] = {}
     prompt_tokens = 0
     prompt_logprobs = None  # vLLM's extra: the prompt's logprobs, once per response
@@ -117,6 +121,8 @@ async def complete(state: AppState, req: ChatCompletionRequest, session_id: str 
         prompt_tokens, tokens[chunk.index] = chunk.prompt_tokens, chunk.completion_tokens
         if chunk.finish_reason:
             reasons[chunk.index] = finish_reason(chunk.finish_reason) or "stop"
+            if chunk.stop_sequence is not None:
+                stop_strings[chunk.index] = chunk.stop_sequence
     completion_tokens = sum(tokens.values())
     metered.record(200, prompt_tokens, completion_tokens)
     choices = []
@@ -127,17 +133,19 @@ async def complete(state: AppState, req: ChatCompletionRequest, session_id: str 
             message=message,
             logprobs=ChoiceLogprobs.model_validate({"content": _logprob_entries(logprobs[i])}) if req.logprobs else None,
             finish_reason="tool_calls" if called else reasons.get(i, "stop"),  # type: ignore[arg-type]
+            stop_reason=stop_strings.get(i),
         ))
     usage = Usage(**usage_dict(prompt_tokens, completion_tokens))
     return ChatCompletion(id=greq.request_id, created=int(time.time()), model=req.model, choices=choices, usage=usage,
                           prompt_logprobs=prompt_logprobs)
 
 
-async def stream(state: AppState, req: ChatCompletionRequest, session_id: str | None = None) -> AsyncIterator[bytes]:
+async def stream(state: AppState, req: ChatCompletionRequest, session_id: str | None = None,
+                 route: str = ROUTE) -> AsyncIterator[bytes]:
     """Start the engine request and wait for its first chunk; then hand back the SSE body."""
-    tool_plan = _tool_plan(state, req)
+    tool_plan = tool_plan_for(state, req)
     greq = engine_request(req, session_id, tool_plan)
-    metered = MeteredStream(state, state.adapter_for(req.model), greq, ROUTE)
+    metered = MeteredStream(state, state.adapter_for(req.model), greq, route)
     chunks = await first_and_rest(metered.chunks())
     return _events(req, greq.request_id, metered, chunks, tool_plan)
 

@@ -38,19 +38,26 @@ def _encode(vector: list[float], encoding_format: str) -> list[float] | str:
     return vector
 
 
-async def create(state: AppState, req: EmbeddingRequest) -> EmbeddingResponse:
-    adapter = state.adapter_for(req.model, kind="embed")
+async def embed(state: AppState, model: str, inputs: list[str] | list[list[int]],
+                route: str) -> tuple[list[list[float]], int]:
+    """One vector per input from the model's engine, and the prompt tokens; counted in `route`'s metrics."""
+    adapter = state.adapter_for(model, kind="embed")
     if not isinstance(adapter, Embedder):
-        raise ModelNotFound(req.model)
+        raise ModelNotFound(model)
+    started = time.perf_counter()
+    vectors, prompt_tokens = await adapter.embed(new_id("embd"), model, inputs)
+    metrics, label = state.metrics, state.model_label(model)
+    metrics.child(metrics.requests, label, route, "200").inc()
+    metrics.child(metrics.request_duration, label, route).observe(time.perf_counter() - started)
+    metrics.child(metrics.prompt_tokens, label).inc(prompt_tokens)
+    return vectors, prompt_tokens
+
+
+async def create(state: AppState, req: EmbeddingRequest) -> EmbeddingResponse:
+    state.adapter_for(req.model, kind="embed")  # 404 for an unknown model before the request's own faults
     if req.dimensions is not None:
         raise InvalidRequest("dimensions is not supported for this model.", param="dimensions")
-    started = time.perf_counter()
-    inputs = _inputs(req)
-    vectors, prompt_tokens = await adapter.embed(new_id("embd"), req.model, inputs)
-    metrics, model = state.metrics, state.model_label(req.model)
-    metrics.child(metrics.requests, model, ROUTE, "200").inc()
-    metrics.child(metrics.request_duration, model, ROUTE).observe(time.perf_counter() - started)
-    metrics.child(metrics.prompt_tokens, model).inc(prompt_tokens)
+    vectors, prompt_tokens = await embed(state, req.model, _inputs(req), ROUTE)
     data = [Embedding(index=i, embedding=_encode(v, req.encoding_format)) for i, v in enumerate(vectors)]
     usage = EmbeddingUsage(prompt_tokens=prompt_tokens, total_tokens=prompt_tokens)
     return EmbeddingResponse(data=data, model=req.model, usage=usage)

@@ -28,7 +28,8 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 
 
 def _with_served_model(case: Any) -> bool:
-    model = EMBED_MODEL if "embeddings" in case.operation.path else MODEL
+    on_embeddings = any(word in case.operation.path for word in ("embeddings", "score", "rerank"))
+    model = EMBED_MODEL if on_embeddings else MODEL
     if isinstance(case.path_parameters, dict) and "model" in case.path_parameters:
         case.path_parameters = {**case.path_parameters, "model": model}
         return True
@@ -51,3 +52,12 @@ def test_the_schema_documents_400_not_422() -> None:
     codes = {code for operations in paths.values() for op in operations.values() for code in op["responses"]}
     assert "422" not in codes and {"400", "401", "413", "429", "503"} <= codes
     assert "HTTPValidationError" not in SCHEMA.raw_schema.get("components", {}).get("schemas", {})
+
+
+def test_the_schema_lists_the_anthropic_scoring_and_fastchat_routes() -> None:
+    paths = SCHEMA.raw_schema["paths"]
+    for path in ("/v1/messages", "/v1/messages/count_tokens", "/v1/score", "/score", "/v1/rerank", "/rerank",
+                 "/v2/rerank", "/api/v1/chat/completions"):
+        assert "post" in paths[path], path
+    anthropic_error = paths["/v1/messages"]["post"]["responses"]["401"]["content"]["application/json"]["schema"]
+    assert anthropic_error["$ref"].endswith("/AnthropicError")
