@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from engine_adapters.base import EngineAdapter, LocalEngine, ModelInfo
 from gateway.errors import EngineUnavailable, ModelNotFound
@@ -15,8 +15,14 @@ from gateway.routing.adapter import RoutedAdapter
 from gateway.settings import Settings
 
 if TYPE_CHECKING:
-    from gateway.middleware.admission import Admission
     from gateway.middleware.auth import KeyStore
+
+
+class WaitQueue(Protocol):
+    """A model's admission queue, as the state reads it (gateway.middleware.admission.Admission)."""
+
+    @property
+    def depth(self) -> int: ...
 
 
 @dataclass
@@ -29,7 +35,7 @@ class AppState:
     draining: bool = False
     drain: Drain = field(default_factory=Drain)  # in-flight requests and the SIGTERM deadline
     unknown_fields_seen: set[str] = field(default_factory=set)  # request field names already logged once
-    queues: dict[str, Admission] = field(default_factory=dict)  # requested model name -> its admission queue
+    queues: dict[str, WaitQueue] = field(default_factory=dict)  # requested model name -> its admission queue
     keys: KeyStore | None = None  # the client keys, when create_app built the app
     limit_store: LimitStore = field(default_factory=MemoryStore)  # rate-limit buckets and budgets
 

@@ -15,7 +15,7 @@ import asyncio
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -160,7 +160,7 @@ class AdmissionMiddleware:
             limits = self.state.settings.limits
             gauge = self.state.metrics.queue_depth.labels(model)
             self.queues[model] = Admission(limits.max_in_flight, limits.max_queue, limits.queue_timeout_s, gauge.set)
-        return self.queues[model]
+        return cast(Admission, self.queues[model])  # the state holds them as WaitQueue, to import nothing of ours
 
     async def _refusal(self, model: str, reason: Refused) -> GatewayError:
         try:
