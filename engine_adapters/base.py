@@ -13,6 +13,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from engine_adapters.splice import Sink
+
 
 # The priority of the request being served. The admission middleware sets it from x-priority or the
 # body's `priority`, so the services need not thread it through to every GenerateRequest they build.
@@ -191,23 +193,15 @@ class Tokenizer(Protocol):
         ...
 
 
-class Sink(Protocol):
-    """Where a relay may put its answer's later events itself, as the socket gives them, rather than
-    yield each one to a waiting task. The first events and the last (usage, [DONE], an error) are always
-    yielded; the relay asks `ready` before each piece it would put here, and yields the pieces it may not."""
-
-    def ready(self) -> bool: ...
-
-    def write(self, events: bytes) -> None: ...
-
-
 @runtime_checkable
 class Relay(Protocol):
     """Router mode: an OpenAI-shaped request passed through to an upstream as it is, so every field the
     upstream knows works; the answer comes back as the upstream's SSE bytes, cut at event boundaries."""
 
     def relay(self, request: GenerateRequest, path: str, body: dict[str, Any],
-              sink: Sink | None = None) -> AsyncIterator[bytes]: ...
+              sink: Sink | None = None) -> AsyncIterator[bytes]:
+        """With a `sink`, the answer's later events may go to it instead (engine_adapters.splice)."""
+        ...
 
     async def forward(self, request: GenerateRequest, path: str, body: dict[str, Any]) -> bytes:
         """A JSON request that generates nothing (the tokenizer routes), passed through the same way."""

@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 import orjson
 
-from engine_adapters.base import Chunk, GenerateRequest, Load, ModelInfo, Sink
+from engine_adapters.base import Chunk, GenerateRequest, Load, ModelInfo
 from engine_adapters.h1 import ConnectFailed, Connection, Pool
 from engine_adapters.openai_wire import (
     DONE,
@@ -37,12 +37,12 @@ from engine_adapters.openai_wire import (
     ModelRename,
     answered_whole,
     event_error,
-    holds_usage,
     parse_load,
     request_payload,
     upstream_error,
 )
-from gateway.errors import EngineUnavailable, GatewayError
+from engine_adapters.splice import Sink, Splice
+from engine_adapters.errors import EngineUnavailable, GatewayError
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,8 @@ class OpenAIHttpAdapter:
               sink: Sink | None = None) -> AsyncIterator[bytes]:
         """Pass an OpenAI-shaped request through as it is (under the upstream's model name, streamed, with
         usage); answer its SSE body in whole events, each `"model"` renamed back to the public name. With a
-        `sink`, the events after the first go to it from the socket's callback where they can (base.Sink)."""
+        `sink`, the events after the first go to it from the socket's callback where they can
+        (engine_adapters.splice walks the whole path)."""
         rename = ModelRename(self.model, public_model) if public_model != self.model else None
         if answered_whole(body):
             return self._whole(path, {**body, "model": self.model}, request_id, public_model, rename)
@@ -176,7 +177,7 @@ class OpenAIHttpAdapter:
         conn, watchdog = await self._post(path, orjson.dumps(payload), public_model)
         self._open[request_id] = conn
         events = _Events(public_model, rename)
-        splice = _Splice(conn, events, watchdog, sink) if sink is not None else None
+        splice = Splice(conn, events, watchdog.touch, sink) if sink is not None else None
         yielded = ended = False
         try:
             while True:
@@ -304,25 +305,6 @@ class _Watchdog:
             self.conn.fail(TimeoutError())
         else:
             self.handle = self.loop.call_at(self._due(), self._check)
-
-
-class _Splice:
-    """A stream's events put straight into a Sink from the socket's callback (Connection.on_data), with
-    no task woken per piece. It leaves to `read` the pieces that may end the answer ([DONE], usage, an
-    error) and any piece that comes while the sink is not ready, so these go the usual way, in order."""
-
-    def __init__(self, conn: Connection, events: _Events, watchdog: _Watchdog, sink: Sink) -> None:
-        self.conn, self.events, self.watchdog, self.sink = conn, events, watchdog, sink
-
-    def take(self, data: bytes) -> bool:
-        if b"[DONE]" in data or holds_usage(data) or b'"error"' in data or not self.sink.ready():
-            return False
-        self.watchdog.touch()
-        if whole := self.events.feed(data):
-            self.sink.write(whole)
-        if self.events.error is not None:  # its mark was cut between two pieces: what came first is passed on
-            self.conn.fail(self.events.error)
-        return True
 
 
 class _Events:

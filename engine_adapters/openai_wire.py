@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from engine_adapters.base import Chunk, GenerateRequest, StructuredOutput, TokenLogprob
-from gateway.errors import (
+from engine_adapters.errors import (
     ContextLengthExceeded,
     EngineUnavailable,
     GatewayError,

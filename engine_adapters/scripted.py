@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from engine_adapters.base import Chunk, GenerateRequest, Load, ModelInfo
-from gateway.errors import EngineUnavailable, GatewayError
+from engine_adapters.errors import EngineUnavailable, GatewayError
 
 
 @dataclass

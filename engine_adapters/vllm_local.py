@@ -22,7 +22,7 @@ from engine_adapters.base import (
     StructuredOutput,
     TokenLogprob,
 )
-from gateway.errors import ContextLengthExceeded, EngineUnavailable, GatewayError, InvalidRequest
+from engine_adapters.errors import ContextLengthExceeded, EngineUnavailable, GatewayError, InvalidRequest
 
 log = logging.getLogger(__name__)
 

@@ -19,9 +19,9 @@ from gateway.api.common import json_response
 from gateway.api.passthrough import PassThrough
 from gateway.errors import GatewayError, MethodNotAllowed, error_payload, invalid_fields, status_error
 from gateway.lifecycle import Drain
-from gateway.limit_store import build_store
-from gateway.middleware.auth import KeyStore
-from gateway.settings import Settings
+from gateway.limit_store import LimitStore, MemoryStore
+from gateway.keys import KeyStore
+from gateway.settings import LimitSettings, Settings
 from gateway.state import AppState
 
 log = logging.getLogger(__name__)
@@ -78,16 +78,29 @@ def _document_validation_as_400(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+def _limit_store(limits: LimitSettings) -> LimitStore:
+    """Where rate-limit buckets and budgets live: this process, or a Redis that router replicas share."""
+    if limits.backend == "redis":
+        from gateway.redis_store import RedisStore
+
+        assert limits.redis_url is not None  # the settings check it
+        return RedisStore(limits.redis_url.get_secret_value(), limits.redis_timeout_s)
+    return MemoryStore()
+
+
 def create_app(settings: Settings, adapter_factory: AdapterFactory | None = None) -> FastAPI:
-    """Build the app. `adapter_factory` starts the engines; by default, in-process vLLM per model."""
+    """Build the app. `adapter_factory` starts the local engines; by default, in-process vLLM per model."""
     state = AppState(settings=settings, keys=KeyStore(settings.api_keys, settings.auth.api_keys_file),
-                     limit_store=build_store(settings.limits))
+                     limit_store=_limit_store(settings.limits))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        from gateway.engines import start_adapters
+        from gateway.engines import start_local_engines
+        from gateway.routing import start_routes
 
-        state.adapters = await (adapter_factory or start_adapters)(settings)
+        state.adapters = await (adapter_factory or start_local_engines)(settings)
+        # Router mode: the routes join the same name -> adapter map, and follow the config file.
+        state.route_table = await start_routes(settings, state.adapters) if settings.routes else None
         # A lifespan may run again on the same app (test clients do): start undrained.
         state.draining, state.drain = False, Drain()
         state.ready = True
@@ -95,6 +108,8 @@ def create_app(settings: Settings, adapter_factory: AdapterFactory | None = None
             yield
         finally:
             state.draining = True
+            if state.route_table is not None:
+                await state.route_table.stop()  # no reload may start a route while they close
             for adapter in state.engines():
                 # What is left of the drain deadline: after a SIGTERM drain, the requests are done already.
                 await adapter.close(state.drain.time_left(settings.drain_deadline_s))

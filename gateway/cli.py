@@ -91,12 +91,12 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 def main(argv: list[str] | None = None) -> int:
     from gateway.app import create_app
-    from gateway.lifecycle import serve
+    from gateway.server import serve
     from gateway.observability.logging import configure_logging
 
     args = _parser().parse_args(argv)
     settings = settings_from_args(args)
     configure_logging(settings.log_level)
-    # uvicorn with a drain on SIGTERM, bounded by settings.drain_deadline_s (see gateway.lifecycle).
+    # uvicorn with a drain on SIGTERM, bounded by settings.drain_deadline_s (see gateway.server and gateway.lifecycle).
     # Exits non-zero when an in-process engine dies (settings.engine_dead_exit_s).
     return serve(create_app(settings), settings)

@@ -1,4 +1,13 @@
-"""Turn model settings into started engine adapters."""
+"""Start-up, top down: the settings become the models this process serves.
+
+1. local_models: which models run here. Engine mode runs every `models` entry; a router runs only the
+   `models` it is told to run, and never one whose name a route claims.
+2. start_local_engines: each becomes an in-process vLLM adapter (a builtin:* model is prepared from its
+   PyPI package first), registered under its name and its LoRA adapters' names.
+3. Router mode: gateway.routing.start_routes adds a RoutedAdapter per route to the same name -> adapter map
+   and returns the RouteTable that follows the config file.
+The app's lifespan (gateway.app) calls 2 and 3, holds what they return on AppState, and stops them.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +18,7 @@ from pathlib import Path
 
 from engine_adapters.base import EngineAdapter
 from engine_adapters.vllm_local import LocalModelSpec, VllmLocalAdapter, set_env_defaults
-from gateway.routing import local_models, start_routes
+from gateway.routing import route_names
 from gateway.settings import BUILTIN_GEMMA, BUILTIN_MINILM, ModelSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -64,7 +73,19 @@ def lora_engine_args(model: ModelSettings) -> dict[str, object]:
     return args
 
 
-async def start_adapters(settings: Settings) -> dict[str, EngineAdapter]:
+def local_models(settings: Settings) -> list[ModelSettings]:
+    """The models to run in this process. With routes, the default model list does not apply (a router
+    runs no engine unless `models` is set), and a routed name is never also run locally."""
+    if not settings.routes:
+        return list(settings.models)
+    if "models" not in settings.model_fields_set:
+        return []
+    routed = route_names(settings.routes)
+    return [model for model in settings.models if model.name not in routed]
+
+
+async def start_local_engines(settings: Settings) -> dict[str, EngineAdapter]:
+    """The in-process engines, started: served model name -> adapter."""
     adapters: dict[str, EngineAdapter] = {}
     local = local_models(settings)  # router mode runs only the models it is told to run here
     # vLLM keeps its Prometheus metrics in a global registry, so only the first text engine publishes.
@@ -79,6 +100,4 @@ async def start_adapters(settings: Settings) -> dict[str, EngineAdapter]:
         adapters[model.name] = adapter
         for lora in model.lora_adapters:  # each LoRA adapter is a model name served by its base engine
             adapters[lora.name] = adapter
-    if settings.routes:
-        await start_routes(settings, adapters)  # the routes join this registry, and follow the config file
     return adapters

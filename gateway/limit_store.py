@@ -226,15 +226,6 @@ class MemoryStore:
         return None
 
 
-def build_store(limits: LimitSettings) -> LimitStore:
-    if limits.backend == "redis":
-        from gateway.redis_store import RedisStore
-
-        assert limits.redis_url is not None  # the settings check it
-        return RedisStore(limits.redis_url.get_secret_value(), limits.redis_timeout_s)
-    return MemoryStore()
-
-
 def reset_s(limit: int, level: float) -> float:
     """Seconds until a bucket at `level` is full again."""
     return max(0.0, (limit - level) * 60.0 / limit)

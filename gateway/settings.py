@@ -148,6 +148,10 @@ class RouterSettings(BaseModel):
     prefix_chars: int = Field(default=256, ge=1)
     prefix_load_factor: float = Field(default=1.5, ge=1.0)
     session_header: str = "x-session-id"
+    splice: bool = Field(
+        default=True,
+        description="Write a relayed stream's events from the instance's socket straight to the client's, "
+                    "past ASGI send (engine_adapters.splice); false sends every byte through ASGI.")
     reload_interval_s: float = Field(default=2.0, gt=0, description="How often the --config file is checked for changes.")
     hold_timeout_s: float = Field(
         default=300.0, ge=0,

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from engine_adapters.base import EngineAdapter, LocalEngine, ModelInfo
 from gateway.errors import EngineUnavailable, ModelNotFound
+from gateway.keys import KeyStore
 from gateway.lifecycle import Drain
 from gateway.limit_store import LimitStore, MemoryStore
 from gateway.observability.metrics import UNKNOWN_MODEL, Metrics, RouteStatus, UpstreamStat
 from gateway.routing.adapter import RoutedAdapter
+from gateway.routing.reload import RouteTable
 from gateway.settings import Settings
 
-if TYPE_CHECKING:
-    from gateway.middleware.auth import KeyStore
 
 
 class WaitQueue(Protocol):
@@ -38,6 +38,7 @@ class AppState:
     queues: dict[str, WaitQueue] = field(default_factory=dict)  # requested model name -> its admission queue
     keys: KeyStore | None = None  # the client keys, when create_app built the app
     limit_store: LimitStore = field(default_factory=MemoryStore)  # rate-limit buckets and budgets
+    route_table: RouteTable | None = None  # router mode: the routes, following the config file
 
     def __post_init__(self) -> None:
         self.metrics.watch_upstreams(self.upstream_stats)

@@ -1,4 +1,4 @@
-"""create_app with the scripted engine, served by gateway.lifecycle.serve: the production server loop
+"""create_app with the scripted engine, served by gateway.server.serve: the production server loop
 (signals, drain, slow-client timeouts, TLS, JSON logs) over real sockets, without a real engine.
 
 For end-to-end tests of the gateway's own logic only, never as proof of serving a model:
@@ -17,7 +17,7 @@ from typing import Any
 from engine_adapters.base import EngineAdapter
 from engine_adapters.scripted import Script, ScriptedAdapter
 from gateway.app import create_app
-from gateway.lifecycle import serve
+from gateway.server import serve
 from gateway.observability.logging import configure_logging
 from gateway.settings import Settings
 from tests.conftest import ROOT, free_port, wait_ready

@@ -19,14 +19,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from engine_adapters.base import GenerateRequest, Relay, SamplingOptions, relays
 from engine_adapters.openai_wire import DONE
+from engine_adapters.splice import client_socket
 from gateway.api.streaming import ClientDisconnected, until_disconnect
-from gateway.errors import GatewayError, error_payload, invalid_fields
-from gateway.lifecycle import body_writer
+from gateway.errors import GatewayError, error_payload, invalid_fields, sse_error
 from gateway.middleware.context import header, request_info, send_error
 from gateway.protocol.chat import ChatCompletionRequest
 from gateway.protocol.completions import CompletionRequest
 from gateway.protocol.tokenize import DetokenizeRequest, TokenizeRequest
-from gateway.services.generation import log_unknown_fields, new_id, sse_error
+from gateway.services.generation import log_unknown_fields, new_id
 from gateway.services.relay import CHAT, COMPLETIONS, RelayCall, fold
 from gateway.state import AppState
 
@@ -42,6 +42,7 @@ class PassThrough:
     def __init__(self, app: ASGIApp, state: AppState) -> None:
         self.app, self.state = app, state
         self.session_header = state.settings.router.session_header.lower().encode()
+        self.splice = state.settings.router.splice
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         wire = WIRE.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
@@ -84,8 +85,10 @@ class PassThrough:
         assert isinstance(req, ChatCompletionRequest | CompletionRequest)
         log_unknown_fields(self.state, req)
         session = header(scope, self.session_header)
+        # On uvicorn, with the splice on: the client's socket, for the events between the first and the last.
+        to_client = client_socket(scope) if self.splice else None
         return _answer(RelayCall(self.state, adapter, req, body, session.decode("latin-1") if session else None,
-                                 path, body_writer(scope)), send)  # on uvicorn: the client's socket, for the events
+                                 path, to_client), send)
 
 
 async def _answer(call: RelayCall, send: Send) -> None:

@@ -10,7 +10,7 @@ from typing import TypeVar
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from gateway.lifecycle import body_writer
+from engine_adapters.splice import client_socket
 
 T = TypeVar("T")
 
@@ -29,9 +29,9 @@ async def until_disconnect(receive: Receive, work: Awaitable[T], scope: Scope | 
 
     `work` runs in the caller's task, which is cancelled if the client leaves while `work` is still
     running; this turns that into ClientDisconnected. On uvicorn the connection says so itself
-    (gateway.lifecycle.BodyWriter.lost); elsewhere one watcher task waits for `receive`'s disconnect."""
-    writer = body_writer(scope) if scope is not None else None
-    task = asyncio.current_task(writer.loop if writer is not None else None)  # the loop given: no running-loop lookup
+    (engine_adapters.splice.ClientSocket.lost); elsewhere one watcher task waits for `receive`'s disconnect."""
+    connection = client_socket(scope) if scope is not None else None
+    task = asyncio.current_task(connection.loop if connection is not None else None)  # the loop given: no running-loop lookup
     assert task is not None
     running, left = True, False
 
@@ -45,27 +45,26 @@ async def until_disconnect(receive: Receive, work: Awaitable[T], scope: Scope | 
         await _wait_for_disconnect(receive)
         leave()
 
-    if writer is not None and writer.cycle.disconnected:  # gone already, while the request was being read
+    if connection is not None and connection.cycle.disconnected:  # gone already, while the request was being read
         if asyncio.iscoroutine(work):
             work.close()
         raise ClientDisconnected()
-    watcher = asyncio.ensure_future(watch()) if writer is None else None
-    if writer is not None:
-        writer.lost = leave
+    watcher = asyncio.ensure_future(watch()) if connection is None else None
+    if connection is not None:
+        connection.lost = leave
     try:
         return await work
     except asyncio.CancelledError:
         if not left:
             raise
-        if hasattr(task, "uncancel"):  # the cancel is handled: taken back, so later timeouts work (3.11+)
-            task.uncancel()
+        task.uncancel()  # the cancel is handled: taken back, so later timeouts in this task still work
         raise ClientDisconnected() from None
     finally:
         running = False
         if watcher is not None:
             watcher.cancel()
-        elif writer is not None:
-            writer.lost = None
+        elif connection is not None:
+            connection.lost = None
 
 
 class EventStreamResponse(Response):

@@ -11,8 +11,9 @@ from starlette.responses import Response
 
 from gateway.api.common import ERROR_RESPONSES, app_state, json_response
 from gateway.errors import AuthenticationFailed, EngineUnavailable, NotFound
+from gateway.keys import digest
 from gateway.limit_store import KeyLimits, StoreUnavailable, default_limits
-from gateway.middleware.auth import bearer_token, digest
+from gateway.middleware.auth import bearer_token
 from gateway.middleware.context import ADMIN_USAGE_PATH, USAGE_PATH, request_info
 from gateway.state import AppState
 

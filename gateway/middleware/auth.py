@@ -1,125 +1,20 @@
-"""API keys: `Authorization: Bearer <key>` on every route but the probes (and /metrics unless guarded).
-
-Keys come from settings (--api-keys, TOKENYARD_API_KEYS, YAML) and from a keys file that is re-read
-when it changes (a mounted Kubernetes Secret). Only SHA-256 digests are kept; a presented key is
-compared with every digest, with no early exit, so timing tells nothing about which keys exist.
-
-Keys file: one key a line, optionally followed by space-separated `name=`, `rpm=`, `tpm=` and the token
-budgets `tokens_per_day=` and `tokens_per_month=`:
-
-    sk-team-a-0123456789 name=team-a rpm=600 tpm=200000 tokens_per_day=2000000
-    sk-batch-9876543210  name=batch
-    # comments and blank lines are skipped
-"""
+"""API keys at the front door: `Authorization: Bearer <key>` (or Anthropic's `x-api-key`) on every route but
+the probes (and /metrics unless guarded), checked against gateway.keys.KeyStore."""
 
 from __future__ import annotations
-
-import hashlib
-import logging
-import os
-import secrets
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.errors import AuthenticationFailed, InvalidRequest
-from gateway.limit_store import KeyLimits
-from gateway.middleware.context import ADMIN_USAGE_PATH, METRICS_PATH, PROBE_PATHS, header, request_info, send_error
-from gateway.settings import ApiKey
+from gateway.middleware.context import (
+    ADMIN_USAGE_PATH,
+    METRICS_PATH,
+    PROBE_PATHS,
+    header,
+    request_info,
+    send_error,
+)
 from gateway.state import AppState
-
-log = logging.getLogger(__name__)
-
-_RELOAD_CHECK_S = 1.0  # stat() the keys file at most this often
-_LIMIT_OPTIONS = {"rpm": "requests_per_minute", "tpm": "tokens_per_minute", "tokens_per_day": "tokens_per_day",
-                  "tokens_per_month": "tokens_per_month"}
-
-
-@dataclass(frozen=True)
-class KeyEntry:
-    name: str
-    digest: bytes
-    limits: KeyLimits = KeyLimits()
-
-
-def digest(key: str) -> bytes:
-    return hashlib.sha256(key.encode()).digest()
-
-
-def _entry(key: str, name: str | None, position: int, limits: KeyLimits = KeyLimits()) -> KeyEntry:
-    return KeyEntry(name or f"key-{position}", digest(key), limits)
-
-
-def parse_keys_file(text: str) -> list[KeyEntry]:
-    entries: list[KeyEntry] = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        fields = line.split()
-        if not fields or fields[0].startswith("#"):
-            continue
-        options = dict(field.partition("=")[::2] for field in fields[1:])
-        unknown = set(options) - {"name", *_LIMIT_OPTIONS}
-        if unknown:  # the message names the line, never its content: that holds a key
-            raise ValueError(f"keys file line {number}: unknown option(s) {sorted(unknown)}")
-        limits = {field: int(options[option]) for option, field in _LIMIT_OPTIONS.items() if option in options}
-        if any(limit < 1 for limit in limits.values()):
-            raise ValueError(f"keys file line {number}: limits must be positive")
-        entries.append(_entry(fields[0], options.get("name"), len(entries) + 1, KeyLimits(**limits)))
-    return entries
-
-
-class KeyStore:
-    def __init__(self, keys: list[ApiKey], path: Path | None, clock: Callable[[], float] = time.monotonic) -> None:
-        self._static = [
-            _entry(k.key.get_secret_value(), k.name, i,
-                   KeyLimits(k.requests_per_minute, k.tokens_per_minute, k.tokens_per_day, k.tokens_per_month))
-            for i, k in enumerate(keys, start=1)
-        ]
-        self._path, self._clock = path, clock
-        self._from_file: list[KeyEntry] = []
-        self._stamp: tuple[int, int, int] | None = None
-        self._checked_at = float("-inf")
-        if path is not None:
-            self._load(path)  # at start, a missing or bad file stops the server: fail closed, and loudly
-
-    @property
-    def enabled(self) -> bool:
-        """A configured keys file turns auth on even while it is empty: it denies rather than opens."""
-        return bool(self._static) or self._path is not None
-
-    def match(self, presented: str) -> KeyEntry | None:
-        self._maybe_reload()
-        candidate = digest(presented)
-        found = None
-        for entry in self._static + self._from_file:
-            if secrets.compare_digest(candidate, entry.digest) and found is None:
-                found = entry
-        return found
-
-    def entries(self) -> list[KeyEntry]:
-        self._maybe_reload()
-        return self._static + self._from_file
-
-    def _maybe_reload(self) -> None:
-        now = self._clock()
-        if self._path is None or now - self._checked_at < _RELOAD_CHECK_S:
-            return
-        self._checked_at = now
-        try:
-            self._load(self._path)
-        except (OSError, ValueError) as exc:
-            log.warning("keys file unusable, keeping the keys loaded before: %s", type(exc).__name__)
-
-    def _load(self, path: Path) -> None:
-        stat = os.stat(path)  # follows the symlinks a Kubernetes Secret mount swaps on update
-        stamp = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
-        if stamp == self._stamp:
-            return
-        self._from_file = parse_keys_file(path.read_text())
-        self._stamp = stamp
-        log.info("loaded %d key(s) from the keys file", len(self._from_file))
 
 
 def _authorizations(scope: Scope) -> int:

@@ -12,9 +12,8 @@ from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.errors import EngineUnavailable
+from gateway.errors import EngineUnavailable, sse_error
 from gateway.middleware.context import header, is_service_path, send_error
-from gateway.services.generation import sse_error
 from gateway.state import AppState
 
 
@@ -82,6 +81,6 @@ class DrainMiddleware:
         finally:
             self.state.drain.discard(running)
         if running.cut:
-            if task is not None and hasattr(task, "uncancel"):  # the cancel is handled (3.11+)
-                task.uncancel()
+            if task is not None:
+                task.uncancel()  # the cancel is handled
             await running.finish_cut()

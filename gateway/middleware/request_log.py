@@ -16,7 +16,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import GatewayError
-from gateway.lifecycle import body_writer
+from engine_adapters.splice import client_socket
 from gateway.middleware.context import RequestInfo, attach, header, send_error
 from gateway.observability.logging import FIELDS_ATTR
 
@@ -96,5 +96,5 @@ def _log_access(scope: Scope, info: RequestInfo, status: int) -> None:
 def _unanswered(scope: Scope) -> int:
     """The status of a request the app never answered: 400 when the server refused the rest of it (the
     body could not be parsed, and uvicorn answered), else 499, the client left first."""
-    writer = body_writer(scope)
-    return 400 if writer is not None and writer.refused else 499
+    connection = client_socket(scope)
+    return 400 if connection is not None and connection.refused else 499

@@ -21,7 +21,7 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from engine_adapters.base import Chunk, GenerateRequest, Load, ModelInfo, SamplingOptions, Sink
 from engine_adapters.openai_http import HttpTimeouts, OpenAIHttpAdapter
@@ -35,9 +35,6 @@ from gateway.routing.kube import EndpointSliceWatch
 from gateway.routing.policies import make_policy
 from gateway.routing.route_key import RouteKey
 from gateway.settings import RouterSettings, RouteSettings
-
-if TYPE_CHECKING:
-    from gateway.routing.reload import RouteTable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -61,7 +58,6 @@ class RoutedAdapter:
         self._closed = False
         self.held = 0  # requests waiting now for an instance to become routable
         self._routable_again = asyncio.Event()  # set, then replaced, whenever an instance may have become routable
-        self.owner: RouteTable | None = None  # the table that follows the config file, if any
         self._timeouts = HttpTimeouts(
             connect_s=settings.connect_timeout_s, first_token_s=settings.first_token_timeout_s,
             idle_s=settings.idle_timeout_s, total_s=settings.request_timeout_s,
@@ -132,8 +128,6 @@ class RoutedAdapter:
         if self._closed:  # idempotent, as the EngineAdapter seam asks of abort and close alike
             return
         self._closed = True
-        if self.owner is not None:
-            await self.owner.stop()
         # Our own in-flight count covers streams, whole answers and embeddings alike.
         deadline = time.monotonic() + drain_deadline_s
         while any(i.in_flight for i in self.instances.values()) and time.monotonic() < deadline:

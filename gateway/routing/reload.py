@@ -42,7 +42,8 @@ class RouteTable:
             self._spawn(self._watch())
 
     async def stop(self) -> None:
-        """Called by any route's close (the app is shutting down): stop watching, let retiring routes go."""
+        """The app is shutting down (its lifespan calls this before closing the routes): stop following the
+        config file, and stop waiting for retired routes to finish."""
         if self._stopped:
             return
         self._stopped = True
@@ -74,7 +75,6 @@ class RouteTable:
 
     async def _build(self, route: RouteSettings, router: RouterSettings) -> RoutedAdapter:
         adapter = RoutedAdapter(route, router, connect=self._connect)
-        adapter.owner = self
         await adapter.start()
         return adapter
 
@@ -91,7 +91,6 @@ class RouteTable:
         for name in adapter.names:
             if self.registry.get(name) is adapter:
                 del self.registry[name]
-        adapter.owner = None  # its close must not stop the watcher
         self._spawn(adapter.close(adapter.settings.request_timeout_s))
 
     def _stamp(self) -> tuple[int, int] | None:

@@ -10,7 +10,7 @@ from typing import Any
 
 from engine_adapters.base import Chunk, GenerateRequest, TokenLogprob
 from engine_adapters.openai_wire import DONE
-from gateway.errors import InvalidRequest
+from gateway.errors import InvalidRequest, sse_error
 from gateway.protocol.chat import (
     ChatChoice,
     ChatCompletion,
@@ -27,7 +27,6 @@ from gateway.services.generation import (
     prompt_logprobs_json,
     sampling_options,
     sse,
-    sse_error,
     usage_dict,
 )
 from gateway.services.tool_calls import ChoiceCalls, ToolPlan, template_messages

@@ -11,7 +11,7 @@ from typing import Any
 
 from engine_adapters.base import Chunk, GenerateRequest, TokenLogprob
 from engine_adapters.openai_wire import DONE
-from gateway.errors import InvalidRequest
+from gateway.errors import InvalidRequest, sse_error
 from gateway.protocol.common import Usage
 from gateway.protocol.completions import Completion, CompletionChoice, CompletionLogprobs, CompletionRequest
 from gateway.services.generation import (
@@ -23,7 +23,6 @@ from gateway.services.generation import (
     prompt_logprobs_json,
     sampling_options,
     sse,
-    sse_error,
     usage_dict,
 )
 from gateway.state import AppState

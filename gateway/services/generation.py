@@ -14,7 +14,7 @@ import orjson
 from pydantic import BaseModel
 
 from engine_adapters.base import Chunk, EngineAdapter, GenerateRequest, RankedLogprob, SamplingOptions
-from gateway.errors import GatewayError, InvalidRequest, error_payload
+from gateway.errors import InvalidRequest
 from gateway.observability.logging import FIELDS_ATTR
 from gateway.protocol.common import SamplingFields
 from gateway.services import structured
@@ -32,12 +32,6 @@ def new_id(prefix: str) -> str:
 
 def sse(payload: dict[str, Any]) -> bytes:
     return b"data: " + orjson.dumps(payload) + b"\n\n"
-
-
-def sse_error(exc: BaseException) -> bytes:
-    if not isinstance(exc, GatewayError):
-        log.error("stream failed after it began", exc_info=exc)
-    return sse(error_payload(exc)[1])
 
 
 def finish_reason(reason: str | None) -> str | None:

@@ -15,8 +15,9 @@ from typing import Any
 
 import orjson
 
-from engine_adapters.base import GenerateRequest, Relay, SamplingOptions, Sink
+from engine_adapters.base import GenerateRequest, Relay, SamplingOptions
 from engine_adapters.openai_wire import DONE, answered_whole, holds_usage
+from engine_adapters.splice import CountingSink, Sink
 from gateway.protocol.chat import ChatCompletionRequest
 from gateway.protocol.common import SamplingFields
 from gateway.protocol.completions import CompletionRequest
@@ -44,17 +45,19 @@ def routing_request(req: SamplingFields, session_id: str | None) -> GenerateRequ
 
 class RelayCall:
     """One client request, relayed: metered like any engine request, usage read from the last event.
-    Given a `writer` to the client (a streamed answer on uvicorn), it is the relay's Sink: the events
-    between the first and the last go from the instance's socket to the client's without a task switch."""
+    Given the client's socket (`to_client`, a streamed answer on uvicorn with the splice on), the events
+    between the first and the last may go there from the instance's socket (engine_adapters.splice)."""
 
     def __init__(self, state: AppState, adapter: Relay, req: SamplingFields, body: dict[str, Any],
-                 session_id: str | None, path: str, writer: Sink | None = None) -> None:
+                 session_id: str | None, path: str, to_client: Sink | None = None) -> None:
         self.req, self.path = req, path
         self.request = routing_request(req, session_id)
         self.metered = MeteredStream(state, adapter, self.request, path)  # type: ignore[arg-type]
-        self.writer = writer if req.stream else None
+        # The splice's sink: each event written there counts for the metrics, as the yielded ones do. It is
+        # given no usage event (engine_adapters.splice), so what it writes needs no pass_on.
+        sink = CountingSink(to_client, self.metered.observe) if to_client is not None and req.stream else None
         self.whole = answered_whole(body)  # the instance answers whole, and that answer is passed on as it is
-        self.source = self.metered.pieces(adapter.relay(self.request, path, body, self if self.writer else None))
+        self.source = self.metered.pieces(adapter.relay(self.request, path, body, sink))
         options = req.stream_options
         self.want_usage = bool(options and options.include_usage)
         self.usage: dict[str, Any] = {}
@@ -72,15 +75,6 @@ class RelayCall:
                     continue
             kept.append(event)
         return b"\n\n".join(kept)
-
-    def ready(self) -> bool:
-        return self.writer is not None and self.writer.ready()
-
-    def write(self, events: bytes) -> None:
-        # No pass_on: a Sink is given no usage event (base.Sink), so the events go on as they came.
-        assert self.writer is not None
-        self.metered.observe()
-        self.writer.write(events)
 
     def record(self, status: int) -> None:
         self.metered.record(status, int(self.usage.get("prompt_tokens") or 0),

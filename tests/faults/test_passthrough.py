@@ -84,7 +84,7 @@ async def test_tokenizer_routes_on_a_router_with_one_model(fleet: Fleet) -> None
 
 async def test_a_client_that_reads_slowly_gets_every_event_in_order(fleet: Fleet) -> None:
     """The router writes most events straight to the client's socket; once that backs up, they wait in
-    order behind the ones already written (gateway.lifecycle.BodyWriter)."""
+    order behind the ones already written (engine_adapters.splice.ClientSocket)."""
     tokens = 20000  # about 3 MB: fewer fit in the sockets' buffers and never back the router up
     _, router = fleet.start(1, tokens=tokens, delay_ms=0)
     sock = socket.socket()

@@ -13,7 +13,8 @@ import uvicorn
 from engine_adapters.base import EngineAdapter
 from engine_adapters.scripted import ScriptedAdapter
 from gateway.app import create_app
-from gateway.lifecycle import ENGINE_DEAD_EXIT_CODE, server_class, uvicorn_options
+from gateway.lifecycle import ENGINE_DEAD_EXIT_CODE
+from gateway.server import server_class, uvicorn_options
 from gateway.settings import RouteSettings, Settings
 from gateway.state import AppState
 from tests.unit.middleware.scripted import MODEL, chat, scripted_client, settings, state_of

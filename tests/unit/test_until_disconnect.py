@@ -1,5 +1,5 @@
 """gateway.api.streaming.until_disconnect: the work is cancelled when the client leaves, told either by
-uvicorn's connection (BodyWriter.lost) or by `receive`'s disconnect message."""
+uvicorn's connection (ClientSocket.lost) or by `receive`'s disconnect message."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from gateway.api.streaming import ClientDisconnected, until_disconnect
-from gateway.lifecycle import BODY_WRITER, BodyWriter
+from engine_adapters.splice import CLIENT_SOCKET, ClientSocket
 
 
 class Work:
@@ -28,8 +28,8 @@ class Work:
         return "done"
 
 
-def scope_with(writer: BodyWriter) -> dict[str, Any]:
-    return {"type": "http", "extensions": {BODY_WRITER: writer}}
+def scope_with(writer: ClientSocket) -> dict[str, Any]:
+    return {"type": "http", "extensions": {CLIENT_SOCKET: writer}}
 
 
 async def never_receive() -> dict[str, Any]:
@@ -54,7 +54,7 @@ async def test_a_receive_disconnect_cancels_the_work() -> None:
 
 async def test_the_connection_tells_of_a_disconnect_without_a_watcher() -> None:
     work = Work()
-    writer = BodyWriter(SimpleNamespace(disconnected=False), asyncio.get_running_loop())
+    writer = ClientSocket(SimpleNamespace(disconnected=False), asyncio.get_running_loop())
     tasks_before = len(asyncio.all_tasks())
     running = asyncio.ensure_future(until_disconnect(never_receive, work.run(), scope_with(writer)))
     await work.started.wait()
@@ -68,14 +68,14 @@ async def test_the_connection_tells_of_a_disconnect_without_a_watcher() -> None:
 
 async def test_a_client_gone_before_the_work_starts_never_starts_it() -> None:
     work = Work()
-    writer = BodyWriter(SimpleNamespace(disconnected=True), asyncio.get_running_loop())
+    writer = ClientSocket(SimpleNamespace(disconnected=True), asyncio.get_running_loop())
     with pytest.raises(ClientDisconnected):
         await until_disconnect(never_receive, work.run(), scope_with(writer))
     assert not work.started.is_set()
 
 
 async def test_work_that_ends_first_is_not_cancelled_later() -> None:
-    writer = BodyWriter(SimpleNamespace(disconnected=False), asyncio.get_running_loop())
+    writer = ClientSocket(SimpleNamespace(disconnected=False), asyncio.get_running_loop())
 
     async def quick() -> str:
         return "answer"

@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from gateway.limit_store import KeyLimits
-from gateway.middleware.auth import KeyStore, digest, parse_keys_file
+from gateway.keys import KeyStore, digest, parse_keys_file
 from gateway.settings import ApiKey
 from tests.unit.middleware.scripted import MODEL, chat, scripted_client, settings, state_of
 

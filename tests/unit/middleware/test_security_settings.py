@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from gateway.cli import _parser, settings_from_args
-from gateway.lifecycle import uvicorn_options
+from gateway.server import uvicorn_options
 from gateway.settings import Settings
 from tests.unit.middleware.scripted import scripted_client, settings
 

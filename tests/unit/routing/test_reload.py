@@ -52,5 +52,6 @@ async def test_routes_follow_the_config_file(tmp_path: Path) -> None:
     write(config, [{"name": "b", "upstreams": ["http://one:1"]}])
     await settle()
     assert set(registry) == {"b"}
+    await table.stop()  # as the app's lifespan does, before it closes the routes
     await registry["b"].close()
-    assert not table._tasks  # the watcher stopped with the app's close
+    assert not table._tasks  # the watcher stopped

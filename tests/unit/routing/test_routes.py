@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.routing import local_models, route_names
+from gateway.engines import local_models
+from gateway.routing import route_names
 from gateway.settings import ModelSettings, RouteSettings, Settings
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "configs" / "router.example.yaml"
