@@ -23,7 +23,6 @@ from typing import Any, Literal, Union
 import annotated_types
 from pydantic import BaseModel, SecretStr
 from pydantic.fields import FieldInfo
-from pydantic_core import PydanticUndefined
 
 from gateway.cli import _parser
 from gateway.settings import Settings
