@@ -10,7 +10,7 @@ TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 STAMP := $(VENV)/.installed-$(ENGINE)
 ARGS ?=
 
-.PHONY: install serve test models tools bench bench-quick bench-router bench-routing clean
+.PHONY: install serve test docs models tools bench bench-quick bench-router bench-routing clean
 
 install: $(STAMP)
 
@@ -45,6 +45,10 @@ tools:
 
 test: $(STAMP) tools
 	$(PY) -m pytest $(ARGS)
+
+# The documentation site (mkdocs.yml, docs/) into build/site; strict, so a broken link or anchor fails it.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict -d build/site
 
 # Suite 1 of the benchmarks: engine mode vs `vllm serve`, same run, same machine; writes bench/results/.
 bench: $(STAMP)

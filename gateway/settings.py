@@ -33,17 +33,18 @@ class ModelSettings(BaseModel):
     name: str = Field(min_length=1, description="The name clients send as `model`.")
     model: str = Field(min_length=1, description="A local path, builtin:*, or a Hugging Face hub id "
                        "(downloaded as `vllm serve` does; HF_TOKEN from the environment).")
-    kind: Literal["generate", "embed"] = "generate"
-    dtype: str = "auto"
-    max_model_len: int | None = Field(default=None, ge=16)
-    chat_template: Path | None = None
-    engine_args: dict[str, Any] = Field(default_factory=dict)
+    kind: Literal["generate", "embed"] = Field(default="generate", description="Text generation, or embeddings.")
+    dtype: str = Field(default="auto", description="The weights' dtype, as `vllm serve --dtype`.")
+    max_model_len: int | None = Field(default=None, ge=16, description="The context length; default: the model's.")
+    chat_template: Path | None = Field(default=None, description="A Jinja chat template file; default: the model's.")
+    engine_args: dict[str, Any] = Field(default_factory=dict, description="Passed to vLLM's AsyncEngineArgs as "
+                                        "they are; they win over every default tokenyard sets.")
     tool_parser: str | None = Field(default=None, description="How tool calls are read from the model's text "
                                     f"(tool_choice auto): one of {', '.join(PARSERS)}; default {DEFAULT_PARSER}.")
     # LoRA (vLLM's enable_lora, max_loras, max_lora_rank): on when adapters are listed or enable_lora is set.
-    lora_adapters: list[LoraAdapterSettings] = Field(default_factory=list)
+    lora_adapters: list[LoraAdapterSettings] = Field(default_factory=list, description="Adapters served as models.")
     enable_lora: bool = Field(default=False, description="Enable LoRA with no static adapters (runtime loading).")
-    max_lora_rank: int | None = Field(default=None, ge=1)
+    max_lora_rank: int | None = Field(default=None, ge=1, description="vLLM's max_lora_rank; default: vLLM's.")
     max_loras: int | None = Field(default=None, ge=1, description="Adapters in one batch; default: the listed count.")
 
     @field_validator("tool_parser")
@@ -91,18 +92,19 @@ class DiscoverySettings(BaseModel):
     """Find a route's instances: mode dns re-resolves a (headless Service) DNS name every interval_s;
     mode kubernetes watches the Service's EndpointSlices through the Kubernetes API (Ready endpoints)."""
 
-    mode: Literal["dns", "kubernetes"] = "dns"
-    dns_name: str | None = Field(default=None, min_length=1)
+    mode: Literal["dns", "kubernetes"] = Field(default="dns", description="dns, or kubernetes (EndpointSlices).")
+    dns_name: str | None = Field(default=None, min_length=1, description="dns: the (headless Service) name.")
     port: int = Field(default=8000, ge=1, le=65535, description="kubernetes: only when the slice gives none.")
-    scheme: Literal["http", "https"] = "http"
+    scheme: Literal["http", "https"] = Field(default="http", description="How the instances found are spoken to.")
     interval_s: float = Field(default=5.0, gt=0, description="dns: the period; kubernetes: the longest retry backoff.")
     # Mode kubernetes. Left None, namespace and api_url come from the pod (service-account file, env).
-    service: str | None = Field(default=None, min_length=1)
-    namespace: str | None = Field(default=None, min_length=1)
+    service: str | None = Field(default=None, min_length=1, description="kubernetes: the Service to watch.")
+    namespace: str | None = Field(default=None, min_length=1, description="kubernetes: default the pod's own.")
     port_name: str | None = Field(default=None, description="The EndpointSlice port to use; else the first.")
     api_url: KubeApiUrl | None = Field(default=None, description="Default https://$KUBERNETES_SERVICE_HOST:$..._PORT.")
-    token_file: Path = SERVICE_ACCOUNT_DIR / "token"  # re-read on every (re)connect: it rotates
-    ca_file: Path = SERVICE_ACCOUNT_DIR / "ca.crt"
+    token_file: Path = Field(default=SERVICE_ACCOUNT_DIR / "token",
+                             description="kubernetes: the API token, re-read on every (re)connect as it rotates.")
+    ca_file: Path = Field(default=SERVICE_ACCOUNT_DIR / "ca.crt", description="kubernetes: the API server's CA.")
 
     @model_validator(mode="after")
     def _target_for_mode(self) -> DiscoverySettings:
@@ -116,16 +118,17 @@ class DiscoverySettings(BaseModel):
 class RouteSettings(BaseModel):
     """Router mode: one public model name served by remote OpenAI-compatible instances."""
 
-    name: str = Field(min_length=1)
-    aliases: list[str] = Field(default_factory=list)
-    policy: Literal["least-loaded", "power-of-two", "session", "prefix", "round-robin"] = "least-loaded"
+    name: str = Field(min_length=1, description="The public model name clients send as `model`.")
+    aliases: list[str] = Field(default_factory=list, description="More public names for the same model.")
+    policy: Literal["least-loaded", "power-of-two", "session", "prefix", "round-robin"] = Field(
+        default="least-loaded", description="How an instance is chosen for each request.")
     upstreams: list[UpstreamUrl] = Field(default_factory=list, description="Static instance base URLs.")
     upstream_model: str | None = Field(default=None, description="The model name the instances serve, if different.")
-    kind: Literal["generate", "embed"] = "generate"
+    kind: Literal["generate", "embed"] = Field(default="generate", description="Text generation, or embeddings.")
     api_key: SecretStr | None = Field(default=None, description="Sent as a bearer token to every instance.")
     api_key_file: Path | None = Field(
         default=None, description="Instead of api_key: a keys file whose first key is sent; re-read when it changes.")
-    discovery: DiscoverySettings | None = None
+    discovery: DiscoverySettings | None = Field(default=None, description="Find instances by DNS or Kubernetes.")
     hold_timeout_s: float | None = Field(default=None, ge=0, description="This route's hold; default router's.")
 
     @model_validator(mode="after")
@@ -136,18 +139,20 @@ class RouteSettings(BaseModel):
 
 
 class RouterSettings(BaseModel):
-    connect_timeout_s: float = Field(default=2.0, gt=0)
-    first_token_timeout_s: float = Field(default=60.0, gt=0)
-    idle_timeout_s: float = Field(default=30.0, gt=0)
-    request_timeout_s: float = Field(default=600.0, gt=0)
-    max_attempts: int = Field(default=3, ge=1)
-    retry_backoff_s: float = Field(default=0.05, ge=0)
-    health_interval_s: float = Field(default=2.0, gt=0)
-    breaker_failures: int = Field(default=3, ge=1)
-    breaker_cooldown_s: float = Field(default=5.0, gt=0)
-    prefix_chars: int = Field(default=256, ge=1)
-    prefix_load_factor: float = Field(default=1.5, ge=1.0)
-    session_header: str = "x-session-id"
+    connect_timeout_s: float = Field(default=2.0, gt=0, description="The TCP connect to an instance.")
+    first_token_timeout_s: float = Field(default=60.0, gt=0, description="From sending a request to its first chunk.")
+    idle_timeout_s: float = Field(default=30.0, gt=0, description="Between two chunks; a stalled instance is cut off.")
+    request_timeout_s: float = Field(default=600.0, gt=0, description="The whole upstream request.")
+    max_attempts: int = Field(default=3, ge=1, description="Tries on different instances, before any output.")
+    retry_backoff_s: float = Field(default=0.05, ge=0, description="The first retry's backoff; doubles, with jitter.")
+    health_interval_s: float = Field(default=2.0, gt=0, description="GET /health and /metrics on every instance.")
+    breaker_failures: int = Field(default=3, ge=1, description="Consecutive failures that open an instance's breaker.")
+    breaker_cooldown_s: float = Field(default=5.0, gt=0, description="Open this long, then one probe request.")
+    prefix_chars: int = Field(default=256, ge=1, description="Policy prefix: how much of the prompt is hashed.")
+    prefix_load_factor: float = Field(default=1.5, ge=1.0, description="Policy prefix: the preferred instance keeps "
+                                      "a request while its load stays within this times the mean.")
+    session_header: str = Field(default="x-session-id", description="Policy session: the header with the key "
+                                "(else the body's `user`).")
     splice: bool = Field(
         default=True,
         description="Write a relayed stream's events from the instance's socket straight to the client's, "
@@ -173,10 +178,10 @@ def _split_keys(value: Any) -> Any:
 class ApiKey(BaseModel):
     """One client key. Only its SHA-256 digest is kept once the app starts; limits left None use `limits`."""
 
-    key: Annotated[SecretStr, Field(min_length=1)]
-    name: str | None = None
-    requests_per_minute: int | None = Field(default=None, gt=0)
-    tokens_per_minute: int | None = Field(default=None, gt=0)
+    key: Annotated[SecretStr, Field(min_length=1, description="The key clients send as a bearer token.")]
+    name: str | None = Field(default=None, description="Names the key in logs, metrics and usage; default key-N.")
+    requests_per_minute: int | None = Field(default=None, gt=0, description="This key's request rate limit.")
+    tokens_per_minute: int | None = Field(default=None, gt=0, description="This key's token rate limit.")
     tokens_per_day: int | None = Field(default=None, gt=0, description="Token budget per UTC day.")
     tokens_per_month: int | None = Field(default=None, gt=0, description="Token budget per UTC month.")
 
@@ -190,37 +195,37 @@ class AuthSettings(BaseModel):
 
 class LimitSettings(BaseModel):
     # Per key (per client address when no keys are configured); None: no limit.
-    requests_per_minute: int | None = Field(default=None, gt=0)
-    tokens_per_minute: int | None = Field(default=None, gt=0)
+    requests_per_minute: int | None = Field(default=None, gt=0, description="Requests a minute per key.")
+    tokens_per_minute: int | None = Field(default=None, gt=0, description="Tokens a minute per key.")
     # Token budgets of every key (a key's own override them); keys only, never client addresses.
-    tokens_per_day: int | None = Field(default=None, gt=0)
-    tokens_per_month: int | None = Field(default=None, gt=0)
+    tokens_per_day: int | None = Field(default=None, gt=0, description="Token budget per UTC day, per key.")
+    tokens_per_month: int | None = Field(default=None, gt=0, description="Token budget per UTC month, per key.")
     # Where buckets and budgets live: this process (memory), or a Redis shared by every router replica.
-    backend: Literal["memory", "redis"] = "memory"
+    backend: Literal["memory", "redis"] = Field(default="memory", description="Where buckets and budgets live.")
     redis_url: SecretStr | None = Field(default=None, description="redis://[:password@]host:port/db or rediss://")
     redis_timeout_s: float = Field(default=0.25, gt=0, description="Connect and reply timeout of one call.")
     redis_failure: Literal["open", "closed"] = Field(
         default="open", description="Redis unreachable: serve unlimited (open) or answer 503 (closed).")
     # Admission, per model: requests running, requests waiting, and how long one may wait.
-    max_in_flight: int = Field(default=256, ge=1)
-    max_queue: int = Field(default=512, ge=0)
-    queue_timeout_s: float = Field(default=30.0, gt=0)
+    max_in_flight: int = Field(default=256, ge=1, description="Requests running per model.")
+    max_queue: int = Field(default=512, ge=0, description="Requests waiting per model; past it, 429.")
+    queue_timeout_s: float = Field(default=30.0, gt=0, description="How long a request may wait; then 429.")
     # Request size and slow clients.
     max_header_bytes: int = Field(default=64 * 1024, ge=1024, description="The request line and headers; past it, 431.")
-    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, description="Past it, 413.")
     # The JSON body's shape, checked before it is parsed; past a bound, 400.
-    max_json_depth: int = Field(default=64, ge=2)
+    max_json_depth: int = Field(default=64, ge=2, description="Nesting of the body's arrays and objects.")
     max_json_containers: int = Field(default=20_000, ge=1, description="Arrays and objects in the body.")
     max_json_elements: int = Field(default=250_000, ge=1, description="Values in the body's arrays and objects, "
                                    "counted by their commas (commas inside strings count too).")
-    body_timeout_s: float = Field(default=30.0, gt=0)
-    header_timeout_s: float = Field(default=10.0, gt=0)
-    keep_alive_timeout_s: int = Field(default=5, ge=1)
+    body_timeout_s: float = Field(default=30.0, gt=0, description="For the whole body to arrive; then 408.")
+    header_timeout_s: float = Field(default=10.0, gt=0, description="For the headers; then the connection closes.")
+    keep_alive_timeout_s: int = Field(default=5, ge=1, description="An idle keep-alive connection closes.")
     # Caps on what one request may ask for; past them, 400.
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_n: int = Field(default=16, ge=1)
-    max_stop: int = Field(default=16, ge=0)
-    max_prompt_chars: int | None = Field(default=1_000_000, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1, description="The most max_tokens a request may ask.")
+    max_n: int = Field(default=16, ge=1, description="The most choices (n) a request may ask.")
+    max_stop: int = Field(default=16, ge=0, description="The most stop strings in a request.")
+    max_prompt_chars: int | None = Field(default=1_000_000, ge=1, description="Characters in a prompt.")
 
     @model_validator(mode="after")
     def _redis_needs_url(self) -> LimitSettings:
@@ -232,17 +237,17 @@ class LimitSettings(BaseModel):
 class CorsSettings(BaseModel):
     """Off while allowed_origins is empty."""
 
-    allowed_origins: list[str] = Field(default_factory=list)
-    allowed_methods: list[str] = Field(default_factory=lambda: ["GET", "POST"])
+    allowed_origins: list[str] = Field(default_factory=list, description="Origins allowed; CORS is off when empty.")
+    allowed_methods: list[str] = Field(default_factory=lambda: ["GET", "POST"], description="Methods allowed.")
     allowed_headers: list[str] = Field(
-        default_factory=lambda: ["authorization", "content-type", "x-request-id", "x-priority"]
-    )
-    allow_credentials: bool = False
+        default_factory=lambda: ["authorization", "content-type", "x-request-id", "x-priority"],
+        description="Request headers allowed.")
+    allow_credentials: bool = Field(default=False, description="Allow cookies and credentials.")
 
 
 class TlsSettings(BaseModel):
-    ssl_keyfile: Path | None = None
-    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = Field(default=None, description="The TLS private key (PEM); with ssl_certfile.")
+    ssl_certfile: Path | None = Field(default=None, description="The TLS certificate chain (PEM); with ssl_keyfile.")
 
     @model_validator(mode="after")
     def _both_or_neither(self) -> TlsSettings:
@@ -271,27 +276,31 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TOKENYARD_", env_nested_delimiter="__", extra="forbid",
                                       hide_input_in_errors=True)
 
-    config: Path | None = None
-    host: str = "127.0.0.1"
-    port: int = Field(default=8000, ge=0, le=65535)
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
-    models: list[ModelSettings] = Field(default_factory=default_models)
-    cache_dir: Path | None = None
-    drain_deadline_s: float = Field(default=30.0, ge=0)
+    config: Path | None = Field(default=None, description="The YAML settings file (also --config).")
+    host: str = Field(default="127.0.0.1", description="The address to listen on.")
+    port: int = Field(default=8000, ge=0, le=65535, description="The port to listen on.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="JSON logs on stderr.")
+    models: list[ModelSettings] = Field(default_factory=default_models, description="Models run in this process.")
+    cache_dir: Path | None = Field(default=None, description="Where builtin models are prepared; "
+                                   "default ~/.cache/tokenyard.")
+    drain_deadline_s: float = Field(default=30.0, ge=0, description="On SIGTERM, how long requests in flight "
+                                    "may run on before they are cut off.")
     # When an in-process engine dies: drain for this long, then exit non-zero so the process is restarted
     # (as `vllm serve` exits). None: stay up (for debugging); /health answers 503 either way.
-    engine_dead_exit_s: Annotated[float | None, BeforeValidator(_null_word)] = Field(default=5.0, ge=0)
+    engine_dead_exit_s: Annotated[float | None, BeforeValidator(_null_word)] = Field(
+        default=5.0, ge=0, description="After an engine dies, exit 1 this much later; null stays up.")
     # Router mode: when routes are set, those model names are served by remote instances.
-    routes: list[RouteSettings] = Field(default_factory=list)
+    routes: list[RouteSettings] = Field(default_factory=list, description="Models served by remote instances.")
     router: RouterSettings = Field(default_factory=RouterSettings)
     # Security and limits (issue 4); api_keys also reads TOKENYARD_API_KEYS=k1,k2.
-    api_keys: ApiKeys = Field(default_factory=list)
+    api_keys: ApiKeys = Field(default_factory=list, description="Client keys; with any key set, requests need one.")
     auth: AuthSettings = Field(default_factory=AuthSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     cors: CorsSettings = Field(default_factory=CorsSettings)
     tls: TlsSettings = Field(default_factory=TlsSettings)
     # vLLM's VLLM_ALLOW_RUNTIME_LORA_UPDATING: POST /v1/load_lora_adapter and /v1/unload_lora_adapter.
-    allow_runtime_lora_updating: bool = False
+    allow_runtime_lora_updating: bool = Field(default=False, description="Serve POST /v1/load_lora_adapter and "
+                                              "/v1/unload_lora_adapter.")
 
     @classmethod
     def settings_customise_sources(

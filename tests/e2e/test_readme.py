@@ -1,4 +1,5 @@
-"""The README's examples, run as written against the real server (only the address changes)."""
+"""The examples of the README and the quick start page, run as written against the real server (only the
+address changes). The router's example, in docs/router.md, runs against a router in test_router.py."""
 
 from __future__ import annotations
 
@@ -11,23 +12,30 @@ import pytest
 
 from tests.conftest import ROOT, Server
 
-README = (ROOT / "README.md").read_text()
-BLOCKS = re.findall(r"```(python|bash)\n(.*?)```", README, re.S)
-PYTHON = [code for lang, code in BLOCKS if lang == "python"]
-# The router's example runs against a router, in test_router.py; the rest against engine mode here.
-ENGINE_PYTHON = [code for code in PYTHON if 'model="gemma"' not in code]
-CURLS = [code for lang, code in BLOCKS if lang == "bash" and code.startswith("curl ")]
+PAGES = ("README.md", "docs/quickstart.md")
+
+
+def code_blocks(page: str) -> list[tuple[str, str]]:
+    """(language, code) of each python and bash block of a Markdown file under the repository root."""
+    return re.findall(r"```(python|bash)\n(.*?)```", (ROOT / page).read_text(), re.S)
+
+
+BLOCKS = {page: code_blocks(page) for page in PAGES}
+PYTHON = [code for blocks in BLOCKS.values() for lang, code in blocks if lang == "python"]
+CURLS = [code for blocks in BLOCKS.values() for lang, code in blocks if lang == "bash" and code.startswith("curl ")]
 
 
 def _local(code: str, server: Server) -> str:
     return code.replace("http://localhost:8000", server.url)
 
 
-def test_readme_has_examples() -> None:
-    assert len(ENGINE_PYTHON) == 1 and len(PYTHON) == 2 and len(CURLS) == 4
+def test_pages_have_examples() -> None:
+    counts = {page: [lang for lang, code in blocks if lang == "python" or code.startswith("curl ")]
+              for page, blocks in BLOCKS.items()}
+    assert counts == {"README.md": ["python"] + ["bash"] * 4, "docs/quickstart.md": ["bash", "bash", "python"]}
 
 
-@pytest.mark.parametrize("code", ENGINE_PYTHON)
+@pytest.mark.parametrize("code", PYTHON)
 def test_python_example(server: Server, code: str) -> None:
     result = subprocess.run([sys.executable, "-c", _local(code, server)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr

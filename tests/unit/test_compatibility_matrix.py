@@ -1,4 +1,4 @@
-"""The README's compatibility matrix: every row has a status and names tests that exist."""
+"""The compatibility matrix (docs/compatibility.md): every row has a status and names tests that exist."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ TEST_REF = re.compile(r"`(tests/[\w/]+\.py)::(\w+)`")
 
 
 def matrix_rows() -> list[list[str]]:
-    text = (ROOT / "README.md").read_text()
-    section = text.split("### Compatibility matrix", 1)[1].split("\n#", 1)[0]
+    text = (ROOT / "docs" / "compatibility.md").read_text()
+    section = text.split("\n## Compatibility matrix\n", 1)[1].split("\n#", 1)[0]
     rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| name")]
     return [[cell.strip() for cell in row.strip("|").split(" | ")] for row in rows if not set(row) <= set("|- ")]
 
