@@ -21,6 +21,7 @@ from gateway.errors import GatewayError, MethodNotAllowed, error_payload, invali
 from gateway.lifecycle import Drain
 from gateway.limit_store import build_store
 from gateway.middleware.auth import KeyStore
+from gateway.observability.tracing import build_tracing
 from gateway.settings import Settings
 from gateway.state import AppState
 
@@ -81,7 +82,7 @@ def _document_validation_as_400(app: FastAPI) -> None:
 def create_app(settings: Settings, adapter_factory: AdapterFactory | None = None) -> FastAPI:
     """Build the app. `adapter_factory` starts the engines; by default, in-process vLLM per model."""
     state = AppState(settings=settings, keys=KeyStore(settings.api_keys, settings.auth.api_keys_file),
-                     limit_store=build_store(settings.limits))
+                     limit_store=build_store(settings.limits), tracing=build_tracing(settings.tracing))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -99,6 +100,8 @@ def create_app(settings: Settings, adapter_factory: AdapterFactory | None = None
                 # What is left of the drain deadline: after a SIGTERM drain, the requests are done already.
                 await adapter.close(state.drain.time_left(settings.drain_deadline_s))
             await state.limit_store.close()
+            if state.tracing is not None:
+                await state.tracing.close()  # the spans still buffered are exported
 
     # No redirect for a trailing slash: its Location would name the client's Host (see middleware.canonical).
     app = FastAPI(title="tokenyard", version="0.1.0", lifespan=lifespan, redirect_slashes=False)

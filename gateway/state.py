@@ -16,6 +16,7 @@ from gateway.settings import Settings
 
 if TYPE_CHECKING:
     from gateway.middleware.auth import KeyStore
+    from gateway.observability.otel import Tracing
 
 
 class WaitQueue(Protocol):
@@ -38,6 +39,7 @@ class AppState:
     queues: dict[str, WaitQueue] = field(default_factory=dict)  # requested model name -> its admission queue
     keys: KeyStore | None = None  # the client keys, when create_app built the app
     limit_store: LimitStore = field(default_factory=MemoryStore)  # rate-limit buckets and budgets
+    tracing: Tracing | None = None  # OpenTelemetry, while tracing is on (gateway.observability.tracing)
 
     def __post_init__(self) -> None:
         self.metrics.watch_upstreams(self.upstream_stats)

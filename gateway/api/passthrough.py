@@ -72,6 +72,7 @@ class PassThrough:
         except ValidationError as exc:
             raise invalid_fields(exc.errors()) from None
         model, path = str(body["model"]), scope["path"]
+        forwarded = request_info(scope).forwarded  # the request id and trace context, for the instance
         generates = isinstance(req, ChatCompletionRequest | CompletionRequest)
         # Served and ready; generation only from a generative route (an embedding route is a 404, as before).
         kind = "generate" if generates else self.state.model_info(model).kind
@@ -79,13 +80,13 @@ class PassThrough:
         if not generates:
             prompt = body.get("prompt")
             request = GenerateRequest(new_id("forward"), model, SamplingOptions(),
-                                      prompt=prompt if isinstance(prompt, str) else None)
+                                      prompt=prompt if isinstance(prompt, str) else None, forwarded=forwarded)
             return _forward(adapter.forward(request, path, body), send)
         assert isinstance(req, ChatCompletionRequest | CompletionRequest)
         log_unknown_fields(self.state, req)
         session = header(scope, self.session_header)
         return _answer(RelayCall(self.state, adapter, req, body, session.decode("latin-1") if session else None,
-                                 path, body_writer(scope)), send)  # on uvicorn: the client's socket, for the events
+                                 path, body_writer(scope), forwarded), send)  # on uvicorn: the client's socket
 
 
 async def _answer(call: RelayCall, send: Send) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from engine_adapters.base import GenerateRequest, Relay, SamplingOptions, Sink
+from engine_adapters.base import NOTHING_FORWARDED, Forwarded, GenerateRequest, Relay, SamplingOptions, Sink
 from engine_adapters.openai_wire import DONE, answered_whole, holds_usage
 from gateway.protocol.chat import ChatCompletionRequest
 from gateway.protocol.common import SamplingFields
@@ -28,8 +28,10 @@ CHAT, COMPLETIONS = "/v1/chat/completions", "/v1/completions"
 _SET_ONCE = frozenset({"index", "id", "type", "role", "finish_reason", "stop_reason", "object"})
 
 
-def routing_request(req: SamplingFields, session_id: str | None) -> GenerateRequest:
-    """What the route's policy looks at: the prompt's start, the session key, whether it streams."""
+def routing_request(req: SamplingFields, session_id: str | None,
+                    forwarded: Forwarded = NOTHING_FORWARDED) -> GenerateRequest:
+    """What the route's policy looks at: the prompt's start, the session key, whether it streams; and
+    what goes on to the instance besides the body (the request id, the trace context)."""
     messages: list[dict[str, Any]] | None = None
     prompt: str | list[int] | None = None
     if isinstance(req, ChatCompletionRequest):
@@ -39,7 +41,7 @@ def routing_request(req: SamplingFields, session_id: str | None) -> GenerateRequ
         ids = req.prompt if isinstance(first, int) else first or []
         prompt = first if isinstance(first, str) else [int(i) for i in ids if isinstance(i, int)]
     return GenerateRequest(new_id("relay"), req.model, SamplingOptions(n=req.n), prompt=prompt, messages=messages,
-                           routing_key=session_id or req.user, stream=req.stream)
+                           routing_key=session_id or req.user, stream=req.stream, forwarded=forwarded)
 
 
 class RelayCall:
@@ -48,9 +50,11 @@ class RelayCall:
     between the first and the last go from the instance's socket to the client's without a task switch."""
 
     def __init__(self, state: AppState, adapter: Relay, req: SamplingFields, body: dict[str, Any],
-                 session_id: str | None, path: str, writer: Sink | None = None) -> None:
+                 session_id: str | None, path: str, writer: Sink | None = None,
+                 forwarded: Forwarded = NOTHING_FORWARDED) -> None:
         self.req, self.path = req, path
-        self.request = routing_request(req, session_id)
+        self.request = routing_request(req, session_id, forwarded)
+        self.trace = forwarded.trace  # while tracing is on: it sees the events this Sink passes on
         self.metered = MeteredStream(state, adapter, self.request, path)  # type: ignore[arg-type]
         self.writer = writer if req.stream else None
         self.whole = answered_whole(body)  # the instance answers whole, and that answer is passed on as it is
@@ -80,6 +84,8 @@ class RelayCall:
         # No pass_on: a Sink is given no usage event (base.Sink), so the events go on as they came.
         assert self.writer is not None
         self.metered.observe()
+        if self.trace is not None:
+            self.trace.watch(events)
         self.writer.write(events)
 
     def record(self, status: int) -> None:
