@@ -37,7 +37,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engine_adapters.base import Forwarded
 from gateway.errors import GatewayError
-from gateway.middleware.context import RequestInfo, request_info
+from gateway.middleware.context import RequestInfo, is_service_path, request_info
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 SYSTEM = "vllm"  # gen_ai.provider.name (gen_ai.system before semantic conventions 1.37)
@@ -211,13 +211,14 @@ def _usage(tail: bytes) -> dict[str, int]:
 
 class TracingMiddleware:
     """Installed only while tracing is on, just inside the request log (which chose the request id): opens
-    the server span, hands its traceparent on (RequestInfo.forwarded), and watches the answer go out."""
+    the server span, hands its traceparent on (RequestInfo.forwarded), and watches the answer go out.
+    Probes and /metrics are not traced."""
 
     def __init__(self, app: ASGIApp, tracing: Tracing) -> None:
         self.app, self.tracing = app, tracing
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if not is_service_path(scope):  # no trace of every probe and scrape
             await self.app(scope, receive, send)
             return
         info = request_info(scope)

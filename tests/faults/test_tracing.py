@@ -93,6 +93,7 @@ def test_a_routed_stream_gives_the_span_tree_under_the_clients_trace(
         fleet: Fleet, tmp_path: Path, receiver: OtlpReceiver) -> None:
     (down, up), router = _start(fleet, tmp_path, 2, tracing={"enabled": True})
     down.control(fault="503")
+    assert httpx.get(f"{router.url}/health", timeout=5).status_code == 200  # exported before the rest, if at all
     for _ in range(2):  # round-robin: one of the two is tried on the failing instance first
         answer = httpx.post(f"{router.url}/v1/chat/completions", json=CHAT, timeout=10,
                             headers=_client_headers(traceparent=TRACEPARENT, **{"x-request-id": "req-otel"}))
@@ -122,3 +123,4 @@ def test_a_routed_stream_gives_the_span_tree_under_the_clients_trace(
     assert sent == {f"00-{TRACE_ID}-{a.span_id}-01" for a in attempts}
     for headers in _generation_headers(down) + _generation_headers(up):
         _no_client_credentials(headers)
+    assert not [span for span in receiver.spans if span.name.endswith(("/health", "/metrics", "/ready"))]
