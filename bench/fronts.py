@@ -29,19 +29,55 @@ class Front:
     env: dict[str, str] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)  # config files to write first: path -> text
     version: str = ""
+    headers: dict[str, str] = field(default_factory=dict)  # sent with every request (a client key)
+    helpers: list[list[str]] = field(default_factory=list)  # processes it needs, started first (Redis, a sink)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
 
-def tokenyard(port: int, upstream: str, workdir: Path) -> Front:
-    config = workdir / "tokenyard-router.yaml"
+def tokenyard(port: int, upstream: str, workdir: Path, name: str = "tokenyard", extra: str = "",
+              limits: str = "") -> Front:
+    config = workdir / f"{name}-router.yaml"
     # Admission raised past the 1,000-stream probe, as the peers run with their own caps off.
-    text = (f"host: 127.0.0.1\nport: {port}\nlog_level: warning\nlimits:\n  max_in_flight: 2048\n"
-            f"routes:\n  - name: {MODEL}\n    policy: round-robin\n    upstreams:\n      - {upstream}\n")
-    return Front("tokenyard", port, [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
+    text = (f"host: 127.0.0.1\nport: {port}\nlog_level: warning\nlimits:\n  max_in_flight: 2048\n{limits}"
+            f"routes:\n  - name: {MODEL}\n    policy: round-robin\n    upstreams:\n      - {upstream}\n{extra}")
+    return Front(name, port, [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
                  files={str(config): text}, version=_git_version())
+
+
+def tokenyard_traced(port: int, upstream: str, workdir: Path) -> Front:
+    """Tracing on, every request sampled, spans exported over OTLP/HTTP to a local sink (bench.otlp_sink)."""
+    front = tokenyard(port, upstream, workdir, "tokenyard-traced", "tracing:\n  enabled: true\n")
+    front.env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port + 200}", "OTEL_TRACES_SAMPLER": "always_on"}
+    front.helpers = [[sys.executable, "-m", "bench.otlp_sink", "--port", str(port + 200)]]
+    return front
+
+
+BENCH_KEY = "sk-bench-0123456789"
+# Limits that never refuse, so that every request pays the whole check: its buckets and its budgets.
+_LIMITS = ("  requests_per_minute: 1000000000\n  tokens_per_minute: 1000000000000\n"
+           "  tokens_per_day: 1000000000000\n  tokens_per_month: 1000000000000\n")
+_KEYS = f"api_keys:\n  - key: {BENCH_KEY}\n    name: bench\n"
+
+
+def tokenyard_limits(port: int, upstream: str, workdir: Path) -> Front:
+    """A client key, rate limits and budgets, kept in memory."""
+    front = tokenyard(port, upstream, workdir, "tokenyard-limits", _KEYS, _LIMITS)
+    front.headers = {"authorization": f"Bearer {BENCH_KEY}"}
+    return front
+
+
+def tokenyard_redis(port: int, upstream: str, workdir: Path) -> Front:
+    """The same limits kept in a local Redis (limits.backend redis), as router replicas share them."""
+    redis = port + 100
+    limits = f"{_LIMITS}  backend: redis\n  redis_url: redis://127.0.0.1:{redis}/0\n"
+    front = tokenyard(port, upstream, workdir, "tokenyard-redis", _KEYS, limits)
+    front.headers = {"authorization": f"Bearer {BENCH_KEY}"}
+    front.helpers = [["redis-server", "--port", str(redis), "--bind", "127.0.0.1", "--save", "", "--appendonly",
+                      "no", "--dir", str(workdir)]]
+    return front
 
 
 def naive(port: int, upstream: str, workdir: Path) -> Front:
@@ -86,7 +122,8 @@ def sglang_router(port: int, upstream: str, workdir: Path) -> Front:
     return Front("sglang-router", port, cmd, version=peers.PEERS["sglang-router"].version)
 
 
-BUILDERS = {"tokenyard": tokenyard, "naive": naive, "litellm": litellm, "vllm-router": vllm_router,
+BUILDERS = {"tokenyard": tokenyard, "tokenyard-traced": tokenyard_traced, "tokenyard-limits": tokenyard_limits,
+            "tokenyard-redis": tokenyard_redis, "naive": naive, "litellm": litellm, "vllm-router": vllm_router,
             "sglang-router": sglang_router, "bare-callback": bare_callback, "bare-asgi": bare_asgi}
 PEER_FRONTS = {"litellm", "vllm-router", "sglang-router"}
 
@@ -115,7 +152,8 @@ def ready(front: Front, proc: subprocess.Popen[bytes], timeout_s: float = 180) -
         if proc.poll() is not None:
             raise RuntimeError(f"{front.name} exited with {proc.returncode}")
         try:
-            if httpx.post(f"{front.url}/v1/chat/completions", json=body, timeout=5).status_code == 200:
+            if httpx.post(f"{front.url}/v1/chat/completions", json=body, headers=front.headers,
+                          timeout=5).status_code == 200:
                 return time.monotonic() - started
         except httpx.HTTPError:
             pass

@@ -96,12 +96,13 @@ async def one(session: aiohttp.ClientSession, url: str, mode: Mode, index: int, 
 
 
 async def load(url: str, mode: Mode, concurrency: int, duration_s: float, max_requests: int,
-               warmup: int, on_start: Callable[[], None] = lambda: None) -> tuple[Tally, float]:
+               warmup: int, on_start: Callable[[], None] = lambda: None,
+               headers: dict[str, str] | None = None) -> tuple[Tally, float]:
     """(what the measured requests saw, wall seconds of the measured part); on_start runs after the warm-up."""
     connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=concurrency, force_close=False)
     timeout = aiohttp.ClientTimeout(total=600)
     target = f"{url}/v1/chat/completions"
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout, headers=headers) as session:
         # Warm-up: open the pool's connections (and the front's upstream ones) before the clock starts.
         await asyncio.gather(*(one(session, target, MODES["nonstream"], i, Tally()) for i in range(warmup)))
         tally = Tally()

@@ -2,6 +2,7 @@
 
     python -m bench.router_overhead                         # the full suite (installs the peers first)
     python -m bench.router_overhead --quick                 # `make bench-quick`: no peers, c=1 and 16
+    python -m bench.router_overhead --variants              # tokenyard as is, traced, with limits (memory, Redis)
 
 A stub upstream (bench/stub_upstream.py) answers in microseconds; the load generator hits it directly, then
 through each front. The front runs alone on core 0, the stub and the load generator on core 1, and the
@@ -102,7 +103,7 @@ async def sample_rss(meter: Meter | None, peak: list[float], stop: asyncio.Event
 
 async def measure(url: str, front: Meter | None, stub: Meter, me: Meter, mode: Mode, concurrency: int,
                   args: argparse.Namespace, duration: float | None = None, max_requests: int | None = None,
-                  ) -> dict[str, Any]:
+                  headers: dict[str, str] | None = None) -> dict[str, Any]:
     rss_idle = front.rss_mb() if front else 0.0
     peak = [rss_idle]
     stop = asyncio.Event()
@@ -114,7 +115,7 @@ async def measure(url: str, front: Meter | None, stub: Meter, me: Meter, mode: M
 
     marks: list[tuple[float, float, float, float]] = []
     tally, wall = await load(url, mode, concurrency, args.duration if duration is None else duration,
-                             max_requests or args.max_requests, warmup, lambda: marks.append(snapshot()))
+                             max_requests or args.max_requests, warmup, lambda: marks.append(snapshot()), headers)
     before, after = marks[0], snapshot()
     stop.set()
     await sampler
@@ -178,6 +179,9 @@ class Fleet:
                 self.failed[name] = "not installed (python -m bench.peers)"
                 continue
             front = fronts.BUILDERS[name](self.args.port_base + 10 + index, upstream, self.workdir)
+            for helper in front.helpers:
+                self.procs.append(subprocess.Popen([*pin, *helper], cwd=fronts.ROOT, stdout=subprocess.DEVNULL,
+                                                   stderr=subprocess.STDOUT))
             proc = fronts.start(front, self.front_core, self.workdir / f"{name}.log")
             self.procs.append(proc)
             try:
@@ -218,7 +222,9 @@ async def rounds(fleet: Fleet, args: argparse.Namespace) -> list[dict[str, Any]]
                         continue  # at ~20 streamed req/s per core, c=256 would take minutes per run
                     url, meter = ((f"http://127.0.0.1:{args.port_base + 1}", None) if name == "direct"
                                   else (fleet.fronts[name][0].url, fleet.fronts[name][1]))
-                    run = await measure(url, meter, fleet.stub, me, MODES[mode_name], concurrency, args)
+                    headers = fleet.fronts[name][0].headers if name != "direct" else None
+                    run = await measure(url, meter, fleet.stub, me, MODES[mode_name], concurrency, args,
+                                        headers=headers)
                     run.update(front=name, mode=mode_name, concurrency=concurrency, round=round_index)
                     runs.append(run)
                     print(json.dumps({k: run[k] for k in ("round", "mode", "concurrency", "front", "requests",
@@ -236,7 +242,7 @@ async def open_streams(fleet: Fleet, args: argparse.Namespace, me: Meter) -> lis
         if name == "litellm":
             continue
         run = await measure(front.url, meter, fleet.stub, me, OPEN_STREAMS, args.open_streams, args, duration=120.0,
-                            max_requests=args.open_streams)
+                            max_requests=args.open_streams, headers=front.headers)
         run.update(front=name, mode=OPEN_STREAMS.name, concurrency=args.open_streams, round=0)
         runs.append(run)
         print(json.dumps({k: run[k] for k in ("mode", "front", "requests", "errors", "short", "rss_idle_mb",
@@ -247,6 +253,8 @@ async def open_streams(fleet: Fleet, args: argparse.Namespace, me: Meter) -> lis
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="direct, tokenyard, naive; c=1 16; 2 rounds")
+    parser.add_argument("--variants", action="store_true",
+                        help="tokenyard only, as is and with tracing, with keys and limits (memory, Redis); no peers")
     parser.add_argument("--fronts", nargs="+", choices=["direct", *fronts.BUILDERS])
     parser.add_argument("--concurrency", type=int, nargs="+")
     parser.add_argument("--modes", nargs="+", choices=list(MODES))
@@ -269,10 +277,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                        "bare-callback"],
             "concurrency": [1, 16, 64, 256], "rounds": 2, "duration": 3.0, "modes": list(MODES),
             "open_streams": 1000}
-    for key, value in (quick if args.quick else full).items():
+    variants = {**quick, "fronts": ["direct", "tokenyard", "tokenyard-traced", "tokenyard-limits", "tokenyard-redis"]}
+    for key, value in (variants if args.variants else quick if args.quick else full).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    if args.quick and args.tag == "router-overhead":
+    if args.variants and args.tag == "router-overhead":
+        args.tag = "router-overhead-variants"
+    elif args.quick and args.tag == "router-overhead":
         args.tag = "router-overhead-quick"
     return args
 

@@ -11,7 +11,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from gateway.observability.otel import RequestTrace
 
 from engine_adapters.splice import Sink
 
@@ -28,6 +31,33 @@ class ModelInfo:
     kind: str = "generate"  # "generate" or "embed"
     root: str | None = None
     parent: str | None = None  # a LoRA adapter: the base model it runs on
+
+
+@dataclass(frozen=True)
+class Forwarded:
+    """What an engine is told about the client's request besides the request itself, so that its logs and
+    spans join the gateway's: the request id the gateway logged, and the W3C trace context (traceparent,
+    tracestate). Never a credential: no header of the client's is passed on but these, checked.
+    `trace` is the request's live trace while tracing is on (gateway.observability.otel), else None."""
+
+    request_id: str | None = None
+    traceparent: str | None = None
+    tracestate: str | None = None
+    trace: RequestTrace | None = field(default=None, compare=False, repr=False)
+
+    def headers(self) -> dict[str, str]:
+        """The HTTP headers that carry these to an instance."""
+        pairs = (("x-request-id", self.request_id), ("traceparent", self.traceparent), ("tracestate", self.tracestate))
+        return {name: value for name, value in pairs if value}
+
+    def trace_headers(self) -> dict[str, str] | None:
+        """What vLLM's AsyncLLM continues its own trace from (its `trace_headers`); None without a traceparent."""
+        if not self.traceparent:
+            return None
+        return {"traceparent": self.traceparent, **({"tracestate": self.tracestate} if self.tracestate else {})}
+
+
+NOTHING_FORWARDED = Forwarded()
 
 
 @dataclass(frozen=True)
@@ -93,6 +123,7 @@ class GenerateRequest:
     # False when the caller sends nothing to the client until the output is complete, so a
     # router may retry a failure at any point rather than only before the first chunk.
     stream: bool = True
+    forwarded: Forwarded = NOTHING_FORWARDED  # the request id and trace context passed on to the engine
 
 
 @dataclass(frozen=True)
@@ -173,7 +204,8 @@ class LocalEngine(Protocol):
 
 @runtime_checkable
 class Embedder(Protocol):
-    async def embed(self, request_id: str, model: str, inputs: list[str] | list[list[int]]) -> tuple[list[list[float]], int]:
+    async def embed(self, request_id: str, model: str, inputs: list[str] | list[list[int]],
+                    forwarded: Forwarded = NOTHING_FORWARDED) -> tuple[list[list[float]], int]:
         """Return one vector per input and the number of prompt tokens."""
         ...
 

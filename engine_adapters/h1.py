@@ -169,6 +169,11 @@ class Connection(asyncio.Protocol):
             self.waiter.set_result(None)
 
 
+def header_lines(headers: dict[str, str]) -> bytes:
+    """`headers` as HTTP/1.1 header lines for Pool.post; the caller has checked that the values are plain."""
+    return "".join(f"{name}: {value}\r\n" for name, value in headers.items()).encode("latin-1")
+
+
 class Pool:
     """Keep-alive connections to one server, for POSTs of JSON bodies."""
 
@@ -183,12 +188,14 @@ class Pool:
         self.connect_s, self.max_idle = connect_s, max_idle
         self.idle: list[Connection] = []
 
-    async def post(self, path: str, body: bytes, sent: Callable[[Connection], None] = lambda conn: None) -> Connection:
+    async def post(self, path: str, body: bytes, sent: Callable[[Connection], None] = lambda conn: None,
+                   headers: bytes = b"") -> Connection:
         """Send the request; the connection, once the response's headers are in. `sent` is told each
         connection the request goes out on (to arm the caller's timer on it). A kept-alive connection that
-        the server had closed meanwhile is replaced by a new one (nothing was read from it)."""
-        request = b"POST %s HTTP/1.1\r\n%scontent-length: %d\r\n\r\n%s" % (
-            (self.prefix + path).encode("latin-1"), self.fixed, len(body), body)
+        the server had closed meanwhile is replaced by a new one (nothing was read from it). `headers`: this
+        request's own header lines besides the fixed ones, each ending in CRLF (header_lines)."""
+        request = b"POST %s HTTP/1.1\r\n%s%scontent-length: %d\r\n\r\n%s" % (
+            (self.prefix + path).encode("latin-1"), self.fixed, headers, len(body), body)
         while True:
             conn = self._take()
             fresh = conn is None

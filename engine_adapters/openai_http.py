@@ -26,8 +26,8 @@ from typing import Any
 import httpx
 import orjson
 
-from engine_adapters.base import Chunk, GenerateRequest, Load, ModelInfo
-from engine_adapters.h1 import ConnectFailed, Connection, Pool
+from engine_adapters.base import NOTHING_FORWARDED, Chunk, Forwarded, GenerateRequest, Load, ModelInfo
+from engine_adapters.h1 import ConnectFailed, Connection, Pool, header_lines
 from engine_adapters.openai_wire import (
     DONE,
     DONE_EVENT,
@@ -141,7 +141,8 @@ class OpenAIHttpAdapter:
     async def generate(self, request: GenerateRequest) -> AsyncIterator[Chunk]:
         path, payload = request_payload(request, self.model)
         reader = ChunkReader(request)
-        async with contextlib.aclosing(self.stream_raw(path, payload, request.request_id, request.model)) as raw:
+        raw_stream = self.stream_raw(path, payload, request.request_id, request.model, forwarded=request.forwarded)
+        async with contextlib.aclosing(raw_stream) as raw:
             async for data in raw:
                 for chunk in reader.feed(data):
                     yield chunk
@@ -149,32 +150,32 @@ class OpenAIHttpAdapter:
             yield chunk
 
     def relay(self, path: str, body: dict[str, Any], request_id: str, public_model: str,
-              sink: Sink | None = None) -> AsyncIterator[bytes]:
+              sink: Sink | None = None, forwarded: Forwarded = NOTHING_FORWARDED) -> AsyncIterator[bytes]:
         """Pass an OpenAI-shaped request through as it is (under the upstream's model name, streamed, with
         usage); answer its SSE body in whole events, each `"model"` renamed back to the public name. With a
         `sink`, the events after the first go to it from the socket's callback where they can
         (engine_adapters.splice walks the whole path)."""
         rename = ModelRename(self.model, public_model) if public_model != self.model else None
         if answered_whole(body):
-            return self._whole(path, {**body, "model": self.model}, request_id, public_model, rename)
+            return self._whole(path, {**body, "model": self.model}, request_id, public_model, rename, forwarded)
         payload = {**body, "model": self.model, "stream": True,
                    "stream_options": {**(body.get("stream_options") or {}), "include_usage": True}}
-        return self.stream_raw(path, payload, request_id, public_model, rename, sink)
+        return self.stream_raw(path, payload, request_id, public_model, rename, sink, forwarded)
 
     async def _whole(self, path: str, payload: dict[str, Any], request_id: str, public_model: str,
-                     rename: ModelRename | None) -> AsyncGenerator[bytes, None]:
+                     rename: ModelRename | None, forwarded: Forwarded) -> AsyncGenerator[bytes, None]:
         """A non-streamed request sent as it is (openai_wire.answered_whole): the upstream's JSON answer, as
         one piece. Nothing comes before the answer is complete, so only the total time limit applies."""
-        answer = await self._answer(path, payload, public_model, request_id, whole=True)
+        answer = await self._answer(path, payload, public_model, request_id, whole=True, forwarded=forwarded)
         yield rename(answer) if rename is not None else answer
 
     async def stream_raw(self, path: str, payload: dict[str, Any], request_id: str, public_model: str,
-                         rename: ModelRename | None = None, sink: Sink | None = None
-                         ) -> AsyncGenerator[bytes, None]:
+                         rename: ModelRename | None = None, sink: Sink | None = None,
+                         forwarded: Forwarded = NOTHING_FORWARDED) -> AsyncGenerator[bytes, None]:
         """POST `payload` and yield the SSE body cut at event boundaries. A failure raises: before the
         first bytes as the upstream's answer says; after them as EngineUnavailable (the stream broke or
         stalled) or as the error event the upstream sent."""
-        conn, watchdog = await self._post(path, orjson.dumps(payload), public_model)
+        conn, watchdog = await self._post(path, orjson.dumps(payload), public_model, forwarded=forwarded)
         self._open[request_id] = conn
         events = _Events(public_model, rename)
         splice = Splice(conn, events, watchdog.touch, sink) if sink is not None else None
@@ -207,15 +208,16 @@ class OpenAIHttpAdapter:
             # Read to the end, the connection goes back to the pool; left early, it is closed (an abort).
             self._pool.release(conn) if ended else conn.close()
 
-    async def forward(self, path: str, body: dict[str, Any], public_model: str) -> bytes:
+    async def forward(self, path: str, body: dict[str, Any], public_model: str,
+                      forwarded: Forwarded = NOTHING_FORWARDED) -> bytes:
         """POST a JSON request that generates nothing (the tokenizer routes) under the upstream's model name;
         the upstream's JSON answer, as bytes."""
-        return await self._answer(path, {**body, "model": self.model}, public_model)
+        return await self._answer(path, {**body, "model": self.model}, public_model, forwarded=forwarded)
 
     async def _answer(self, path: str, payload: dict[str, Any], public_model: str, request_id: str | None = None,
-                      whole: bool = False) -> bytes:
+                      whole: bool = False, forwarded: Forwarded = NOTHING_FORWARDED) -> bytes:
         """POST `payload` and read the upstream's one JSON answer (abortable by `request_id` when given)."""
-        conn, watchdog = await self._post(path, orjson.dumps(payload), public_model, whole)
+        conn, watchdog = await self._post(path, orjson.dumps(payload), public_model, whole, forwarded)
         if request_id is not None:
             self._open[request_id] = conn
         watchdog.touch()  # the answer's whole body within the idle limit, once its head is in
@@ -229,13 +231,14 @@ class OpenAIHttpAdapter:
                 self._open.pop(request_id, None)
             self._pool.release(conn)  # kept when read to its end; closed otherwise (an abort, a failure)
 
-    async def _post(self, path: str, payload: bytes, public_model: str,
-                    whole: bool = False) -> tuple[Connection, _Watchdog]:
+    async def _post(self, path: str, payload: bytes, public_model: str, whole: bool = False,
+                    forwarded: Forwarded = NOTHING_FORWARDED) -> tuple[Connection, _Watchdog]:
         """The connection with the upstream's 200 answer, and the timer that now watches it (until the head
-        comes: the first-token limit, or for a `whole` answer only the total limit)."""
+        comes: the first-token limit, or for a `whole` answer only the total limit). `forwarded`: the request
+        id and trace context sent along (base.Forwarded)."""
         watchdog = _Watchdog(self.timeouts, first_s=self.timeouts.total_s if whole else None)
         try:
-            conn = await self._pool.post(path, payload, watchdog.watch)
+            conn = await self._pool.post(path, payload, watchdog.watch, header_lines(forwarded.headers()))
             if conn.status != 200:
                 try:
                     body = await conn.read_all()
@@ -253,11 +256,13 @@ class OpenAIHttpAdapter:
 
     # -- embeddings ---------------------------------------------------------------
 
-    async def embed(self, request_id: str, model: str, inputs: list[str] | list[list[int]]) -> tuple[list[list[float]], int]:
+    async def embed(self, request_id: str, model: str, inputs: list[str] | list[list[int]],
+                    forwarded: Forwarded = NOTHING_FORWARDED) -> tuple[list[list[float]], int]:
         payload = {"model": self.model, "input": inputs}
         try:
             async with asyncio.timeout(self.timeouts.first_token_s):
-                response = await self._client.post("/v1/embeddings", content=orjson.dumps(payload), headers=_JSON)
+                response = await self._client.post("/v1/embeddings", content=orjson.dumps(payload),
+                                                   headers={**_JSON, **forwarded.headers()})
         except TimeoutError as exc:
             raise EngineUnavailable("The upstream did not answer in time.") from exc
         except httpx.HTTPError as exc:

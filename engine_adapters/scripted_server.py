@@ -18,6 +18,7 @@ whole answers indented, and SSE fields without the optional space (`data:{...}`,
 as an OpenAI-compatible server may write them; `compact` (the default) is orjson's and vLLM's spacing.
 
 GET /stats counts requests, completed, aborted (the client left before the end) and in flight.
+GET /requests lists the last POSTs' paths and headers (all of them, as received), newest last.
 A refused connection is a port nobody listens on; a crash is `kill -9` from the test. It is a small
 asyncio HTTP/1.1 server rather than an ASGI app because a reset needs the socket itself.
 """
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import hashlib
 import json
@@ -146,6 +148,7 @@ class ScriptedServer:
         self.script = script
         self.stats = Stats()
         self.started = int(time.time())
+        self.seen: collections.deque[dict[str, Any]] = collections.deque(maxlen=64)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         exchange = Exchange(reader, writer, self.script)
@@ -158,11 +161,14 @@ class ScriptedServer:
             writer.close()
 
     async def dispatch(self, request: HttpRequest, exchange: Exchange) -> None:
+        if request.method == "POST" and request.path != "/control":
+            self.seen.append({"path": request.path, "headers": request.headers})
         routes: dict[tuple[str, str], Callable[[HttpRequest, Exchange], Awaitable[None]]] = {
             ("GET", "/health"): lambda r, x: x.json(200, {"status": "ok"}),
             ("GET", "/v1/models"): self.models,
             ("GET", "/metrics"): self.metrics,
             ("GET", "/stats"): lambda r, x: x.json(200, asdict(self.stats)),
+            ("GET", "/requests"): lambda r, x: x.json(200, list(self.seen)),
             ("POST", "/control"): self.control,
             ("POST", "/v1/chat/completions"): self.generate,
             ("POST", "/v1/completions"): self.generate,

@@ -91,18 +91,18 @@ def client_socket(scope: Any) -> ClientSocket | None:
 
 
 class CountingSink:
-    """A Sink that calls `count` before each write (the relay's metrics count the events that pass)."""
+    """A Sink that shows each write to `count` first (the relay's metrics and trace see the events that pass)."""
 
     __slots__ = ("count", "sink")
 
-    def __init__(self, sink: Sink, count: Callable[[], None]) -> None:
+    def __init__(self, sink: Sink, count: Callable[[bytes], None]) -> None:
         self.sink, self.count = sink, count
 
     def ready(self) -> bool:
         return self.sink.ready()
 
     def write(self, events: bytes) -> None:
-        self.count()
+        self.count(events)
         self.sink.write(events)
 
 

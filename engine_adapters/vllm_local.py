@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from engine_adapters.base import (
+    NOTHING_FORWARDED,
     Chunk,
+    Forwarded,
     GenerateRequest,
     Load,
     ModelInfo,
@@ -52,6 +54,9 @@ class VllmLocalAdapter:
         self._max_model_len: int | None = spec.max_model_len
         # vLLM reads priority only under scheduling_policy "priority"; under its default (fcfs) it is not passed.
         self._by_priority = spec.engine_args.get("scheduling_policy") == "priority"
+        # vLLM continues a trace only when it exports its own (engine arg otlp_traces_endpoint); otherwise it
+        # would drop the trace headers with a warning on every request.
+        self._traced = bool(spec.engine_args.get("otlp_traces_endpoint"))
         # LoRA adapters served as model names: name -> (vLLM's lora_int_id, path). Ids are never reused,
         # so a re-loaded adapter is not mistaken for the one vLLM still caches under the old id.
         self._loras: dict[str, tuple[int, str]] = {}
@@ -236,6 +241,8 @@ class VllmLocalAdapter:
             extra: dict[str, Any] = {"priority": request.priority} if self._by_priority else {}
             if (lora := self._lora_request(request.model)) is not None:
                 extra["lora_request"] = lora
+            if self._traced and (headers := request.forwarded.trace_headers()) is not None:
+                extra["trace_headers"] = headers
             if beam:
                 stream = self._beam_search(ids, request, max_tokens, lora)
             else:
@@ -308,7 +315,8 @@ class VllmLocalAdapter:
 
     # -- embeddings -------------------------------------------------------------
 
-    async def embed(self, request_id: str, model: str, inputs: list[str] | list[list[int]]) -> tuple[list[list[float]], int]:
+    async def embed(self, request_id: str, model: str, inputs: list[str] | list[list[int]],
+                    forwarded: Forwarded = NOTHING_FORWARDED) -> tuple[list[list[float]], int]:
         if self._engine is None:
             raise EngineUnavailable("The engine is not running.")
         prompts = [self._embedding_prompt(item) for item in inputs]

@@ -19,8 +19,9 @@ from gateway.api.common import json_response
 from gateway.api.passthrough import PassThrough
 from gateway.errors import GatewayError, MethodNotAllowed, error_payload, invalid_fields, status_error
 from gateway.lifecycle import Drain
-from gateway.limit_store import LimitStore, MemoryStore
 from gateway.keys import KeyStore
+from gateway.limit_store import LimitStore, MemoryStore
+from gateway.observability.tracing import build_tracing
 from gateway.settings import LimitSettings, Settings
 from gateway.state import AppState
 
@@ -91,7 +92,7 @@ def _limit_store(limits: LimitSettings) -> LimitStore:
 def create_app(settings: Settings, adapter_factory: AdapterFactory | None = None) -> FastAPI:
     """Build the app. `adapter_factory` starts the local engines; by default, in-process vLLM per model."""
     state = AppState(settings=settings, keys=KeyStore(settings.api_keys, settings.auth.api_keys_file),
-                     limit_store=_limit_store(settings.limits))
+                     limit_store=_limit_store(settings.limits), tracing=build_tracing(settings.tracing))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -114,6 +115,8 @@ def create_app(settings: Settings, adapter_factory: AdapterFactory | None = None
                 # What is left of the drain deadline: after a SIGTERM drain, the requests are done already.
                 await adapter.close(state.drain.time_left(settings.drain_deadline_s))
             await state.limit_store.close()
+            if state.tracing is not None:
+                await state.tracing.close()  # the spans still buffered are exported
 
     # No redirect for a trailing slash: its Location would name the client's Host (see middleware.canonical).
     app = FastAPI(title="tokenyard", version="0.1.0", lifespan=lifespan, redirect_slashes=False)

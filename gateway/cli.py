@@ -26,6 +26,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--dtype", help="the weights' dtype, as in vllm serve")
     serve.add_argument("--max-model-len", type=int, help="the context length; default the model's")
     serve.add_argument("--chat-template", type=Path, help="a Jinja chat template file")
+    serve.add_argument("--enable-tracing", action="store_true", default=None,
+                       help="export OpenTelemetry traces (the otel extra; OTEL_* variables say where)")
     _add_security_flags(serve)
     return parser
 
@@ -86,6 +88,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         model.update({k: v for k in ("dtype", "max_model_len", "chat_template") if (v := getattr(args, k)) is not None})
         overrides["models"] = [ModelSettings(**model)]
     overrides.update(_security_overrides(args))
+    if args.enable_tracing:
+        overrides["tracing"] = {"enabled": True}
     return Settings(**overrides)
 
 
@@ -93,10 +97,15 @@ def main(argv: list[str] | None = None) -> int:
     from gateway.app import create_app
     from gateway.server import serve
     from gateway.observability.logging import configure_logging
+    from gateway.observability.tracing import TracingUnavailable
 
     args = _parser().parse_args(argv)
     settings = settings_from_args(args)
     configure_logging(settings.log_level)
+    try:
+        app = create_app(settings)
+    except TracingUnavailable as exc:
+        raise SystemExit(f"tokenyard: {exc}") from None
     # uvicorn with a drain on SIGTERM, bounded by settings.drain_deadline_s (see gateway.server and gateway.lifecycle).
     # Exits non-zero when an in-process engine dies (settings.engine_dead_exit_s).
-    return serve(create_app(settings), settings)
+    return serve(app, settings)

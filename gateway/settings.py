@@ -256,6 +256,13 @@ class TlsSettings(BaseModel):
         return self
 
 
+class TracingSettings(BaseModel):
+    """OpenTelemetry traces (the `tokenyard[otel]` extra). Where spans go and how many are kept is set by
+    OpenTelemetry's own variables: OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME, OTEL_TRACES_SAMPLER..."""
+
+    enabled: bool = Field(default=False, description="Export a trace of each request over OTLP/HTTP.")
+
+
 ApiKeys = Annotated[list[ApiKey], NoDecode, BeforeValidator(_split_keys)]
 # --- end of issue 4's settings ------------------------------------------------------------------
 
@@ -298,6 +305,7 @@ class Settings(BaseSettings):
     limits: LimitSettings = Field(default_factory=LimitSettings)
     cors: CorsSettings = Field(default_factory=CorsSettings)
     tls: TlsSettings = Field(default_factory=TlsSettings)
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
     # vLLM's VLLM_ALLOW_RUNTIME_LORA_UPDATING: POST /v1/load_lora_adapter and /v1/unload_lora_adapter.
     allow_runtime_lora_updating: bool = Field(default=False, description="Serve POST /v1/load_lora_adapter and "
                                               "/v1/unload_lora_adapter.")

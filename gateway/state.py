@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from engine_adapters.base import EngineAdapter, LocalEngine, ModelInfo
 from gateway.errors import EngineUnavailable, ModelNotFound
@@ -16,6 +16,8 @@ from gateway.routing.adapter import RoutedAdapter
 from gateway.routing.reload import RouteTable
 from gateway.settings import Settings
 
+if TYPE_CHECKING:
+    from gateway.observability.otel import Tracing
 
 
 class WaitQueue(Protocol):
@@ -39,6 +41,7 @@ class AppState:
     keys: KeyStore | None = None  # the client keys, when create_app built the app
     limit_store: LimitStore = field(default_factory=MemoryStore)  # rate-limit buckets and budgets
     route_table: RouteTable | None = None  # router mode: the routes, following the config file
+    tracing: Tracing | None = None  # OpenTelemetry, while tracing is on (gateway.observability.tracing)
 
     def __post_init__(self) -> None:
         self.metrics.watch_upstreams(self.upstream_stats)

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from starlette.responses import Response
 
 from gateway.api.common import ERROR_RESPONSES, app_state, json_response
+from gateway.middleware.context import request_info
 from gateway.protocol.embeddings import EmbeddingRequest, EmbeddingResponse
 from gateway.services import embeddings
 
@@ -18,7 +19,7 @@ router = APIRouter()
 
 @router.post("/v1/embeddings", response_model=EmbeddingResponse, responses=ERROR_RESPONSES)
 async def create_embedding(body: EmbeddingRequest, request: Request) -> Response:
-    return json_response(await embeddings.create(app_state(request), body))
+    return json_response(await embeddings.create(app_state(request), body, request_info(request.scope).forwarded))
 
 
 @router.post("/v1/engines/{model}/embeddings", response_model=EmbeddingResponse, responses=ERROR_RESPONSES)
@@ -28,4 +29,4 @@ async def create_engine_embedding(model: str, request: Request, body: dict[str, 
         parsed = EmbeddingRequest.model_validate({**body, "model": model})
     except ValidationError as exc:
         raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
-    return json_response(await embeddings.create(app_state(request), parsed))
+    return json_response(await embeddings.create(app_state(request), parsed, request_info(request.scope).forwarded))

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from gateway.api.common import ERROR_RESPONSES, app_state, json_response
+from gateway.middleware.context import request_info
 from gateway.errors import NotFound
 from gateway.api.streaming import ClientDisconnected, EventStreamResponse, until_disconnect
 from gateway.protocol.chat import ChatCompletion, ChatCompletionRequest, FastChatChatRequest
@@ -30,16 +31,18 @@ _SSE_DOC: dict[int | str, dict[str, Any]] = {
 async def serve(
     request: Request,
     body: SamplingFields | MessagesRequest,
-    complete: Callable[[AppState, Any, str | None], Awaitable[Any]],
-    stream: Callable[[AppState, Any, str | None], Awaitable[AsyncIterator[bytes]]],
+    complete: Callable[..., Awaitable[Any]],
+    stream: Callable[..., Awaitable[AsyncIterator[bytes]]],
 ) -> Response:
-    """Answer a generating request whole or as a stream, aborting the engine request if the client leaves."""
+    """Answer a generating request whole or as a stream, aborting the engine request if the client leaves.
+    `complete` and `stream` are called (state, body, session_id, forwarded=...)."""
     state = app_state(request)
     log_unknown_fields(state, body)
     session_id = request.headers.get(state.settings.router.session_header)  # router mode's affinity key
     disconnects = state.metrics.child(state.metrics.client_disconnects, state.model_label(body.model))
     # Routed models never get here: gateway.api.passthrough answers them before FastAPI does.
-    answer: Awaitable[Any] = stream(state, body, session_id) if body.stream else complete(state, body, session_id)
+    forwarded = request_info(request.scope).forwarded  # the request id and trace context, for the engine
+    answer: Awaitable[Any] = (stream if body.stream else complete)(state, body, session_id, forwarded=forwarded)
     try:
         if body.stream:
             events = await until_disconnect(request.receive, answer, request.scope)

@@ -73,6 +73,7 @@ class PassThrough:
         except ValidationError as exc:
             raise invalid_fields(exc.errors()) from None
         model, path = str(body["model"]), scope["path"]
+        forwarded = request_info(scope).forwarded  # the request id and trace context, for the instance
         generates = isinstance(req, ChatCompletionRequest | CompletionRequest)
         # Served and ready; generation only from a generative route (an embedding route is a 404, as before).
         kind = "generate" if generates else self.state.model_info(model).kind
@@ -80,7 +81,7 @@ class PassThrough:
         if not generates:
             prompt = body.get("prompt")
             request = GenerateRequest(new_id("forward"), model, SamplingOptions(),
-                                      prompt=prompt if isinstance(prompt, str) else None)
+                                      prompt=prompt if isinstance(prompt, str) else None, forwarded=forwarded)
             return _forward(adapter.forward(request, path, body), send)
         assert isinstance(req, ChatCompletionRequest | CompletionRequest)
         log_unknown_fields(self.state, req)
@@ -88,7 +89,7 @@ class PassThrough:
         # On uvicorn, with the splice on: the client's socket, for the events between the first and the last.
         to_client = client_socket(scope) if self.splice else None
         return _answer(RelayCall(self.state, adapter, req, body, session.decode("latin-1") if session else None,
-                                 path, to_client), send)
+                                 path, to_client, forwarded), send)
 
 
 async def _answer(call: RelayCall, send: Send) -> None:

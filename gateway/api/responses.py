@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from gateway.api.common import ERROR_RESPONSES, app_state, json_response
+from gateway.middleware.context import request_info
 from gateway.api.streaming import ClientDisconnected, EventStreamResponse, until_disconnect
 from gateway.errors import NotFound
 from gateway.protocol.responses import Response as ResponseObject
@@ -25,12 +26,13 @@ _SSE_DOC: dict[int | str, dict[str, Any]] = {
 async def create_response(body: ResponsesRequest, request: Request) -> Response:
     state = app_state(request)
     session_id = request.headers.get(state.settings.router.session_header)  # router mode's affinity key
+    forwarded = request_info(request.scope).forwarded
     disconnects = state.metrics.child(state.metrics.client_disconnects, state.model_label(body.model))
     try:
         if body.stream:
-            events = await until_disconnect(request.receive, responses.stream(state, body, session_id), request.scope)
+            events = await until_disconnect(request.receive, responses.stream(state, body, session_id, forwarded), request.scope)
             return EventStreamResponse(events, on_disconnect=disconnects.inc)
-        return json_response(await until_disconnect(request.receive, responses.complete(state, body, session_id),
+        return json_response(await until_disconnect(request.receive, responses.complete(state, body, session_id, forwarded),
                                                   request.scope))
     except ClientDisconnected:
         disconnects.inc()

@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from engine_adapters.base import REQUEST_PRIORITY
 from gateway.errors import EngineUnavailable, GatewayError, InvalidRequest, RateLimited
-from gateway.middleware.context import header, is_service_path, request_info, send_error
+from gateway.middleware.context import RequestInfo, header, is_service_path, request_info, send_error
 from gateway.state import AppState
 
 _INT64 = 2**63  # vLLM's own bounds for priority
@@ -139,7 +139,7 @@ class AdmissionMiddleware:
         admission = self._admission(info.model)
         if admission is not None:
             try:
-                await admission.acquire(priority)
+                await self._acquire(admission, priority, info)
             except Refused as exc:
                 self.state.metrics.rejected.labels("admission").inc()
                 await send_error(send, await self._refusal(info.model or "", exc))
@@ -151,6 +151,16 @@ class AdmissionMiddleware:
             REQUEST_PRIORITY.reset(token)
             if admission is not None:
                 admission.release()
+
+    @staticmethod
+    async def _acquire(admission: Admission, priority: int, info: RequestInfo) -> None:
+        trace = info.forwarded.trace
+        if trace is None:
+            await admission.acquire(priority)
+            return
+        with trace.span("tokenyard.admission", {"tokenyard.priority": priority,
+                                                "tokenyard.queue_depth": admission.depth}):
+            await admission.acquire(priority)
 
     def _admission(self, model: str | None) -> Admission | None:
         """Only models this server serves get a queue; for any other name the app answers 404."""

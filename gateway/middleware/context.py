@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 from starlette.types import Scope, Send
 
+from engine_adapters.base import NOTHING_FORWARDED, Forwarded
 from gateway.errors import GatewayError, error_payload
 from gateway.limit_store import KeyLimits
 
@@ -37,6 +38,7 @@ class RequestInfo:
     key_limits: KeyLimits | None = None  # the key's own limits and budgets
     model: str | None = None
     body: Any = None  # the parsed JSON body of a POST
+    forwarded: Forwarded = NOTHING_FORWARDED  # what the engine is told: the request id, the trace context
 
 
 def attach(scope: Scope, info: RequestInfo) -> None:

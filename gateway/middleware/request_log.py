@@ -15,6 +15,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from engine_adapters.base import Forwarded
 from gateway.errors import GatewayError
 from engine_adapters.splice import client_socket
 from gateway.middleware.context import RequestInfo, attach, header, send_error
@@ -25,6 +26,9 @@ log = logging.getLogger(__name__)
 
 # A client's id is echoed only when it is short and plain, so it cannot smuggle anything into logs.
 _ACCEPTED_ID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
+# W3C trace context: passed on to the engine only in its exact shape (version 00; no all-zero ids).
+_TRACEPARENT = re.compile(rb"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
+_TRACESTATE = re.compile(rb"[\x20-\x7e]{1,512}")  # printable ASCII, bounded: list members, as given
 
 
 def request_id_from(scope: Scope) -> str:
@@ -32,6 +36,18 @@ def request_id_from(scope: Scope) -> str:
     if given is not None and _ACCEPTED_ID.fullmatch(given):
         return given.decode()
     return os.urandom(16).hex()
+
+
+def forwarded_from(scope: Scope, request_id: str) -> Forwarded:
+    """What the engine is told about the request: the id the log shows, and the client's trace context
+    when it is well formed (a tracestate only beside a traceparent). Nothing else of the client's."""
+    traceparent = header(scope, b"traceparent")
+    if traceparent is None or not _TRACEPARENT.fullmatch(traceparent):
+        return Forwarded(request_id)
+    tracestate = header(scope, b"tracestate")
+    if tracestate is not None and not _TRACESTATE.fullmatch(tracestate):
+        tracestate = None
+    return Forwarded(request_id, traceparent.decode(), tracestate.decode() if tracestate else None)
 
 
 class RequestLogMiddleware:
@@ -42,7 +58,8 @@ class RequestLogMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        info = RequestInfo(request_id=request_id_from(scope))
+        request_id = request_id_from(scope)
+        info = RequestInfo(request_id=request_id, forwarded=forwarded_from(scope, request_id))
         attach(scope, info)
         id_header = (b"x-request-id", info.request_id.encode())
         status = 0

@@ -23,7 +23,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
-from engine_adapters.base import Chunk, GenerateRequest, Load, ModelInfo, SamplingOptions, Sink
+from engine_adapters.base import NOTHING_FORWARDED, Chunk, Forwarded, GenerateRequest, Load, ModelInfo, SamplingOptions, Sink
 from engine_adapters.openai_http import HttpTimeouts, OpenAIHttpAdapter
 from gateway.errors import EngineUnavailable, GatewayError
 from gateway.observability.metrics import RouteStatus, UpstreamStat
@@ -173,6 +173,27 @@ class RoutedAdapter:
     # -- requests -----------------------------------------------------------------
 
     async def _lease(self, attempts: _Attempts) -> Lease:
+        trace = attempts.request.forwarded.trace
+        if trace is None:
+            return await self._choose(attempts)
+        with trace.span("tokenyard.route", {"tokenyard.route.name": self.route.name,
+                                            "tokenyard.route.policy": self.route.policy}) as span:
+            held = not self.routable()
+            lease = await self._choose(attempts)
+            span.set_attributes({"tokenyard.route.instance": lease.instance.url, "tokenyard.route.held": held,
+                                 "tokenyard.route.candidates": 1 + sum(i.url not in attempts.tried for i in self.routable()),
+                                 "tokenyard.route.reason": self._why(attempts.request)})
+            return lease
+
+    def _why(self, request: GenerateRequest) -> str:
+        """Why the policy chose as it did, in a few words (the route span's reason)."""
+        policy = self.route.policy
+        if policy == "session":
+            return "the session key's instance" if request.routing_key else "no session key: least loaded"
+        return {"prefix": "the prompt prefix's instance, unless it is too loaded", "round-robin": "next in turn",
+                "power-of-two": "the less loaded of two picked at random"}.get(policy, "the least loaded")
+
+    async def _choose(self, attempts: _Attempts) -> Lease:
         if not self.routable():
             await self._hold(attempts.hold_until)
             attempts.tried.clear()  # the instances changed while it was held
@@ -229,32 +250,33 @@ class RoutedAdapter:
             lease.release(outcome)
 
     def generate(self, request: GenerateRequest) -> AsyncIterator[Chunk]:
-        return self._routed(request, lambda adapter: adapter.generate(request))
+        return self._routed(request, lambda adapter, forwarded: adapter.generate(
+            request if forwarded is request.forwarded else dataclasses.replace(request, forwarded=forwarded)))
 
     def relay(self, request: GenerateRequest, path: str, body: dict[str, Any],
               sink: Sink | None = None) -> AsyncIterator[bytes]:
         """The client's request passed through to one instance; its SSE answer back as bytes (base.Relay)."""
-        return self._routed(request, lambda adapter: adapter.relay(path, body, request.request_id, request.model,
-                                                                   sink))
+        return self._routed(request, lambda adapter, forwarded: adapter.relay(
+            path, body, request.request_id, request.model, sink, forwarded))
 
     async def forward(self, request: GenerateRequest, path: str, body: dict[str, Any]) -> bytes:
         """A JSON request that generates nothing, to one instance, retried like generation; the answer's bytes."""
-        async def answer(adapter: OpenAIHttpAdapter) -> AsyncIterator[bytes]:
-            yield await adapter.forward(path, body, request.model)
+        async def answer(adapter: OpenAIHttpAdapter, forwarded: Forwarded) -> AsyncIterator[bytes]:
+            yield await adapter.forward(path, body, request.model, forwarded)
 
         async with contextlib.aclosing(self._routed(request, answer)) as answers:  # type: ignore[type-var]
             async for whole in answers:
                 return whole
         raise EngineUnavailable(f"No instance answered for `{request.model}`.")  # _routed yields or raises
 
-    async def _routed(self, request: GenerateRequest, open_: Callable[[OpenAIHttpAdapter], AsyncIterator[T]]
-                      ) -> AsyncIterator[T]:
+    async def _routed(self, request: GenerateRequest,
+                      open_: Callable[[OpenAIHttpAdapter, Forwarded], AsyncIterator[T]]) -> AsyncIterator[T]:
         attempts = _Attempts(self, request)
         while (lease := await attempts.next()) is not None:
             delivered = False
             try:
-                with self._holding(lease, request.request_id):
-                    async with contextlib.aclosing(open_(lease.instance.adapter)) as source:  # type: ignore[type-var]
+                with self._holding(lease, request.request_id), attempts.traced(lease) as forwarded:
+                    async with contextlib.aclosing(open_(lease.instance.adapter, forwarded)) as source:  # type: ignore[type-var]
                         if request.stream:
                             async for chunk in source:
                                 delivered = True
@@ -279,14 +301,16 @@ class RoutedAdapter:
         finally:
             lease.release(asyncio.CancelledError())
 
-    async def embed(self, request_id: str, model: str, inputs: list[str] | list[list[int]]) -> tuple[list[list[float]], int]:
+    async def embed(self, request_id: str, model: str, inputs: list[str] | list[list[int]],
+                    forwarded: Forwarded = NOTHING_FORWARDED) -> tuple[list[list[float]], int]:
         first = inputs[0] if inputs else ""
-        request = GenerateRequest(request_id, model, SamplingOptions(), prompt=first if isinstance(first, str) else list(first))
+        request = GenerateRequest(request_id, model, SamplingOptions(), prompt=first if isinstance(first, str) else list(first),
+                                  forwarded=forwarded)
         attempts = _Attempts(self, request)
         while (lease := await attempts.next()) is not None:
             try:
-                with self._holding(lease):
-                    return await lease.instance.adapter.embed(request_id, model, inputs)
+                with self._holding(lease), attempts.traced(lease) as sent:
+                    return await lease.instance.adapter.embed(request_id, model, inputs, sent)
             except GatewayError as exc:
                 if not attempts.retry(lease, exc):
                     raise
@@ -310,6 +334,18 @@ class _Attempts:
             await self.route._backoff(self.count)
         self.count += 1
         return await self.route._lease(self)
+
+    @contextlib.contextmanager
+    def traced(self, lease: Lease) -> Iterator[Forwarded]:
+        """One attempt, as a span while tracing is on: what goes to the instance then carries that span's
+        traceparent, so the instance's spans nest under it."""
+        forwarded = self.request.forwarded
+        if forwarded.trace is None:
+            yield forwarded
+            return
+        retry_of = self.error.message if self.error is not None else None
+        with forwarded.trace.attempt(forwarded, lease.instance.url, self.count, retry_of) as sent:
+            yield sent
 
     def retry(self, lease: Lease, exc: GatewayError) -> bool:
         """May the request go on to another instance after this failure?"""

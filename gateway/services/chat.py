@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
-from engine_adapters.base import Chunk, GenerateRequest, TokenLogprob
+from engine_adapters.base import NOTHING_FORWARDED, Chunk, Forwarded, GenerateRequest, TokenLogprob
 from engine_adapters.openai_wire import DONE
 from gateway.errors import InvalidRequest, sse_error
 from gateway.protocol.chat import (
@@ -37,7 +37,7 @@ ROUTE = "/v1/chat/completions"
 
 
 def engine_request(req: ChatCompletionRequest, session_id: str | None = None,
-                   tool_plan: ToolPlan | None = None) -> GenerateRequest:
+                   tool_plan: ToolPlan | None = None, forwarded: Forwarded = NOTHING_FORWARDED) -> GenerateRequest:
     if req.top_logprobs is not None and not req.logprobs:
         raise InvalidRequest("top_logprobs requires logprobs to be true.", param="top_logprobs")
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
@@ -56,6 +56,7 @@ def engine_request(req: ChatCompletionRequest, session_id: str | None = None,
         chat_template_kwargs=req.chat_template_kwargs,
         routing_key=session_id or req.user,
         stream=req.stream,
+        forwarded=forwarded,
     )
 
 
@@ -100,10 +101,10 @@ def _message(content: str, tool_plan: ToolPlan | None) -> tuple[ChatMessageOut, 
 
 
 async def complete(state: AppState, req: ChatCompletionRequest, session_id: str | None = None,
-                   route: str = ROUTE) -> ChatCompletion:
+                   route: str = ROUTE, forwarded: Forwarded = NOTHING_FORWARDED) -> ChatCompletion:
     """`route`: the path whose metrics the request counts in (other APIs answer on the chat path too)."""
     tool_plan = tool_plan_for(state, req)
-    greq = engine_request(req, session_id, tool_plan)
+    greq = engine_request(req, session_id, tool_plan, forwarded)
     metered = MeteredStream(state, state.adapter_for(req.model), greq, route)
     texts: dict[int, list[str]] = {i: [] for i in range(req.n)}
     logprobs: dict[int, list[TokenLogprob]] = {i: [] for i in range(req.n)}
@@ -140,10 +141,10 @@ async def complete(state: AppState, req: ChatCompletionRequest, session_id: str 
 
 
 async def stream(state: AppState, req: ChatCompletionRequest, session_id: str | None = None,
-                 route: str = ROUTE) -> AsyncIterator[bytes]:
+                 route: str = ROUTE, forwarded: Forwarded = NOTHING_FORWARDED) -> AsyncIterator[bytes]:
     """Start the engine request and wait for its first chunk; then hand back the SSE body."""
     tool_plan = tool_plan_for(state, req)
-    greq = engine_request(req, session_id, tool_plan)
+    greq = engine_request(req, session_id, tool_plan, forwarded)
     metered = MeteredStream(state, state.adapter_for(req.model), greq, route)
     chunks = await first_and_rest(metered.chunks())
     return _events(req, greq.request_id, metered, chunks, tool_plan)

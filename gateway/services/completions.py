@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine_adapters.base import Chunk, GenerateRequest, TokenLogprob
+from engine_adapters.base import NOTHING_FORWARDED, Chunk, Forwarded, GenerateRequest, TokenLogprob
 from engine_adapters.openai_wire import DONE
 from gateway.errors import InvalidRequest, sse_error
 from gateway.protocol.common import Usage
@@ -79,7 +79,8 @@ class ChoiceState:
 
 
 class CompletionRun:
-    def __init__(self, state: AppState, req: CompletionRequest, session_id: str | None = None) -> None:
+    def __init__(self, state: AppState, req: CompletionRequest, session_id: str | None = None,
+                 forwarded: Forwarded = NOTHING_FORWARDED) -> None:
         _validate(req)
         self.req = req
         self.id = new_id("cmpl")
@@ -90,7 +91,8 @@ class CompletionRun:
         adapter = state.adapter_for(req.model)
         self.metered = [
             MeteredStream(state, adapter, GenerateRequest(f"{self.id}-{i}", req.model, options, prompt=p,
-                                                          routing_key=session_id or req.user, stream=req.stream), ROUTE)
+                                                          routing_key=session_id or req.user, stream=req.stream,
+                                                          forwarded=forwarded), ROUTE)
             for i, p in enumerate(self.prompts)
         ]
         self.choices: dict[int, ChoiceState] = {}
@@ -133,8 +135,9 @@ class CompletionRun:
         self.metered[0].record(status, usage.prompt_tokens, usage.completion_tokens)
 
 
-async def complete(state: AppState, req: CompletionRequest, session_id: str | None = None) -> Completion:
-    run = CompletionRun(state, req, session_id)
+async def complete(state: AppState, req: CompletionRequest, session_id: str | None = None,
+                   forwarded: Forwarded = NOTHING_FORWARDED) -> Completion:
+    run = CompletionRun(state, req, session_id, forwarded)
     async for chunk in run.chunks():
         run.apply(chunk)
     run.record(200)
@@ -151,8 +154,9 @@ async def complete(state: AppState, req: CompletionRequest, session_id: str | No
     return Completion(id=run.id, created=int(time.time()), model=req.model, choices=choices, usage=run.usage())
 
 
-async def stream(state: AppState, req: CompletionRequest, session_id: str | None = None) -> AsyncIterator[bytes]:
-    run = CompletionRun(state, req, session_id)
+async def stream(state: AppState, req: CompletionRequest, session_id: str | None = None,
+                 forwarded: Forwarded = NOTHING_FORWARDED) -> AsyncIterator[bytes]:
+    run = CompletionRun(state, req, session_id, forwarded)
     chunks = await first_and_rest(run.chunks())
     return _events(run, chunks)
 

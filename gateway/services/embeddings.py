@@ -7,7 +7,7 @@ import sys
 import time
 from array import array
 
-from engine_adapters.base import Embedder
+from engine_adapters.base import NOTHING_FORWARDED, Embedder, Forwarded
 from gateway.errors import InvalidRequest, ModelNotFound
 from gateway.protocol.embeddings import Embedding, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
 from gateway.services.generation import new_id
@@ -39,13 +39,13 @@ def _encode(vector: list[float], encoding_format: str) -> list[float] | str:
 
 
 async def embed(state: AppState, model: str, inputs: list[str] | list[list[int]],
-                route: str) -> tuple[list[list[float]], int]:
+                route: str, forwarded: Forwarded = NOTHING_FORWARDED) -> tuple[list[list[float]], int]:
     """One vector per input from the model's engine, and the prompt tokens; counted in `route`'s metrics."""
     adapter = state.adapter_for(model, kind="embed")
     if not isinstance(adapter, Embedder):
         raise ModelNotFound(model)
     started = time.perf_counter()
-    vectors, prompt_tokens = await adapter.embed(new_id("embd"), model, inputs)
+    vectors, prompt_tokens = await adapter.embed(new_id("embd"), model, inputs, forwarded)
     metrics, label = state.metrics, state.model_label(model)
     metrics.child(metrics.requests, label, route, "200").inc()
     metrics.child(metrics.request_duration, label, route).observe(time.perf_counter() - started)
@@ -53,11 +53,11 @@ async def embed(state: AppState, model: str, inputs: list[str] | list[list[int]]
     return vectors, prompt_tokens
 
 
-async def create(state: AppState, req: EmbeddingRequest) -> EmbeddingResponse:
+async def create(state: AppState, req: EmbeddingRequest, forwarded: Forwarded = NOTHING_FORWARDED) -> EmbeddingResponse:
     state.adapter_for(req.model, kind="embed")  # 404 for an unknown model before the request's own faults
     if req.dimensions is not None:
         raise InvalidRequest("dimensions is not supported for this model.", param="dimensions")
-    vectors, prompt_tokens = await embed(state, req.model, _inputs(req), ROUTE)
+    vectors, prompt_tokens = await embed(state, req.model, _inputs(req), ROUTE, forwarded)
     data = [Embedding(index=i, embedding=_encode(v, req.encoding_format)) for i, v in enumerate(vectors)]
     usage = EmbeddingUsage(prompt_tokens=prompt_tokens, total_tokens=prompt_tokens)
     return EmbeddingResponse(data=data, model=req.model, usage=usage)

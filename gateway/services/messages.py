@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from engine_adapters.base import Chunk
+from engine_adapters.base import NOTHING_FORWARDED, Chunk, Forwarded
 from gateway.errors import InvalidRequest, error_payload, invalid_fields
 from gateway.protocol.chat import (
     ChatCompletion,
@@ -163,8 +163,9 @@ def message_from(completion: ChatCompletion, message_id: str) -> Message:
                                       output_tokens=completion.usage.completion_tokens))
 
 
-async def create(state: AppState, req: MessagesRequest, session_id: str | None = None) -> Message:
-    completion = await chat.complete(state, chat_request(req), session_id, route=ROUTE)
+async def create(state: AppState, req: MessagesRequest, session_id: str | None = None,
+                 forwarded: Forwarded = NOTHING_FORWARDED) -> Message:
+    completion = await chat.complete(state, chat_request(req), session_id, route=ROUTE, forwarded=forwarded)
     return message_from(completion, new_message_id())
 
 
@@ -177,11 +178,12 @@ async def count_tokens(state: AppState, req: CountTokensRequest) -> TokenCount:
     return TokenCount(input_tokens=counted.count)
 
 
-async def stream(state: AppState, req: MessagesRequest, session_id: str | None = None) -> AsyncIterator[bytes]:
+async def stream(state: AppState, req: MessagesRequest, session_id: str | None = None,
+                 forwarded: Forwarded = NOTHING_FORWARDED) -> AsyncIterator[bytes]:
     """Start the engine request and wait for its first chunk (errors before it are plain HTTP errors)."""
     chat_req = chat_request(req)
     tool_plan = chat.tool_plan_for(state, chat_req)
-    greq = chat.engine_request(chat_req, session_id, tool_plan)
+    greq = chat.engine_request(chat_req, session_id, tool_plan, forwarded)
     metered = MeteredStream(state, state.adapter_for(req.model), greq, ROUTE)
     chunks = await first_and_rest(metered.chunks())
     return _events(req.model, metered, chunks, tool_plan)

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from engine_adapters.base import GenerateRequest, Relay, SamplingOptions
+from engine_adapters.base import NOTHING_FORWARDED, Forwarded, GenerateRequest, Relay, SamplingOptions
 from engine_adapters.openai_wire import DONE, answered_whole, holds_usage
 from engine_adapters.splice import CountingSink, Sink
 from gateway.protocol.chat import ChatCompletionRequest
@@ -29,8 +29,10 @@ CHAT, COMPLETIONS = "/v1/chat/completions", "/v1/completions"
 _SET_ONCE = frozenset({"index", "id", "type", "role", "finish_reason", "stop_reason", "object"})
 
 
-def routing_request(req: SamplingFields, session_id: str | None) -> GenerateRequest:
-    """What the route's policy looks at: the prompt's start, the session key, whether it streams."""
+def routing_request(req: SamplingFields, session_id: str | None,
+                    forwarded: Forwarded = NOTHING_FORWARDED) -> GenerateRequest:
+    """What the route's policy looks at: the prompt's start, the session key, whether it streams; and
+    what goes on to the instance besides the body (the request id, the trace context)."""
     messages: list[dict[str, Any]] | None = None
     prompt: str | list[int] | None = None
     if isinstance(req, ChatCompletionRequest):
@@ -40,7 +42,7 @@ def routing_request(req: SamplingFields, session_id: str | None) -> GenerateRequ
         ids = req.prompt if isinstance(first, int) else first or []
         prompt = first if isinstance(first, str) else [int(i) for i in ids if isinstance(i, int)]
     return GenerateRequest(new_id("relay"), req.model, SamplingOptions(n=req.n), prompt=prompt, messages=messages,
-                           routing_key=session_id or req.user, stream=req.stream)
+                           routing_key=session_id or req.user, stream=req.stream, forwarded=forwarded)
 
 
 class RelayCall:
@@ -49,13 +51,15 @@ class RelayCall:
     between the first and the last may go there from the instance's socket (engine_adapters.splice)."""
 
     def __init__(self, state: AppState, adapter: Relay, req: SamplingFields, body: dict[str, Any],
-                 session_id: str | None, path: str, to_client: Sink | None = None) -> None:
+                 session_id: str | None, path: str, to_client: Sink | None = None,
+                 forwarded: Forwarded = NOTHING_FORWARDED) -> None:
         self.req, self.path = req, path
-        self.request = routing_request(req, session_id)
+        self.request = routing_request(req, session_id, forwarded)
+        self.trace = forwarded.trace  # while tracing is on: it sees the events this Sink passes on
         self.metered = MeteredStream(state, adapter, self.request, path)  # type: ignore[arg-type]
         # The splice's sink: each event written there counts for the metrics, as the yielded ones do. It is
         # given no usage event (engine_adapters.splice), so what it writes needs no pass_on.
-        sink = CountingSink(to_client, self.metered.observe) if to_client is not None and req.stream else None
+        sink = CountingSink(to_client, self._written) if to_client is not None and req.stream else None
         self.whole = answered_whole(body)  # the instance answers whole, and that answer is passed on as it is
         self.source = self.metered.pieces(adapter.relay(self.request, path, body, sink))
         options = req.stream_options
@@ -75,6 +79,12 @@ class RelayCall:
                     continue
             kept.append(event)
         return b"\n\n".join(kept)
+
+    def _written(self, events: bytes) -> None:
+        # What the splice wrote: no pass_on, a Sink is given no usage event (engine_adapters.splice).
+        self.metered.observe()
+        if self.trace is not None:
+            self.trace.watch(events)
 
     def record(self, status: int) -> None:
         self.metered.record(status, int(self.usage.get("prompt_tokens") or 0),

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import orjson
 
-from engine_adapters.base import Chunk, GenerateRequest
+from engine_adapters.base import NOTHING_FORWARDED, Chunk, Forwarded, GenerateRequest
 from gateway.errors import GatewayError, InvalidRequest, error_payload
 from gateway.protocol.chat import ChatCompletionRequest, ChatMessageIn
 from gateway.protocol.responses import (
@@ -74,9 +74,9 @@ def chat_request(req: ResponsesRequest) -> ChatCompletionRequest:
                                  temperature=req.temperature, top_p=req.top_p, stream=req.stream, user=req.user)
 
 
-def _engine_request(req: ResponsesRequest, session_id: str | None) -> GenerateRequest:
+def _engine_request(req: ResponsesRequest, session_id: str | None, forwarded: Forwarded) -> GenerateRequest:
     refuse_unsupported(req)
-    greq = chat.engine_request(chat_request(req), session_id)
+    greq = chat.engine_request(chat_request(req), session_id, forwarded=forwarded)
     greq.request_id = new_object_id("resp")  # the response's id is the engine request's
     return greq
 
@@ -103,8 +103,9 @@ def build_response(req: ResponsesRequest, response_id: str, created_at: int, *, 
     )
 
 
-async def complete(state: AppState, req: ResponsesRequest, session_id: str | None = None) -> Response:
-    greq = _engine_request(req, session_id)
+async def complete(state: AppState, req: ResponsesRequest, session_id: str | None = None,
+                   forwarded: Forwarded = NOTHING_FORWARDED) -> Response:
+    greq = _engine_request(req, session_id, forwarded)
     metered = MeteredStream(state, state.adapter_for(req.model), greq, ROUTE)
     created_at = int(time.time())
     texts: list[str] = []
@@ -119,9 +120,10 @@ async def complete(state: AppState, req: ResponsesRequest, session_id: str | Non
                           finish_reason=reason, usage=(prompt_tokens, output_tokens))
 
 
-async def stream(state: AppState, req: ResponsesRequest, session_id: str | None = None) -> AsyncIterator[bytes]:
+async def stream(state: AppState, req: ResponsesRequest, session_id: str | None = None,
+                 forwarded: Forwarded = NOTHING_FORWARDED) -> AsyncIterator[bytes]:
     """Start the engine request and wait for its first chunk (errors before it are plain HTTP errors)."""
-    greq = _engine_request(req, session_id)
+    greq = _engine_request(req, session_id, forwarded)
     metered = MeteredStream(state, state.adapter_for(req.model), greq, ROUTE)
     chunks = await first_and_rest(metered.chunks())
     return _events(req, greq.request_id, metered, chunks)

@@ -92,6 +92,11 @@ class Engine:
         data: dict[str, int] = httpx.get(f"{self.url}/stats", timeout=2).json()
         return data
 
+    def requests(self) -> list[dict[str, Any]]:
+        """The last POSTs this engine received: path and headers (engine_adapters.scripted_server)."""
+        data: list[dict[str, Any]] = httpx.get(f"{self.url}/requests", timeout=2).json()
+        return data
+
     def control(self, **script: Any) -> None:
         httpx.post(f"{self.url}/control", json=script, timeout=2).raise_for_status()
 

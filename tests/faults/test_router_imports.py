@@ -24,3 +24,4 @@ def test_a_serving_router_never_imports_an_engine_package(fleet: Fleet, monkeypa
     imported = set(re.findall(r"^import time:.*\|\s+(\S+)$", log, re.MULTILINE))
     assert "gateway.routing.adapter" in imported  # the log is there and covers the router's own modules
     assert sorted(m for m in imported if m.split(".")[0] in ENGINE_PACKAGES) == []
+    assert sorted(m for m in imported if m.startswith("opentelemetry")) == []  # tracing off: not even imported
