@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 import orjson
 
-from engine_adapters.base import Chunk, GenerateRequest, Load, ModelInfo, Sink
+from engine_adapters.base import Chunk, GenerateRequest, Load, ModelInfo, RawBody, RawHead, Sink
 from engine_adapters.h1 import ConnectFailed, Connection, Pool
 from engine_adapters.openai_wire import (
     DONE,
@@ -47,6 +47,8 @@ from gateway.errors import EngineUnavailable, GatewayError
 log = logging.getLogger(__name__)
 
 _JSON = {"content-type": "application/json"}
+# Answers that say "try another instance": raised before anything is passed on, so the router can retry.
+_TRY_ELSEWHERE = frozenset({429, 502, 503, 504})
 
 
 @dataclass(frozen=True)
@@ -250,6 +252,51 @@ class OpenAIHttpAdapter:
             raise
         return conn, watchdog
 
+    async def relay_raw(self, path: str, body: RawBody, request_id: str, public_model: str
+                        ) -> AsyncGenerator[RawHead | bytes, None]:
+        """Pass a request through as it came (base.RawRelay), under the upstream's model name: the answer's
+        head, then its body's bytes as they come, whatever its status, except one that says to try another
+        instance (_TRY_ELSEWHERE), which raises. Until the head comes, the first-token limit applies to an
+        answer asked for as a stream, the total limit to a whole one."""
+        head, length = _renamed(body, self.model, public_model)
+        watchdog = _Watchdog(self.timeouts, first_s=None if body.streams else self.timeouts.total_s)
+
+        def sent(conn: Connection) -> None:
+            body.consumed = body.rest is not None  # from here on, the client's upload is being read
+            watchdog.watch(conn)
+
+        json = body.content_type == b"application/json"  # else an upload: its own connection, never kept
+        try:
+            if json:
+                conn = await self._pool.post(path, head, sent)
+            else:
+                conn = await self._pool.stream(path, body.content_type, head, body.rest, length, sent)
+        except BaseException as exc:
+            watchdog.cancel()
+            if isinstance(exc, TimeoutError):
+                raise EngineUnavailable("The upstream did not answer in time.") from exc
+            if isinstance(exc, OSError):
+                raise _transport_error(exc) from exc
+            raise
+        self._open[request_id] = conn
+        ended = False
+        try:
+            if conn.status in _TRY_ELSEWHERE:
+                raise upstream_error(conn.status, await conn.read_all(), public_model)
+            yield RawHead(conn.status, conn.content_type or b"application/octet-stream")
+            watchdog.touch()
+            while data := await conn.read():
+                watchdog.touch()
+                yield data
+            ended = True
+        except (TimeoutError, OSError) as exc:
+            raise _stream_error(exc) from exc
+        finally:
+            watchdog.cancel()
+            self._open.pop(request_id, None)
+            # A streamed upload's connection is not kept: the upstream may have answered before reading it all.
+            self._pool.release(conn) if ended and json else conn.close()
+
     # -- embeddings ---------------------------------------------------------------
 
     async def embed(self, request_id: str, model: str, inputs: list[str] | list[list[int]]) -> tuple[list[list[float]], int]:
@@ -365,6 +412,20 @@ class _Events:
     def finish(self) -> None:
         if not self.done:
             raise EngineUnavailable("The upstream ended the stream before it finished.")
+
+
+def _renamed(body: RawBody, upstream: str, public: str) -> tuple[bytes, int | None]:
+    """The body's head, and its whole length, with the public model name replaced by the upstream's."""
+    if upstream == public:
+        return body.head, body.length
+    if body.json is not None:
+        head = orjson.dumps({**body.json, "model": upstream})
+        return head, len(head)
+    if body.model_span is None:
+        return body.head, body.length
+    start, end = body.model_span
+    head = body.head[:start] + upstream.encode() + body.head[end:]
+    return head, None if body.length is None else body.length + len(head) - len(body.head)
 
 
 def _transport_error(exc: Exception) -> EngineUnavailable:

@@ -6,13 +6,16 @@ import time
 from collections.abc import Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from starlette.types import Scope, Send
 
 from gateway.errors import GatewayError, error_payload
 from gateway.limit_store import KeyLimits
+
+if TYPE_CHECKING:
+    from gateway.middleware.body import Upload
 
 # Liveness and readiness answer without a key, while draining and past every limit: probes must work.
 PROBE_PATHS = frozenset({"/health", "/ready"})
@@ -36,7 +39,8 @@ class RequestInfo:
     key_name: str | None = None
     key_limits: KeyLimits | None = None  # the key's own limits and budgets
     model: str | None = None
-    body: Any = None  # the parsed JSON body of a POST
+    body: Any = None  # the parsed JSON body of a POST (a multipart body's first text fields)
+    upload: Upload | None = None  # a multipart body still streaming in (gateway.middleware.body)
 
 
 def attach(scope: Scope, info: RequestInfo) -> None:
