@@ -36,13 +36,14 @@ class FormStart:
         self.model_span: tuple[int, int] | None = None
         self.done = False  # the model field has been read whole
         self._fed = 0  # bytes fed before the current chunk
-        self._header: list[bytes] = []
+        self._header: list[bytes] = [b"", b""]
         self._value: list[bytes] = []
         self._name: str | None = None
         self._is_file = False
         self._span: list[int] = []
         self.parser = MultipartParser(boundary, {  # type: ignore[arg-type]
-            "on_part_begin": self._part_begin, "on_header_field": self._header_field,
+            "on_part_begin": self._part_begin, "on_header_begin": self._header_begin,
+            "on_header_field": self._header_field,
             "on_header_value": self._header_value, "on_header_end": self._header_end,
             "on_part_data": self._part_data, "on_part_end": self._part_end})
 
@@ -56,14 +57,17 @@ class FormStart:
     def _part_begin(self) -> None:
         self._name, self._is_file, self._value, self._span = None, False, [], []
 
+    def _header_begin(self) -> None:
+        self._header = [b"", b""]  # name and value, each given in pieces when a chunk ends inside them
+
     def _header_field(self, data: bytes, start: int, end: int) -> None:
-        self._header = [data[start:end].lower(), b""]
+        self._header[0] += data[start:end].lower()
 
     def _header_value(self, data: bytes, start: int, end: int) -> None:
         self._header[1] += data[start:end]
 
     def _header_end(self) -> None:
-        if self._header and self._header[0] == b"content-disposition":
+        if self._header[0] == b"content-disposition":
             _, options = parse_options_header(self._header[1])
             self._name = options.get(b"name", b"").decode("utf-8", "replace")
             self._is_file = b"filename" in options
