@@ -2,7 +2,8 @@
 rerank, score, pooling, classify, the audio uploads (multipart, read as they come), and one custom path.
 
 The faults apply as they do to generation: 503 and 429 answer with that status, hang never answers, and a
-Messages stream breaks after STALL_AFTER deltas on reset (a TCP reset) or error (vLLM's error event).
+Messages stream breaks after STALL_AFTER deltas on reset (a TCP reset) or error (vLLM's error event); a
+streamed transcription breaks on reset after its first event.
 An audio upload is read as it arrives, and Stats.upload_bytes counts what has come so far, so a test can
 see the upload reach the server before its client has finished sending it.
 """
@@ -154,7 +155,7 @@ async def _audio(server: ScriptedServer, request: HttpRequest, exchange: Exchang
         pieces.append(piece)
     fields = form_fields(b"".join(pieces), request.headers.get("content-type", ""))
     audio = fields.get("file", b"")
-    answer = {"text": f"heard {len(audio)} bytes", "model": fields.get("model", b"").decode(),
+    answer: dict[str, Any] = {"text": f"heard {len(audio)} bytes", "model": fields.get("model", b"").decode(),
               "sha256": hashlib.sha256(audio).hexdigest(), "usage": {"type": "duration", "seconds": 1}}
     if fields.get("stream", b"") != b"true":
         await exchange.json(200, answer)
@@ -162,6 +163,9 @@ async def _audio(server: ScriptedServer, request: HttpRequest, exchange: Exchang
         await exchange.start_stream()
         for word in answer["text"].split():
             await exchange.event({"object": "transcription.chunk", "choices": [{"delta": {"content": word + " "}}]})
+            if server.script.fault == "reset":
+                exchange.reset()
+                return
         await exchange.event({"object": "transcription.chunk", "choices": [], "sha256": answer["sha256"],
                               "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}})
         await exchange.event(b"[DONE]")

@@ -23,9 +23,21 @@ from collections.abc import AsyncIterator
 import orjson
 from starlette.types import Receive, Scope, Send
 
-from engine_adapters.base import GenerateRequest, RawBody, RawHead, RawRelay, SamplingOptions
+from engine_adapters.base import (
+    GenerateRequest,
+    RawBody,
+    RawHead,
+    RawRelay,
+    SamplingOptions,
+)
 from gateway.api.streaming import ClientDisconnected, until_disconnect
-from gateway.errors import GatewayError, InvalidRequest, ModelNotFound, anthropic_path, error_payload
+from gateway.errors import (
+    GatewayError,
+    InvalidRequest,
+    ModelNotFound,
+    anthropic_path,
+    error_payload,
+)
 from gateway.middleware.body import ClientLeft, Upload
 from gateway.middleware.context import header, request_info, send_error
 from gateway.middleware.limits import TAIL_BYTES, usage_in
@@ -104,7 +116,7 @@ async def _answer(metered: MeteredStream, source: AsyncIterator[RawHead | bytes]
                 assert isinstance(piece, bytes)
                 tail = (tail + piece)[-TAIL_BYTES:]
                 await send({"type": "http.response.body", "body": piece, "more_body": True})
-        except Exception as exc:
+        except GatewayError as exc:  # the instance's side broke; a fault of ours propagates (request log)
             metered.record(500, 0, 0)
             if head.content_type.startswith(b"text/event-stream"):
                 await send({"type": "http.response.body", "body": error_event(exc, path), "more_body": True})
@@ -125,9 +137,7 @@ async def refuse(send: Send, exc: GatewayError, upload: Upload | None) -> None:
     await send_error(send, exc, close=upload is not None)
 
 
-def error_event(exc: BaseException, path: str) -> bytes:
+def error_event(exc: GatewayError, path: str) -> bytes:
     """The SSE event that ends a broken stream: Anthropic's `event: error` on its paths, OpenAI's otherwise."""
-    if not isinstance(exc, GatewayError):
-        log.error("stream on %s failed after it began", path, exc_info=exc)
     data = orjson.dumps(error_payload(exc, path)[1])
     return (b"event: error\ndata: " if anthropic_path(path) else b"data: ") + data + b"\n\n"

@@ -33,7 +33,7 @@ FORM_TYPE = f"multipart/form-data; boundary={BOUNDARY}"
 
 def _metric(router_url: str, name: str, labels: str) -> float:
     text = httpx.get(f"{router_url}/metrics", timeout=2).text
-    match = re.search(rf"^{re.escape(name)}\{{{re.escape(labels)}\}} (\S+)$", text, re.M)
+    match = re.search(rf"^{re.escape(name)}\{{{re.escape(labels)}\}} (\S+)$", text, re.MULTILINE)
     return float(match.group(1)) if match else 0.0
 
 
@@ -121,6 +121,20 @@ async def test_a_message_stream_that_breaks_ends_with_anthropics_error_event(fle
     assert kind == "event: error"
     error = orjson.loads(data[len("data: "):])
     assert error["type"] == "error" and error["error"]["type"] == "overloaded_error"
+
+
+async def test_a_transcription_stream_that_breaks_ends_with_openais_error_event(fleet: Fleet) -> None:
+    (engine,), router = fleet.start(1)
+    engine.control(fault="reset")
+    async with httpx.AsyncClient(timeout=30) as client:
+        routed = await client.post(f"{router.url}/v1/audio/transcriptions", data={"model": MODEL, "stream": "true"},
+                                   files={"file": ("a.wav", b"RIFF", "audio/wav")})
+    assert routed.status_code == 200
+    first, last = routed.text.strip().split("\n\n")
+    assert orjson.loads(first[len("data: "):])["object"] == "transcription.chunk"
+    assert orjson.loads(last[len("data: "):])["error"]["code"] == "engine_unavailable"
+    assert _metric(router.url, "tokenyard_requests_total",
+                   f'model="{MODEL}",route="/v1/audio/transcriptions",status="500"') == 1
 
 
 async def test_rerank_score_pooling_and_classify_answer_as_the_instance_does(fleet: Fleet) -> None:
