@@ -256,16 +256,17 @@ class OpenAIHttpAdapter:
                         ) -> AsyncGenerator[RawHead | bytes, None]:
         """Pass a request through as it came (base.RawRelay), under the upstream's model name: the answer's
         head, then its body's bytes as they come, whatever its status, except one that says to try another
-        instance (_TRY_ELSEWHERE), which raises. Until the head comes, the first-token limit applies to an
-        answer asked for as a stream, the total limit to a whole one."""
+        instance (_TRY_ELSEWHERE), which raises. Until the head comes, the first-token limit applies to a JSON
+        request's answer asked for as a stream, the total limit to a whole one and to an upload's."""
         head, length = _renamed(body, self.model, public_model)
-        watchdog = _Watchdog(self.timeouts, first_s=None if body.streams else self.timeouts.total_s)
+        json = body.content_type == b"application/json"  # else an upload: its own connection, never kept
+        # An upload's wait for the head includes the client's sending it: only the total limit fits that.
+        watchdog = _Watchdog(self.timeouts, first_s=None if body.streams and json else self.timeouts.total_s)
 
         def sent(conn: Connection) -> None:
             body.consumed = body.rest is not None  # from here on, the client's upload is being read
             watchdog.watch(conn)
 
-        json = body.content_type == b"application/json"  # else an upload: its own connection, never kept
         try:
             if json:
                 conn = await self._pool.post(path, head, sent)
