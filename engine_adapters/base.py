@@ -244,3 +244,40 @@ def relays(adapter: object) -> bool:
     """Whether `adapter` passes requests through (a Relay). The same test as isinstance(adapter, Relay),
     without the cost of a runtime protocol check on every request."""
     return callable(getattr(adapter, "relay", None))
+
+
+@dataclass
+class RawBody:
+    """A request body passed through as it came (router mode's other paths: Anthropic Messages, rerank, audio
+    uploads...). `head` is what has been read: the whole body, or the start of a multipart upload whose
+    `rest` is still streaming in from the client. `json` is the parsed body, when it is JSON; `model_span` is
+    where the `model` field's value lies in `head`, for a multipart body; either lets the model be renamed."""
+
+    content_type: bytes
+    head: bytes
+    rest: AsyncIterator[bytes] | None = None
+    length: int | None = None  # the whole body's, when the client declared it
+    json: dict[str, Any] | None = None
+    model_span: tuple[int, int] | None = None
+    streams: bool = False  # the answer is asked for as a stream
+    consumed: bool = False  # some of `rest` has been sent, so the body cannot be sent again
+
+
+@dataclass(frozen=True)
+class RawHead:
+    """The start of an answer passed through as it came: its status and content type; the bytes follow."""
+
+    status: int
+    content_type: bytes
+
+
+@runtime_checkable
+class RawRelay(Protocol):
+    """Router mode: requests to a path besides chat and completions passed through to an instance as bytes;
+    the answer comes back as a RawHead and then its body's bytes, whatever the instance answered."""
+
+    def passes_path(self, path: str) -> bool:
+        """Whether requests to `path` are passed through (vLLM's other paths, and the route's own list)."""
+        ...
+
+    def relay_raw(self, request: GenerateRequest, path: str, body: RawBody) -> AsyncIterator[RawHead | bytes]: ...

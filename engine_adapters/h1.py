@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from urllib.parse import urlsplit
 
 import httptools
@@ -36,11 +36,13 @@ class Connection(asyncio.Protocol):
         self.loop = loop
         self.transport: asyncio.Transport | None = None
         self.closed = False
+        self.writable: asyncio.Future[None] | None = None  # while the socket's write buffer is full
         self.reset()
 
     def reset(self) -> None:
         self.parser = httptools.HttpResponseParser(self)
         self.status = 0
+        self.content_type = b""
         self.headers_done = self.complete = self.keep_alive = self.framed = self.paused = False
         self.received = 0  # bytes of this response so far
         self.body: list[bytes] = []
@@ -83,8 +85,22 @@ class Connection(asyncio.Protocol):
             self.on_data = None
             self.body.append(data)
 
+    def pause_writing(self) -> None:
+        self.writable = self.loop.create_future()
+
+    def resume_writing(self) -> None:
+        if self.writable is not None and not self.writable.done():
+            self.writable.set_result(None)
+        self.writable = None
+
+    async def drain(self) -> None:
+        """Wait while the socket's write buffer is full (a streamed request body; see Pool.stream)."""
+        if self.writable is not None:
+            await self.writable
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.resume_writing()
         if self.headers_done and not self.framed:
             self.complete = True  # a body that runs to the end of the connection
         elif not self.complete:
@@ -94,8 +110,11 @@ class Connection(asyncio.Protocol):
     # -- httptools callbacks ----------------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if name.lower() in (b"content-length", b"transfer-encoding"):
+        lower = name.lower()
+        if lower in (b"content-length", b"transfer-encoding"):
             self.framed = True
+        elif lower == b"content-type":
+            self.content_type = value
 
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()
@@ -150,6 +169,7 @@ class Connection(asyncio.Protocol):
         """End the pending and later reads with `exc` (a timeout, a broken stream)."""
         if self.error is None:
             self.error = exc
+        self.resume_writing()
         self._wake()
 
     def close(self) -> None:
@@ -183,8 +203,9 @@ class Pool:
         self.port = url.port or (443 if url.scheme == "https" else 80)
         self.ssl = ssl.create_default_context() if url.scheme == "https" else None
         self.prefix = url.path.rstrip("/")
-        fixed = {"host": url.netloc, "content-type": "application/json", **headers}
-        self.fixed = "".join(f"{name}: {value}\r\n" for name, value in fixed.items()).encode("latin-1")
+        fixed = {"host": url.netloc, **headers}
+        self.fixed_bare = "".join(f"{name}: {value}\r\n" for name, value in fixed.items()).encode("latin-1")
+        self.fixed = b"content-type: application/json\r\n" + self.fixed_bare
         self.connect_s, self.max_idle = connect_s, max_idle
         self.idle: list[Connection] = []
 
@@ -214,6 +235,36 @@ class Pool:
             except BaseException:  # a timeout or a cancel while waiting: the connection is not reusable
                 conn.close()
                 raise
+
+    async def stream(self, path: str, content_type: bytes, head: bytes, rest: AsyncIterator[bytes] | None,
+                     length: int | None, sent: Callable[[Connection], None] = lambda conn: None) -> Connection:
+        """Send a request whose body is `head` and then `rest` as it comes (framed by `length` when known,
+        else chunked), on a new connection: a kept one may have been closed by the server, and a body
+        streamed in from a client cannot be sent again. The connection, once the response's headers are in;
+        if the server answers before the body is all sent, the rest is not sent."""
+        framing = b"content-length: %d" % length if length is not None else b"transfer-encoding: chunked"
+        conn = await self._connect()
+        assert conn.transport is not None
+        try:
+            conn.transport.write(b"POST %s HTTP/1.1\r\ncontent-type: %s\r\n%s%s\r\n\r\n" % (
+                (self.prefix + path).encode("latin-1"), content_type, self.fixed_bare, framing))
+            sent(conn)
+            chunked = length is None
+            pieces = _pieces(head, rest)
+            async for piece in pieces:
+                if conn.closed or conn.headers_done:
+                    break  # answered already (an early error), or gone: head() says which
+                if piece:
+                    conn.transport.write(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
+                    await conn.drain()
+            else:
+                if chunked and not conn.closed:
+                    conn.transport.write(b"0\r\n\r\n")
+            await conn.head()
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
     def release(self, conn: Connection) -> None:
         """A response read to its end: its connection is kept for the next request; otherwise it is closed."""
@@ -246,3 +297,10 @@ class Pool:
         except (OSError, TimeoutError) as exc:
             raise ConnectFailed(f"Cannot connect to {self.host}:{self.port}.") from exc
         return conn
+
+
+async def _pieces(head: bytes, rest: AsyncIterator[bytes] | None) -> AsyncIterator[bytes]:
+    yield head
+    if rest is not None:
+        async for piece in rest:
+            yield piece

@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 import orjson
 
-from engine_adapters.base import NOTHING_FORWARDED, Chunk, Forwarded, GenerateRequest, Load, ModelInfo
+from engine_adapters.base import NOTHING_FORWARDED, Chunk, Forwarded, GenerateRequest, Load, ModelInfo, RawBody, RawHead
 from engine_adapters.h1 import ConnectFailed, Connection, Pool, header_lines
 from engine_adapters.openai_wire import (
     DONE,
@@ -47,6 +47,8 @@ from engine_adapters.errors import EngineUnavailable, GatewayError
 log = logging.getLogger(__name__)
 
 _JSON = {"content-type": "application/json"}
+# Answers that say "try another instance": raised before anything is passed on, so the router can retry.
+_TRY_ELSEWHERE = frozenset({429, 502, 503, 504})
 
 
 @dataclass(frozen=True)
@@ -254,6 +256,52 @@ class OpenAIHttpAdapter:
             raise
         return conn, watchdog
 
+    async def relay_raw(self, path: str, body: RawBody, request_id: str, public_model: str
+                        ) -> AsyncGenerator[RawHead | bytes, None]:
+        """Pass a request through as it came (base.RawRelay), under the upstream's model name: the answer's
+        head, then its body's bytes as they come, whatever its status, except one that says to try another
+        instance (_TRY_ELSEWHERE), which raises. Until the head comes, the first-token limit applies to a JSON
+        request's answer asked for as a stream, the total limit to a whole one and to an upload's."""
+        head, length = _renamed(body, self.model, public_model)
+        json = body.content_type == b"application/json"  # else an upload: its own connection, never kept
+        # An upload's wait for the head includes the client's sending it: only the total limit fits that.
+        watchdog = _Watchdog(self.timeouts, first_s=None if body.streams and json else self.timeouts.total_s)
+
+        def sent(conn: Connection) -> None:
+            body.consumed = body.rest is not None  # from here on, the client's upload is being read
+            watchdog.watch(conn)
+
+        try:
+            if json:
+                conn = await self._pool.post(path, head, sent)
+            else:
+                conn = await self._pool.stream(path, body.content_type, head, body.rest, length, sent)
+        except BaseException as exc:
+            watchdog.cancel()
+            if isinstance(exc, TimeoutError):
+                raise EngineUnavailable("The upstream did not answer in time.") from exc
+            if isinstance(exc, OSError):
+                raise _transport_error(exc) from exc
+            raise
+        self._open[request_id] = conn
+        ended = False
+        try:
+            if conn.status in _TRY_ELSEWHERE:
+                raise upstream_error(conn.status, await conn.read_all(), public_model)
+            yield RawHead(conn.status, conn.content_type or b"application/octet-stream")
+            watchdog.touch()
+            while data := await conn.read():
+                watchdog.touch()
+                yield data
+            ended = True
+        except (TimeoutError, OSError) as exc:
+            raise _stream_error(exc) from exc
+        finally:
+            watchdog.cancel()
+            self._open.pop(request_id, None)
+            # A streamed upload's connection is not kept: the upstream may have answered before reading it all.
+            self._pool.release(conn) if ended and json else conn.close()
+
     # -- embeddings ---------------------------------------------------------------
 
     async def embed(self, request_id: str, model: str, inputs: list[str] | list[list[int]],
@@ -352,6 +400,20 @@ class _Events:
     def finish(self) -> None:
         if not self.done:
             raise EngineUnavailable("The upstream ended the stream before it finished.")
+
+
+def _renamed(body: RawBody, upstream: str, public: str) -> tuple[bytes, int | None]:
+    """The body's head, and its whole length, with the public model name replaced by the upstream's."""
+    if upstream == public:
+        return body.head, body.length
+    if body.json is not None:
+        head = orjson.dumps({**body.json, "model": upstream})
+        return head, len(head)
+    if body.model_span is None:
+        return body.head, body.length
+    start, end = body.model_span
+    head = body.head[:start] + upstream.encode() + body.head[end:]
+    return head, None if body.length is None else body.length + len(head) - len(body.head)
 
 
 def _transport_error(exc: Exception) -> EngineUnavailable:

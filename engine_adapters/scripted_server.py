@@ -4,7 +4,7 @@
                                               [--wire compact|loose]
 
 It serves /health, /v1/models, /metrics (vLLM's load gauges), /v1/chat/completions and /v1/completions
-(streamed or not), and /v1/embeddings. Tokens are `t0 t1 ...`, one every D ms. Faults, also set at
+(streamed or not), and /v1/embeddings; vLLM's other paths are in engine_adapters.scripted_paths. Tokens are `t0 t1 ...`, one every D ms. Faults, also set at
 run time with POST /control {"fault": F, "delay_ms": D, "tokens": N, "poison": WORD, "wire": W}:
 
     none    serve normally            503, 429   answer every generation request with that status
@@ -40,7 +40,7 @@ from typing import Any
 
 import orjson
 
-STALL_AFTER = 3  # chunks sent before a stall or a reset
+from engine_adapters.scripted_paths import JSON_PATHS, STALL_AFTER, UPLOAD_PATHS, body_pieces, serve_path
 
 
 @dataclass
@@ -68,6 +68,7 @@ class Stats:
     completed: int = 0
     aborted: int = 0
     in_flight: int = 0
+    upload_bytes: int = 0  # of audio uploads, counted as they arrive
 
 
 @dataclass
@@ -95,8 +96,11 @@ async def read_request(reader: asyncio.StreamReader) -> HttpRequest | None:
     while (header := await reader.readline()) not in (b"\r\n", b"\n", b""):
         name, _, value = header.decode("latin-1").partition(":")
         headers[name.strip().lower()] = value.strip()
-    body = await reader.readexactly(int(headers.get("content-length", "0") or 0))
-    return HttpRequest(method, path.split("?", 1)[0], headers, body)
+    path = path.split("?", 1)[0]
+    if path in UPLOAD_PATHS:  # its handler reads the body as it comes
+        return HttpRequest(method, path, headers, b"")
+    body = b"".join([piece async for piece in body_pieces(reader, headers)])
+    return HttpRequest(method, path, headers, body)
 
 
 class Exchange:
@@ -176,6 +180,8 @@ class ScriptedServer:
             ("POST", "/tokenize"): self.tokenize,
         }
         handler = routes.get((request.method, request.path))
+        if request.method == "POST" and request.path in JSON_PATHS | UPLOAD_PATHS:
+            handler = lambda r, x: serve_path(self, r, x)  # noqa: E731
         if handler is None:
             await exchange.json(404, {"error": {"message": "not found", "type": "invalid_request_error",
                                                 "param": None, "code": "not_found"}})

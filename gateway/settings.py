@@ -88,6 +88,10 @@ UpstreamUrl = Annotated[str, _no_credentials("give the instance's key as the rou
 KubeApiUrl = Annotated[str, _no_credentials("the API's token is read from token_file")]
 
 
+# A request path from the root, without a query.
+PassthroughPath = Annotated[str, Field(pattern=r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*$", max_length=256)]
+
+
 class DiscoverySettings(BaseModel):
     """Find a route's instances: mode dns re-resolves a (headless Service) DNS name every interval_s;
     mode kubernetes watches the Service's EndpointSlices through the Kubernetes API (Ready endpoints)."""
@@ -130,6 +134,10 @@ class RouteSettings(BaseModel):
         default=None, description="Instead of api_key: a keys file whose first key is sent; re-read when it changes.")
     discovery: DiscoverySettings | None = Field(default=None, description="Find instances by DNS or Kubernetes.")
     hold_timeout_s: float | None = Field(default=None, ge=0, description="This route's hold; default router's.")
+    passthrough_paths: list[PassthroughPath] = Field(
+        default_factory=list,
+        description="More POST paths passed through to the instances as bytes, routed by the body's `model`, "
+                    "besides vLLM's own (/v1/messages, /v1/rerank, /v1/audio/transcriptions, ...).")
 
     @model_validator(mode="after")
     def _one_key_source(self) -> RouteSettings:

@@ -1,4 +1,5 @@
-"""Router mode's fast lane: chat, completions and the tokenizer routes for routed models, in plain ASGI.
+"""Router mode's fast lane: chat, completions and the tokenizer routes for routed models, in plain ASGI
+(and the other paths a route passes through as bytes: gateway.api.raw).
 
 A routed model's request needs no engine work here. Its body is checked against the same wire models as
 in engine mode, so bad input gets the same 400, and then it is passed through to an instance as bytes
@@ -20,6 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from engine_adapters.base import GenerateRequest, Relay, SamplingOptions, relays
 from engine_adapters.openai_wire import DONE
 from engine_adapters.splice import client_socket
+from gateway.api import raw
 from gateway.api.streaming import ClientDisconnected, until_disconnect
 from gateway.errors import GatewayError, error_payload, invalid_fields, sse_error
 from gateway.middleware.context import header, request_info, send_error
@@ -46,6 +48,9 @@ class PassThrough:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         wire = WIRE.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
+        if wire is None and scope["type"] == "http" and scope["method"] == "POST" \
+                and await self._other_path(scope, receive, send):
+            return
         body = request_info(scope).body if wire else None
         model = body.get("model") if isinstance(body, dict) else None
         if model is None and isinstance(body, dict) and wire in (TokenizeRequest, DetokenizeRequest):
@@ -65,6 +70,19 @@ class PassThrough:
         except ClientDisconnected:
             metrics = self.state.metrics
             metrics.child(metrics.client_disconnects, self.state.model_label(model)).inc()
+
+    async def _other_path(self, scope: Scope, receive: Receive, send: Send) -> bool:
+        """A request to a path that a routed model's route passes through as bytes (gateway.api.raw): True
+        when it was answered here."""
+        try:
+            route = raw.target(self.state, scope)
+        except GatewayError as exc:
+            await raw.refuse(send, exc, request_info(scope).upload)
+            return True
+        if route is None:
+            return False
+        await raw.serve(self.state, route, scope, receive, send)
+        return True
 
     def _work(self, scope: Scope, wire: type[BaseModel], body: dict[str, Any], send: Send) -> Awaitable[None]:
         """What answers the request, once its body has passed the same checks as in engine mode."""

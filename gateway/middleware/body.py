@@ -6,12 +6,18 @@ when there is not (chunked uploads). A body that trickles in gets 408 once `body
 passed since the request began. A body past max_json_elements, max_json_containers or max_json_depth
 gets 400 before it is parsed (see check_shape). The parsed body is kept for the limits and admission
 middlewares, and the raw bytes are replayed to the app.
+
+A multipart/form-data body to a path that a route passes through (an audio upload) is not read whole:
+only as far as its `model` field (gateway.middleware.multipart), and the rest streams on to the instance,
+counted against the same cap and deadline as it comes (Upload, BodyStream).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from itertools import accumulate
 from typing import Any
@@ -19,8 +25,10 @@ from typing import Any
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from engine_adapters.base import RawBody
 from gateway.errors import GatewayError, InvalidRequest, PayloadTooLarge, RequestTimeout
 from gateway.middleware.context import header, is_service_path, model_of, request_info, send_error
+from gateway.middleware.multipart import FormStart, boundary_of, read_form_start
 from gateway.state import AppState
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
@@ -93,24 +101,95 @@ def parse_json(raw: bytes, bounds: JsonBounds) -> Any:
         raise InvalidRequest("The request body is not valid JSON.") from None
 
 
-async def read_body(receive: Receive, max_bytes: int, deadline: float) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while True:
+class BodyStream:
+    """The client's body as it arrives, counted against `max_bytes` and a deadline (loop time)."""
+
+    def __init__(self, receive: Receive, max_bytes: int, deadline: float) -> None:
+        self.receive, self.max_bytes, self.deadline = receive, max_bytes, deadline
+        self.size = 0
+        self.more = True
+        self.finished = asyncio.Event()  # the whole body has been read
+        self.taken = False  # a relay reads the rest (take), not the app through `replaying`
+
+    async def next(self) -> bytes:
         try:
-            async with asyncio.timeout_at(deadline):  # in this task: no task per read, as wait_for makes
-                message = await receive()
+            async with asyncio.timeout_at(self.deadline):
+                message = await self.receive()
         except TimeoutError:
             raise RequestTimeout("The request body was not received in time.") from None
         if message["type"] == "http.disconnect":
             raise ClientLeft()
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > max_bytes:
-            raise PayloadTooLarge(f"The request body is larger than {max_bytes} bytes.")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
+        chunk: bytes = message.get("body", b"")
+        self.size += len(chunk)
+        if self.size > self.max_bytes:
+            raise PayloadTooLarge(f"The request body is larger than {self.max_bytes} bytes.")
+        self.more = bool(message.get("more_body", False))
+        if not self.more:
+            self.finished.set()
+        return chunk
+
+    async def discard(self) -> None:
+        """Read what the client still sends and drop it, within the deadline and twice the cap, before an error
+        answer: a connection closed on unread bytes sends a reset, which can lose the answer on its way."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout_at(self.deadline):
+                while self.more and self.size <= 2 * self.max_bytes:
+                    message = await self.receive()
+                    if message["type"] == "http.disconnect":
+                        return
+                    self.size += len(message.get("body", b""))
+                    self.more = bool(message.get("more_body", False))
+
+    def take(self) -> AsyncIterator[bytes] | None:
+        """The rest of the body, for a relay to read; from now on `replaying` only waits for a disconnect."""
+        self.taken = True
+        return self._rest() if self.more else None
+
+    async def _rest(self) -> AsyncIterator[bytes]:
+        while self.more:
+            yield await self.next()
+
+    def replaying(self, head: bytes) -> Receive:
+        """A receive for an app: `head`, then the rest as it comes."""
+        pending = True
+
+        async def receive() -> Message:
+            nonlocal pending
+            if pending:
+                pending = False
+                return {"type": "http.request", "body": head, "more_body": self.more}
+            if self.taken or not self.more:
+                await self.finished.wait()
+                return await self.receive()  # only a disconnect is left to hear
+            return {"type": "http.request", "body": await self.next(), "more_body": self.more}
+
+        return receive
+
+
+
+
+@dataclass
+class Upload:
+    """A multipart body read as far as its model field (gateway.middleware.multipart); the rest is still coming."""
+
+    stream: BodyStream
+    form: FormStart
+    head: bytes
+    content_type: bytes
+    length: int | None
+
+    def raw_body(self) -> RawBody:
+        """The body for a relay, which then reads the rest of it as it comes."""
+        return RawBody(self.content_type, self.head, self.stream.take(), self.length, model_span=self.form.model_span,
+                       streams=self.form.fields.get("stream", "").strip().lower() == "true")
+
+
+async def read_body(receive: Receive, max_bytes: int, deadline: float) -> bytes:
+    stream = BodyStream(receive, max_bytes, deadline)
+    chunks: list[bytes] = []
+    while stream.more:
+        chunks.append(await stream.next())
+    return b"".join(chunks)
 
 
 def replaying(raw: bytes, receive: Receive) -> Receive:
@@ -129,7 +208,7 @@ def replaying(raw: bytes, receive: Receive) -> Receive:
 
 class BodyMiddleware:
     def __init__(self, app: ASGIApp, state: AppState) -> None:
-        self.app = app
+        self.app, self.state = app, state
         self.metrics = state.metrics
         self.max_bytes = state.settings.limits.max_body_bytes
         self.timeout_s = state.settings.limits.body_timeout_s
@@ -140,8 +219,16 @@ class BodyMiddleware:
         if not is_service_path(scope) or scope["method"] not in _BODY_METHODS:
             await self.app(scope, receive, send)
             return
+        info = request_info(scope)
         try:
-            raw = await self._read(scope, receive)
+            length = self._declared(scope)
+            stream = BodyStream(receive, self.max_bytes, asyncio.get_running_loop().time() + self.timeout_s)
+            if (upload := await self._upload(scope, stream, length)) is not None:
+                info.body, info.upload = dict(upload.form.fields), upload
+                info.model = model_of(scope, info.body)
+                await self.app(scope, stream.replaying(upload.head), send)
+                return
+            raw = await read_body(receive, self.max_bytes, stream.deadline)
             body = parse_json(raw, self.bounds) if raw else None
         except ClientLeft:
             return
@@ -151,12 +238,24 @@ class BodyMiddleware:
                 self.metrics.rejected.labels(reason).inc()
             await send_error(send, exc, close=reason is not None)
             return
-        info = request_info(scope)
         info.body, info.model = body, model_of(scope, body)
         await self.app(scope, replaying(raw, receive), send)
 
-    async def _read(self, scope: Scope, receive: Receive) -> bytes:
+    def _declared(self, scope: Scope) -> int | None:
         declared = header(scope, b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+        length = int(declared) if declared is not None and declared.isdigit() else None
+        if length is not None and length > self.max_bytes:
             raise PayloadTooLarge(f"The request body is larger than {self.max_bytes} bytes.")
-        return await read_body(receive, self.max_bytes, asyncio.get_running_loop().time() + self.timeout_s)
+        return length
+
+    async def _upload(self, scope: Scope, stream: BodyStream, length: int | None) -> Upload | None:
+        """A multipart body to a path that a route passes through: read only as far as its model field."""
+        content_type = header(scope, b"content-type")
+        boundary = boundary_of(content_type) if content_type else None
+        if boundary is None or content_type is None or not self._passed_through(scope["path"]):
+            return None
+        form, head = await read_form_start(stream, boundary)
+        return Upload(stream, form, head, content_type, length)
+
+    def _passed_through(self, path: str) -> bool:
+        return any(route.passes_path(path) for route in self.state.routes())

@@ -50,8 +50,9 @@ _USAGE = {name: re.compile(rb'"' + name.encode() + rb'":\s*(\d+)')
           for name in ("prompt_tokens", "completion_tokens", "total_tokens", "input_tokens", "output_tokens")}
 # Requests that generate nothing, besides embeddings: charged their prompt only.
 _PROMPT_ONLY_PATHS = frozenset({"/tokenize", "/detokenize", "/api/v1/token_check", "/v1/messages/count_tokens",
-                                "/v1/score", "/score", "/v1/rerank", "/rerank", "/v2/rerank"})
-_TAIL_BYTES = 512  # usage is the last field of our answers and of the last SSE event
+                                "/v1/score", "/score", "/v1/rerank", "/rerank", "/v2/rerank",
+                                "/pooling", "/classify"})
+TAIL_BYTES = 512  # usage is the last field of our answers and of the last SSE event
 
 
 def _int(value: Any) -> int | None:
@@ -179,6 +180,17 @@ class Usage:
     total_tokens: int
 
 
+def usage_in(tail: bytes) -> Usage | None:
+    """The last `usage` in an answer's last bytes (TAIL_BYTES): OpenAI's, or Anthropic's; JSON or SSE."""
+    found = {name: int(values[-1]) for name, pattern in _USAGE.items() if (values := pattern.findall(tail))}
+    if "total_tokens" in found:
+        return Usage(found.get("prompt_tokens", 0), found.get("completion_tokens", 0), found["total_tokens"])
+    if "input_tokens" in found and "output_tokens" in found:  # Anthropic's: no total
+        inputs, outputs = found["input_tokens"], found["output_tokens"]
+        return Usage(inputs, outputs, inputs + outputs)
+    return None
+
+
 class UsageMeter:
     """Wraps `send`: adds the rate headers to the answer, and reads the usage it reports."""
 
@@ -192,7 +204,7 @@ class UsageMeter:
             self.status = message["status"]
             message = {**message, "headers": [*message.get("headers", ()), *self._headers]}
         elif message["type"] == "http.response.body":
-            self._tail = (self._tail + message.get("body", b""))[-_TAIL_BYTES:]
+            self._tail = (self._tail + message.get("body", b""))[-TAIL_BYTES:]
         await self._send(message)
 
     @property
@@ -201,13 +213,7 @@ class UsageMeter:
 
     def usage(self) -> Usage | None:
         """The answer's last `usage`, when it has one."""
-        found = {name: int(values[-1]) for name, pattern in _USAGE.items() if (values := pattern.findall(self._tail))}
-        if "total_tokens" in found:
-            return Usage(found.get("prompt_tokens", 0), found.get("completion_tokens", 0), found["total_tokens"])
-        if "input_tokens" in found and "output_tokens" in found:  # Anthropic's: no total
-            inputs, outputs = found["input_tokens"], found["output_tokens"]
-            return Usage(inputs, outputs, inputs + outputs)
-        return None
+        return usage_in(self._tail)
 
     def used(self, charged: int) -> int:
         """Tokens the request really used: none when it failed, the estimate when the answer did not say."""

@@ -23,7 +23,9 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
-from engine_adapters.base import NOTHING_FORWARDED, Chunk, Forwarded, GenerateRequest, Load, ModelInfo, SamplingOptions, Sink
+from engine_adapters.base import (
+    NOTHING_FORWARDED, Chunk, Forwarded, GenerateRequest, Load, ModelInfo, RawBody, RawHead, SamplingOptions, Sink,
+)
 from engine_adapters.openai_http import HttpTimeouts, OpenAIHttpAdapter
 from gateway.errors import EngineUnavailable, GatewayError
 from gateway.observability.metrics import RouteStatus, UpstreamStat
@@ -38,6 +40,12 @@ from gateway.settings import RouterSettings, RouteSettings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+# vLLM's paths besides chat, completions, embeddings, responses and the tokenizer's, which a route passes
+# through to its instances as bytes (base.RawRelay); a route's passthrough_paths adds more.
+VLLM_PATHS = frozenset({"/v1/messages", "/v1/messages/count_tokens", "/v1/rerank", "/rerank", "/v2/rerank",
+                        "/v1/score", "/score", "/pooling", "/classify", "/v1/audio/transcriptions",
+                        "/v1/audio/translations"})
 
 
 class RoutedAdapter:
@@ -259,6 +267,15 @@ class RoutedAdapter:
         return self._routed(request, lambda adapter, forwarded: adapter.relay(
             path, body, request.request_id, request.model, sink, forwarded))
 
+    def passes_path(self, path: str) -> bool:
+        return path in VLLM_PATHS or path in self.route.passthrough_paths
+
+    def relay_raw(self, request: GenerateRequest, path: str, body: RawBody) -> AsyncIterator[RawHead | bytes]:
+        """A request passed through as it came (base.RawRelay), retried elsewhere before its answer's head
+        while its body can still be sent again (an upload streamed from the client cannot)."""
+        return self._routed(request, lambda adapter, _: adapter.relay_raw(path, body, request.request_id, request.model),
+                            replayable=lambda: not body.consumed)
+
     async def forward(self, request: GenerateRequest, path: str, body: dict[str, Any]) -> bytes:
         """A JSON request that generates nothing, to one instance, retried like generation; the answer's bytes."""
         async def answer(adapter: OpenAIHttpAdapter, forwarded: Forwarded) -> AsyncIterator[bytes]:
@@ -270,7 +287,8 @@ class RoutedAdapter:
         raise EngineUnavailable(f"No instance answered for `{request.model}`.")  # _routed yields or raises
 
     async def _routed(self, request: GenerateRequest,
-                      open_: Callable[[OpenAIHttpAdapter, Forwarded], AsyncIterator[T]]) -> AsyncIterator[T]:
+                      open_: Callable[[OpenAIHttpAdapter, Forwarded], AsyncIterator[T]],
+                      replayable: Callable[[], bool] = lambda: True) -> AsyncIterator[T]:
         attempts = _Attempts(self, request)
         while (lease := await attempts.next()) is not None:
             delivered = False
@@ -288,7 +306,7 @@ class RoutedAdapter:
                                 yield chunk
                 return
             except GatewayError as exc:
-                if delivered or not attempts.retry(lease, exc):
+                if delivered or not replayable() or not attempts.retry(lease, exc):
                     raise
         raise attempts.last_error()
 

@@ -76,3 +76,13 @@ def test_a_kubernetes_api_url_with_credentials_is_refused() -> None:
     with pytest.raises(ValidationError, match="token_file") as refused:
         Settings(routes=[{"name": "m", "discovery": discovery}])
     assert "s3cretpw" not in str(refused.value)
+
+
+def test_a_routes_passthrough_paths_default_empty_and_must_be_paths() -> None:
+    from gateway.settings import RouteSettings
+
+    assert RouteSettings(name="m").passthrough_paths == []
+    assert RouteSettings(name="m", passthrough_paths=["/v1/new"]).passthrough_paths == ["/v1/new"]
+    for bad in ("v1/new", "/v1/new?x=1", "/v1 new"):
+        with pytest.raises(ValidationError):
+            RouteSettings(name="m", passthrough_paths=[bad])
