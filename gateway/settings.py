@@ -127,12 +127,26 @@ class RouteSettings(BaseModel):
         default=None, description="Instead of api_key: a keys file whose first key is sent; re-read when it changes.")
     discovery: DiscoverySettings | None = None
     hold_timeout_s: float | None = Field(default=None, ge=0, description="This route's hold; default router's.")
+    # LoRA-aware placement (gateway.routing.lora): each adapter is a model name of this route.
+    lora_adapters: dict[str, Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=dict, description="LoRA adapters the instances serve: name -> its path on the instances.")
+    lora_runtime_load: bool = Field(default=False, description="Load an adapter that no instance holds "
+                                    "(POST /v1/load_lora_adapter) on the least-loaded instance.")
+    max_loras: int | None = Field(default=None, ge=1, description="Adapters one instance holds, where its "
+                                  "metrics do not say (vllm:lora_requests_info max_lora); default no limit.")
 
     @model_validator(mode="after")
     def _one_key_source(self) -> RouteSettings:
         if self.api_key is not None and self.api_key_file is not None:
             raise ValueError("set api_key or api_key_file, not both")
+        if self.lora_adapters and self.kind != "generate":
+            raise ValueError(f"route {self.name!r}: LoRA adapters need a generate route")
         return self
+
+    @property
+    def names(self) -> list[str]:
+        """Every model name the route serves: its name, its aliases and its LoRA adapters."""
+        return [self.name, *self.aliases, *self.lora_adapters]
 
 
 class RouterSettings(BaseModel):

@@ -20,6 +20,7 @@ class FakeUpstream:
         self.attempts = 0
         self.aborted: list[str] = []
         self.max_len: int | None = 2048
+        self.lora_names: frozenset[str] = frozenset()
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[Chunk]:
         self.attempts += 1
