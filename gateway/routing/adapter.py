@@ -53,7 +53,7 @@ class RoutedAdapter:
         self.upstream_model = route.upstream_model or route.name
         self.rng = rng or random.Random()
         self.policy = make_policy(route.policy, settings, self.rng)
-        self.lora = LoraPlacement(route, self.policy)
+        self.lora = LoraPlacement(route, self.policy, recheck_s=settings.health_interval_s)
         self.instances: dict[str, Instance] = {}  # url -> instance, in config order
         self._resolver = resolver
         self._key = RouteKey(route.api_key, route.api_key_file)
@@ -202,7 +202,7 @@ class RoutedAdapter:
             instance = self.policy.choose(candidates, attempts.request)
             attempts.tried.add(instance.url)
             return Lease(instance)
-        instance = await self.lora.choose(candidates, attempts.request)
+        instance = await self.lora.choose(candidates, attempts.request, attempts.hold_until)
         attempts.tried.add(instance.url)
         self.lora.track(instance, model)
         return Lease(instance, on_release=lambda: self.lora.release(instance, model))

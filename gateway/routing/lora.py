@@ -7,12 +7,15 @@ with the route's max_loras where the gauge is missing. Each request is one of th
 
     hit       some candidate holds the adapter: the route's policy chooses among those
     loaded    none does, and lora_runtime_load is on: the adapter is loaded on the least-loaded
-              candidate with room, or, where every one is full, on one where the least recently used
-              adapter is idle (no request of ours, none running or waiting there) and is unloaded first
+              candidate with room, or, where every one is full, on the one whose least recently used
+              idle adapter (no request of ours, none running or waiting there) is the coldest, which is
+              unloaded first
     fallback  none does, and the router may not load it: the route's policy chooses among all of them
 
 A load is single-flight: concurrent first requests for an adapter wait for the one load and go where it
 went. A load that fails goes on to the next instance; when none could load it, the request gets 503.
+When every instance is full and no adapter is idle (or the gauges, scraped each health interval, still
+say so), the request waits, re-checking each interval, for up to the route's hold timeout, then gets 503.
 """
 
 from __future__ import annotations
@@ -50,13 +53,18 @@ def held(instance: Instance) -> set[str]:
     return {info.name for info in instance.adapter.models() if info.parent is not None}
 
 
+class NoRoom(EngineUnavailable):
+    """Every instance holds as many adapters as it can, all in use."""
+
+
 class LoraPlacement:
-    def __init__(self, route: RouteSettings, policy: Policy) -> None:
+    def __init__(self, route: RouteSettings, policy: Policy, recheck_s: float) -> None:
         self.route_name = route.name
         self.paths = route.lora_adapters
         self.runtime_load = route.lora_runtime_load
         self.max_loras = route.max_loras
         self.policy = policy
+        self.recheck_s = recheck_s
         self.counts = LoraCounts()
         self._loading: dict[str, asyncio.Task[Instance]] = {}  # adapter -> its load in progress
         self._last_used: dict[tuple[str, str], float] = {}  # (instance url, adapter) -> monotonic time
@@ -65,8 +73,19 @@ class LoraPlacement:
     def serves(self, model: str) -> bool:
         return model in self.paths
 
-    async def choose(self, candidates: Sequence[Instance], request: GenerateRequest) -> Instance:
-        """The instance for a request naming one of the route's adapters, loading it there if need be."""
+    async def choose(self, candidates: Sequence[Instance], request: GenerateRequest, until: float) -> Instance:
+        """The instance for a request naming one of the route's adapters, loading it there if need be;
+        while there is no room for it, wait until `until` (monotonic) for some."""
+        while True:
+            try:
+                return await self._choose(candidates, request)
+            except NoRoom:
+                left = until - time.monotonic()
+                if left <= 0:
+                    raise
+                await asyncio.sleep(min(left, self.recheck_s))
+
+    async def _choose(self, candidates: Sequence[Instance], request: GenerateRequest) -> Instance:
         name = request.model
         holders = [c for c in candidates if name in held(c)]
         if holders:
@@ -106,20 +125,25 @@ class LoraPlacement:
         limit = self.capacity(instance)
         return limit is None or len(held(instance)) < limit
 
+    def last_used(self, instance: Instance, name: str | None) -> float:
+        return self._last_used.get((instance.url, name or ""), 0.0)
+
     def idle_adapter(self, instance: Instance) -> str | None:
         """The least recently used adapter on the instance with no request running or waiting, if any."""
         gauge = instance.engine.lora
         busy = gauge.busy if gauge is not None else frozenset()
         idle = [a for a in held(instance) if a not in busy and not self._in_flight[(instance.url, a)]
                 and a not in self._loading]
-        return min(idle, key=lambda a: self._last_used.get((instance.url, a), 0.0), default=None)
+        return min(idle, key=lambda a: self.last_used(instance, a), default=None)
 
     async def _load(self, name: str, candidates: list[Instance]) -> Instance:
+        # The least loaded with room; else where the adapter to unload is the coldest of all.
         by_load = sorted(candidates, key=lambda c: c.score())
+        full = [(c, victim) for c in by_load if not self.has_room(c) and (victim := self.idle_adapter(c))]
         targets = [c for c in by_load if self.has_room(c)] + [
-            c for c in by_load if not self.has_room(c) and self.idle_adapter(c) is not None]
+            c for c, victim in sorted(full, key=lambda pair: self.last_used(*pair))]
         if not targets:
-            raise EngineUnavailable(f"Every instance of `{self.route_name}` holds as many LoRA adapters as it can, "
+            raise NoRoom(f"Every instance of `{self.route_name}` holds as many LoRA adapters as it can, "
                                     f"all in use; `{name}` cannot be loaded now.")
         for instance in targets:
             try:

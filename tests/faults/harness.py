@@ -98,10 +98,11 @@ class Engine:
 
 class Router:
     """`python -m gateway serve --config router.yaml`: one route over the given instance URLs; `config` adds
-    top-level settings (keys, limits)."""
+    top-level settings (keys, limits), `route` the route's own (LoRA adapters)."""
 
     def __init__(self, workdir: Path, upstreams: list[str], policy: str = "least-loaded", log_level: str = "warning",
-                 aliases: tuple[str, ...] = (), config: dict[str, Any] | None = None, **router: Any) -> None:
+                 aliases: tuple[str, ...] = (), config: dict[str, Any] | None = None,
+                 route: dict[str, Any] | None = None, **router: Any) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.config = workdir / f"router-{self.port}.yaml"
@@ -110,12 +111,13 @@ class Router:
                          "health_interval_s": 0.5, "breaker_failures": 3, "breaker_cooldown_s": 2,
                          "retry_backoff_s": 0.02, "reload_interval_s": 0.2, **router}
         self.policy, self.log_level, self.aliases, self.extra = policy, log_level, list(aliases), config or {}
+        self.route = route or {}
         self.write_config(upstreams)
         self.log_path = workdir / f"router-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def write_config(self, upstreams: list[str]) -> None:
-        route = {"name": MODEL, "policy": self.policy, "upstreams": upstreams, "aliases": self.aliases}
+        route = {"name": MODEL, "policy": self.policy, "upstreams": upstreams, "aliases": self.aliases, **self.route}
         config = {"routes": [route], "router": self.settings, "log_level": self.log_level, **self.extra}
         self.config.write_text(yaml.safe_dump(config))
 
@@ -156,10 +158,10 @@ class Fleet:
         self.routers: list[Router] = []
 
     def start(self, count: int, tokens: int = 16, delay_ms: float = 10, config: dict[str, Any] | None = None,
-              **router: Any) -> tuple[list[Engine], Router]:
+              route: dict[str, Any] | None = None, **router: Any) -> tuple[list[Engine], Router]:
         engines = [Engine(self.workdir, tokens, delay_ms).start() for _ in range(count)]
         self.engines += engines
-        router_proc = Router(self.workdir, [e.url for e in engines], config=config, **router).start()
+        router_proc = Router(self.workdir, [e.url for e in engines], config=config, route=route, **router).start()
         self.routers.append(router_proc)
         for engine in engines:
             engine.wait_ready()

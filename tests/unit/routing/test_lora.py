@@ -21,7 +21,8 @@ A, B, C = URLS = ["http://a:1", "http://b:1", "http://c:1"]
 PATHS = {"x": "/loras/x", "y": "/loras/y", "z": "/loras/z", "broken": "/loras/bad"}
 
 
-def routed(policy: str = "least-loaded", **route: Any) -> tuple[RoutedAdapter, dict[str, FakeLoraUpstream]]:
+def routed(policy: str = "least-loaded", health_interval_s: float = 3600,
+           **route: Any) -> tuple[RoutedAdapter, dict[str, FakeLoraUpstream]]:
     fakes: dict[str, FakeLoraUpstream] = {}
 
     def connect(url: str) -> Any:
@@ -29,7 +30,7 @@ def routed(policy: str = "least-loaded", **route: Any) -> tuple[RoutedAdapter, d
 
     settings = RouteSettings(name="base", policy=policy, upstreams=URLS,  # type: ignore[arg-type]
                              lora_adapters=PATHS, **route)
-    adapter = RoutedAdapter(settings, RouterSettings(retry_backoff_s=0.0, health_interval_s=3600),
+    adapter = RoutedAdapter(settings, RouterSettings(retry_backoff_s=0.0, health_interval_s=health_interval_s),
                             rng=random.Random(0), connect=connect)
     for url in URLS:
         adapter.add_instance(url)
@@ -153,7 +154,7 @@ async def test_when_all_are_full_the_least_recently_used_idle_adapter_is_unloade
 
 
 async def test_an_adapter_with_our_requests_in_flight_is_not_unloaded() -> None:
-    adapter, fakes = routed(policy="round-robin", lora_runtime_load=True, max_loras=1)
+    adapter, fakes = routed(policy="round-robin", lora_runtime_load=True, max_loras=1, hold_timeout_s=0)
     for url in URLS:
         fakes[url].held = ["y"]  # idle as far as the gauges say
     fakes[A].behaviour = fakes[B].behaviour = fakes[C].behaviour = "endless"
@@ -168,6 +169,18 @@ async def test_an_adapter_with_our_requests_in_flight_is_not_unloaded() -> None:
         await stream.aclose()  # type: ignore[attr-defined]
     fakes[A].behaviour = fakes[B].behaviour = fakes[C].behaviour = "ok"
     assert await served_by(adapter, "x") in URLS and adapter.lora.counts.unloads == 1
+
+
+async def test_a_request_with_no_room_waits_for_an_adapter_to_become_idle() -> None:
+    adapter, fakes = routed(policy="round-robin", health_interval_s=0.01, lora_runtime_load=True, max_loras=1)
+    for url in URLS:
+        fakes[url].held = ["y"]
+        gauge(adapter, url, busy=("y",))  # in use by requests of another router
+    waiting = asyncio.ensure_future(served_by(adapter, "x"))
+    await asyncio.sleep(0.05)
+    assert not waiting.done() and not any(f.loads for f in fakes.values())
+    gauge(adapter, B)  # its next scrape: idle now
+    assert await waiting == B and fakes[B].unloads == ["y"] and fakes[B].held == ["x"]
 
 
 async def test_a_failed_load_goes_on_to_the_next_instance() -> None:
