@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import subprocess
 from typing import Any
 
 import httpx
@@ -73,6 +74,9 @@ def test_a_full_instance_sends_the_next_adapter_elsewhere_then_the_idle_lru_one_
     assert sorted(map(sorted, held)) == [["ad-1"], ["ad-3"]], held
     assert sum(e.stats()["lora_unloads"] for e in engines) == 1
     assert lora_metric(router, "unloads") == 1 and lora_metric(router, "loads") == 3
+    lint = subprocess.run(["promtool", "check", "metrics"], input=httpx.get(f"{router.url}/metrics").text,
+                          capture_output=True, text=True)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
 
 
 async def test_an_adapter_busy_everywhere_is_not_unloaded_and_the_request_gets_a_clear_503(fleet: Fleet) -> None:
