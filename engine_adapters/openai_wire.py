@@ -258,7 +258,8 @@ def parse_load(text: bytes, model: str) -> EngineLoad:
             labelled = True
             mine[name] += value
     values = mine if labelled else sums
-    return EngineLoad(*(values[name] for name in _LOAD_GAUGES), lora=_lora_gauge(lora[1]) if lora else None)
+    waiting, running, kv_cache_usage = (values[name] for name in _LOAD_GAUGES)
+    return EngineLoad(waiting, running, kv_cache_usage, lora=_lora_gauge(lora[1]) if lora else None)
 
 
 def _latest(best: tuple[float, bytes] | None, line: bytes) -> tuple[float, bytes] | None:

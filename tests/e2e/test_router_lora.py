@@ -82,12 +82,12 @@ def holds(instance: str) -> bool:
 def adapter_requests(instance: str) -> float:
     text = httpx.get(f"{instance}/metrics", timeout=10).text
     pattern = rf'^tokenyard_requests_total\{{[^}}]*model="{re.escape(ADAPTER_NAME)}"[^}}]*\}} (\S+)$'
-    return sum(float(v) for v in re.findall(pattern, text, re.M))
+    return sum(float(v) for v in re.findall(pattern, text, re.MULTILINE))
 
 
 def router_metric(router: str, name: str) -> float:
     text = httpx.get(f"{router}/metrics", timeout=10).text
-    match = re.search(rf'^{name}\{{[^}}]*model="{TEXT_MODEL}"[^}}]*\}} (\S+)$', text, re.M)
+    match = re.search(rf'^{name}\{{[^}}]*model="{TEXT_MODEL}"[^}}]*\}} (\S+)$', text, re.MULTILINE)
     assert match, f"{name} is missing"
     return float(match.group(1))
 

@@ -32,30 +32,29 @@ def ask(router: Router, model: str) -> httpx.Response:
 def lora_metric(router: Router, name: str, **labels: str) -> float:
     text = httpx.get(f"{router.url}/metrics", timeout=2).text
     wanted = ",".join(f'{k}="{v}"' for k, v in sorted({"model": "scripted", **labels}.items()))
-    match = re.search(rf"^tokenyard_route_lora_{name}_total\{{{re.escape(wanted)}\}} (\S+)$", text, re.M)
+    match = re.search(rf"^tokenyard_route_lora_{name}_total\{{{re.escape(wanted)}\}} (\S+)$", text, re.MULTILINE)
     assert match, f"tokenyard_route_lora_{name}_total{{{wanted}}} is missing"
     return float(match.group(1))
 
 
 async def test_concurrent_first_requests_load_once_and_the_rest_follow(fleet: Fleet) -> None:
     engines, router = start(fleet, lora_load_ms=300)
+    body = {"model": "ad-1", "prompt": "hi", "max_tokens": 4}
     async with httpx.AsyncClient(base_url=router.url, timeout=10) as client:
-        answers = await asyncio.gather(*(
-            client.post("/v1/completions", json={"model": "ad-1", "prompt": "hi", "max_tokens": 4}) for _ in range(8)))
-    assert [a.status_code for a in answers] == [200] * 8
-    assert {a.json()["choices"][0]["text"] for a in answers} == {"ad-1:t0 ad-1:t1 ad-1:t2 ad-1:t3 "}
+        answers = await asyncio.gather(*(client.post("/v1/completions", json=body) for _ in range(8)))
+        stats = [engine.stats() for engine in engines]
+        later = [await client.post("/v1/completions", json=body) for _ in range(4)]  # they go where it is loaded
+        models = (await client.get("/v1/models")).json()["data"]
+    assert [a.status_code for a in answers + later] == [200] * 12
+    assert {a.json()["choices"][0]["text"] for a in answers + later} == {"ad-1:t0 ad-1:t1 ad-1:t2 ad-1:t3 "}
     assert {a.json()["model"] for a in answers} == {"ad-1"}
-    stats = [engine.stats() for engine in engines]
     assert sum(s["lora_loads"] for s in stats) == 1, stats
     holder = next(i for i, s in enumerate(stats) if s["lora_loads"])
-    for _ in range(4):  # later requests go where it is loaded, whatever the load elsewhere
-        assert ask(router, "ad-1").json()["choices"][0]["text"].startswith("ad-1:")
     after = [engine.stats() for engine in engines]
     assert after[holder]["lora_requests"] == 12 and after[1 - holder]["lora_requests"] == 0
     assert lora_metric(router, "loads") == 1
     assert lora_metric(router, "placements", decision="loaded") == 8
     assert lora_metric(router, "placements", decision="hit") == 4
-    models = httpx.get(f"{router.url}/v1/models", timeout=2).json()["data"]
     assert {m["id"]: m.get("parent") for m in models} == {"scripted": None, "ad-1": "scripted", "ad-2": "scripted",
                                                           "ad-3": "scripted"}
 
@@ -75,7 +74,7 @@ def test_a_full_instance_sends_the_next_adapter_elsewhere_then_the_idle_lru_one_
     assert sum(e.stats()["lora_unloads"] for e in engines) == 1
     assert lora_metric(router, "unloads") == 1 and lora_metric(router, "loads") == 3
     lint = subprocess.run(["promtool", "check", "metrics"], input=httpx.get(f"{router.url}/metrics").text,
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, check=False)
     assert lint.returncode == 0, lint.stdout + lint.stderr
 
 

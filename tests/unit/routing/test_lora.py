@@ -67,7 +67,7 @@ async def test_the_routes_policy_chooses_among_the_holders() -> None:
 
 
 async def test_the_base_model_is_routed_as_before() -> None:
-    adapter, fakes = routed(policy="round-robin", lora_runtime_load=True)
+    adapter, _ = routed(policy="round-robin", lora_runtime_load=True)
     assert [await served_by(adapter, "base") for _ in range(3)] == URLS
     assert sum(adapter.lora.counts.decisions.values()) == 0
 
