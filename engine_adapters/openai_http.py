@@ -62,9 +62,11 @@ class HttpTimeouts:
 
 class OpenAIHttpAdapter:
     def __init__(self, base_url: str, model: str, *, timeouts: HttpTimeouts | None = None,
-                 api_key: str | None = None, client: httpx.AsyncClient | None = None) -> None:
+                 api_key: str | None = None, client: httpx.AsyncClient | None = None,
+                 lora_names: frozenset[str] = frozenset()) -> None:
         self.base_url = base_url.rstrip("/")
         self.model = model  # the name the upstream serves, which may differ from the public one
+        self.lora_names = lora_names  # LoRA adapters: sent upstream under their own name
         self.timeouts = timeouts or HttpTimeouts()
         headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
         # One pooled client per instance: connections are reused across requests.
@@ -114,7 +116,8 @@ class OpenAIHttpAdapter:
             raise upstream_error(response.status_code, response.content, self.model)
         try:
             cards = orjson.loads(response.content).get("data") or []
-            self._models = [ModelInfo(c["id"], c.get("max_model_len"), root=c.get("root")) for c in cards]
+            self._models = [ModelInfo(c["id"], c.get("max_model_len"), root=c.get("root"), parent=c.get("parent"))
+                            for c in cards]
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise EngineUnavailable("The upstream's model list is not OpenAI's shape.") from exc
 
@@ -141,7 +144,7 @@ class OpenAIHttpAdapter:
     # -- generation ---------------------------------------------------------------
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[Chunk]:
-        path, payload = request_payload(request, self.model)
+        path, payload = request_payload(request, self.upstream_name(request.model))
         reader = ChunkReader(request)
         raw_stream = self.stream_raw(path, payload, request.request_id, request.model, forwarded=request.forwarded)
         async with contextlib.aclosing(raw_stream) as raw:
@@ -157,10 +160,11 @@ class OpenAIHttpAdapter:
         usage); answer its SSE body in whole events, each `"model"` renamed back to the public name. With a
         `sink`, the events after the first go to it from the socket's callback where they can
         (engine_adapters.splice walks the whole path)."""
-        rename = ModelRename(self.model, public_model) if public_model != self.model else None
+        model = self.upstream_name(public_model)
+        rename = ModelRename(model, public_model) if public_model != model else None
         if answered_whole(body):
-            return self._whole(path, {**body, "model": self.model}, request_id, public_model, rename, forwarded)
-        payload = {**body, "model": self.model, "stream": True,
+            return self._whole(path, {**body, "model": model}, request_id, public_model, rename, forwarded)
+        payload = {**body, "model": model, "stream": True,
                    "stream_options": {**(body.get("stream_options") or {}), "include_usage": True}}
         return self.stream_raw(path, payload, request_id, public_model, rename, sink, forwarded)
 
@@ -214,7 +218,29 @@ class OpenAIHttpAdapter:
                       forwarded: Forwarded = NOTHING_FORWARDED) -> bytes:
         """POST a JSON request that generates nothing (the tokenizer routes) under the upstream's model name;
         the upstream's JSON answer, as bytes."""
-        return await self._answer(path, {**body, "model": self.model}, public_model, forwarded=forwarded)
+        return await self._answer(path, {**body, "model": self.upstream_name(public_model)}, public_model,
+                                  forwarded=forwarded)
+
+    def upstream_name(self, public_model: str) -> str:
+        """The model name the upstream serves for a public one: a LoRA adapter keeps its own."""
+        return public_model if public_model in self.lora_names else self.model
+
+    # -- LoRA adapters (vLLM's runtime routes) -----------------------------------
+
+    async def load_lora(self, name: str, path: str) -> None:
+        await self._control("/v1/load_lora_adapter", {"lora_name": name, "lora_path": path}, name)
+
+    async def unload_lora(self, name: str) -> None:
+        await self._control("/v1/unload_lora_adapter", {"lora_name": name}, name)
+
+    async def _control(self, path: str, payload: dict[str, Any], public_model: str) -> None:
+        try:
+            response = await self._client.post(path, content=orjson.dumps(payload), headers=_JSON,
+                                               timeout=self.timeouts.first_token_s)
+        except httpx.HTTPError as exc:
+            raise _transport_error(exc) from exc
+        if response.status_code != 200:
+            raise upstream_error(response.status_code, response.content, public_model)
 
     async def _answer(self, path: str, payload: dict[str, Any], public_model: str, request_id: str | None = None,
                       whole: bool = False, forwarded: Forwarded = NOTHING_FORWARDED) -> bytes:

@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 _CODE_STATUS = {"engine_unavailable": 503, "rate_limit_exceeded": 429, "context_length_exceeded": 400,
                 "model_not_found": 404}
 _LOAD_GAUGES = (b"vllm:num_requests_waiting", b"vllm:num_requests_running", b"vllm:kv_cache_usage_perc")
+_LORA_GAUGE = b"vllm:lora_requests_info{"
+_LABEL = re.compile(rb'(\w+)="([^"]*)"')
 # How vLLM's 500 begins when its engine has died (EngineDeadError): unlike a 500 about one request's
 # content, it says the instance is unwell.
 _ENGINE_DEAD = "EngineCore encountered an issue"
@@ -39,6 +41,20 @@ class EngineLoad:
     waiting: float = 0.0
     running: float = 0.0
     kv_cache_usage: float = 0.0
+    lora: LoraGauge | None = None  # vllm:lora_requests_info, where LoRA is enabled
+
+
+@dataclass(frozen=True)
+class LoraGauge:
+    """vLLM's vllm:lora_requests_info: the adapters with requests running or waiting, and max_lora."""
+
+    running: frozenset[str] = frozenset()
+    waiting: frozenset[str] = frozenset()
+    max_loras: int | None = None
+
+    @property
+    def busy(self) -> frozenset[str]:
+        return self.running | self.waiting
 
 
 class ChunkReader:
@@ -221,8 +237,12 @@ def parse_load(text: bytes, model: str) -> EngineLoad:
     mine = {name: 0.0 for name in _LOAD_GAUGES}
     labelled = False
     label = f'model_name="{model}"'.encode()
+    lora: tuple[float, bytes] | None = None
     for line in text.splitlines():
         if not line.startswith(b"vllm:"):
+            continue
+        if line.startswith(_LORA_GAUGE):
+            lora = _latest(lora, line)
             continue
         name, _, rest = line.partition(b"{")
         if name not in sums:
@@ -238,4 +258,23 @@ def parse_load(text: bytes, model: str) -> EngineLoad:
             labelled = True
             mine[name] += value
     values = mine if labelled else sums
-    return EngineLoad(*(values[name] for name in _LOAD_GAUGES))
+    waiting, running, kv_cache_usage = (values[name] for name in _LOAD_GAUGES)
+    return EngineLoad(waiting, running, kv_cache_usage, lora=_lora_gauge(lora[1]) if lora else None)
+
+
+def _latest(best: tuple[float, bytes] | None, line: bytes) -> tuple[float, bytes] | None:
+    """The gauge keeps one sample per label set it has had, valued at the time it was set: the newest is now."""
+    try:
+        stamp = float(line.rsplit(b" ", 1)[1])
+    except (IndexError, ValueError):
+        return best
+    return (stamp, line) if best is None or stamp >= best[0] else best
+
+
+def _lora_gauge(line: bytes) -> LoraGauge:
+    labels = {key.decode(): value.decode() for key, value in _LABEL.findall(line)}
+    names = {key: frozenset(n for n in labels.get(key, "").split(",") if n)
+             for key in ("running_lora_adapters", "waiting_lora_adapters")}
+    max_lora = labels.get("max_lora", "")
+    return LoraGauge(names["running_lora_adapters"], names["waiting_lora_adapters"],
+                     int(max_lora) if max_lora.isdigit() and int(max_lora) > 0 else None)

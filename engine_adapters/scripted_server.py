@@ -12,6 +12,12 @@ run time with POST /control {"fault": F, "delay_ms": D, "tokens": N, "poison": W
     reset   3 chunks, then a TCP reset (RST)
     error   3 chunks, then an SSE error event (as vLLM sends one mid-stream) and the stream's end
 
+LoRA adapters, as vLLM serves them with runtime loading on: POST /v1/load_lora_adapter {lora_name,
+lora_path} and /v1/unload_lora_adapter {lora_name}; a loaded adapter is listed in /v1/models with `parent`,
+counted in vllm:lora_requests_info (max_lora, running_lora_adapters), and its answers' tokens are
+`NAME:t0 NAME:t1 ...`. Script fields for them: max_loras (a load past it is refused), lora_load_ms (how
+long a load takes) and lora_fault (a status, e.g. 500, that every load answers).
+
 A request whose prompt holds the poison word (none by default) is answered 500, as an engine answers a
 request it cannot serve. Wire `loose` writes JSON as Python's json.dumps does by default (`"key": value`),
 whole answers indented, and SSE fields without the optional space (`data:{...}`, `data:[DONE]`): all valid,
@@ -52,6 +58,9 @@ class Script:
     max_model_len: int = 4096
     poison: str = ""
     wire: str = "compact"
+    max_loras: int = 4
+    lora_load_ms: float = 0.0
+    lora_fault: str = ""
 
     def dumps(self, value: Any, whole: bool = False) -> bytes:
         if self.wire == "loose":
@@ -69,6 +78,9 @@ class Stats:
     aborted: int = 0
     in_flight: int = 0
     upload_bytes: int = 0  # of audio uploads, counted as they arrive
+    lora_loads: int = 0
+    lora_unloads: int = 0
+    lora_requests: int = 0  # generation requests that named a loaded adapter
 
 
 @dataclass
@@ -153,6 +165,8 @@ class ScriptedServer:
         self.stats = Stats()
         self.started = int(time.time())
         self.seen: collections.deque[dict[str, Any]] = collections.deque(maxlen=64)
+        self.loras: dict[str, str] = {}  # loaded adapter -> its path
+        self.lora_running: dict[str, int] = {}  # adapter -> its requests being answered
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         exchange = Exchange(reader, writer, self.script)
@@ -178,6 +192,8 @@ class ScriptedServer:
             ("POST", "/v1/completions"): self.generate,
             ("POST", "/v1/embeddings"): self.embeddings,
             ("POST", "/tokenize"): self.tokenize,
+            ("POST", "/v1/load_lora_adapter"): self.load_lora,
+            ("POST", "/v1/unload_lora_adapter"): self.unload_lora,
         }
         handler = routes.get((request.method, request.path))
         if request.method == "POST" and request.path in JSON_PATHS | UPLOAD_PATHS:
@@ -191,12 +207,44 @@ class ScriptedServer:
     async def models(self, request: HttpRequest, exchange: Exchange) -> None:
         card = {"id": self.script.model, "object": "model", "created": self.started, "owned_by": "scripted",
                 "max_model_len": self.script.max_model_len}
-        await exchange.json(200, {"object": "list", "data": [card]})
+        loras = [{"id": name, "object": "model", "created": self.started, "owned_by": "scripted", "root": path,
+                  "parent": self.script.model, "max_model_len": self.script.max_model_len}
+                 for name, path in self.loras.items()]
+        await exchange.json(200, {"object": "list", "data": [card, *loras]})
+
+    async def load_lora(self, request: HttpRequest, exchange: Exchange) -> None:
+        body = request.json()
+        name, path = str(body.get("lora_name") or ""), str(body.get("lora_path") or "")
+        await asyncio.sleep(self.script.lora_load_ms / 1000)
+        refusal = (f"scripted load failure ({self.script.lora_fault})" if self.script.lora_fault else
+                   f"The lora adapter '{name}' has already been loaded." if name in self.loras else
+                   f"No room: {len(self.loras)} adapters loaded (max_loras)." if len(self.loras) >= self.script.max_loras
+                   else "")
+        if refusal:
+            status = int(self.script.lora_fault or 400)
+            await exchange.json(status, {"error": {"message": refusal, "type": "BadRequestError", "param": None,
+                                                   "code": status}})
+            return
+        self.loras[name] = path
+        self.stats.lora_loads += 1
+        await exchange.json(200, f"Success: LoRA adapter '{name}' added successfully.")
+
+    async def unload_lora(self, request: HttpRequest, exchange: Exchange) -> None:
+        name = str(request.json().get("lora_name") or "")
+        if self.loras.pop(name, None) is None:
+            await exchange.json(404, {"error": {"message": f"The lora adapter '{name}' cannot be found.",
+                                                "type": "NotFoundError", "param": None, "code": 404}})
+            return
+        self.stats.lora_unloads += 1
+        await exchange.json(200, f"Success: LoRA adapter '{name}' removed successfully.")
 
     async def metrics(self, request: HttpRequest, exchange: Exchange) -> None:
         label = f'{{model_name="{self.script.model}"}}'
         text = (f"vllm:num_requests_running{label} {self.stats.in_flight}\n"
                 f"vllm:num_requests_waiting{label} 0\nvllm:kv_cache_usage_perc{label} 0.0\n")
+        running = ",".join(name for name, count in self.lora_running.items() if count)
+        text += (f'vllm:lora_requests_info{{max_lora="{self.script.max_loras}",running_lora_adapters="{running}",'
+                 f'waiting_lora_adapters=""}} {time.time()}\n')
         data = text.encode()
         exchange.writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n\r\n%s"
                               % (len(data), data))
@@ -238,8 +286,13 @@ class ScriptedServer:
                                                 "type": "InternalServerError", "param": None, "code": 500}})
             return
         self.stats.in_flight += 1
+        lora = request.json().get("model")
+        lora = lora if lora in self.loras else None
+        if lora is not None:
+            self.stats.lora_requests += 1
+            self.lora_running[lora] = self.lora_running.get(lora, 0) + 1
         leaving = asyncio.ensure_future(exchange.until_client_leaves())
-        work = asyncio.ensure_future(Generation(self.script, request, exchange).run())
+        work = asyncio.ensure_future(Generation(self.script, request, exchange, lora).run())
         try:
             await asyncio.wait({leaving, work}, return_when=asyncio.FIRST_COMPLETED)
             if work.done() and not work.exception():
@@ -249,6 +302,8 @@ class ScriptedServer:
             raise ClientLeft()
         finally:
             self.stats.in_flight -= 1
+            if lora is not None:
+                self.lora_running[lora] -= 1
             for task in (leaving, work):
                 task.cancel()
                 with contextlib.suppress(BaseException):
@@ -256,8 +311,9 @@ class ScriptedServer:
 
 
 class Generation:
-    def __init__(self, script: Script, request: HttpRequest, exchange: Exchange) -> None:
+    def __init__(self, script: Script, request: HttpRequest, exchange: Exchange, lora: str | None = None) -> None:
         self.script, self.exchange = script, exchange
+        self.word = f"{lora}:t" if lora else "t"  # the tokens say which adapter answered
         self.body = request.json()
         self.chat = request.path.endswith("/chat/completions")
         self.prompt_tokens = max(1, len(_text(self.body).split()))
@@ -308,7 +364,7 @@ class Generation:
                 await x.end_stream()
                 return
             reason = self.reason() if step == self.count - 1 else None
-            choices = [self.choice(i, f"t{step} ", reason) for i in range(self.n)]
+            choices = [self.choice(i, f"{self.word}{step} ", reason) for i in range(self.n)]
             await x.event({**self.head, "choices": choices})
         if (self.body.get("stream_options") or {}).get("include_usage"):
             await x.event({**self.head, "choices": [], "usage": self.usage()})
@@ -318,7 +374,7 @@ class Generation:
     async def whole(self) -> None:
         for _ in range(self.count):
             await self.tick()
-        text = "".join(f"t{step} " for step in range(self.count))
+        text = "".join(f"{self.word}{step} " for step in range(self.count))
         choices: list[dict[str, Any]]
         if self.chat:
             choices = [{"index": i, "message": {"role": "assistant", "content": text}, "logprobs": None,

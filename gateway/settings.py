@@ -138,12 +138,26 @@ class RouteSettings(BaseModel):
         default_factory=list,
         description="More POST paths passed through to the instances as bytes, routed by the body's `model`, "
                     "besides vLLM's own (/v1/messages, /v1/rerank, /v1/audio/transcriptions, ...).")
+    # LoRA-aware placement (gateway.routing.lora): each adapter is a model name of this route.
+    lora_adapters: dict[str, Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=dict, description="LoRA adapters the instances serve: name -> its path on the instances.")
+    lora_runtime_load: bool = Field(default=False, description="Load an adapter that no instance holds "
+                                    "(POST /v1/load_lora_adapter) on the least-loaded instance.")
+    max_loras: int | None = Field(default=None, ge=1, description="Adapters one instance holds, where its "
+                                  "metrics do not say (vllm:lora_requests_info max_lora); default no limit.")
 
     @model_validator(mode="after")
     def _one_key_source(self) -> RouteSettings:
         if self.api_key is not None and self.api_key_file is not None:
             raise ValueError("set api_key or api_key_file, not both")
+        if self.lora_adapters and self.kind != "generate":
+            raise ValueError(f"route {self.name!r}: LoRA adapters need a generate route")
         return self
+
+    @property
+    def names(self) -> list[str]:
+        """Every model name the route serves: its name, its aliases and its LoRA adapters."""
+        return [self.name, *self.aliases, *self.lora_adapters]
 
 
 class RouterSettings(BaseModel):

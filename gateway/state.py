@@ -46,6 +46,7 @@ class AppState:
     def __post_init__(self) -> None:
         self.metrics.watch_upstreams(self.upstream_stats)
         self.metrics.watch_routes(self.route_statuses)
+        self.metrics.watch_loras(lambda: [stat for route in self.routes() for stat in route.lora_stats()])
 
     def engines(self) -> list[EngineAdapter]:
         """Each adapter once: a route is registered under its name and every alias."""

@@ -105,6 +105,10 @@ class Metrics:
         """Router mode's per-instance metrics, read from the router's own state at scrape time."""
         self.registry.register(_UpstreamCollector(source))
 
+    def watch_loras(self, source: Callable[[], Iterable[LoraStat]]) -> None:
+        """Router mode's LoRA placement per route (loads, unloads, decisions), read at scrape time."""
+        self.registry.register(_LoraCollector(source))
+
     def watch_routes(self, source: Callable[[], Iterable[RouteStatus]]) -> None:
         """Router mode's per-model metrics (ready instances, waiting requests), read at scrape time."""
         self.registry.register(_RouteCollector(source))
@@ -185,6 +189,44 @@ class RouteStatus:
         return {"state": "ready" if self.ready_instances else "unavailable", "instances": self.instances,
                 "ready_instances": self.ready_instances, "waiting_requests": self.waiting,
                 "in_flight_requests": self.in_flight, "breakers": self.breakers}
+
+
+@dataclass(frozen=True)
+class LoraStat:
+    """One route's LoRA placement so far (gateway.routing.lora)."""
+
+    model: str
+    loads: int
+    load_failures: int
+    unloads: int
+    decisions: dict[str, int]  # hit, loaded, fallback -> requests placed so
+
+
+class _LoraCollector:
+    def __init__(self, source: Callable[[], Iterable[LoraStat]]) -> None:
+        self.source = source
+
+    def describe(self) -> list[Metric]:
+        return []  # the routes are not known until they start, and follow the config file
+
+    def collect(self) -> Iterator[Metric]:
+        loads = CounterMetricFamily("tokenyard_route_lora_loads",
+                                    "LoRA adapters the router loaded on the route's instances.", labels=["model"])
+        failures = CounterMetricFamily("tokenyard_route_lora_load_failures",
+                                       "LoRA adapter loads on the route's instances that failed.", labels=["model"])
+        unloads = CounterMetricFamily("tokenyard_route_lora_unloads",
+                                      "LoRA adapters the router unloaded to make room.", labels=["model"])
+        placements = CounterMetricFamily(
+            "tokenyard_route_lora_placements",
+            "Requests for a LoRA adapter by placement: hit (an instance held it), loaded (the router loaded it "
+            "first), fallback (none held it; the route's policy chose).", labels=["model", "decision"])
+        for stat in self.source():
+            loads.add_metric([stat.model], float(stat.loads))
+            failures.add_metric([stat.model], float(stat.load_failures))
+            unloads.add_metric([stat.model], float(stat.unloads))
+            for decision, count in stat.decisions.items():
+                placements.add_metric([stat.model, decision], float(count))
+        yield from (loads, failures, unloads, placements)
 
 
 class _RouteCollector:

@@ -16,7 +16,7 @@ def route_names(routes: list[RouteSettings]) -> dict[str, RouteSettings]:
     """Every public name (route names and aliases) -> its route; a name may be claimed once."""
     names: dict[str, RouteSettings] = {}
     for route in routes:
-        for name in (route.name, *route.aliases):
+        for name in route.names:
             if name in names:
                 raise ValueError(f"model name {name!r} is claimed by more than one route")
             names[name] = route

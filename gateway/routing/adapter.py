@@ -28,12 +28,13 @@ from engine_adapters.base import (
 )
 from engine_adapters.openai_http import HttpTimeouts, OpenAIHttpAdapter
 from gateway.errors import EngineUnavailable, GatewayError
-from gateway.observability.metrics import RouteStatus, UpstreamStat
+from gateway.observability.metrics import LoraStat, RouteStatus, UpstreamStat
 from gateway.routing.breaker import Breaker, BreakerState
 from gateway.routing.discovery import Resolver, discover, resolve, watch_dns
 from gateway.routing.health import probe, watch_health
 from gateway.routing.instance import Instance, Lease
 from gateway.routing.kube import EndpointSliceWatch
+from gateway.routing.lora import LoraPlacement
 from gateway.routing.policies import make_policy
 from gateway.routing.route_key import RouteKey
 from gateway.settings import RouterSettings, RouteSettings
@@ -53,10 +54,11 @@ class RoutedAdapter:
                  resolver: Resolver = resolve, connect: Callable[[str], OpenAIHttpAdapter] | None = None) -> None:
         self.route = route
         self.settings = settings
-        self.names = [route.name, *route.aliases]
+        self.names = route.names
         self.upstream_model = route.upstream_model or route.name
         self.rng = rng or random.Random()
         self.policy = make_policy(route.policy, settings, self.rng)
+        self.lora = LoraPlacement(route, self.policy, recheck_s=settings.health_interval_s)
         self.instances: dict[str, Instance] = {}  # url -> instance, in config order
         self._resolver = resolver
         self._key = RouteKey(route.api_key, route.api_key_file)
@@ -75,7 +77,8 @@ class RoutedAdapter:
     # -- membership ---------------------------------------------------------------
 
     def _http_adapter(self, url: str) -> OpenAIHttpAdapter:
-        return OpenAIHttpAdapter(url, self.upstream_model, timeouts=self._timeouts, api_key=self._key.value)
+        return OpenAIHttpAdapter(url, self.upstream_model, timeouts=self._timeouts, api_key=self._key.value,
+                                 lora_names=frozenset(self.route.lora_adapters))
 
     def add_instance(self, url: str, static: bool = True) -> Instance:
         breaker = Breaker(self.settings.breaker_failures, self.settings.breaker_cooldown_s)
@@ -151,7 +154,10 @@ class RoutedAdapter:
         healthy = [i.adapter.max_model_len() for i in self.instances.values() if i.healthy]
         known = [n for n in healthy if n] or [n for i in self.instances.values() if (n := i.adapter.max_model_len())]
         max_model_len = min(known) if known else None  # any instance must be able to serve the request
-        return [ModelInfo(name, max_model_len, self.route.kind, root=self.upstream_model) for name in self.names]
+        names = [self.route.name, *self.route.aliases]
+        return [ModelInfo(name, max_model_len, self.route.kind, root=self.upstream_model) for name in names] + [
+            ModelInfo(name, max_model_len, self.route.kind, root=path, parent=self.route.name)
+            for name, path in self.route.lora_adapters.items()]
 
     def load(self) -> Load:
         instances = self.instances.values()
@@ -177,6 +183,12 @@ class RoutedAdapter:
                          int(i.breaker.state), i.retries)
             for i in self.instances.values()
         ]
+
+    def lora_stats(self) -> list[LoraStat]:
+        if not self.route.lora_adapters:
+            return []
+        counts = self.lora.counts
+        return [LoraStat(self.route.name, counts.loads, counts.load_failures, counts.unloads, dict(counts.decisions))]
 
     # -- requests -----------------------------------------------------------------
 
@@ -208,9 +220,15 @@ class RoutedAdapter:
         candidates = [i for i in self.routable() if i.url not in attempts.tried]
         if not candidates:
             raise attempts.error or EngineUnavailable(f"No healthy instance serves `{attempts.request.model}` now.")
-        instance = self.policy.choose(candidates, attempts.request)
+        model = attempts.request.model
+        if not self.lora.serves(model):
+            instance = self.policy.choose(candidates, attempts.request)
+            attempts.tried.add(instance.url)
+            return Lease(instance)
+        instance = await self.lora.choose(candidates, attempts.request, attempts.hold_until)
         attempts.tried.add(instance.url)
-        return Lease(instance)
+        self.lora.track(instance, model)
+        return Lease(instance, on_release=lambda: self.lora.release(instance, model))
 
     def hold_timeout_s(self) -> float:
         return self.settings.hold_timeout_s if self.route.hold_timeout_s is None else self.route.hold_timeout_s

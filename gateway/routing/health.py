@@ -1,4 +1,5 @@
-"""Active health checks: every interval, GET /health on each instance, then its load and models.
+"""Active health checks: every interval, GET /health on each instance, then its load and models (each time
+on a route with LoRA adapters, whose /v1/models says which adapters the instance holds).
 
 An instance is healthy while it answers /health with 200. Passive signals (failed requests) go to the
 breaker instead; an instance takes traffic only when both agree.
@@ -33,7 +34,8 @@ async def probe(instance: Instance) -> bool:
     instance.healthy = True
     try:
         instance.engine = await adapter.scrape_load() or EngineLoad()
-        if came_back or not adapter.models():  # a restarted instance may serve another context length
+        # A restarted instance may serve another context length; on a LoRA route, other adapters.
+        if came_back or not adapter.models() or adapter.lora_names:
             await adapter.refresh_models()
     except GatewayError:
         log.debug("upstream %s: no load or models this round", instance.url, exc_info=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from engine_adapters.openai_http import EngineLoad, OpenAIHttpAdapter
@@ -59,9 +60,10 @@ def is_instance_failure(exc: BaseException) -> bool:
 class Lease:
     """One attempt's hold on an instance; released exactly once, by whichever comes first."""
 
-    def __init__(self, instance: Instance) -> None:
+    def __init__(self, instance: Instance, on_release: Callable[[], None] | None = None) -> None:
         self.instance = instance
         self.released = False
+        self.on_release = on_release  # the LoRA placement's count of the adapter's requests here
         instance.in_flight += 1
         instance.breaker.acquire()
 
@@ -70,3 +72,5 @@ class Lease:
             self.released = True
             self.instance.in_flight -= 1
             self.instance.report(exc)
+            if self.on_release is not None:
+                self.on_release()

@@ -103,7 +103,7 @@ class Engine:
 
 class Router:
     """`python -m gateway serve --config router.yaml`: one route over the given instance URLs; `config` adds
-    top-level settings (keys, limits)."""
+    top-level settings (keys, limits), `route` the route's own (LoRA adapters)."""
 
     def __init__(self, workdir: Path, upstreams: list[str], policy: str = "least-loaded", log_level: str = "warning",
                  aliases: tuple[str, ...] = (), config: dict[str, Any] | None = None,

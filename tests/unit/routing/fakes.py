@@ -20,6 +20,7 @@ class FakeUpstream:
         self.attempts = 0
         self.aborted: list[str] = []
         self.max_len: int | None = 2048
+        self.lora_names: frozenset[str] = frozenset()
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[Chunk]:
         self.attempts += 1
@@ -64,3 +65,33 @@ class FakeUpstream:
 
     async def refresh_models(self) -> None:
         return None
+
+
+class FakeLoraUpstream(FakeUpstream):
+    """A FakeUpstream that serves LoRA adapters: `held` is what it lists with a parent; a load waits for
+    `gate` when one is set and fails (503, or 400 for a path holding "bad") while `load_fails` is set."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.held: list[str] = []
+        self.loads: list[str] = []
+        self.unloads: list[str] = []
+        self.load_fails = False
+        self.gate: asyncio.Event | None = None
+
+    def models(self) -> list[ModelInfo]:
+        return [ModelInfo("base", 2048), *(ModelInfo(name, 2048, parent="base") for name in self.held)]
+
+    async def load_lora(self, name: str, path: str) -> None:
+        self.loads.append(name)
+        if self.gate is not None:
+            await self.gate.wait()
+        if "bad" in path:
+            raise InvalidRequest(f"Failed to load {name}")
+        if self.load_fails:
+            raise EngineUnavailable("down")
+        self.held.append(name)
+
+    async def unload_lora(self, name: str) -> None:
+        self.unloads.append(name)
+        self.held.remove(name)
