@@ -45,6 +45,12 @@ class ModelSettings(BaseModel):
     enable_lora: bool = Field(default=False, description="Enable LoRA with no static adapters (runtime loading).")
     max_lora_rank: int | None = Field(default=None, ge=1)
     max_loras: int | None = Field(default=None, ge=1, description="Adapters in one batch; default: the listed count.")
+    # vLLM's KV-cache events (kv_events_config), for a router's policy `kv`; listed in /v1/models as `kv_events`.
+    kv_events_endpoint: str | None = Field(
+        default=None, pattern=r"^tcp://", description="Publish KV-cache events on this ZMQ address "
+        "(e.g. tcp://*:5557); off when unset.")
+    kv_events_replay_endpoint: str | None = Field(
+        default=None, pattern=r"^tcp://", description="Where a router re-syncs missed events (e.g. tcp://*:5558).")
 
     @field_validator("tool_parser")
     @classmethod
@@ -64,6 +70,8 @@ class ModelSettings(BaseModel):
             raise ValueError(f"model {self.name!r}: LoRA adapter names must be unique and differ from the model's")
         if self.lora_enabled and self.kind != "generate":
             raise ValueError(f"model {self.name!r}: LoRA adapters need a generate model")
+        if self.kv_events_replay_endpoint and not self.kv_events_endpoint:
+            raise ValueError(f"model {self.name!r}: kv_events_replay_endpoint needs kv_events_endpoint")
         return self
 
 
@@ -113,12 +121,19 @@ class DiscoverySettings(BaseModel):
         return self
 
 
+class KvEventsPorts(BaseModel):
+    """Policy kv: where every instance of the route publishes its KV events, on the instance's own host."""
+
+    port: int = Field(ge=1, le=65535)
+    replay_port: int | None = Field(default=None, ge=1, le=65535)
+
+
 class RouteSettings(BaseModel):
     """Router mode: one public model name served by remote OpenAI-compatible instances."""
 
     name: str = Field(min_length=1)
     aliases: list[str] = Field(default_factory=list)
-    policy: Literal["least-loaded", "power-of-two", "session", "prefix", "round-robin"] = "least-loaded"
+    policy: Literal["least-loaded", "power-of-two", "session", "prefix", "round-robin", "kv"] = "least-loaded"
     upstreams: list[UpstreamUrl] = Field(default_factory=list, description="Static instance base URLs.")
     upstream_model: str | None = Field(default=None, description="The model name the instances serve, if different.")
     kind: Literal["generate", "embed"] = "generate"
@@ -127,6 +142,12 @@ class RouteSettings(BaseModel):
         default=None, description="Instead of api_key: a keys file whose first key is sent; re-read when it changes.")
     discovery: DiscoverySettings | None = None
     hold_timeout_s: float | None = Field(default=None, ge=0, description="This route's hold; default router's.")
+    kv_events: KvEventsPorts | None = Field(
+        default=None, description="Policy kv: the instances' KV-event ports; unset, each instance's /v1/models "
+        "entry tells (`kv_events`), and an instance that tells none is routed as by `prefix`.")
+    kv_tokenizer: str | None = Field(
+        default=None, description="Policy kv: the model's tokenizer (a local directory or hub id, read with "
+        "transformers) to count the prompt's tokens here; unset, the instances' /tokenize does.")
 
     @model_validator(mode="after")
     def _one_key_source(self) -> RouteSettings:
@@ -148,6 +169,13 @@ class RouterSettings(BaseModel):
     prefix_chars: int = Field(default=256, ge=1)
     prefix_load_factor: float = Field(default=1.5, ge=1.0)
     session_header: str = "x-session-id"
+    # Policy kv (gateway/routing/kv.py).
+    kv_max_blocks: int = Field(default=500_000, ge=1, description="Blocks the KV index holds over all instances.")
+    kv_tokenize_timeout_s: float = Field(default=2.0, gt=0, description="An instance's /tokenize, for routing.")
+    kv_tokenize_cache_size: int = Field(default=1024, ge=0)
+    kv_tokenize_cache_ttl_s: float = Field(default=30.0, ge=0)
+    kv_discovery_interval_s: float = Field(default=5.0, gt=0,
+                                           description="How often an instance without KV events is asked again.")
     reload_interval_s: float = Field(default=2.0, gt=0, description="How often the --config file is checked for changes.")
     hold_timeout_s: float = Field(
         default=300.0, ge=0,
