@@ -177,10 +177,11 @@ class KvStatus:
     blocks: int
     events_applied: int
     resyncs: int
+    decisions: dict[str, int]  # how requests were routed: cached, spread, approximate
 
     def as_json(self) -> dict[str, object]:
         return {"policy": "kv", "events_instances": self.events, "fallback_instances": self.fallback,
-                "blocks_indexed": self.blocks}
+                "blocks_indexed": self.blocks, "decisions": self.decisions}
 
 
 @dataclass(frozen=True)
@@ -244,6 +245,9 @@ def _kv_metrics(statuses: list[RouteStatus]) -> Iterator[Metric]:
                                  labels=["model"])
     resyncs = CounterMetricFamily("tokenyard_route_kv_resyncs", "Re-syncs of an instance's KV events after a gap "
                                   "in their sequence or a restart.", labels=["model"])
+    decisions = CounterMetricFamily("tokenyard_route_kv_decisions", "Requests routed to the instance holding most "
+                                    "of the prompt (cached), away from holders past the load bound (spread), or "
+                                    "by the approximate prefix policy (approximate).", labels=["model", "decision"])
     for status in statuses:
         kv = status.kv
         assert kv is not None
@@ -252,8 +256,10 @@ def _kv_metrics(statuses: list[RouteStatus]) -> Iterator[Metric]:
         blocks.add_metric([status.model], float(kv.blocks))
         events.add_metric([status.model], float(kv.events_applied))
         resyncs.add_metric([status.model], float(kv.resyncs))
+        for decision, count in kv.decisions.items():
+            decisions.add_metric([status.model, decision], float(count))
     if statuses:
-        yield from (instances, blocks, events, resyncs)
+        yield from (instances, blocks, events, resyncs, decisions)
 
 
 class _UpstreamCollector:

@@ -37,6 +37,12 @@ from gateway.settings import RouterSettings, RouteSettings
 log = logging.getLogger(__name__)
 
 
+# How a request was routed: to the instance holding most of its prompt (cached), away from holders that were
+# past the load bound (spread), or by `prefix` when no synced instance held any of it, or its tokens were
+# not known (approximate).
+DECISIONS = ("cached", "spread", "approximate")
+
+
 class KvPrefix:
     """The choice itself, given the prompt's token ids (None: unknown, so `prefix` decides)."""
 
@@ -45,17 +51,21 @@ class KvPrefix:
         self.load_factor = settings.prefix_load_factor
         self.approximate = Prefix(rng, settings.prefix_chars, settings.prefix_load_factor)
         self.least_loaded = LeastLoaded(rng)
+        self.decisions = dict.fromkeys(DECISIONS, 0)
 
     def choose(self, candidates: Sequence[C], request: GenerateRequest, tokens: list[int] | None = None) -> C:
         depth = self.depths(candidates, tokens) if tokens else {}
         held = [c for c in candidates if depth.get(c.key)]
         if not held:
+            self.decisions["approximate"] += 1
             return self.approximate.choose(candidates, request)
         total = sum(c.score() for c in candidates)
         capacity = max(1, math.ceil(self.load_factor * (total + 1) / len(candidates)))
         fits = [c for c in held if c.score() + 1 <= capacity]
         if not fits:  # a hot prefix: its holders are full, so it spreads
+            self.decisions["spread"] += 1
             return self.least_loaded.choose(candidates, request)
+        self.decisions["cached"] += 1
         return max(fits, key=lambda c: (depth[c.key], -c.score()))
 
     def depths(self, candidates: Sequence[C], tokens: list[int]) -> dict[str, int]:
@@ -198,10 +208,11 @@ class KvRouting:
         finds them in the cache)."""
         tracked = [c for c in candidates if self.index.synced(c.key)]
         if not tracked:
+            self.policy.decisions["approximate"] += 1
             return self.policy.approximate.choose(candidates, request)
         return self.policy.choose(candidates, request, await self.tokens.ids(request, tokenizer(tracked[0])))
 
     def status(self, urls: list[str]) -> KvStatus:
         synced = [url for url in urls if self.index.synced(url)]
         return KvStatus(synced, [url for url in urls if url not in synced], self.index.size,
-                        self.index.events_applied, self.index.resyncs)
+                        self.index.events_applied, self.index.resyncs, dict(self.policy.decisions))
