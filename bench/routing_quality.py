@@ -158,11 +158,21 @@ def kv_state(url: str) -> dict[str, Any] | None:
     return state if isinstance(state, dict) else None
 
 
+def kv_phase(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The kv router's state after the phase, with its routing decisions counted over this phase only."""
+    if after is None:
+        return None
+    counted = (before or {}).get("decisions") or {}
+    return {**after, "decisions": {k: v - counted.get(k, 0) for k, v in (after.get("decisions") or {}).items()}}
+
+
 def run_phase(policy: str, round_index: int, url: str, instances: list[str], workload: Workload,
               seed: int) -> Phase:
     before = prefix_counters(instances)
+    kv_before = kv_state(url) if policy == "kv" else None
     results, wall = asyncio.run(drive(url, requests_for(workload, seed), workload.concurrency, workload.max_tokens))
     after = prefix_counters(instances)
+    kv_after = kv_state(url) if policy == "kv" else None
     done = [r for r in results if r is not None]
     ttfts = [r[0] for r in done]
     hit_rate = None
@@ -170,7 +180,7 @@ def run_phase(policy: str, round_index: int, url: str, instances: list[str], wor
         hit_rate = (after[0] - before[0]) / (after[1] - before[1])
     return Phase(policy, round_index, len(done), len(results) - len(done), wall, len(done) / wall,
                  sum(r[1] for r in done) / wall, statistics.median(ttfts) * 1000 if ttfts else float("nan"),
-                 _pct(ttfts, 0.99) * 1000, hit_rate, kv_state(url) if policy == "kv" else None)
+                 _pct(ttfts, 0.99) * 1000, hit_rate, kv_phase(kv_before, kv_after))
 
 
 def engine_config(port: int, kv_blocks: int | None, events_port: int | None = None) -> str:

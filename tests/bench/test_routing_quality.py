@@ -71,3 +71,12 @@ def test_a_result_is_plotted(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")  # the `bench` extra; `make bench-routing` installs it
     assert plot(_result(), tmp_path / "r.png")
     assert (tmp_path / "r.png").stat().st_size > 1000
+
+
+def test_the_kv_routers_decisions_are_counted_per_phase() -> None:
+    from bench.routing_quality import kv_phase
+
+    before = {"decisions": {"cached": 70, "approximate": 20}}
+    after = {"events_instances": ["a", "b"], "decisions": {"cached": 150, "approximate": 34}}
+    assert kv_phase(before, after) == {"events_instances": ["a", "b"], "decisions": {"cached": 80, "approximate": 14}}
+    assert kv_phase(None, None) is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import socket
 import time
 from collections.abc import Callable
@@ -119,3 +120,15 @@ async def test_a_gap_the_publisher_no_longer_buffers_drops_the_instances_blocks(
         await asyncio.gather(task, return_exceptions=True)
         pub.shutdown()
         context.destroy(linger=0)
+
+
+async def test_a_routes_port_pattern_names_each_instances_endpoints() -> None:
+    from gateway.routing.kv import KvRouting
+    from gateway.settings import RouterSettings, RouteSettings
+
+    route = RouteSettings(name="m", policy="kv", kv_events={"port": 5557, "replay_port": 5558})  # type: ignore[arg-type]
+    kv = KvRouting(route, RouterSettings(), random.Random(0), lambda: None)
+    try:
+        assert await kv._endpoints("http://10.0.0.5:8000") == ("tcp://10.0.0.5:5557", "tcp://10.0.0.5:5558")
+    finally:
+        await kv.close()

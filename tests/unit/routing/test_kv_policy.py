@@ -99,3 +99,31 @@ async def test_prompt_tokens_render_the_chat_template_and_keep_recent_answers() 
     assert tokenizer.calls == 3  # the cache holds one answer
     token_prompt = GenerateRequest("r", "m", SamplingOptions(), prompt=[5, 6, 7])
     assert await tokens.ids(token_prompt, None) == [5, 6, 7]  # type: ignore[arg-type]
+
+
+async def test_a_route_with_policy_kv_follows_the_index_and_says_which_instances_fall_back() -> None:
+    from gateway.routing.adapter import RoutedAdapter
+    from gateway.settings import RouteSettings
+    from tests.unit.routing.fakes import FakeUpstream
+
+    urls = ["http://a:1", "http://b:1"]
+    route = RouteSettings(name="m", policy="kv", upstreams=urls)
+    adapter = RoutedAdapter(route, RouterSettings(health_interval_s=3600, kv_discovery_interval_s=3600),
+                            rng=random.Random(0), connect=FakeUpstream)  # type: ignore[arg-type]
+    for url in urls:
+        adapter.add_instance(url)  # neither tells a KV events endpoint (no /v1/models here)
+    try:
+        status = adapter.status().as_json()["kv_routing"]
+        assert status == {"policy": "kv", "events_instances": [], "fallback_instances": urls, "blocks_indexed": 0,
+                          "decisions": {"cached": 0, "spread": 0, "approximate": 0}}
+        # b's events say it holds the prompt's first two blocks; a is synced and holds nothing.
+        adapter.kv.index.apply("http://b:1", 0, 1.0, [Stored([1, 2], None, TOKENS[:8], SIZE)])  # type: ignore[union-attr]
+        adapter.kv.index.apply("http://a:1", 0, 1.0, [])  # type: ignore[union-attr]
+        for n in range(3):
+            prompt = GenerateRequest(f"r{n}", "m", SamplingOptions(), prompt=[*TOKENS[:8], 90 + n])
+            assert [c.text async for c in adapter.generate(prompt)] == ["http://b:1:0", "http://b:1:1"]
+        status = adapter.status().as_json()["kv_routing"]
+        assert status["events_instances"] == urls and status["fallback_instances"] == []
+        assert status["decisions"]["cached"] == 3 and status["blocks_indexed"] == 2
+    finally:
+        await adapter.close()
