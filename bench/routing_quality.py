@@ -1,19 +1,21 @@
-"""Suite 3: routing quality. Does prefix affinity pay off on real engines?
+"""Suite 3: routing quality. Does cache-aware routing pay off on real engines?
 
     python -m bench.routing_quality                       # the full suite: minutes of CPU, run it on a quiet machine
     python -m bench.routing_quality --dry-run             # print the workload and the commands, start nothing
 
-Two tokenyard instances in engine mode (Gemma 3 270M on vLLM CPU, prefix caching on), each pinned to its own
-core, behind two tokenyard routers over the same pair: one with policy `prefix`, one with `round-robin`.
-The workload is many chat requests that share a few long system prompts. Each phase (one policy, one round)
-gets system prompts of its own (a fresh seed), so both policies start cold and neither inherits the other's
-cache; rounds alternate which policy goes first. Reported: TTFT p50/p99, requests/s and output tokens/s per
-policy, their within-round ratios (prefix / round-robin), and the engines' prefix-cache hit rate where their
-/metrics expose it.
+Two tokenyard instances in engine mode (Gemma 3 270M on vLLM CPU, prefix caching on, KV events published),
+each pinned to its own core, behind one tokenyard router per policy over the same pair: `kv` (the engines'
+KV events), `prefix` (a hash of the prompt's start), `least-loaded` and `round-robin`. The workload is many
+chat requests that share a few long system prompts. Each phase (one policy, one round) gets system prompts of
+its own (a fresh seed), so every policy starts cold and none inherits another's cache; each round rotates
+which policy goes first. Reported: TTFT p50/p99, requests/s and output tokens/s per policy, within-round
+ratios (kv / prefix, kv / round-robin, prefix / round-robin), and the engines' prefix-cache hit rate from
+their /metrics.
 
 Why it can matter: round-robin sends every system prompt to both instances, so each prompt is prefilled twice
-and each instance's KV cache must hold all of them; prefix affinity prefills each prompt once and splits the
-prompts between the caches. The gap grows as the prompts outgrow one instance's cache (`--kv-blocks`).
+and each instance's KV cache must hold all of them; affinity prefills each prompt once and splits the prompts
+between the caches. The gap grows as the prompts outgrow one instance's cache (`--kv-blocks`). `prefix` splits
+them by a hash, blind to what each cache holds now; `kv` sends each prompt where its blocks are.
 """
 
 from __future__ import annotations
@@ -41,7 +43,9 @@ from bench.procs import wait_answering
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
 MODEL = "gemma-3-270m"
-POLICIES = ("prefix", "round-robin")
+POLICIES = ("kv", "prefix", "least-loaded", "round-robin")
+# Within-round ratios reported: (policy, baseline).
+PAIRS = (("kv", "prefix"), ("kv", "round-robin"), ("kv", "least-loaded"), ("prefix", "round-robin"))
 WORDS = ("river stone lantern harbor copper meadow signal orbit ledger canvas thunder velvet quarry beacon "
          "saddle prism harvest glacier compass timber marble falcon cobalt anchor willow ember summit ").split()
 
@@ -88,6 +92,7 @@ class Phase:
     ttft_p50_ms: float
     ttft_p99_ms: float
     prefix_hit_rate: float | None
+    kv_routing: dict[str, Any] | None = None  # policy kv: the router's /ready state after the phase
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -145,11 +150,29 @@ def prefix_counters(urls: list[str]) -> tuple[float, float] | None:
     return hits, queries
 
 
+def kv_state(url: str) -> dict[str, Any] | None:
+    try:
+        state = httpx.get(f"{url}/ready", timeout=10).json()["models"][MODEL].get("kv_routing")
+    except (httpx.HTTPError, ValueError, KeyError):
+        return None
+    return state if isinstance(state, dict) else None
+
+
+def kv_phase(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The kv router's state after the phase, with its routing decisions counted over this phase only."""
+    if after is None:
+        return None
+    counted = (before or {}).get("decisions") or {}
+    return {**after, "decisions": {k: v - counted.get(k, 0) for k, v in (after.get("decisions") or {}).items()}}
+
+
 def run_phase(policy: str, round_index: int, url: str, instances: list[str], workload: Workload,
               seed: int) -> Phase:
     before = prefix_counters(instances)
+    kv_before = kv_state(url) if policy == "kv" else None
     results, wall = asyncio.run(drive(url, requests_for(workload, seed), workload.concurrency, workload.max_tokens))
     after = prefix_counters(instances)
+    kv_after = kv_state(url) if policy == "kv" else None
     done = [r for r in results if r is not None]
     ttfts = [r[0] for r in done]
     hit_rate = None
@@ -157,20 +180,23 @@ def run_phase(policy: str, round_index: int, url: str, instances: list[str], wor
         hit_rate = (after[0] - before[0]) / (after[1] - before[1])
     return Phase(policy, round_index, len(done), len(results) - len(done), wall, len(done) / wall,
                  sum(r[1] for r in done) / wall, statistics.median(ttfts) * 1000 if ttfts else float("nan"),
-                 _pct(ttfts, 0.99) * 1000, hit_rate)
+                 _pct(ttfts, 0.99) * 1000, hit_rate, kv_phase(kv_before, kv_after))
 
 
-def engine_config(port: int, kv_blocks: int | None) -> str:
+def engine_config(port: int, kv_blocks: int | None, events_port: int | None = None) -> str:
     extra = f"\n      num_gpu_blocks_override: {kv_blocks}" if kv_blocks else ""
+    events = (f"    kv_events_endpoint: tcp://*:{events_port}\n    kv_events_replay_endpoint: tcp://*:{events_port + 1}\n"
+              if events_port else "")
     return (f"host: 127.0.0.1\nport: {port}\nlog_level: warning\nmodels:\n  - name: {MODEL}\n"
-            f"    model: builtin:gemma3-270m\n    dtype: bfloat16\n    max_model_len: 2048\n    engine_args:\n"
+            f"    model: builtin:gemma3-270m\n    dtype: bfloat16\n    max_model_len: 2048\n{events}    engine_args:\n"
             f"      enforce_eager: true\n      enable_prefix_caching: true{extra}\n")
 
 
-def router_config(port: int, policy: str, instances: list[str]) -> str:
+def router_config(port: int, policy: str, instances: list[str], tokenizer: str | None = None) -> str:
     upstreams = "".join(f"      - {url}\n" for url in instances)
-    return (f"host: 127.0.0.1\nport: {port}\nlog_level: warning\nroutes:\n  - name: {MODEL}\n"
-            f"    policy: {policy}\n    upstreams:\n{upstreams}")
+    local = f"    kv_tokenizer: {tokenizer}\n" if tokenizer and policy == "kv" else ""
+    return (f"host: 127.0.0.1\nport: {port}\nlog_level: warning\nrouter:\n  kv_discovery_interval_s: 1\n"
+            f"routes:\n  - name: {MODEL}\n    policy: {policy}\n{local}    upstreams:\n{upstreams}")
 
 
 def launch(config: Path, text: str, log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -179,21 +205,37 @@ def launch(config: Path, text: str, log: Path, env: dict[str, str]) -> subproces
                             env={**os.environ, **env}, stdout=log.open("wb"), stderr=subprocess.STDOUT)
 
 
+RATIO_METRICS = ("ttft_p50_ms", "ttft_p99_ms", "req_per_s", "output_tokens_per_s")
+
+
 def summarise(phases: list[Phase]) -> dict[str, Any]:
+    """Within-round ratios of each pair in PAIRS (policy / baseline) that both ran: median, min, max."""
     by_round: dict[int, dict[str, Phase]] = {}
     for phase in phases:
         by_round.setdefault(phase.round, {})[phase.policy] = phase
-    ratios: dict[str, list[float]] = {"ttft_p50": [], "ttft_p99": [], "req_per_s": [], "output_tokens_per_s": []}
-    for pair in by_round.values():
-        if set(pair) != set(POLICIES):
-            continue
-        a, b = pair["prefix"], pair["round-robin"]
-        ratios["ttft_p50"].append(a.ttft_p50_ms / b.ttft_p50_ms)
-        ratios["ttft_p99"].append(a.ttft_p99_ms / b.ttft_p99_ms)
-        ratios["req_per_s"].append(a.req_per_s / b.req_per_s)
-        ratios["output_tokens_per_s"].append(a.output_tokens_per_s / b.output_tokens_per_s)
-    return {f"prefix_vs_round_robin_{k}": {"median": statistics.median(v), "min": min(v), "max": max(v), "n": len(v)}
-            for k, v in ratios.items() if v}
+    out: dict[str, Any] = {}
+    for policy, baseline in PAIRS:
+        ratios: dict[str, list[float]] = {metric: [] for metric in RATIO_METRICS}
+        for pair in by_round.values():
+            if policy in pair and baseline in pair:
+                for metric in RATIO_METRICS:
+                    ratios[metric].append(getattr(pair[policy], metric) / getattr(pair[baseline], metric))
+        stem = f"{policy}_vs_{baseline}".replace("-", "_")
+        out.update({f"{stem}_{metric.removesuffix('_ms')}": {"median": statistics.median(v), "min": min(v),
+                                                             "max": max(v), "n": len(v)}
+                    for metric, v in ratios.items() if v})
+    return out
+
+
+def per_policy(phases: list[Phase]) -> dict[str, dict[str, float | None]]:
+    """Each policy's medians over the rounds."""
+    out: dict[str, dict[str, float | None]] = {}
+    for policy in dict.fromkeys(p.policy for p in phases):
+        mine = [p for p in phases if p.policy == policy]
+        hits = [p.prefix_hit_rate for p in mine if p.prefix_hit_rate is not None]
+        out[policy] = {metric: statistics.median(getattr(p, metric) for p in mine) for metric in RATIO_METRICS}
+        out[policy]["prefix_hit_rate"] = statistics.median(hits) if hits else None
+    return out
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -207,10 +249,17 @@ def markdown(result: dict[str, Any]) -> str:
         hit = "" if p["prefix_hit_rate"] is None else f"{p['prefix_hit_rate']:.2f}"
         lines.append(f"| {p['round']} | {p['policy']} | {p['ttft_p50_ms']:.0f} | {p['ttft_p99_ms']:.0f} | "
                      f"{p['req_per_s']:.2f} | {hit} |")
-    lines += ["", "| prefix / round-robin, same round | median | min | max |", "|---|---|---|---|"]
+    lines += ["", "| policy, median over rounds | TTFT p50 ms | TTFT p99 ms | req/s | prefix-cache hit rate |",
+              "|---|---|---|---|---|"]
+    for policy, m in per_policy([Phase(**p) for p in result["phases"]]).items():
+        hit = "" if m["prefix_hit_rate"] is None else f"{m['prefix_hit_rate']:.2f}"
+        lines.append(f"| {policy} | {m['ttft_p50_ms']:.0f} | {m['ttft_p99_ms']:.0f} | {m['req_per_s']:.2f} | {hit} |")
+    lines += ["", "| ratio, same round | median | min | max |", "|---|---|---|---|"]
+    stems = {f"{a}_vs_{b}_".replace("-", "_"): f"{a} / {b}" for a, b in PAIRS}
     for name, r in result["summary"].items():
-        lines.append(f"| {name.removeprefix('prefix_vs_round_robin_')} | {r['median']:.2f}× | {r['min']:.2f}× | "
-                     f"{r['max']:.2f}× |")
+        stem = next((s for s in stems if name.startswith(s)), "")
+        shown = f"{stems[stem]}, {name.removeprefix(stem)}" if stem else name
+        lines.append(f"| {shown} | {r['median']:.2f}× | {r['min']:.2f}× | {r['max']:.2f}× |")
     return "\n".join(lines) + "\n"
 
 
@@ -219,12 +268,16 @@ def plot(result: dict[str, Any], path: Path) -> bool:
     plt = pyplot()
     if plt is None:
         return False
-    metrics = [("ttft_p50_ms", "TTFT p50 (ms)"), ("ttft_p99_ms", "TTFT p99 (ms)"), ("req_per_s", "requests/s")]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(12, 3.5))
+    metrics = [("ttft_p50_ms", "TTFT p50 (ms)"), ("ttft_p99_ms", "TTFT p99 (ms)"), ("req_per_s", "requests/s"),
+               ("prefix_hit_rate", "prefix-cache hit rate")]
+    policies = list(dict.fromkeys(p["policy"] for p in result["phases"]))
+    width = 0.8 / len(policies)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(16, 3.5))
     for ax, (metric, title) in zip(axes, metrics):
-        for offset, policy in ((-0.2, "prefix"), (0.2, "round-robin")):
+        for slot, policy in enumerate(policies):
             phases = [p for p in result["phases"] if p["policy"] == policy]
-            ax.bar([p["round"] + offset for p in phases], [p[metric] for p in phases], width=0.4, label=policy)
+            offset = (slot - (len(policies) - 1) / 2) * width
+            ax.bar([p["round"] + offset for p in phases], [p[metric] or 0 for p in phases], width=width, label=policy)
         ax.set_xticks(sorted({p["round"] for p in result["phases"]}))
         ax.set_xlabel("round")
         ax.set_title(title)
@@ -243,6 +296,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-tokens", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--kv-blocks", type=int, help="cap each engine's KV cache (vLLM num_gpu_blocks_override)")
+    parser.add_argument("--policies", default=",".join(POLICIES), help="the routers' policies, comma-separated")
     parser.add_argument("--port-base", type=int, default=8260)
     parser.add_argument("--ready-timeout", type=float, default=900)
     parser.add_argument("--dry-run", action="store_true", help="print the workload and configs, start nothing")
@@ -251,6 +305,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.prompts < 1 or args.requests < 1 or args.concurrency < 1 or args.rounds < 1:
         parser.error("--prompts, --requests, --concurrency and --rounds must be at least 1")
+    args.policies = tuple(p.strip() for p in args.policies.split(",") if p.strip())
+    if not args.policies or set(args.policies) - {"kv", "prefix", "least-loaded", "round-robin", "power-of-two"}:
+        parser.error("--policies: some of kv, prefix, least-loaded, round-robin, power-of-two")
     return args
 
 
@@ -258,13 +315,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     workload = Workload(args.prompts, args.prompt_words, args.requests, args.concurrency, args.max_tokens)
     instances = [f"http://127.0.0.1:{args.port_base + 1}", f"http://127.0.0.1:{args.port_base + 2}"]
-    routers = {policy: (args.port_base + 3 + i) for i, policy in enumerate(POLICIES)}
+    routers = {policy: (args.port_base + 3 + i) for i, policy in enumerate(args.policies)}
+    events_ports = [args.port_base + 20, args.port_base + 22]  # each with its replay port next to it
     if args.dry_run:
         sample = requests_for(workload, 0)
         print(json.dumps({"workload": asdict(workload), "requests": len(sample),
                           "system_prompt_chars": len(sample[0][0]["content"]),
-                          "engine_config": engine_config(args.port_base + 1, args.kv_blocks),
-                          "router_config": router_config(routers["prefix"], "prefix", instances)}, indent=1))
+                          "engine_config": engine_config(args.port_base + 1, args.kv_blocks, events_ports[0]),
+                          "router_configs": {policy: router_config(port, policy, instances)
+                                             for policy, port in routers.items()}}, indent=1))
         return
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="routing-quality-", dir=args.out / "logs" if (args.out / "logs").is_dir()
@@ -275,10 +334,13 @@ def main(argv: list[str] | None = None) -> None:
         for index, url in enumerate(instances):
             core = str(cores[index % len(cores)])
             env = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": core, "HF_HUB_OFFLINE": "1"}
-            procs.append(launch(work / f"engine{index}.yaml", engine_config(args.port_base + 1 + index, args.kv_blocks),
-                                work / f"engine{index}.log", env))
+            config = engine_config(args.port_base + 1 + index, args.kv_blocks, events_ports[index])
+            procs.append(launch(work / f"engine{index}.yaml", config, work / f"engine{index}.log", env))
+        from gateway.model_store import prepare_gemma
+
+        tokenizer = str(prepare_gemma())  # the router tokenizes locally, as the engines do
         for policy, port in routers.items():
-            procs.append(launch(work / f"router-{policy}.yaml", router_config(port, policy, instances),
+            procs.append(launch(work / f"router-{policy}.yaml", router_config(port, policy, instances, tokenizer),
                                 work / f"router-{policy}.log", {}))
         for url, proc in zip(instances, procs):
             wait_answering(url, proc, "/ready", timeout_s=args.ready_timeout, interval_s=2)
@@ -289,7 +351,8 @@ def main(argv: list[str] | None = None) -> None:
         asyncio.run(drive(instances[1], requests_for(Workload(1, 50, 2, 1, 2), 10**6 + 7), 1, 2))
         phases = []
         for round_index in range(args.rounds):
-            order = POLICIES if round_index % 2 == 0 else POLICIES[::-1]
+            shift = round_index % len(args.policies)
+            order = args.policies[shift:] + args.policies[:shift]  # each round, another policy goes first
             for slot, policy in enumerate(order):
                 seed = 1000 * (round_index + 1) + slot
                 phase = run_phase(policy, round_index, f"http://127.0.0.1:{routers[policy]}", instances, workload, seed)
@@ -306,7 +369,7 @@ def main(argv: list[str] | None = None) -> None:
     result = {"suite": "routing-quality", "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
               "machine": {"cores": os.cpu_count(), "load_avg_at_end": os.getloadavg()},
               "workload": asdict(workload), "kv_blocks": args.kv_blocks, "phases": [asdict(p) for p in phases],
-              "summary": summarise(phases)}
+              "per_policy": per_policy(phases), "summary": summarise(phases)}
     stem = args.out / f"{dt.date.today().isoformat()}-{args.tag}"
     stem.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
     stem.with_suffix(".md").write_text(markdown(result))

@@ -31,6 +31,7 @@ class ModelInfo:
     kind: str = "generate"  # "generate" or "embed"
     root: str | None = None
     parent: str | None = None  # a LoRA adapter: the base model it runs on
+    kv_events: tuple[str, str | None] | None = None  # where its engine publishes KV events: (endpoint, replay)
 
 
 @dataclass(frozen=True)

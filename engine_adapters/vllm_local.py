@@ -43,6 +43,7 @@ class LocalModelSpec:
     engine_args: dict[str, Any] = field(default_factory=dict)
     publish_metrics: bool = True  # vLLM's Prometheus metrics are global: one engine per process publishes
     lora_adapters: dict[str, str] = field(default_factory=dict)  # served name -> adapter directory
+    kv_events: tuple[str, str | None] | None = None  # publish KV-cache events: (ZMQ endpoint, replay endpoint)
 
 
 class VllmLocalAdapter:
@@ -70,7 +71,12 @@ class VllmLocalAdapter:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        args = AsyncEngineArgs(**engine_args_for(self.spec, platform))
+        engine_args = engine_args_for(self.spec, platform)
+        if isinstance(events := engine_args.get("kv_events_config"), dict):
+            from vllm.config.kv_events import KVEventsConfig
+
+            engine_args["kv_events_config"] = KVEventsConfig(**events)
+        args = AsyncEngineArgs(**engine_args)
         self._engine = AsyncLLM.from_engine_args(args)
         self._tokenizer = self._engine.get_tokenizer()
         self._max_model_len = self._engine.model_config.max_model_len
@@ -92,7 +98,8 @@ class VllmLocalAdapter:
         self._engine = None
 
     def models(self) -> list[ModelInfo]:
-        base = ModelInfo(self.spec.name, self._max_model_len, self.spec.kind, root=self.spec.path)
+        base = ModelInfo(self.spec.name, self._max_model_len, self.spec.kind, root=self.spec.path,
+                         kv_events=self.spec.kv_events)
         loras = [ModelInfo(name, self._max_model_len, self.spec.kind, root=path, parent=self.spec.name)
                  for name, (_, path) in self._loras.items()]
         return [base, *loras]
@@ -378,7 +385,12 @@ def engine_args_for(spec: LocalModelSpec, platform: str) -> dict[str, Any]:
     """vLLM's AsyncEngineArgs for `spec` on `platform`; the model's own engine_args win. On CPU, eager
     mode: torch.compile costs minutes of start-up on a small CPU machine and gains little there. Elsewhere
     vLLM's own defaults stand (on CUDA: CUDA graphs and torch.compile)."""
-    platform_defaults = {"enforce_eager": True} if platform == CPU else {}
+    platform_defaults: dict[str, Any] = {"enforce_eager": True} if platform == CPU else {}
+    if spec.kv_events is not None:
+        endpoint, replay = spec.kv_events
+        platform_defaults["kv_events_config"] = {"enable_kv_cache_events": True, "publisher": "zmq",
+                                                 "endpoint": endpoint, "replay_endpoint": replay}
+        platform_defaults["enable_prefix_caching"] = True  # the events come from the prefix cache
     return {
         "model": spec.path,
         "served_model_name": [spec.name],

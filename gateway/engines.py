@@ -60,6 +60,7 @@ def local_spec(model: ModelSettings, path: str, publish_metrics: bool) -> LocalM
         engine_args={**lora_engine_args(model), **model.engine_args},
         publish_metrics=publish_metrics,
         lora_adapters={adapter.name: adapter.path for adapter in model.lora_adapters},
+        kv_events=(model.kv_events_endpoint, model.kv_events_replay_endpoint) if model.kv_events_endpoint else None,
     )
 
 

@@ -46,6 +46,12 @@ class ModelSettings(BaseModel):
     enable_lora: bool = Field(default=False, description="Enable LoRA with no static adapters (runtime loading).")
     max_lora_rank: int | None = Field(default=None, ge=1, description="vLLM's max_lora_rank; default: vLLM's.")
     max_loras: int | None = Field(default=None, ge=1, description="Adapters in one batch; default: the listed count.")
+    # vLLM's KV-cache events (kv_events_config), for a router's policy `kv`; listed in /v1/models as `kv_events`.
+    kv_events_endpoint: str | None = Field(
+        default=None, pattern=r"^tcp://", description="Publish KV-cache events on this ZMQ address "
+        "(e.g. tcp://*:5557); off when unset.")
+    kv_events_replay_endpoint: str | None = Field(
+        default=None, pattern=r"^tcp://", description="Where a router re-syncs missed events (e.g. tcp://*:5558).")
 
     @field_validator("tool_parser")
     @classmethod
@@ -65,6 +71,8 @@ class ModelSettings(BaseModel):
             raise ValueError(f"model {self.name!r}: LoRA adapter names must be unique and differ from the model's")
         if self.lora_enabled and self.kind != "generate":
             raise ValueError(f"model {self.name!r}: LoRA adapters need a generate model")
+        if self.kv_events_replay_endpoint and not self.kv_events_endpoint:
+            raise ValueError(f"model {self.name!r}: kv_events_replay_endpoint needs kv_events_endpoint")
         return self
 
 
@@ -119,12 +127,19 @@ class DiscoverySettings(BaseModel):
         return self
 
 
+class KvEventsPorts(BaseModel):
+    """Policy kv: where every instance of the route publishes its KV events, on the instance's own host."""
+
+    port: int = Field(ge=1, le=65535)
+    replay_port: int | None = Field(default=None, ge=1, le=65535)
+
+
 class RouteSettings(BaseModel):
     """Router mode: one public model name served by remote OpenAI-compatible instances."""
 
     name: str = Field(min_length=1, description="The public model name clients send as `model`.")
     aliases: list[str] = Field(default_factory=list, description="More public names for the same model.")
-    policy: Literal["least-loaded", "power-of-two", "session", "prefix", "round-robin"] = Field(
+    policy: Literal["least-loaded", "power-of-two", "session", "prefix", "round-robin", "kv"] = Field(
         default="least-loaded", description="How an instance is chosen for each request.")
     upstreams: list[UpstreamUrl] = Field(default_factory=list, description="Static instance base URLs.")
     upstream_model: str | None = Field(default=None, description="The model name the instances serve, if different.")
@@ -145,6 +160,12 @@ class RouteSettings(BaseModel):
                                     "(POST /v1/load_lora_adapter) on the least-loaded instance.")
     max_loras: int | None = Field(default=None, ge=1, description="Adapters one instance holds, where its "
                                   "metrics do not say (vllm:lora_requests_info max_lora); default no limit.")
+    kv_events: KvEventsPorts | None = Field(
+        default=None, description="Policy kv: the instances' KV-event ports; unset, each instance's /v1/models "
+        "entry tells (`kv_events`), and an instance that tells none is routed as by `prefix`.")
+    kv_tokenizer: str | None = Field(
+        default=None, description="Policy kv: the model's tokenizer (a local directory or hub id, read with "
+        "transformers) to count the prompt's tokens here; unset, the instances' /tokenize does.")
 
     @model_validator(mode="after")
     def _one_key_source(self) -> RouteSettings:
@@ -179,6 +200,13 @@ class RouterSettings(BaseModel):
         default=True,
         description="Write a relayed stream's events from the instance's socket straight to the client's, "
                     "past ASGI send (engine_adapters.splice); false sends every byte through ASGI.")
+    # Policy kv (gateway/routing/kv.py).
+    kv_max_blocks: int = Field(default=500_000, ge=1, description="Blocks the KV index holds over all instances.")
+    kv_tokenize_timeout_s: float = Field(default=2.0, gt=0, description="An instance's /tokenize, for routing.")
+    kv_tokenize_cache_size: int = Field(default=1024, ge=0, description="Prompts whose tokens are kept for routing.")
+    kv_tokenize_cache_ttl_s: float = Field(default=30.0, ge=0, description="How long kept tokens stay.")
+    kv_discovery_interval_s: float = Field(default=5.0, gt=0,
+                                           description="How often an instance without KV events is asked again.")
     reload_interval_s: float = Field(default=2.0, gt=0, description="How often the --config file is checked for changes.")
     hold_timeout_s: float = Field(
         default=300.0, ge=0,

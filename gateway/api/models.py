@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from gateway.api.common import ERROR_RESPONSES, app_state, json_response
-from gateway.protocol.models import ModelCard, ModelList
+from gateway.protocol.models import KvEventsCard, ModelCard, ModelList
 from gateway.state import AppState
 
 router = APIRouter()
@@ -14,8 +14,9 @@ router = APIRouter()
 
 def _card(state: AppState, model: str) -> ModelCard:
     info = state.model_info(model)
+    kv_events = KvEventsCard(endpoint=info.kv_events[0], replay_endpoint=info.kv_events[1]) if info.kv_events else None
     return ModelCard(id=info.name, created=state.started_at, max_model_len=info.max_model_len, root=info.root,
-                     parent=info.parent)
+                     parent=info.parent, kv_events=kv_events)
 
 
 @router.get("/v1/models", response_model=ModelList, responses=ERROR_RESPONSES)

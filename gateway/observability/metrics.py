@@ -175,6 +175,20 @@ class UpstreamStat:
 
 
 @dataclass(frozen=True)
+class KvStatus:
+    events: list[str]  # instances routed by their KV events
+    fallback: list[str]  # instances routed by `prefix` alone, for want of events
+    blocks: int
+    events_applied: int
+    resyncs: int
+    decisions: dict[str, int]  # how requests were routed: cached, spread, approximate
+
+    def as_json(self) -> dict[str, object]:
+        return {"policy": "kv", "events_instances": self.events, "fallback_instances": self.fallback,
+                "blocks_indexed": self.blocks, "decisions": self.decisions}
+
+
+@dataclass(frozen=True)
 class RouteStatus:
     """One routed model now: its instances, how many are routable, and the requests waiting for it."""
 
@@ -184,11 +198,16 @@ class RouteStatus:
     waiting: int  # held for an instance to become ready, plus queued for an admission slot
     in_flight: int  # on an instance now
     breakers: dict[str, int]  # breaker state name -> instances in it
+    kv: KvStatus | None = None  # policy kv only
 
     def as_json(self) -> dict[str, object]:
-        return {"state": "ready" if self.ready_instances else "unavailable", "instances": self.instances,
-                "ready_instances": self.ready_instances, "waiting_requests": self.waiting,
-                "in_flight_requests": self.in_flight, "breakers": self.breakers}
+        body: dict[str, object] = {
+            "state": "ready" if self.ready_instances else "unavailable", "instances": self.instances,
+            "ready_instances": self.ready_instances, "waiting_requests": self.waiting,
+            "in_flight_requests": self.in_flight, "breakers": self.breakers}
+        if self.kv is not None:
+            body["kv_routing"] = self.kv.as_json()
+        return body
 
 
 @dataclass(frozen=True)
@@ -247,12 +266,42 @@ class _RouteCollector:
                                     labels=["model"])
         in_flight = GaugeMetricFamily("tokenyard_route_in_flight_requests",
                                       "Requests for the model on one of its instances now.", labels=["model"])
-        for status in self.source():
+        statuses = list(self.source())
+        for status in statuses:
             ready.add_metric([status.model], float(status.ready_instances))
             total.add_metric([status.model], float(status.instances))
             waiting.add_metric([status.model], float(status.waiting))
             in_flight.add_metric([status.model], float(status.in_flight))
         yield from (ready, total, waiting, in_flight)
+        yield from _kv_metrics([status for status in statuses if status.kv is not None])
+
+
+def _kv_metrics(statuses: list[RouteStatus]) -> Iterator[Metric]:
+    """Policy kv: the index's size and work, and how many instances are routed by their events."""
+    instances = GaugeMetricFamily("tokenyard_route_kv_instances", "Instances routed by their KV events (source "
+                                  "events) or, lacking them, by the approximate prefix policy (source fallback).",
+                                  labels=["model", "source"])
+    blocks = GaugeMetricFamily("tokenyard_route_kv_blocks", "KV-cache blocks in the router's index, over all "
+                               "instances.", labels=["model"])
+    events = CounterMetricFamily("tokenyard_route_kv_events_applied", "KV events applied to the index.",
+                                 labels=["model"])
+    resyncs = CounterMetricFamily("tokenyard_route_kv_resyncs", "Re-syncs of an instance's KV events after a gap "
+                                  "in their sequence or a restart.", labels=["model"])
+    decisions = CounterMetricFamily("tokenyard_route_kv_decisions", "Requests routed to the instance holding most "
+                                    "of the prompt (cached), away from holders past the load bound (spread), or "
+                                    "by the approximate prefix policy (approximate).", labels=["model", "decision"])
+    for status in statuses:
+        kv = status.kv
+        assert kv is not None
+        instances.add_metric([status.model, "events"], float(len(kv.events)))
+        instances.add_metric([status.model, "fallback"], float(len(kv.fallback)))
+        blocks.add_metric([status.model], float(kv.blocks))
+        events.add_metric([status.model], float(kv.events_applied))
+        resyncs.add_metric([status.model], float(kv.resyncs))
+        for decision, count in kv.decisions.items():
+            decisions.add_metric([status.model, decision], float(count))
+    if statuses:
+        yield from (instances, blocks, events, resyncs, decisions)
 
 
 class _UpstreamCollector:

@@ -7,6 +7,11 @@ from typing import Literal
 from pydantic import BaseModel
 
 
+class KvEventsCard(BaseModel):
+    endpoint: str  # vLLM's ZMQ PUB address; a wildcard host (tcp://*:5557) means this server's host
+    replay_endpoint: str | None = None  # its ROUTER address, which re-sends missed batches
+
+
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"
@@ -15,6 +20,7 @@ class ModelCard(BaseModel):
     max_model_len: int | None = None
     root: str | None = None
     parent: str | None = None
+    kv_events: KvEventsCard | None = None  # where the engine publishes KV-cache events, for a router's policy kv
 
 
 class ModelList(BaseModel):

@@ -33,6 +33,7 @@ from gateway.routing.breaker import Breaker, BreakerState
 from gateway.routing.discovery import Resolver, discover, resolve, watch_dns
 from gateway.routing.health import probe, watch_health
 from gateway.routing.instance import Instance, Lease
+from gateway.routing.kv import KvRouting
 from gateway.routing.kube import EndpointSliceWatch
 from gateway.routing.lora import LoraPlacement
 from gateway.routing.policies import make_policy
@@ -68,6 +69,8 @@ class RoutedAdapter:
         self._closed = False
         self.held = 0  # requests waiting now for an instance to become routable
         self._routable_again = asyncio.Event()  # set, then replaced, whenever an instance may have become routable
+        # Policy kv: the instances' KV events, followed from start to close.
+        self.kv = KvRouting(route, settings, self.rng, lambda: self._key.value) if route.policy == "kv" else None
         self._timeouts = HttpTimeouts(
             connect_s=settings.connect_timeout_s, first_token_s=settings.first_token_timeout_s,
             idle_s=settings.idle_timeout_s, total_s=settings.request_timeout_s,
@@ -83,6 +86,8 @@ class RoutedAdapter:
     def add_instance(self, url: str, static: bool = True) -> Instance:
         breaker = Breaker(self.settings.breaker_failures, self.settings.breaker_cooldown_s)
         instance = self.instances[url] = Instance(url, self._connect(url), breaker, static=static)
+        if self.kv is not None:
+            self.kv.follow(url)
         return instance
 
     def set_discovered(self, urls: list[str]) -> None:
@@ -96,6 +101,8 @@ class RoutedAdapter:
             if not instance.static and url not in wanted:
                 log.info("route %s: instance %s left", self.route.name, url)
                 del self.instances[url]
+                if self.kv is not None:
+                    self.kv.unfollow(url)
                 self._spawn(instance.adapter.close(self.settings.request_timeout_s))
 
     async def _watch_key(self) -> None:
@@ -117,6 +124,8 @@ class RoutedAdapter:
     # -- lifecycle ----------------------------------------------------------------
 
     async def start(self) -> None:
+        if self.kv is not None:
+            await self.kv.start()
         for url in self.route.upstreams:
             self.add_instance(url.rstrip("/"))
         if (discovery := self.route.discovery) and discovery.mode == "kubernetes":
@@ -147,6 +156,8 @@ class RoutedAdapter:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await asyncio.gather(*(i.adapter.close() for i in self.instances.values()))
+        if self.kv is not None:
+            await self.kv.close()
 
     # -- status -------------------------------------------------------------------
 
@@ -175,7 +186,8 @@ class RoutedAdapter:
         instances = list(self.instances.values())
         breakers = {state.name.lower(): sum(i.breaker.state is state for i in instances) for state in BreakerState}
         return RouteStatus(self.route.name, len(instances), len(self.routable()), self.held + queued,
-                           sum(i.in_flight for i in instances), breakers)
+                           sum(i.in_flight for i in instances), breakers,
+                           self.kv.status(list(self.instances)) if self.kv is not None else None)
 
     def upstream_stats(self) -> list[UpstreamStat]:
         return [
@@ -221,11 +233,12 @@ class RoutedAdapter:
         if not candidates:
             raise attempts.error or EngineUnavailable(f"No healthy instance serves `{attempts.request.model}` now.")
         model = attempts.request.model
-        if not self.lora.serves(model):
+        if self.lora.serves(model):
+            instance = await self.lora.choose(candidates, attempts.request, attempts.hold_until)
+        elif self.kv is not None:
+            instance = await self.kv.choose(candidates, attempts.request, lambda i: i.adapter)
+        else:
             instance = self.policy.choose(candidates, attempts.request)
-            attempts.tried.add(instance.url)
-            return Lease(instance)
-        instance = await self.lora.choose(candidates, attempts.request, attempts.hold_until)
         attempts.tried.add(instance.url)
         self.lora.track(instance, model)
         return Lease(instance, on_release=lambda: self.lora.release(instance, model))

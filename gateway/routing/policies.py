@@ -158,6 +158,6 @@ def make_policy(name: str, settings: RouterSettings, rng: random.Random | None =
         return RoundRobin()
     if name == "session":
         return Session(rng)
-    if name == "prefix":
+    if name in ("prefix", "kv"):  # kv: the approximation it falls back to (gateway.routing.kv chooses)
         return Prefix(rng, settings.prefix_chars, settings.prefix_load_factor)
     return LeastLoaded(rng)

@@ -86,3 +86,20 @@ def test_a_routes_passthrough_paths_default_empty_and_must_be_paths() -> None:
     for bad in ("v1/new", "/v1/new?x=1", "/v1 new"):
         with pytest.raises(ValidationError):
             RouteSettings(name="m", passthrough_paths=[bad])
+
+
+def test_kv_events_settings() -> None:
+    from gateway.engines import local_spec
+
+    model = {"name": "m", "model": "/models/m", "kv_events_endpoint": "tcp://*:5557"}
+    settings = Settings(models=[model])
+    assert local_spec(settings.models[0], "/models/m", True).kv_events == ("tcp://*:5557", None)
+    assert local_spec(Settings().models[0], "/m", True).kv_events is None  # off by default
+    with pytest.raises(ValueError, match="kv_events_endpoint"):
+        Settings(models=[{"name": "m", "model": "/m", "kv_events_endpoint": "ipc:///tmp/x"}])
+    with pytest.raises(ValueError, match="needs kv_events_endpoint"):
+        Settings(models=[{"name": "m", "model": "/m", "kv_events_replay_endpoint": "tcp://*:5558"}])
+    route = Settings(routes=[{"name": "m", "policy": "kv", "upstreams": ["http://a:1"],
+                              "kv_events": {"port": 5557, "replay_port": 5558}}]).routes[0]
+    assert route.policy == "kv" and route.kv_events is not None and route.kv_events.port == 5557
+    assert Settings().router.kv_max_blocks == 500_000

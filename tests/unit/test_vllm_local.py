@@ -91,3 +91,13 @@ def test_no_death_cause_while_running_or_before_start() -> None:
     assert adapter.death_cause() is None
     adapter._engine = engine(errored=False, finished={})
     assert adapter.death_cause() is None
+
+
+def test_kv_events_turn_on_vllms_zmq_publisher_and_the_prefix_cache() -> None:
+    events = LocalModelSpec(name="m", path="/models/m", kv_events=("tcp://*:5557", "tcp://*:5558"))
+    args = engine_args_for(events, CPU)
+    assert args["kv_events_config"] == {"enable_kv_cache_events": True, "publisher": "zmq",
+                                        "endpoint": "tcp://*:5557", "replay_endpoint": "tcp://*:5558"}
+    assert args["enable_prefix_caching"] is True
+    assert "kv_events_config" not in engine_args_for(spec(), CPU)  # off unless asked for
+    assert VllmLocalAdapter(events).models()[0].kv_events == ("tcp://*:5557", "tcp://*:5558")

@@ -1,0 +1,218 @@
+"""Policy `kv`: send a request to the instance whose KV cache holds the longest run of its prompt's blocks.
+
+The stages, per request: the prompt's token ids as the engine will see them (chat template applied: a local
+tokenizer of the model when the route names one, else the instance's own /tokenize, cached briefly); their
+full blocks keyed as the index keys stored blocks (kv_index.block_keys); each instance's count of leading
+blocks it holds; the deepest instance, unless taking the request would put it above `load_factor` times
+the mean load (the bound `prefix` uses), then the least loaded. A prompt that no instance holds yet goes by
+the `prefix` policy's ring, so concurrent requests for a new prefix meet on one instance.
+
+An instance whose events we do not have (no endpoint found, not yet synced) is routed by `prefix` alone;
+/ready lists which instances are which, and tokenyard_route_kv_instances counts them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import httpx
+import orjson
+
+from engine_adapters.base import GenerateRequest
+from engine_adapters.openai_http import OpenAIHttpAdapter
+from gateway.errors import GatewayError
+from gateway.observability.metrics import KvStatus
+from gateway.routing.kv_events import KvSubscriber, discover_endpoints, endpoint_for, new_context
+from gateway.routing.kv_index import KvIndex, block_keys
+from gateway.routing.policies import C, LeastLoaded, Prefix
+from gateway.settings import RouterSettings, RouteSettings
+
+log = logging.getLogger(__name__)
+
+
+# How a request was routed: to the instance holding most of its prompt (cached), away from holders that were
+# past the load bound (spread), or by `prefix` when no synced instance held any of it, or its tokens were
+# not known (approximate).
+DECISIONS = ("cached", "spread", "approximate")
+
+
+class KvPrefix:
+    """The choice itself, given the prompt's token ids (None: unknown, so `prefix` decides)."""
+
+    def __init__(self, index: KvIndex, rng: random.Random, settings: RouterSettings) -> None:
+        self.index = index
+        self.load_factor = settings.prefix_load_factor
+        self.approximate = Prefix(rng, settings.prefix_chars, settings.prefix_load_factor)
+        self.least_loaded = LeastLoaded(rng)
+        self.decisions = dict.fromkeys(DECISIONS, 0)
+
+    def choose(self, candidates: Sequence[C], request: GenerateRequest, tokens: list[int] | None = None) -> C:
+        depth = self.depths(candidates, tokens) if tokens else {}
+        held = [c for c in candidates if depth.get(c.key)]
+        if not held:
+            self.decisions["approximate"] += 1
+            return self.approximate.choose(candidates, request)
+        total = sum(c.score() for c in candidates)
+        capacity = max(1, math.ceil(self.load_factor * (total + 1) / len(candidates)))
+        fits = [c for c in held if c.score() + 1 <= capacity]
+        if not fits:  # a hot prefix: its holders are full, so it spreads
+            self.decisions["spread"] += 1
+            return self.least_loaded.choose(candidates, request)
+        self.decisions["cached"] += 1
+        return max(fits, key=lambda c: (depth[c.key], -c.score()))
+
+    def depths(self, candidates: Sequence[C], tokens: list[int]) -> dict[str, int]:
+        """Leading blocks of the prompt each synced instance holds (instances may differ in block size)."""
+        by_size: dict[int, list[str]] = {}
+        for c in candidates:
+            size = self.index.block_size(c.key)
+            if size and self.index.synced(c.key):
+                by_size.setdefault(size, []).append(c.key)
+        depth: dict[str, int] = {}
+        for size, keys in by_size.items():
+            depth.update(self.index.matched(block_keys(tokens, size), keys))
+        return depth
+
+
+class PromptTokens:
+    """A prompt's token ids, from a local tokenizer or an instance's /tokenize; recent answers are kept."""
+
+    def __init__(self, settings: RouterSettings, tokenizer: Any = None) -> None:
+        self.tokenizer = tokenizer
+        self.timeout_s = settings.kv_tokenize_timeout_s
+        self.ttl_s = settings.kv_tokenize_cache_ttl_s
+        self.size = settings.kv_tokenize_cache_size
+        self._cache: OrderedDict[bytes, tuple[float, list[int]]] = OrderedDict()
+
+    async def ids(self, request: GenerateRequest, instance: OpenAIHttpAdapter) -> list[int] | None:
+        if request.messages is None and not isinstance(request.prompt, str):
+            return list(request.prompt) if request.prompt else None  # already token ids
+        body: dict[str, Any] = ({"messages": request.messages, "add_generation_prompt": True}
+                                if request.messages is not None else {"prompt": request.prompt})
+        key = orjson.dumps(body)
+        if (hit := self._cache.get(key)) and time.monotonic() - hit[0] < self.ttl_s:
+            return hit[1]
+        ids = self._local(request) if self.tokenizer is not None else await self._remote(body, request, instance)
+        if ids is not None:
+            self._cache[key] = (time.monotonic(), ids)
+            self._cache.move_to_end(key)
+            while len(self._cache) > self.size:
+                self._cache.popitem(last=False)
+        return ids
+
+    def _local(self, request: GenerateRequest) -> list[int] | None:
+        """As the engine renders it (engine_adapters.vllm_local.prompt_ids): the template writes BOS itself."""
+        try:
+            if request.messages is not None:
+                text = self.tokenizer.apply_chat_template(request.messages, tokenize=False, add_generation_prompt=True)
+                return list(self.tokenizer.encode(text, add_special_tokens=False))
+            return list(self.tokenizer.encode(request.prompt))
+        except Exception as exc:  # a template that cannot render these messages: the instance will say so
+            log.debug("local tokenizer failed: %s", exc)
+            return None
+
+    async def _remote(self, body: dict[str, Any], request: GenerateRequest,
+                      instance: OpenAIHttpAdapter) -> list[int] | None:
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                answer = await instance.forward("/tokenize", body, request.model)
+            tokens = orjson.loads(answer).get("tokens")
+        except (GatewayError, TimeoutError, ValueError, AttributeError) as exc:
+            log.debug("/tokenize for routing failed: %s", exc)
+            return None
+        return [int(t) for t in tokens] if isinstance(tokens, list) else None
+
+
+def load_tokenizer(path: str) -> Any:
+    """The model's tokenizer, with transformers when it is installed; None otherwise."""
+    try:
+        from transformers import AutoTokenizer
+    except ImportError:
+        log.warning("kv_tokenizer %s: transformers is not installed; tokenizing on the instances", path)
+        return None
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except Exception as exc:
+        log.warning("kv_tokenizer %s cannot be loaded (%s); tokenizing on the instances", path, exc)
+        return None
+
+
+class KvRouting:
+    """A route's KV index, its subscribers (one per instance) and the choice; owned by the RoutedAdapter."""
+
+    def __init__(self, route: RouteSettings, settings: RouterSettings, rng: random.Random,
+                 key: Callable[[], str | None]) -> None:
+        self.route, self.settings = route, settings
+        self.index = KvIndex(settings.kv_max_blocks)
+        self.policy = KvPrefix(self.index, rng, settings)
+        self.tokens = PromptTokens(settings)
+        self.key = key  # the route's instance key, sent with the /v1/models that tells the endpoints
+        self._context = new_context()
+        self._follows: dict[str, asyncio.Task[None]] = {}
+        self._client = httpx.AsyncClient(timeout=httpx.Timeout(5.0, connect=settings.connect_timeout_s))
+
+    async def start(self) -> None:
+        if self.route.kv_tokenizer:
+            self.tokens.tokenizer = await asyncio.to_thread(load_tokenizer, self.route.kv_tokenizer)
+
+    def follow(self, url: str) -> None:
+        if url not in self._follows:
+            self._follows[url] = asyncio.ensure_future(self._follow(url))
+
+    def unfollow(self, url: str) -> None:
+        if (task := self._follows.pop(url, None)) is not None:
+            task.cancel()
+        self.index.forget(url)
+
+    async def close(self) -> None:
+        for task in self._follows.values():
+            task.cancel()
+        await asyncio.gather(*self._follows.values(), return_exceptions=True)
+        self._follows.clear()
+        await self._client.aclose()
+        self._context.destroy(linger=0)
+
+    async def _endpoints(self, url: str) -> tuple[str, str | None] | None:
+        pattern = self.route.kv_events
+        if pattern is not None:
+            replay = f"tcp://*:{pattern.replay_port}" if pattern.replay_port else None
+            return endpoint_for(f"tcp://*:{pattern.port}", url), endpoint_for(replay, url) if replay else None
+        headers = {"authorization": f"Bearer {key}"} if (key := self.key()) else {}
+        return await discover_endpoints(self._client, url, self.route.upstream_model or self.route.name, headers)
+
+    async def _follow(self, url: str) -> None:
+        """Find the instance's endpoints, then follow its events for as long as it is in the route."""
+        while True:
+            endpoints = await self._endpoints(url)
+            if endpoints is None:
+                await asyncio.sleep(self.settings.kv_discovery_interval_s)
+                continue
+            log.info("route %s: following the KV events of %s at %s", self.route.name, url, endpoints[0])
+            try:
+                await KvSubscriber(self.index, url, *endpoints, context=self._context).run()
+            except Exception as exc:  # a socket error: start over, routing by `prefix` meanwhile
+                log.warning("route %s: the KV events of %s stopped (%s); starting over", self.route.name, url, exc)
+            self.index.drop(url)
+            await asyncio.sleep(self.settings.kv_discovery_interval_s)
+
+    async def choose(self, candidates: Sequence[C], request: GenerateRequest,
+                     tokenizer: Callable[[C], OpenAIHttpAdapter]) -> C:
+        """The instance for the request; `tokenizer` gives the instance to ask for the prompt's ids (a retry
+        finds them in the cache)."""
+        tracked = [c for c in candidates if self.index.synced(c.key)]
+        if not tracked:
+            self.policy.decisions["approximate"] += 1
+            return self.policy.approximate.choose(candidates, request)
+        return self.policy.choose(candidates, request, await self.tokens.ids(request, tokenizer(tracked[0])))
+
+    def status(self, urls: list[str]) -> KvStatus:
+        synced = [url for url in urls if self.index.synced(url)]
+        return KvStatus(synced, [url for url in urls if url not in synced], self.index.size,
+                        self.index.events_applied, self.index.resyncs, dict(self.policy.decisions))

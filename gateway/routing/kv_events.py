@@ -1,0 +1,191 @@
+"""Follow one instance's KV events (vLLM's ZMQ publisher) into the route's KvIndex.
+
+The wire, as vLLM's `kv_events_config` publisher writes it: a PUB socket sends (topic, sequence number as
+8 bytes big-endian, payload) per batch; the payload is msgpack, a batch [ts, events, dp_rank] whose events
+are maps tagged by `type` (BlockStored, BlockRemoved, AllBlocksCleared). A ROUTER socket (the replay
+endpoint) answers a request for the batches from a sequence number on, still in its buffer, then an end
+marker (sequence -1).
+
+A batch that leaves a gap, or comes from a restarted publisher, starts a re-sync: the missed batches are
+asked of the replay endpoint; if it has them all they are applied in order and nothing is lost. Otherwise
+(no replay endpoint, or its buffer no longer reaches back) the instance's blocks are dropped from the index
+and it is rebuilt from the batches that can still be had.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Union
+from urllib.parse import urlsplit
+
+import httpx
+import msgspec
+import zmq
+import zmq.asyncio
+
+from gateway.routing.kv_index import Cleared, Event, KvIndex, Removed, Stored, Verdict
+
+log = logging.getLogger(__name__)
+
+END_SEQ = -1
+REPLAY_TIMEOUT_S = 5.0
+GPU_MEDIA = (None, "GPU")  # blocks offloaded to CPU or storage are not in the engine's prefix cache
+
+
+class _BlockStored(msgspec.Struct, tag="BlockStored"):
+    block_hashes: list[Union[int, bytes]]  # noqa: UP007
+    parent_block_hash: Union[int, bytes, None]  # noqa: UP007
+    token_ids: list[int]
+    block_size: int
+    lora_name: Union[str, None] = None  # noqa: UP007
+    medium: Union[str, None] = None  # noqa: UP007
+    group_idx: Union[int, None] = None  # noqa: UP007
+
+
+class _BlockRemoved(msgspec.Struct, tag="BlockRemoved"):
+    block_hashes: list[Union[int, bytes]]  # noqa: UP007
+    medium: Union[str, None] = None  # noqa: UP007
+    group_idx: Union[int, None] = None  # noqa: UP007
+
+
+class _AllBlocksCleared(msgspec.Struct, tag="AllBlocksCleared"):
+    pass
+
+
+class _Batch(msgspec.Struct, array_like=True):
+    ts: float
+    events: list[Union[_BlockStored, _BlockRemoved, _AllBlocksCleared]]  # noqa: UP007
+    data_parallel_rank: Union[int, None] = None  # noqa: UP007
+
+
+_decoder = msgspec.msgpack.Decoder(_Batch)
+
+
+def decode(payload: bytes) -> tuple[float, list[Event]]:
+    """A batch's clock and its events, as the index takes them; raises msgspec.DecodeError on a bad payload."""
+    batch = _decoder.decode(payload)
+    events: list[Event] = []
+    for raw in batch.events:
+        if isinstance(raw, _BlockStored):
+            if raw.medium in GPU_MEDIA:
+                events.append(Stored(raw.block_hashes, raw.parent_block_hash, raw.token_ids, raw.block_size,
+                                     raw.lora_name, raw.group_idx))
+        elif isinstance(raw, _BlockRemoved):
+            if raw.medium in GPU_MEDIA:
+                events.append(Removed(raw.block_hashes, raw.group_idx))
+        else:
+            events.append(Cleared())
+    return batch.ts, events
+
+
+def endpoint_for(endpoint: str, instance_url: str) -> str:
+    """A publisher's bind address (tcp://*:5557, tcp://0.0.0.0:5557) as its subscribers reach it: the
+    instance's own host in place of the wildcard."""
+    parts = urlsplit(endpoint)
+    if parts.scheme != "tcp" or parts.hostname not in ("*", "0.0.0.0", "::", None):
+        return endpoint
+    host = urlsplit(instance_url).hostname or "127.0.0.1"
+    host = f"[{host}]" if ":" in host else host
+    return f"tcp://{host}:{parts.port}"
+
+
+async def discover_endpoints(client: httpx.AsyncClient, instance_url: str, model: str,
+                             headers: dict[str, str]) -> tuple[str, str | None] | None:
+    """The instance's KV events endpoints from its /v1/models entry (`kv_events`), if it publishes any."""
+    try:
+        response = await client.get(f"{instance_url}/v1/models", headers=headers)
+        cards = response.json().get("data") or [] if response.status_code == 200 else []
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return None
+    for card in cards:
+        info = card.get("kv_events") if isinstance(card, dict) and card.get("id") == model else None
+        if isinstance(info, dict) and isinstance(info.get("endpoint"), str):
+            replay = info.get("replay_endpoint")
+            return (endpoint_for(info["endpoint"], instance_url),
+                    endpoint_for(replay, instance_url) if isinstance(replay, str) else None)
+    return None
+
+
+class KvSubscriber:
+    """One instance's events, applied to the index as they come."""
+
+    def __init__(self, index: KvIndex, instance: str, endpoint: str, replay_endpoint: str | None,
+                 context: zmq.asyncio.Context) -> None:
+        self.index, self.instance = index, instance
+        self.endpoint, self.replay_endpoint = endpoint, replay_endpoint
+        self.context = context
+        self.decode_errors = 0
+
+    async def run(self) -> None:
+        sub = self.context.socket(zmq.SUB)
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.connect(self.endpoint)
+        try:
+            while True:
+                frames = await sub.recv_multipart()
+                if len(frames) == 3:
+                    await self.take(int.from_bytes(frames[1], "big", signed=True), frames[2])
+        finally:
+            sub.close()
+
+    async def take(self, seq: int, payload: bytes) -> None:
+        batch = self._decode(payload)
+        if batch is None:
+            return
+        verdict = self.index.apply(self.instance, seq, *batch)
+        if verdict in (Verdict.GAP, Verdict.RESTART):
+            await self.resync(verdict, seq, batch)
+
+    async def resync(self, verdict: Verdict, seq: int, live: tuple[float, list[Event]]) -> None:
+        self.index.resyncs += 1
+        start = 0 if verdict is Verdict.RESTART else self.index.next_seq(self.instance)
+        log.info("kv events of %s: %s at batch %d; re-syncing from %d", self.instance, verdict.value, seq, start)
+        replayed = [(s, b) for s, p in await self.replay(start) if s < seq and (b := self._decode(p)) is not None]
+        batches = [*replayed, (seq, live)]
+        if verdict is Verdict.RESTART or batches[0][0] != start:
+            # What came before is gone (a new publisher, or a buffer that no longer reaches back).
+            self.index.drop(self.instance, next_seq=batches[0][0])
+        for number, (ts, events) in batches:
+            if self.index.apply(self.instance, number, ts, events) is Verdict.GAP:
+                self.index.drop(self.instance, next_seq=number)  # a hole in the replay itself
+                self.index.apply(self.instance, number, ts, events)
+
+    async def replay(self, start: int) -> list[tuple[int, bytes]]:
+        """The batches from `start` on that the publisher still buffers; none without a replay endpoint."""
+        if self.replay_endpoint is None:
+            return []
+        dealer = self.context.socket(zmq.DEALER)
+        dealer.setsockopt(zmq.LINGER, 0)
+        dealer.connect(self.replay_endpoint)
+        out: list[tuple[int, bytes]] = []
+        try:
+            await dealer.send_multipart((b"", start.to_bytes(8, "big")))
+            async with asyncio.timeout(REPLAY_TIMEOUT_S):
+                while True:
+                    frames = await dealer.recv_multipart()
+                    if len(frames) != 4:
+                        continue
+                    seq = int.from_bytes(frames[2], "big", signed=True)
+                    if seq == END_SEQ:
+                        return out
+                    out.append((seq, frames[3]))
+        except TimeoutError:
+            log.warning("kv events of %s: no whole replay within %g s", self.instance, REPLAY_TIMEOUT_S)
+            return out
+        finally:
+            dealer.close()
+
+    def _decode(self, payload: bytes) -> tuple[float, list[Event]] | None:
+        try:
+            return decode(payload)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            self.decode_errors += 1
+            if self.decode_errors == 1:
+                log.warning("kv events of %s: a batch we cannot read (%s)", self.instance, exc)
+            return None
+
+
+def new_context() -> Any:
+    return zmq.asyncio.Context()

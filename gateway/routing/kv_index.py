@@ -1,0 +1,214 @@
+"""Which instance holds which prompt blocks in its KV cache, from the instances' own KV events.
+
+vLLM announces every block it caches (BlockStored: the blocks' hashes, their parent's hash and their token
+ids) and every block it evicts (BlockRemoved: hashes only), in numbered batches. We never reproduce vLLM's
+own hash: each stored block gets a key of ours, chained from its parent's key and its tokens, the same way a
+request's prompt blocks are keyed (`block_keys`). Each instance keeps a map from vLLM's hash to our key, so a
+removal, which names vLLM's hash only, finds the key to drop.
+
+Sequence numbers tell whether a batch follows the last one applied. `apply` does not apply a batch that
+leaves a gap or that comes from a restarted publisher (its numbers start again at 0, with a later clock);
+the subscriber re-syncs then (gateway.routing.kv_events). Memory is bounded: past `max_blocks` entries in
+all, the oldest entries of the instance holding the most are dropped.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from array import array
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Union
+
+EngineHash = Union[int, bytes]  # noqa: UP007 (vLLM sends either)
+ROOT = b"tokenyard-kv"
+
+
+def _chain(parent: bytes, tokens: Sequence[int]) -> bytes:
+    return hashlib.blake2b(parent + array("q", tokens).tobytes(), digest_size=16).digest()
+
+
+def root_key(lora_name: str | None) -> bytes:
+    """The parent of a sequence's first block: blocks of a LoRA adapter never match the base model's."""
+    return _chain(ROOT + (lora_name or "").encode(), ())
+
+
+def block_keys(tokens: Sequence[int], block_size: int, lora_name: str | None = None) -> list[bytes]:
+    """Our key of each full block of `tokens`, each chained from the one before (a partial block is never cached)."""
+    keys: list[bytes] = []
+    parent = root_key(lora_name)
+    for start in range(0, len(tokens) - block_size + 1, block_size):
+        parent = _chain(parent, tokens[start:start + block_size])
+        keys.append(parent)
+    return keys
+
+
+@dataclass(frozen=True)
+class Stored:
+    block_hashes: Sequence[EngineHash]
+    parent_block_hash: EngineHash | None
+    token_ids: Sequence[int]
+    block_size: int
+    lora_name: str | None = None
+    group: int | None = None
+
+
+@dataclass(frozen=True)
+class Removed:
+    block_hashes: Sequence[EngineHash]
+    group: int | None = None
+
+
+@dataclass(frozen=True)
+class Cleared:
+    pass
+
+
+Event = Union[Stored, Removed, Cleared]  # noqa: UP007
+
+
+class Verdict(enum.Enum):
+    APPLIED = "applied"
+    DUPLICATE = "duplicate"  # already applied (a replay overlapping the live stream)
+    GAP = "gap"  # batches are missing before this one
+    RESTART = "restart"  # the publisher started again
+
+
+@dataclass
+class _Held:
+    """One instance's cached blocks: (group, vLLM's hash) -> our key, oldest first."""
+
+    keys: OrderedDict[tuple[int | None, EngineHash], bytes] = field(default_factory=OrderedDict)
+    next_seq: int = 0
+    last_ts: float = float("-inf")
+    block_size: int | None = None
+    synced: bool = False  # a batch has been applied since the last drop
+
+
+class KvIndex:
+    def __init__(self, max_blocks: int) -> None:
+        self.max_blocks = max_blocks
+        self._held: dict[str, _Held] = {}
+        self._holders: dict[bytes, dict[str, int]] = {}  # our key -> instance -> references (one per group)
+        self.size = 0  # entries over all instances
+        self.events_applied = 0
+        self.resyncs = 0  # counted by the subscribers, which do them
+        self.skipped = 0  # stored blocks whose parent we never saw, or whose tokens do not fill their blocks
+
+    # -- what the router asks -------------------------------------------------------
+
+    def block_size(self, instance: str) -> int | None:
+        held = self._held.get(instance)
+        return held.block_size if held else None
+
+    def synced(self, instance: str) -> bool:
+        held = self._held.get(instance)
+        return bool(held and held.synced)
+
+    def blocks(self, instance: str) -> int:
+        held = self._held.get(instance)
+        return len(held.keys) if held else 0
+
+    def matched(self, keys: Sequence[bytes], instances: Iterable[str]) -> dict[str, int]:
+        """How many of the leading `keys` each instance holds, all of them in a row."""
+        depth = dict.fromkeys(instances, 0)
+        alive = set(depth)
+        for index, key in enumerate(keys):
+            alive &= (self._holders.get(key) or {}).keys()
+            if not alive:
+                break
+            for instance in alive:
+                depth[instance] = index + 1
+        return depth
+
+    # -- what the subscriber feeds --------------------------------------------------
+
+    def apply(self, instance: str, seq: int, ts: float, events: Iterable[Event]) -> Verdict:
+        held = self._held.setdefault(instance, _Held())
+        if seq < held.next_seq:
+            return Verdict.RESTART if ts > held.last_ts else Verdict.DUPLICATE
+        if seq > held.next_seq:
+            return Verdict.GAP
+        for event in events:
+            self._apply_one(instance, held, event)
+            self.events_applied += 1
+        held.next_seq, held.last_ts, held.synced = seq + 1, ts, True
+        return Verdict.APPLIED
+
+    def next_seq(self, instance: str) -> int:
+        held = self._held.get(instance)
+        return held.next_seq if held else 0
+
+    def drop(self, instance: str, next_seq: int = 0) -> None:
+        """Forget what the instance holds, and take its batches again from `next_seq`."""
+        held = self._held.setdefault(instance, _Held())
+        self._clear(instance, held)
+        held.next_seq, held.last_ts, held.synced = next_seq, float("-inf"), False
+
+    def forget(self, instance: str) -> None:
+        """The instance left the route."""
+        held = self._held.pop(instance, None)
+        if held is not None:
+            self._clear(instance, held)
+
+    # -- internals ------------------------------------------------------------------
+
+    def _apply_one(self, instance: str, held: _Held, event: Event) -> None:
+        if isinstance(event, Stored):
+            self._store(instance, held, event)
+        elif isinstance(event, Removed):
+            for engine_hash in event.block_hashes:
+                key = held.keys.pop((event.group, engine_hash), None)
+                if key is not None:
+                    self._unref(instance, key)
+        else:
+            self._clear(instance, held)
+
+    def _store(self, instance: str, held: _Held, event: Stored) -> None:
+        size = event.block_size
+        if size <= 0 or len(event.token_ids) != size * len(event.block_hashes):
+            self.skipped += len(event.block_hashes)
+            return
+        if event.parent_block_hash is None:
+            parent: bytes | None = root_key(event.lora_name)
+        else:
+            parent = held.keys.get((event.group, event.parent_block_hash))
+        if parent is None:  # its parent was evicted, or came before we listened
+            self.skipped += len(event.block_hashes)
+            return
+        held.block_size = size
+        for index, engine_hash in enumerate(event.block_hashes):
+            parent = _chain(parent, event.token_ids[index * size:(index + 1) * size])
+            entry = (event.group, engine_hash)
+            if entry in held.keys:
+                held.keys.move_to_end(entry)
+                continue
+            held.keys[entry] = parent
+            refs = self._holders.setdefault(parent, {})
+            refs[instance] = refs.get(instance, 0) + 1
+            self.size += 1
+        while self.size > self.max_blocks:
+            self._evict_one()
+
+    def _evict_one(self) -> None:
+        name, held = max(self._held.items(), key=lambda item: len(item[1].keys))
+        _, key = held.keys.popitem(last=False)
+        self._unref(name, key)
+
+    def _unref(self, instance: str, key: bytes) -> None:
+        self.size -= 1
+        refs = self._holders.get(key)
+        if refs is None or instance not in refs:
+            return
+        refs[instance] -= 1
+        if refs[instance] <= 0:
+            del refs[instance]
+            if not refs:
+                del self._holders[key]
+
+    def _clear(self, instance: str, held: _Held) -> None:
+        for key in held.keys.values():
+            self._unref(instance, key)
+        held.keys.clear()

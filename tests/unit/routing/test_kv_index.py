@@ -1,0 +1,101 @@
+"""The KV index: stored blocks found by our own chained keys, removals, clears, gaps, restarts, the bound."""
+
+from __future__ import annotations
+
+from gateway.routing.kv_index import Cleared, KvIndex, Removed, Stored, Verdict, block_keys
+
+A, B = "http://a:8000", "http://b:8000"
+SIZE = 4
+PROMPT = list(range(100, 116))  # four blocks
+
+
+def stored(tokens: list[int], hashes: list[int], parent: int | None = None, **kw: object) -> Stored:
+    return Stored(hashes, parent, tokens, SIZE, **kw)  # type: ignore[arg-type]
+
+
+def test_a_stored_sequence_is_found_by_the_prompts_own_keys() -> None:
+    index = KvIndex(max_blocks=100)
+    # vLLM's hashes are opaque to us (here 11, 12, ...; bytes work the same): only the tokens make our keys.
+    assert index.apply(A, 0, 1.0, [stored(PROMPT[:8], [11, 12])]) is Verdict.APPLIED
+    assert index.apply(A, 1, 2.0, [stored(PROMPT[8:12], [b"\x13"], parent=12)]) is Verdict.APPLIED
+    keys = block_keys(PROMPT, SIZE)
+    assert len(keys) == 4
+    assert index.matched(keys, [A, B]) == {A: 3, B: 0}
+    assert index.block_size(A) == SIZE and index.synced(A) and not index.synced(B)
+    assert index.events_applied == 2 and index.size == 3
+
+
+def test_only_a_leading_run_counts() -> None:
+    index = KvIndex(max_blocks=100)
+    index.apply(A, 0, 1.0, [stored(PROMPT[:12], [1, 2, 3])])
+    other = [7, 7, 7, 7, *PROMPT[4:]]  # same later tokens, another first block: other keys all along
+    assert index.matched(block_keys(other, SIZE), [A]) == {A: 0}
+    assert index.matched(block_keys(PROMPT[:6], SIZE), [A]) == {A: 1}  # a partial block is never a key
+
+
+def test_a_lora_adapters_blocks_do_not_match_the_base_model() -> None:
+    index = KvIndex(max_blocks=100)
+    index.apply(A, 0, 1.0, [stored(PROMPT[:8], [1, 2], lora_name="sql")])
+    assert index.matched(block_keys(PROMPT, SIZE), [A]) == {A: 0}
+    assert index.matched(block_keys(PROMPT, SIZE, "sql"), [A]) == {A: 2}
+
+
+def test_removal_and_clear() -> None:
+    index = KvIndex(max_blocks=100)
+    index.apply(A, 0, 1.0, [stored(PROMPT[:12], [1, 2, 3])])
+    index.apply(B, 0, 1.0, [stored(PROMPT[:12], [1, 2, 3])])
+    index.apply(A, 1, 2.0, [Removed([2])])
+    keys = block_keys(PROMPT, SIZE)
+    assert index.matched(keys, [A, B]) == {A: 1, B: 3}
+    index.apply(B, 1, 2.0, [Cleared()])
+    assert index.matched(keys, [A, B]) == {A: 1, B: 0}
+    assert index.size == 2  # A's blocks 1 and 3 (3 is unreachable from the prompt's start now)
+
+
+def test_a_block_whose_parent_we_never_saw_is_skipped() -> None:
+    index = KvIndex(max_blocks=100)
+    index.apply(A, 0, 1.0, [stored(PROMPT[4:8], [2], parent=1)])
+    assert index.size == 0 and index.skipped == 1
+
+
+def test_groups_hold_the_same_hash_apart() -> None:
+    """A hybrid model stores a block in two groups under one hash; removing it from one leaves the other."""
+    index = KvIndex(max_blocks=100)
+    index.apply(A, 0, 1.0, [stored(PROMPT[:4], [1], group=0), stored(PROMPT[:4], [1], group=1)])
+    index.apply(A, 1, 2.0, [Removed([1], group=1)])
+    assert index.matched(block_keys(PROMPT, SIZE), [A]) == {A: 1}
+    index.apply(A, 2, 3.0, [Removed([1], group=0)])
+    assert index.matched(block_keys(PROMPT, SIZE), [A]) == {A: 0}
+
+
+def test_sequence_gaps_duplicates_and_restarts_are_told_apart() -> None:
+    index = KvIndex(max_blocks=100)
+    assert index.apply(A, 0, 10.0, [stored(PROMPT[:4], [1])]) is Verdict.APPLIED
+    assert index.apply(A, 2, 12.0, [stored(PROMPT[4:8], [2], parent=1)]) is Verdict.GAP  # 1 is missing
+    assert index.size == 1 and index.next_seq(A) == 1  # not applied
+    assert index.apply(A, 0, 10.0, []) is Verdict.DUPLICATE  # a replay overlapping what we have
+    assert index.apply(A, 0, 50.0, []) is Verdict.RESTART  # numbered from 0 again, later: a new publisher
+    index.drop(A)
+    assert index.size == 0 and not index.synced(A) and index.next_seq(A) == 0
+    assert index.apply(A, 0, 50.0, [stored(PROMPT[:4], [9])]) is Verdict.APPLIED
+    assert index.matched(block_keys(PROMPT, SIZE), [A]) == {A: 1}
+
+
+def test_memory_is_bounded_by_dropping_the_oldest_of_the_largest() -> None:
+    index = KvIndex(max_blocks=5)
+    index.apply(B, 0, 1.0, [stored(PROMPT[:4], [1])])
+    for seq in range(10):  # A stores ten one-block sequences
+        tokens = [seq] * SIZE
+        index.apply(A, seq, float(seq), [stored(tokens, [100 + seq])])
+    assert index.size == 5
+    assert index.blocks(A) == 4 and index.blocks(B) == 1
+    assert index.matched(block_keys([9] * SIZE, SIZE), [A]) == {A: 1}  # the newest is kept
+    assert index.matched(block_keys([0] * SIZE, SIZE), [A]) == {A: 0}  # the oldest went
+    assert index.matched(block_keys(PROMPT, SIZE), [B]) == {B: 1}
+
+
+def test_forget_drops_an_instance_that_left() -> None:
+    index = KvIndex(max_blocks=100)
+    index.apply(A, 0, 1.0, [stored(PROMPT[:8], [1, 2])])
+    index.forget(A)
+    assert index.size == 0 and index.matched(block_keys(PROMPT, SIZE), [A]) == {A: 0}

@@ -1,0 +1,129 @@
+"""Policy kv's choice: the deepest holder of the prompt's blocks, bounded by load; `prefix` where it cannot tell."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+from engine_adapters.base import GenerateRequest, SamplingOptions
+from gateway.routing.kv import KvPrefix, PromptTokens
+from gateway.routing.kv_index import KvIndex, Stored
+from gateway.routing.policies import Prefix
+from gateway.settings import RouterSettings
+from tests.unit.routing.test_policies import Fake
+
+SIZE = 4
+TOKENS = list(range(1, 33))  # eight blocks
+
+
+def request(text: str = "a long system prompt") -> GenerateRequest:
+    return GenerateRequest("r", "m", SamplingOptions(), prompt=text)
+
+
+def fleet(*loads: float) -> list[Fake]:
+    return [Fake(f"http://10.0.0.{i}:8000", load) for i, load in enumerate(loads)]
+
+
+def holding(index: KvIndex, instance: Fake, blocks: int) -> None:
+    index.apply(instance.key, index.next_seq(instance.key), 1.0,
+                [Stored(list(range(blocks)), None, TOKENS[:blocks * SIZE], SIZE)])
+
+
+def policy(index: KvIndex, load_factor: float = 1.5) -> KvPrefix:
+    return KvPrefix(index, random.Random(3), RouterSettings(prefix_load_factor=load_factor))
+
+
+def test_the_deepest_holder_wins_whatever_the_prefix_ring_says() -> None:
+    index = KvIndex(1000)
+    a, b, c = fleet(0, 0, 0)
+    ring_pick = Prefix(random.Random(0), 256, 1.5).choose([a, b, c], request())
+    deep, shallow = [x for x in (a, b, c) if x is not ring_pick][:2]
+    holding(index, shallow, 2)
+    holding(index, deep, 6)
+    holding(index, ring_pick, 0)  # synced, holds nothing
+    assert policy(index).choose([a, b, c], request(), TOKENS) is deep
+
+
+def test_a_hot_prefix_spreads_once_its_holder_is_past_the_bound() -> None:
+    index = KvIndex(1000)
+    a, b = fleet(0, 0)
+    holding(index, a, 8)
+    kv = policy(index, load_factor=1.5)
+    assert kv.choose([a, b], request(), TOKENS) is a
+    a.load, b.load = 3, 0  # capacity ceil(1.5 * 4 / 2) = 3: a would go to 4
+    assert kv.choose([a, b], request(), TOKENS) is b
+    a.load = 2
+    assert kv.choose([a, b], request(), TOKENS) is a
+
+
+def test_without_tokens_or_holders_it_routes_as_prefix_does() -> None:
+    index = KvIndex(1000)
+    candidates = fleet(0, 0, 0)
+    approximate = Prefix(random.Random(0), 256, 1.5)
+    kv = policy(index)
+    for text in ("alpha", "beta", "gamma", "delta"):
+        assert kv.choose(candidates, request(text), None) is approximate.choose(candidates, request(text))
+        assert kv.choose(candidates, request(text), TOKENS) is approximate.choose(candidates, request(text))
+
+
+def test_an_unsynced_instance_is_not_scored_from_stale_blocks() -> None:
+    index = KvIndex(1000)
+    a, b = fleet(0, 0)
+    holding(index, a, 8)
+    index.drop(a.key)  # a re-sync in progress: what it held is unknown
+    picks = Counter(policy(index).choose([a, b], request(t), TOKENS).key for t in map(str, range(50)))
+    assert set(picks) == {a.key, b.key}  # the ring, not a
+
+
+class FakeTokenizer:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def apply_chat_template(self, messages: list[dict[str, str]], tokenize: bool, add_generation_prompt: bool) -> str:
+        return "".join(f"<{m['role']}>{m['content']}" for m in messages) + ("<model>" if add_generation_prompt else "")
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        self.calls += 1
+        return ([2] if add_special_tokens else []) + [ord(ch) for ch in text]
+
+
+async def test_prompt_tokens_render_the_chat_template_and_keep_recent_answers() -> None:
+    tokenizer = FakeTokenizer()
+    tokens = PromptTokens(RouterSettings(kv_tokenize_cache_size=1), tokenizer)
+    chat = GenerateRequest("r", "m", SamplingOptions(), messages=[{"role": "user", "content": "hi"}])
+    ids = await tokens.ids(chat, None)  # type: ignore[arg-type]
+    assert ids == [ord(ch) for ch in "<user>hi<model>"]  # no second BOS: the template writes its own
+    assert await tokens.ids(chat, None) == ids and tokenizer.calls == 1  # type: ignore[arg-type]
+    assert await tokens.ids(request("x"), None) == [2, ord("x")]  # type: ignore[arg-type]
+    await tokens.ids(chat, None)  # type: ignore[arg-type]
+    assert tokenizer.calls == 3  # the cache holds one answer
+    token_prompt = GenerateRequest("r", "m", SamplingOptions(), prompt=[5, 6, 7])
+    assert await tokens.ids(token_prompt, None) == [5, 6, 7]  # type: ignore[arg-type]
+
+
+async def test_a_route_with_policy_kv_follows_the_index_and_says_which_instances_fall_back() -> None:
+    from gateway.routing.adapter import RoutedAdapter
+    from gateway.settings import RouteSettings
+    from tests.unit.routing.fakes import FakeUpstream
+
+    urls = ["http://a:1", "http://b:1"]
+    route = RouteSettings(name="m", policy="kv", upstreams=urls)
+    adapter = RoutedAdapter(route, RouterSettings(health_interval_s=3600, kv_discovery_interval_s=3600),
+                            rng=random.Random(0), connect=FakeUpstream)  # type: ignore[arg-type]
+    for url in urls:
+        adapter.add_instance(url)  # neither tells a KV events endpoint (no /v1/models here)
+    try:
+        status = adapter.status().as_json()["kv_routing"]
+        assert status == {"policy": "kv", "events_instances": [], "fallback_instances": urls, "blocks_indexed": 0,
+                          "decisions": {"cached": 0, "spread": 0, "approximate": 0}}
+        # b's events say it holds the prompt's first two blocks; a is synced and holds nothing.
+        adapter.kv.index.apply("http://b:1", 0, 1.0, [Stored([1, 2], None, TOKENS[:8], SIZE)])  # type: ignore[union-attr]
+        adapter.kv.index.apply("http://a:1", 0, 1.0, [])  # type: ignore[union-attr]
+        for n in range(3):
+            prompt = GenerateRequest(f"r{n}", "m", SamplingOptions(), prompt=[*TOKENS[:8], 90 + n])
+            assert [c.text async for c in adapter.generate(prompt)] == ["http://b:1:0", "http://b:1:1"]
+        status = adapter.status().as_json()["kv_routing"]
+        assert status["events_instances"] == urls and status["fallback_instances"] == []
+        assert status["decisions"]["cached"] == 3 and status["blocks_indexed"] == 2
+    finally:
+        await adapter.close()
