@@ -11,10 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
-
-if TYPE_CHECKING:
-    from gateway.observability.otel import RequestTrace
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from engine_adapters.splice import Sink
 
@@ -44,7 +41,7 @@ class Forwarded:
     request_id: str | None = None
     traceparent: str | None = None
     tracestate: str | None = None
-    trace: RequestTrace | None = field(default=None, compare=False, repr=False)
+    trace: Any = field(default=None, compare=False, repr=False)  # a gateway.observability.otel.RequestTrace
 
     def headers(self) -> dict[str, str]:
         """The HTTP headers that carry these to an instance."""

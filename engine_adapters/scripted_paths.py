@@ -13,12 +13,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
-if TYPE_CHECKING:
-    from engine_adapters.scripted_server import Exchange, HttpRequest, ScriptedServer
+# engine_adapters.scripted_server's Exchange, HttpRequest and ScriptedServer (that module imports this one).
+Exchange = HttpRequest = ScriptedServer = Any
 
 STALL_AFTER = 3  # chunks sent before a stall, a reset or an error
 UPLOAD_PATHS = frozenset({"/v1/audio/transcriptions", "/v1/audio/translations"})

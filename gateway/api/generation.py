@@ -19,7 +19,6 @@ from gateway.protocol.completions import Completion, CompletionRequest
 from gateway.protocol.messages import MessagesRequest
 from gateway.services import chat, completions
 from gateway.services.generation import log_unknown_fields
-from gateway.state import AppState
 
 router = APIRouter()
 

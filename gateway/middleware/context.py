@@ -6,7 +6,7 @@ import time
 from collections.abc import Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from starlette.types import Scope, Send
@@ -15,8 +15,6 @@ from engine_adapters.base import NOTHING_FORWARDED, Forwarded
 from gateway.errors import GatewayError, error_payload
 from gateway.limit_store import KeyLimits
 
-if TYPE_CHECKING:
-    from gateway.middleware.body import Upload
 
 # Liveness and readiness answer without a key, while draining and past every limit: probes must work.
 PROBE_PATHS = frozenset({"/health", "/ready"})
@@ -42,7 +40,7 @@ class RequestInfo:
     model: str | None = None
     body: Any = None  # the parsed JSON body of a POST (a multipart body's first text fields)
     forwarded: Forwarded = NOTHING_FORWARDED  # what the engine is told: the request id, the trace context
-    upload: Upload | None = None  # a multipart body still streaming in (gateway.middleware.body)
+    upload: Any = None  # a multipart body still streaming in: a gateway.middleware.body.Upload
 
 
 def attach(scope: Scope, info: RequestInfo) -> None:

@@ -9,7 +9,7 @@ do) has only a few hundred bytes read ahead; one that sends it after the file ha
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from python_multipart.multipart import (
     MultipartParseError,
@@ -19,8 +19,12 @@ from python_multipart.multipart import (
 
 from gateway.errors import InvalidRequest
 
-if TYPE_CHECKING:
-    from gateway.middleware.body import BodyStream
+class BodyStream(Protocol):
+    """The request body as it arrives (gateway.middleware.body.BodyStream)."""
+
+    more: bool
+
+    async def next(self) -> bytes: ...
 
 _FIELD_BYTES = 1024  # a text field longer than this is not kept (only model and stream are looked at)
 

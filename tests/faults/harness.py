@@ -157,8 +157,9 @@ class Router:
 class Fleet:
     """Everything a test started, stopped at its end whatever happened."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, splice: bool = True) -> None:
         self.workdir = workdir
+        self.splice = splice  # the routers' router.splice (engine_adapters.splice): tests run in both modes
         self.engines: list[Engine] = []
         self.routers: list[Router] = []
 
@@ -166,6 +167,7 @@ class Fleet:
               route: dict[str, Any] | None = None, **router: Any) -> tuple[list[Engine], Router]:
         engines = [Engine(self.workdir, tokens, delay_ms).start() for _ in range(count)]
         self.engines += engines
+        router = {"splice": self.splice, **router}
         router_proc = Router(self.workdir, [e.url for e in engines], config=config, route=route, **router).start()
         self.routers.append(router_proc)
         for engine in engines:

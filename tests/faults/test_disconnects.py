@@ -13,6 +13,12 @@ import pytest
 from tests.faults.client import completion
 from tests.faults.harness import Fleet, until
 
+
+@pytest.fixture
+def fleet(fleet_both: Fleet) -> Fleet:
+    """Every test here runs with the router's splice on and off (tests/faults/conftest.py)."""
+    return fleet_both
+
 CLIENTS = 32
 
 

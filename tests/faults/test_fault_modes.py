@@ -12,6 +12,12 @@ import pytest
 from tests.faults.client import completion, stream, whole
 from tests.faults.harness import Engine, Fleet, Router
 
+
+@pytest.fixture
+def fleet(fleet_both: Fleet) -> Fleet:
+    """Every test here runs with the router's splice on and off (tests/faults/conftest.py)."""
+    return fleet_both
+
 FIRST_TOKEN_S, IDLE_S = 1.5, 1.0
 
 

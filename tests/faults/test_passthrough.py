@@ -15,6 +15,12 @@ from tests.faults.client import completion
 from tests.faults.harness import MODEL, Fleet
 
 
+@pytest.fixture
+def fleet(fleet_both: Fleet) -> Fleet:
+    """Every test here runs with the router's splice on and off (tests/faults/conftest.py)."""
+    return fleet_both
+
+
 @pytest.mark.parametrize(("body", "param"), [
     ({"temperature": "hot"}, "temperature"),
     ({"max_tokens": "many"}, "max_tokens"),

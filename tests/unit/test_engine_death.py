@@ -17,7 +17,7 @@ from gateway.lifecycle import ENGINE_DEAD_EXIT_CODE
 from gateway.server import server_class, uvicorn_options
 from gateway.settings import RouteSettings, Settings
 from gateway.state import AppState
-from tests.unit.middleware.scripted import MODEL, chat, scripted_client, settings, state_of
+from tests.unit.middleware.scripted import MODEL, chat, scripted_client, settings
 
 CAUSE = "EngineCore was killed by SIGKILL"
 
