@@ -32,7 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-# --- Security flags (issue 4), named as in FastChat and `vllm serve` ---------------------------------
+# --- Security flags, named as in FastChat and `vllm serve` ---------------------------------
 def _names(text: str) -> list[str]:
     """A JSON list, as vLLM takes it (`'["*"]'`), or comma-separated (`GET,POST`)."""
     text = text.strip()

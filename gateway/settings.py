@@ -214,7 +214,7 @@ class RouterSettings(BaseModel):
                     "node: scale from zero, model load) before 503 engine_unavailable; 0 answers 503 at once.")
 
 
-# --- Security, limits and lifecycle (issue 4): keys, rate limits, admission, caps, CORS, TLS ---------
+# --- Security, limits and lifecycle: keys, rate limits, admission, caps, CORS, TLS ---------
 def _split_keys(value: Any) -> Any:
     """`k1,k2` (the --api-keys flag, TOKENYARD_API_KEYS) or a YAML list of keys or {key, name, ...}."""
     if isinstance(value, (str, SecretStr)):
@@ -314,7 +314,7 @@ class TracingSettings(BaseModel):
 
 
 ApiKeys = Annotated[list[ApiKey], NoDecode, BeforeValidator(_split_keys)]
-# --- end of issue 4's settings ------------------------------------------------------------------
+# --- end of the security and limits settings ---------------------------------------------------
 
 def _null_word(value: Any) -> Any:
     """`null` (or `none`) reads as None: an environment variable cannot hold YAML's null."""
@@ -349,7 +349,7 @@ class Settings(BaseSettings):
     # Router mode: when routes are set, those model names are served by remote instances.
     routes: list[RouteSettings] = Field(default_factory=list, description="Models served by remote instances.")
     router: RouterSettings = Field(default_factory=RouterSettings)
-    # Security and limits (issue 4); api_keys also reads TOKENYARD_API_KEYS=k1,k2.
+    # Security and limits; api_keys also reads TOKENYARD_API_KEYS=k1,k2.
     api_keys: ApiKeys = Field(default_factory=list, description="Client keys; with any key set, requests need one.")
     auth: AuthSettings = Field(default_factory=AuthSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)

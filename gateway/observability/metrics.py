@@ -60,7 +60,7 @@ class Metrics:
             "tokenyard_client_disconnects", "Requests whose client left before the answer was complete.",
             ["model"], registry=r,
         )
-        # Issue 4: requests refused at the front door, and requests waiting for an admission slot.
+        # Requests refused at the front door, and requests waiting for an admission slot.
         self.rejected = Counter(
             "tokenyard_rejected", "Requests refused before reaching an engine, by reason.", ["reason"], registry=r,
         )
