@@ -130,8 +130,8 @@ class DiscoverySettings(BaseModel):
 class KvEventsPorts(BaseModel):
     """Policy kv: where every instance of the route publishes its KV events, on the instance's own host."""
 
-    port: int = Field(ge=1, le=65535)
-    replay_port: int | None = Field(default=None, ge=1, le=65535)
+    port: int = Field(ge=1, le=65535, description="The ZMQ port of the instances' KV-event publisher.")
+    replay_port: int | None = Field(default=None, ge=1, le=65535, description="Their replay port, for re-sync.")
 
 
 class RouteSettings(BaseModel):
