@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -265,7 +265,7 @@ class OpenAIHttpAdapter:
         comes: the first-token limit, or for a `whole` answer only the total limit). `forwarded`: the request
         id and trace context sent along (base.Forwarded)."""
         watchdog = _Watchdog(self.timeouts, first_s=self.timeouts.total_s if whole else None)
-        try:
+        with _sending(watchdog):
             conn = await self._pool.post(path, payload, watchdog.watch, header_lines(forwarded.headers()))
             if conn.status != 200:
                 try:
@@ -273,13 +273,6 @@ class OpenAIHttpAdapter:
                 finally:
                     self._pool.release(conn)
                 raise upstream_error(conn.status, body, public_model)
-        except BaseException as exc:
-            watchdog.cancel()
-            if isinstance(exc, TimeoutError):
-                raise EngineUnavailable("The upstream did not answer in time.") from exc
-            if isinstance(exc, OSError):
-                raise _transport_error(exc) from exc
-            raise
         return conn, watchdog
 
     async def relay_raw(self, path: str, body: RawBody, request_id: str, public_model: str
@@ -297,18 +290,11 @@ class OpenAIHttpAdapter:
             body.consumed = body.rest is not None  # from here on, the client's upload is being read
             watchdog.watch(conn)
 
-        try:
+        with _sending(watchdog):
             if json:
                 conn = await self._pool.post(path, head, sent)
             else:
                 conn = await self._pool.stream(path, body.content_type, head, body.rest, length, sent)
-        except BaseException as exc:
-            watchdog.cancel()
-            if isinstance(exc, TimeoutError):
-                raise EngineUnavailable("The upstream did not answer in time.") from exc
-            if isinstance(exc, OSError):
-                raise _transport_error(exc) from exc
-            raise
         self._open[request_id] = conn
         ended = False
         try:
@@ -440,6 +426,21 @@ def _renamed(body: RawBody, upstream: str, public: str) -> tuple[bytes, int | No
     start, end = body.model_span
     head = body.head[:start] + upstream.encode() + body.head[end:]
     return head, None if body.length is None else body.length + len(head) - len(body.head)
+
+
+@contextlib.contextmanager
+def _sending(watchdog: _Watchdog) -> Iterator[None]:
+    """Until the upstream's answer head is in: any failure stops the request's timer, and a timeout or a
+    socket error becomes EngineUnavailable (the one place these are translated for a sent request)."""
+    try:
+        yield
+    except BaseException as exc:
+        watchdog.cancel()
+        if isinstance(exc, TimeoutError):
+            raise EngineUnavailable("The upstream did not answer in time.") from exc
+        if isinstance(exc, OSError):
+            raise _transport_error(exc) from exc
+        raise
 
 
 def _transport_error(exc: Exception) -> EngineUnavailable:
