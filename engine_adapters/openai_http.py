@@ -78,6 +78,8 @@ class OpenAIHttpAdapter:
         self._pool = Pool(self.base_url, headers, connect_s=self.timeouts.connect_s)  # generation's connections
         self._open: dict[str, Connection] = {}  # request id -> upstream response being read
         self._models: list[ModelInfo] = []
+        self._models_asked = 0  # refreshes started; the list kept is from the latest one started
+        self._models_from = 0
 
     # -- lifecycle and status ----------------------------------------------------
 
@@ -111,15 +113,21 @@ class OpenAIHttpAdapter:
             raise EngineUnavailable(f"The upstream answered /health with {response.status_code}.")
 
     async def refresh_models(self) -> None:
+        """Ask the instance what it serves. Refreshes may overlap (a health check's, and one right after
+        a LoRA load); an answer to an older request never replaces a newer one's."""
+        self._models_asked += 1
+        asked = self._models_asked
         response = await self._probe("/v1/models")
         if response.status_code != 200:
             raise upstream_error(response.status_code, response.content, self.model)
         try:
             cards = orjson.loads(response.content).get("data") or []
-            self._models = [ModelInfo(c["id"], c.get("max_model_len"), root=c.get("root"), parent=c.get("parent"))
-                            for c in cards]
+            models = [ModelInfo(c["id"], c.get("max_model_len"), root=c.get("root"), parent=c.get("parent"))
+                      for c in cards]
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise EngineUnavailable("The upstream's model list is not OpenAI's shape.") from exc
+        if asked > self._models_from:
+            self._models, self._models_from = models, asked
 
     async def scrape_load(self) -> EngineLoad | None:
         """vLLM's load gauges from /metrics; None when the upstream does not publish them."""

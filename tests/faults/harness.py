@@ -164,9 +164,16 @@ class Fleet:
         self.routers: list[Router] = []
 
     def start(self, count: int, tokens: int = 16, delay_ms: float = 10, config: dict[str, Any] | None = None,
-              route: dict[str, Any] | None = None, **router: Any) -> tuple[list[Engine], Router]:
+              route: dict[str, Any] | None = None, script: dict[str, Any] | None = None,
+              **router: Any) -> tuple[list[Engine], Router]:
+        """`script`: each engine's control fields, set before the router starts (so its first health
+        check already sees them)."""
         engines = [Engine(self.workdir, tokens, delay_ms).start() for _ in range(count)]
         self.engines += engines
+        if script:
+            for engine in engines:
+                engine.wait_ready()
+                engine.control(**script)
         router = {"splice": self.splice, **router}
         router_proc = Router(self.workdir, [e.url for e in engines], config=config, route=route, **router).start()
         self.routers.append(router_proc)

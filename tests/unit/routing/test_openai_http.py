@@ -329,6 +329,30 @@ async def test_embeddings_models_and_load(upstream: Upstream, make: Any) -> None
     await http.check_health()
 
 
+async def test_an_older_model_list_answered_late_does_not_replace_a_newer_one(upstream: Upstream, make: Any) -> None:
+    # A health check asks, an adapter is loaded, the refresh after the load is answered first: the health
+    # check's late answer (without the adapter) must not win.
+    release_first = asyncio.Event()
+    lists = [["upstream-model"], ["upstream-model", "ad-1"]]
+
+    async def reply(path: str, body: Any) -> Answer:
+        ids = lists.pop(0)
+        if len(ids) == 1:
+            await release_first.wait()
+        return Answer(200, [orjson.dumps({"data": [{"id": i} for i in ids]})], "application/json")
+
+    upstream.reply = reply
+    http = make()
+    first = asyncio.ensure_future(http.refresh_models())
+    while len(upstream.sent) < 1:
+        await asyncio.sleep(0.01)
+    await http.refresh_models()
+    assert [m.name for m in http.models()] == ["upstream-model", "ad-1"]
+    release_first.set()
+    await first
+    assert [m.name for m in http.models()] == ["upstream-model", "ad-1"]
+
+
 def test_parse_load_prefers_this_models_lines() -> None:
     text = (b'# HELP vllm:num_requests_running x\n'
             b'vllm:num_requests_running{engine="0",model_name="m"} 2.0\n'
