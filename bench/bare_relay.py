@@ -92,7 +92,10 @@ class Client(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         request = b"POST %s HTTP/1.1\r\nhost: up\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (
-            self.url, len(self.body), self.body)
+            self.url,
+            len(self.body),
+            self.body,
+        )
         self.body = b""
         if self.idle:
             self.send(self.idle.pop(), request)

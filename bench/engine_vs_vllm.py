@@ -40,28 +40,50 @@ ENGINE_FLAGS = ["--served-model-name", MODEL_NAME, "--max-model-len", "2048", "-
 def engine_env() -> dict[str, str]:
     """The same engine environment for both servers (tokenyard's CPU defaults, spelled out)."""
     cores = ",".join(map(str, sorted(os.sched_getaffinity(0))))
-    return {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
-            "VLLM_CPU_OMP_THREADS_BIND": cores, "VLLM_HOST_IP": "127.0.0.1", "HF_HUB_OFFLINE": "1"}
+    return {
+        **os.environ,
+        "VLLM_CPU_KVCACHE_SPACE": "2",
+        "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+        "VLLM_CPU_OMP_THREADS_BIND": cores,
+        "VLLM_HOST_IP": "127.0.0.1",
+        "HF_HUB_OFFLINE": "1",
+    }
 
 
 def start_tokenyard(model_path: str, port: int, log: Path) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "gateway", "serve", "--port", str(port), "--model", model_path,
-           *ENGINE_FLAGS]
+    cmd = [sys.executable, "-m", "gateway", "serve", "--port", str(port), "--model", model_path, *ENGINE_FLAGS]
     return subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=engine_env())
 
 
 def start_vllm(model_path: str, port: int, log: Path) -> subprocess.Popen[bytes]:
     # vllm-cpu's `vllm` console script is broken; the module entry point is the same server.
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_path, "--port", str(port),
-           "--host", "127.0.0.1", "--enforce-eager", *ENGINE_FLAGS]
+    cmd = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        model_path,
+        "--port",
+        str(port),
+        "--host",
+        "127.0.0.1",
+        "--enforce-eager",
+        *ENGINE_FLAGS,
+    ]
     return subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=engine_env())
 
 
 def machine() -> dict[str, object]:
     import vllm
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
     return {"cores": os.cpu_count(), "cpu": cpu, "vllm": vllm.__version__, "python": platform.python_version()}
 
 
@@ -83,8 +105,10 @@ def plot(summary: dict[str, dict[str, dict[str, float]]], path: Path) -> None:
     for ax, metric in zip(axes, metrics):
         levels = sorted(summary, key=int)
         med = [summary[c][metric]["median"] for c in levels]
-        err = [[m - summary[c][metric]["min"] for c, m in zip(levels, med)],
-               [summary[c][metric]["max"] - m for c, m in zip(levels, med)]]
+        err = [
+            [m - summary[c][metric]["min"] for c, m in zip(levels, med)],
+            [summary[c][metric]["max"] - m for c, m in zip(levels, med)],
+        ]
         ax.bar([f"c={c}" for c in levels], med, yerr=err, capsize=4, color="#4a7ab5")
         ax.axhline(1.0, color="grey", linestyle="--")
         ax.set_title(f"{metric}: tokenyard / vllm serve")
@@ -99,8 +123,12 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--suite", default="engine-vs-vllm")
-    parser.add_argument("--shared-prefix-words", type=int, default=0,
-                        help="put this many words of one shared preamble before every prompt")
+    parser.add_argument(
+        "--shared-prefix-words",
+        type=int,
+        default=0,
+        help="put this many words of one shared preamble before every prompt",
+    )
     parser.add_argument("--ports", type=int, nargs=2, default=[8301, 8302], help="tokenyard's and vllm's")
     args = parser.parse_args()
     prompt = PROMPT
@@ -118,18 +146,28 @@ def main() -> None:
     logs.mkdir(exist_ok=True)
     launched = time.monotonic()
     ty_port, vllm_port = args.ports
-    servers = {"tokenyard": (f"http://127.0.0.1:{ty_port}", start_tokenyard(model_path, ty_port, logs / "tokenyard.log")),
-               "vllm": (f"http://127.0.0.1:{vllm_port}", start_vllm(model_path, vllm_port, logs / "vllm.log"))}
+    servers = {
+        "tokenyard": (f"http://127.0.0.1:{ty_port}", start_tokenyard(model_path, ty_port, logs / "tokenyard.log")),
+        "vllm": (f"http://127.0.0.1:{vllm_port}", start_vllm(model_path, vllm_port, logs / "vllm.log")),
+    }
     try:
-        startup = {name: wait_answering(url, proc, "/v1/models", started=launched) for name, (url, proc) in servers.items()}
+        startup = {
+            name: wait_answering(url, proc, "/v1/models", started=launched) for name, (url, proc) in servers.items()
+        }
         summary, raw = {}, {}
         for concurrency in args.concurrency:
             requests = max(args.requests, concurrency)
             rounds = []
             for i in range(args.rounds):
                 order = list(servers) if i % 2 == 0 else list(reversed(servers))
-                rounds.append({name: asyncio.run(run(servers[name][0], MODEL_NAME, concurrency, requests,
-                                                     args.max_tokens, prompt)) for name in order})
+                rounds.append(
+                    {
+                        name: asyncio.run(
+                            run(servers[name][0], MODEL_NAME, concurrency, requests, args.max_tokens, prompt)
+                        )
+                        for name in order
+                    }
+                )
             summary[str(concurrency)] = ratios(rounds)
             raw[str(concurrency)] = [{k: asdict(v) for k, v in r.items()} for r in rounds]
     finally:
@@ -138,8 +176,15 @@ def main() -> None:
         for _, proc in servers.values():
             proc.wait(60)
     stamp = dt.date.today().isoformat()
-    result = {"suite": args.suite, "date": stamp, "machine": machine(), "startup_s": startup,
-              "args": vars(args), "ratios": summary, "rounds": raw}
+    result = {
+        "suite": args.suite,
+        "date": stamp,
+        "machine": machine(),
+        "startup_s": startup,
+        "args": vars(args),
+        "ratios": summary,
+        "rounds": raw,
+    }
     (RESULTS / f"{stamp}-{args.suite}.json").write_text(json.dumps(result, indent=2))
     plot(summary, RESULTS / f"{stamp}-{args.suite}.png")
     print(json.dumps({"startup_s": startup, "ratios": summary}, indent=2))

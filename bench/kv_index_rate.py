@@ -39,9 +39,18 @@ def stream(events: int, block_size: int, cache_blocks: int, seed: int = 0) -> li
         blocks = rng.randint(1, 4)
         hashes = list(range(next_hash, next_hash + blocks))
         next_hash += blocks
-        batch.append({"type": "BlockStored", "block_hashes": hashes, "parent_block_hash": parent,
-                      "token_ids": [rng.randrange(256_000) for _ in range(blocks * block_size)],
-                      "block_size": block_size, "lora_id": None, "medium": "GPU", "lora_name": None})
+        batch.append(
+            {
+                "type": "BlockStored",
+                "block_hashes": hashes,
+                "parent_block_hash": parent,
+                "token_ids": [rng.randrange(256_000) for _ in range(blocks * block_size)],
+                "block_size": block_size,
+                "lora_id": None,
+                "medium": "GPU",
+                "lora_name": None,
+            }
+        )
         parent = hashes[-1]
         held.extend(hashes)
         if len(held) > cache_blocks:
@@ -60,9 +69,15 @@ def measure(events: int, block_size: int, cache_blocks: int, max_blocks: int) ->
         ts, decoded = decode(payload)
         assert index.apply(INSTANCE, seq, ts, decoded) is Verdict.APPLIED
     cpu_s = time.process_time() - started
-    return {"events": index.events_applied, "batches": len(batches), "block_size": block_size,
-            "cpu_s": round(cpu_s, 3), "events_per_s_per_core": round(index.events_applied / cpu_s),
-            "blocks_indexed": index.size, "skipped": index.skipped}
+    return {
+        "events": index.events_applied,
+        "batches": len(batches),
+        "block_size": block_size,
+        "cpu_s": round(cpu_s, 3),
+        "events_per_s_per_core": round(index.events_applied / cpu_s),
+        "blocks_indexed": index.size,
+        "skipped": index.skipped,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:

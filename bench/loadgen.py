@@ -1,6 +1,6 @@
 """An asyncio load generator that streams through the OpenAI HTTP API and times every event.
 
-    python -m bench.loadgen --url http://127.0.0.1:8000 --model gemma-3-270m --concurrency 1 8 --requests 8
+python -m bench.loadgen --url http://127.0.0.1:8000 --model gemma-3-270m --concurrency 1 8 --requests 8
 """
 
 from __future__ import annotations
@@ -47,8 +47,15 @@ def _pct(values: list[float], q: float) -> float:
 
 
 async def one_request(client: httpx.AsyncClient, model: str, max_tokens: int, prompt: str) -> RequestTiming:
-    body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "stream": True, "ignore_eos": True,
-            "temperature": 0.8, "stream_options": {"include_usage": True}}
+    body = {
+        "model": model,
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "stream": True,
+        "ignore_eos": True,
+        "temperature": 0.8,
+        "stream_options": {"include_usage": True},
+    }
     started = time.perf_counter()
     first: float | None = None
     last = started
@@ -73,8 +80,9 @@ async def one_request(client: httpx.AsyncClient, model: str, max_tokens: int, pr
     return RequestTiming(ttft_s=(first or end) - started, e2e_s=end - started, output_tokens=tokens, gaps_s=gaps)
 
 
-async def run(url: str, model: str, concurrency: int, requests: int, max_tokens: int,
-              prompt: str = PROMPT) -> RunResult:
+async def run(
+    url: str, model: str, concurrency: int, requests: int, max_tokens: int, prompt: str = PROMPT
+) -> RunResult:
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
         semaphore = asyncio.Semaphore(concurrency)
@@ -90,12 +98,17 @@ async def run(url: str, model: str, concurrency: int, requests: int, max_tokens:
     e2es = [t.e2e_s for t in timings]
     gaps = [g for t in timings for g in t.gaps_s]
     return RunResult(
-        concurrency=concurrency, requests=requests, wall_s=wall,
+        concurrency=concurrency,
+        requests=requests,
+        wall_s=wall,
         output_tokens_per_s=sum(t.output_tokens for t in timings) / wall,
         requests_per_s=requests / wall,
-        ttft_p50_s=statistics.median(ttfts), ttft_p90_s=_pct(ttfts, 0.9), ttft_p99_s=_pct(ttfts, 0.99),
+        ttft_p50_s=statistics.median(ttfts),
+        ttft_p90_s=_pct(ttfts, 0.9),
+        ttft_p99_s=_pct(ttfts, 0.99),
         itl_p50_s=statistics.median(gaps) if gaps else float("nan"),
-        e2e_p50_s=statistics.median(e2es), e2e_p99_s=_pct(e2es, 0.99),
+        e2e_p50_s=statistics.median(e2es),
+        e2e_p99_s=_pct(e2es, 0.99),
     )
 
 

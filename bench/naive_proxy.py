@@ -1,6 +1,6 @@
 """The floor of Suite 2: the naive FastAPI + httpx proxy that anyone would write first.
 
-    NAIVE_UPSTREAM=http://127.0.0.1:8201 uvicorn bench.naive_proxy:app --port 8202
+NAIVE_UPSTREAM=http://127.0.0.1:8201 uvicorn bench.naive_proxy:app --port 8202
 """
 
 from __future__ import annotations

@@ -8,8 +8,15 @@ import time
 import httpx
 
 
-def wait_answering(url: str, proc: subprocess.Popen[bytes], path: str, *, started: float | None = None,
-                   timeout_s: float = 900, interval_s: float = 1.0) -> float:
+def wait_answering(
+    url: str,
+    proc: subprocess.Popen[bytes],
+    path: str,
+    *,
+    started: float | None = None,
+    timeout_s: float = 900,
+    interval_s: float = 1.0,
+) -> float:
     """Seconds from `started` (default: now) until GET `url + path` answers 200; fails if `proc` exits first."""
     started = time.monotonic() if started is None else started
     while time.monotonic() - started < timeout_s:

@@ -33,9 +33,9 @@ class Mode:
 
 
 MODES = {
-    "stream-paced": Mode("stream-paced", True, 32, 10),   # the TTFT figures: 32 chunks, one every 10 ms
-    "stream-burst": Mode("stream-burst", True, 128, 0),   # the CPU per chunk: 128 chunks back to back
-    "nonstream": Mode("nonstream", False, 32, 0),         # one JSON body
+    "stream-paced": Mode("stream-paced", True, 32, 10),  # the TTFT figures: 32 chunks, one every 10 ms
+    "stream-burst": Mode("stream-burst", True, 128, 0),  # the CPU per chunk: 128 chunks back to back
+    "nonstream": Mode("nonstream", False, 32, 0),  # one JSON body
 }
 # The memory probe: many long-lived streams open at once (100 chunks, one every 20 ms: 2 s each).
 OPEN_STREAMS = Mode("open-streams", True, 100, 20)
@@ -46,14 +46,18 @@ class Tally:
     ttft_s: list[float] = field(default_factory=list)
     e2e_s: list[float] = field(default_factory=list)
     events: int = 0
-    short: int = 0   # streams that ended with fewer events than the stub sent
+    short: int = 0  # streams that ended with fewer events than the stub sent
     errors: int = 0
     error_sample: str = ""
 
 
 def body(mode: Mode, index: int) -> dict[str, object]:
-    return {"model": "stub", "messages": [{"role": "user", "content": f"Say something ({index})"}],
-            "max_tokens": mode.max_tokens, "stream": mode.stream}
+    return {
+        "model": "stub",
+        "messages": [{"role": "user", "content": f"Say something ({index})"}],
+        "max_tokens": mode.max_tokens,
+        "stream": mode.stream,
+    }
 
 
 async def one(session: aiohttp.ClientSession, url: str, mode: Mode, index: int, tally: Tally) -> None:
@@ -79,10 +83,10 @@ async def one(session: aiohttp.ClientSession, url: str, mode: Mode, index: int, 
                     if found and not first:
                         first = time.perf_counter()
                     events += found
-                    carry = window[-(len(MARK) - 1):]
+                    carry = window[-(len(MARK) - 1) :]
                     if DONE in window:
                         events -= 1
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, aiohttp.ClientError) as exc:
         tally.errors += 1
         tally.error_sample = tally.error_sample or repr(exc)[:200]
         return
@@ -95,9 +99,16 @@ async def one(session: aiohttp.ClientSession, url: str, mode: Mode, index: int, 
     tally.e2e_s.append(end - started)
 
 
-async def load(url: str, mode: Mode, concurrency: int, duration_s: float, max_requests: int,
-               warmup: int, on_start: Callable[[], None] = lambda: None,
-               headers: dict[str, str] | None = None) -> tuple[Tally, float]:
+async def load(
+    url: str,
+    mode: Mode,
+    concurrency: int,
+    duration_s: float,
+    max_requests: int,
+    warmup: int,
+    on_start: Callable[[], None] = lambda: None,
+    headers: dict[str, str] | None = None,
+) -> tuple[Tally, float]:
     """(what the measured requests saw, wall seconds of the measured part); on_start runs after the warm-up."""
     connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=concurrency, force_close=False)
     timeout = aiohttp.ClientTimeout(total=600)

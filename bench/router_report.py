@@ -13,8 +13,12 @@ from bench.plots import pyplot
 
 Run = dict[str, Any]
 FRONT_ORDER = ["tokenyard", "vllm-router", "sglang-router", "naive", "litellm", "bare-asgi", "bare-callback", "direct"]
-COLORS = dict(zip(FRONT_ORDER, ["tab:blue", "tab:green", "tab:purple", "tab:orange", "tab:red", "tab:olive", "tab:cyan",
-                                "tab:gray"]))
+COLORS = dict(
+    zip(
+        FRONT_ORDER,
+        ["tab:blue", "tab:green", "tab:purple", "tab:orange", "tab:red", "tab:olive", "tab:cyan", "tab:gray"],
+    )
+)
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -31,9 +35,13 @@ def derive(cell: dict[str, Run]) -> dict[str, dict[str, float | None]]:
     out = {}
     for name, run in cell.items():
         out[name] = {
-            "cpu_ms_per_req": run["cpu_ms_per_req"], "cpu_us_per_chunk": run["cpu_us_per_chunk"],
-            "req_per_s": run["req_per_s"], "ttft_p50_ms": run["ttft_p50_ms"], "ttft_p99_ms": run["ttft_p99_ms"],
-            "rss_idle_mb": run["rss_idle_mb"], "rss_peak_mb": run["rss_peak_mb"],
+            "cpu_ms_per_req": run["cpu_ms_per_req"],
+            "cpu_us_per_chunk": run["cpu_us_per_chunk"],
+            "req_per_s": run["req_per_s"],
+            "ttft_p50_ms": run["ttft_p50_ms"],
+            "ttft_p99_ms": run["ttft_p99_ms"],
+            "rss_idle_mb": run["rss_idle_mb"],
+            "rss_peak_mb": run["rss_peak_mb"],
             "added_ttft_p50_ms": _diff(run["ttft_p50_ms"], direct["ttft_p50_ms"]) if direct else None,
             "added_ttft_p99_ms": _diff(run["ttft_p99_ms"], direct["ttft_p99_ms"]) if direct else None,
             "req_per_s_vs_direct": _ratio(run["req_per_s"], direct["req_per_s"]) if direct else None,
@@ -64,14 +72,22 @@ def summarise(runs: list[Run]) -> list[dict[str, Any]]:
         for name, figures in derive(cell).items():
             per_front[(mode, concurrency, name)].append((cell[name]["busy"], figures, cell[name]))
     rows = []
-    for (mode, concurrency, name), entries in sorted(per_front.items(), key=lambda item: (
-            item[0][0], item[0][1], FRONT_ORDER.index(item[0][2]) if item[0][2] in FRONT_ORDER else 99)):
+    for (mode, concurrency, name), entries in sorted(
+        per_front.items(),
+        key=lambda item: (item[0][0], item[0][1], FRONT_ORDER.index(item[0][2]) if item[0][2] in FRONT_ORDER else 99),
+    ):
         quiet = [entry for entry in entries if not entry[0]]
         used = quiet or entries
-        row: dict[str, Any] = {"mode": mode, "concurrency": concurrency, "front": name, "rounds": len(entries),
-                               "busy_rounds": len(entries) - len(quiet), "used_busy_rounds": not quiet,
-                               "errors": sum(run["errors"] for _, _, run in entries),
-                               "short_streams": sum(run["short"] for _, _, run in entries)}
+        row: dict[str, Any] = {
+            "mode": mode,
+            "concurrency": concurrency,
+            "front": name,
+            "rounds": len(entries),
+            "busy_rounds": len(entries) - len(quiet),
+            "used_busy_rounds": not quiet,
+            "errors": sum(run["errors"] for _, _, run in entries),
+            "short_streams": sum(run["short"] for _, _, run in entries),
+        }
         for key in used[0][1]:
             row[key] = _spread([value for _, figures, _ in used if (value := figures[key]) is not None])
         rows.append(row)
@@ -89,7 +105,9 @@ def _fmt(cell: dict[str, float] | None, digits: int = 2, suffix: str = "", signe
 
 
 def _find(rows: list[dict[str, Any]], mode: str, concurrency: int, front: str) -> dict[str, Any] | None:
-    return next((r for r in rows if r["mode"] == mode and r["concurrency"] == concurrency and r["front"] == front), None)
+    return next(
+        (r for r in rows if r["mode"] == mode and r["concurrency"] == concurrency and r["front"] == front), None
+    )
 
 
 def headline(result: dict[str, Any]) -> str:
@@ -99,9 +117,11 @@ def headline(result: dict[str, Any]) -> str:
     fronts = [f for f in FRONT_ORDER if any(r["front"] == f for r in rows) and f != "direct"]
     streams = next((r["concurrency"] for r in rows if r["mode"] == "open-streams"), None)
     probe = f" ({streams} open streams)" if streams else ""
-    lines = [f"| front | CPU ms / streamed request | CPU µs / relayed chunk | added TTFT p50 / p99 ({c} paced streams) "
-             f"| req/s vs direct (c={c}, paced / burst) | streamed req/s per core vs LiteLLM | RSS idle / peak MB{probe} |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"| front | CPU ms / streamed request | CPU µs / relayed chunk | added TTFT p50 / p99 ({c} paced streams) "
+        f"| req/s vs direct (c={c}, paced / burst) | streamed req/s per core vs LiteLLM | RSS idle / peak MB{probe} |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for front in fronts:
         paced, burst = _find(rows, "stream-paced", c, front), _find(rows, "stream-burst", c, front)
         if not paced and not burst:
@@ -111,23 +131,36 @@ def headline(result: dict[str, Any]) -> str:
         rss_idle = p.get("rss_idle_mb") or b.get("rss_idle_mb")
         opened = next((r for r in rows if r["mode"] == "open-streams" and r["front"] == front), None) or {}
         rss_peak = max((x["rss_peak_mb"]["max"] for x in (p, b, opened) if x.get("rss_peak_mb")), default=None)
-        lines.append(" | ".join([
-            f"| {front}", _fmt(p.get("cpu_ms_per_req")), _fmt(b.get("cpu_us_per_chunk"), 1),
-            f"{_fmt(p.get('added_ttft_p50_ms'), 1, signed=True)} / {_fmt(p.get('added_ttft_p99_ms'), 1, signed=True)} ms",
-            f"{_fmt(p.get('req_per_s_vs_direct'), 2, '×')} / {_fmt(b.get('req_per_s_vs_direct'), 2, '×')}",
-            _fmt(p.get("per_core_vs_litellm"), 1, "×"),
-            f"{rss_idle['median']:.0f} / {rss_peak:.0f}" if rss_idle and rss_peak else "–"]) + " |")
+        lines.append(
+            " | ".join(
+                [
+                    f"| {front}",
+                    _fmt(p.get("cpu_ms_per_req")),
+                    _fmt(b.get("cpu_us_per_chunk"), 1),
+                    f"{_fmt(p.get('added_ttft_p50_ms'), 1, signed=True)} / {_fmt(p.get('added_ttft_p99_ms'), 1, signed=True)} ms",
+                    f"{_fmt(p.get('req_per_s_vs_direct'), 2, '×')} / {_fmt(b.get('req_per_s_vs_direct'), 2, '×')}",
+                    _fmt(p.get("per_core_vs_litellm"), 1, "×"),
+                    f"{rss_idle['median']:.0f} / {rss_peak:.0f}" if rss_idle and rss_peak else "–",
+                ]
+            )
+            + " |"
+        )
     return "\n".join(lines)
 
 
 def markdown(result: dict[str, Any]) -> str:
     m = result["machine"]
-    out = [f"# Suite 2: router overhead ({result['date']})", "",
-           f"Machine: {m['cores']} cores, {m['cpu']}, Python {m['python']}; front pinned to core "
-           f"{result['pinning']['front_core']}, stub + load generator to core {result['pinning']['stub_and_loadgen_core']}. "
-           f"{result['settings']['rounds']} alternating rounds of {result['settings']['duration']} s per run; "
-           "medians with the range over rounds; ratios are within a round.", "",
-           "Versions: " + ", ".join(f"{name} {info['version']}" for name, info in result["fronts"].items()), ""]
+    out = [
+        f"# Suite 2: router overhead ({result['date']})",
+        "",
+        f"Machine: {m['cores']} cores, {m['cpu']}, Python {m['python']}; front pinned to core "
+        f"{result['pinning']['front_core']}, stub + load generator to core {result['pinning']['stub_and_loadgen_core']}. "
+        f"{result['settings']['rounds']} alternating rounds of {result['settings']['duration']} s per run; "
+        "medians with the range over rounds; ratios are within a round.",
+        "",
+        "Versions: " + ", ".join(f"{name} {info['version']}" for name, info in result["fronts"].items()),
+        "",
+    ]
     if result["failed_fronts"]:
         failed = result["failed_fronts"].items()
         out += ["Not measured: " + "; ".join(f"{k}: {v.splitlines()[0][:200]}" for k, v in failed), ""]
@@ -135,17 +168,37 @@ def markdown(result: dict[str, Any]) -> str:
         idle = ", ".join(f"{k} {v:.1f}%" for k, v in result["idle_cpu_pct"].items())
         out += [f"Idle CPU (no traffic, % of a core): {idle}", ""]
     busy = sum(run["busy"] for run in result["runs"])
-    out += [f"Busy runs (other processes > {result['busy_threshold_cores']} cores): {busy} of {len(result['runs'])}.",
-            "", headline(result), "", "## Every cell", "",
-            "| mode | c | front | req/s | vs direct | TTFT p50 ms | added p50 / p99 ms | CPU ms/req | CPU µs/chunk "
-            "| RSS peak MB | errors | busy rounds |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    out += [
+        f"Busy runs (other processes > {result['busy_threshold_cores']} cores): {busy} of {len(result['runs'])}.",
+        "",
+        headline(result),
+        "",
+        "## Every cell",
+        "",
+        "| mode | c | front | req/s | vs direct | TTFT p50 ms | added p50 / p99 ms | CPU ms/req | CPU µs/chunk "
+        "| RSS peak MB | errors | busy rounds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in result["summary"]:
-        out.append(" | ".join([
-            f"| {r['mode']}", str(r["concurrency"]), r["front"], _fmt(r["req_per_s"], 0), _fmt(r["req_per_s_vs_direct"]),
-            _fmt(r["ttft_p50_ms"], 1),
-            f"{_fmt(r['added_ttft_p50_ms'], 1, signed=True)} / {_fmt(r['added_ttft_p99_ms'], 1, signed=True)}",
-            _fmt(r["cpu_ms_per_req"]), _fmt(r["cpu_us_per_chunk"], 1), _fmt(r["rss_peak_mb"], 0),
-            str(r["errors"] + r["short_streams"]), f"{r['busy_rounds']}/{r['rounds']}"]) + " |")
+        out.append(
+            " | ".join(
+                [
+                    f"| {r['mode']}",
+                    str(r["concurrency"]),
+                    r["front"],
+                    _fmt(r["req_per_s"], 0),
+                    _fmt(r["req_per_s_vs_direct"]),
+                    _fmt(r["ttft_p50_ms"], 1),
+                    f"{_fmt(r['added_ttft_p50_ms'], 1, signed=True)} / {_fmt(r['added_ttft_p99_ms'], 1, signed=True)}",
+                    _fmt(r["cpu_ms_per_req"]),
+                    _fmt(r["cpu_us_per_chunk"], 1),
+                    _fmt(r["rss_peak_mb"], 0),
+                    str(r["errors"] + r["short_streams"]),
+                    f"{r['busy_rounds']}/{r['rounds']}",
+                ]
+            )
+            + " |"
+        )
     return "\n".join(out) + "\n"
 
 
@@ -154,20 +207,32 @@ def plot(result: dict[str, Any], path: Path) -> bool:
     if plt is None:
         return False
     from matplotlib.ticker import ScalarFormatter
+
     rows = result["summary"]
-    panels = [("stream-paced", "cpu_ms_per_req", "CPU ms per streamed request (32 paced chunks)", "log"),
-              ("stream-burst", "cpu_us_per_chunk", "CPU µs per relayed chunk (128 back to back)", "log"),
-              ("stream-paced", "added_ttft_p50_ms", "added TTFT p50, ms (paced)", "symlog"),
-              ("stream-paced", "req_per_s_vs_direct", "requests/s vs direct (paced)", "linear")]
+    panels = [
+        ("stream-paced", "cpu_ms_per_req", "CPU ms per streamed request (32 paced chunks)", "log"),
+        ("stream-burst", "cpu_us_per_chunk", "CPU µs per relayed chunk (128 back to back)", "log"),
+        ("stream-paced", "added_ttft_p50_ms", "added TTFT p50, ms (paced)", "symlog"),
+        ("stream-paced", "req_per_s_vs_direct", "requests/s vs direct (paced)", "linear"),
+    ]
     fig, axes = plt.subplots(2, 2, figsize=(11, 8))
     for ax, (mode, key, title, scale) in zip(axes.flat, panels):
         for front in FRONT_ORDER:
-            points = [(r["concurrency"], r[key]) for r in rows if r["mode"] == mode and r["front"] == front and r.get(key)]
+            points = [
+                (r["concurrency"], r[key]) for r in rows if r["mode"] == mode and r["front"] == front and r.get(key)
+            ]
             if not points:
                 continue
             xs = [x for x, _ in points]
-            ax.errorbar(xs, [v["median"] for _, v in points], marker="o", label=front, capsize=3, color=COLORS[front],
-                        yerr=[[v["median"] - v["min"] for _, v in points], [v["max"] - v["median"] for _, v in points]])
+            ax.errorbar(
+                xs,
+                [v["median"] for _, v in points],
+                marker="o",
+                label=front,
+                capsize=3,
+                color=COLORS[front],
+                yerr=[[v["median"] - v["min"] for _, v in points], [v["max"] - v["median"] for _, v in points]],
+            )
         ax.set_xscale("log", base=2)
         ax.set_xticks(sorted({r["concurrency"] for r in rows if r["mode"] == mode}))
         ax.get_xaxis().set_major_formatter(ScalarFormatter())
@@ -177,7 +242,9 @@ def plot(result: dict[str, Any], path: Path) -> bool:
         ax.grid(True, alpha=0.3)
     handles = {label: handle for ax in axes.flat for handle, label in zip(*ax.get_legend_handles_labels())}
     fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=len(handles), fontsize=9)
-    fig.suptitle(f"Suite 2: router overhead, {result['machine']['cores']} cores, same-run rounds ({result['date'][:10]})")
+    fig.suptitle(
+        f"Suite 2: router overhead, {result['machine']['cores']} cores, same-run rounds ({result['date'][:10]})"
+    )
     fig.tight_layout(rect=(0, 0.04, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)

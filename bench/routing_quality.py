@@ -40,14 +40,17 @@ import httpx
 
 from bench.plots import pyplot
 from bench.procs import wait_answering
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
 MODEL = "gemma-3-270m"
 POLICIES = ("kv", "prefix", "least-loaded", "round-robin")
 # Within-round ratios reported: (policy, baseline).
 PAIRS = (("kv", "prefix"), ("kv", "round-robin"), ("kv", "least-loaded"), ("prefix", "round-robin"))
-WORDS = ("river stone lantern harbor copper meadow signal orbit ledger canvas thunder velvet quarry beacon "
-         "saddle prism harvest glacier compass timber marble falcon cobalt anchor willow ember summit ").split()
+WORDS = (
+    "river stone lantern harbor copper meadow signal orbit ledger canvas thunder velvet quarry beacon "
+    "saddle prism harvest glacier compass timber marble falcon cobalt anchor willow ember summit "
+).split()
 
 
 @dataclass
@@ -73,9 +76,13 @@ def requests_for(workload: Workload, seed: int) -> list[list[dict[str, str]]]:
     """The phase's chat requests: every prompt used about equally, in a shuffled order."""
     prompts = system_prompts(workload.prompts, workload.prompt_words, seed)
     rng = random.Random(seed + 1)
-    out = [[{"role": "system", "content": prompts[i % len(prompts)]},
-            {"role": "user", "content": f"Question {i}: name one {rng.choice(WORDS)}."}]
-           for i in range(workload.requests)]
+    out = [
+        [
+            {"role": "system", "content": prompts[i % len(prompts)]},
+            {"role": "user", "content": f"Question {i}: name one {rng.choice(WORDS)}."},
+        ]
+        for i in range(workload.requests)
+    ]
     rng.shuffle(out)
     return out
 
@@ -101,8 +108,14 @@ def _pct(values: list[float], q: float) -> float:
 
 
 async def one(client: httpx.AsyncClient, messages: list[dict[str, str]], max_tokens: int) -> tuple[float, int] | None:
-    body = {"model": MODEL, "messages": messages, "max_tokens": max_tokens, "temperature": 0, "stream": True,
-            "stream_options": {"include_usage": True}}
+    body = {
+        "model": MODEL,
+        "messages": messages,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     started = time.perf_counter()
     first = None
     tokens = 0
@@ -121,10 +134,12 @@ async def one(client: httpx.AsyncClient, messages: list[dict[str, str]], max_tok
     return ((first or time.perf_counter()) - started, tokens)
 
 
-async def drive(url: str, requests: list[list[dict[str, str]]], concurrency: int,
-                max_tokens: int) -> tuple[list[tuple[float, int] | None], float]:
+async def drive(
+    url: str, requests: list[list[dict[str, str]]], concurrency: int, max_tokens: int
+) -> tuple[list[tuple[float, int] | None], float]:
     semaphore = asyncio.Semaphore(concurrency)
     async with httpx.AsyncClient(base_url=url, timeout=900) as client:
+
         async def bounded(messages: list[dict[str, str]]) -> tuple[float, int] | None:
             async with semaphore:
                 return await one(client, messages, max_tokens)
@@ -142,8 +157,12 @@ def prefix_counters(urls: list[str]) -> tuple[float, float] | None:
             text = httpx.get(f"{url}/metrics", timeout=10).text
         except httpx.HTTPError:
             return None
-        found = {name: sum(float(v) for v in re.findall(rf"^vllm:prefix_cache_{name}(?:_total)?(?:{{[^}}]*}})? (\S+)$",
-                                                         text, re.M)) for name in ("hits", "queries")}
+        found = {
+            name: sum(
+                float(v) for v in re.findall(rf"^vllm:prefix_cache_{name}(?:_total)?(?:{{[^}}]*}})? (\S+)$", text, re.M)
+            )
+            for name in ("hits", "queries")
+        }
         if not re.search(r"^vllm:prefix_cache_queries", text, re.M):
             return None
         hits, queries = hits + found["hits"], queries + found["queries"]
@@ -166,8 +185,7 @@ def kv_phase(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dic
     return {**after, "decisions": {k: v - counted.get(k, 0) for k, v in (after.get("decisions") or {}).items()}}
 
 
-def run_phase(policy: str, round_index: int, url: str, instances: list[str], workload: Workload,
-              seed: int) -> Phase:
+def run_phase(policy: str, round_index: int, url: str, instances: list[str], workload: Workload, seed: int) -> Phase:
     before = prefix_counters(instances)
     kv_before = kv_state(url) if policy == "kv" else None
     results, wall = asyncio.run(drive(url, requests_for(workload, seed), workload.concurrency, workload.max_tokens))
@@ -178,31 +196,53 @@ def run_phase(policy: str, round_index: int, url: str, instances: list[str], wor
     hit_rate = None
     if before and after and after[1] > before[1]:
         hit_rate = (after[0] - before[0]) / (after[1] - before[1])
-    return Phase(policy, round_index, len(done), len(results) - len(done), wall, len(done) / wall,
-                 sum(r[1] for r in done) / wall, statistics.median(ttfts) * 1000 if ttfts else float("nan"),
-                 _pct(ttfts, 0.99) * 1000, hit_rate, kv_phase(kv_before, kv_after))
+    return Phase(
+        policy,
+        round_index,
+        len(done),
+        len(results) - len(done),
+        wall,
+        len(done) / wall,
+        sum(r[1] for r in done) / wall,
+        statistics.median(ttfts) * 1000 if ttfts else float("nan"),
+        _pct(ttfts, 0.99) * 1000,
+        hit_rate,
+        kv_phase(kv_before, kv_after),
+    )
 
 
 def engine_config(port: int, kv_blocks: int | None, events_port: int | None = None) -> str:
     extra = f"\n      num_gpu_blocks_override: {kv_blocks}" if kv_blocks else ""
-    events = (f"    kv_events_endpoint: tcp://*:{events_port}\n    kv_events_replay_endpoint: tcp://*:{events_port + 1}\n"
-              if events_port else "")
-    return (f"host: 127.0.0.1\nport: {port}\nlog_level: warning\nmodels:\n  - name: {MODEL}\n"
-            f"    model: builtin:gemma3-270m\n    dtype: bfloat16\n    max_model_len: 2048\n{events}    engine_args:\n"
-            f"      enforce_eager: true\n      enable_prefix_caching: true{extra}\n")
+    events = (
+        f"    kv_events_endpoint: tcp://*:{events_port}\n    kv_events_replay_endpoint: tcp://*:{events_port + 1}\n"
+        if events_port
+        else ""
+    )
+    return (
+        f"host: 127.0.0.1\nport: {port}\nlog_level: warning\nmodels:\n  - name: {MODEL}\n"
+        f"    model: builtin:gemma3-270m\n    dtype: bfloat16\n    max_model_len: 2048\n{events}    engine_args:\n"
+        f"      enforce_eager: true\n      enable_prefix_caching: true{extra}\n"
+    )
 
 
 def router_config(port: int, policy: str, instances: list[str], tokenizer: str | None = None) -> str:
     upstreams = "".join(f"      - {url}\n" for url in instances)
     local = f"    kv_tokenizer: {tokenizer}\n" if tokenizer and policy == "kv" else ""
-    return (f"host: 127.0.0.1\nport: {port}\nlog_level: warning\nrouter:\n  kv_discovery_interval_s: 1\n"
-            f"routes:\n  - name: {MODEL}\n    policy: {policy}\n{local}    upstreams:\n{upstreams}")
+    return (
+        f"host: 127.0.0.1\nport: {port}\nlog_level: warning\nrouter:\n  kv_discovery_interval_s: 1\n"
+        f"routes:\n  - name: {MODEL}\n    policy: {policy}\n{local}    upstreams:\n{upstreams}"
+    )
 
 
 def launch(config: Path, text: str, log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
     config.write_text(text)
-    return subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(config)], cwd=ROOT,
-                            env={**os.environ, **env}, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
 
 
 RATIO_METRICS = ("ttft_p50_ms", "ttft_p99_ms", "req_per_s", "output_tokens_per_s")
@@ -221,9 +261,18 @@ def summarise(phases: list[Phase]) -> dict[str, Any]:
                 for metric in RATIO_METRICS:
                     ratios[metric].append(getattr(pair[policy], metric) / getattr(pair[baseline], metric))
         stem = f"{policy}_vs_{baseline}".replace("-", "_")
-        out.update({f"{stem}_{metric.removesuffix('_ms')}": {"median": statistics.median(v), "min": min(v),
-                                                             "max": max(v), "n": len(v)}
-                    for metric, v in ratios.items() if v})
+        out.update(
+            {
+                f"{stem}_{metric.removesuffix('_ms')}": {
+                    "median": statistics.median(v),
+                    "min": min(v),
+                    "max": max(v),
+                    "n": len(v),
+                }
+                for metric, v in ratios.items()
+                if v
+            }
+        )
     return out
 
 
@@ -240,17 +289,27 @@ def per_policy(phases: list[Phase]) -> dict[str, dict[str, float | None]]:
 
 def markdown(result: dict[str, Any]) -> str:
     w = result["workload"]
-    lines = [f"# Suite 3: routing quality ({result['date']})", "",
-             f"{w['prompts']} system prompts of {w['prompt_words']} words, {w['requests']} chat requests per phase, "
-             f"concurrency {w['concurrency']}, {w['max_tokens']} output tokens; KV blocks per engine: "
-             f"{result['kv_blocks'] or 'as many as 1 GiB holds (VLLM_CPU_KVCACHE_SPACE=1)'}.", "",
-             "| round | policy | TTFT p50 ms | TTFT p99 ms | req/s | prefix-cache hit rate |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"# Suite 3: routing quality ({result['date']})",
+        "",
+        f"{w['prompts']} system prompts of {w['prompt_words']} words, {w['requests']} chat requests per phase, "
+        f"concurrency {w['concurrency']}, {w['max_tokens']} output tokens; KV blocks per engine: "
+        f"{result['kv_blocks'] or 'as many as 1 GiB holds (VLLM_CPU_KVCACHE_SPACE=1)'}.",
+        "",
+        "| round | policy | TTFT p50 ms | TTFT p99 ms | req/s | prefix-cache hit rate |",
+        "|---|---|---|---|---|---|",
+    ]
     for p in result["phases"]:
         hit = "" if p["prefix_hit_rate"] is None else f"{p['prefix_hit_rate']:.2f}"
-        lines.append(f"| {p['round']} | {p['policy']} | {p['ttft_p50_ms']:.0f} | {p['ttft_p99_ms']:.0f} | "
-                     f"{p['req_per_s']:.2f} | {hit} |")
-    lines += ["", "| policy, median over rounds | TTFT p50 ms | TTFT p99 ms | req/s | prefix-cache hit rate |",
-              "|---|---|---|---|---|"]
+        lines.append(
+            f"| {p['round']} | {p['policy']} | {p['ttft_p50_ms']:.0f} | {p['ttft_p99_ms']:.0f} | "
+            f"{p['req_per_s']:.2f} | {hit} |"
+        )
+    lines += [
+        "",
+        "| policy, median over rounds | TTFT p50 ms | TTFT p99 ms | req/s | prefix-cache hit rate |",
+        "|---|---|---|---|---|",
+    ]
     for policy, m in per_policy([Phase(**p) for p in result["phases"]]).items():
         hit = "" if m["prefix_hit_rate"] is None else f"{m['prefix_hit_rate']:.2f}"
         lines.append(f"| {policy} | {m['ttft_p50_ms']:.0f} | {m['ttft_p99_ms']:.0f} | {m['req_per_s']:.2f} | {hit} |")
@@ -268,8 +327,12 @@ def plot(result: dict[str, Any], path: Path) -> bool:
     plt = pyplot()
     if plt is None:
         return False
-    metrics = [("ttft_p50_ms", "TTFT p50 (ms)"), ("ttft_p99_ms", "TTFT p99 (ms)"), ("req_per_s", "requests/s"),
-               ("prefix_hit_rate", "prefix-cache hit rate")]
+    metrics = [
+        ("ttft_p50_ms", "TTFT p50 (ms)"),
+        ("ttft_p99_ms", "TTFT p99 (ms)"),
+        ("req_per_s", "requests/s"),
+        ("prefix_hit_rate", "prefix-cache hit rate"),
+    ]
     policies = list(dict.fromkeys(p["policy"] for p in result["phases"]))
     width = 0.8 / len(policies)
     fig, axes = plt.subplots(1, len(metrics), figsize=(16, 3.5))
@@ -319,15 +382,25 @@ def main(argv: list[str] | None = None) -> None:
     events_ports = [args.port_base + 20, args.port_base + 22]  # each with its replay port next to it
     if args.dry_run:
         sample = requests_for(workload, 0)
-        print(json.dumps({"workload": asdict(workload), "requests": len(sample),
-                          "system_prompt_chars": len(sample[0][0]["content"]),
-                          "engine_config": engine_config(args.port_base + 1, args.kv_blocks, events_ports[0]),
-                          "router_configs": {policy: router_config(port, policy, instances)
-                                             for policy, port in routers.items()}}, indent=1))
+        print(
+            json.dumps(
+                {
+                    "workload": asdict(workload),
+                    "requests": len(sample),
+                    "system_prompt_chars": len(sample[0][0]["content"]),
+                    "engine_config": engine_config(args.port_base + 1, args.kv_blocks, events_ports[0]),
+                    "router_configs": {
+                        policy: router_config(port, policy, instances) for policy, port in routers.items()
+                    },
+                },
+                indent=1,
+            )
+        )
         return
     args.out.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="routing-quality-", dir=args.out / "logs" if (args.out / "logs").is_dir()
-                                 else args.out))
+    work = Path(
+        tempfile.mkdtemp(prefix="routing-quality-", dir=args.out / "logs" if (args.out / "logs").is_dir() else args.out)
+    )
     cores = sorted(os.sched_getaffinity(0))
     procs: list[subprocess.Popen[bytes]] = []
     try:
@@ -340,8 +413,14 @@ def main(argv: list[str] | None = None) -> None:
 
         tokenizer = str(prepare_gemma())  # the router tokenizes locally, as the engines do
         for policy, port in routers.items():
-            procs.append(launch(work / f"router-{policy}.yaml", router_config(port, policy, instances, tokenizer),
-                                work / f"router-{policy}.log", {}))
+            procs.append(
+                launch(
+                    work / f"router-{policy}.yaml",
+                    router_config(port, policy, instances, tokenizer),
+                    work / f"router-{policy}.log",
+                    {},
+                )
+            )
         for url, proc in zip(instances, procs):
             wait_answering(url, proc, "/ready", timeout_s=args.ready_timeout, interval_s=2)
         for (policy, port), proc in zip(routers.items(), procs[2:]):
@@ -366,10 +445,16 @@ def main(argv: list[str] | None = None) -> None:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 proc.kill()
-    result = {"suite": "routing-quality", "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-              "machine": {"cores": os.cpu_count(), "load_avg_at_end": os.getloadavg()},
-              "workload": asdict(workload), "kv_blocks": args.kv_blocks, "phases": [asdict(p) for p in phases],
-              "per_policy": per_policy(phases), "summary": summarise(phases)}
+    result = {
+        "suite": "routing-quality",
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": {"cores": os.cpu_count(), "load_avg_at_end": os.getloadavg()},
+        "workload": asdict(workload),
+        "kv_blocks": args.kv_blocks,
+        "phases": [asdict(p) for p in phases],
+        "per_policy": per_policy(phases),
+        "summary": summarise(phases),
+    }
     stem = args.out / f"{dt.date.today().isoformat()}-{args.tag}"
     stem.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
     stem.with_suffix(".md").write_text(markdown(result))

@@ -53,8 +53,12 @@ class Reply:
         # sglang-router forwards max_tokens renamed as max_completion_tokens (the newer chat field).
         self.chunks, self.pace = script(body.get("max_tokens") or body.get("max_completion_tokens"))
         self.usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        self.head = {"id": "cmpl-stub", "created": int(time.time()), "model": str(body.get("model") or MODEL),
-                     "object": "chat.completion.chunk" if self.chat else "text_completion"}
+        self.head = {
+            "id": "cmpl-stub",
+            "created": int(time.time()),
+            "model": str(body.get("model") or MODEL),
+            "object": "chat.completion.chunk" if self.chat else "text_completion",
+        }
 
     def _choice(self, text: str, reason: str | None) -> dict[str, Any]:
         if self.chat:
@@ -76,8 +80,19 @@ class Reply:
             return b"%x\r\n%s\r\n" % (len(event), event)
 
         if self.chat:
-            first = _event({**self.head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": "tok "},
-                                                      "logprobs": None, "finish_reason": None}]})
+            first = _event(
+                {
+                    **self.head,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "delta": {"role": "assistant", "content": "tok "},
+                            "logprobs": None,
+                            "finish_reason": None,
+                        }
+                    ],
+                }
+            )
         end = b""
         if self.usage:
             end += _event({**self.head, "choices": [], "usage": self._usage()})
@@ -88,8 +103,12 @@ class Reply:
     def whole(self) -> bytes:
         text = "tok " * self.chunks
         if self.chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                      "finish_reason": "length"}
+            choice = {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "logprobs": None,
+                "finish_reason": "length",
+            }
         else:
             choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": "length"}
         kind = "chat.completion" if self.chat else "text_completion"
@@ -99,8 +118,10 @@ class Reply:
         return {"prompt_tokens": 8, "completion_tokens": self.chunks, "total_tokens": 8 + self.chunks}
 
 
-STREAM_HEAD = (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n"
-               b"transfer-encoding: chunked\r\n\r\n")
+STREAM_HEAD = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n"
+    b"transfer-encoding: chunked\r\n\r\n"
+)
 
 
 def json_response(status: int, data: bytes, kind: bytes = b"application/json") -> bytes:
@@ -116,7 +137,10 @@ def get_response(path: bytes) -> bytes:
     if path == b"/metrics":
         label = b'{model_name="stub"}'
         text = b"vllm:num_requests_running%s 0\nvllm:num_requests_waiting%s 0\nvllm:kv_cache_usage_perc%s 0.0\n" % (
-            label, label, label)
+            label,
+            label,
+            label,
+        )
         return json_response(200, text, b"text/plain")
     return json_response(200, b"{}")
 
@@ -152,7 +176,7 @@ class StubProtocol(asyncio.Protocol):
                 length = int(value)
         if len(self.buffer) < end + 4 + length:
             return
-        body, self.buffer = self.buffer[end + 4:end + 4 + length], self.buffer[end + 4 + length:]
+        body, self.buffer = self.buffer[end + 4 : end + 4 + length], self.buffer[end + 4 + length :]
         method, path = head[0].split(b" ", 2)[:2]
         path = path.split(b"?", 1)[0]
         if method == b"GET":
@@ -164,8 +188,11 @@ class StubProtocol(asyncio.Protocol):
         except orjson.JSONDecodeError:
             request = None
         if not isinstance(request, dict):
-            self.transport.write(json_response(400, b'{"error":{"message":"bad json","type":"invalid_request_error",'
-                                                    b'"param":null,"code":null}}'))
+            self.transport.write(
+                json_response(
+                    400, b'{"error":{"message":"bad json","type":"invalid_request_error","param":null,"code":null}}'
+                )
+            )
             return
         self.busy = True
         asyncio.get_running_loop().create_task(self.answer(Reply(path, request), bool(request.get("stream"))))
@@ -214,6 +241,7 @@ def main(argv: list[str] | None = None) -> None:
     runner: Any = asyncio.run
     try:
         import uvloop
+
         runner = uvloop.run
     except ImportError:
         pass

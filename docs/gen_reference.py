@@ -96,13 +96,22 @@ def type_name(annotation: Any) -> str:
     return getattr(annotation, "__name__", str(annotation))
 
 
-BOUNDS = ((annotated_types.Ge, "ge", "≥"), (annotated_types.Gt, "gt", ">"), (annotated_types.Le, "le", "≤"),
-          (annotated_types.Lt, "lt", "<"), (annotated_types.MinLen, "min_length", "length ≥"))
+BOUNDS = (
+    (annotated_types.Ge, "ge", "≥"),
+    (annotated_types.Gt, "gt", ">"),
+    (annotated_types.Le, "le", "≤"),
+    (annotated_types.Lt, "lt", "<"),
+    (annotated_types.MinLen, "min_length", "length ≥"),
+)
 
 
 def constraints(field: FieldInfo) -> str:
-    return ", ".join(f"{sign} {getattr(item, attr)}" for item in field.metadata
-                     for kind, attr, sign in BOUNDS if isinstance(item, kind))
+    return ", ".join(
+        f"{sign} {getattr(item, attr)}"
+        for item in field.metadata
+        for kind, attr, sign in BOUNDS
+        if isinstance(item, kind)
+    )
 
 
 def default_text(field: FieldInfo) -> str:
@@ -135,8 +144,13 @@ def rows(model: type[BaseModel], prefix: str = "", env: str | None = ENV_PREFIX)
             continue
         bound = constraints(field)
         shown_type = type_name(field.annotation) + (f" ({bound})" if bound else "")
-        yield Row(dotted, shown_type, default_text(field), f"`{env_name}`" if env_name else "—",
-                  _cell(field.description or ""))
+        yield Row(
+            dotted,
+            shown_type,
+            default_text(field),
+            f"`{env_name}`" if env_name else "—",
+            _cell(field.description or ""),
+        )
         if inner is not None:
             yield from rows(inner, f"{dotted}[]." if is_list else f"{dotted}.", None)
 

@@ -15,7 +15,6 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from engine_adapters.splice import Sink
 
-
 # The priority of the request being served. The admission middleware sets it from x-priority or the
 # body's `priority`, so the services need not thread it through to every GenerateRequest they build.
 REQUEST_PRIORITY: ContextVar[int] = ContextVar("tokenyard_request_priority", default=0)
@@ -202,8 +201,9 @@ class LocalEngine(Protocol):
 
 @runtime_checkable
 class Embedder(Protocol):
-    async def embed(self, request_id: str, model: str, inputs: list[str] | list[list[int]],
-                    forwarded: Forwarded = NOTHING_FORWARDED) -> tuple[list[list[float]], int]:
+    async def embed(
+        self, request_id: str, model: str, inputs: list[str] | list[list[int]], forwarded: Forwarded = NOTHING_FORWARDED
+    ) -> tuple[list[list[float]], int]:
         """Return one vector per input and the number of prompt tokens."""
         ...
 
@@ -228,8 +228,9 @@ class Relay(Protocol):
     """Router mode: an OpenAI-shaped request passed through to an upstream as it is, so every field the
     upstream knows works; the answer comes back as the upstream's SSE bytes, cut at event boundaries."""
 
-    def relay(self, request: GenerateRequest, path: str, body: dict[str, Any],
-              sink: Sink | None = None) -> AsyncIterator[bytes]:
+    def relay(
+        self, request: GenerateRequest, path: str, body: dict[str, Any], sink: Sink | None = None
+    ) -> AsyncIterator[bytes]:
         """With a `sink`, the answer's later events may go to it instead (engine_adapters.splice)."""
         ...
 

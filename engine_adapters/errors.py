@@ -125,8 +125,15 @@ class EngineUnavailable(GatewayError):
 # Each status's error is the class that declares it: the tree stays the one source of truth.
 _BY_STATUS: dict[int, type[GatewayError]] = {
     cls.status: cls
-    for cls in (InvalidRequest, AuthenticationFailed, NotFound, RequestTimeout, PayloadTooLarge, RateLimited,
-                EngineUnavailable)
+    for cls in (
+        InvalidRequest,
+        AuthenticationFailed,
+        NotFound,
+        RequestTimeout,
+        PayloadTooLarge,
+        RateLimited,
+        EngineUnavailable,
+    )
 }
 
 

@@ -209,14 +209,20 @@ class Pool:
         self.connect_s, self.max_idle = connect_s, max_idle
         self.idle: list[Connection] = []
 
-    async def post(self, path: str, body: bytes, sent: Callable[[Connection], None] = lambda conn: None,
-                   headers: bytes = b"") -> Connection:
+    async def post(
+        self, path: str, body: bytes, sent: Callable[[Connection], None] = lambda conn: None, headers: bytes = b""
+    ) -> Connection:
         """Send the request; the connection, once the response's headers are in. `sent` is told each
         connection the request goes out on (to arm the caller's timer on it). A kept-alive connection that
         the server had closed meanwhile is replaced by a new one (nothing was read from it). `headers`: this
         request's own header lines besides the fixed ones, each ending in CRLF (header_lines)."""
         request = b"POST %s HTTP/1.1\r\n%s%scontent-length: %d\r\n\r\n%s" % (
-            (self.prefix + path).encode("latin-1"), self.fixed, headers, len(body), body)
+            (self.prefix + path).encode("latin-1"),
+            self.fixed,
+            headers,
+            len(body),
+            body,
+        )
         while True:
             conn = self._take()
             fresh = conn is None
@@ -236,8 +242,15 @@ class Pool:
                 conn.close()
                 raise
 
-    async def stream(self, path: str, content_type: bytes, head: bytes, rest: AsyncIterator[bytes] | None,
-                     length: int | None, sent: Callable[[Connection], None] = lambda conn: None) -> Connection:
+    async def stream(
+        self,
+        path: str,
+        content_type: bytes,
+        head: bytes,
+        rest: AsyncIterator[bytes] | None,
+        length: int | None,
+        sent: Callable[[Connection], None] = lambda conn: None,
+    ) -> Connection:
         """Send a request whose body is `head` and then `rest` as it comes (framed by `length` when known,
         else chunked), on a new connection: a kept one may have been closed by the server, and a body
         streamed in from a client cannot be sent again. The connection, once the response's headers are in;
@@ -246,8 +259,10 @@ class Pool:
         conn = await self._connect()
         assert conn.transport is not None
         try:
-            conn.transport.write(b"POST %s HTTP/1.1\r\ncontent-type: %s\r\n%s%s\r\n\r\n" % (
-                (self.prefix + path).encode("latin-1"), content_type, self.fixed_bare, framing))
+            conn.transport.write(
+                b"POST %s HTTP/1.1\r\ncontent-type: %s\r\n%s%s\r\n\r\n"
+                % ((self.prefix + path).encode("latin-1"), content_type, self.fixed_bare, framing)
+            )
             sent(conn)
             chunked = length is None
             pieces = _pieces(head, rest)
@@ -292,8 +307,13 @@ class Pool:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.connect_s):
-                _, conn = await loop.create_connection(lambda: Connection(loop), self.host, self.port, ssl=self.ssl,
-                                                       server_hostname=self.host if self.ssl else None)
+                _, conn = await loop.create_connection(
+                    lambda: Connection(loop),
+                    self.host,
+                    self.port,
+                    ssl=self.ssl,
+                    server_hostname=self.host if self.ssl else None,
+                )
         except (OSError, TimeoutError) as exc:
             raise ConnectFailed(f"Cannot connect to {self.host}:{self.port}.") from exc
         return conn

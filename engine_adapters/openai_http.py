@@ -27,6 +27,7 @@ import httpx
 import orjson
 
 from engine_adapters.base import NOTHING_FORWARDED, Chunk, Forwarded, GenerateRequest, Load, ModelInfo, RawBody, RawHead
+from engine_adapters.errors import EngineUnavailable, GatewayError
 from engine_adapters.h1 import ConnectFailed, Connection, Pool, header_lines
 from engine_adapters.openai_wire import (
     DONE,
@@ -42,7 +43,6 @@ from engine_adapters.openai_wire import (
     upstream_error,
 )
 from engine_adapters.splice import Sink, Splice
-from engine_adapters.errors import EngineUnavailable, GatewayError
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +61,16 @@ class HttpTimeouts:
 
 
 class OpenAIHttpAdapter:
-    def __init__(self, base_url: str, model: str, *, timeouts: HttpTimeouts | None = None,
-                 api_key: str | None = None, client: httpx.AsyncClient | None = None,
-                 lora_names: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        timeouts: HttpTimeouts | None = None,
+        api_key: str | None = None,
+        client: httpx.AsyncClient | None = None,
+        lora_names: frozenset[str] = frozenset(),
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.model = model  # the name the upstream serves, which may differ from the public one
         self.lora_names = lora_names  # LoRA adapters: sent upstream under their own name
@@ -71,7 +78,8 @@ class OpenAIHttpAdapter:
         headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
         # One pooled client per instance: connections are reused across requests.
         self._client = client or httpx.AsyncClient(
-            base_url=self.base_url, headers=headers,
+            base_url=self.base_url,
+            headers=headers,
             timeout=httpx.Timeout(self.timeouts.total_s, connect=self.timeouts.connect_s),
             limits=httpx.Limits(max_connections=1024, max_keepalive_connections=128),
         )
@@ -122,8 +130,9 @@ class OpenAIHttpAdapter:
             raise upstream_error(response.status_code, response.content, self.model)
         try:
             cards = orjson.loads(response.content).get("data") or []
-            models = [ModelInfo(c["id"], c.get("max_model_len"), root=c.get("root"), parent=c.get("parent"))
-                      for c in cards]
+            models = [
+                ModelInfo(c["id"], c.get("max_model_len"), root=c.get("root"), parent=c.get("parent")) for c in cards
+            ]
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise EngineUnavailable("The upstream's model list is not OpenAI's shape.") from exc
         if asked > self._models_from:
@@ -138,8 +147,9 @@ class OpenAIHttpAdapter:
 
     async def _probe(self, path: str) -> httpx.Response:
         try:
-            return await self._client.get(path, timeout=httpx.Timeout(self.timeouts.probe_s,
-                                                                      connect=self.timeouts.connect_s))
+            return await self._client.get(
+                path, timeout=httpx.Timeout(self.timeouts.probe_s, connect=self.timeouts.connect_s)
+            )
         except httpx.HTTPError as exc:
             raise EngineUnavailable(f"The upstream did not answer {path}.") from exc
 
@@ -162,8 +172,15 @@ class OpenAIHttpAdapter:
         for chunk in reader.finish():
             yield chunk
 
-    def relay(self, path: str, body: dict[str, Any], request_id: str, public_model: str,
-              sink: Sink | None = None, forwarded: Forwarded = NOTHING_FORWARDED) -> AsyncIterator[bytes]:
+    def relay(
+        self,
+        path: str,
+        body: dict[str, Any],
+        request_id: str,
+        public_model: str,
+        sink: Sink | None = None,
+        forwarded: Forwarded = NOTHING_FORWARDED,
+    ) -> AsyncIterator[bytes]:
         """Pass an OpenAI-shaped request through as it is (under the upstream's model name, streamed, with
         usage); answer its SSE body in whole events, each `"model"` renamed back to the public name. With a
         `sink`, the events after the first go to it from the socket's callback where they can
@@ -172,20 +189,38 @@ class OpenAIHttpAdapter:
         rename = ModelRename(model, public_model) if public_model != model else None
         if answered_whole(body):
             return self._whole(path, {**body, "model": model}, request_id, public_model, rename, forwarded)
-        payload = {**body, "model": model, "stream": True,
-                   "stream_options": {**(body.get("stream_options") or {}), "include_usage": True}}
+        payload = {
+            **body,
+            "model": model,
+            "stream": True,
+            "stream_options": {**(body.get("stream_options") or {}), "include_usage": True},
+        }
         return self.stream_raw(path, payload, request_id, public_model, rename, sink, forwarded)
 
-    async def _whole(self, path: str, payload: dict[str, Any], request_id: str, public_model: str,
-                     rename: ModelRename | None, forwarded: Forwarded) -> AsyncGenerator[bytes, None]:
+    async def _whole(
+        self,
+        path: str,
+        payload: dict[str, Any],
+        request_id: str,
+        public_model: str,
+        rename: ModelRename | None,
+        forwarded: Forwarded,
+    ) -> AsyncGenerator[bytes, None]:
         """A non-streamed request sent as it is (openai_wire.answered_whole): the upstream's JSON answer, as
         one piece. Nothing comes before the answer is complete, so only the total time limit applies."""
         answer = await self._answer(path, payload, public_model, request_id, whole=True, forwarded=forwarded)
         yield rename(answer) if rename is not None else answer
 
-    async def stream_raw(self, path: str, payload: dict[str, Any], request_id: str, public_model: str,
-                         rename: ModelRename | None = None, sink: Sink | None = None,
-                         forwarded: Forwarded = NOTHING_FORWARDED) -> AsyncGenerator[bytes, None]:
+    async def stream_raw(
+        self,
+        path: str,
+        payload: dict[str, Any],
+        request_id: str,
+        public_model: str,
+        rename: ModelRename | None = None,
+        sink: Sink | None = None,
+        forwarded: Forwarded = NOTHING_FORWARDED,
+    ) -> AsyncGenerator[bytes, None]:
         """POST `payload` and yield the SSE body cut at event boundaries. A failure raises: before the
         first bytes as the upstream's answer says; after them as EngineUnavailable (the stream broke or
         stalled) or as the error event the upstream sent."""
@@ -222,12 +257,14 @@ class OpenAIHttpAdapter:
             # Read to the end, the connection goes back to the pool; left early, it is closed (an abort).
             self._pool.release(conn) if ended else conn.close()
 
-    async def forward(self, path: str, body: dict[str, Any], public_model: str,
-                      forwarded: Forwarded = NOTHING_FORWARDED) -> bytes:
+    async def forward(
+        self, path: str, body: dict[str, Any], public_model: str, forwarded: Forwarded = NOTHING_FORWARDED
+    ) -> bytes:
         """POST a JSON request that generates nothing (the tokenizer routes) under the upstream's model name;
         the upstream's JSON answer, as bytes."""
-        return await self._answer(path, {**body, "model": self.upstream_name(public_model)}, public_model,
-                                  forwarded=forwarded)
+        return await self._answer(
+            path, {**body, "model": self.upstream_name(public_model)}, public_model, forwarded=forwarded
+        )
 
     def upstream_name(self, public_model: str) -> str:
         """The model name the upstream serves for a public one: a LoRA adapter keeps its own."""
@@ -243,15 +280,23 @@ class OpenAIHttpAdapter:
 
     async def _control(self, path: str, payload: dict[str, Any], public_model: str) -> None:
         try:
-            response = await self._client.post(path, content=orjson.dumps(payload), headers=_JSON,
-                                               timeout=self.timeouts.first_token_s)
+            response = await self._client.post(
+                path, content=orjson.dumps(payload), headers=_JSON, timeout=self.timeouts.first_token_s
+            )
         except httpx.HTTPError as exc:
             raise _transport_error(exc) from exc
         if response.status_code != 200:
             raise upstream_error(response.status_code, response.content, public_model)
 
-    async def _answer(self, path: str, payload: dict[str, Any], public_model: str, request_id: str | None = None,
-                      whole: bool = False, forwarded: Forwarded = NOTHING_FORWARDED) -> bytes:
+    async def _answer(
+        self,
+        path: str,
+        payload: dict[str, Any],
+        public_model: str,
+        request_id: str | None = None,
+        whole: bool = False,
+        forwarded: Forwarded = NOTHING_FORWARDED,
+    ) -> bytes:
         """POST `payload` and read the upstream's one JSON answer (abortable by `request_id` when given)."""
         conn, watchdog = await self._post(path, orjson.dumps(payload), public_model, whole, forwarded)
         if request_id is not None:
@@ -267,8 +312,14 @@ class OpenAIHttpAdapter:
                 self._open.pop(request_id, None)
             self._pool.release(conn)  # kept when read to its end; closed otherwise (an abort, a failure)
 
-    async def _post(self, path: str, payload: bytes, public_model: str, whole: bool = False,
-                    forwarded: Forwarded = NOTHING_FORWARDED) -> tuple[Connection, _Watchdog]:
+    async def _post(
+        self,
+        path: str,
+        payload: bytes,
+        public_model: str,
+        whole: bool = False,
+        forwarded: Forwarded = NOTHING_FORWARDED,
+    ) -> tuple[Connection, _Watchdog]:
         """The connection with the upstream's 200 answer, and the timer that now watches it (until the head
         comes: the first-token limit, or for a `whole` answer only the total limit). `forwarded`: the request
         id and trace context sent along (base.Forwarded)."""
@@ -283,8 +334,9 @@ class OpenAIHttpAdapter:
                 raise upstream_error(conn.status, body, public_model)
         return conn, watchdog
 
-    async def relay_raw(self, path: str, body: RawBody, request_id: str, public_model: str
-                        ) -> AsyncGenerator[RawHead | bytes, None]:
+    async def relay_raw(
+        self, path: str, body: RawBody, request_id: str, public_model: str
+    ) -> AsyncGenerator[RawHead | bytes, None]:
         """Pass a request through as it came (base.RawRelay), under the upstream's model name: the answer's
         head, then its body's bytes as they come, whatever its status, except one that says to try another
         instance (_TRY_ELSEWHERE), which raises. Until the head comes, the first-token limit applies to a JSON
@@ -324,13 +376,15 @@ class OpenAIHttpAdapter:
 
     # -- embeddings ---------------------------------------------------------------
 
-    async def embed(self, request_id: str, model: str, inputs: list[str] | list[list[int]],
-                    forwarded: Forwarded = NOTHING_FORWARDED) -> tuple[list[list[float]], int]:
+    async def embed(
+        self, request_id: str, model: str, inputs: list[str] | list[list[int]], forwarded: Forwarded = NOTHING_FORWARDED
+    ) -> tuple[list[list[float]], int]:
         payload = {"model": self.model, "input": inputs}
         try:
             async with asyncio.timeout(self.timeouts.first_token_s):
-                response = await self._client.post("/v1/embeddings", content=orjson.dumps(payload),
-                                                   headers={**_JSON, **forwarded.headers()})
+                response = await self._client.post(
+                    "/v1/embeddings", content=orjson.dumps(payload), headers={**_JSON, **forwarded.headers()}
+                )
         except TimeoutError as exc:
             raise EngineUnavailable("The upstream did not answer in time.") from exc
         except httpx.HTTPError as exc:
@@ -403,7 +457,7 @@ class _Events:
             whole = self._cut_error(whole, error.start())
         if b"[DONE]" in whole and (done := DONE_EVENT.search(whole)) is not None:
             self.done = True
-            whole = whole[:done.start()] + DONE  # in the one spelling that the relay looks for
+            whole = whole[: done.start()] + DONE  # in the one spelling that the relay looks for
         if self.rename is not None:
             whole = self.rename(whole)
         return whole

@@ -24,8 +24,12 @@ from engine_adapters.errors import (
 log = logging.getLogger(__name__)
 
 # Error codes that servers put in a streamed `data: {"error": ...}` event, as the status they stand for.
-_CODE_STATUS = {"engine_unavailable": 503, "rate_limit_exceeded": 429, "context_length_exceeded": 400,
-                "model_not_found": 404}
+_CODE_STATUS = {
+    "engine_unavailable": 503,
+    "rate_limit_exceeded": 429,
+    "context_length_exceeded": 400,
+    "model_not_found": 404,
+}
 _LOAD_GAUGES = (b"vllm:num_requests_waiting", b"vllm:num_requests_running", b"vllm:kv_cache_usage_perc")
 _LORA_GAUGE = b"vllm:lora_requests_info{"
 _LABEL = re.compile(rb'(\w+)="([^"]*)"')
@@ -107,30 +111,46 @@ class ChunkReader:
         if "completion_tokens" in usage:  # exact total; choices other than the first keep their count
             counts[0] = int(usage["completion_tokens"]) - sum(v for k, v in counts.items() if k != 0)
         prompt_tokens = int(usage.get("prompt_tokens", 0))
-        return [Chunk(index=i, finish_reason=reason, prompt_tokens=prompt_tokens, completion_tokens=counts.get(i, 0))
-                for i, reason in sorted(self._finished.items())]
+        return [
+            Chunk(index=i, finish_reason=reason, prompt_tokens=prompt_tokens, completion_tokens=counts.get(i, 0))
+            for i, reason in sorted(self._finished.items())
+        ]
 
 
 def _logprobs(raw: Any, chat: bool) -> list[TokenLogprob] | None:
     if not raw:
         return None
     if chat:
-        return [TokenLogprob(e["token"], e["logprob"], tuple((t["token"], t["logprob"]) for t in e.get("top_logprobs") or ()))
-                for e in raw.get("content") or ()]
+        return [
+            TokenLogprob(
+                e["token"], e["logprob"], tuple((t["token"], t["logprob"]) for t in e.get("top_logprobs") or ())
+            )
+            for e in raw.get("content") or ()
+        ]
     tops = raw.get("top_logprobs") or [None] * len(raw.get("tokens") or ())
-    return [TokenLogprob(token, logprob if logprob is not None else float("nan"), tuple((top or {}).items()))
-            for token, logprob, top in zip(raw.get("tokens") or (), raw.get("token_logprobs") or (), tops)]
+    return [
+        TokenLogprob(token, logprob if logprob is not None else float("nan"), tuple((top or {}).items()))
+        for token, logprob, top in zip(raw.get("tokens") or (), raw.get("token_logprobs") or (), tops)
+    ]
 
 
 def request_payload(request: GenerateRequest, model: str) -> tuple[str, dict[str, Any]]:
     """The upstream path and JSON body for an engine request."""
     s = request.sampling
     optional = {
-        "max_tokens": s.max_tokens, "temperature": s.temperature, "top_p": s.top_p, "top_k": s.top_k,
-        "min_p": s.min_p, "seed": s.seed, "presence_penalty": s.presence_penalty,
-        "frequency_penalty": s.frequency_penalty, "repetition_penalty": s.repetition_penalty,
-        "stop": list(s.stop) or None, "stop_token_ids": list(s.stop_token_ids) or None,
-        "include_stop_str_in_output": s.include_stop_str_in_output or None, "ignore_eos": s.ignore_eos or None,
+        "max_tokens": s.max_tokens,
+        "temperature": s.temperature,
+        "top_p": s.top_p,
+        "top_k": s.top_k,
+        "min_p": s.min_p,
+        "seed": s.seed,
+        "presence_penalty": s.presence_penalty,
+        "frequency_penalty": s.frequency_penalty,
+        "repetition_penalty": s.repetition_penalty,
+        "stop": list(s.stop) or None,
+        "stop_token_ids": list(s.stop_token_ids) or None,
+        "include_stop_str_in_output": s.include_stop_str_in_output or None,
+        "ignore_eos": s.ignore_eos or None,
         "min_tokens": s.min_tokens or None,
         "logit_bias": {str(k): v for k, v in s.logit_bias.items()} if s.logit_bias else None,
         "skip_special_tokens": None if s.skip_special_tokens else False,
@@ -273,8 +293,13 @@ def _latest(best: tuple[float, bytes] | None, line: bytes) -> tuple[float, bytes
 
 def _lora_gauge(line: bytes) -> LoraGauge:
     labels = {key.decode(): value.decode() for key, value in _LABEL.findall(line)}
-    names = {key: frozenset(n for n in labels.get(key, "").split(",") if n)
-             for key in ("running_lora_adapters", "waiting_lora_adapters")}
+    names = {
+        key: frozenset(n for n in labels.get(key, "").split(",") if n)
+        for key in ("running_lora_adapters", "waiting_lora_adapters")
+    }
     max_lora = labels.get("max_lora", "")
-    return LoraGauge(names["running_lora_adapters"], names["waiting_lora_adapters"],
-                     int(max_lora) if max_lora.isdigit() and int(max_lora) > 0 else None)
+    return LoraGauge(
+        names["running_lora_adapters"],
+        names["waiting_lora_adapters"],
+        int(max_lora) if max_lora.isdigit() and int(max_lora) > 0 else None,
+    )

@@ -64,7 +64,13 @@ class ScriptedAdapter:
                 last = i == count - 1
                 reason = ("length" if count == total else "stop") if last else None
                 for index in range(request.sampling.n):
-                    yield Chunk(index=index, text=f"t{i} ", token_ids=(i,), finish_reason=reason,
-                                prompt_tokens=3, completion_tokens=i + 1)
+                    yield Chunk(
+                        index=index,
+                        text=f"t{i} ",
+                        token_ids=(i,),
+                        finish_reason=reason,
+                        prompt_tokens=3,
+                        completion_tokens=i + 1,
+                    )
         finally:
             self.running.discard(request.request_id)

@@ -22,8 +22,20 @@ Exchange = HttpRequest = ScriptedServer = Any
 
 STALL_AFTER = 3  # chunks sent before a stall, a reset or an error
 UPLOAD_PATHS = frozenset({"/v1/audio/transcriptions", "/v1/audio/translations"})
-JSON_PATHS = frozenset({"/v1/messages", "/v1/messages/count_tokens", "/v1/rerank", "/rerank", "/v2/rerank",
-                        "/v1/score", "/score", "/pooling", "/classify", "/v1/custom/echo"})
+JSON_PATHS = frozenset(
+    {
+        "/v1/messages",
+        "/v1/messages/count_tokens",
+        "/v1/rerank",
+        "/rerank",
+        "/v2/rerank",
+        "/v1/score",
+        "/score",
+        "/pooling",
+        "/classify",
+        "/v1/custom/echo",
+    }
+)
 
 
 async def body_pieces(reader: asyncio.StreamReader, headers: dict[str, str]) -> AsyncIterator[bytes]:
@@ -66,15 +78,19 @@ def _words(value: Any) -> int:
 
 def _prompt_words(body: dict[str, Any]) -> int:
     messages = body.get("messages")
-    return max(1, _words([m.get("content") for m in messages if isinstance(m, dict)] if isinstance(messages, list) else []))
+    return max(
+        1, _words([m.get("content") for m in messages if isinstance(m, dict)] if isinstance(messages, list) else [])
+    )
 
 
 async def serve_path(server: ScriptedServer, request: HttpRequest, exchange: Exchange) -> None:
     script = server.script
     server.stats.requests += 1
     if script.fault in ("503", "429"):
-        await exchange.json(int(script.fault), {"error": {"message": f"scripted {script.fault}", "type": "scripted",
-                                                          "param": None, "code": None}})
+        await exchange.json(
+            int(script.fault),
+            {"error": {"message": f"scripted {script.fault}", "type": "scripted", "param": None, "code": None}},
+        )
         return
     if script.fault == "hang":
         await asyncio.Event().wait()
@@ -90,16 +106,28 @@ async def serve_path(server: ScriptedServer, request: HttpRequest, exchange: Exc
     answers = {
         "/v1/messages/count_tokens": {"input_tokens": tokens},
         "/pooling": {"object": "list", "data": [{"index": 0, "object": "pooling", "data": [0.5]}], "usage": usage},
-        "/classify": {"object": "list", "data": [{"index": 0, "label": "positive", "probs": [0.9, 0.1]}],
-                      "usage": usage},
+        "/classify": {
+            "object": "list",
+            "data": [{"index": 0, "label": "positive", "probs": [0.9, 0.1]}],
+            "usage": usage,
+        },
         "/v1/custom/echo": {"echo": body, "usage": usage},
     }
     documents = body.get("documents") or []
-    ranked = {"id": "rerank-1", "model": body.get("model"), "usage": usage,
-              "results": [{"index": i, "relevance_score": 1 / (i + 1), "document": {"text": d}}
-                          for i, d in enumerate(documents)]}
-    scored = {"object": "list", "model": body.get("model"), "usage": usage,
-              "data": [{"index": 0, "object": "score", "score": 0.5}]}
+    ranked = {
+        "id": "rerank-1",
+        "model": body.get("model"),
+        "usage": usage,
+        "results": [
+            {"index": i, "relevance_score": 1 / (i + 1), "document": {"text": d}} for i, d in enumerate(documents)
+        ],
+    }
+    scored = {
+        "object": "list",
+        "model": body.get("model"),
+        "usage": usage,
+        "data": [{"index": 0, "object": "score", "score": 0.5}],
+    }
     answer = answers.get(request.path) or (ranked if "rerank" in request.path else scored)
     await exchange.json(200, answer)
     server.stats.completed += 1
@@ -108,10 +136,19 @@ async def serve_path(server: ScriptedServer, request: HttpRequest, exchange: Exc
 async def _message(server: ScriptedServer, body: dict[str, Any], exchange: Exchange) -> None:
     count = min(int(body.get("max_tokens") or server.script.tokens), server.script.tokens)
     text = "".join(f"t{step} " for step in range(count))
-    await exchange.json(200, {"id": "msg_scripted", "type": "message", "role": "assistant", "model": body.get("model"),
-                              "content": [{"type": "text", "text": text}], "stop_reason": "end_turn",
-                              "stop_sequence": None,
-                              "usage": {"input_tokens": _prompt_words(body), "output_tokens": count}})
+    await exchange.json(
+        200,
+        {
+            "id": "msg_scripted",
+            "type": "message",
+            "role": "assistant",
+            "model": body.get("model"),
+            "content": [{"type": "text", "text": text}],
+            "stop_reason": "end_turn",
+            "stop_sequence": None,
+            "usage": {"input_tokens": _prompt_words(body), "output_tokens": count},
+        },
+    )
     server.stats.completed += 1
 
 
@@ -126,9 +163,20 @@ async def _message_stream(server: ScriptedServer, body: dict[str, Any], exchange
         await exchange.writer.drain()
 
     await exchange.start_stream()
-    await event("message_start", {"message": {"id": "msg_scripted", "type": "message", "role": "assistant",
-                                              "model": body.get("model"), "content": [], "stop_reason": None,
-                                              "usage": {"input_tokens": inputs, "output_tokens": 0}}})
+    await event(
+        "message_start",
+        {
+            "message": {
+                "id": "msg_scripted",
+                "type": "message",
+                "role": "assistant",
+                "model": body.get("model"),
+                "content": [],
+                "stop_reason": None,
+                "usage": {"input_tokens": inputs, "output_tokens": 0},
+            }
+        },
+    )
     await event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}})
     for step in range(count):
         await asyncio.sleep(script.delay_ms / 1000)
@@ -141,8 +189,13 @@ async def _message_stream(server: ScriptedServer, body: dict[str, Any], exchange
             return
         await event("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": f"t{step} "}})
     await event("content_block_stop", {"index": 0})
-    await event("message_delta", {"delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                                  "usage": {"input_tokens": inputs, "output_tokens": count}})
+    await event(
+        "message_delta",
+        {
+            "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+            "usage": {"input_tokens": inputs, "output_tokens": count},
+        },
+    )
     await event("message_stop", {})
     await exchange.end_stream()
     server.stats.completed += 1
@@ -155,8 +208,12 @@ async def _audio(server: ScriptedServer, request: HttpRequest, exchange: Exchang
         pieces.append(piece)
     fields = form_fields(b"".join(pieces), request.headers.get("content-type", ""))
     audio = fields.get("file", b"")
-    answer: dict[str, Any] = {"text": f"heard {len(audio)} bytes", "model": fields.get("model", b"").decode(),
-              "sha256": hashlib.sha256(audio).hexdigest(), "usage": {"type": "duration", "seconds": 1}}
+    answer: dict[str, Any] = {
+        "text": f"heard {len(audio)} bytes",
+        "model": fields.get("model", b"").decode(),
+        "sha256": hashlib.sha256(audio).hexdigest(),
+        "usage": {"type": "duration", "seconds": 1},
+    }
     if fields.get("stream", b"") != b"true":
         await exchange.json(200, answer)
     else:
@@ -166,8 +223,14 @@ async def _audio(server: ScriptedServer, request: HttpRequest, exchange: Exchang
             if server.script.fault == "reset":
                 exchange.reset()
                 return
-        await exchange.event({"object": "transcription.chunk", "choices": [], "sha256": answer["sha256"],
-                              "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}})
+        await exchange.event(
+            {
+                "object": "transcription.chunk",
+                "choices": [],
+                "sha256": answer["sha256"],
+                "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10},
+            }
+        )
         await exchange.event(b"[DONE]")
         await exchange.end_stream()
     server.stats.completed += 1

@@ -199,31 +199,60 @@ class ScriptedServer:
         if request.method == "POST" and request.path in JSON_PATHS | UPLOAD_PATHS:
             handler = lambda r, x: serve_path(self, r, x)  # noqa: E731
         if handler is None:
-            await exchange.json(404, {"error": {"message": "not found", "type": "invalid_request_error",
-                                                "param": None, "code": "not_found"}})
+            await exchange.json(
+                404,
+                {
+                    "error": {
+                        "message": "not found",
+                        "type": "invalid_request_error",
+                        "param": None,
+                        "code": "not_found",
+                    }
+                },
+            )
             return
         await handler(request, exchange)
 
     async def models(self, request: HttpRequest, exchange: Exchange) -> None:
-        card = {"id": self.script.model, "object": "model", "created": self.started, "owned_by": "scripted",
-                "max_model_len": self.script.max_model_len}
-        loras = [{"id": name, "object": "model", "created": self.started, "owned_by": "scripted", "root": path,
-                  "parent": self.script.model, "max_model_len": self.script.max_model_len}
-                 for name, path in self.loras.items()]
+        card = {
+            "id": self.script.model,
+            "object": "model",
+            "created": self.started,
+            "owned_by": "scripted",
+            "max_model_len": self.script.max_model_len,
+        }
+        loras = [
+            {
+                "id": name,
+                "object": "model",
+                "created": self.started,
+                "owned_by": "scripted",
+                "root": path,
+                "parent": self.script.model,
+                "max_model_len": self.script.max_model_len,
+            }
+            for name, path in self.loras.items()
+        ]
         await exchange.json(200, {"object": "list", "data": [card, *loras]})
 
     async def load_lora(self, request: HttpRequest, exchange: Exchange) -> None:
         body = request.json()
         name, path = str(body.get("lora_name") or ""), str(body.get("lora_path") or "")
         await asyncio.sleep(self.script.lora_load_ms / 1000)
-        refusal = (f"scripted load failure ({self.script.lora_fault})" if self.script.lora_fault else
-                   f"The lora adapter '{name}' has already been loaded." if name in self.loras else
-                   f"No room: {len(self.loras)} adapters loaded (max_loras)." if len(self.loras) >= self.script.max_loras
-                   else "")
+        refusal = (
+            f"scripted load failure ({self.script.lora_fault})"
+            if self.script.lora_fault
+            else f"The lora adapter '{name}' has already been loaded."
+            if name in self.loras
+            else f"No room: {len(self.loras)} adapters loaded (max_loras)."
+            if len(self.loras) >= self.script.max_loras
+            else ""
+        )
         if refusal:
             status = int(self.script.lora_fault or 400)
-            await exchange.json(status, {"error": {"message": refusal, "type": "BadRequestError", "param": None,
-                                                   "code": status}})
+            await exchange.json(
+                status, {"error": {"message": refusal, "type": "BadRequestError", "param": None, "code": status}}
+            )
             return
         self.loras[name] = path
         self.stats.lora_loads += 1
@@ -232,22 +261,36 @@ class ScriptedServer:
     async def unload_lora(self, request: HttpRequest, exchange: Exchange) -> None:
         name = str(request.json().get("lora_name") or "")
         if self.loras.pop(name, None) is None:
-            await exchange.json(404, {"error": {"message": f"The lora adapter '{name}' cannot be found.",
-                                                "type": "NotFoundError", "param": None, "code": 404}})
+            await exchange.json(
+                404,
+                {
+                    "error": {
+                        "message": f"The lora adapter '{name}' cannot be found.",
+                        "type": "NotFoundError",
+                        "param": None,
+                        "code": 404,
+                    }
+                },
+            )
             return
         self.stats.lora_unloads += 1
         await exchange.json(200, f"Success: LoRA adapter '{name}' removed successfully.")
 
     async def metrics(self, request: HttpRequest, exchange: Exchange) -> None:
         label = f'{{model_name="{self.script.model}"}}'
-        text = (f"vllm:num_requests_running{label} {self.stats.in_flight}\n"
-                f"vllm:num_requests_waiting{label} 0\nvllm:kv_cache_usage_perc{label} 0.0\n")
+        text = (
+            f"vllm:num_requests_running{label} {self.stats.in_flight}\n"
+            f"vllm:num_requests_waiting{label} 0\nvllm:kv_cache_usage_perc{label} 0.0\n"
+        )
         running = ",".join(name for name, count in self.lora_running.items() if count)
-        text += (f'vllm:lora_requests_info{{max_lora="{self.script.max_loras}",running_lora_adapters="{running}",'
-                 f'waiting_lora_adapters=""}} {time.time()}\n')
+        text += (
+            f'vllm:lora_requests_info{{max_lora="{self.script.max_loras}",running_lora_adapters="{running}",'
+            f'waiting_lora_adapters=""}} {time.time()}\n'
+        )
         data = text.encode()
-        exchange.writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n\r\n%s"
-                              % (len(data), data))
+        exchange.writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n\r\n%s" % (len(data), data)
+        )
         await exchange.writer.drain()
 
     async def control(self, request: HttpRequest, exchange: Exchange) -> None:
@@ -264,26 +307,45 @@ class ScriptedServer:
             digest = hashlib.sha256(str(item).encode()).digest()
             data.append({"object": "embedding", "index": index, "embedding": [b / 255 for b in digest[:8]]})
         tokens = sum(len(str(item).split()) for item in items)
-        await exchange.json(200, {"object": "list", "data": data, "model": self.script.model,
-                                  "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+        await exchange.json(
+            200,
+            {
+                "object": "list",
+                "data": data,
+                "model": self.script.model,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            },
+        )
 
     async def tokenize(self, request: HttpRequest, exchange: Exchange) -> None:
         """One token per word, as vLLM's /tokenize answers."""
         words = _text(request.json()).split()
-        await exchange.json(200, {"count": len(words), "max_model_len": self.script.max_model_len,
-                                  "tokens": list(range(1, len(words) + 1))})
+        await exchange.json(
+            200,
+            {"count": len(words), "max_model_len": self.script.max_model_len, "tokens": list(range(1, len(words) + 1))},
+        )
 
     async def generate(self, request: HttpRequest, exchange: Exchange) -> None:
         self.stats.requests += 1
         fault = self.script.fault
         if fault in ("503", "429"):
             code = "engine_unavailable" if fault == "503" else "rate_limit_exceeded"
-            await exchange.json(int(fault), {"error": {"message": f"scripted {fault}", "type": "scripted",
-                                                       "param": None, "code": code}})
+            await exchange.json(
+                int(fault), {"error": {"message": f"scripted {fault}", "type": "scripted", "param": None, "code": code}}
+            )
             return
         if self.script.poison and self.script.poison in _text(request.json()):
-            await exchange.json(500, {"error": {"message": "scripted failure on this request",
-                                                "type": "InternalServerError", "param": None, "code": 500}})
+            await exchange.json(
+                500,
+                {
+                    "error": {
+                        "message": "scripted failure on this request",
+                        "type": "InternalServerError",
+                        "param": None,
+                        "code": 500,
+                    }
+                },
+            )
             return
         self.stats.in_flight += 1
         lora = request.json().get("model")
@@ -319,8 +381,12 @@ class Generation:
         self.prompt_tokens = max(1, len(_text(self.body).split()))
         self.count = min(int(self.body.get("max_tokens") or self.script.tokens), self.script.tokens)
         self.n = int(self.body.get("n") or 1)
-        self.head = {"id": "scripted", "object": "chat.completion.chunk" if self.chat else "text_completion",
-                     "created": int(time.time()), "model": self.body.get("model", script.model)}
+        self.head = {
+            "id": "scripted",
+            "object": "chat.completion.chunk" if self.chat else "text_completion",
+            "created": int(time.time()),
+            "model": self.body.get("model", script.model),
+        }
 
     def reason(self) -> str:
         return "length" if self.count == self.body.get("max_tokens") else "stop"
@@ -329,9 +395,17 @@ class Generation:
         if self.script.fault == "hang":
             await asyncio.Event().wait()
         if self.body.get("stream") and self.body.get("prompt_logprobs") is not None:  # refused, as tokenyard does
-            await self.exchange.json(400, {"error": {"message": "`prompt_logprobs` are not available when "
-                                                     "`stream=True`.", "type": "BadRequestError",
-                                                     "param": "prompt_logprobs", "code": 400}})
+            await self.exchange.json(
+                400,
+                {
+                    "error": {
+                        "message": "`prompt_logprobs` are not available when `stream=True`.",
+                        "type": "BadRequestError",
+                        "param": "prompt_logprobs",
+                        "code": 400,
+                    }
+                },
+            )
         elif self.body.get("stream"):
             await self.stream()
         else:
@@ -359,8 +433,16 @@ class Generation:
                 x.reset()
                 return
             if step == STALL_AFTER and self.script.fault == "error":
-                await x.event({"error": {"message": "scripted error mid-stream", "type": "BadRequestError",
-                                         "param": None, "code": 400}})
+                await x.event(
+                    {
+                        "error": {
+                            "message": "scripted error mid-stream",
+                            "type": "BadRequestError",
+                            "param": None,
+                            "code": 400,
+                        }
+                    }
+                )
                 await x.end_stream()
                 return
             reason = self.reason() if step == self.count - 1 else None
@@ -377,10 +459,19 @@ class Generation:
         text = "".join(f"{self.word}{step} " for step in range(self.count))
         choices: list[dict[str, Any]]
         if self.chat:
-            choices = [{"index": i, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                        "finish_reason": self.reason()} for i in range(self.n)]
+            choices = [
+                {
+                    "index": i,
+                    "message": {"role": "assistant", "content": text},
+                    "logprobs": None,
+                    "finish_reason": self.reason(),
+                }
+                for i in range(self.n)
+            ]
         else:
-            choices = [{"index": i, "text": text, "logprobs": None, "finish_reason": self.reason()} for i in range(self.n)]
+            choices = [
+                {"index": i, "text": text, "logprobs": None, "finish_reason": self.reason()} for i in range(self.n)
+            ]
         kind = "chat.completion" if self.chat else "text_completion"
         answer: dict[str, Any] = {**self.head, "object": kind, "choices": choices, "usage": self.usage()}
         if self.body.get("prompt_logprobs") is not None:  # where vLLM puts them: the answer's (chat), each choice's
@@ -391,8 +482,11 @@ class Generation:
 
     def usage(self) -> dict[str, int]:
         completion = self.count * self.n
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion,
-                "total_tokens": self.prompt_tokens + completion}
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": completion,
+            "total_tokens": self.prompt_tokens + completion,
+        }
 
 
 async def serve(host: str, port: int, script: Script) -> None:

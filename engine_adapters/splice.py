@@ -48,8 +48,7 @@ from engine_adapters.h1 import Connection
 
 CLIENT_SOCKET = "tokenyard.client_socket"  # the ASGI scope's extension holding the request's ClientSocket
 # What ClientSocket reads of uvicorn's RequestResponseCycle; tests/unit/test_splice.py checks they exist.
-CYCLE_ATTRIBUTES = ("chunked_encoding", "response_started", "response_complete", "disconnected", "flow",
-                    "transport")
+CYCLE_ATTRIBUTES = ("chunked_encoding", "response_started", "response_complete", "disconnected", "flow", "transport")
 
 
 class Sink(Protocol):
@@ -76,8 +75,14 @@ class ClientSocket:
 
     def ready(self) -> bool:
         cycle = self.cycle
-        return (cycle.chunked_encoding is True and cycle.response_started and not cycle.response_complete
-                and not cycle.disconnected and not cycle.flow.write_paused and not cycle.transport.is_closing())
+        return (
+            cycle.chunked_encoding is True
+            and cycle.response_started
+            and not cycle.response_complete
+            and not cycle.disconnected
+            and not cycle.flow.write_paused
+            and not cycle.transport.is_closing()
+        )
 
     def write(self, events: bytes) -> None:
         if events:  # an empty chunk would end the body

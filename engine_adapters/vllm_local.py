@@ -98,10 +98,13 @@ class VllmLocalAdapter:
         self._engine = None
 
     def models(self) -> list[ModelInfo]:
-        base = ModelInfo(self.spec.name, self._max_model_len, self.spec.kind, root=self.spec.path,
-                         kv_events=self.spec.kv_events)
-        loras = [ModelInfo(name, self._max_model_len, self.spec.kind, root=path, parent=self.spec.name)
-                 for name, (_, path) in self._loras.items()]
+        base = ModelInfo(
+            self.spec.name, self._max_model_len, self.spec.kind, root=self.spec.path, kv_events=self.spec.kv_events
+        )
+        loras = [
+            ModelInfo(name, self._max_model_len, self.spec.kind, root=path, parent=self.spec.name)
+            for name, (_, path) in self._loras.items()
+        ]
         return [base, *loras]
 
     # -- LoRA -------------------------------------------------------------------
@@ -164,9 +167,15 @@ class VllmLocalAdapter:
 
     # -- prompts ----------------------------------------------------------------
 
-    def render_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True,
-                    tools: list[dict[str, Any]] | None = None, *, continue_final_message: bool = False,
-                    template_kwargs: dict[str, Any] | None = None) -> str:
+    def render_chat(
+        self,
+        messages: list[dict[str, Any]],
+        add_generation_prompt: bool = True,
+        tools: list[dict[str, Any]] | None = None,
+        *,
+        continue_final_message: bool = False,
+        template_kwargs: dict[str, Any] | None = None,
+    ) -> str:
         turns = [_template_turn(m) for m in messages]
         try:
             rendered = self._tokenizer.apply_chat_template(
@@ -185,9 +194,13 @@ class VllmLocalAdapter:
 
     def prompt_ids(self, request: GenerateRequest) -> list[int]:
         if request.messages is not None:
-            text = self.render_chat(request.messages, request.add_generation_prompt, request.tools,
-                                    continue_final_message=request.continue_final_message,
-                                    template_kwargs=request.chat_template_kwargs)
+            text = self.render_chat(
+                request.messages,
+                request.add_generation_prompt,
+                request.tools,
+                continue_final_message=request.continue_final_message,
+                template_kwargs=request.chat_template_kwargs,
+            )
             # The template writes BOS itself: a second one ruins the output.
             return list(self._tokenizer.encode(text, add_special_tokens=bool(request.add_special_tokens)))
         if isinstance(request.prompt, str):
@@ -213,8 +226,9 @@ class VllmLocalAdapter:
         size = len(self._tokenizer)
         bad = next((t for t in token_ids if not 0 <= t < size), None)
         if bad is not None:
-            raise InvalidRequest(f"Token id {bad} is out of vocabulary (the vocabulary has {size} tokens).",
-                                 param="tokens")
+            raise InvalidRequest(
+                f"Token id {bad} is out of vocabulary (the vocabulary has {size} tokens).", param="tokens"
+            )
 
     def _check_context(self, prompt_len: int, max_tokens: int | None) -> int:
         limit = self._max_model_len or 0
@@ -241,8 +255,11 @@ class VllmLocalAdapter:
         beam = request.sampling.beam_search
         # Greedy choices are all the same text: vLLM refuses n > 1 there, OpenAI answers n copies.
         copies = request.sampling.n if _is_greedy(request.sampling) and not beam else 1
-        params = None if beam else _sampling_params(
-            replace(request.sampling, n=1) if copies > 1 else request.sampling, max_tokens)
+        params = (
+            None
+            if beam
+            else _sampling_params(replace(request.sampling, n=1) if copies > 1 else request.sampling, max_tokens)
+        )
         counts: dict[int, int] = {}
         try:
             extra: dict[str, Any] = {"priority": request.priority} if self._by_priority else {}
@@ -276,14 +293,19 @@ class VllmLocalAdapter:
 
         s = request.sampling
         params = BeamSearchParams(
-            beam_width=s.n, max_tokens=max_tokens, ignore_eos=s.ignore_eos, temperature=s.temperature or 0.0,
-            length_penalty=s.length_penalty, include_stop_str_in_output=s.include_stop_str_in_output,
+            beam_width=s.n,
+            max_tokens=max_tokens,
+            ignore_eos=s.ignore_eos,
+            temperature=s.temperature or 0.0,
+            length_penalty=s.length_penalty,
+            include_stop_str_in_output=s.include_stop_str_in_output,
             skip_special_tokens=s.skip_special_tokens,
         )
         return Searcher(self._engine).beam_search(tokens_input(ids), request.request_id, params, lora_request=lora)
 
-    def _chunk(self, out: Any, comp: Any, counts: dict[int, int], request: GenerateRequest, prompt_len: int,
-               index: int) -> Chunk:
+    def _chunk(
+        self, out: Any, comp: Any, counts: dict[int, int], request: GenerateRequest, prompt_len: int, index: int
+    ) -> Chunk:
         first = index not in counts
         counts[index] = counts.get(index, 0) + len(comp.token_ids)
         chunk = Chunk(
@@ -296,12 +318,14 @@ class VllmLocalAdapter:
             completion_tokens=counts[index],
         )
         if request.sampling.logprobs is not None and comp.logprobs is not None:
-            chunk.logprobs = _token_logprobs(comp.token_ids, comp.logprobs, request.sampling.logprobs,
-                                             request.sampling.tokens_as_ids)
+            chunk.logprobs = _token_logprobs(
+                comp.token_ids, comp.logprobs, request.sampling.logprobs, request.sampling.tokens_as_ids
+            )
         if first and request.sampling.prompt_logprobs is not None:
             chunk.prompt_text = self._tokenizer.decode(out.prompt_token_ids, skip_special_tokens=True)
-            chunk.prompt_logprobs = self._prompt_logprobs(out, request.sampling.prompt_logprobs,
-                                                          request.sampling.tokens_as_ids)
+            chunk.prompt_logprobs = self._prompt_logprobs(
+                out, request.sampling.prompt_logprobs, request.sampling.tokens_as_ids
+            )
             chunk.prompt_logprobs_by_id = _ranked_prompt_logprobs(out.prompt_logprobs)
         return chunk
 
@@ -322,14 +346,13 @@ class VllmLocalAdapter:
 
     # -- embeddings -------------------------------------------------------------
 
-    async def embed(self, request_id: str, model: str, inputs: list[str] | list[list[int]],
-                    forwarded: Forwarded = NOTHING_FORWARDED) -> tuple[list[list[float]], int]:
+    async def embed(
+        self, request_id: str, model: str, inputs: list[str] | list[list[int]], forwarded: Forwarded = NOTHING_FORWARDED
+    ) -> tuple[list[list[float]], int]:
         if self._engine is None:
             raise EngineUnavailable("The engine is not running.")
         prompts = [self._embedding_prompt(item) for item in inputs]
-        results = await asyncio.gather(
-            *(self._encode_one(f"{request_id}-{i}", ids) for i, ids in enumerate(prompts))
-        )
+        results = await asyncio.gather(*(self._encode_one(f"{request_id}-{i}", ids) for i, ids in enumerate(prompts)))
         return list(results), sum(len(ids) for ids in prompts)
 
     def _embedding_prompt(self, item: str | list[int]) -> list[int]:
@@ -388,8 +411,12 @@ def engine_args_for(spec: LocalModelSpec, platform: str) -> dict[str, Any]:
     platform_defaults: dict[str, Any] = {"enforce_eager": True} if platform == CPU else {}
     if spec.kv_events is not None:
         endpoint, replay = spec.kv_events
-        platform_defaults["kv_events_config"] = {"enable_kv_cache_events": True, "publisher": "zmq",
-                                                 "endpoint": endpoint, "replay_endpoint": replay}
+        platform_defaults["kv_events_config"] = {
+            "enable_kv_cache_events": True,
+            "publisher": "zmq",
+            "endpoint": endpoint,
+            "replay_endpoint": replay,
+        }
         platform_defaults["enable_prefix_caching"] = True  # the events come from the prefix cache
     return {
         "model": spec.path,
@@ -500,8 +527,9 @@ def _one_logprob(token_id: int, position: dict[int, Any], top: int, as_ids: bool
     )
 
 
-def _token_logprobs(token_ids: Iterable[int], positions: Iterable[dict[int, Any] | None], top: int,
-                    as_ids: bool = False) -> list[TokenLogprob]:
+def _token_logprobs(
+    token_ids: Iterable[int], positions: Iterable[dict[int, Any] | None], top: int, as_ids: bool = False
+) -> list[TokenLogprob]:
     return [_one_logprob(t, p, top, as_ids) for t, p in zip(token_ids, positions) if p]
 
 
@@ -511,7 +539,8 @@ def _ranked_prompt_logprobs(positions: Any) -> list[dict[int, RankedLogprob] | N
         return None
     return [
         {tid: RankedLogprob(max(lp.logprob, -9999.0), lp.rank, lp.decoded_token) for tid, lp in position.items()}
-        if position else None
+        if position
+        else None
         for position in positions
     ]
 

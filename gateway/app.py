@@ -18,8 +18,8 @@ from gateway.api import embeddings, generation, health, lora, messages, models, 
 from gateway.api.common import json_response
 from gateway.api.passthrough import PassThrough
 from gateway.errors import GatewayError, MethodNotAllowed, error_payload, invalid_fields, status_error
-from gateway.lifecycle import Drain
 from gateway.keys import KeyStore
+from gateway.lifecycle import Drain
 from gateway.limit_store import LimitStore, MemoryStore
 from gateway.observability.tracing import build_tracing
 from gateway.settings import LimitSettings, Settings
@@ -91,8 +91,12 @@ def _limit_store(limits: LimitSettings) -> LimitStore:
 
 def create_app(settings: Settings, adapter_factory: AdapterFactory | None = None) -> FastAPI:
     """Build the app. `adapter_factory` starts the local engines; by default, in-process vLLM per model."""
-    state = AppState(settings=settings, keys=KeyStore(settings.api_keys, settings.auth.api_keys_file),
-                     limit_store=_limit_store(settings.limits), tracing=build_tracing(settings.tracing))
+    state = AppState(
+        settings=settings,
+        keys=KeyStore(settings.api_keys, settings.auth.api_keys_file),
+        limit_store=_limit_store(settings.limits),
+        tracing=build_tracing(settings.tracing),
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

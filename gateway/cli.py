@@ -26,8 +26,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--dtype", help="the weights' dtype, as in vllm serve")
     serve.add_argument("--max-model-len", type=int, help="the context length; default the model's")
     serve.add_argument("--chat-template", type=Path, help="a Jinja chat template file")
-    serve.add_argument("--enable-tracing", action="store_true", default=None,
-                       help="export OpenTelemetry traces (the otel extra; OTEL_* variables say where)")
+    serve.add_argument(
+        "--enable-tracing",
+        action="store_true",
+        default=None,
+        help="export OpenTelemetry traces (the otel extra; OTEL_* variables say where)",
+    )
     _add_security_flags(serve)
     return parser
 
@@ -61,12 +65,18 @@ def _security_overrides(args: argparse.Namespace) -> dict[str, Any]:
         missing = [name for name in ("SSL_KEYFILE", "SSL_CERTFILE") if not os.environ.get(name)]
         if missing:
             raise SystemExit(f"--ssl needs {' and '.join(missing)} in the environment")
-        tls = {"ssl_keyfile": tls["ssl_keyfile"] or Path(os.environ["SSL_KEYFILE"]),
-               "ssl_certfile": tls["ssl_certfile"] or Path(os.environ["SSL_CERTFILE"])}
+        tls = {
+            "ssl_keyfile": tls["ssl_keyfile"] or Path(os.environ["SSL_KEYFILE"]),
+            "ssl_certfile": tls["ssl_certfile"] or Path(os.environ["SSL_CERTFILE"]),
+        }
     sections = {
         "auth": {"api_keys_file": args.api_keys_file, "guard_metrics": args.guard_metrics},
-        "cors": {"allowed_origins": args.allowed_origins, "allowed_methods": args.allowed_methods,
-                 "allowed_headers": args.allowed_headers, "allow_credentials": args.allow_credentials},
+        "cors": {
+            "allowed_origins": args.allowed_origins,
+            "allowed_methods": args.allowed_methods,
+            "allowed_headers": args.allowed_headers,
+            "allow_credentials": args.allow_credentials,
+        },
         "tls": tls,
     }
     overrides: dict[str, Any] = {"api_keys": args.api_keys} if args.api_keys is not None else {}
@@ -74,6 +84,8 @@ def _security_overrides(args: argparse.Namespace) -> dict[str, Any]:
         if given := {key: value for key, value in values.items() if value is not None}:
             overrides[section] = given  # merged with env and YAML field by field
     return overrides
+
+
 # --- end of the security flags ---------------------------------------------------------------------
 
 
@@ -95,9 +107,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 def main(argv: list[str] | None = None) -> int:
     from gateway.app import create_app
-    from gateway.server import serve
     from gateway.observability.logging import configure_logging
     from gateway.observability.tracing import TracingUnavailable
+    from gateway.server import serve
 
     args = _parser().parse_args(argv)
     settings = settings_from_args(args)

@@ -14,19 +14,19 @@ from typing import Any
 import orjson
 
 from engine_adapters.errors import (
-    GatewayError,
-    InvalidRequest,
-    ContextLengthExceeded,
     AuthenticationFailed,
-    NotFound,
-    ModelNotFound,
-    MethodNotAllowed,
-    RequestTimeout,
-    PayloadTooLarge,
-    RateLimited,
-    HeaderTooLarge,
-    QuotaExceeded,
+    ContextLengthExceeded,
     EngineUnavailable,
+    GatewayError,
+    HeaderTooLarge,
+    InvalidRequest,
+    MethodNotAllowed,
+    ModelNotFound,
+    NotFound,
+    PayloadTooLarge,
+    QuotaExceeded,
+    RateLimited,
+    RequestTimeout,
     status_error,
 )
 
@@ -57,9 +57,16 @@ GENERIC_MESSAGE = "The server had an error while processing your request."
 
 
 # Anthropic's error types by status (its SDK picks its exception class by the status alone).
-_ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-                    404: "not_found_error", 408: "timeout_error", 413: "request_too_large",
-                    429: "rate_limit_error", 503: "overloaded_error"}
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    408: "timeout_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+}
 
 
 def anthropic_path(path: str) -> bool:

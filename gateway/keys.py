@@ -29,8 +29,12 @@ from gateway.settings import ApiKey
 log = logging.getLogger(__name__)
 
 _RELOAD_CHECK_S = 1.0  # stat() the keys file at most this often
-_LIMIT_OPTIONS = {"rpm": "requests_per_minute", "tpm": "tokens_per_minute", "tokens_per_day": "tokens_per_day",
-                  "tokens_per_month": "tokens_per_month"}
+_LIMIT_OPTIONS = {
+    "rpm": "requests_per_minute",
+    "tpm": "tokens_per_minute",
+    "tokens_per_day": "tokens_per_day",
+    "tokens_per_month": "tokens_per_month",
+}
 
 
 @dataclass(frozen=True)
@@ -68,8 +72,12 @@ def parse_keys_file(text: str) -> list[KeyEntry]:
 class KeyStore:
     def __init__(self, keys: list[ApiKey], path: Path | None, clock: Callable[[], float] = time.monotonic) -> None:
         self._static = [
-            _entry(k.key.get_secret_value(), k.name, i,
-                   KeyLimits(k.requests_per_minute, k.tokens_per_minute, k.tokens_per_day, k.tokens_per_month))
+            _entry(
+                k.key.get_secret_value(),
+                k.name,
+                i,
+                KeyLimits(k.requests_per_minute, k.tokens_per_minute, k.tokens_per_day, k.tokens_per_month),
+            )
             for i, k in enumerate(keys, start=1)
         ]
         self._path, self._clock = path, clock

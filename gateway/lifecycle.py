@@ -26,7 +26,6 @@ from typing import Any, Protocol
 
 from gateway.observability.logging import FIELDS_ATTR
 
-
 log = logging.getLogger(__name__)
 
 _POLL_S = 0.05

@@ -14,11 +14,10 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from gateway.settings import LimitSettings
-
 
 PERIODS = ("day", "month")
 _MAX_IDENTITIES = 10_000  # memory: buckets kept; the least recently seen go first (a refilled bucket is a new one)
@@ -65,14 +64,16 @@ class Window:
 
 
 def windows(now: datetime) -> tuple[Window, Window]:
-    day = datetime(now.year, now.month, now.day, tzinfo=timezone.utc)
-    next_month = datetime(now.year + now.month // 12, now.month % 12 + 1, 1, tzinfo=timezone.utc)
-    return (Window("day", day.strftime("%Y-%m-%d"), day + timedelta(days=1)),
-            Window("month", day.strftime("%Y-%m"), next_month))
+    day = datetime(now.year, now.month, now.day, tzinfo=UTC)
+    next_month = datetime(now.year + now.month // 12, now.month % 12 + 1, 1, tzinfo=UTC)
+    return (
+        Window("day", day.strftime("%Y-%m-%d"), day + timedelta(days=1)),
+        Window("month", day.strftime("%Y-%m"), next_month),
+    )
 
 
 def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -105,9 +106,15 @@ class PeriodUsage:
 
     def as_json(self) -> dict[str, Any]:
         remaining = None if self.budget is None else max(0, self.budget - self.tokens)
-        return {"period": self.window.period, "started": self.window.name, "tokens": self.tokens,
-                "requests": self.requests, "budget_tokens": self.budget, "remaining_tokens": remaining,
-                "resets_at": self.window.resets_at_text}
+        return {
+            "period": self.window.period,
+            "started": self.window.name,
+            "tokens": self.tokens,
+            "requests": self.requests,
+            "budget_tokens": self.budget,
+            "remaining_tokens": remaining,
+            "resets_at": self.window.resets_at_text,
+        }
 
 
 class LimitStore(Protocol):
@@ -192,8 +199,10 @@ class MemoryStore:
             if budget is not None and self._counter(charge.identity, window)[1] >= budget:
                 return Decision(False, over_budget=window)
         buckets, now = self.buckets(charge.identity, charge.limits), self.clock()
-        wait_s = max(buckets.requests.wait_s(1, now) if buckets.requests else 0.0,
-                     buckets.tokens.wait_s(charge.cost, now) if buckets.tokens else 0.0)
+        wait_s = max(
+            buckets.requests.wait_s(1, now) if buckets.requests else 0.0,
+            buckets.tokens.wait_s(charge.cost, now) if buckets.tokens else 0.0,
+        )
         if wait_s > 0:
             return Decision(False, wait_s, None, *buckets.levels())
         for bucket, cost in ((buckets.requests, 1), (buckets.tokens, charge.cost)):
@@ -237,5 +246,6 @@ def floor_level(level: float) -> int:
 
 def default_limits(limits: LimitSettings) -> KeyLimits:
     """Every key's limits and budgets where the key sets none of its own."""
-    return KeyLimits(limits.requests_per_minute, limits.tokens_per_minute, limits.tokens_per_day,
-                     limits.tokens_per_month)
+    return KeyLimits(
+        limits.requests_per_minute, limits.tokens_per_minute, limits.tokens_per_day, limits.tokens_per_month
+    )

@@ -270,8 +270,12 @@ def _pid_alive(pid: int) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gateway.model_store", description="Prepare tokenyard's embedded models.")
-    parser.add_argument("--cache-dir", type=Path, default=None, help="default: $TOKENYARD_CACHE_DIR or ~/.cache/tokenyard")
+    parser = argparse.ArgumentParser(
+        prog="python -m gateway.model_store", description="Prepare tokenyard's embedded models."
+    )
+    parser.add_argument(
+        "--cache-dir", type=Path, default=None, help="default: $TOKENYARD_CACHE_DIR or ~/.cache/tokenyard"
+    )
     args = parser.parse_args(argv)
     # Everything comes from installed packages (every load here is local_files_only): no hub look-ups,
     # unless the operator asked otherwise. Before transformers is imported: huggingface_hub reads it once.

@@ -10,7 +10,7 @@ Any Redis or connection error becomes StoreUnavailable; the client reconnects on
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis.asyncio as redis
@@ -43,7 +43,9 @@ local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
 # KEYS: requests bucket, tokens bucket, day usage, month usage.
 # ARGV: rpm, tpm, cost, day budget, month budget (0: none), day ttl, month ttl, keep usage (1/0).
 # Returns {'ok' | 'rate_limited' | 'over_budget', wait_s or period index, requests level, tokens level}.
-ADMIT = _BUCKET + """
+ADMIT = (
+    _BUCKET
+    + """
 local rpm, tpm, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local keep = ARGV[8] == '1'
 if keep then
@@ -72,9 +74,12 @@ if keep then
 end
 return {'ok', '0', text(r), text(t)}
 """
+)
 
 # KEYS: tokens bucket, day usage, month usage. ARGV: refund (negative: charge more), tpm, keep usage (1/0).
-SETTLE = _BUCKET + """
+SETTLE = (
+    _BUCKET
+    + """
 local refund, tpm = tonumber(ARGV[1]), tonumber(ARGV[2])
 local t = level(KEYS[1], tpm, now)
 if t then save(KEYS[1], math.min(tpm, t + refund), tpm, now) end
@@ -85,6 +90,7 @@ if ARGV[3] == '1' then
 end
 return 1
 """
+)
 
 
 def _key(identity: str, part: str) -> str:
@@ -96,7 +102,7 @@ def _usage_key(identity: str, window: Window) -> str:
 
 
 def _ttl_s(window: Window) -> int:
-    return int((window.resets_at + _KEEP_AFTER_PERIOD - datetime.now(timezone.utc)).total_seconds()) + 1
+    return int((window.resets_at + _KEEP_AFTER_PERIOD - datetime.now(UTC)).total_seconds()) + 1
 
 
 def _level(text: bytes) -> float | None:
@@ -107,8 +113,13 @@ class RedisStore:
     def __init__(self, url: str, timeout_s: float) -> None:
         # No retries inside the client: a failed call is answered at once (fail open or closed), and the
         # next request tries again on a fresh connection.
-        self.client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-                                           retry=Retry(NoBackoff(), 0), health_check_interval=0)
+        self.client = redis.Redis.from_url(
+            url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 0),
+            health_check_interval=0,
+        )
         self._admit = self.client.register_script(ADMIT)
         self._settle = self.client.register_script(SETTLE)
 
@@ -120,11 +131,22 @@ class RedisStore:
 
     async def admit(self, charge: Charge) -> Decision:
         limits, day, month = charge.limits, *_periods(charge)
-        keys = [_key(charge.identity, "requests"), _key(charge.identity, "tokens"),
-                _usage_key(charge.identity, day), _usage_key(charge.identity, month)]
-        args = [limits.requests_per_minute or 0, limits.tokens_per_minute or 0, charge.cost,
-                limits.tokens_per_day or 0, limits.tokens_per_month or 0, _ttl_s(day), _ttl_s(month),
-                int(charge.periods is not None)]
+        keys = [
+            _key(charge.identity, "requests"),
+            _key(charge.identity, "tokens"),
+            _usage_key(charge.identity, day),
+            _usage_key(charge.identity, month),
+        ]
+        args = [
+            limits.requests_per_minute or 0,
+            limits.tokens_per_minute or 0,
+            charge.cost,
+            limits.tokens_per_day or 0,
+            limits.tokens_per_month or 0,
+            _ttl_s(day),
+            _ttl_s(month),
+            int(charge.periods is not None),
+        ]
         verdict, figure, requests, tokens = await self._run(self._admit, keys, args)
         if verdict == b"over_budget":
             return Decision(False, over_budget=(day, month)[int(figure) - 1])
@@ -133,11 +155,12 @@ class RedisStore:
     async def settle(self, charge: Charge, refund: int) -> None:
         day, month = _periods(charge)
         keys = [_key(charge.identity, "tokens"), _usage_key(charge.identity, day), _usage_key(charge.identity, month)]
-        await self._run(self._settle, keys, [refund, charge.limits.tokens_per_minute or 0,
-                                             int(charge.periods is not None)])
+        await self._run(
+            self._settle, keys, [refund, charge.limits.tokens_per_minute or 0, int(charge.periods is not None)]
+        )
 
     async def usage(self, identity: str, limits: KeyLimits) -> list[PeriodUsage]:
-        now_windows = windows(datetime.now(timezone.utc))
+        now_windows = windows(datetime.now(UTC))
         try:
             async with self.client.pipeline(transaction=False) as pipe:
                 for window in now_windows:
@@ -145,12 +168,14 @@ class RedisStore:
                 found = await pipe.execute()
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(type(exc).__name__) from None
-        return [PeriodUsage(window, int(tokens or 0), int(requests or 0), limits.budget(window.period))
-                for window, (tokens, requests) in zip(now_windows, found)]
+        return [
+            PeriodUsage(window, int(tokens or 0), int(requests or 0), limits.budget(window.period))
+            for window, (tokens, requests) in zip(now_windows, found)
+        ]
 
     async def close(self) -> None:
         await self.client.aclose()
 
 
 def _periods(charge: Charge) -> tuple[Window, Window]:
-    return charge.periods or windows(datetime.now(timezone.utc))
+    return charge.periods or windows(datetime.now(UTC))

@@ -35,8 +35,10 @@ def closing_answer(exc: GatewayError) -> bytes:
     """A whole answer with `exc` in OpenAI's error shape, for the protocol to write before it closes."""
     status, body = error_payload(exc)
     raw = orjson.dumps(body)
-    head = f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\ncontent-type: application/json\r\n" \
-           f"content-length: {len(raw)}\r\nconnection: close\r\n\r\n"
+    head = (
+        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(raw)}\r\nconnection: close\r\n\r\n"
+    )
     return head.encode() + raw
 
 
@@ -103,7 +105,11 @@ def bounded_protocol(limits: LimitSettings) -> type[asyncio.Protocol]:
             # A bad body (say, a malformed chunk) while the app runs: the app only hears a disconnect,
             # so its ClientSocket records that the server refused the request, for the access log.
             client_socket = self._socket
-            if client_socket is not None and client_socket.cycle is self.cycle and not client_socket.cycle.response_started:
+            if (
+                client_socket is not None
+                and client_socket.cycle is self.cycle
+                and not client_socket.cycle.response_started
+            ):
                 client_socket.refused = True
             self._refuse(HeaderTooLarge(head_too_large) if self._head_over else InvalidRequest(msg))
 
@@ -111,7 +117,11 @@ def bounded_protocol(limits: LimitSettings) -> type[asyncio.Protocol]:
             self._disarm()
             super().connection_lost(exc)
             client_socket = self._socket
-            if client_socket is not None and client_socket.lost is not None and not client_socket.cycle.response_complete:
+            if (
+                client_socket is not None
+                and client_socket.lost is not None
+                and not client_socket.cycle.response_complete
+            ):
                 client_socket.lost()
 
         def _refuse(self, exc: GatewayError) -> None:
@@ -209,7 +219,9 @@ def server_class() -> Callable[[uvicorn.Config, AppState], uvicorn.Server]:
 
         async def _exit_on_engine_death(self) -> None:
             exit_after_s = self.state.settings.engine_dead_exit_s
-            then = f"exiting in {exit_after_s:g} s" if exit_after_s is not None else "staying up (engine_dead_exit_s null)"
+            then = (
+                f"exiting in {exit_after_s:g} s" if exit_after_s is not None else "staying up (engine_dead_exit_s null)"
+            )
             for model, cause in (await engine_death(self.state)).items():
                 log_event(f"engine for model {model} died: {cause}; {then}", logging.ERROR, model=model, cause=cause)
             if exit_after_s is None:

@@ -31,16 +31,24 @@ class LoraAdapterSettings(BaseModel):
 
 class ModelSettings(BaseModel):
     name: str = Field(min_length=1, description="The name clients send as `model`.")
-    model: str = Field(min_length=1, description="A local path, builtin:*, or a Hugging Face hub id "
-                       "(downloaded as `vllm serve` does; HF_TOKEN from the environment).")
+    model: str = Field(
+        min_length=1,
+        description="A local path, builtin:*, or a Hugging Face hub id "
+        "(downloaded as `vllm serve` does; HF_TOKEN from the environment).",
+    )
     kind: Literal["generate", "embed"] = Field(default="generate", description="Text generation, or embeddings.")
     dtype: str = Field(default="auto", description="The weights' dtype, as `vllm serve --dtype`.")
     max_model_len: int | None = Field(default=None, ge=16, description="The context length; default: the model's.")
     chat_template: Path | None = Field(default=None, description="A Jinja chat template file; default: the model's.")
-    engine_args: dict[str, Any] = Field(default_factory=dict, description="Passed to vLLM's AsyncEngineArgs as "
-                                        "they are; they win over every default tokenyard sets.")
-    tool_parser: str | None = Field(default=None, description="How tool calls are read from the model's text "
-                                    f"(tool_choice auto): one of {', '.join(PARSERS)}; default {DEFAULT_PARSER}.")
+    engine_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Passed to vLLM's AsyncEngineArgs as they are; they win over every default tokenyard sets.",
+    )
+    tool_parser: str | None = Field(
+        default=None,
+        description="How tool calls are read from the model's text "
+        f"(tool_choice auto): one of {', '.join(PARSERS)}; default {DEFAULT_PARSER}.",
+    )
     # LoRA (vLLM's enable_lora, max_loras, max_lora_rank): on when adapters are listed or enable_lora is set.
     lora_adapters: list[LoraAdapterSettings] = Field(default_factory=list, description="Adapters served as models.")
     enable_lora: bool = Field(default=False, description="Enable LoRA with no static adapters (runtime loading).")
@@ -48,10 +56,13 @@ class ModelSettings(BaseModel):
     max_loras: int | None = Field(default=None, ge=1, description="Adapters in one batch; default: the listed count.")
     # vLLM's KV-cache events (kv_events_config), for a router's policy `kv`; listed in /v1/models as `kv_events`.
     kv_events_endpoint: str | None = Field(
-        default=None, pattern=r"^tcp://", description="Publish KV-cache events on this ZMQ address "
-        "(e.g. tcp://*:5557); off when unset.")
+        default=None,
+        pattern=r"^tcp://",
+        description="Publish KV-cache events on this ZMQ address (e.g. tcp://*:5557); off when unset.",
+    )
     kv_events_replay_endpoint: str | None = Field(
-        default=None, pattern=r"^tcp://", description="Where a router re-syncs missed events (e.g. tcp://*:5558).")
+        default=None, pattern=r"^tcp://", description="Where a router re-syncs missed events (e.g. tcp://*:5558)."
+    )
 
     @field_validator("tool_parser")
     @classmethod
@@ -82,6 +93,7 @@ SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 def _no_credentials(hint: str) -> AfterValidator:
     """A URL refused when it carries user:password@: the password would show in /metrics (an instance's
     label), in the settings logged at start and in the Host header. The error shows the URL without it."""
+
     def check(url: str) -> str:
         parts = urlsplit(url)
         if "@" in parts.netloc:
@@ -114,8 +126,10 @@ class DiscoverySettings(BaseModel):
     namespace: str | None = Field(default=None, min_length=1, description="kubernetes: default the pod's own.")
     port_name: str | None = Field(default=None, description="The EndpointSlice port to use; else the first.")
     api_url: KubeApiUrl | None = Field(default=None, description="Default https://$KUBERNETES_SERVICE_HOST:$..._PORT.")
-    token_file: Path = Field(default=SERVICE_ACCOUNT_DIR / "token",
-                             description="kubernetes: the API token, re-read on every (re)connect as it rotates.")
+    token_file: Path = Field(
+        default=SERVICE_ACCOUNT_DIR / "token",
+        description="kubernetes: the API token, re-read on every (re)connect as it rotates.",
+    )
     ca_file: Path = Field(default=SERVICE_ACCOUNT_DIR / "ca.crt", description="kubernetes: the API server's CA.")
 
     @model_validator(mode="after")
@@ -140,32 +154,46 @@ class RouteSettings(BaseModel):
     name: str = Field(min_length=1, description="The public model name clients send as `model`.")
     aliases: list[str] = Field(default_factory=list, description="More public names for the same model.")
     policy: Literal["least-loaded", "power-of-two", "session", "prefix", "round-robin", "kv"] = Field(
-        default="least-loaded", description="How an instance is chosen for each request.")
+        default="least-loaded", description="How an instance is chosen for each request."
+    )
     upstreams: list[UpstreamUrl] = Field(default_factory=list, description="Static instance base URLs.")
     upstream_model: str | None = Field(default=None, description="The model name the instances serve, if different.")
     kind: Literal["generate", "embed"] = Field(default="generate", description="Text generation, or embeddings.")
     api_key: SecretStr | None = Field(default=None, description="Sent as a bearer token to every instance.")
     api_key_file: Path | None = Field(
-        default=None, description="Instead of api_key: a keys file whose first key is sent; re-read when it changes.")
+        default=None, description="Instead of api_key: a keys file whose first key is sent; re-read when it changes."
+    )
     discovery: DiscoverySettings | None = Field(default=None, description="Find instances by DNS or Kubernetes.")
     hold_timeout_s: float | None = Field(default=None, ge=0, description="This route's hold; default router's.")
     passthrough_paths: list[PassthroughPath] = Field(
         default_factory=list,
         description="More POST paths passed through to the instances as bytes, routed by the body's `model`, "
-                    "besides vLLM's own (/v1/messages, /v1/rerank, /v1/audio/transcriptions, ...).")
+        "besides vLLM's own (/v1/messages, /v1/rerank, /v1/audio/transcriptions, ...).",
+    )
     # LoRA-aware placement (gateway.routing.lora): each adapter is a model name of this route.
     lora_adapters: dict[str, Annotated[str, Field(min_length=1)]] = Field(
-        default_factory=dict, description="LoRA adapters the instances serve: name -> its path on the instances.")
-    lora_runtime_load: bool = Field(default=False, description="Load an adapter that no instance holds "
-                                    "(POST /v1/load_lora_adapter) on the least-loaded instance.")
-    max_loras: int | None = Field(default=None, ge=1, description="Adapters one instance holds, where its "
-                                  "metrics do not say (vllm:lora_requests_info max_lora); default no limit.")
+        default_factory=dict, description="LoRA adapters the instances serve: name -> its path on the instances."
+    )
+    lora_runtime_load: bool = Field(
+        default=False,
+        description="Load an adapter that no instance holds (POST /v1/load_lora_adapter) on the least-loaded instance.",
+    )
+    max_loras: int | None = Field(
+        default=None,
+        ge=1,
+        description="Adapters one instance holds, where its "
+        "metrics do not say (vllm:lora_requests_info max_lora); default no limit.",
+    )
     kv_events: KvEventsPorts | None = Field(
-        default=None, description="Policy kv: the instances' KV-event ports; unset, each instance's /v1/models "
-        "entry tells (`kv_events`), and an instance that tells none is routed as by `prefix`.")
+        default=None,
+        description="Policy kv: the instances' KV-event ports; unset, each instance's /v1/models "
+        "entry tells (`kv_events`), and an instance that tells none is routed as by `prefix`.",
+    )
     kv_tokenizer: str | None = Field(
-        default=None, description="Policy kv: the model's tokenizer (a local directory or hub id, read with "
-        "transformers) to count the prompt's tokens here; unset, the instances' /tokenize does.")
+        default=None,
+        description="Policy kv: the model's tokenizer (a local directory or hub id, read with "
+        "transformers) to count the prompt's tokens here; unset, the instances' /tokenize does.",
+    )
 
     @model_validator(mode="after")
     def _one_key_source(self) -> RouteSettings:
@@ -192,26 +220,37 @@ class RouterSettings(BaseModel):
     breaker_failures: int = Field(default=3, ge=1, description="Consecutive failures that open an instance's breaker.")
     breaker_cooldown_s: float = Field(default=5.0, gt=0, description="Open this long, then one probe request.")
     prefix_chars: int = Field(default=256, ge=1, description="Policy prefix: how much of the prompt is hashed.")
-    prefix_load_factor: float = Field(default=1.5, ge=1.0, description="Policy prefix: the preferred instance keeps "
-                                      "a request while its load stays within this times the mean.")
-    session_header: str = Field(default="x-session-id", description="Policy session: the header with the key "
-                                "(else the body's `user`).")
+    prefix_load_factor: float = Field(
+        default=1.5,
+        ge=1.0,
+        description="Policy prefix: the preferred instance keeps "
+        "a request while its load stays within this times the mean.",
+    )
+    session_header: str = Field(
+        default="x-session-id", description="Policy session: the header with the key (else the body's `user`)."
+    )
     splice: bool = Field(
         default=True,
         description="Write a relayed stream's events from the instance's socket straight to the client's, "
-                    "past ASGI send (engine_adapters.splice); false sends every byte through ASGI.")
+        "past ASGI send (engine_adapters.splice); false sends every byte through ASGI.",
+    )
     # Policy kv (gateway/routing/kv.py).
     kv_max_blocks: int = Field(default=500_000, ge=1, description="Blocks the KV index holds over all instances.")
     kv_tokenize_timeout_s: float = Field(default=2.0, gt=0, description="An instance's /tokenize, for routing.")
     kv_tokenize_cache_size: int = Field(default=1024, ge=0, description="Prompts whose tokens are kept for routing.")
     kv_tokenize_cache_ttl_s: float = Field(default=30.0, ge=0, description="How long kept tokens stay.")
-    kv_discovery_interval_s: float = Field(default=5.0, gt=0,
-                                           description="How often an instance without KV events is asked again.")
-    reload_interval_s: float = Field(default=2.0, gt=0, description="How often the --config file is checked for changes.")
+    kv_discovery_interval_s: float = Field(
+        default=5.0, gt=0, description="How often an instance without KV events is asked again."
+    )
+    reload_interval_s: float = Field(
+        default=2.0, gt=0, description="How often the --config file is checked for changes."
+    )
     hold_timeout_s: float = Field(
-        default=300.0, ge=0,
+        default=300.0,
+        ge=0,
         description="How long a request for a model with no ready instance waits for one (a cold start on a GPU "
-                    "node: scale from zero, model load) before 503 engine_unavailable; 0 answers 503 at once.")
+        "node: scale from zero, model load) before 503 engine_unavailable; 0 answers 503 at once.",
+    )
 
 
 # --- Security, limits and lifecycle: keys, rate limits, admission, caps, CORS, TLS ---------
@@ -239,8 +278,9 @@ class ApiKey(BaseModel):
 class AuthSettings(BaseModel):
     api_keys_file: Path | None = Field(default=None, description="One key a line, re-read when it changes.")
     guard_metrics: bool = Field(default=False, description="Ask for a key on /metrics too.")
-    admin_key: SecretStr | None = Field(default=None, min_length=1,
-                                        description="Opens GET /admin/usage: every key's usage and budgets.")
+    admin_key: SecretStr | None = Field(
+        default=None, min_length=1, description="Opens GET /admin/usage: every key's usage and budgets."
+    )
 
 
 class LimitSettings(BaseModel):
@@ -255,7 +295,8 @@ class LimitSettings(BaseModel):
     redis_url: SecretStr | None = Field(default=None, description="redis://[:password@]host:port/db or rediss://")
     redis_timeout_s: float = Field(default=0.25, gt=0, description="Connect and reply timeout of one call.")
     redis_failure: Literal["open", "closed"] = Field(
-        default="open", description="Redis unreachable: serve unlimited (open) or answer 503 (closed).")
+        default="open", description="Redis unreachable: serve unlimited (open) or answer 503 (closed)."
+    )
     # Admission, per model: requests running, requests waiting, and how long one may wait.
     max_in_flight: int = Field(default=256, ge=1, description="Requests running per model.")
     max_queue: int = Field(default=512, ge=0, description="Requests waiting per model; past it, 429.")
@@ -266,8 +307,12 @@ class LimitSettings(BaseModel):
     # The JSON body's shape, checked before it is parsed; past a bound, 400.
     max_json_depth: int = Field(default=64, ge=2, description="Nesting of the body's arrays and objects.")
     max_json_containers: int = Field(default=20_000, ge=1, description="Arrays and objects in the body.")
-    max_json_elements: int = Field(default=250_000, ge=1, description="Values in the body's arrays and objects, "
-                                   "counted by their commas (commas inside strings count too).")
+    max_json_elements: int = Field(
+        default=250_000,
+        ge=1,
+        description="Values in the body's arrays and objects, "
+        "counted by their commas (commas inside strings count too).",
+    )
     body_timeout_s: float = Field(default=30.0, gt=0, description="For the whole body to arrive; then 408.")
     header_timeout_s: float = Field(default=10.0, gt=0, description="For the headers; then the connection closes.")
     keep_alive_timeout_s: int = Field(default=5, ge=1, description="An idle keep-alive connection closes.")
@@ -291,7 +336,8 @@ class CorsSettings(BaseModel):
     allowed_methods: list[str] = Field(default_factory=lambda: ["GET", "POST"], description="Methods allowed.")
     allowed_headers: list[str] = Field(
         default_factory=lambda: ["authorization", "content-type", "x-request-id", "x-priority"],
-        description="Request headers allowed.")
+        description="Request headers allowed.",
+    )
     allow_credentials: bool = Field(default=False, description="Allow cookies and credentials.")
 
 
@@ -316,6 +362,7 @@ class TracingSettings(BaseModel):
 ApiKeys = Annotated[list[ApiKey], NoDecode, BeforeValidator(_split_keys)]
 # --- end of the security and limits settings ---------------------------------------------------
 
+
 def _null_word(value: Any) -> Any:
     """`null` (or `none`) reads as None: an environment variable cannot hold YAML's null."""
     return None if isinstance(value, str) and value.strip().lower() in ("null", "none") else value
@@ -330,22 +377,26 @@ def default_models() -> list[ModelSettings]:
 
 class Settings(BaseSettings):
     # hide_input_in_errors: a refused value (a key, a URL with a password) is never printed back.
-    model_config = SettingsConfigDict(env_prefix="TOKENYARD_", env_nested_delimiter="__", extra="forbid",
-                                      hide_input_in_errors=True)
+    model_config = SettingsConfigDict(
+        env_prefix="TOKENYARD_", env_nested_delimiter="__", extra="forbid", hide_input_in_errors=True
+    )
 
     config: Path | None = Field(default=None, description="The YAML settings file (also --config).")
     host: str = Field(default="127.0.0.1", description="The address to listen on.")
     port: int = Field(default=8000, ge=0, le=65535, description="The port to listen on.")
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="JSON logs on stderr.")
     models: list[ModelSettings] = Field(default_factory=default_models, description="Models run in this process.")
-    cache_dir: Path | None = Field(default=None, description="Where builtin models are prepared; "
-                                   "default ~/.cache/tokenyard.")
-    drain_deadline_s: float = Field(default=30.0, ge=0, description="On SIGTERM, how long requests in flight "
-                                    "may run on before they are cut off.")
+    cache_dir: Path | None = Field(
+        default=None, description="Where builtin models are prepared; default ~/.cache/tokenyard."
+    )
+    drain_deadline_s: float = Field(
+        default=30.0, ge=0, description="On SIGTERM, how long requests in flight may run on before they are cut off."
+    )
     # When an in-process engine dies: drain for this long, then exit non-zero so the process is restarted
     # (as `vllm serve` exits). None: stay up (for debugging); /health answers 503 either way.
     engine_dead_exit_s: Annotated[float | None, BeforeValidator(_null_word)] = Field(
-        default=5.0, ge=0, description="After an engine dies, exit 1 this much later; null stays up.")
+        default=5.0, ge=0, description="After an engine dies, exit 1 this much later; null stays up."
+    )
     # Router mode: when routes are set, those model names are served by remote instances.
     routes: list[RouteSettings] = Field(default_factory=list, description="Models served by remote instances.")
     router: RouterSettings = Field(default_factory=RouterSettings)
@@ -357,8 +408,9 @@ class Settings(BaseSettings):
     tls: TlsSettings = Field(default_factory=TlsSettings)
     tracing: TracingSettings = Field(default_factory=TracingSettings)
     # vLLM's VLLM_ALLOW_RUNTIME_LORA_UPDATING: POST /v1/load_lora_adapter and /v1/unload_lora_adapter.
-    allow_runtime_lora_updating: bool = Field(default=False, description="Serve POST /v1/load_lora_adapter and "
-                                              "/v1/unload_lora_adapter.")
+    allow_runtime_lora_updating: bool = Field(
+        default=False, description="Serve POST /v1/load_lora_adapter and /v1/unload_lora_adapter."
+    )
 
     @classmethod
     def settings_customise_sources(

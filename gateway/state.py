@@ -59,14 +59,19 @@ class AppState:
     def route_statuses(self) -> list[RouteStatus]:
         """Each routed model now; its waiting requests are those held by the route and those queued for a slot
         under any of its names."""
-        return [route.status(queued=sum(self.queues[name].depth for name in route.names if name in self.queues))
-                for route in self.routes()]
+        return [
+            route.status(queued=sum(self.queues[name].depth for name in route.names if name in self.queues))
+            for route in self.routes()
+        ]
 
     def engine_deaths(self) -> dict[str, str]:
         """The in-process engines that have died: model name -> cause. Remote instances never count:
         the router routes around them, and a restart of this process would not bring them back."""
-        return {adapter.models()[0].name: cause for adapter in self.engines()
-                if isinstance(adapter, LocalEngine) and (cause := adapter.death_cause()) is not None}
+        return {
+            adapter.models()[0].name: cause
+            for adapter in self.engines()
+            if isinstance(adapter, LocalEngine) and (cause := adapter.death_cause()) is not None
+        }
 
     def upstream_stats(self) -> list[UpstreamStat]:
         """Router mode: per-instance state of every routed model."""

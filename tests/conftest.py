@@ -65,7 +65,10 @@ def start_server(args: list[str], log_path: Path, env: dict[str, str] | None = N
     with log_path.open("wb") as log:
         return subprocess.Popen(
             [sys.executable, "-m", "gateway", "serve", *args],
-            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
         )
 
 
@@ -101,8 +104,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 @pytest.fixture(scope="session")
 def client(server: Server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.base_url, api_key="EMPTY", max_retries=0, timeout=120,
-                         _strict_response_validation=True)
+    return openai.OpenAI(
+        base_url=server.base_url, api_key="EMPTY", max_retries=0, timeout=120, _strict_response_validation=True
+    )
 
 
 @pytest.fixture(scope="session")

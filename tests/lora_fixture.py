@@ -31,8 +31,9 @@ def build_adapter(out_dir: Path, base_dir: Path | None = None) -> Path:
         base_dir = model_store.prepare_gemma()
     torch.manual_seed(SEED)
     model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
-    config = LoraConfig(r=RANK, lora_alpha=2 * RANK, target_modules=list(TARGETS), lora_dropout=0.0,
-                        task_type="CAUSAL_LM")
+    config = LoraConfig(
+        r=RANK, lora_alpha=2 * RANK, target_modules=list(TARGETS), lora_dropout=0.0, task_type="CAUSAL_LM"
+    )
     peft_model = get_peft_model(model, config)
     with torch.no_grad():
         for name, param in peft_model.named_parameters():

@@ -62,10 +62,17 @@ class OtlpReceiver:
             resource = {a.key: _value(a.value) for a in resource_spans.resource.attributes}
             for scope_spans in resource_spans.scope_spans:
                 for span in scope_spans.spans:
-                    self.spans.append(ReceivedSpan(
-                        span.name, span.trace_id.hex(), span.span_id.hex(), span.parent_span_id.hex(),
-                        str(resource.get("service.name")), {a.key: _value(a.value) for a in span.attributes},
-                        [event.name for event in span.events]))
+                    self.spans.append(
+                        ReceivedSpan(
+                            span.name,
+                            span.trace_id.hex(),
+                            span.span_id.hex(),
+                            span.parent_span_id.hex(),
+                            str(resource.get("service.name")),
+                            {a.key: _value(a.value) for a in span.attributes},
+                            [event.name for event in span.events],
+                        )
+                    )
 
     def wait_for(self, name: str, count: int = 1, timeout_s: float = 15) -> list[ReceivedSpan]:
         """The spans called `name`, once at least `count` of them came."""

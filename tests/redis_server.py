@@ -28,10 +28,25 @@ class RedisServer:
 
     def start(self) -> RedisServer:
         log = (self.workdir / f"redis-{self.port}.log").open("ab")
-        self.proc = subprocess.Popen([BINARY or "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-                                      "--save", "", "--appendonly", "no", "--dir", str(self.workdir),
-                                      "--requirepass", PASSWORD],
-                                     stdout=log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [
+                BINARY or "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+                "--requirepass",
+                PASSWORD,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:

@@ -17,20 +17,26 @@ from typing import Any
 from engine_adapters.base import EngineAdapter
 from engine_adapters.scripted import Script, ScriptedAdapter
 from gateway.app import create_app
-from gateway.server import serve
 from gateway.observability.logging import configure_logging
+from gateway.server import serve
 from gateway.settings import Settings
 from tests.conftest import ROOT, free_port, wait_ready
 
 MODEL = "scripted"
 
 
-def start(settings: dict[str, Any], script: dict[str, Any], log_path: Path,
-          scheme: str = "http") -> tuple[subprocess.Popen[bytes], str]:
+def start(
+    settings: dict[str, Any], script: dict[str, Any], log_path: Path, scheme: str = "http"
+) -> tuple[subprocess.Popen[bytes], str]:
     """Start one in a subprocess and wait until it is ready; returns it and its base URL."""
     port = free_port()
-    command = [sys.executable, "-m", "tests.scripted_server", json.dumps({"port": port, **settings}),
-               json.dumps(script)]
+    command = [
+        sys.executable,
+        "-m",
+        "tests.scripted_server",
+        json.dumps({"port": port, **settings}),
+        json.dumps(script),
+    ]
     with log_path.open("wb") as log:
         proc = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     url = f"{scheme}://127.0.0.1:{port}"

@@ -13,15 +13,19 @@ from gateway.protocol.common import ErrorResponse
 from gateway.state import AppState
 
 
-
 def error_responses(body: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
     """Every status we send, with its error `body`: documented in the OpenAPI schema for clients and fuzzers."""
     return {
         status: {"model": body, "description": text}
         for status, text in {
-            400: "Invalid request", 401: "Missing or wrong API key", 404: "Unknown model",
-            408: "Request body not received in time", 413: "Request body too large",
-            429: "Rate limited or overloaded", 500: "Internal error", 503: "Engine unavailable",
+            400: "Invalid request",
+            401: "Missing or wrong API key",
+            404: "Unknown model",
+            408: "Request body not received in time",
+            413: "Request body too large",
+            429: "Rate limited or overloaded",
+            500: "Internal error",
+            503: "Engine unavailable",
         }.items()
     }
 

@@ -10,9 +10,9 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from gateway.api.common import ERROR_RESPONSES, app_state, json_response
-from gateway.middleware.context import request_info
-from gateway.errors import NotFound
 from gateway.api.streaming import ClientDisconnected, EventStreamResponse, until_disconnect
+from gateway.errors import NotFound
+from gateway.middleware.context import request_info
 from gateway.protocol.chat import ChatCompletion, ChatCompletionRequest, FastChatChatRequest
 from gateway.protocol.common import SamplingFields
 from gateway.protocol.completions import Completion, CompletionRequest
@@ -68,8 +68,12 @@ FASTCHAT_CHAT_ROUTE = "/api/v1/chat/completions"
 @router.post(FASTCHAT_CHAT_ROUTE, response_model=ChatCompletion, responses={**ERROR_RESPONSES, **_SSE_DOC})
 async def create_fastchat_chat_completion(body: FastChatChatRequest, request: Request) -> Response:
     """FastChat's chat route, behind the same keys and limits as /v1 (FastChat leaves it open)."""
-    return await serve(request, body, partial(chat.complete, route=FASTCHAT_CHAT_ROUTE),
-                       partial(chat.stream, route=FASTCHAT_CHAT_ROUTE))
+    return await serve(
+        request,
+        body,
+        partial(chat.complete, route=FASTCHAT_CHAT_ROUTE),
+        partial(chat.stream, route=FASTCHAT_CHAT_ROUTE),
+    )
 
 
 @router.post("/v1/edits", include_in_schema=False)

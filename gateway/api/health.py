@@ -37,8 +37,9 @@ async def ready(request: Request) -> Response:
             models[info.name] = {"state": "unavailable" if isinstance(result, BaseException) else "ready"}
     models.update({status.model: status.as_json() for status in state.route_statuses()})
     healthy = not any(isinstance(result, BaseException) for result in results)
-    return JSONResponse({"status": "ready" if healthy else "engine unhealthy", "models": models},
-                        status_code=200 if healthy else 503)
+    return JSONResponse(
+        {"status": "ready" if healthy else "engine unhealthy", "models": models}, status_code=200 if healthy else 503
+    )
 
 
 @router.get("/metrics", include_in_schema=False)

@@ -15,8 +15,14 @@ router = APIRouter()
 def _card(state: AppState, model: str) -> ModelCard:
     info = state.model_info(model)
     kv_events = KvEventsCard(endpoint=info.kv_events[0], replay_endpoint=info.kv_events[1]) if info.kv_events else None
-    return ModelCard(id=info.name, created=state.started_at, max_model_len=info.max_model_len, root=info.root,
-                     parent=info.parent, kv_events=kv_events)
+    return ModelCard(
+        id=info.name,
+        created=state.started_at,
+        max_model_len=info.max_model_len,
+        root=info.root,
+        parent=info.parent,
+        kv_events=kv_events,
+    )
 
 
 @router.get("/v1/models", response_model=ModelList, responses=ERROR_RESPONSES)

@@ -32,8 +32,12 @@ from gateway.services.generation import log_unknown_fields, new_id
 from gateway.services.relay import CHAT, COMPLETIONS, RelayCall, fold
 from gateway.state import AppState
 
-WIRE: dict[str, type[BaseModel]] = {CHAT: ChatCompletionRequest, COMPLETIONS: CompletionRequest,
-                                     "/tokenize": TokenizeRequest, "/detokenize": DetokenizeRequest}
+WIRE: dict[str, type[BaseModel]] = {
+    CHAT: ChatCompletionRequest,
+    COMPLETIONS: CompletionRequest,
+    "/tokenize": TokenizeRequest,
+    "/detokenize": DetokenizeRequest,
+}
 _SSE = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 _END = {"type": "http.response.body", "body": b"", "more_body": False}
 
@@ -48,16 +52,24 @@ class PassThrough:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         wire = WIRE.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
-        if wire is None and scope["type"] == "http" and scope["method"] == "POST" \
-                and await self._other_path(scope, receive, send):
+        if (
+            wire is None
+            and scope["type"] == "http"
+            and scope["method"] == "POST"
+            and await self._other_path(scope, receive, send)
+        ):
             return
         body = request_info(scope).body if wire else None
         model = body.get("model") if isinstance(body, dict) else None
         if model is None and isinstance(body, dict) and wire in (TokenizeRequest, DetokenizeRequest):
             model = self.state.only_model()  # like vLLM: the one model served when none is named
             body = {**body, "model": model}
-        if wire is None or not isinstance(body, dict) or not isinstance(model, str) \
-                or not relays(self.state.adapters.get(model)):
+        if (
+            wire is None
+            or not isinstance(body, dict)
+            or not isinstance(model, str)
+            or not relays(self.state.adapters.get(model))
+        ):
             await self.app(scope, receive, send)
             return
         try:
@@ -98,16 +110,32 @@ class PassThrough:
         adapter = cast(Relay, self.state.adapter_for(model, kind))
         if not generates:
             prompt = body.get("prompt")
-            request = GenerateRequest(new_id("forward"), model, SamplingOptions(),
-                                      prompt=prompt if isinstance(prompt, str) else None, forwarded=forwarded)
+            request = GenerateRequest(
+                new_id("forward"),
+                model,
+                SamplingOptions(),
+                prompt=prompt if isinstance(prompt, str) else None,
+                forwarded=forwarded,
+            )
             return _forward(adapter.forward(request, path, body), send)
         assert isinstance(req, ChatCompletionRequest | CompletionRequest)
         log_unknown_fields(self.state, req)
         session = header(scope, self.session_header)
         # On uvicorn, with the splice on: the client's socket, for the events between the first and the last.
         to_client = client_socket(scope) if self.splice else None
-        return _answer(RelayCall(self.state, adapter, req, body, session.decode("latin-1") if session else None,
-                                 path, to_client, forwarded), send)
+        return _answer(
+            RelayCall(
+                self.state,
+                adapter,
+                req,
+                body,
+                session.decode("latin-1") if session else None,
+                path,
+                to_client,
+                forwarded,
+            ),
+            send,
+        )
 
 
 async def _answer(call: RelayCall, send: Send) -> None:

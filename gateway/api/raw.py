@@ -48,8 +48,9 @@ log = logging.getLogger(__name__)
 
 # Of the paths that routes pass through, those that engine mode also serves (its FastAPI handlers answer a
 # local model's request, and a missing or unknown model, themselves).
-APP_PATHS = frozenset({"/v1/messages", "/v1/messages/count_tokens", "/v1/rerank", "/rerank", "/v2/rerank",
-                       "/v1/score", "/score"})
+APP_PATHS = frozenset(
+    {"/v1/messages", "/v1/messages/count_tokens", "/v1/rerank", "/rerank", "/v2/rerank", "/v1/score", "/score"}
+)
 _END = {"type": "http.response.body", "body": b"", "more_body": False}
 
 
@@ -74,8 +75,13 @@ async def serve(state: AppState, route: RawRelay, scope: Scope, receive: Receive
     assert isinstance(info.body, dict)
     model, path = str(info.body["model"]), scope["path"]
     session = header(scope, state.settings.router.session_header.lower().encode())
-    request = GenerateRequest(new_id("raw"), model, SamplingOptions(), messages=_messages(info.body),
-                              routing_key=session.decode("latin-1") if session else None)
+    request = GenerateRequest(
+        new_id("raw"),
+        model,
+        SamplingOptions(),
+        messages=_messages(info.body),
+        routing_key=session.decode("latin-1") if session else None,
+    )
     metered = MeteredStream(state, route, request, path)  # type: ignore[arg-type]
     source = metered.pieces(route.relay_raw(request, path, body))
     try:
@@ -98,8 +104,9 @@ def _messages(body: dict[str, object]) -> list[dict[str, object]] | None:
     return [{"role": str(m.get("role")), "content": str(m.get("content"))} for m in messages if isinstance(m, dict)]
 
 
-async def _answer(metered: MeteredStream, source: AsyncIterator[RawHead | bytes], upload: Upload | None, path: str,
-                  send: Send) -> None:
+async def _answer(
+    metered: MeteredStream, source: AsyncIterator[RawHead | bytes], upload: Upload | None, path: str, send: Send
+) -> None:
     async with contextlib.aclosing(source):  # type: ignore[type-var]
         try:
             head = await anext(source)
@@ -108,8 +115,9 @@ async def _answer(metered: MeteredStream, source: AsyncIterator[RawHead | bytes]
             await refuse(send, exc, upload)
             return
         assert isinstance(head, RawHead)
-        await send({"type": "http.response.start", "status": head.status,
-                    "headers": [(b"content-type", head.content_type)]})
+        await send(
+            {"type": "http.response.start", "status": head.status, "headers": [(b"content-type", head.content_type)]}
+        )
         tail = b""
         try:
             async for piece in source:

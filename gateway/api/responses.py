@@ -8,9 +8,9 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from gateway.api.common import ERROR_RESPONSES, app_state, json_response
-from gateway.middleware.context import request_info
 from gateway.api.streaming import ClientDisconnected, EventStreamResponse, until_disconnect
 from gateway.errors import NotFound
+from gateway.middleware.context import request_info
 from gateway.protocol.responses import Response as ResponseObject
 from gateway.protocol.responses import ResponsesRequest
 from gateway.services import responses
@@ -30,10 +30,15 @@ async def create_response(body: ResponsesRequest, request: Request) -> Response:
     disconnects = state.metrics.child(state.metrics.client_disconnects, state.model_label(body.model))
     try:
         if body.stream:
-            events = await until_disconnect(request.receive, responses.stream(state, body, session_id, forwarded), request.scope)
+            events = await until_disconnect(
+                request.receive, responses.stream(state, body, session_id, forwarded), request.scope
+            )
             return EventStreamResponse(events, on_disconnect=disconnects.inc)
-        return json_response(await until_disconnect(request.receive, responses.complete(state, body, session_id, forwarded),
-                                                  request.scope))
+        return json_response(
+            await until_disconnect(
+                request.receive, responses.complete(state, body, session_id, forwarded), request.scope
+            )
+        )
     except ClientDisconnected:
         disconnects.inc()
         return Response(status_code=499)  # nobody reads it; logs show why the request ended
@@ -41,5 +46,6 @@ async def create_response(body: ResponsesRequest, request: Request) -> Response:
 
 @router.get("/v1/responses/{response_id}", response_model=ResponseObject, responses=ERROR_RESPONSES)
 async def retrieve_response(response_id: str) -> Response:
-    raise NotFound(f"Responses are not stored by this server, so `{response_id}` cannot be retrieved.",
-                   param="response_id")
+    raise NotFound(
+        f"Responses are not stored by this server, so `{response_id}` cannot be retrieved.", param="response_id"
+    )

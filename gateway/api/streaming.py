@@ -31,7 +31,9 @@ async def until_disconnect(receive: Receive, work: Awaitable[T], scope: Scope | 
     running; this turns that into ClientDisconnected. On uvicorn the connection says so itself
     (engine_adapters.splice.ClientSocket.lost); elsewhere one watcher task waits for `receive`'s disconnect."""
     connection = client_socket(scope) if scope is not None else None
-    task = asyncio.current_task(connection.loop if connection is not None else None)  # the loop given: no running-loop lookup
+    task = asyncio.current_task(
+        connection.loop if connection is not None else None
+    )  # the loop given: no running-loop lookup
     assert task is not None
     running, left = True, False
 

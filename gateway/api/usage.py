@@ -26,9 +26,13 @@ async def _key_usage(state: AppState, name: str, own: KeyLimits | None) -> dict[
         periods = await state.limit_store.usage(name, limits)
     except StoreUnavailable:
         raise EngineUnavailable("The usage store is unreachable; retry shortly.", code="limits_unavailable") from None
-    return {"object": "key.usage", "key": name, "requests_per_minute": limits.requests_per_minute,
-            "tokens_per_minute": limits.tokens_per_minute,
-            "periods": {usage.window.period: usage.as_json() for usage in periods}}
+    return {
+        "object": "key.usage",
+        "key": name,
+        "requests_per_minute": limits.requests_per_minute,
+        "tokens_per_minute": limits.tokens_per_minute,
+        "periods": {usage.window.period: usage.as_json() for usage in periods},
+    }
 
 
 @router.get(USAGE_PATH, responses=ERROR_RESPONSES)

@@ -30,7 +30,6 @@ from gateway.middleware.limits import LimitsMiddleware
 from gateway.middleware.request_log import RequestLogMiddleware
 from gateway.state import AppState
 
-
 # What a browser client may read from an answer besides the simple headers.
 _EXPOSED = ["x-request-id", "retry-after", "retry-after-ms"] + [
     f"x-ratelimit-{what}-{kind}" for what in ("limit", "remaining", "reset") for kind in ("requests", "tokens")
@@ -43,9 +42,14 @@ def install(app: FastAPI, state: AppState) -> None:
         app.add_middleware(middleware, state=state)
     cors = state.settings.cors
     if cors.allowed_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=cors.allowed_origins, allow_methods=cors.allowed_methods,
-                           allow_headers=cors.allowed_headers, allow_credentials=cors.allow_credentials,
-                           expose_headers=_EXPOSED)
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=cors.allowed_origins,
+            allow_methods=cors.allowed_methods,
+            allow_headers=cors.allowed_headers,
+            allow_credentials=cors.allow_credentials,
+            expose_headers=_EXPOSED,
+        )
     app.add_middleware(CanonicalRequestMiddleware)
     if state.tracing is not None:  # off, not even a pass-through layer: tracing costs nothing
         from gateway.observability.otel import TracingMiddleware

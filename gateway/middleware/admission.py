@@ -39,8 +39,9 @@ class _Waiter:
 
 
 class Admission:
-    def __init__(self, max_in_flight: int, max_queue: int, timeout_s: float,
-                 on_depth: Callable[[int], None] = lambda depth: None) -> None:
+    def __init__(
+        self, max_in_flight: int, max_queue: int, timeout_s: float, on_depth: Callable[[int], None] = lambda depth: None
+    ) -> None:
         self.max_in_flight, self.max_queue, self.timeout_s = max_in_flight, max_queue, timeout_s
         self.on_depth = on_depth
         self.running = 0
@@ -158,8 +159,9 @@ class AdmissionMiddleware:
         if trace is None:
             await admission.acquire(priority)
             return
-        with trace.span("tokenyard.admission", {"tokenyard.priority": priority,
-                                                "tokenyard.queue_depth": admission.depth}):
+        with trace.span(
+            "tokenyard.admission", {"tokenyard.priority": priority, "tokenyard.queue_depth": admission.depth}
+        ):
             await admission.acquire(priority)
 
     def _admission(self, model: str | None) -> Admission | None:

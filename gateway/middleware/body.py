@@ -166,8 +166,6 @@ class BodyStream:
         return receive
 
 
-
-
 @dataclass
 class Upload:
     """A multipart body read as far as its model field (gateway.middleware.multipart); the rest is still coming."""
@@ -180,8 +178,14 @@ class Upload:
 
     def raw_body(self) -> RawBody:
         """The body for a relay, which then reads the rest of it as it comes."""
-        return RawBody(self.content_type, self.head, self.stream.take(), self.length, model_span=self.form.model_span,
-                       streams=self.form.fields.get("stream", "").strip().lower() == "true")
+        return RawBody(
+            self.content_type,
+            self.head,
+            self.stream.take(),
+            self.length,
+            model_span=self.form.model_span,
+            streams=self.form.fields.get("stream", "").strip().lower() == "true",
+        )
 
 
 async def read_body(receive: Receive, max_bytes: int, deadline: float) -> bytes:

@@ -15,7 +15,6 @@ from engine_adapters.base import NOTHING_FORWARDED, Forwarded
 from gateway.errors import GatewayError, error_payload
 from gateway.limit_store import KeyLimits
 
-
 # Liveness and readiness answer without a key, while draining and past every limit: probes must work.
 PROBE_PATHS = frozenset({"/health", "/ready"})
 METRICS_PATH = "/metrics"
@@ -79,8 +78,9 @@ def header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
-async def send_error(send: Send, exc: GatewayError, headers: Iterable[tuple[bytes, bytes]] = (),
-                     close: bool = False) -> None:
+async def send_error(
+    send: Send, exc: GatewayError, headers: Iterable[tuple[bytes, bytes]] = (), close: bool = False
+) -> None:
     """Answer with `exc` as an error body, through the one mapping in gateway.errors."""
     status, body = error_payload(exc, _ERROR_PATH.get())
     raw = orjson.dumps(body)

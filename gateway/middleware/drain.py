@@ -66,8 +66,9 @@ class DrainMiddleware:
             await self.app(scope, receive, send)
             return
         if self.state.draining:
-            await send_error(send, EngineUnavailable("The server is shutting down; retry on another instance."),
-                             close=True)
+            await send_error(
+                send, EngineUnavailable("The server is shutting down; retry on another instance."), close=True
+            )
             return
         running = _Running(send, lambda: self.state.draining)
         # The drain cancels this task to cut the app off; what the cut answer still needs is sent here.

@@ -46,12 +46,26 @@ log = logging.getLogger(__name__)
 CHARS_PER_TOKEN = 4  # a rough guess before tokenizing; the answer's usage corrects it
 UNKNOWN_OUTPUT_TOKENS = 256  # charged when a request names no max_tokens, until usage corrects it
 # OpenAI's usage, or Anthropic's (input and output tokens, no total).
-_USAGE = {name: re.compile(rb'"' + name.encode() + rb'":\s*(\d+)')
-          for name in ("prompt_tokens", "completion_tokens", "total_tokens", "input_tokens", "output_tokens")}
+_USAGE = {
+    name: re.compile(rb'"' + name.encode() + rb'":\s*(\d+)')
+    for name in ("prompt_tokens", "completion_tokens", "total_tokens", "input_tokens", "output_tokens")
+}
 # Requests that generate nothing, besides embeddings: charged their prompt only.
-_PROMPT_ONLY_PATHS = frozenset({"/tokenize", "/detokenize", "/api/v1/token_check", "/v1/messages/count_tokens",
-                                "/v1/score", "/score", "/v1/rerank", "/rerank", "/v2/rerank",
-                                "/pooling", "/classify"})
+_PROMPT_ONLY_PATHS = frozenset(
+    {
+        "/tokenize",
+        "/detokenize",
+        "/api/v1/token_check",
+        "/v1/messages/count_tokens",
+        "/v1/score",
+        "/score",
+        "/v1/rerank",
+        "/rerank",
+        "/v2/rerank",
+        "/pooling",
+        "/classify",
+    }
+)
 TAIL_BYTES = 512  # usage is the last field of our answers and of the last SSE event
 
 
@@ -106,10 +120,23 @@ def measure(body: dict[str, Any]) -> Ask:
         field = next((name for name in ("messages", "input") if name in body), "prompt")
         chars, ids, prompts = _text_size(body.get(field))
     stop = body.get("stop")
-    max_tokens = next(((name, v) for name in ("max_completion_tokens", "max_tokens", "max_output_tokens")
-                       if (v := _int(body.get(name))) is not None), None)
-    return Ask(field, chars, ids, max(prompts, 1), _int(body.get("n")) or 1,
-               len(stop) if isinstance(stop, list) else 0, max_tokens)
+    max_tokens = next(
+        (
+            (name, v)
+            for name in ("max_completion_tokens", "max_tokens", "max_output_tokens")
+            if (v := _int(body.get(name))) is not None
+        ),
+        None,
+    )
+    return Ask(
+        field,
+        chars,
+        ids,
+        max(prompts, 1),
+        _int(body.get("n")) or 1,
+        len(stop) if isinstance(stop, list) else 0,
+        max_tokens,
+    )
 
 
 def check_caps(ask: Ask, limits: LimitSettings) -> None:
@@ -121,8 +148,9 @@ def check_caps(ask: Ask, limits: LimitSettings) -> None:
     if ask.stop > limits.max_stop:
         raise InvalidRequest(f"At most {limits.max_stop} stop sequences are allowed.", param="stop")
     if limits.max_prompt_chars is not None and ask.prompt_chars > limits.max_prompt_chars:
-        raise InvalidRequest(f"The {ask.prompt_field} must be at most {limits.max_prompt_chars} characters.",
-                             param=ask.prompt_field)
+        raise InvalidRequest(
+            f"The {ask.prompt_field} must be at most {limits.max_prompt_chars} characters.", param=ask.prompt_field
+        )
 
 
 def estimate_tokens(ask: Ask, embedding: bool) -> int:
@@ -142,34 +170,40 @@ def duration(seconds: float) -> str:
     return f"{int(minutes)}m{rest_text}s" if minutes else f"{rest_text}s"
 
 
-
 def rate_headers(limits: KeyLimits, decision: Decision) -> Headers:
     """OpenAI's x-ratelimit-* headers from the buckets' levels that admit saw."""
     found: Headers = []
-    for kind, limit, level in (("requests", limits.requests_per_minute, decision.requests_left),
-                               ("tokens", limits.tokens_per_minute, decision.tokens_left)):
+    for kind, limit, level in (
+        ("requests", limits.requests_per_minute, decision.requests_left),
+        ("tokens", limits.tokens_per_minute, decision.tokens_left),
+    ):
         if limit and level is not None:
-            found += [(f"x-ratelimit-limit-{kind}".encode(), str(limit).encode()),
-                      (f"x-ratelimit-remaining-{kind}".encode(), str(floor_level(level)).encode()),
-                      (f"x-ratelimit-reset-{kind}".encode(), duration(reset_s(limit, level)).encode())]
+            found += [
+                (f"x-ratelimit-limit-{kind}".encode(), str(limit).encode()),
+                (f"x-ratelimit-remaining-{kind}".encode(), str(floor_level(level)).encode()),
+                (f"x-ratelimit-reset-{kind}".encode(), duration(reset_s(limit, level)).encode()),
+            ]
     return found
 
 
 def _retry_after(seconds: float) -> Headers:
-    return [(b"retry-after", str(math.ceil(seconds)).encode()),
-            (b"retry-after-ms", str(math.ceil(seconds * 1000)).encode())]
+    return [
+        (b"retry-after", str(math.ceil(seconds)).encode()),
+        (b"retry-after-ms", str(math.ceil(seconds * 1000)).encode()),
+    ]
 
 
 def refusal(limits: KeyLimits, decision: Decision) -> tuple[GatewayError, Headers]:
     """The 429 for a refused request, with its headers."""
     window = decision.over_budget
     if window is None:
-        return (RateLimited("Rate limit reached for this key. Retry after the time in the retry-after header."),
-                _retry_after(decision.wait_s) + rate_headers(limits, decision))
+        return (
+            RateLimited("Rate limit reached for this key. Retry after the time in the retry-after header."),
+            _retry_after(decision.wait_s) + rate_headers(limits, decision),
+        )
     budget = limits.budget(window.period)
     adjective = {"day": "daily", "month": "monthly"}[window.period]
-    message = (f"This key's {adjective} token budget ({budget} tokens) is used up; "
-               f"it resets at {window.resets_at_text}.")
+    message = f"This key's {adjective} token budget ({budget} tokens) is used up; it resets at {window.resets_at_text}."
     return QuotaExceeded(message), _retry_after((window.resets_at - utc_now()).total_seconds())
 
 
@@ -258,8 +292,10 @@ class LimitsMiddleware:
         except StoreUnavailable as exc:
             decision = None
             if self._store_failed(exc):
-                await send_error(send, EngineUnavailable("The rate-limit store is unreachable; retry shortly.",
-                                                         code="limits_unavailable"))
+                await send_error(
+                    send,
+                    EngineUnavailable("The rate-limit store is unreachable; retry shortly.", code="limits_unavailable"),
+                )
                 return
         if decision is not None and not decision.allowed:
             await self._refuse(send, info, charge.limits, decision)
@@ -306,8 +342,11 @@ class LimitsMiddleware:
         self.metrics.limit_store_errors.inc()
         if not self._store_down:
             self._store_down = True
-            log.warning("limit store unreachable (%s): requests are %s until it is back", exc,
-                        "served without limits" if self.limits.redis_failure == "open" else "refused")
+            log.warning(
+                "limit store unreachable (%s): requests are %s until it is back",
+                exc,
+                "served without limits" if self.limits.redis_failure == "open" else "refused",
+            )
         closed = self.limits.redis_failure == "closed"
         if closed:
             self.metrics.rejected.labels("limit_store").inc()

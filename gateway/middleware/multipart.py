@@ -19,12 +19,14 @@ from python_multipart.multipart import (
 
 from gateway.errors import InvalidRequest
 
+
 class BodyStream(Protocol):
     """The request body as it arrives (gateway.middleware.body.BodyStream)."""
 
     more: bool
 
     async def next(self) -> bytes: ...
+
 
 _FIELD_BYTES = 1024  # a text field longer than this is not kept (only model and stream are looked at)
 
@@ -49,11 +51,18 @@ class FormStart:
         self._name: str | None = None
         self._is_file = False
         self._span: list[int] = []
-        self.parser = MultipartParser(boundary, {  # type: ignore[arg-type]
-            "on_part_begin": self._part_begin, "on_header_begin": self._header_begin,
-            "on_header_field": self._header_field,
-            "on_header_value": self._header_value, "on_header_end": self._header_end,
-            "on_part_data": self._part_data, "on_part_end": self._part_end})
+        self.parser = MultipartParser(
+            boundary,
+            {  # type: ignore[arg-type]
+                "on_part_begin": self._part_begin,
+                "on_header_begin": self._header_begin,
+                "on_header_field": self._header_field,
+                "on_header_value": self._header_value,
+                "on_header_end": self._header_end,
+                "on_part_data": self._part_data,
+                "on_part_end": self._part_end,
+            },
+        )
 
     def feed(self, chunk: bytes) -> None:
         try:
@@ -107,4 +116,3 @@ async def read_form_start(stream: BodyStream, boundary: bytes) -> tuple[FormStar
         head.append(chunk)
         form.feed(chunk)
     return form, b"".join(head)
-

@@ -32,62 +32,100 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
-            "tokenyard_requests", "Requests answered, by model, route and HTTP status.",
-            ["model", "route", "status"], registry=r,
+            "tokenyard_requests",
+            "Requests answered, by model, route and HTTP status.",
+            ["model", "route", "status"],
+            registry=r,
         )
         self.request_duration = Histogram(
-            "tokenyard_request_duration_seconds", "Time from request to the last byte.",
-            ["model", "route"], buckets=_LATENCY_BUCKETS, registry=r,
+            "tokenyard_request_duration_seconds",
+            "Time from request to the last byte.",
+            ["model", "route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.time_to_first_token = Histogram(
-            "tokenyard_time_to_first_token_seconds", "Time from request to the first generated token.",
-            ["model"], buckets=_LATENCY_BUCKETS, registry=r,
+            "tokenyard_time_to_first_token_seconds",
+            "Time from request to the first generated token.",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.inter_token_latency = TalliedHistogram(
-            "tokenyard_inter_token_latency_seconds", "Time between streamed chunks.",
-            "model", _TOKEN_GAP_BUCKETS, registry=r,
+            "tokenyard_inter_token_latency_seconds",
+            "Time between streamed chunks.",
+            "model",
+            _TOKEN_GAP_BUCKETS,
+            registry=r,
         )
         self.prompt_tokens = Counter(
-            "tokenyard_prompt_tokens", "Prompt tokens processed.", ["model"], registry=r,
+            "tokenyard_prompt_tokens",
+            "Prompt tokens processed.",
+            ["model"],
+            registry=r,
         )
         self.completion_tokens = Counter(
-            "tokenyard_completion_tokens", "Completion tokens generated.", ["model"], registry=r,
+            "tokenyard_completion_tokens",
+            "Completion tokens generated.",
+            ["model"],
+            registry=r,
         )
         self.in_flight = Gauge(
-            "tokenyard_requests_in_flight", "Requests being served now.", ["model"], registry=r,
+            "tokenyard_requests_in_flight",
+            "Requests being served now.",
+            ["model"],
+            registry=r,
         )
         self.client_disconnects = Counter(
-            "tokenyard_client_disconnects", "Requests whose client left before the answer was complete.",
-            ["model"], registry=r,
+            "tokenyard_client_disconnects",
+            "Requests whose client left before the answer was complete.",
+            ["model"],
+            registry=r,
         )
         # Requests refused at the front door, and requests waiting for an admission slot.
         self.rejected = Counter(
-            "tokenyard_rejected", "Requests refused before reaching an engine, by reason.", ["reason"], registry=r,
+            "tokenyard_rejected",
+            "Requests refused before reaching an engine, by reason.",
+            ["reason"],
+            registry=r,
         )
         for reason in REJECT_REASONS:
             self.rejected.labels(reason)  # present at 0, so dashboards and alerts see the series
         # Per key *name* (a configured name or key-N, so bounded by the keys configured; never the key).
         self.key_requests = Counter(
-            "tokenyard_key_requests", "Requests of a key that passed its limits, by model and HTTP status.",
-            ["key", "model", "status"], registry=r,
+            "tokenyard_key_requests",
+            "Requests of a key that passed its limits, by model and HTTP status.",
+            ["key", "model", "status"],
+            registry=r,
         )
         self.key_prompt_tokens = Counter(
-            "tokenyard_key_prompt_tokens", "Prompt tokens of a key's requests, as their answers reported.",
-            ["key", "model"], registry=r,
+            "tokenyard_key_prompt_tokens",
+            "Prompt tokens of a key's requests, as their answers reported.",
+            ["key", "model"],
+            registry=r,
         )
         self.key_completion_tokens = Counter(
-            "tokenyard_key_completion_tokens", "Completion tokens of a key's requests, as their answers reported.",
-            ["key", "model"], registry=r,
+            "tokenyard_key_completion_tokens",
+            "Completion tokens of a key's requests, as their answers reported.",
+            ["key", "model"],
+            registry=r,
         )
         self.key_rejected = Counter(
-            "tokenyard_key_rejected", "A key's requests refused by its rate limits or token budgets.",
-            ["key", "reason"], registry=r,
+            "tokenyard_key_rejected",
+            "A key's requests refused by its rate limits or token budgets.",
+            ["key", "reason"],
+            registry=r,
         )
         self.limit_store_errors = Counter(
-            "tokenyard_limit_store_errors", "Calls to the shared limit store (Redis) that failed.", registry=r,
+            "tokenyard_limit_store_errors",
+            "Calls to the shared limit store (Redis) that failed.",
+            registry=r,
         )
         self.queue_depth = Gauge(
-            "tokenyard_queue_depth", "Requests waiting for an admission slot.", ["model"], registry=r,
+            "tokenyard_queue_depth",
+            "Requests waiting for an admission slot.",
+            ["model"],
+            registry=r,
         )
 
         self._children: dict[tuple[object, ...], Any] = {}
@@ -141,8 +179,9 @@ class TalliedHistogram:
     adds to plain numbers (the event loop is the only writer, and /metrics is rendered on it too) and
     the family is built from them at scrape time. One label; the same samples as a Histogram but `_created`."""
 
-    def __init__(self, name: str, documentation: str, label: str, buckets: tuple[float, ...],
-                 registry: CollectorRegistry) -> None:
+    def __init__(
+        self, name: str, documentation: str, label: str, buckets: tuple[float, ...], registry: CollectorRegistry
+    ) -> None:
         self.name, self.documentation, self.label = name, documentation, label
         self.bounds = tuple(float(b) for b in buckets)
         self.children: dict[str, Tally] = {}
@@ -184,8 +223,13 @@ class KvStatus:
     decisions: dict[str, int]  # how requests were routed: cached, spread, approximate
 
     def as_json(self) -> dict[str, object]:
-        return {"policy": "kv", "events_instances": self.events, "fallback_instances": self.fallback,
-                "blocks_indexed": self.blocks, "decisions": self.decisions}
+        return {
+            "policy": "kv",
+            "events_instances": self.events,
+            "fallback_instances": self.fallback,
+            "blocks_indexed": self.blocks,
+            "decisions": self.decisions,
+        }
 
 
 @dataclass(frozen=True)
@@ -202,9 +246,13 @@ class RouteStatus:
 
     def as_json(self) -> dict[str, object]:
         body: dict[str, object] = {
-            "state": "ready" if self.ready_instances else "unavailable", "instances": self.instances,
-            "ready_instances": self.ready_instances, "waiting_requests": self.waiting,
-            "in_flight_requests": self.in_flight, "breakers": self.breakers}
+            "state": "ready" if self.ready_instances else "unavailable",
+            "instances": self.instances,
+            "ready_instances": self.ready_instances,
+            "waiting_requests": self.waiting,
+            "in_flight_requests": self.in_flight,
+            "breakers": self.breakers,
+        }
         if self.kv is not None:
             body["kv_routing"] = self.kv.as_json()
         return body
@@ -229,16 +277,23 @@ class _LoraCollector:
         return []  # the routes are not known until they start, and follow the config file
 
     def collect(self) -> Iterator[Metric]:
-        loads = CounterMetricFamily("tokenyard_route_lora_loads",
-                                    "LoRA adapters the router loaded on the route's instances.", labels=["model"])
-        failures = CounterMetricFamily("tokenyard_route_lora_load_failures",
-                                       "LoRA adapter loads on the route's instances that failed.", labels=["model"])
-        unloads = CounterMetricFamily("tokenyard_route_lora_unloads",
-                                      "LoRA adapters the router unloaded to make room.", labels=["model"])
+        loads = CounterMetricFamily(
+            "tokenyard_route_lora_loads", "LoRA adapters the router loaded on the route's instances.", labels=["model"]
+        )
+        failures = CounterMetricFamily(
+            "tokenyard_route_lora_load_failures",
+            "LoRA adapter loads on the route's instances that failed.",
+            labels=["model"],
+        )
+        unloads = CounterMetricFamily(
+            "tokenyard_route_lora_unloads", "LoRA adapters the router unloaded to make room.", labels=["model"]
+        )
         placements = CounterMetricFamily(
             "tokenyard_route_lora_placements",
             "Requests for a LoRA adapter by placement: hit (an instance held it), loaded (the router loaded it "
-            "first), fallback (none held it; the route's policy chose).", labels=["model", "decision"])
+            "first), fallback (none held it; the route's policy chose).",
+            labels=["model", "decision"],
+        )
         for stat in self.source():
             loads.add_metric([stat.model], float(stat.loads))
             failures.add_metric([stat.model], float(stat.load_failures))
@@ -256,16 +311,24 @@ class _RouteCollector:
         return []  # the routes are not known until they start, and follow the config file
 
     def collect(self) -> Iterator[Metric]:
-        ready = GaugeMetricFamily("tokenyard_route_ready_instances",
-                                  "Instances of the model that can take requests now (healthy, breaker not open).",
-                                  labels=["model"])
-        total = GaugeMetricFamily("tokenyard_route_instances", "Instances of the model known to the router.",
-                                  labels=["model"])
-        waiting = GaugeMetricFamily("tokenyard_route_waiting_requests",
-                                    "Requests for the model waiting for a ready instance or an admission slot.",
-                                    labels=["model"])
-        in_flight = GaugeMetricFamily("tokenyard_route_in_flight_requests",
-                                      "Requests for the model on one of its instances now.", labels=["model"])
+        ready = GaugeMetricFamily(
+            "tokenyard_route_ready_instances",
+            "Instances of the model that can take requests now (healthy, breaker not open).",
+            labels=["model"],
+        )
+        total = GaugeMetricFamily(
+            "tokenyard_route_instances", "Instances of the model known to the router.", labels=["model"]
+        )
+        waiting = GaugeMetricFamily(
+            "tokenyard_route_waiting_requests",
+            "Requests for the model waiting for a ready instance or an admission slot.",
+            labels=["model"],
+        )
+        in_flight = GaugeMetricFamily(
+            "tokenyard_route_in_flight_requests",
+            "Requests for the model on one of its instances now.",
+            labels=["model"],
+        )
         statuses = list(self.source())
         for status in statuses:
             ready.add_metric([status.model], float(status.ready_instances))
@@ -278,18 +341,30 @@ class _RouteCollector:
 
 def _kv_metrics(statuses: list[RouteStatus]) -> Iterator[Metric]:
     """Policy kv: the index's size and work, and how many instances are routed by their events."""
-    instances = GaugeMetricFamily("tokenyard_route_kv_instances", "Instances routed by their KV events (source "
-                                  "events) or, lacking them, by the approximate prefix policy (source fallback).",
-                                  labels=["model", "source"])
-    blocks = GaugeMetricFamily("tokenyard_route_kv_blocks", "KV-cache blocks in the router's index, over all "
-                               "instances.", labels=["model"])
-    events = CounterMetricFamily("tokenyard_route_kv_events_applied", "KV events applied to the index.",
-                                 labels=["model"])
-    resyncs = CounterMetricFamily("tokenyard_route_kv_resyncs", "Re-syncs of an instance's KV events after a gap "
-                                  "in their sequence or a restart.", labels=["model"])
-    decisions = CounterMetricFamily("tokenyard_route_kv_decisions", "Requests routed to the instance holding most "
-                                    "of the prompt (cached), away from holders past the load bound (spread), or "
-                                    "by the approximate prefix policy (approximate).", labels=["model", "decision"])
+    instances = GaugeMetricFamily(
+        "tokenyard_route_kv_instances",
+        "Instances routed by their KV events (source "
+        "events) or, lacking them, by the approximate prefix policy (source fallback).",
+        labels=["model", "source"],
+    )
+    blocks = GaugeMetricFamily(
+        "tokenyard_route_kv_blocks", "KV-cache blocks in the router's index, over all instances.", labels=["model"]
+    )
+    events = CounterMetricFamily(
+        "tokenyard_route_kv_events_applied", "KV events applied to the index.", labels=["model"]
+    )
+    resyncs = CounterMetricFamily(
+        "tokenyard_route_kv_resyncs",
+        "Re-syncs of an instance's KV events after a gap in their sequence or a restart.",
+        labels=["model"],
+    )
+    decisions = CounterMetricFamily(
+        "tokenyard_route_kv_decisions",
+        "Requests routed to the instance holding most "
+        "of the prompt (cached), away from holders past the load bound (spread), or "
+        "by the approximate prefix policy (approximate).",
+        labels=["model", "decision"],
+    )
     for status in statuses:
         kv = status.kv
         assert kv is not None
@@ -315,13 +390,19 @@ class _UpstreamCollector:
 
     def collect(self) -> Iterator[Metric]:
         labels = ["model", "upstream"]
-        healthy = GaugeMetricFamily("tokenyard_upstream_healthy",
-                                    "1 while the instance passes health checks and its breaker is not open.", labels=labels)
-        retries = CounterMetricFamily("tokenyard_upstream_retries",
-                                      "Attempts on the instance that failed before the first chunk and were retried.",
-                                      labels=labels)
-        breaker = GaugeMetricFamily("tokenyard_breaker_state",
-                                    "Circuit breaker per instance: 0 closed, 1 half-open, 2 open.", labels=labels)
+        healthy = GaugeMetricFamily(
+            "tokenyard_upstream_healthy",
+            "1 while the instance passes health checks and its breaker is not open.",
+            labels=labels,
+        )
+        retries = CounterMetricFamily(
+            "tokenyard_upstream_retries",
+            "Attempts on the instance that failed before the first chunk and were retried.",
+            labels=labels,
+        )
+        breaker = GaugeMetricFamily(
+            "tokenyard_breaker_state", "Circuit breaker per instance: 0 closed, 1 half-open, 2 open.", labels=labels
+        )
         for stat in self.source():
             key = [stat.model, stat.upstream]
             healthy.add_metric(key, float(stat.healthy))

@@ -41,17 +41,31 @@ from gateway.middleware.context import RequestInfo, is_service_path, request_inf
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 SYSTEM = "vllm"  # gen_ai.provider.name (gen_ai.system before semantic conventions 1.37)
-OPERATIONS = {"/v1/chat/completions": "chat", "/v1/completions": "text_completion", "/v1/embeddings": "embeddings",
-              "/v1/messages": "chat", "/v1/responses": "chat", "/v1/chat/completions/render": "chat"}
+OPERATIONS = {
+    "/v1/chat/completions": "chat",
+    "/v1/completions": "text_completion",
+    "/v1/embeddings": "embeddings",
+    "/v1/messages": "chat",
+    "/v1/responses": "chat",
+    "/v1/chat/completions/render": "chat",
+}
 # Sampling fields of the body -> their GenAI attribute.
-_REQUEST_FIELDS = {"max_tokens": "gen_ai.request.max_tokens", "max_completion_tokens": "gen_ai.request.max_tokens",
-                   "temperature": "gen_ai.request.temperature", "top_p": "gen_ai.request.top_p",
-                   "top_k": "gen_ai.request.top_k", "seed": "gen_ai.request.seed",
-                   "frequency_penalty": "gen_ai.request.frequency_penalty",
-                   "presence_penalty": "gen_ai.request.presence_penalty", "n": "gen_ai.request.choice.count"}
+_REQUEST_FIELDS = {
+    "max_tokens": "gen_ai.request.max_tokens",
+    "max_completion_tokens": "gen_ai.request.max_tokens",
+    "temperature": "gen_ai.request.temperature",
+    "top_p": "gen_ai.request.top_p",
+    "top_k": "gen_ai.request.top_k",
+    "seed": "gen_ai.request.seed",
+    "frequency_penalty": "gen_ai.request.frequency_penalty",
+    "presence_penalty": "gen_ai.request.presence_penalty",
+    "n": "gen_ai.request.choice.count",
+}
 _FINISH = re.compile(rb'"(?:finish_reason|stop_reason)":\s*"([a-z_]{1,32})"')
-_USAGE = {name: re.compile(rb'"' + name.encode() + rb'":\s*(\d+)')
-          for name in ("prompt_tokens", "completion_tokens", "input_tokens", "output_tokens")}
+_USAGE = {
+    name: re.compile(rb'"' + name.encode() + rb'":\s*(\d+)')
+    for name in ("prompt_tokens", "completion_tokens", "input_tokens", "output_tokens")
+}
 _TAIL_BYTES = 512  # usage is the last field of our answers and of the last SSE event
 _MAX_SPAN_PATH = 64
 
@@ -79,8 +93,16 @@ class Tracing:
         parent = _PROPAGATOR.extract(carrier) if given.traceparent else None
         method, path = scope["method"], scope["path"]
         name = f"{method} {path}" if len(path) <= _MAX_SPAN_PATH else method
-        span = self.tracer.start_span(name, context=parent, kind=SpanKind.SERVER, attributes={
-            "http.request.method": method, "url.path": path[:1024], "tokenyard.request_id": info.request_id})
+        span = self.tracer.start_span(
+            name,
+            context=parent,
+            kind=SpanKind.SERVER,
+            attributes={
+                "http.request.method": method,
+                "url.path": path[:1024],
+                "tokenyard.request_id": info.request_id,
+            },
+        )
         return RequestTrace(self.tracer, span)
 
     async def close(self) -> None:
@@ -123,8 +145,9 @@ class RequestTrace:
         attributes: dict[str, Any] = {"tokenyard.instance": instance, "tokenyard.attempt": number}
         if retry_of is not None:
             attributes["tokenyard.retry_reason"] = retry_of
-        span = self.tracer.start_span("tokenyard.attempt", context=self.context, kind=SpanKind.CLIENT,
-                                      attributes=attributes)
+        span = self.tracer.start_span(
+            "tokenyard.attempt", context=self.context, kind=SpanKind.CLIENT, attributes=attributes
+        )
         try:
             yield _with_span(given, span, self)
             span.set_attribute("http.response.status_code", 200)
@@ -145,8 +168,10 @@ class RequestTrace:
             return
         if self.first_token_at is None:
             self.first_token_at = time.perf_counter()
-            self.server.add_event("tokenyard.first_token", {
-                "tokenyard.time_to_first_token_s": round(self.first_token_at - self.started, 6)})
+            self.server.add_event(
+                "tokenyard.first_token",
+                {"tokenyard.time_to_first_token_s": round(self.first_token_at - self.started, 6)},
+            )
         if b"_reason" in body:
             self.finish_reasons.update(dict.fromkeys(m.decode() for m in _FINISH.findall(body)))
         if b'{"error"' in body:
@@ -159,8 +184,14 @@ class RequestTrace:
         if info.model is not None:
             attributes["gen_ai.request.model"] = info.model[:256]
         if (operation := OPERATIONS.get(path)) is not None:
-            attributes.update({"gen_ai.operation.name": operation, "gen_ai.provider.name": SYSTEM,
-                               "gen_ai.system": SYSTEM, **_request_attributes(info.body)})
+            attributes.update(
+                {
+                    "gen_ai.operation.name": operation,
+                    "gen_ai.provider.name": SYSTEM,
+                    "gen_ai.system": SYSTEM,
+                    **_request_attributes(info.body),
+                }
+            )
         if self.finish_reasons:
             attributes["gen_ai.response.finish_reasons"] = list(self.finish_reasons)
         attributes.update(_usage(self.tail))
@@ -176,14 +207,18 @@ class RequestTrace:
 def _with_span(given: Forwarded, span: Span, trace: RequestTrace) -> Forwarded:
     carrier: dict[str, str] = {}
     _PROPAGATOR.inject(carrier, context=set_span_in_context(span))
-    return Forwarded(given.request_id, carrier.get("traceparent"), carrier.get("tracestate") or given.tracestate,
-                     trace)
+    return Forwarded(given.request_id, carrier.get("traceparent"), carrier.get("tracestate") or given.tracestate, trace)
 
 
 def _failed(span: Span, exc: BaseException) -> None:
     if isinstance(exc, GatewayError):
-        span.set_attributes({"http.response.status_code": exc.status, "error.type": exc.code or type(exc).__name__,
-                             "tokenyard.retryable": exc.retryable})
+        span.set_attributes(
+            {
+                "http.response.status_code": exc.status,
+                "error.type": exc.code or type(exc).__name__,
+                "tokenyard.retryable": exc.retryable,
+            }
+        )
         span.set_status(StatusCode.ERROR, exc.message)
     else:
         span.set_attribute("error.type", type(exc).__qualname__)
@@ -193,8 +228,11 @@ def _failed(span: Span, exc: BaseException) -> None:
 def _request_attributes(body: Any) -> dict[str, Any]:
     if not isinstance(body, dict):
         return {}
-    return {attribute: value for field, attribute in _REQUEST_FIELDS.items()
-            if isinstance(value := body.get(field), int | float) and not isinstance(value, bool)}
+    return {
+        attribute: value
+        for field, attribute in _REQUEST_FIELDS.items()
+        if isinstance(value := body.get(field), int | float) and not isinstance(value, bool)
+    }
 
 
 def _usage(tail: bytes) -> dict[str, int]:

@@ -29,5 +29,6 @@ def build_tracing(settings: TracingSettings) -> Tracing | None:
     except ImportError as exc:
         raise TracingUnavailable(
             f"tracing.enabled is on, but OpenTelemetry is not installed ({exc.name} is missing): "
-            "pip install 'tokenyard[otel]', or turn tracing off.") from exc
+            "pip install 'tokenyard[otel]', or turn tracing off."
+        ) from exc
     return otel.Tracing.from_environment()

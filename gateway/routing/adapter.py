@@ -24,7 +24,16 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
 from engine_adapters.base import (
-    NOTHING_FORWARDED, Chunk, Forwarded, GenerateRequest, Load, ModelInfo, RawBody, RawHead, SamplingOptions, Sink,
+    NOTHING_FORWARDED,
+    Chunk,
+    Forwarded,
+    GenerateRequest,
+    Load,
+    ModelInfo,
+    RawBody,
+    RawHead,
+    SamplingOptions,
+    Sink,
 )
 from engine_adapters.openai_http import HttpTimeouts, OpenAIHttpAdapter
 from gateway.errors import EngineUnavailable, GatewayError
@@ -33,8 +42,8 @@ from gateway.routing.breaker import Breaker, BreakerState
 from gateway.routing.discovery import Resolver, discover, resolve, watch_dns
 from gateway.routing.health import probe, watch_health
 from gateway.routing.instance import Instance, Lease
-from gateway.routing.kv import KvRouting
 from gateway.routing.kube import EndpointSliceWatch
+from gateway.routing.kv import KvRouting
 from gateway.routing.lora import LoraPlacement
 from gateway.routing.policies import make_policy
 from gateway.routing.route_key import RouteKey
@@ -45,14 +54,33 @@ T = TypeVar("T")
 
 # vLLM's paths besides chat, completions, embeddings, responses and the tokenizer's, which a route passes
 # through to its instances as bytes (base.RawRelay); a route's passthrough_paths adds more.
-VLLM_PATHS = frozenset({"/v1/messages", "/v1/messages/count_tokens", "/v1/rerank", "/rerank", "/v2/rerank",
-                        "/v1/score", "/score", "/pooling", "/classify", "/v1/audio/transcriptions",
-                        "/v1/audio/translations"})
+VLLM_PATHS = frozenset(
+    {
+        "/v1/messages",
+        "/v1/messages/count_tokens",
+        "/v1/rerank",
+        "/rerank",
+        "/v2/rerank",
+        "/v1/score",
+        "/score",
+        "/pooling",
+        "/classify",
+        "/v1/audio/transcriptions",
+        "/v1/audio/translations",
+    }
+)
 
 
 class RoutedAdapter:
-    def __init__(self, route: RouteSettings, settings: RouterSettings, *, rng: random.Random | None = None,
-                 resolver: Resolver = resolve, connect: Callable[[str], OpenAIHttpAdapter] | None = None) -> None:
+    def __init__(
+        self,
+        route: RouteSettings,
+        settings: RouterSettings,
+        *,
+        rng: random.Random | None = None,
+        resolver: Resolver = resolve,
+        connect: Callable[[str], OpenAIHttpAdapter] | None = None,
+    ) -> None:
         self.route = route
         self.settings = settings
         self.names = route.names
@@ -72,16 +100,23 @@ class RoutedAdapter:
         # Policy kv: the instances' KV events, followed from start to close.
         self.kv = KvRouting(route, settings, self.rng, lambda: self._key.value) if route.policy == "kv" else None
         self._timeouts = HttpTimeouts(
-            connect_s=settings.connect_timeout_s, first_token_s=settings.first_token_timeout_s,
-            idle_s=settings.idle_timeout_s, total_s=settings.request_timeout_s,
+            connect_s=settings.connect_timeout_s,
+            first_token_s=settings.first_token_timeout_s,
+            idle_s=settings.idle_timeout_s,
+            total_s=settings.request_timeout_s,
             probe_s=min(max(settings.health_interval_s, 1.0), 5.0),
         )
 
     # -- membership ---------------------------------------------------------------
 
     def _http_adapter(self, url: str) -> OpenAIHttpAdapter:
-        return OpenAIHttpAdapter(url, self.upstream_model, timeouts=self._timeouts, api_key=self._key.value,
-                                 lora_names=frozenset(self.route.lora_adapters))
+        return OpenAIHttpAdapter(
+            url,
+            self.upstream_model,
+            timeouts=self._timeouts,
+            api_key=self._key.value,
+            lora_names=frozenset(self.route.lora_adapters),
+        )
 
     def add_instance(self, url: str, static: bool = True) -> Instance:
         breaker = Breaker(self.settings.breaker_failures, self.settings.breaker_cooldown_s)
@@ -132,15 +167,20 @@ class RoutedAdapter:
             slices = EndpointSliceWatch(discovery, self.set_discovered)
             self._spawn(slices.run())
             if not await slices.wait_synced(discovery.interval_s):  # then they join when the list succeeds
-                log.warning("route %s: no EndpointSlice list yet; starting with no discovered instances", self.route.name)
+                log.warning(
+                    "route %s: no EndpointSlice list yet; starting with no discovered instances", self.route.name
+                )
         elif discovery:
             self.set_discovered(await discover(discovery, self._resolver) or [])
             self._spawn(watch_dns(discovery, self._resolver, self.set_discovered))
         # A first health check now: an instance that is down at start is not routable, so requests are held
         # instead of failing on it; the instances that answer tell their max_model_len.
         await asyncio.gather(*(probe(instance) for instance in self.instances.values()))
-        self._spawn(watch_health(lambda: list(self.instances.values()), self.settings.health_interval_s,
-                                 on_healthy=self._wake_held))
+        self._spawn(
+            watch_health(
+                lambda: list(self.instances.values()), self.settings.health_interval_s, on_healthy=self._wake_held
+            )
+        )
         if self._key.watched:
             self._spawn(self._watch_key())
 
@@ -168,11 +208,14 @@ class RoutedAdapter:
         names = [self.route.name, *self.route.aliases]
         return [ModelInfo(name, max_model_len, self.route.kind, root=self.upstream_model) for name in names] + [
             ModelInfo(name, max_model_len, self.route.kind, root=path, parent=self.route.name)
-            for name, path in self.route.lora_adapters.items()]
+            for name, path in self.route.lora_adapters.items()
+        ]
 
     def load(self) -> Load:
         instances = self.instances.values()
-        return Load(in_flight=sum(i.in_flight for i in instances), waiting=int(sum(i.engine.waiting for i in instances)))
+        return Load(
+            in_flight=sum(i.in_flight for i in instances), waiting=int(sum(i.engine.waiting for i in instances))
+        )
 
     async def check_health(self) -> None:
         if not self.routable():
@@ -185,14 +228,25 @@ class RoutedAdapter:
         """The route now, for /ready and /metrics; `queued` are its requests waiting for an admission slot."""
         instances = list(self.instances.values())
         breakers = {state.name.lower(): sum(i.breaker.state is state for i in instances) for state in BreakerState}
-        return RouteStatus(self.route.name, len(instances), len(self.routable()), self.held + queued,
-                           sum(i.in_flight for i in instances), breakers,
-                           self.kv.status(list(self.instances)) if self.kv is not None else None)
+        return RouteStatus(
+            self.route.name,
+            len(instances),
+            len(self.routable()),
+            self.held + queued,
+            sum(i.in_flight for i in instances),
+            breakers,
+            self.kv.status(list(self.instances)) if self.kv is not None else None,
+        )
 
     def upstream_stats(self) -> list[UpstreamStat]:
         return [
-            UpstreamStat(self.route.name, i.url, i.healthy and i.breaker.state is not BreakerState.OPEN,
-                         int(i.breaker.state), i.retries)
+            UpstreamStat(
+                self.route.name,
+                i.url,
+                i.healthy and i.breaker.state is not BreakerState.OPEN,
+                int(i.breaker.state),
+                i.retries,
+            )
             for i in self.instances.values()
         ]
 
@@ -208,13 +262,19 @@ class RoutedAdapter:
         trace = attempts.request.forwarded.trace
         if trace is None:
             return await self._choose(attempts)
-        with trace.span("tokenyard.route", {"tokenyard.route.name": self.route.name,
-                                            "tokenyard.route.policy": self.route.policy}) as span:
+        with trace.span(
+            "tokenyard.route", {"tokenyard.route.name": self.route.name, "tokenyard.route.policy": self.route.policy}
+        ) as span:
             held = not self.routable()
             lease = await self._choose(attempts)
-            span.set_attributes({"tokenyard.route.instance": lease.instance.url, "tokenyard.route.held": held,
-                                 "tokenyard.route.candidates": 1 + sum(i.url not in attempts.tried for i in self.routable()),
-                                 "tokenyard.route.reason": self._why(attempts.request)})
+            span.set_attributes(
+                {
+                    "tokenyard.route.instance": lease.instance.url,
+                    "tokenyard.route.held": held,
+                    "tokenyard.route.candidates": 1 + sum(i.url not in attempts.tried for i in self.routable()),
+                    "tokenyard.route.reason": self._why(attempts.request),
+                }
+            )
             return lease
 
     def _why(self, request: GenerateRequest) -> str:
@@ -222,8 +282,11 @@ class RoutedAdapter:
         policy = self.route.policy
         if policy == "session":
             return "the session key's instance" if request.routing_key else "no session key: least loaded"
-        return {"prefix": "the prompt prefix's instance, unless it is too loaded", "round-robin": "next in turn",
-                "power-of-two": "the less loaded of two picked at random"}.get(policy, "the least loaded")
+        return {
+            "prefix": "the prompt prefix's instance, unless it is too loaded",
+            "round-robin": "next in turn",
+            "power-of-two": "the less loaded of two picked at random",
+        }.get(policy, "the least loaded")
 
     async def _choose(self, attempts: _Attempts) -> Lease:
         if not self.routable():
@@ -254,9 +317,11 @@ class RoutedAdapter:
             while not self.routable():
                 left = until - time.monotonic()
                 if left <= 0:
-                    raise EngineUnavailable(f"No instance of `{self.route.name}` became ready within "
-                                            f"{self.hold_timeout_s():g} s." if self.hold_timeout_s() else
-                                            f"No healthy instance serves `{self.route.name}` now.")
+                    raise EngineUnavailable(
+                        f"No instance of `{self.route.name}` became ready within {self.hold_timeout_s():g} s."
+                        if self.hold_timeout_s()
+                        else f"No healthy instance serves `{self.route.name}` now."
+                    )
                 woken = self._routable_again
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(min(left, self.settings.health_interval_s)):
@@ -289,14 +354,21 @@ class RoutedAdapter:
             lease.release(outcome)
 
     def generate(self, request: GenerateRequest) -> AsyncIterator[Chunk]:
-        return self._routed(request, lambda adapter, forwarded: adapter.generate(
-            request if forwarded is request.forwarded else dataclasses.replace(request, forwarded=forwarded)))
+        return self._routed(
+            request,
+            lambda adapter, forwarded: adapter.generate(
+                request if forwarded is request.forwarded else dataclasses.replace(request, forwarded=forwarded)
+            ),
+        )
 
-    def relay(self, request: GenerateRequest, path: str, body: dict[str, Any],
-              sink: Sink | None = None) -> AsyncIterator[bytes]:
+    def relay(
+        self, request: GenerateRequest, path: str, body: dict[str, Any], sink: Sink | None = None
+    ) -> AsyncIterator[bytes]:
         """The client's request passed through to one instance; its SSE answer back as bytes (base.Relay)."""
-        return self._routed(request, lambda adapter, forwarded: adapter.relay(
-            path, body, request.request_id, request.model, sink, forwarded))
+        return self._routed(
+            request,
+            lambda adapter, forwarded: adapter.relay(path, body, request.request_id, request.model, sink, forwarded),
+        )
 
     def passes_path(self, path: str) -> bool:
         return path in VLLM_PATHS or path in self.route.passthrough_paths
@@ -304,11 +376,15 @@ class RoutedAdapter:
     def relay_raw(self, request: GenerateRequest, path: str, body: RawBody) -> AsyncIterator[RawHead | bytes]:
         """A request passed through as it came (base.RawRelay), retried elsewhere before its answer's head
         while its body can still be sent again (an upload streamed from the client cannot)."""
-        return self._routed(request, lambda adapter, _: adapter.relay_raw(path, body, request.request_id, request.model),
-                            replayable=lambda: not body.consumed)
+        return self._routed(
+            request,
+            lambda adapter, _: adapter.relay_raw(path, body, request.request_id, request.model),
+            replayable=lambda: not body.consumed,
+        )
 
     async def forward(self, request: GenerateRequest, path: str, body: dict[str, Any]) -> bytes:
         """A JSON request that generates nothing, to one instance, retried like generation; the answer's bytes."""
+
         async def answer(adapter: OpenAIHttpAdapter, forwarded: Forwarded) -> AsyncIterator[bytes]:
             yield await adapter.forward(path, body, request.model, forwarded)
 
@@ -317,9 +393,12 @@ class RoutedAdapter:
                 return whole
         raise EngineUnavailable(f"No instance answered for `{request.model}`.")  # _routed yields or raises
 
-    async def _routed(self, request: GenerateRequest,
-                      open_: Callable[[OpenAIHttpAdapter, Forwarded], AsyncIterator[T]],
-                      replayable: Callable[[], bool] = lambda: True) -> AsyncIterator[T]:
+    async def _routed(
+        self,
+        request: GenerateRequest,
+        open_: Callable[[OpenAIHttpAdapter, Forwarded], AsyncIterator[T]],
+        replayable: Callable[[], bool] = lambda: True,
+    ) -> AsyncIterator[T]:
         attempts = _Attempts(self, request)
         while (lease := await attempts.next()) is not None:
             delivered = False
@@ -350,11 +429,17 @@ class RoutedAdapter:
         finally:
             lease.release(asyncio.CancelledError())
 
-    async def embed(self, request_id: str, model: str, inputs: list[str] | list[list[int]],
-                    forwarded: Forwarded = NOTHING_FORWARDED) -> tuple[list[list[float]], int]:
+    async def embed(
+        self, request_id: str, model: str, inputs: list[str] | list[list[int]], forwarded: Forwarded = NOTHING_FORWARDED
+    ) -> tuple[list[list[float]], int]:
         first = inputs[0] if inputs else ""
-        request = GenerateRequest(request_id, model, SamplingOptions(), prompt=first if isinstance(first, str) else list(first),
-                                  forwarded=forwarded)
+        request = GenerateRequest(
+            request_id,
+            model,
+            SamplingOptions(),
+            prompt=first if isinstance(first, str) else list(first),
+            forwarded=forwarded,
+        )
         attempts = _Attempts(self, request)
         while (lease := await attempts.next()) is not None:
             try:
@@ -402,8 +487,12 @@ class _Attempts:
             return False
         self.error = exc
         lease.instance.retries += 1
-        log.warning("route %s: %s failed before any output (%s); retrying", self.route.route.name,
-                    lease.instance.url, exc.message)
+        log.warning(
+            "route %s: %s failed before any output (%s); retrying",
+            self.route.route.name,
+            lease.instance.url,
+            exc.message,
+        )
         return True
 
     def last_error(self) -> GatewayError:

@@ -42,8 +42,9 @@ async def probe(instance: Instance) -> bool:
     return came_back
 
 
-async def watch_health(instances: Callable[[], Iterable[Instance]], interval_s: float,
-                       on_healthy: Callable[[], None] = lambda: None) -> None:
+async def watch_health(
+    instances: Callable[[], Iterable[Instance]], interval_s: float, on_healthy: Callable[[], None] = lambda: None
+) -> None:
     """Probe every instance each interval; `on_healthy` is called when any came back."""
     while True:
         await asyncio.sleep(interval_s)

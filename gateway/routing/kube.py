@@ -61,8 +61,11 @@ class KubeTarget:
         return f"kubernetes.io/service-name={self.service}"
 
 
-def kube_target(settings: DiscoverySettings, env: Mapping[str, str] = os.environ,
-                namespace_file: Path = SERVICE_ACCOUNT_DIR / "namespace") -> KubeTarget:
+def kube_target(
+    settings: DiscoverySettings,
+    env: Mapping[str, str] = os.environ,
+    namespace_file: Path = SERVICE_ACCOUNT_DIR / "namespace",
+) -> KubeTarget:
     """Where to watch: the settings, else what a pod is given (its API server env, its namespace file)."""
     assert settings.service is not None  # the settings ask for it in mode kubernetes
     api_url = settings.api_url
@@ -113,8 +116,14 @@ def bearer_headers(token_file: Path) -> dict[str, str]:
 class EndpointSliceWatch:
     """Follows one Service; hands the sorted URLs of its Ready endpoints to `apply` on each change."""
 
-    def __init__(self, settings: DiscoverySettings, apply: Callable[[list[str]], None], *,
-                 watch_timeout_s: int = WATCH_TIMEOUT_S, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        settings: DiscoverySettings,
+        apply: Callable[[list[str]], None],
+        *,
+        watch_timeout_s: int = WATCH_TIMEOUT_S,
+        rng: random.Random | None = None,
+    ) -> None:
         self.settings = settings
         self._apply = apply
         self.watch_timeout_s = watch_timeout_s
@@ -143,8 +152,12 @@ class EndpointSliceWatch:
             except Exception as exc:  # whatever broke, keep the instances we have and start over
                 self._failures += 1
                 delay = min(self.settings.interval_s, 0.2 * 2 ** (self._failures - 1)) * (0.5 + self._rng.random())
-                log.warning("kubernetes discovery of service %s: %s; retrying in %.1f s",
-                            self.settings.service, _describe(exc), delay)
+                log.warning(
+                    "kubernetes discovery of service %s: %s; retrying in %.1f s",
+                    self.settings.service,
+                    _describe(exc),
+                    delay,
+                )
                 await asyncio.sleep(delay)
 
     def _client(self, target: KubeTarget) -> httpx.AsyncClient:
@@ -154,8 +167,11 @@ class EndpointSliceWatch:
         return httpx.AsyncClient(verify=verify, timeout=httpx.Timeout(CONNECT_TIMEOUT_S * 2, connect=CONNECT_TIMEOUT_S))
 
     async def _list(self, client: httpx.AsyncClient, target: KubeTarget) -> str:
-        response = await client.get(target.slices_url, params={"labelSelector": target.selector},
-                                    headers=bearer_headers(self.settings.token_file))
+        response = await client.get(
+            target.slices_url,
+            params={"labelSelector": target.selector},
+            headers=bearer_headers(self.settings.token_file),
+        )
         _check(response)
         body = response.json()
         self._slices = {item["metadata"]["name"]: slice_urls(item, self.settings) for item in body.get("items") or []}
@@ -174,12 +190,18 @@ class EndpointSliceWatch:
                 await asyncio.sleep(early)
 
     async def _watch(self, client: httpx.AsyncClient, target: KubeTarget, version: str) -> str:
-        params = {"labelSelector": target.selector, "watch": "true", "resourceVersion": version,
-                  "allowWatchBookmarks": "true", "timeoutSeconds": str(self.watch_timeout_s)}
+        params = {
+            "labelSelector": target.selector,
+            "watch": "true",
+            "resourceVersion": version,
+            "allowWatchBookmarks": "true",
+            "timeoutSeconds": str(self.watch_timeout_s),
+        }
         # The server ends the watch itself; the read timeout only catches a connection gone silent.
         timeout = httpx.Timeout(CONNECT_TIMEOUT_S, read=self.watch_timeout_s + 30)
-        async with client.stream("GET", target.slices_url, params=params, timeout=timeout,
-                                 headers=bearer_headers(self.settings.token_file)) as response:
+        async with client.stream(
+            "GET", target.slices_url, params=params, timeout=timeout, headers=bearer_headers(self.settings.token_file)
+        ) as response:
             if response.status_code >= 400:
                 await response.aread()
             _check(response)

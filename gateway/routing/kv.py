@@ -94,8 +94,11 @@ class PromptTokens:
     async def ids(self, request: GenerateRequest, instance: OpenAIHttpAdapter) -> list[int] | None:
         if request.messages is None and not isinstance(request.prompt, str):
             return list(request.prompt) if request.prompt else None  # already token ids
-        body: dict[str, Any] = ({"messages": request.messages, "add_generation_prompt": True}
-                                if request.messages is not None else {"prompt": request.prompt})
+        body: dict[str, Any] = (
+            {"messages": request.messages, "add_generation_prompt": True}
+            if request.messages is not None
+            else {"prompt": request.prompt}
+        )
         key = orjson.dumps(body)
         if (hit := self._cache.get(key)) and time.monotonic() - hit[0] < self.ttl_s:
             return hit[1]
@@ -118,8 +121,9 @@ class PromptTokens:
             log.debug("local tokenizer failed: %s", exc)
             return None
 
-    async def _remote(self, body: dict[str, Any], request: GenerateRequest,
-                      instance: OpenAIHttpAdapter) -> list[int] | None:
+    async def _remote(
+        self, body: dict[str, Any], request: GenerateRequest, instance: OpenAIHttpAdapter
+    ) -> list[int] | None:
         try:
             async with asyncio.timeout(self.timeout_s):
                 answer = await instance.forward("/tokenize", body, request.model)
@@ -147,8 +151,9 @@ def load_tokenizer(path: str) -> Any:
 class KvRouting:
     """A route's KV index, its subscribers (one per instance) and the choice; owned by the RoutedAdapter."""
 
-    def __init__(self, route: RouteSettings, settings: RouterSettings, rng: random.Random,
-                 key: Callable[[], str | None]) -> None:
+    def __init__(
+        self, route: RouteSettings, settings: RouterSettings, rng: random.Random, key: Callable[[], str | None]
+    ) -> None:
         self.route, self.settings = route, settings
         self.index = KvIndex(settings.kv_max_blocks)
         self.policy = KvPrefix(self.index, rng, settings)
@@ -202,8 +207,9 @@ class KvRouting:
             self.index.drop(url)
             await asyncio.sleep(self.settings.kv_discovery_interval_s)
 
-    async def choose(self, candidates: Sequence[C], request: GenerateRequest,
-                     tokenizer: Callable[[C], OpenAIHttpAdapter]) -> C:
+    async def choose(
+        self, candidates: Sequence[C], request: GenerateRequest, tokenizer: Callable[[C], OpenAIHttpAdapter]
+    ) -> C:
         """The instance for the request; `tokenizer` gives the instance to ask for the prompt's ids (a retry
         finds them in the cache)."""
         tracked = [c for c in candidates if self.index.synced(c.key)]
@@ -214,5 +220,11 @@ class KvRouting:
 
     def status(self, urls: list[str]) -> KvStatus:
         synced = [url for url in urls if self.index.synced(url)]
-        return KvStatus(synced, [url for url in urls if url not in synced], self.index.size,
-                        self.index.events_applied, self.index.resyncs, dict(self.policy.decisions))
+        return KvStatus(
+            synced,
+            [url for url in urls if url not in synced],
+            self.index.size,
+            self.index.events_applied,
+            self.index.resyncs,
+            dict(self.policy.decisions),
+        )

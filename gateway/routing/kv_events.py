@@ -69,8 +69,16 @@ def decode(payload: bytes) -> tuple[float, list[Event]]:
     for raw in batch.events:
         if isinstance(raw, _BlockStored):
             if raw.medium in GPU_MEDIA:
-                events.append(Stored(raw.block_hashes, raw.parent_block_hash, raw.token_ids, raw.block_size,
-                                     raw.lora_name, raw.group_idx))
+                events.append(
+                    Stored(
+                        raw.block_hashes,
+                        raw.parent_block_hash,
+                        raw.token_ids,
+                        raw.block_size,
+                        raw.lora_name,
+                        raw.group_idx,
+                    )
+                )
         elif isinstance(raw, _BlockRemoved):
             if raw.medium in GPU_MEDIA:
                 events.append(Removed(raw.block_hashes, raw.group_idx))
@@ -90,8 +98,9 @@ def endpoint_for(endpoint: str, instance_url: str) -> str:
     return f"tcp://{host}:{parts.port}"
 
 
-async def discover_endpoints(client: httpx.AsyncClient, instance_url: str, model: str,
-                             headers: dict[str, str]) -> tuple[str, str | None] | None:
+async def discover_endpoints(
+    client: httpx.AsyncClient, instance_url: str, model: str, headers: dict[str, str]
+) -> tuple[str, str | None] | None:
     """The instance's KV events endpoints from its /v1/models entry (`kv_events`), if it publishes any."""
     try:
         response = await client.get(f"{instance_url}/v1/models", headers=headers)
@@ -102,16 +111,19 @@ async def discover_endpoints(client: httpx.AsyncClient, instance_url: str, model
         info = card.get("kv_events") if isinstance(card, dict) and card.get("id") == model else None
         if isinstance(info, dict) and isinstance(info.get("endpoint"), str):
             replay = info.get("replay_endpoint")
-            return (endpoint_for(info["endpoint"], instance_url),
-                    endpoint_for(replay, instance_url) if isinstance(replay, str) else None)
+            return (
+                endpoint_for(info["endpoint"], instance_url),
+                endpoint_for(replay, instance_url) if isinstance(replay, str) else None,
+            )
     return None
 
 
 class KvSubscriber:
     """One instance's events, applied to the index as they come."""
 
-    def __init__(self, index: KvIndex, instance: str, endpoint: str, replay_endpoint: str | None,
-                 context: zmq.asyncio.Context) -> None:
+    def __init__(
+        self, index: KvIndex, instance: str, endpoint: str, replay_endpoint: str | None, context: zmq.asyncio.Context
+    ) -> None:
         self.index, self.instance = index, instance
         self.endpoint, self.replay_endpoint = endpoint, replay_endpoint
         self.context = context

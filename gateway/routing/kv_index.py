@@ -40,7 +40,7 @@ def block_keys(tokens: Sequence[int], block_size: int, lora_name: str | None = N
     keys: list[bytes] = []
     parent = root_key(lora_name)
     for start in range(0, len(tokens) - block_size + 1, block_size):
-        parent = _chain(parent, tokens[start:start + block_size])
+        parent = _chain(parent, tokens[start : start + block_size])
         keys.append(parent)
     return keys
 
@@ -180,7 +180,7 @@ class KvIndex:
             return
         held.block_size = size
         for index, engine_hash in enumerate(event.block_hashes):
-            parent = _chain(parent, event.token_ids[index * size:(index + 1) * size])
+            parent = _chain(parent, event.token_ids[index * size : (index + 1) * size])
             entry = (event.group, engine_hash)
             if entry in held.keys:
                 held.keys.move_to_end(entry)

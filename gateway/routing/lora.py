@@ -132,8 +132,11 @@ class LoraPlacement:
         """The least recently used adapter on the instance with no request running or waiting, if any."""
         gauge = instance.engine.lora
         busy = gauge.busy if gauge is not None else frozenset()
-        idle = [a for a in held(instance) if a not in busy and not self._in_flight[(instance.url, a)]
-                and a not in self._loading]
+        idle = [
+            a
+            for a in held(instance)
+            if a not in busy and not self._in_flight[(instance.url, a)] and a not in self._loading
+        ]
         return min(idle, key=lambda a: self.last_used(instance, a), default=None)
 
     async def _load(self, name: str, candidates: list[Instance]) -> Instance:
@@ -141,25 +144,34 @@ class LoraPlacement:
         by_load = sorted(candidates, key=lambda c: c.score())
         full = [(c, victim) for c in by_load if not self.has_room(c) and (victim := self.idle_adapter(c))]
         targets = [c for c in by_load if self.has_room(c)] + [
-            c for c, victim in sorted(full, key=lambda pair: self.last_used(*pair))]
+            c for c, victim in sorted(full, key=lambda pair: self.last_used(*pair))
+        ]
         if not targets:
-            raise NoRoom(f"Every instance of `{self.route_name}` holds as many LoRA adapters as it can, "
-                                    f"all in use; `{name}` cannot be loaded now.")
+            raise NoRoom(
+                f"Every instance of `{self.route_name}` holds as many LoRA adapters as it can, "
+                f"all in use; `{name}` cannot be loaded now."
+            )
         for instance in targets:
             try:
                 await self._make_room(instance)
                 await instance.adapter.load_lora(name, self.paths[name])
             except GatewayError as exc:
                 self.counts.load_failures += 1
-                log.warning("route %s: loading LoRA adapter %s on %s failed: %s", self.route_name, name,
-                            instance.url, exc.message)
+                log.warning(
+                    "route %s: loading LoRA adapter %s on %s failed: %s",
+                    self.route_name,
+                    name,
+                    instance.url,
+                    exc.message,
+                )
                 continue
             self.counts.loads += 1
             log.info("route %s: loaded LoRA adapter %s on %s", self.route_name, name, instance.url)
             await _refresh(instance)
             return instance
-        raise EngineUnavailable(f"The LoRA adapter `{name}` could not be loaded on any instance of "
-                                f"`{self.route_name}`.")
+        raise EngineUnavailable(
+            f"The LoRA adapter `{name}` could not be loaded on any instance of `{self.route_name}`."
+        )
 
     async def _make_room(self, instance: Instance) -> None:
         if self.has_room(instance):

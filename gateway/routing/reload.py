@@ -24,8 +24,12 @@ log = logging.getLogger(__name__)
 
 
 class RouteTable:
-    def __init__(self, settings: Settings, registry: dict[str, EngineAdapter],
-                 connect: Callable[[str], OpenAIHttpAdapter] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: dict[str, EngineAdapter],
+        connect: Callable[[str], OpenAIHttpAdapter] | None = None,
+    ) -> None:
         self.path = settings.config
         self.router = settings.router
         self.registry = registry  # the app's model name -> adapter map, shared with engine-mode models

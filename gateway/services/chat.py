@@ -36,8 +36,12 @@ from gateway.state import AppState
 ROUTE = "/v1/chat/completions"
 
 
-def engine_request(req: ChatCompletionRequest, session_id: str | None = None,
-                   tool_plan: ToolPlan | None = None, forwarded: Forwarded = NOTHING_FORWARDED) -> GenerateRequest:
+def engine_request(
+    req: ChatCompletionRequest,
+    session_id: str | None = None,
+    tool_plan: ToolPlan | None = None,
+    forwarded: Forwarded = NOTHING_FORWARDED,
+) -> GenerateRequest:
     if req.top_logprobs is not None and not req.logprobs:
         raise InvalidRequest("top_logprobs requires logprobs to be true.", param="top_logprobs")
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
@@ -100,8 +104,13 @@ def _message(content: str, tool_plan: ToolPlan | None) -> tuple[ChatMessageOut, 
     return ChatMessageOut(content=(sent + rest) or None, tool_calls=found), True  # type: ignore[arg-type]
 
 
-async def complete(state: AppState, req: ChatCompletionRequest, session_id: str | None = None,
-                   route: str = ROUTE, forwarded: Forwarded = NOTHING_FORWARDED) -> ChatCompletion:
+async def complete(
+    state: AppState,
+    req: ChatCompletionRequest,
+    session_id: str | None = None,
+    route: str = ROUTE,
+    forwarded: Forwarded = NOTHING_FORWARDED,
+) -> ChatCompletion:
     """`route`: the path whose metrics the request counts in (other APIs answer on the chat path too)."""
     tool_plan = tool_plan_for(state, req)
     greq = engine_request(req, session_id, tool_plan, forwarded)
@@ -128,20 +137,35 @@ async def complete(state: AppState, req: ChatCompletionRequest, session_id: str 
     choices = []
     for i in range(req.n):
         message, called = _message(echo_prefix(req) + "".join(texts[i]), tool_plan)
-        choices.append(ChatChoice(
-            index=i,
-            message=message,
-            logprobs=ChoiceLogprobs.model_validate({"content": _logprob_entries(logprobs[i])}) if req.logprobs else None,
-            finish_reason="tool_calls" if called else reasons.get(i, "stop"),  # type: ignore[arg-type]
-            stop_reason=stop_strings.get(i),
-        ))
+        choices.append(
+            ChatChoice(
+                index=i,
+                message=message,
+                logprobs=ChoiceLogprobs.model_validate({"content": _logprob_entries(logprobs[i])})
+                if req.logprobs
+                else None,
+                finish_reason="tool_calls" if called else reasons.get(i, "stop"),  # type: ignore[arg-type]
+                stop_reason=stop_strings.get(i),
+            )
+        )
     usage = Usage(**usage_dict(prompt_tokens, completion_tokens))
-    return ChatCompletion(id=greq.request_id, created=int(time.time()), model=req.model, choices=choices, usage=usage,
-                          prompt_logprobs=prompt_logprobs)
+    return ChatCompletion(
+        id=greq.request_id,
+        created=int(time.time()),
+        model=req.model,
+        choices=choices,
+        usage=usage,
+        prompt_logprobs=prompt_logprobs,
+    )
 
 
-async def stream(state: AppState, req: ChatCompletionRequest, session_id: str | None = None,
-                 route: str = ROUTE, forwarded: Forwarded = NOTHING_FORWARDED) -> AsyncIterator[bytes]:
+async def stream(
+    state: AppState,
+    req: ChatCompletionRequest,
+    session_id: str | None = None,
+    route: str = ROUTE,
+    forwarded: Forwarded = NOTHING_FORWARDED,
+) -> AsyncIterator[bytes]:
     """Start the engine request and wait for its first chunk; then hand back the SSE body."""
     tool_plan = tool_plan_for(state, req)
     greq = engine_request(req, session_id, tool_plan, forwarded)
@@ -155,14 +179,29 @@ def _call_deltas(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
     deltas: list[dict[str, Any]] = []
     for index, call in enumerate(calls):
         function = call["function"]
-        deltas.append({"tool_calls": [{"index": index, "id": call["id"], "type": "function",
-                                       "function": {"name": function["name"], "arguments": ""}}]})
+        deltas.append(
+            {
+                "tool_calls": [
+                    {
+                        "index": index,
+                        "id": call["id"],
+                        "type": "function",
+                        "function": {"name": function["name"], "arguments": ""},
+                    }
+                ]
+            }
+        )
         deltas.append({"tool_calls": [{"index": index, "function": {"arguments": function["arguments"]}}]})
     return deltas
 
 
-async def _events(req: ChatCompletionRequest, request_id: str, metered: MeteredStream,
-                  chunks: AsyncIterator[Chunk], tool_plan: ToolPlan | None = None) -> AsyncIterator[bytes]:
+async def _events(
+    req: ChatCompletionRequest,
+    request_id: str,
+    metered: MeteredStream,
+    chunks: AsyncIterator[Chunk],
+    tool_plan: ToolPlan | None = None,
+) -> AsyncIterator[bytes]:
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     # vLLM's continuous_usage_stats (with include_usage): every chunk carries the usage so far.
     continuous = include_usage and bool(req.stream_options and req.stream_options.continuous_usage_stats)
@@ -193,7 +232,9 @@ async def _events(req: ChatCompletionRequest, request_id: str, metered: MeteredS
                 if tool_plan is not None and text:
                     text = calls.setdefault(chunk.index, ChoiceCalls(tool_plan)).feed(text)
                 if text or chunk.logprobs:
-                    logprobs = {"content": _logprob_entries(chunk.logprobs)} if req.logprobs and chunk.logprobs else None
+                    logprobs = (
+                        {"content": _logprob_entries(chunk.logprobs)} if req.logprobs and chunk.logprobs else None
+                    )
                     yield event(chunk.index, {"content": text}, None, logprobs)
                 if chunk.finish_reason:
                     reason = finish_reason(chunk.finish_reason)

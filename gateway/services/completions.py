@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import math
 import contextlib
+import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -79,20 +79,35 @@ class ChoiceState:
 
 
 class CompletionRun:
-    def __init__(self, state: AppState, req: CompletionRequest, session_id: str | None = None,
-                 forwarded: Forwarded = NOTHING_FORWARDED) -> None:
+    def __init__(
+        self,
+        state: AppState,
+        req: CompletionRequest,
+        session_id: str | None = None,
+        forwarded: Forwarded = NOTHING_FORWARDED,
+    ) -> None:
         _validate(req)
         self.req = req
         self.id = new_id("cmpl")
         self.prompts = _prompts(req)
         echo_logprobs = (req.logprobs or 0) if req.echo else None
-        options = sampling_options(req, max_tokens=req.max_tokens, logprobs=req.logprobs,
-                                   prompt_logprobs=echo_logprobs)
+        options = sampling_options(req, max_tokens=req.max_tokens, logprobs=req.logprobs, prompt_logprobs=echo_logprobs)
         adapter = state.adapter_for(req.model)
         self.metered = [
-            MeteredStream(state, adapter, GenerateRequest(f"{self.id}-{i}", req.model, options, prompt=p,
-                                                          routing_key=session_id or req.user, stream=req.stream,
-                                                          forwarded=forwarded), ROUTE)
+            MeteredStream(
+                state,
+                adapter,
+                GenerateRequest(
+                    f"{self.id}-{i}",
+                    req.model,
+                    options,
+                    prompt=p,
+                    routing_key=session_id or req.user,
+                    stream=req.stream,
+                    forwarded=forwarded,
+                ),
+                ROUTE,
+            )
             for i, p in enumerate(self.prompts)
         ]
         self.choices: dict[int, ChoiceState] = {}
@@ -135,8 +150,9 @@ class CompletionRun:
         self.metered[0].record(status, usage.prompt_tokens, usage.completion_tokens)
 
 
-async def complete(state: AppState, req: CompletionRequest, session_id: str | None = None,
-                   forwarded: Forwarded = NOTHING_FORWARDED) -> Completion:
+async def complete(
+    state: AppState, req: CompletionRequest, session_id: str | None = None, forwarded: Forwarded = NOTHING_FORWARDED
+) -> Completion:
     run = CompletionRun(state, req, session_id, forwarded)
     async for chunk in run.chunks():
         run.apply(chunk)
@@ -154,8 +170,9 @@ async def complete(state: AppState, req: CompletionRequest, session_id: str | No
     return Completion(id=run.id, created=int(time.time()), model=req.model, choices=choices, usage=run.usage())
 
 
-async def stream(state: AppState, req: CompletionRequest, session_id: str | None = None,
-                 forwarded: Forwarded = NOTHING_FORWARDED) -> AsyncIterator[bytes]:
+async def stream(
+    state: AppState, req: CompletionRequest, session_id: str | None = None, forwarded: Forwarded = NOTHING_FORWARDED
+) -> AsyncIterator[bytes]:
     run = CompletionRun(state, req, session_id, forwarded)
     chunks = await first_and_rest(run.chunks())
     return _events(run, chunks)

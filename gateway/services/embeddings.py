@@ -38,8 +38,13 @@ def _encode(vector: list[float], encoding_format: str) -> list[float] | str:
     return vector
 
 
-async def embed(state: AppState, model: str, inputs: list[str] | list[list[int]],
-                route: str, forwarded: Forwarded = NOTHING_FORWARDED) -> tuple[list[list[float]], int]:
+async def embed(
+    state: AppState,
+    model: str,
+    inputs: list[str] | list[list[int]],
+    route: str,
+    forwarded: Forwarded = NOTHING_FORWARDED,
+) -> tuple[list[list[float]], int]:
     """One vector per input from the model's engine, and the prompt tokens; counted in `route`'s metrics."""
     adapter = state.adapter_for(model, kind="embed")
     if not isinstance(adapter, Embedder):

@@ -40,8 +40,9 @@ def finish_reason(reason: str | None) -> str | None:
     return reason if reason in FINISH_REASONS else "stop"
 
 
-def sampling_options(req: SamplingFields, *, max_tokens: int | None, logprobs: int | None,
-                     prompt_logprobs: int | None = None) -> SamplingOptions:
+def sampling_options(
+    req: SamplingFields, *, max_tokens: int | None, logprobs: int | None, prompt_logprobs: int | None = None
+) -> SamplingOptions:
     """`prompt_logprobs`: what the service needs (echo); the request's own vLLM extra is added here."""
     _check_unsupported(req)
     if req.prompt_logprobs is not None:
@@ -79,15 +80,22 @@ def prompt_logprobs_json(positions: list[dict[int, RankedLogprob] | None] | None
     if positions is None:
         return None
     return [
-        {str(tid): {"logprob": lp.logprob, "rank": lp.rank, "decoded_token": lp.decoded_token}
-         for tid, lp in position.items()} if position else None
+        {
+            str(tid): {"logprob": lp.logprob, "rank": lp.rank, "decoded_token": lp.decoded_token}
+            for tid, lp in position.items()
+        }
+        if position
+        else None
         for position in positions
     ]
 
 
 def usage_dict(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
 
 
 MAX_LOGGED_FIELD_NAMES = 256  # a client sending ever new names cannot grow the set or the log without bound

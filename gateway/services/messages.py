@@ -92,8 +92,9 @@ def _turns(message: MessageParam) -> list[ChatMessageIn]:
             texts.append(block.text)
         else:
             where = f"in a {message.role} turn " if block.type in ("tool_use", "tool_result") else ""
-            raise InvalidRequest(f"Content blocks of type '{block.type}' are not supported {where}by this server.",
-                                 param="messages")
+            raise InvalidRequest(
+                f"Content blocks of type '{block.type}' are not supported {where}by this server.", param="messages"
+            )
     if texts or calls or not results:
         results.append(ChatMessageIn(role=message.role, content="".join(texts), tool_calls=calls or None))
     return results
@@ -115,17 +116,31 @@ def chat_request(req: CountTokensRequest) -> ChatCompletionRequest:
     for message in req.messages:
         messages.extend(_turns(message))
     fields: dict[str, Any] = {
-        "model": req.model, "messages": messages, "tool_choice": _tool_choice(req.tool_choice),
-        "tools": [Tool(type="function", function=FunctionDefinition(
-            name=tool.name, description=tool.description, parameters=tool.input_schema)) for tool in req.tools]
-        if req.tools else None,
+        "model": req.model,
+        "messages": messages,
+        "tool_choice": _tool_choice(req.tool_choice),
+        "tools": [
+            Tool(
+                type="function",
+                function=FunctionDefinition(name=tool.name, description=tool.description, parameters=tool.input_schema),
+            )
+            for tool in req.tools
+        ]
+        if req.tools
+        else None,
     }
     if req.tool_choice is not None and req.tool_choice.disable_parallel_tool_use:
         fields["parallel_tool_calls"] = False
     if isinstance(req, MessagesRequest):
-        fields.update(max_tokens=req.max_tokens, stop=req.stop_sequences, temperature=req.temperature,
-                      top_p=req.top_p, top_k=req.top_k, stream=req.stream,
-                      user=req.metadata.user_id if req.metadata else None)
+        fields.update(
+            max_tokens=req.max_tokens,
+            stop=req.stop_sequences,
+            temperature=req.temperature,
+            top_p=req.top_p,
+            top_k=req.top_k,
+            stream=req.stream,
+            user=req.metadata.user_id if req.metadata else None,
+        )
     try:
         return ChatCompletionRequest(**fields)
     except ValidationError as exc:
@@ -154,17 +169,26 @@ def _input(arguments: str) -> dict[str, Any]:
 def message_from(completion: ChatCompletion, message_id: str) -> Message:
     choice = completion.choices[0]
     content: list[TextOut | ToolUseOut] = [TextOut(text=choice.message.content)] if choice.message.content else []
-    content.extend(ToolUseOut(id=tool_use_id(call.id), name=call.function.name, input=_input(call.function.arguments))
-                   for call in choice.message.tool_calls or ())
+    content.extend(
+        ToolUseOut(id=tool_use_id(call.id), name=call.function.name, input=_input(call.function.arguments))
+        for call in choice.message.tool_calls or ()
+    )
     reason = stop_reason(choice.finish_reason, choice.stop_reason)
-    return Message(id=message_id, model=completion.model, content=content, stop_reason=reason,
-                   stop_sequence=choice.stop_reason if reason == "stop_sequence" else None,
-                   usage=MessageUsage(input_tokens=completion.usage.prompt_tokens,
-                                      output_tokens=completion.usage.completion_tokens))
+    return Message(
+        id=message_id,
+        model=completion.model,
+        content=content,
+        stop_reason=reason,
+        stop_sequence=choice.stop_reason if reason == "stop_sequence" else None,
+        usage=MessageUsage(
+            input_tokens=completion.usage.prompt_tokens, output_tokens=completion.usage.completion_tokens
+        ),
+    )
 
 
-async def create(state: AppState, req: MessagesRequest, session_id: str | None = None,
-                 forwarded: Forwarded = NOTHING_FORWARDED) -> Message:
+async def create(
+    state: AppState, req: MessagesRequest, session_id: str | None = None, forwarded: Forwarded = NOTHING_FORWARDED
+) -> Message:
     completion = await chat.complete(state, chat_request(req), session_id, route=ROUTE, forwarded=forwarded)
     return message_from(completion, new_message_id())
 
@@ -173,13 +197,15 @@ async def count_tokens(state: AppState, req: CountTokensRequest) -> TokenCount:
     """The prompt's tokens as /v1/messages would render it: the chat template over the same messages and tools."""
     chat_req = chat_request(req)
     state.adapter_for(req.model)  # a generating model (404 otherwise), and the server ready
-    counted = await tokenize.tokenize(state, TokenizeRequest(model=req.model, messages=chat_req.messages,
-                                                             tools=chat_req.tools))
+    counted = await tokenize.tokenize(
+        state, TokenizeRequest(model=req.model, messages=chat_req.messages, tools=chat_req.tools)
+    )
     return TokenCount(input_tokens=counted.count)
 
 
-async def stream(state: AppState, req: MessagesRequest, session_id: str | None = None,
-                 forwarded: Forwarded = NOTHING_FORWARDED) -> AsyncIterator[bytes]:
+async def stream(
+    state: AppState, req: MessagesRequest, session_id: str | None = None, forwarded: Forwarded = NOTHING_FORWARDED
+) -> AsyncIterator[bytes]:
     """Start the engine request and wait for its first chunk (errors before it are plain HTTP errors)."""
     chat_req = chat_request(req)
     tool_plan = chat.tool_plan_for(state, chat_req)
@@ -221,13 +247,16 @@ class _Blocks:
         self.count += 1
         block = {"type": "tool_use", "id": tool_use_id(call["id"]), "name": function["name"], "input": {}}
         partial = json.dumps(_input(function["arguments"]), ensure_ascii=False)
-        return [event("content_block_start", index=index, content_block=block),
-                event("content_block_delta", index=index, delta={"type": "input_json_delta", "partial_json": partial}),
-                event("content_block_stop", index=index)]
+        return [
+            event("content_block_start", index=index, content_block=block),
+            event("content_block_delta", index=index, delta={"type": "input_json_delta", "partial_json": partial}),
+            event("content_block_stop", index=index),
+        ]
 
 
-async def _events(model: str, metered: MeteredStream, chunks: AsyncIterator[Chunk],
-                  tool_plan: ToolPlan | None) -> AsyncIterator[bytes]:
+async def _events(
+    model: str, metered: MeteredStream, chunks: AsyncIterator[Chunk], tool_plan: ToolPlan | None
+) -> AsyncIterator[bytes]:
     calls = ChoiceCalls(tool_plan) if tool_plan is not None else None
     blocks = _Blocks()
     prompt_tokens = output_tokens = 0
@@ -241,10 +270,19 @@ async def _events(model: str, metered: MeteredStream, chunks: AsyncIterator[Chun
                 prompt_tokens, output_tokens = chunk.prompt_tokens, chunk.completion_tokens
                 if not started:
                     started = True
-                    yield event("message_start", message={
-                        "id": new_message_id(), "type": "message", "role": "assistant", "model": model,
-                        "content": [], "stop_reason": None, "stop_sequence": None,
-                        "usage": {"input_tokens": prompt_tokens, "output_tokens": 0}})
+                    yield event(
+                        "message_start",
+                        message={
+                            "id": new_message_id(),
+                            "type": "message",
+                            "role": "assistant",
+                            "model": model,
+                            "content": [],
+                            "stop_reason": None,
+                            "stop_sequence": None,
+                            "usage": {"input_tokens": prompt_tokens, "output_tokens": 0},
+                        },
+                    )
                     yield event("ping")
                 text = calls.feed(chunk.text) if calls is not None and chunk.text else chunk.text
                 if text:
@@ -270,7 +308,9 @@ async def _events(model: str, metered: MeteredStream, chunks: AsyncIterator[Chun
         for data in blocks.tool_use(call):
             yield data
     final = stop_reason("tool_calls" if found else reason, stop_sequence)
-    yield event("message_delta", delta={"stop_reason": final,
-                                        "stop_sequence": stop_sequence if final == "stop_sequence" else None},
-                usage={"input_tokens": prompt_tokens, "output_tokens": output_tokens})
+    yield event(
+        "message_delta",
+        delta={"stop_reason": final, "stop_sequence": stop_sequence if final == "stop_sequence" else None},
+        usage={"input_tokens": prompt_tokens, "output_tokens": output_tokens},
+    )
     yield event("message_stop")

@@ -29,8 +29,9 @@ CHAT, COMPLETIONS = "/v1/chat/completions", "/v1/completions"
 _SET_ONCE = frozenset({"index", "id", "type", "role", "finish_reason", "stop_reason", "object"})
 
 
-def routing_request(req: SamplingFields, session_id: str | None,
-                    forwarded: Forwarded = NOTHING_FORWARDED) -> GenerateRequest:
+def routing_request(
+    req: SamplingFields, session_id: str | None, forwarded: Forwarded = NOTHING_FORWARDED
+) -> GenerateRequest:
     """What the route's policy looks at: the prompt's start, the session key, whether it streams; and
     what goes on to the instance besides the body (the request id, the trace context)."""
     messages: list[dict[str, Any]] | None = None
@@ -41,8 +42,16 @@ def routing_request(req: SamplingFields, session_id: str | None,
         first = req.prompt[0] if isinstance(req.prompt, list) and req.prompt else req.prompt
         ids = req.prompt if isinstance(first, int) else first or []
         prompt = first if isinstance(first, str) else [int(i) for i in ids if isinstance(i, int)]
-    return GenerateRequest(new_id("relay"), req.model, SamplingOptions(n=req.n), prompt=prompt, messages=messages,
-                           routing_key=session_id or req.user, stream=req.stream, forwarded=forwarded)
+    return GenerateRequest(
+        new_id("relay"),
+        req.model,
+        SamplingOptions(n=req.n),
+        prompt=prompt,
+        messages=messages,
+        routing_key=session_id or req.user,
+        stream=req.stream,
+        forwarded=forwarded,
+    )
 
 
 class RelayCall:
@@ -50,9 +59,17 @@ class RelayCall:
     Given the client's socket (`to_client`, a streamed answer on uvicorn with the splice on), the events
     between the first and the last may go there from the instance's socket (engine_adapters.splice)."""
 
-    def __init__(self, state: AppState, adapter: Relay, req: SamplingFields, body: dict[str, Any],
-                 session_id: str | None, path: str, to_client: Sink | None = None,
-                 forwarded: Forwarded = NOTHING_FORWARDED) -> None:
+    def __init__(
+        self,
+        state: AppState,
+        adapter: Relay,
+        req: SamplingFields,
+        body: dict[str, Any],
+        session_id: str | None,
+        path: str,
+        to_client: Sink | None = None,
+        forwarded: Forwarded = NOTHING_FORWARDED,
+    ) -> None:
         self.req, self.path = req, path
         self.request = routing_request(req, session_id, forwarded)
         self.trace = forwarded.trace  # while tracing is on: it sees the events this Sink passes on
@@ -87,8 +104,9 @@ class RelayCall:
             self.trace.watch(events)
 
     def record(self, status: int) -> None:
-        self.metered.record(status, int(self.usage.get("prompt_tokens") or 0),
-                            int(self.usage.get("completion_tokens") or 0))
+        self.metered.record(
+            status, int(self.usage.get("prompt_tokens") or 0), int(self.usage.get("completion_tokens") or 0)
+        )
 
 
 def fold(body: bytes, *, chat: bool, model: str, usage: dict[str, Any]) -> dict[str, Any]:
@@ -102,16 +120,23 @@ def fold(body: bytes, *, chat: bool, model: str, usage: dict[str, Any]) -> dict[
         head = head or {k: v for k, v in data.items() if k not in ("choices", "usage")}
         for choice in data.get("choices") or ():
             _merge(choices.setdefault(int(choice.get("index") or 0), {}), choice)
-    answer = {**head, "object": "chat.completion" if chat else "text_completion", "model": model,
-              "created": head.get("created") or int(time.time())}
+    answer = {
+        **head,
+        "object": "chat.completion" if chat else "text_completion",
+        "model": model,
+        "created": head.get("created") or int(time.time()),
+    }
     answer["choices"] = [_whole_choice(_joined(choices[i]), chat) for i in sorted(choices)]
     answer["usage"] = usage or None
     return answer
 
 
 def _whole_choice(choice: dict[str, Any], chat: bool) -> dict[str, Any]:
-    whole = {"index": choice.get("index", 0), "logprobs": choice.get("logprobs"),
-             "finish_reason": choice.get("finish_reason") or "stop"}
+    whole = {
+        "index": choice.get("index", 0),
+        "logprobs": choice.get("logprobs"),
+        "finish_reason": choice.get("finish_reason") or "stop",
+    }
     if not chat:
         return {**choice, **whole, "text": choice.get("text") or ""}
     message = {"role": "assistant", "content": None, **choice.get("delta", {})}

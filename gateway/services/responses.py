@@ -46,10 +46,16 @@ def new_object_id(prefix: str) -> str:
 def refuse_unsupported(req: ResponsesRequest) -> None:
     refusals: list[tuple[object, str, str]] = [
         (req.tools, "tools", "Tools are not supported on /v1/responses here; use /v1/chat/completions."),
-        (req.tool_choice not in (None, "auto", "none"), "tool_choice", "tool_choice needs tools, which are not "
-                                                                      "supported on /v1/responses here."),
-        (req.previous_response_id, "previous_response_id",
-         f"{_NO_STORAGE}: send the whole conversation in `input` instead of previous_response_id."),
+        (
+            req.tool_choice not in (None, "auto", "none"),
+            "tool_choice",
+            "tool_choice needs tools, which are not supported on /v1/responses here.",
+        ),
+        (
+            req.previous_response_id,
+            "previous_response_id",
+            f"{_NO_STORAGE}: send the whole conversation in `input` instead of previous_response_id.",
+        ),
         (req.conversation, "conversation", f"{_NO_STORAGE}: conversations are not supported."),
         (req.background, "background", f"{_NO_STORAGE}: background responses are not supported."),
         (req.prompt, "prompt", "Prompt templates are not supported; send the text in `input`."),
@@ -70,8 +76,15 @@ def chat_request(req: ResponsesRequest) -> ChatCompletionRequest:
         messages.append(ChatMessageIn(role="user", content=req.input))
     else:
         messages.extend(ChatMessageIn(role=item.role, content=item.text()) for item in req.input)
-    return ChatCompletionRequest(model=req.model, messages=messages, max_tokens=req.max_output_tokens,
-                                 temperature=req.temperature, top_p=req.top_p, stream=req.stream, user=req.user)
+    return ChatCompletionRequest(
+        model=req.model,
+        messages=messages,
+        max_tokens=req.max_output_tokens,
+        temperature=req.temperature,
+        top_p=req.top_p,
+        stream=req.stream,
+        user=req.user,
+    )
 
 
 def _engine_request(req: ResponsesRequest, session_id: str | None, forwarded: Forwarded) -> GenerateRequest:
@@ -81,9 +94,16 @@ def _engine_request(req: ResponsesRequest, session_id: str | None, forwarded: Fo
     return greq
 
 
-def build_response(req: ResponsesRequest, response_id: str, created_at: int, *, message_id: str | None = None,
-                   text: str = "", finish_reason: str | None = None,
-                   usage: tuple[int, int] | None = None) -> Response:
+def build_response(
+    req: ResponsesRequest,
+    response_id: str,
+    created_at: int,
+    *,
+    message_id: str | None = None,
+    text: str = "",
+    finish_reason: str | None = None,
+    usage: tuple[int, int] | None = None,
+) -> Response:
     """The response object; with no message_id, the one a stream opens with (in progress, no output)."""
     status: Literal["in_progress", "completed", "incomplete"] = "in_progress"
     output: list[OutputMessage] = []
@@ -94,17 +114,28 @@ def build_response(req: ResponsesRequest, response_id: str, created_at: int, *, 
         incomplete = IncompleteDetails(reason="max_output_tokens") if length_limited else None
         output = [OutputMessage(id=message_id, status=status, content=[OutputText(text=text)])]
     return Response(
-        id=response_id, created_at=created_at, status=status, incomplete_details=incomplete,
-        instructions=req.instructions, max_output_tokens=req.max_output_tokens, model=req.model, output=output,
-        temperature=req.temperature, top_p=req.top_p, user=req.user, metadata=req.metadata or {},
-        parallel_tool_calls=req.parallel_tool_calls is not False, truncation=req.truncation or "disabled",
+        id=response_id,
+        created_at=created_at,
+        status=status,
+        incomplete_details=incomplete,
+        instructions=req.instructions,
+        max_output_tokens=req.max_output_tokens,
+        model=req.model,
+        output=output,
+        temperature=req.temperature,
+        top_p=req.top_p,
+        user=req.user,
+        metadata=req.metadata or {},
+        parallel_tool_calls=req.parallel_tool_calls is not False,
+        truncation=req.truncation or "disabled",
         tool_choice="none" if req.tool_choice == "none" else "auto",
         usage=ResponseUsage(input_tokens=usage[0], output_tokens=usage[1], total_tokens=sum(usage)) if usage else None,
     )
 
 
-async def complete(state: AppState, req: ResponsesRequest, session_id: str | None = None,
-                   forwarded: Forwarded = NOTHING_FORWARDED) -> Response:
+async def complete(
+    state: AppState, req: ResponsesRequest, session_id: str | None = None, forwarded: Forwarded = NOTHING_FORWARDED
+) -> Response:
     greq = _engine_request(req, session_id, forwarded)
     metered = MeteredStream(state, state.adapter_for(req.model), greq, ROUTE)
     created_at = int(time.time())
@@ -116,12 +147,20 @@ async def complete(state: AppState, req: ResponsesRequest, session_id: str | Non
         prompt_tokens, output_tokens = chunk.prompt_tokens, chunk.completion_tokens
         reason = chunk.finish_reason or reason
     metered.record(200, prompt_tokens, output_tokens)
-    return build_response(req, greq.request_id, created_at, message_id=new_object_id("msg"), text="".join(texts),
-                          finish_reason=reason, usage=(prompt_tokens, output_tokens))
+    return build_response(
+        req,
+        greq.request_id,
+        created_at,
+        message_id=new_object_id("msg"),
+        text="".join(texts),
+        finish_reason=reason,
+        usage=(prompt_tokens, output_tokens),
+    )
 
 
-async def stream(state: AppState, req: ResponsesRequest, session_id: str | None = None,
-                 forwarded: Forwarded = NOTHING_FORWARDED) -> AsyncIterator[bytes]:
+async def stream(
+    state: AppState, req: ResponsesRequest, session_id: str | None = None, forwarded: Forwarded = NOTHING_FORWARDED
+) -> AsyncIterator[bytes]:
     """Start the engine request and wait for its first chunk (errors before it are plain HTTP errors)."""
     greq = _engine_request(req, session_id, forwarded)
     metered = MeteredStream(state, state.adapter_for(req.model), greq, ROUTE)
@@ -140,16 +179,20 @@ def _numbered_events() -> Callable[..., bytes]:
     return event
 
 
-async def _events(req: ResponsesRequest, response_id: str, metered: MeteredStream,
-                  chunks: AsyncIterator[Chunk]) -> AsyncIterator[bytes]:
+async def _events(
+    req: ResponsesRequest, response_id: str, metered: MeteredStream, chunks: AsyncIterator[Chunk]
+) -> AsyncIterator[bytes]:
     event = _numbered_events()
     created_at = int(time.time())
     message_id = new_object_id("msg")
     opening = build_response(req, response_id, created_at).model_dump(mode="json")
     yield event("response.created", response=opening)
     yield event("response.in_progress", response=opening)
-    yield event("response.output_item.added", output_index=0,
-                item={"type": "message", "id": message_id, "status": "in_progress", "role": "assistant", "content": []})
+    yield event(
+        "response.output_item.added",
+        output_index=0,
+        item={"type": "message", "id": message_id, "status": "in_progress", "role": "assistant", "content": []},
+    )
     where = {"item_id": message_id, "output_index": 0, "content_index": 0}
     yield event("response.content_part.added", **where, part={"type": "output_text", "text": "", "annotations": []})
     texts: list[str] = []
@@ -169,8 +212,15 @@ async def _events(req: ResponsesRequest, response_id: str, metered: MeteredStrea
         return
     metered.record(200, prompt_tokens, output_tokens)
     text = "".join(texts)
-    final = build_response(req, response_id, created_at, message_id=message_id, text=text, finish_reason=reason,
-                           usage=(prompt_tokens, output_tokens)).model_dump(mode="json")
+    final = build_response(
+        req,
+        response_id,
+        created_at,
+        message_id=message_id,
+        text=text,
+        finish_reason=reason,
+        usage=(prompt_tokens, output_tokens),
+    ).model_dump(mode="json")
     yield event("response.output_text.done", **where, text=text, logprobs=[])
     yield event("response.content_part.done", **where, part=final["output"][0]["content"][0])
     yield event("response.output_item.done", output_index=0, item=final["output"][0])

@@ -41,8 +41,9 @@ def pairs(req: ScoreRequest) -> list[tuple[str, str]]:
     return list(zip(firsts, seconds, strict=True))
 
 
-async def _scores(state: AppState, model: str, text_pairs: list[tuple[str, str]], route: str,
-                  params: tuple[str, str]) -> tuple[list[float], int]:
+async def _scores(
+    state: AppState, model: str, text_pairs: list[tuple[str, str]], route: str, params: tuple[str, str]
+) -> tuple[list[float], int]:
     """Each pair's cosine similarity, and the prompt tokens embedded. `params`: the fields the pairs' sides came from."""
     for side, param in enumerate(params):
         if any(not pair[side] for pair in text_pairs):
@@ -56,19 +57,28 @@ async def _scores(state: AppState, model: str, text_pairs: list[tuple[str, str]]
 async def score(state: AppState, req: ScoreRequest, route: str) -> ScoreResponse:
     state.adapter_for(req.model, kind="embed")  # 404 for an unknown model before the request's own faults
     scores, tokens = await _scores(state, req.model, pairs(req), route, ("text_1", "text_2"))
-    return ScoreResponse(id=new_id("score"), created=int(time.time()), model=req.model,
-                         data=[ScoreData(index=i, score=s) for i, s in enumerate(scores)],
-                         usage=ScoreUsage(prompt_tokens=tokens, total_tokens=tokens))
+    return ScoreResponse(
+        id=new_id("score"),
+        created=int(time.time()),
+        model=req.model,
+        data=[ScoreData(index=i, score=s) for i, s in enumerate(scores)],
+        usage=ScoreUsage(prompt_tokens=tokens, total_tokens=tokens),
+    )
 
 
 async def rerank(state: AppState, req: RerankRequest, route: str) -> RerankResponse:
     """The documents, most relevant first: the top_n of them (all when top_n is 0 or absent)."""
     state.adapter_for(req.model, kind="embed")
-    scores, tokens = await _scores(state, req.model, [(req.query, doc) for doc in req.documents], route,
-                                   ("query", "documents"))
-    ranked = sorted(range(len(scores)), key=lambda i: scores[i], reverse=True)[:req.top_n or None]
-    results = [RerankResult(index=i, relevance_score=scores[i],
-                            document=RerankDocument(text=req.documents[i]) if req.return_documents else None)
-               for i in ranked]
-    return RerankResponse(id=new_id("rerank"), model=req.model, results=results,
-                          usage=RerankUsage(total_tokens=tokens))
+    scores, tokens = await _scores(
+        state, req.model, [(req.query, doc) for doc in req.documents], route, ("query", "documents")
+    )
+    ranked = sorted(range(len(scores)), key=lambda i: scores[i], reverse=True)[: req.top_n or None]
+    results = [
+        RerankResult(
+            index=i,
+            relevance_score=scores[i],
+            document=RerankDocument(text=req.documents[i]) if req.return_documents else None,
+        )
+        for i in ranked
+    ]
+    return RerankResponse(id=new_id("rerank"), model=req.model, results=results, usage=RerankUsage(total_tokens=tokens))

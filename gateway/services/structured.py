@@ -18,8 +18,7 @@ def requested(req: SamplingFields) -> StructuredOutput | None:
     """The constraint a request asks for, if any."""
     fmt, extra = req.response_format, req.structured_outputs
     if extra is not None and fmt is not None and fmt.type != "text":
-        raise InvalidRequest("Send either response_format or structured_outputs, not both.",
-                             param="structured_outputs")
+        raise InvalidRequest("Send either response_format or structured_outputs, not both.", param="structured_outputs")
     if extra is not None:
         return _from_structured_outputs(extra)
     return _from_response_format(fmt) if fmt is not None else None
@@ -31,21 +30,25 @@ def _from_response_format(fmt: ResponseFormat) -> StructuredOutput | None:
     if fmt.type == "json_object":
         return StructuredOutput("json_object")
     if fmt.json_schema is None:
-        raise InvalidRequest("response_format of type json_schema needs a json_schema object.",
-                             param="response_format")
+        raise InvalidRequest("response_format of type json_schema needs a json_schema object.", param="response_format")
     # OpenAI's strict mode and ours agree: the output always matches the schema.
     return StructuredOutput("json", _schema(fmt.json_schema.schema_ or {}, "response_format"))
 
 
 def _from_structured_outputs(extra: StructuredOutputsIn) -> StructuredOutput:
     given: dict[str, Any] = {
-        "json": extra.json_, "json_object": extra.json_object, "regex": extra.regex,
-        "choice": extra.choice, "grammar": extra.grammar,
+        "json": extra.json_,
+        "json_object": extra.json_object,
+        "regex": extra.regex,
+        "choice": extra.choice,
+        "grammar": extra.grammar,
     }
     kinds = [kind for kind, value in given.items() if value is not None]
     if len(kinds) != 1:
-        raise InvalidRequest("structured_outputs needs exactly one of json, json_object, regex, choice, grammar.",
-                             param="structured_outputs")
+        raise InvalidRequest(
+            "structured_outputs needs exactly one of json, json_object, regex, choice, grammar.",
+            param="structured_outputs",
+        )
     kind = kinds[0]
     value = given[kind]
     if kind == "json":

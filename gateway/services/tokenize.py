@@ -49,22 +49,25 @@ def _max_model_len(state: AppState, model: str) -> int | None:
 async def tokenize(state: AppState, req: TokenizeRequest) -> TokenizeResponse:
     model = _model_name(state, req.model)
     tokenizer = _tokenizer(state, model)
-    ids = await tokenizer.tokenize(GenerateRequest(
-        request_id=new_id("tokenize"),
-        model=model,
-        sampling=SamplingOptions(),
-        prompt=req.prompt,
-        # As a chat request renders them: the same messages and tools give the same prompt ids.
-        messages=template_messages(req.messages) if req.messages else None,
-        tools=[tool.model_dump(exclude_none=True) for tool in req.tools] if req.tools else None,
-        add_generation_prompt=req.add_generation_prompt,
-        continue_final_message=req.continue_final_message,
-        chat_template_kwargs=req.chat_template_kwargs,
-        add_special_tokens=req.add_special_tokens,
-    ))
+    ids = await tokenizer.tokenize(
+        GenerateRequest(
+            request_id=new_id("tokenize"),
+            model=model,
+            sampling=SamplingOptions(),
+            prompt=req.prompt,
+            # As a chat request renders them: the same messages and tools give the same prompt ids.
+            messages=template_messages(req.messages) if req.messages else None,
+            tools=[tool.model_dump(exclude_none=True) for tool in req.tools] if req.tools else None,
+            add_generation_prompt=req.add_generation_prompt,
+            continue_final_message=req.continue_final_message,
+            chat_template_kwargs=req.chat_template_kwargs,
+            add_special_tokens=req.add_special_tokens,
+        )
+    )
     token_strs = await tokenizer.token_strings(model, ids) if req.return_token_strs else None
-    return TokenizeResponse(count=len(ids), max_model_len=_max_model_len(state, model), tokens=ids,
-                            token_strs=token_strs)
+    return TokenizeResponse(
+        count=len(ids), max_model_len=_max_model_len(state, model), tokens=ids, token_strs=token_strs
+    )
 
 
 async def detokenize(state: AppState, req: DetokenizeRequest) -> DetokenizeResponse:
@@ -78,8 +81,9 @@ async def token_check(state: AppState, req: TokenCheckRequest) -> TokenCheckResp
     for item in req.prompts:
         count = await _count(state, item.model, item.prompt)
         context = _max_model_len(state, item.model) or 0
-        results.append(TokenCheckResult(fits=count + item.max_tokens <= context, tokenCount=count,
-                                        contextLength=context))
+        results.append(
+            TokenCheckResult(fits=count + item.max_tokens <= context, tokenCount=count, contextLength=context)
+        )
     return TokenCheckResponse(prompts=results)
 
 

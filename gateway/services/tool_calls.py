@@ -43,18 +43,26 @@ def plan(req: ChatCompletionRequest, parser_name: str | None) -> ToolPlan | None
     if choice == "none":
         return None
     forced = isinstance(choice, NamedToolChoice) or choice == "required"
-    if forced and req.structured_outputs is not None or forced and req.response_format and \
-            req.response_format.type != "text":
-        raise InvalidRequest("A forced tool_choice cannot be combined with response_format or structured_outputs.",
-                             param="tool_choice")
+    if (
+        forced
+        and req.structured_outputs is not None
+        or forced
+        and req.response_format
+        and req.response_format.type != "text"
+    ):
+        raise InvalidRequest(
+            "A forced tool_choice cannot be combined with response_format or structured_outputs.", param="tool_choice"
+        )
     parser = parser_for(parser_name)
-    parameters = {tool.function.name: tool.function.parameters or {"type": "object", "properties": {}}
-                  for tool in req.tools}
+    parameters = {
+        tool.function.name: tool.function.parameters or {"type": "object", "properties": {}} for tool in req.tools
+    }
     if isinstance(choice, NamedToolChoice):
         name = choice.function.name
         if name not in parameters:
-            raise InvalidRequest(f"tool_choice names the function {name!r}, which is not in tools.",
-                                 param="tool_choice")
+            raise InvalidRequest(
+                f"tool_choice names the function {name!r}, which is not in tools.", param="tool_choice"
+            )
         return ToolPlan("named", frozenset(names), parser, name, StructuredOutput("json", parameters[name]))
     if choice == "required":
         schema = _calls_schema(parameters, parallel=req.parallel_tool_calls is not False)
@@ -66,8 +74,12 @@ def _calls_schema(parameters: dict[str, dict[str, Any]], parallel: bool) -> dict
     """A call {"name", "arguments"}, or a list of calls when parallel calls are allowed: the shapes the
     prompt teaches. (A list alone invites a small model to loop on the whitespace JSON allows after "[".)"""
     calls = [
-        {"type": "object", "properties": {"name": {"const": name}, "arguments": schema},
-         "required": ["name", "arguments"], "additionalProperties": False}
+        {
+            "type": "object",
+            "properties": {"name": {"const": name}, "arguments": schema},
+            "required": ["name", "arguments"],
+            "additionalProperties": False,
+        }
         for name, schema in parameters.items()
     ]
     one: dict[str, Any] = calls[0] if len(calls) == 1 else {"anyOf": calls}
@@ -86,8 +98,11 @@ def template_messages(messages: list[ChatMessageIn]) -> list[dict[str, Any]]:
             called.update({call.id: call.function.name for call in message.tool_calls})
         if message.role == "tool":
             if message.tool_call_id not in called:
-                raise InvalidRequest("A message with role 'tool' must answer a preceding assistant message's "
-                                     "tool_calls, by its tool_call_id.", param="messages")
+                raise InvalidRequest(
+                    "A message with role 'tool' must answer a preceding assistant message's "
+                    "tool_calls, by its tool_call_id.",
+                    param="messages",
+                )
             turn["tool_call_id"] = message.tool_call_id
             turn["name"] = message.name or called[message.tool_call_id]
         result.append(turn)
@@ -99,8 +114,9 @@ def new_call_id() -> str:
 
 
 def wire_calls(calls: tuple[ParsedCall, ...]) -> list[dict[str, Any]]:
-    return [{"id": new_call_id(), "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
-            for c in calls]
+    return [
+        {"id": new_call_id(), "type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in calls
+    ]
 
 
 class ChoiceCalls:
@@ -137,8 +153,9 @@ class ChoiceCalls:
             cut = min(found)
             self.capturing = True
         else:  # keep a tail that may be the start of a marker
-            cut = len(self.held) - max((k for m in self.plan.parser.markers for k in range(1, len(m))
-                                        if self.held.endswith(m[:k])), default=0)
+            cut = len(self.held) - max(
+                (k for m in self.plan.parser.markers for k in range(1, len(m)) if self.held.endswith(m[:k])), default=0
+            )
         text, self.held = self.held[:cut], self.held[cut:]
         return text
 

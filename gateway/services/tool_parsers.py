@@ -134,6 +134,7 @@ def parse_hermes(text: str) -> ParseResult:
 
 # -- llama3_json ----------------------------------------------------------------------------
 
+
 def parse_llama3_json(text: str) -> ParseResult:
     body = text.strip().removeprefix("<|python_tag|>")
     values = _json_values(body, separators=";")
@@ -143,13 +144,19 @@ def parse_llama3_json(text: str) -> ParseResult:
 
 # -- pythonic -------------------------------------------------------------------------------
 
+
 def _python_calls(text: str) -> tuple[ParsedCall, ...] | None:
     """[f(a=1), g()] or a bare f(a=1), possibly wrapped in print(...); literal keyword arguments only."""
     try:
         tree = ast.parse(text.strip(), mode="eval").body
     except (SyntaxError, ValueError):
         return None
-    if isinstance(tree, ast.Call) and isinstance(tree.func, ast.Name) and tree.func.id == "print" and len(tree.args) == 1:
+    if (
+        isinstance(tree, ast.Call)
+        and isinstance(tree.func, ast.Name)
+        and tree.func.id == "print"
+        and len(tree.args) == 1
+    ):
         tree = tree.args[0]
     nodes = tree.elts if isinstance(tree, ast.List) else [tree]
     calls = [_python_call(node) for node in nodes]
@@ -186,12 +193,14 @@ def parse_pythonic(text: str) -> ParseResult:
     return ParseResult(None, calls) if calls else _as_content(text)
 
 
-PARSERS: Mapping[str, ToolParser] = MappingProxyType({
-    "json": ToolParser("json", parse_json, markers=("{", "[", "```")),
-    "hermes": ToolParser("hermes", parse_hermes, markers=("<tool_call>",), anywhere=True),
-    "llama3_json": ToolParser("llama3_json", parse_llama3_json, markers=("{", "<|python_tag|>")),
-    "pythonic": ToolParser("pythonic", parse_pythonic, markers=("[", "<|python_start|>")),
-})
+PARSERS: Mapping[str, ToolParser] = MappingProxyType(
+    {
+        "json": ToolParser("json", parse_json, markers=("{", "[", "```")),
+        "hermes": ToolParser("hermes", parse_hermes, markers=("<tool_call>",), anywhere=True),
+        "llama3_json": ToolParser("llama3_json", parse_llama3_json, markers=("{", "<|python_tag|>")),
+        "pythonic": ToolParser("pythonic", parse_pythonic, markers=("[", "<|python_start|>")),
+    }
+)
 DEFAULT_PARSER = "json"
 
 

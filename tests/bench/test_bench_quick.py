@@ -32,8 +32,27 @@ def free_port_base() -> int:
 
 
 def test_bench_quick_writes_results(tmp_path: Path) -> None:
-    cmd = [sys.executable, "-m", "bench.router_overhead", "--quick", "--rounds", "1", "--duration", "0.3",
-           "--concurrency", "2", "--modes", "stream-burst", "nonstream", "--warmup", "1", "--port-base", str(free_port_base()), "--out", str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.router_overhead",
+        "--quick",
+        "--rounds",
+        "1",
+        "--duration",
+        "0.3",
+        "--concurrency",
+        "2",
+        "--modes",
+        "stream-burst",
+        "nonstream",
+        "--warmup",
+        "1",
+        "--port-base",
+        str(free_port_base()),
+        "--out",
+        str(tmp_path),
+    ]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
 
@@ -57,10 +76,34 @@ def test_bench_quick_writes_results(tmp_path: Path) -> None:
 
 def test_the_bare_floors_relay_whole_answers(tmp_path: Path) -> None:
     """The two floors that Suite 2 measures beside the fronts pass every stream and body on whole."""
-    cmd = [sys.executable, "-m", "bench.router_overhead", "--fronts", "direct", "bare-callback", "bare-asgi",
-           "--rounds", "1", "--duration", "0.3", "--concurrency", "2", "--modes", "stream-burst", "nonstream",
-           "--warmup", "1", "--open-streams", "0", "--port-base", str(free_port_base()), "--out", str(tmp_path),
-           "--tag", "floors"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.router_overhead",
+        "--fronts",
+        "direct",
+        "bare-callback",
+        "bare-asgi",
+        "--rounds",
+        "1",
+        "--duration",
+        "0.3",
+        "--concurrency",
+        "2",
+        "--modes",
+        "stream-burst",
+        "nonstream",
+        "--warmup",
+        "1",
+        "--open-streams",
+        "0",
+        "--port-base",
+        str(free_port_base()),
+        "--out",
+        str(tmp_path),
+        "--tag",
+        "floors",
+    ]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
 

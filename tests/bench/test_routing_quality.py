@@ -9,7 +9,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bench.routing_quality import Phase, Workload, engine_config, markdown, parse, plot, requests_for, router_config, summarise
+from bench.routing_quality import (
+    Phase,
+    Workload,
+    engine_config,
+    markdown,
+    parse,
+    plot,
+    requests_for,
+    router_config,
+    summarise,
+)
 from gateway.settings import Settings
 
 
@@ -50,10 +60,18 @@ def test_arguments() -> None:
 
 def _result() -> dict[str, object]:
     ttft = {"kv": 150.0, "prefix": 300.0, "round-robin": 900.0}
-    phases = [Phase(policy, r, 64, 0, 30.0, 2.0 + (policy == "prefix"), 16.0, ttft[policy], 2000.0, 0.8)
-              for r in range(2) for policy in ("kv", "prefix", "round-robin")]
-    return {"date": "2026-11-22T00:00:00+00:00", "workload": asdict(Workload(8, 900, 64, 4, 8)), "kv_blocks": None,
-            "phases": [asdict(p) for p in phases], "summary": summarise(phases)}
+    phases = [
+        Phase(policy, r, 64, 0, 30.0, 2.0 + (policy == "prefix"), 16.0, ttft[policy], 2000.0, 0.8)
+        for r in range(2)
+        for policy in ("kv", "prefix", "round-robin")
+    ]
+    return {
+        "date": "2026-11-22T00:00:00+00:00",
+        "workload": asdict(Workload(8, 900, 64, 4, 8)),
+        "kv_blocks": None,
+        "phases": [asdict(p) for p in phases],
+        "summary": summarise(phases),
+    }
 
 
 def test_a_result_is_written_as_markdown() -> None:

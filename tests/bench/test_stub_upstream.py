@@ -46,8 +46,15 @@ def stub_url() -> Iterator[str]:
 
 def test_stream_and_whole_answers_are_openai_shaped(stub_url: str) -> None:
     client = OpenAI(base_url=f"{stub_url}/v1", api_key="x", _strict_response_validation=True)
-    chunks = list(client.chat.completions.create(model="stub", messages=[{"role": "user", "content": "hi"}],
-                                                 max_tokens=5, stream=True, stream_options={"include_usage": True}))
+    chunks = list(
+        client.chat.completions.create(
+            model="stub",
+            messages=[{"role": "user", "content": "hi"}],
+            max_tokens=5,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     texts = [c.choices[0].delta.content for c in chunks if c.choices]
     assert len(texts) == 5 and len(set(texts)) > 1  # distinct texts: LiteLLM cuts 100 identical chunks
     usage = chunks[-1].usage
@@ -55,6 +62,9 @@ def test_stream_and_whole_answers_are_openai_shaped(stub_url: str) -> None:
     whole = client.completions.create(model="stub", prompt="hi", max_tokens=3)
     assert whole.choices[0].text == "tok " * 3 and whole.usage is not None and whole.usage.completion_tokens == 3
     assert [m.id for m in client.models.list()] == ["stub"]
-    single = list(client.chat.completions.create(model="stub", messages=[{"role": "user", "content": "hi"}],
-                                                  max_tokens=1, stream=True, timeout=5))
+    single = list(
+        client.chat.completions.create(
+            model="stub", messages=[{"role": "user", "content": "hi"}], max_tokens=1, stream=True, timeout=5
+        )
+    )
     assert [c.choices[0].finish_reason for c in single] == [None, "length"]  # a 1-chunk stream still ends

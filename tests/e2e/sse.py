@@ -19,7 +19,7 @@ def post_stream(http: httpx.Client, path: str, body: dict[str, Any]) -> tuple[li
         if not block:
             continue
         assert block.startswith("data: "), block
-        data = block[len("data: "):]
+        data = block[len("data: ") :]
         events.append(data if data == "[DONE]" else orjson.loads(data))
     assert raw.endswith("\n\n")
     return events, raw

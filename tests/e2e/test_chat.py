@@ -43,16 +43,18 @@ def test_end_of_turn_stops_generation(client: openai.OpenAI) -> None:
 
 
 def test_stream_framing(http: httpx.Client) -> None:
-    events, raw = post_stream(http, "/v1/chat/completions",
-                              {"model": TEXT_MODEL, "messages": MESSAGES, "max_tokens": 8, "temperature": 0})
+    events, raw = post_stream(
+        http, "/v1/chat/completions", {"model": TEXT_MODEL, "messages": MESSAGES, "max_tokens": 8, "temperature": 0}
+    )
     assert events[-1] == "[DONE]" and raw.endswith("data: [DONE]\n\n")
     chunks = events[:-1]
     assert all(c["object"] == "chat.completion.chunk" and c["model"] == TEXT_MODEL for c in chunks)
     assert len({c["id"] for c in chunks}) == 1
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     middle = chunks[1:-1]
-    assert middle and all("content" in c["choices"][0]["delta"] and c["choices"][0]["finish_reason"] is None
-                          for c in middle)
+    assert middle and all(
+        "content" in c["choices"][0]["delta"] and c["choices"][0]["finish_reason"] is None for c in middle
+    )
     assert chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
 
 
@@ -114,16 +116,29 @@ def test_stop_string_and_list(client: openai.OpenAI) -> None:
 def test_max_tokens_and_max_completion_tokens(client: openai.OpenAI) -> None:
     for kwargs in ({"max_tokens": 3}, {"max_completion_tokens": 3, "max_tokens": None}):
         args = {k: v for k, v in kwargs.items() if v is not None}
-        reply = client.chat.completions.create(model=TEXT_MODEL, messages=MESSAGES, temperature=0,
-                                               extra_body={"ignore_eos": True}, **args)  # type: ignore[call-overload]
+        reply = client.chat.completions.create(
+            model=TEXT_MODEL, messages=MESSAGES, temperature=0, extra_body={"ignore_eos": True}, **args
+        )  # type: ignore[call-overload]
         assert reply.choices[0].finish_reason == "length" and reply.usage.completion_tokens == 3
 
 
 def test_sampling_knobs_and_vllm_extras_are_accepted(client: openai.OpenAI) -> None:
     reply = chat(
-        client, temperature=0.7, top_p=0.9, presence_penalty=0.5, frequency_penalty=0.5, max_tokens=6,
-        extra_body={"top_k": 20, "min_p": 0.05, "repetition_penalty": 1.1, "min_tokens": 6, "ignore_eos": True,
-                    "stop_token_ids": [106], "skip_special_tokens": True},
+        client,
+        temperature=0.7,
+        top_p=0.9,
+        presence_penalty=0.5,
+        frequency_penalty=0.5,
+        max_tokens=6,
+        extra_body={
+            "top_k": 20,
+            "min_p": 0.05,
+            "repetition_penalty": 1.1,
+            "min_tokens": 6,
+            "ignore_eos": True,
+            "stop_token_ids": [106],
+            "skip_special_tokens": True,
+        },
     )
     assert reply.usage and reply.usage.completion_tokens == 6
 
@@ -133,8 +148,9 @@ def test_logit_bias_forces_a_token(client: openai.OpenAI) -> None:
     assert first.logprobs and first.logprobs.content
     token = first.logprobs.content[0].token
     plain = chat(client, temperature=0, max_tokens=4, extra_body={"ignore_eos": True})
-    forced = chat(client, temperature=0, max_tokens=4, logit_bias={"4521": 100}, extra_body={"ignore_eos": True},
-                  logprobs=True)
+    forced = chat(
+        client, temperature=0, max_tokens=4, logit_bias={"4521": 100}, extra_body={"ignore_eos": True}, logprobs=True
+    )
     assert forced.choices[0].logprobs and forced.choices[0].logprobs.content
     forced_tokens = [t.token for t in forced.choices[0].logprobs.content]
     assert len(set(forced_tokens)) == 1 and forced_tokens[0] != token

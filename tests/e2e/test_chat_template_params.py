@@ -18,8 +18,13 @@ CONTINUE = [*QUESTION, {"role": "assistant", "content": PREFILL}]
 
 
 def chat(client: openai.OpenAI, messages: list[dict[str, Any]], **extra: Any) -> openai.types.chat.ChatCompletion:
-    return client.chat.completions.create(model=TEXT_MODEL, messages=messages,  # type: ignore[arg-type]
-                                          max_tokens=4, temperature=0, extra_body=extra)
+    return client.chat.completions.create(
+        model=TEXT_MODEL,
+        messages=messages,  # type: ignore[arg-type]
+        max_tokens=4,
+        temperature=0,
+        extra_body=extra,
+    )
 
 
 def completion_text(client: openai.OpenAI, prompt: str) -> str:
@@ -39,7 +44,8 @@ def test_add_generation_prompt(client: openai.OpenAI) -> None:
     # "<start_of_turn>model\n" is three tokens that only the opened turn has.
     assert prompt_tokens(opened) == prompt_tokens(closed) + 3
     assert opened.choices[0].message.content == completion_text(
-        client, "<start_of_turn>user\nWhere is the Eiffel Tower?<end_of_turn>\n<start_of_turn>model\n")
+        client, "<start_of_turn>user\nWhere is the Eiffel Tower?<end_of_turn>\n<start_of_turn>model\n"
+    )
 
 
 def test_continue_final_message(client: openai.OpenAI) -> None:
@@ -47,7 +53,8 @@ def test_continue_final_message(client: openai.OpenAI) -> None:
     text = reply.choices[0].message.content or ""
     assert "Paris" in text and "<start_of_turn>" not in text
     assert text == completion_text(
-        client, f"<start_of_turn>user\nWhere is the Eiffel Tower?<end_of_turn>\n<start_of_turn>model\n{PREFILL}")
+        client, f"<start_of_turn>user\nWhere is the Eiffel Tower?<end_of_turn>\n<start_of_turn>model\n{PREFILL}"
+    )
     # Without it the assistant turn is closed and a new one opened: a different prompt.
     assert prompt_tokens(chat(client, CONTINUE)) > prompt_tokens(reply)
 
@@ -87,11 +94,22 @@ def test_echo_of_a_user_message_only_without_new_turn(client: openai.OpenAI) -> 
 
 
 def test_echo_streams_the_prefix_first(http: httpx.Client, client: openai.OpenAI) -> None:
-    body = {"model": TEXT_MODEL, "messages": CONTINUE, "max_tokens": 4, "temperature": 0,
-            "add_generation_prompt": False, "continue_final_message": True, "echo": True}
+    body = {
+        "model": TEXT_MODEL,
+        "messages": CONTINUE,
+        "max_tokens": 4,
+        "temperature": 0,
+        "add_generation_prompt": False,
+        "continue_final_message": True,
+        "echo": True,
+    }
     events, _ = post_stream(http, "/v1/chat/completions", body)
     deltas = [e["choices"][0]["delta"] for e in events[:-1] if e["choices"]]
     assert deltas[0] == {"role": "assistant", "content": ""} and deltas[1] == {"content": PREFILL}
     whole = "".join(d.get("content", "") for d in deltas)
-    assert whole == chat(client, CONTINUE, add_generation_prompt=False, continue_final_message=True,
-                         echo=True).choices[0].message.content
+    assert (
+        whole
+        == chat(client, CONTINUE, add_generation_prompt=False, continue_final_message=True, echo=True)
+        .choices[0]
+        .message.content
+    )

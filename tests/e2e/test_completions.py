@@ -47,8 +47,11 @@ def test_echo(client: openai.OpenAI) -> None:
 
 
 def test_stream_framing(http: httpx.Client) -> None:
-    events, raw = post_stream(http, "/v1/completions", {"model": TEXT_MODEL, "prompt": PROMPT, "max_tokens": 5,
-                                                        "temperature": 0, "logprobs": 1})
+    events, raw = post_stream(
+        http,
+        "/v1/completions",
+        {"model": TEXT_MODEL, "prompt": PROMPT, "max_tokens": 5, "temperature": 0, "logprobs": 1},
+    )
     assert events[-1] == "[DONE]" and raw.endswith("data: [DONE]\n\n")
     chunks = events[:-1]
     assert all(c["object"] == "text_completion" for c in chunks)
@@ -60,8 +63,14 @@ def test_stream_framing(http: httpx.Client) -> None:
 
 def test_stream_with_sdk(loose_client: openai.OpenAI, client: openai.OpenAI) -> None:
     whole = complete(client).choices[0].text
-    stream = loose_client.completions.create(model=TEXT_MODEL, prompt=PROMPT, max_tokens=8, temperature=0,
-                                             stream=True, stream_options={"include_usage": True})
+    stream = loose_client.completions.create(
+        model=TEXT_MODEL,
+        prompt=PROMPT,
+        max_tokens=8,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     chunks = list(stream)
     assert "".join(c.choices[0].text for c in chunks if c.choices) == whole
     assert chunks[-1].usage and chunks[-1].usage.completion_tokens >= 1

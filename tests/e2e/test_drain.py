@@ -64,8 +64,9 @@ async def _probe(url: str, sent: float) -> dict[str, float]:
         return {"ready_503_after_s": ready_after_s, "new_request_status": refused.status_code}
 
 
-def _serve_and_signal(tmp_path: Path, deadline_s: float, tokens: int, probe: bool
-                      ) -> tuple[list[list[bytes]], dict[str, float], int, str]:
+def _serve_and_signal(
+    tmp_path: Path, deadline_s: float, tokens: int, probe: bool
+) -> tuple[list[list[bytes]], dict[str, float], int, str]:
     proc, url = start({"drain_deadline_s": deadline_s}, {"tokens": tokens, "delay_s": 0.05}, tmp_path / "server.log")
     try:
         results, figures = asyncio.run(_run(url, proc, probe))

@@ -42,14 +42,29 @@ def _log_entries(log_path: Path) -> list[dict[str, object]]:
 @pytest.mark.engine
 def test_engine_death_becomes_an_error_event_then_503_then_an_exit(tmp_path: Path) -> None:
     port, log_path = free_port(), tmp_path / "server.log"
-    args = ["--port", str(port), "--model", "builtin:gemma3-270m", "--served-model-name", TEXT_MODEL,
-            "--dtype", "bfloat16", "--max-model-len", "512"]
+    args = [
+        "--port",
+        str(port),
+        "--model",
+        "builtin:gemma3-270m",
+        "--served-model-name",
+        TEXT_MODEL,
+        "--dtype",
+        "bfloat16",
+        "--max-model-len",
+        "512",
+    ]
     proc = start_server(args, log_path)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, proc, log_path, 900)
-        body = {"model": TEXT_MODEL, "prompt": "Once upon a time", "max_tokens": 400, "ignore_eos": True,
-                "stream": True}
+        body = {
+            "model": TEXT_MODEL,
+            "prompt": "Once upon a time",
+            "max_tokens": 400,
+            "ignore_eos": True,
+            "stream": True,
+        }
         events: list[bytes] = []
         with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=60) as response:
             assert response.status_code == 200
@@ -61,7 +76,7 @@ def test_engine_death_becomes_an_error_event_then_503_then_an_exit(tmp_path: Pat
         assert time.monotonic() - killed < 10
         last = events[-1]
         assert last != b"data: [DONE]"
-        error = orjson.loads(last[len(b"data: "):])["error"]
+        error = orjson.loads(last[len(b"data: ") :])["error"]
         assert error["code"] == "engine_unavailable" and set(error) == {"message", "type", "param", "code"}
 
         sdk = openai.OpenAI(base_url=f"{url}/v1", api_key="EMPTY", max_retries=0, _strict_response_validation=True)
@@ -76,11 +91,15 @@ def test_engine_death_becomes_an_error_event_then_503_then_an_exit(tmp_path: Pat
         code = proc.wait(timeout=EXIT_AFTER_S + 10)
         assert code == ENGINE_DEAD_EXIT_CODE != 0
         assert time.monotonic() - killed < EXIT_AFTER_S + 10
-        errors = [entry for entry in _log_entries(log_path) if entry.get("level") == "error"
-                  and entry.get("logger") == "gateway.lifecycle"]
+        errors = [
+            entry
+            for entry in _log_entries(log_path)
+            if entry.get("level") == "error" and entry.get("logger") == "gateway.lifecycle"
+        ]
         assert len(errors) == 1 and errors[0]["model"] == TEXT_MODEL
         assert errors[0]["cause"] == "EngineCore was killed by SIGKILL"
-        assert errors[0]["message"] == (f"engine for model {TEXT_MODEL} died: EngineCore was killed by SIGKILL; "
-                                        f"exiting in {EXIT_AFTER_S} s")
+        assert errors[0]["message"] == (
+            f"engine for model {TEXT_MODEL} died: EngineCore was killed by SIGKILL; exiting in {EXIT_AFTER_S} s"
+        )
     finally:
         stop_server(proc)

@@ -68,11 +68,15 @@ def test_unknown_model(client: openai.OpenAI, http: httpx.Client) -> None:
 
 
 def test_unsupported_values_are_clear_400s(http: httpx.Client) -> None:
-    error = _assert_error_body(http.post("/v1/completions", json={"model": TEXT_MODEL, "prompt": "x", "suffix": "y"}),
-                               400)
+    error = _assert_error_body(
+        http.post("/v1/completions", json={"model": TEXT_MODEL, "prompt": "x", "suffix": "y"}), 400
+    )
     assert error["param"] == "suffix"
-    error = _assert_error_body(http.post("/v1/chat/completions",
-                                         json={"model": TEXT_MODEL, "messages": USER, "logit_bias": {"abc": 1}}), 400)
+    error = _assert_error_body(
+        http.post("/v1/chat/completions", json={"model": TEXT_MODEL, "messages": USER, "logit_bias": {"abc": 1}}), 400
+    )
     assert error["param"] == "logit_bias"
-    _assert_error_body(http.post("/v1/chat/completions",
-                                 json={"model": TEXT_MODEL, "messages": [{"role": "tool", "content": "x"}]}), 400)
+    _assert_error_body(
+        http.post("/v1/chat/completions", json={"model": TEXT_MODEL, "messages": [{"role": "tool", "content": "x"}]}),
+        400,
+    )

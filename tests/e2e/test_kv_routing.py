@@ -32,10 +32,21 @@ class Setup:
 
 
 def _engine_config(port: int, events_port: int, model: str) -> dict[str, object]:
-    return {"port": port, "log_level": "warning", "models": [{
-        "name": TEXT_MODEL, "model": model, "dtype": "bfloat16", "max_model_len": 1024,
-        "kv_events_endpoint": f"tcp://*:{events_port}", "kv_events_replay_endpoint": f"tcp://*:{events_port + 1}",
-        "engine_args": {"enable_prefix_caching": True}}]}
+    return {
+        "port": port,
+        "log_level": "warning",
+        "models": [
+            {
+                "name": TEXT_MODEL,
+                "model": model,
+                "dtype": "bfloat16",
+                "max_model_len": 1024,
+                "kv_events_endpoint": f"tcp://*:{events_port}",
+                "kv_events_replay_endpoint": f"tcp://*:{events_port + 1}",
+                "engine_args": {"enable_prefix_caching": True},
+            }
+        ],
+    }
 
 
 @pytest.fixture(scope="module")
@@ -52,15 +63,19 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
             config = workdir / f"engine-{slot}.yaml"
             config.write_text(yaml.safe_dump(_engine_config(port, events_port, model)))
             env = {"VLLM_CPU_OMP_THREADS_BIND": str(cores[slot % len(cores)]), "VLLM_CPU_KVCACHE_SPACE": "1"}
-            procs.append((start_server(["--config", str(config)], log_path, env), log_path,
-                          f"http://127.0.0.1:{port}"))
+            procs.append((start_server(["--config", str(config)], log_path, env), log_path, f"http://127.0.0.1:{port}"))
         for proc, log_path, url in procs:
             wait_ready(url, proc, log_path, 900)
         instances = [url for _, _, url in procs]
         config = workdir / "router.yaml"
-        config.write_text(yaml.safe_dump({
-            "routes": [{"name": TEXT_MODEL, "policy": "kv", "upstreams": instances}],
-            "router": {"health_interval_s": 1, "kv_discovery_interval_s": 1}}))
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "routes": [{"name": TEXT_MODEL, "policy": "kv", "upstreams": instances}],
+                    "router": {"health_interval_s": 1, "kv_discovery_interval_s": 1},
+                }
+            )
+        )
         port, log_path = free_port(), workdir / "router.log"
         procs.append((start_server(["--config", str(config), "--port", str(port)], log_path), log_path, ""))
         router = f"http://127.0.0.1:{port}"
@@ -85,8 +100,12 @@ def kv_routing(router: str) -> dict[str, object]:
 
 
 def chat(url: str, system: str, question: str) -> None:
-    body = {"model": TEXT_MODEL, "max_tokens": 2, "temperature": 0,
-            "messages": [{"role": "system", "content": system}, {"role": "user", "content": question}]}
+    body = {
+        "model": TEXT_MODEL,
+        "max_tokens": 2,
+        "temperature": 0,
+        "messages": [{"role": "system", "content": system}, {"role": "user", "content": question}],
+    }
     response = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=300)
     assert response.status_code == 200, response.text
 

@@ -61,12 +61,14 @@ def test_adapter_changes_the_output_and_leaves_the_base_alone(client: openai.Ope
 
 
 def test_adapter_chat_and_stream(client: openai.OpenAI, loose_client: openai.OpenAI, adapter_path: str) -> None:
-    chat = client.chat.completions.create(model=ADAPTER_NAME, max_tokens=8, temperature=0,
-                                          messages=[{"role": "user", "content": "Say hello."}])
+    chat = client.chat.completions.create(
+        model=ADAPTER_NAME, max_tokens=8, temperature=0, messages=[{"role": "user", "content": "Say hello."}]
+    )
     assert chat.model == ADAPTER_NAME and chat.choices[0].message.content
     whole = client.completions.create(model=ADAPTER_NAME, prompt=PROMPT, max_tokens=8, temperature=0).choices[0].text
-    events = list(loose_client.completions.create(model=ADAPTER_NAME, prompt=PROMPT, max_tokens=8, temperature=0,
-                                                  stream=True))
+    events = list(
+        loose_client.completions.create(model=ADAPTER_NAME, prompt=PROMPT, max_tokens=8, temperature=0, stream=True)
+    )
     assert all(event.model == ADAPTER_NAME for event in events)
     assert "".join(c.text for event in events for c in event.choices) == whole
 

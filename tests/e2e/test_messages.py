@@ -25,13 +25,16 @@ TIGHT_KEY = "sk-messages-tight-0123456789"
 ASK: list[Any] = [{"role": "user", "content": "What is the weather in Paris right now?"}]
 WEATHER_SCHEMA = {
     "type": "object",
-    "properties": {"city": {"type": "string", "enum": ["Paris", "London", "Tokyo"]},
-                   "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+    "properties": {
+        "city": {"type": "string", "enum": ["Paris", "London", "Tokyo"]},
+        "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+    },
     "required": ["city", "unit"],
     "additionalProperties": False,
 }
-TOOLS: list[Any] = [{"name": "get_weather", "description": "The current weather in a city.",
-                     "input_schema": WEATHER_SCHEMA}]
+TOOLS: list[Any] = [
+    {"name": "get_weather", "description": "The current weather in a city.", "input_schema": WEATHER_SCHEMA}
+]
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +45,22 @@ def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     log_path = where / "server.log"
     proc: subprocess.Popen[bytes] = start_server(
-        ["--port", str(port), "--model", "builtin:gemma3-270m", "--served-model-name", TEXT_MODEL,
-         "--dtype", "bfloat16", "--max-model-len", "1024", "--api-keys-file", str(keys)], log_path)
+        [
+            "--port",
+            str(port),
+            "--model",
+            "builtin:gemma3-270m",
+            "--served-model-name",
+            TEXT_MODEL,
+            "--dtype",
+            "bfloat16",
+            "--max-model-len",
+            "1024",
+            "--api-keys-file",
+            str(keys),
+        ],
+        log_path,
+    )
     address = f"http://127.0.0.1:{port}"
     try:
         wait_ready(address, proc, log_path, 900)
@@ -61,13 +78,18 @@ GREEDY = {"temperature": 0}  # sampling fields this SDK version no longer names 
 
 
 def create(sdk: anthropic.Anthropic, **fields: Any) -> Any:
-    return sdk.messages.create(**{"model": TEXT_MODEL, "max_tokens": 12, "extra_body": GREEDY, "messages": ASK,
-                                  **fields})
+    return sdk.messages.create(
+        **{"model": TEXT_MODEL, "max_tokens": 12, "extra_body": GREEDY, "messages": ASK, **fields}
+    )
 
 
 def test_create(sdk: anthropic.Anthropic) -> None:
-    reply = create(sdk, system=[{"type": "text", "text": "You answer briefly."}], metadata={"user_id": "user-1"},
-                   extra_body={"temperature": 0, "top_p": 0.9, "top_k": 5})
+    reply = create(
+        sdk,
+        system=[{"type": "text", "text": "You answer briefly."}],
+        metadata={"user_id": "user-1"},
+        extra_body={"temperature": 0, "top_p": 0.9, "top_k": 5},
+    )
     assert reply.type == "message" and reply.role == "assistant" and reply.model == TEXT_MODEL
     assert reply.id.startswith("msg_")
     assert [block.type for block in reply.content] == ["text"] and reply.content[0].text
@@ -106,9 +128,13 @@ def test_stream_with_the_sdk_helper_matches_create(sdk: anthropic.Anthropic) -> 
 
 def test_raw_stream_has_anthropics_event_sequence(url: str) -> None:
     body = {"model": TEXT_MODEL, "max_tokens": 6, "temperature": 0, "messages": ASK, "stream": True}
-    with httpx.stream("POST", f"{url}/v1/messages", json=body, headers={"x-api-key": KEY,
-                                                                         "anthropic-version": "2023-06-01"},
-                      timeout=120) as response:
+    with httpx.stream(
+        "POST",
+        f"{url}/v1/messages",
+        json=body,
+        headers={"x-api-key": KEY, "anthropic-version": "2023-06-01"},
+        timeout=120,
+    ) as response:
         assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
         raw = response.read().decode()
     events = []
@@ -135,8 +161,11 @@ def test_tool_use_round_trip(sdk: anthropic.Anthropic) -> None:
     jsonschema.validate(call.input, WEATHER_SCHEMA)
 
     def answer(result: str) -> Any:
-        history = [*ASK, {"role": "assistant", "content": [block.model_dump() for block in first.content]},
-                   {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id, "content": result}]}]
+        history = [
+            *ASK,
+            {"role": "assistant", "content": [block.model_dump() for block in first.content]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id, "content": result}]},
+        ]
         return create(sdk, max_tokens=20, tools=TOOLS, tool_choice={"type": "none"}, messages=history)
 
     short = answer("18 C")
@@ -147,8 +176,9 @@ def test_tool_use_round_trip(sdk: anthropic.Anthropic) -> None:
 
 
 def test_streamed_tool_use_arrives_as_input_json(sdk: anthropic.Anthropic) -> None:
-    with sdk.messages.stream(model=TEXT_MODEL, max_tokens=60, extra_body=GREEDY, messages=ASK, tools=TOOLS,
-                             tool_choice={"type": "any"}) as stream:
+    with sdk.messages.stream(
+        model=TEXT_MODEL, max_tokens=60, extra_body=GREEDY, messages=ASK, tools=TOOLS, tool_choice={"type": "any"}
+    ) as stream:
         deltas = [event.delta.type for event in stream if event.type == "content_block_delta"]
         final = stream.get_final_message()
     assert "input_json_delta" in deltas
@@ -171,12 +201,18 @@ def test_sdk_exceptions(url: str, sdk: anthropic.Anthropic) -> None:
         create(sdk, max_tokens=0)
     assert bad.value.status_code == 400 and bad.value.body["error"]["type"] == "invalid_request_error"
     with pytest.raises(anthropic.BadRequestError):
-        create(sdk, messages=[{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_x",
-                                                              "content": "18 C"}]}])
+        create(
+            sdk,
+            messages=[
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_x", "content": "18 C"}]}
+            ],
+        )
     with pytest.raises(anthropic.NotFoundError) as missing:
         create(sdk, model="no-such-model")
-    assert missing.value.body == {"type": "error", "error": {"type": "not_found_error",
-                                                            "message": "The model `no-such-model` does not exist."}}
+    assert missing.value.body == {
+        "type": "error",
+        "error": {"type": "not_found_error", "message": "The model `no-such-model` does not exist."},
+    }
     stranger = anthropic.Anthropic(base_url=url, api_key="wrong-key-0123456789", max_retries=0)
     with pytest.raises(anthropic.AuthenticationError) as denied:
         create(stranger)

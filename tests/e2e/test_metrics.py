@@ -32,13 +32,22 @@ def test_counters_follow_real_traffic(client: openai.OpenAI, http: httpx.Client)
     for stream in (False, True):
         for _ in range(2):
             if stream:
-                chunks = list(client.chat.completions.create(
-                    model=TEXT_MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=4, stream=True,
-                    stream_options={"include_usage": True}))
+                chunks = list(
+                    client.chat.completions.create(
+                        model=TEXT_MODEL,
+                        messages=[{"role": "user", "content": "Hi"}],
+                        max_tokens=4,
+                        stream=True,
+                        stream_options={"include_usage": True},
+                    )
+                )
                 usages.append(chunks[-1].usage)
             else:
-                usages.append(client.chat.completions.create(
-                    model=TEXT_MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=4).usage)
+                usages.append(
+                    client.chat.completions.create(
+                        model=TEXT_MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=4
+                    ).usage
+                )
     after = scrape(http)
     route = {"model": TEXT_MODEL, "route": "/v1/chat/completions"}
 
@@ -51,8 +60,7 @@ def test_counters_follow_real_traffic(client: openai.OpenAI, http: httpx.Client)
     gaps = moved("tokenyard_inter_token_latency_seconds_count", model=TEXT_MODEL)  # a tallied histogram
     assert gaps > 0 and gaps == moved("tokenyard_inter_token_latency_seconds_bucket", model=TEXT_MODEL, le="+Inf")
     assert moved("tokenyard_prompt_tokens_total", model=TEXT_MODEL) == sum(u.prompt_tokens for u in usages if u)
-    assert moved("tokenyard_completion_tokens_total", model=TEXT_MODEL) == sum(
-        u.completion_tokens for u in usages if u)
+    assert moved("tokenyard_completion_tokens_total", model=TEXT_MODEL) == sum(u.completion_tokens for u in usages if u)
     assert value(after, "tokenyard_requests_in_flight", model=TEXT_MODEL) == 0
     # vLLM's own engine family, under vLLM's names, beside ours
     assert value(after, "vllm:num_requests_running", engine="0", model_name=TEXT_MODEL) == 0

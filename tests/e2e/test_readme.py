@@ -30,8 +30,10 @@ def _local(code: str, server: Server) -> str:
 
 
 def test_pages_have_examples() -> None:
-    counts = {page: [lang for lang, code in blocks if lang == "python" or code.startswith("curl ")]
-              for page, blocks in BLOCKS.items()}
+    counts = {
+        page: [lang for lang, code in blocks if lang == "python" or code.startswith("curl ")]
+        for page, blocks in BLOCKS.items()
+    }
     assert counts == {"README.md": ["python"] + ["bash"] * 4, "docs/quickstart.md": ["bash", "bash", "python"]}
 
 
@@ -47,8 +49,7 @@ def test_python_example(server: Server, code: str) -> None:
 @pytest.mark.parametrize("code", CURLS)
 def test_curl_example(server: Server, code: str) -> None:
     command = _local(code, server).replace("curl ", "curl --silent --fail-with-body ", 1)
-    result = subprocess.run(["bash", "-c", command],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     body = json.loads(result.stdout)
     assert body["object"] in ("list", "chat.completion", "text_completion")

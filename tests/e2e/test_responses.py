@@ -13,14 +13,17 @@ from tests.conftest import TEXT_MODEL
 
 PROMPT = "The Eiffel Tower is located in the city of"
 CHAT = [{"role": "user", "content": PROMPT}]
-STREAM_ORDER = ["response.created", "response.in_progress", "response.output_item.added",
-                "response.content_part.added"]
+STREAM_ORDER = ["response.created", "response.in_progress", "response.output_item.added", "response.content_part.added"]
 STREAM_TAIL = ["response.output_text.done", "response.content_part.done", "response.output_item.done"]
 
 
 def chat_text(client: openai.OpenAI, messages: list[dict[str, Any]], max_tokens: int) -> str:
-    reply = client.chat.completions.create(model=TEXT_MODEL, messages=messages,  # type: ignore[arg-type]
-                                           max_tokens=max_tokens, temperature=0)
+    reply = client.chat.completions.create(
+        model=TEXT_MODEL,
+        messages=messages,  # type: ignore[arg-type]
+        max_tokens=max_tokens,
+        temperature=0,
+    )
     return reply.choices[0].message.content or ""
 
 
@@ -40,21 +43,33 @@ def test_string_input_is_a_user_turn(client: openai.OpenAI) -> None:
 
 def test_message_items_and_instructions(client: openai.OpenAI) -> None:
     response = client.responses.create(
-        model=TEXT_MODEL, instructions="You are a terse assistant.", max_output_tokens=6, temperature=0,
-        input=[{"role": "user", "content": [{"type": "input_text", "text": "Name a colour."}]},
-               {"role": "assistant", "content": "Blue."},
-               {"role": "user", "content": "Name another colour."}],
+        model=TEXT_MODEL,
+        instructions="You are a terse assistant.",
+        max_output_tokens=6,
+        temperature=0,
+        input=[
+            {"role": "user", "content": [{"type": "input_text", "text": "Name a colour."}]},
+            {"role": "assistant", "content": "Blue."},
+            {"role": "user", "content": "Name another colour."},
+        ],
     )
-    expected = chat_text(client, [{"role": "system", "content": "You are a terse assistant."},
-                                  {"role": "user", "content": "Name a colour."},
-                                  {"role": "assistant", "content": "Blue."},
-                                  {"role": "user", "content": "Name another colour."}], 6)
+    expected = chat_text(
+        client,
+        [
+            {"role": "system", "content": "You are a terse assistant."},
+            {"role": "user", "content": "Name a colour."},
+            {"role": "assistant", "content": "Blue."},
+            {"role": "user", "content": "Name another colour."},
+        ],
+        6,
+    )
     assert response.output_text == expected and response.instructions == "You are a terse assistant."
 
 
 def test_length_limit_is_incomplete(client: openai.OpenAI) -> None:
-    response = client.responses.create(model=TEXT_MODEL, input="Write a long story about a cat.",
-                                       max_output_tokens=3, temperature=0)
+    response = client.responses.create(
+        model=TEXT_MODEL, input="Write a long story about a cat.", max_output_tokens=3, temperature=0
+    )
     message = response.output[0]
     assert response.status == "incomplete" and message.type == "message" and message.status == "incomplete"
     assert response.incomplete_details and response.incomplete_details.reason == "max_output_tokens"
@@ -63,8 +78,9 @@ def test_length_limit_is_incomplete(client: openai.OpenAI) -> None:
 
 def test_stream_with_sdk(client: openai.OpenAI) -> None:
     whole = client.responses.create(model=TEXT_MODEL, input=PROMPT, max_output_tokens=8, temperature=0)
-    events = list(client.responses.create(model=TEXT_MODEL, input=PROMPT, max_output_tokens=8, temperature=0,
-                                          stream=True))
+    events = list(
+        client.responses.create(model=TEXT_MODEL, input=PROMPT, max_output_tokens=8, temperature=0, stream=True)
+    )
     kinds = [e.type for e in events]
     deltas = [e for e in events if e.type == "response.output_text.delta"]
     assert kinds == STREAM_ORDER + ["response.output_text.delta"] * len(deltas) + STREAM_TAIL + [kinds[-1]]
@@ -87,19 +103,22 @@ def test_stream_framing(http: httpx.Client) -> None:
     for block in blocks:
         event_line, data_line = block.split("\n")
         assert event_line.startswith("event: ") and data_line.startswith("data: ")
-        assert orjson.loads(data_line[len("data: "):])["type"] == event_line[len("event: "):]
+        assert orjson.loads(data_line[len("data: ") :])["type"] == event_line[len("event: ") :]
     assert blocks[-1].startswith("event: response.incomplete")  # 4 tokens do not end the sentence
 
 
-@pytest.mark.parametrize(("body", "param"), [
-    ({"tools": [{"type": "function", "name": "f", "parameters": {}}]}, "tools"),
-    ({"previous_response_id": "resp_123"}, "previous_response_id"),
-    ({"background": True}, "background"),
-    ({"input": []}, "input"),
-    ({"input": [{"type": "function_call_output", "call_id": "c", "output": "x"}]}, None),
-    ({"max_output_tokens": 0}, "max_output_tokens"),
-    ({"text": {"format": {"type": "json_object"}}}, None),
-])
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"tools": [{"type": "function", "name": "f", "parameters": {}}]}, "tools"),
+        ({"previous_response_id": "resp_123"}, "previous_response_id"),
+        ({"background": True}, "background"),
+        ({"input": []}, "input"),
+        ({"input": [{"type": "function_call_output", "call_id": "c", "output": "x"}]}, None),
+        ({"max_output_tokens": 0}, "max_output_tokens"),
+        ({"text": {"format": {"type": "json_object"}}}, None),
+    ],
+)
 def test_unsupported_is_400(http: httpx.Client, body: dict[str, Any], param: str | None) -> None:
     response = http.post("/v1/responses", json={"model": TEXT_MODEL, "input": "Hi", **body})
     assert response.status_code == 400, response.text

@@ -48,8 +48,18 @@ def setup(tmp_path_factory: pytest.TempPathFactory, server: Server) -> Iterator[
     try:
         for slot in range(2):  # both engines start at once: each takes a minute or two
             port, log_path = free_port(), workdir / f"engine-{slot}.log"
-            args = ["--port", str(port), "--model", model, "--served-model-name", TEXT_MODEL,
-                    "--max-model-len", "2048", "--dtype", "bfloat16"]
+            args = [
+                "--port",
+                str(port),
+                "--model",
+                model,
+                "--served-model-name",
+                TEXT_MODEL,
+                "--max-model-len",
+                "2048",
+                "--dtype",
+                "bfloat16",
+            ]
             procs.append((start_server(args, log_path, _engine_env(slot)), log_path, f"http://127.0.0.1:{port}"))
         for proc, log_path, url in procs:
             wait_ready(url, proc, log_path, 900)
@@ -71,8 +81,9 @@ def setup(tmp_path_factory: pytest.TempPathFactory, server: Server) -> Iterator[
 
 @pytest.fixture(scope="module")
 def sdk(setup: Setup) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{setup.router}/v1", api_key="EMPTY", max_retries=0, timeout=120,
-                         _strict_response_validation=True)
+    return openai.OpenAI(
+        base_url=f"{setup.router}/v1", api_key="EMPTY", max_retries=0, timeout=120, _strict_response_validation=True
+    )
 
 
 def served(instance: str) -> float:
@@ -94,15 +105,20 @@ def test_models_merge_names_and_context(sdk: openai.OpenAI, setup: Setup) -> Non
     cards = {card.id: card for card in sdk.models.list()}
     # two instances of one model: listed once, plus its alias, plus the embedding route
     assert set(cards) == {TEXT_MODEL, ALIAS, EMBED_MODEL}
-    assert all(card.model_extra and card.model_extra["max_model_len"] == 2048 for card in (cards[TEXT_MODEL], cards[ALIAS]))
+    assert all(
+        card.model_extra and card.model_extra["max_model_len"] == 2048 for card in (cards[TEXT_MODEL], cards[ALIAS])
+    )
     assert sdk.models.retrieve(ALIAS).id == ALIAS
 
 
 def test_requests_spread_across_both_instances(sdk: openai.OpenAI, setup: Setup) -> None:
     before = counts(setup)
     with ThreadPoolExecutor(6) as pool:  # at once: least loaded (no session key) sends 3 to each
-        replies = list(pool.map(lambda _: sdk.completions.create(model=TEXT_MODEL, prompt=PROMPT, max_tokens=8,
-                                                                 temperature=0), range(6)))
+        replies = list(
+            pool.map(
+                lambda _: sdk.completions.create(model=TEXT_MODEL, prompt=PROMPT, max_tokens=8, temperature=0), range(6)
+            )
+        )
     assert all(r.choices[0].text for r in replies)
     spread = moved(before, counts(setup))
     assert sum(spread) == 6 and min(spread) >= 2, spread
@@ -119,8 +135,12 @@ def test_session_affinity_holds(sdk: openai.OpenAI, setup: Setup, instance_index
     session = _session_on(instance_index, setup)
     before = counts(setup)
     for turn in range(3):
-        sdk.chat.completions.create(model=ALIAS, messages=[{"role": "user", "content": f"Turn {turn}."}],
-                                    max_tokens=4, extra_headers={"x-session-id": session})
+        sdk.chat.completions.create(
+            model=ALIAS,
+            messages=[{"role": "user", "content": f"Turn {turn}."}],
+            max_tokens=4,
+            extra_headers={"x-session-id": session},
+        )
     expected = [0, 0]
     expected[instance_index] = 3
     assert moved(before, counts(setup)) == expected
@@ -134,9 +154,15 @@ def test_the_user_field_is_a_session_key_too(sdk: openai.OpenAI, setup: Setup) -
 
 
 def test_streaming_through_the_router(sdk: openai.OpenAI) -> None:
-    stream = sdk.chat.completions.create(model=TEXT_MODEL, messages=[{"role": "user", "content": "Count to five."}],
-                                         max_tokens=12, temperature=0, stream=True,
-                                         stream_options={"include_usage": True}, extra_body={"ignore_eos": True})
+    stream = sdk.chat.completions.create(
+        model=TEXT_MODEL,
+        messages=[{"role": "user", "content": "Count to five."}],
+        max_tokens=12,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body={"ignore_eos": True},
+    )
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
@@ -156,18 +182,27 @@ def test_router_page_example(setup: Setup) -> None:
 
 def test_a_whole_answer_through_the_router_is_the_instances_own(sdk: openai.OpenAI, setup: Setup) -> None:
     """Non-streamed requests are streamed from the instance and folded: the same answer as asking it directly."""
-    ask = {"model": TEXT_MODEL, "messages": [{"role": "user", "content": PROMPT}], "max_tokens": 8,
-           "temperature": 0, "logprobs": True, "top_logprobs": 2}
+    ask = {
+        "model": TEXT_MODEL,
+        "messages": [{"role": "user", "content": PROMPT}],
+        "max_tokens": 8,
+        "temperature": 0,
+        "logprobs": True,
+        "top_logprobs": 2,
+    }
     routed = sdk.chat.completions.create(**ask)  # type: ignore[call-overload]
     direct = httpx.post(f"{setup.instances[0]}/v1/chat/completions", json=ask, timeout=120).json()
     assert routed.choices[0].message.content == direct["choices"][0]["message"]["content"]
     assert routed.choices[0].finish_reason == direct["choices"][0]["finish_reason"]
     assert routed.usage is not None
-    assert (routed.usage.prompt_tokens, routed.usage.completion_tokens) == \
-        (direct["usage"]["prompt_tokens"], direct["usage"]["completion_tokens"])
+    assert (routed.usage.prompt_tokens, routed.usage.completion_tokens) == (
+        direct["usage"]["prompt_tokens"],
+        direct["usage"]["completion_tokens"],
+    )
     assert routed.choices[0].logprobs is not None
-    assert [e.token for e in routed.choices[0].logprobs.content or []] == \
-        [e["token"] for e in direct["choices"][0]["logprobs"]["content"]]
+    assert [e.token for e in routed.choices[0].logprobs.content or []] == [
+        e["token"] for e in direct["choices"][0]["logprobs"]["content"]
+    ]
 
 
 def test_fields_the_router_does_not_know_reach_the_instance(sdk: openai.OpenAI) -> None:
@@ -209,12 +244,16 @@ def test_a_stream_carries_usage_only_when_asked(setup: Setup) -> None:
 
 def served_tokens(url: str) -> float:
     text = httpx.get(f"{url}/metrics", timeout=10).text
-    return sum(float(v) for v in re.findall(r'^tokenyard_completion_tokens_total\{[^}]*\} (\S+)$', text, re.M))
+    return sum(float(v) for v in re.findall(r"^tokenyard_completion_tokens_total\{[^}]*\} (\S+)$", text, re.M))
 
 
 def test_constrained_output_through_the_router(sdk: openai.OpenAI) -> None:
-    answer = sdk.chat.completions.create(model=TEXT_MODEL, messages=[{"role": "user", "content": "Is Paris in France?"}],
-                                         max_tokens=4, extra_body={"structured_outputs": {"choice": ["yes", "no"]}})
+    answer = sdk.chat.completions.create(
+        model=TEXT_MODEL,
+        messages=[{"role": "user", "content": "Is Paris in France?"}],
+        max_tokens=4,
+        extra_body={"structured_outputs": {"choice": ["yes", "no"]}},
+    )
     assert answer.choices[0].message.content in ("yes", "no")
 
 
@@ -224,7 +263,9 @@ def test_tokenizer_routes_pass_through(setup: Setup) -> None:
         routed = httpx.post(f"{setup.router}/tokenize", json=body, timeout=60)
         direct = httpx.post(f"{setup.instances[0]}/tokenize", json=body, timeout=60)
         assert routed.status_code == 200 and routed.json() == direct.json()
-    tokens = httpx.post(f"{setup.router}/tokenize", json={"model": ALIAS, "prompt": PROMPT}, timeout=60).json()["tokens"]
+    tokens = httpx.post(f"{setup.router}/tokenize", json={"model": ALIAS, "prompt": PROMPT}, timeout=60).json()[
+        "tokens"
+    ]
     text = httpx.post(f"{setup.router}/detokenize", json={"model": ALIAS, "tokens": tokens}, timeout=60).json()
     assert text["prompt"].endswith(PROMPT)
     bad = httpx.post(f"{setup.router}/detokenize", json={"model": TEXT_MODEL, "tokens": "x"}, timeout=60)

@@ -37,20 +37,36 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
 
     workdir = tmp_path_factory.mktemp("router-lora")
     adapter_dir = build_adapter(workdir / "adapter")
-    model = {"name": TEXT_MODEL, "model": str(prepare_gemma()), "dtype": "bfloat16", "max_model_len": 256,
-             "enable_lora": True, "max_loras": 1, "max_lora_rank": 8}
+    model = {
+        "name": TEXT_MODEL,
+        "model": str(prepare_gemma()),
+        "dtype": "bfloat16",
+        "max_model_len": 256,
+        "enable_lora": True,
+        "max_loras": 1,
+        "max_lora_rank": 8,
+    }
     env = {"TOKENYARD_MODELS": json.dumps([model]), "TOKENYARD_ALLOW_RUNTIME_LORA_UPDATING": "true"}
     procs: list[tuple[subprocess.Popen[bytes], Path, str]] = []
     try:
         for slot in range(2):  # both engines start at once
             port, log_path = free_port(), workdir / f"engine-{slot}.log"
-            procs.append((start_server(["--port", str(port)], log_path, {**env, **_engine_env(slot)}), log_path,
-                          f"http://127.0.0.1:{port}"))
+            procs.append(
+                (
+                    start_server(["--port", str(port)], log_path, {**env, **_engine_env(slot)}),
+                    log_path,
+                    f"http://127.0.0.1:{port}",
+                )
+            )
         for proc, log_path, url in procs:
             wait_ready(url, proc, log_path, 900)
         instances = [url for _, _, url in procs]
-        route = {"name": TEXT_MODEL, "upstreams": instances, "lora_adapters": {ADAPTER_NAME: str(adapter_dir)},
-                 "lora_runtime_load": True}
+        route = {
+            "name": TEXT_MODEL,
+            "upstreams": instances,
+            "lora_adapters": {ADAPTER_NAME: str(adapter_dir)},
+            "lora_runtime_load": True,
+        }
         config = workdir / "router.yaml"
         config.write_text(yaml.safe_dump({"routes": [route], "router": {"health_interval_s": 1}}))
         port, log_path = free_port(), workdir / "router.log"
@@ -64,8 +80,9 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
 
 
 def sdk(url: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{url}/v1", api_key="EMPTY", max_retries=0, timeout=120,
-                         _strict_response_validation=True)
+    return openai.OpenAI(
+        base_url=f"{url}/v1", api_key="EMPTY", max_retries=0, timeout=120, _strict_response_validation=True
+    )
 
 
 def greedy(url: str, model: str) -> tuple[str, list[float]]:

@@ -11,8 +11,11 @@ from tests.conftest import EMBED_MODEL, TEXT_MODEL
 
 QUERY = "How do I bake bread at home?"
 RELEVANT = "Mix flour, water, yeast and salt, let the dough rise, then bake it in a hot oven."
-UNRELATED = ["The stock market fell sharply on Tuesday.", "Jupiter is the largest planet in the solar system.",
-             "The football match ended in a draw."]
+UNRELATED = [
+    "The stock market fell sharply on Tuesday.",
+    "Jupiter is the largest planet in the solar system.",
+    "The football match ended in a draw.",
+]
 DOCUMENTS = [UNRELATED[0], RELEVANT, *UNRELATED[1:]]
 
 
@@ -26,8 +29,12 @@ def test_score_is_the_cosine_of_the_embeddings(http: httpx.Client) -> None:
     body = answer.json()
     assert body["object"] == "list" and body["model"] == EMBED_MODEL and body["id"].startswith("score-")
     assert [d["index"] for d in body["data"]] == [0, 1] and all(d["object"] == "score" for d in body["data"])
-    vectors = [d["embedding"] for d in http.post("/v1/embeddings", json={
-        "model": EMBED_MODEL, "input": [QUERY, RELEVANT, UNRELATED[0]]}).json()["data"]]
+    vectors = [
+        d["embedding"]
+        for d in http.post(
+            "/v1/embeddings", json={"model": EMBED_MODEL, "input": [QUERY, RELEVANT, UNRELATED[0]]}
+        ).json()["data"]
+    ]
     expected = [cosine(vectors[0], vectors[1]), cosine(vectors[0], vectors[2])]
     assert [d["score"] for d in body["data"]] == pytest.approx(expected, abs=1e-4)
     assert body["data"][0]["score"] > body["data"][1]["score"]
@@ -35,11 +42,13 @@ def test_score_is_the_cosine_of_the_embeddings(http: httpx.Client) -> None:
 
 
 def test_score_pairs_each_text_with_its_counterpart(http: httpx.Client) -> None:
-    pairwise = http.post("/score", json={"model": EMBED_MODEL, "text_1": [QUERY, QUERY],
-                                          "text_2": [UNRELATED[0], RELEVANT]}).json()["data"]
+    pairwise = http.post(
+        "/score", json={"model": EMBED_MODEL, "text_1": [QUERY, QUERY], "text_2": [UNRELATED[0], RELEVANT]}
+    ).json()["data"]
     assert pairwise[1]["score"] > pairwise[0]["score"]
-    mismatched = http.post("/v1/score", json={"model": EMBED_MODEL, "text_1": [QUERY, QUERY],
-                                               "text_2": [RELEVANT, RELEVANT, RELEVANT]})
+    mismatched = http.post(
+        "/v1/score", json={"model": EMBED_MODEL, "text_1": [QUERY, QUERY], "text_2": [RELEVANT, RELEVANT, RELEVANT]}
+    )
     assert mismatched.status_code == 400 and mismatched.json()["error"]["param"] == "text_1"
 
 
@@ -58,15 +67,18 @@ def test_rerank_puts_the_relevant_document_first(http: httpx.Client, path: str) 
 
 def test_rerank_top_n_and_return_documents(http: httpx.Client) -> None:
     whole = http.post("/v1/rerank", json={"model": EMBED_MODEL, "query": QUERY, "documents": DOCUMENTS}).json()
-    top = http.post("/v1/rerank", json={"model": EMBED_MODEL, "query": QUERY, "documents": DOCUMENTS, "top_n": 2,
-                                        "return_documents": False}).json()
+    top = http.post(
+        "/v1/rerank",
+        json={"model": EMBED_MODEL, "query": QUERY, "documents": DOCUMENTS, "top_n": 2, "return_documents": False},
+    ).json()
     assert [r["index"] for r in top["results"]] == [r["index"] for r in whole["results"][:2]]
     assert all(r["document"] is None for r in top["results"])
 
 
 def test_bad_scoring_requests_are_clear_400s_and_404s(http: httpx.Client) -> None:
-    too_long = http.post("/v1/rerank", json={"model": EMBED_MODEL, "query": QUERY,
-                                             "documents": [RELEVANT, "bread " * 2000]})
+    too_long = http.post(
+        "/v1/rerank", json={"model": EMBED_MODEL, "query": QUERY, "documents": [RELEVANT, "bread " * 2000]}
+    )
     assert too_long.status_code == 400, too_long.text
     error = too_long.json()["error"]
     assert error["code"] == "context_length_exceeded" and "maximum context length" in error["message"]

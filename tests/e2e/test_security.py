@@ -41,12 +41,17 @@ def _stop(proc: subprocess.Popen[bytes]) -> int:
 def test_configured_keys_appear_in_no_log_metric_error_or_dump(tmp_path: Path) -> None:
     keys_file = tmp_path / "keys"
     keys_file.write_text(f"{FILE_KEY} name=from-file rpm=2\n")
-    config = {"api_keys": ",".join(KEYS), "auth": {"api_keys_file": str(keys_file)},
-              "limits": {"max_body_bytes": 2048}, "log_level": "debug"}
+    config = {
+        "api_keys": ",".join(KEYS),
+        "auth": {"api_keys_file": str(keys_file)},
+        "limits": {"max_body_bytes": 2048},
+        "log_level": "debug",
+    }
     proc, url = start(config, {"tokens": 4}, tmp_path / "server.log")
     seen: list[str] = []  # every status line, header and body a client got back
     try:
         with httpx.Client(base_url=url, timeout=30) as http:
+
             def call(method: str, path: str, key: str | None, **kwargs: object) -> httpx.Response:
                 headers = {"authorization": f"Bearer {key}"} if key else {}
                 response = http.request(method, path, headers=headers, **kwargs)  # type: ignore[arg-type]
@@ -138,8 +143,10 @@ def test_slow_and_half_open_clients_are_bounded(tmp_path: Path) -> None:
         slow_headers = socket.create_connection(("127.0.0.1", port))
         slow_headers.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n")
         slow_body = socket.create_connection(("127.0.0.1", port))
-        slow_body.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                          b"Content-Length: 100\r\n\r\n{\"model\": ")
+        slow_body.sendall(
+            b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 100\r\n\r\n{"model": '
+        )
         assert httpx.get(f"{url}/v1/models").status_code == 200  # served meanwhile
         for sock in idle[:1] + [slow_headers]:
             assert 0.9 <= _closed_after(sock, opened) <= 2.0  # header_timeout_s after connecting
@@ -162,8 +169,20 @@ def test_slow_and_half_open_clients_are_bounded(tmp_path: Path) -> None:
 def test_the_sdk_raises_authentication_error_against_a_real_engine(tmp_path: Path) -> None:
     port = free_port()
     log_path = tmp_path / "server.log"
-    args = ["--port", str(port), "--model", "builtin:gemma3-270m", "--served-model-name", TEXT_MODEL,
-            "--dtype", "bfloat16", "--max-model-len", "512", "--api-keys", ",".join(KEYS)]
+    args = [
+        "--port",
+        str(port),
+        "--model",
+        "builtin:gemma3-270m",
+        "--served-model-name",
+        TEXT_MODEL,
+        "--dtype",
+        "bfloat16",
+        "--max-model-len",
+        "512",
+        "--api-keys",
+        ",".join(KEYS),
+    ]
     proc = start_server(args, log_path)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -174,8 +193,7 @@ def test_the_sdk_raises_authentication_error_against_a_real_engine(tmp_path: Pat
                 sdk.completions.create(model=TEXT_MODEL, prompt=PROMPT, max_tokens=4)
             assert err.value.status_code == 401 and err.value.code == "invalid_api_key"
         sdk = openai.OpenAI(base_url=f"{url}/v1", api_key=KEYS[1], max_retries=0)
-        reply = sdk.completions.create(model=TEXT_MODEL, prompt="The capital of France is", max_tokens=4,
-                                       temperature=0)
+        reply = sdk.completions.create(model=TEXT_MODEL, prompt="The capital of France is", max_tokens=4, temperature=0)
         assert reply.usage is not None and reply.usage.completion_tokens == 4
         metrics = httpx.get(f"{url}/metrics").text
     finally:

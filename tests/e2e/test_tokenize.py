@@ -54,11 +54,17 @@ def test_token_strs_and_detokenize_round_trip(http: httpx.Client) -> None:
 
 def test_tokenize_messages_matches_chat_usage(http: httpx.Client, client: openai.OpenAI) -> None:
     answer = tokenize(http, messages=MESSAGES)
-    reply = client.chat.completions.create(model=TEXT_MODEL, messages=MESSAGES, max_tokens=1,  # type: ignore[arg-type]
-                                           temperature=0)
+    reply = client.chat.completions.create(
+        model=TEXT_MODEL,
+        messages=MESSAGES,
+        max_tokens=1,  # type: ignore[arg-type]
+        temperature=0,
+    )
     assert reply.usage and reply.usage.prompt_tokens == answer["count"]
     rendered = detokenize(http, answer["tokens"])
-    assert rendered.startswith("<bos><start_of_turn>user\nName a colour.") and rendered.endswith("<start_of_turn>model\n")
+    assert rendered.startswith("<bos><start_of_turn>user\nName a colour.") and rendered.endswith(
+        "<start_of_turn>model\n"
+    )
     assert rendered.count("<bos>") == 1  # the template writes BOS; no second one is added
 
 
@@ -66,8 +72,9 @@ def test_tokenize_messages_template_options(http: httpx.Client) -> None:
     plain = detokenize(http, tokenize(http, messages=MESSAGES, add_generation_prompt=False)["tokens"])
     assert plain.endswith("Name a colour.<end_of_turn>\n")
     prefill = [*MESSAGES, {"role": "assistant", "content": "My favourite colour is"}]
-    open_turn = detokenize(http, tokenize(http, messages=prefill, add_generation_prompt=False,
-                                          continue_final_message=True)["tokens"])
+    open_turn = detokenize(
+        http, tokenize(http, messages=prefill, add_generation_prompt=False, continue_final_message=True)["tokens"]
+    )
     assert open_turn.endswith("<start_of_turn>model\nMy favourite colour is")
     # A template variable set by the caller reaches the template (here: the BOS text it writes first).
     without_bos = tokenize(http, messages=MESSAGES, chat_template_kwargs={"bos_token": ""})
@@ -76,45 +83,74 @@ def test_tokenize_messages_template_options(http: httpx.Client) -> None:
 
 def test_token_check(http: httpx.Client) -> None:
     count = tokenize(http, prompt=PROMPT)["count"]
-    answer = post(http, "/api/v1/token_check", {"prompts": [
-        {"model": TEXT_MODEL, "prompt": PROMPT, "max_tokens": 2048 - count},
-        {"model": TEXT_MODEL, "prompt": PROMPT, "max_tokens": 2048 - count + 1},
-    ]})
-    assert answer == {"prompts": [{"fits": True, "tokenCount": count, "contextLength": 2048},
-                                  {"fits": False, "tokenCount": count, "contextLength": 2048}]}
+    answer = post(
+        http,
+        "/api/v1/token_check",
+        {
+            "prompts": [
+                {"model": TEXT_MODEL, "prompt": PROMPT, "max_tokens": 2048 - count},
+                {"model": TEXT_MODEL, "prompt": PROMPT, "max_tokens": 2048 - count + 1},
+            ]
+        },
+    )
+    assert answer == {
+        "prompts": [
+            {"fits": True, "tokenCount": count, "contextLength": 2048},
+            {"fits": False, "tokenCount": count, "contextLength": 2048},
+        ]
+    }
 
 
-@pytest.mark.parametrize(("path", "body"), [
-    ("/tokenize", {"model": "no-such-model", "prompt": "x"}),
-    ("/detokenize", {"model": "no-such-model", "tokens": [1]}),
-    ("/api/v1/token_check", {"prompts": [{"model": "no-such-model", "prompt": "x", "max_tokens": 1}]}),
-])
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/tokenize", {"model": "no-such-model", "prompt": "x"}),
+        ("/detokenize", {"model": "no-such-model", "tokens": [1]}),
+        ("/api/v1/token_check", {"prompts": [{"model": "no-such-model", "prompt": "x", "max_tokens": 1}]}),
+    ],
+)
 def test_unknown_model_is_404(http: httpx.Client, path: str, body: dict[str, Any]) -> None:
     error = post(http, path, body, 404)["error"]
     assert error["code"] == "model_not_found" and error["param"] == "model" and "no-such-model" in error["message"]
 
 
-@pytest.mark.parametrize(("path", "body", "param"), [
-    ("/detokenize", {"tokens": [2, 10_000_000]}, "tokens"),
-    ("/detokenize", {"tokens": [-1]}, "tokens"),
-    ("/detokenize", {"tokens": ["a"]}, "tokens[0]"),
-    ("/tokenize", {"prompt": "x", "messages": MESSAGES}, None),
-    ("/tokenize", {}, None),
-    ("/tokenize", {"messages": MESSAGES, "continue_final_message": True}, None),
-    ("/tokenize", {"messages": MESSAGES, "chat_template_kwargs": {"tokenize": True}}, None),
-    ("/api/v1/token_check", {"prompts": [{"model": TEXT_MODEL, "prompt": "x"}]}, "prompts[0].max_tokens"),
-])
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        ("/detokenize", {"tokens": [2, 10_000_000]}, "tokens"),
+        ("/detokenize", {"tokens": [-1]}, "tokens"),
+        ("/detokenize", {"tokens": ["a"]}, "tokens[0]"),
+        ("/tokenize", {"prompt": "x", "messages": MESSAGES}, None),
+        ("/tokenize", {}, None),
+        ("/tokenize", {"messages": MESSAGES, "continue_final_message": True}, None),
+        ("/tokenize", {"messages": MESSAGES, "chat_template_kwargs": {"tokenize": True}}, None),
+        ("/api/v1/token_check", {"prompts": [{"model": TEXT_MODEL, "prompt": "x"}]}, "prompts[0].max_tokens"),
+    ],
+)
 def test_bad_requests_are_400(http: httpx.Client, path: str, body: dict[str, Any], param: str | None) -> None:
     error = post(http, path, {"model": TEXT_MODEL, **body}, 400)["error"]
     assert error["type"] == "invalid_request_error" and error["param"] == param and error["message"]
 
 
 def test_tokenize_messages_with_tools_matches_chat_usage(http: httpx.Client, client: openai.OpenAI) -> None:
-    tools = [{"type": "function", "function": {"name": "get_weather", "description": "The weather in a city.",
-                                               "parameters": {"type": "object",
-                                                              "properties": {"city": {"type": "string"}}}}}]
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "The weather in a city.",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+            },
+        }
+    ]
     # The tools reach the template as a chat request's do: whatever the template makes of them, the counts agree.
     with_tools = tokenize(http, messages=MESSAGES, tools=tools)
-    reply = client.chat.completions.create(model=TEXT_MODEL, messages=MESSAGES,  # type: ignore[call-overload]
-                                           tools=tools, tool_choice="none", max_tokens=1, temperature=0)
+    reply = client.chat.completions.create(
+        model=TEXT_MODEL,
+        messages=MESSAGES,  # type: ignore[call-overload]
+        tools=tools,
+        tool_choice="none",
+        max_tokens=1,
+        temperature=0,
+    )
     assert reply.usage and reply.usage.prompt_tokens == with_tools["count"]

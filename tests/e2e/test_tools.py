@@ -29,10 +29,22 @@ TIME_PARAMETERS = {
     "additionalProperties": False,
 }
 TOOLS: list[dict[str, Any]] = [
-    {"type": "function", "function": {"name": "get_weather", "description": "The current weather in a city.",
-                                      "parameters": WEATHER_PARAMETERS}},
-    {"type": "function", "function": {"name": "get_time", "description": "The current time in a timezone.",
-                                      "parameters": TIME_PARAMETERS}},
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "The current weather in a city.",
+            "parameters": WEATHER_PARAMETERS,
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "get_time",
+            "description": "The current time in a timezone.",
+            "parameters": TIME_PARAMETERS,
+        },
+    },
 ]
 PARAMETERS = {"get_weather": WEATHER_PARAMETERS, "get_time": TIME_PARAMETERS}
 ASK: list[Any] = [{"role": "user", "content": "What is the weather in Paris right now?"}]
@@ -40,8 +52,14 @@ WEATHER_CHOICE = {"type": "function", "function": {"name": "get_weather"}}
 
 
 def chat(client: openai.OpenAI, **kwargs: Any) -> Any:
-    args: dict[str, Any] = {"model": TEXT_MODEL, "messages": ASK, "tools": TOOLS, "max_tokens": 80,
-                            "temperature": 0, **kwargs}
+    args: dict[str, Any] = {
+        "model": TEXT_MODEL,
+        "messages": ASK,
+        "tools": TOOLS,
+        "max_tokens": 80,
+        "temperature": 0,
+        **kwargs,
+    }
     return client.chat.completions.create(**args)
 
 
@@ -101,9 +119,18 @@ def stream_calls(events: list[Any]) -> tuple[list[dict[str, Any]], str | None, s
 
 
 def test_streamed_named_call_has_openai_deltas(http: httpx.Client) -> None:
-    events, _ = post_stream(http, "/v1/chat/completions", {
-        "model": TEXT_MODEL, "messages": ASK, "tools": TOOLS, "tool_choice": WEATHER_CHOICE,
-        "max_tokens": 80, "temperature": 0})
+    events, _ = post_stream(
+        http,
+        "/v1/chat/completions",
+        {
+            "model": TEXT_MODEL,
+            "messages": ASK,
+            "tools": TOOLS,
+            "tool_choice": WEATHER_CHOICE,
+            "max_tokens": 80,
+            "temperature": 0,
+        },
+    )
     assert events[-1] == "[DONE]"
     calls, reason, content = stream_calls(events)
     assert reason == "tool_calls" and content == ""
@@ -153,8 +180,9 @@ def test_auto_streamed_matches_unstreamed(http: httpx.Client, client: openai.Ope
     calls, reason, content = stream_calls(events)
     assert reason == whole.finish_reason
     assert content == (whole.message.content or "")
-    assert [(c["name"], c["arguments"]) for c in calls] == \
-        [(c.function.name, c.function.arguments) for c in whole.message.tool_calls or ()]
+    assert [(c["name"], c["arguments"]) for c in calls] == [
+        (c.function.name, c.function.arguments) for c in whole.message.tool_calls or ()
+    ]
 
 
 def test_tools_reach_the_prompt(client: openai.OpenAI) -> None:
@@ -177,9 +205,11 @@ def test_two_turns_with_a_tool_result(client: openai.OpenAI) -> None:
     call = first.tool_calls[0]
 
     def second_turn(result: str) -> Any:
-        messages = [*ASK,
-                    {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
-                    {"role": "tool", "tool_call_id": call.id, "content": result}]
+        messages = [
+            *ASK,
+            {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+            {"role": "tool", "tool_call_id": call.id, "content": result},
+        ]
         return chat(client, messages=messages, tool_choice="none", max_tokens=30)
 
     short = second_turn("18 C")
@@ -190,24 +220,29 @@ def test_two_turns_with_a_tool_result(client: openai.OpenAI) -> None:
     assert longer.usage.prompt_tokens > short.usage.prompt_tokens + 8
 
 
-@pytest.mark.parametrize(("fields", "param"), [
-    ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "launch_rocket"}}}, "tool_choice"),
-    ({"tool_choice": "required"}, "tool_choice"),
-    ({"tools": [TOOLS[0], TOOLS[0]]}, "tools"),
-    ({"tools": TOOLS, "tool_choice": "required", "response_format": {"type": "json_object"}}, "tool_choice"),
-])
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "launch_rocket"}}}, "tool_choice"),
+        ({"tool_choice": "required"}, "tool_choice"),
+        ({"tools": [TOOLS[0], TOOLS[0]]}, "tools"),
+        ({"tools": TOOLS, "tool_choice": "required", "response_format": {"type": "json_object"}}, "tool_choice"),
+    ],
+)
 def test_bad_tool_requests_are_400(http: httpx.Client, fields: dict[str, Any], param: str) -> None:
-    response = http.post("/v1/chat/completions", json={"model": TEXT_MODEL, "messages": ASK, "max_tokens": 5,
-                                                       **fields})
+    response = http.post("/v1/chat/completions", json={"model": TEXT_MODEL, "messages": ASK, "max_tokens": 5, **fields})
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert error["type"] == "invalid_request_error" and error["param"] == param
 
 
-@pytest.mark.parametrize("tool_choice", ["sometimes", {"type": "function"}, {"type": "other", "function": {"name": "x"}}])
+@pytest.mark.parametrize(
+    "tool_choice", ["sometimes", {"type": "function"}, {"type": "other", "function": {"name": "x"}}]
+)
 def test_malformed_tool_choice_is_400(http: httpx.Client, tool_choice: Any) -> None:
-    response = http.post("/v1/chat/completions", json={"model": TEXT_MODEL, "messages": ASK, "tools": TOOLS,
-                                                       "tool_choice": tool_choice})
+    response = http.post(
+        "/v1/chat/completions", json={"model": TEXT_MODEL, "messages": ASK, "tools": TOOLS, "tool_choice": tool_choice}
+    )
     assert response.status_code == 400, response.text
 
 

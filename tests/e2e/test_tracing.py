@@ -21,18 +21,31 @@ TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 def test_vllm_continues_the_trace_under_the_server_span(tmp_path: Path) -> None:
     with OtlpReceiver() as receiver:
         port, log_path = free_port(), tmp_path / "server.log"
-        model = {"name": TEXT_MODEL, "model": "builtin:gemma3-270m", "dtype": "bfloat16", "max_model_len": 512,
-                 "engine_args": {"otlp_traces_endpoint": f"{receiver.url}/v1/traces"}}
+        model = {
+            "name": TEXT_MODEL,
+            "model": "builtin:gemma3-270m",
+            "dtype": "bfloat16",
+            "max_model_len": 512,
+            "engine_args": {"otlp_traces_endpoint": f"{receiver.url}/v1/traces"},
+        }
         config = tmp_path / "traced.yaml"
         config.write_text(yaml.safe_dump({"models": [model], "tracing": {"enabled": True}}))
-        env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_BSP_SCHEDULE_DELAY": "50",
-               "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf"}  # vLLM's exporter defaults to gRPC
+        env = {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
+            "OTEL_BSP_SCHEDULE_DELAY": "50",
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf",
+        }  # vLLM's exporter defaults to gRPC
         proc = start_server(["--config", str(config), "--port", str(port)], log_path, env)
         url = f"http://127.0.0.1:{port}"
         try:
             wait_ready(url, proc, log_path, 900)
-            body = {"model": TEXT_MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4,
-                    "stream": True, "stream_options": {"include_usage": True}}
+            body = {
+                "model": TEXT_MODEL,
+                "messages": [{"role": "user", "content": "Hi"}],
+                "max_tokens": 4,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            }
             headers = {"traceparent": f"00-{TRACE_ID}-b7ad6b7169203331-01", "x-request-id": "engine-trace-1"}
             answer = httpx.post(f"{url}/v1/chat/completions", json=body, headers=headers, timeout=120)
             assert answer.status_code == 200 and "[DONE]" in answer.text

@@ -30,7 +30,9 @@ def completion(max_tokens: int | None = None, **extra: Any) -> dict[str, Any]:
     return body
 
 
-async def stream(client: httpx.AsyncClient, body: dict[str, Any], on_first: Callable[[], None] = lambda: None) -> Outcome:
+async def stream(
+    client: httpx.AsyncClient, body: dict[str, Any], on_first: Callable[[], None] = lambda: None
+) -> Outcome:
     outcome = Outcome(started=time.monotonic())
     async with client.stream("POST", "/v1/completions", json={**body, "stream": True}) as response:
         outcome.status = response.status_code

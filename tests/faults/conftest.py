@@ -7,7 +7,6 @@ import pytest
 
 from tests.faults.harness import Fleet
 
-
 SPLICE_MODES = [pytest.param(True, id="splice"), pytest.param(False, id="no-splice")]
 
 

@@ -62,20 +62,37 @@ class Engine:
     def __init__(self, workdir: Path, tokens: int, delay_ms: float, fault: str = "none") -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.args = ["--port", str(self.port), "--model", MODEL, "--tokens", str(tokens),
-                     "--delay-ms", str(delay_ms), "--fault", fault]
+        self.args = [
+            "--port",
+            str(self.port),
+            "--model",
+            MODEL,
+            "--tokens",
+            str(tokens),
+            "--delay-ms",
+            str(delay_ms),
+            "--fault",
+            fault,
+        ]
         self.log_path = workdir / f"engine-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Engine:
         with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "engine_adapters.scripted_server", *self.args],
-                                         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "engine_adapters.scripted_server", *self.args],
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         return self
 
     def wait_ready(self, timeout_s: float = 30) -> None:
-        wait_until(lambda: httpx.get(f"{self.url}/health", timeout=1).status_code == 200, timeout_s,
-                   f"scripted engine on {self.port}")
+        wait_until(
+            lambda: httpx.get(f"{self.url}/health", timeout=1).status_code == 200,
+            timeout_s,
+            f"scripted engine on {self.port}",
+        )
 
     def kill(self) -> None:
         """kill -9: no goodbye, the kernel closes its sockets."""
@@ -105,16 +122,32 @@ class Router:
     """`python -m gateway serve --config router.yaml`: one route over the given instance URLs; `config` adds
     top-level settings (keys, limits), `route` the route's own (LoRA adapters)."""
 
-    def __init__(self, workdir: Path, upstreams: list[str], policy: str = "least-loaded", log_level: str = "warning",
-                 aliases: tuple[str, ...] = (), config: dict[str, Any] | None = None,
-                 route: dict[str, Any] | None = None, **router: Any) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        upstreams: list[str],
+        policy: str = "least-loaded",
+        log_level: str = "warning",
+        aliases: tuple[str, ...] = (),
+        config: dict[str, Any] | None = None,
+        route: dict[str, Any] | None = None,
+        **router: Any,
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.config = workdir / f"router-{self.port}.yaml"
         # Timeouts with room to spare: the machine running the tests may be busy with other work.
-        self.settings = {"connect_timeout_s": 0.5, "first_token_timeout_s": 5, "idle_timeout_s": 3,
-                         "health_interval_s": 0.5, "breaker_failures": 3, "breaker_cooldown_s": 2,
-                         "retry_backoff_s": 0.02, "reload_interval_s": 0.2, **router}
+        self.settings = {
+            "connect_timeout_s": 0.5,
+            "first_token_timeout_s": 5,
+            "idle_timeout_s": 3,
+            "health_interval_s": 0.5,
+            "breaker_failures": 3,
+            "breaker_cooldown_s": 2,
+            "retry_backoff_s": 0.02,
+            "reload_interval_s": 0.2,
+            **router,
+        }
         self.policy, self.log_level, self.aliases, self.extra = policy, log_level, list(aliases), config or {}
         self.route = route or {}  # more of the route's settings
         self.write_config(upstreams)
@@ -130,7 +163,10 @@ class Router:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "gateway", "serve", "--config", str(self.config), "--port", str(self.port)],
-                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
         return self
 
@@ -163,9 +199,16 @@ class Fleet:
         self.engines: list[Engine] = []
         self.routers: list[Router] = []
 
-    def start(self, count: int, tokens: int = 16, delay_ms: float = 10, config: dict[str, Any] | None = None,
-              route: dict[str, Any] | None = None, script: dict[str, Any] | None = None,
-              **router: Any) -> tuple[list[Engine], Router]:
+    def start(
+        self,
+        count: int,
+        tokens: int = 16,
+        delay_ms: float = 10,
+        config: dict[str, Any] | None = None,
+        route: dict[str, Any] | None = None,
+        script: dict[str, Any] | None = None,
+        **router: Any,
+    ) -> tuple[list[Engine], Router]:
         """`script`: each engine's control fields, set before the router starts (so its first health
         check already sees them)."""
         engines = [Engine(self.workdir, tokens, delay_ms).start() for _ in range(count)]

@@ -19,11 +19,14 @@ def fleet(fleet_both: Fleet) -> Fleet:
     """Every test here runs with the router's splice on and off (tests/faults/conftest.py)."""
     return fleet_both
 
+
 CLIENTS = 32
 
 
 async def open_and_leave(client: httpx.AsyncClient, started: asyncio.Event) -> None:
-    async with client.stream("POST", "/v1/completions", json={**completion(max_tokens=2000), "stream": True}) as response:
+    async with client.stream(
+        "POST", "/v1/completions", json={**completion(max_tokens=2000), "stream": True}
+    ) as response:
         assert response.status_code == 200
         # Held in a name: a line iterator dropped mid-body is finalised at once, and that closes the connection.
         lines = response.aiter_lines()
@@ -52,8 +55,9 @@ async def test_client_disconnects_abort_upstream_requests(fleet: Fleet, leave: A
         everyone_in.set()
         await asyncio.gather(*leaving)
         left_at = time.monotonic()
-        aborted_at = await until(lambda: sum(e.stats()["aborted"] for e in engines) == CLIENTS, 5, "32 aborts",
-                                 interval_s=0.01)
+        aborted_at = await until(
+            lambda: sum(e.stats()["aborted"] for e in engines) == CLIENTS, 5, "32 aborts", interval_s=0.01
+        )
     print(f"{CLIENTS} upstream aborts within {aborted_at - left_at:.3f}s of the last client leaving")
     assert aborted_at - left_at < 1.0
     assert sum(e.stats()["in_flight"] for e in engines) == 0

@@ -19,8 +19,10 @@ async def test_killing_one_of_three_under_load(fleet: Fleet) -> None:
     engines, router = fleet.start(3, tokens=STREAM_TOKENS, delay_ms=DELAY_MS)
     async with httpx.AsyncClient(base_url=router.url, timeout=30, limits=httpx.Limits(max_connections=256)) as client:
         flowing: list[None] = []
-        streams = [asyncio.create_task(stream(client, completion(max_tokens=STREAM_TOKENS), lambda: flowing.append(None)))
-                   for _ in range(64)]
+        streams = [
+            asyncio.create_task(stream(client, completion(max_tokens=STREAM_TOKENS), lambda: flowing.append(None)))
+            for _ in range(64)
+        ]
         answered: list[Outcome] = []
 
         async def keep_asking() -> None:  # 64 clients wanting whole answers, for as long as the streams run
@@ -42,9 +44,11 @@ async def test_killing_one_of_three_under_load(fleet: Fleet) -> None:
     failed_whole = [o for o in answered if o.status != 200]
     errors = [o for o in streamed if o.ending == "error"]
     caught = [o for o in streamed + answered if o.started < killed_at < o.ended]  # in flight at the kill
-    report = (f"{len(answered)} whole answers, {len(failed_whole)} failed; errored streams {len(errors)}, the last "
-              f"{max(o.ended for o in errors) - killed_at:.2f}s after the kill; every request in flight then done "
-              f"{max(o.ended for o in caught) - killed_at:.2f}s after it")
+    report = (
+        f"{len(answered)} whole answers, {len(failed_whole)} failed; errored streams {len(errors)}, the last "
+        f"{max(o.ended for o in errors) - killed_at:.2f}s after the kill; every request in flight then done "
+        f"{max(o.ended for o in caught) - killed_at:.2f}s after it"
+    )
     print(report)
     assert not failed_whole, failed_whole[:3]
     assert all(o.body["choices"][0]["text"].count("t") == WHOLE_TOKENS for o in answered)  # whole, never a fragment
@@ -63,6 +67,7 @@ async def test_an_instance_dead_from_the_start_opens_its_breaker_quickly(fleet: 
     dead = engines[2]
     dead.kill()
     async with httpx.AsyncClient(base_url=router.url, timeout=10) as client:
+
         async def worker() -> list[Outcome]:
             return [await whole(client, completion()) for _ in range(10)]
 

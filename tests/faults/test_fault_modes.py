@@ -18,14 +18,23 @@ def fleet(fleet_both: Fleet) -> Fleet:
     """Every test here runs with the router's splice on and off (tests/faults/conftest.py)."""
     return fleet_both
 
+
 FIRST_TOKEN_S, IDLE_S = 1.5, 1.0
 
 
 @pytest.fixture
 def pair(fleet: Fleet) -> tuple[Engine, Router]:
     # No breaker: every request must meet the fault. Health checks are slow, for the same reason.
-    engines, router = fleet.start(2, tokens=8, delay_ms=20, policy="round-robin", breaker_failures=1000,
-                                  health_interval_s=600, first_token_timeout_s=FIRST_TOKEN_S, idle_timeout_s=IDLE_S)
+    engines, router = fleet.start(
+        2,
+        tokens=8,
+        delay_ms=20,
+        policy="round-robin",
+        breaker_failures=1000,
+        health_interval_s=600,
+        first_token_timeout_s=FIRST_TOKEN_S,
+        idle_timeout_s=IDLE_S,
+    )
     return engines[0], router
 
 
@@ -75,8 +84,9 @@ async def test_no_healthy_instance_and_no_hold_is_a_fast_503(fleet: Fleet) -> No
         engine.kill()
     deadline = time.monotonic() + 10
     async with httpx.AsyncClient(base_url=router.url, timeout=10) as client:
-        while router.metric("tokenyard_upstream_healthy", engines[1].url) or \
-                router.metric("tokenyard_upstream_healthy", engines[0].url):
+        while router.metric("tokenyard_upstream_healthy", engines[1].url) or router.metric(
+            "tokenyard_upstream_healthy", engines[0].url
+        ):
             assert time.monotonic() < deadline
             time.sleep(0.1)
         started = time.perf_counter()

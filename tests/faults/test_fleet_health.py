@@ -65,15 +65,22 @@ def test_a_model_with_no_instance_leaves_the_router_ready_and_other_models_serve
     ready = httpx.get(f"{router.url}/ready", timeout=5)
     assert ready.status_code == 200
     models = ready.json()["models"]
-    assert models[MODEL] == {"state": "ready", "instances": 1, "ready_instances": 1, "waiting_requests": 0,
-                             "in_flight_requests": 0, "breakers": {"closed": 1, "half_open": 0, "open": 0}}
+    assert models[MODEL] == {
+        "state": "ready",
+        "instances": 1,
+        "ready_instances": 1,
+        "waiting_requests": 0,
+        "in_flight_requests": 0,
+        "breakers": {"closed": 1, "half_open": 0, "open": 0},
+    }
     assert models[LATER]["state"] == "unavailable" and models[LATER]["ready_instances"] == 0
     assert gauge(router, "tokenyard_route_ready_instances", MODEL) == 1
     assert gauge(router, "tokenyard_route_ready_instances", LATER) == 0
     promtool = shutil.which("promtool")
     assert promtool, "promtool is installed by `make test` (Debian package prometheus)"
-    lint = subprocess.run([promtool, "check", "metrics"], input=httpx.get(f"{router.url}/metrics").text,
-                          capture_output=True, text=True)
+    lint = subprocess.run(
+        [promtool, "check", "metrics"], input=httpx.get(f"{router.url}/metrics").text, capture_output=True, text=True
+    )
     assert lint.returncode == 0, lint.stdout + lint.stderr
 
     served = httpx.post(f"{router.url}/v1/completions", json=completion(max_tokens=4), timeout=10)
@@ -82,9 +89,12 @@ def test_a_model_with_no_instance_leaves_the_router_ready_and_other_models_serve
     refused = httpx.post(f"{router.url}/v1/completions", json=later_body(), timeout=10)
     assert time.monotonic() - started >= 1.0  # held for its route's hold_timeout_s first
     assert refused.status_code == 503 and refused.headers["retry-after"]
-    assert refused.json()["error"] == {"message": "No instance of `later` became ready within 1 s.",
-                                       "type": "service_unavailable_error", "param": None,
-                                       "code": "engine_unavailable"}
+    assert refused.json()["error"] == {
+        "message": "No instance of `later` became ready within 1 s.",
+        "type": "service_unavailable_error",
+        "param": None,
+        "code": "engine_unavailable",
+    }
     assert httpx.get(f"{router.url}/ready", timeout=5).status_code == 200
 
 
@@ -110,8 +120,10 @@ async def test_requests_are_held_until_a_late_instance_is_ready_then_served(flee
 async def test_a_held_client_that_leaves_is_gone_from_the_waiting_gauge_at_once(fleet: Fleet, tmp_path: Path) -> None:
     _, router = start(fleet, tmp_path, hold_timeout_s=60)
     async with httpx.AsyncClient(base_url=router.url, timeout=60) as client:
-        held = [asyncio.create_task(client.post("/v1/completions", json=later_body(stream=stream_)))
-                for stream_ in (True, False)]
+        held = [
+            asyncio.create_task(client.post("/v1/completions", json=later_body(stream=stream_)))
+            for stream_ in (True, False)
+        ]
         await until(lambda: gauge(router, "tokenyard_route_waiting_requests", LATER) == 2, 10, "both held")
         for task in held:
             task.cancel()

@@ -74,8 +74,12 @@ def test_an_oversized_head_is_431_as_it_arrives_and_memory_stays_flat(fleet: Fle
     assert time.monotonic() - started < 5  # not the 10 s header deadline
     head, error = _status_and_error(answer)
     assert head.startswith(b"HTTP/1.1 431 ") and b"connection: close" in head
-    assert error == {"message": "The request line and headers are larger than 65536 bytes.",
-                     "type": "invalid_request_error", "param": None, "code": "request_header_fields_too_large"}
+    assert error == {
+        "message": "The request line and headers are larger than 65536 bytes.",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "request_header_fields_too_large",
+    }
     assert sock.recv(65536) == b""  # and the connection is closed
     sock.close()
     # Just past the bound, whole in one read: refused too; a head within it is served.
@@ -87,8 +91,10 @@ def test_an_oversized_head_is_431_as_it_arrives_and_memory_stays_flat(fleet: Fle
     before = process.memory_info().rss
     for _ in range(2):
         answers: list[bytes] = []
-        threads = [threading.Thread(target=lambda: answers.append(_exchange(router.port, _big_head(32 * MiB))))
-                   for _ in range(8)]
+        threads = [
+            threading.Thread(target=lambda: answers.append(_exchange(router.port, _big_head(32 * MiB))))
+            for _ in range(8)
+        ]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -121,15 +127,20 @@ def test_a_costly_json_shape_is_refused_without_stalling_the_loop(fleet: Fleet) 
     prober.start()
     try:
         with httpx.Client(base_url=router.url, headers=AUTH, timeout=30) as http:
-            for body, message in ((lists, "The request body has more than 250000 JSON elements."),
-                                  (deep, "The request body has more than 20000 JSON arrays and objects.")):
+            for body, message in (
+                (lists, "The request body has more than 250000 JSON elements."),
+                (deep, "The request body has more than 20000 JSON arrays and objects."),
+            ):
                 cpu = process.cpu_times()
-                response = http.post("/v1/chat/completions", content=body,
-                                     headers={"content-type": "application/json"})
+                response = http.post("/v1/chat/completions", content=body, headers={"content-type": "application/json"})
                 spent = sum(process.cpu_times()[:2]) - sum(cpu[:2])
                 assert response.status_code == 400
-                assert response.json()["error"] == {"message": message, "type": "invalid_request_error",
-                                                     "param": None, "code": None}
+                assert response.json()["error"] == {
+                    "message": message,
+                    "type": "invalid_request_error",
+                    "param": None,
+                    "code": None,
+                }
                 assert spent < 0.5, f"{spent:.2f} s of router CPU"  # was 2.7 s for the lists
     finally:
         done.set()
@@ -145,18 +156,27 @@ def test_head_works_wherever_get_does_and_other_methods_are_405(fleet: Fleet) ->
             assert (head.status_code, head.content) == (200, b"")
             assert head.headers["content-type"] == got.headers["content-type"]
         assert http.head("/v1/models").status_code == 401  # the same key as GET
-        for method, path, allow in (("DELETE", "/v1/models", "GET, HEAD"), ("POST", "/health", "GET, HEAD"),
-                                    ("PUT", "/v1/chat/completions", "POST"), ("HEAD", "/v1/completions", "POST")):
+        for method, path, allow in (
+            ("DELETE", "/v1/models", "GET, HEAD"),
+            ("POST", "/health", "GET, HEAD"),
+            ("PUT", "/v1/chat/completions", "POST"),
+            ("HEAD", "/v1/completions", "POST"),
+        ):
             response = http.request(method, path, headers=AUTH)
             assert response.status_code == 405
             assert response.headers["allow"] == allow
             if method != "HEAD":
                 assert response.json()["error"] == {
                     "message": f"This method is not allowed here; allowed: {allow}.",
-                    "type": "invalid_request_error", "param": None, "code": "method_not_allowed"}
+                    "type": "invalid_request_error",
+                    "param": None,
+                    "code": "method_not_allowed",
+                }
     # On the wire, a HEAD answer has the GET answer's length and no body: the next answer follows at once.
-    answer = _exchange(router.port, b"HEAD /health HTTP/1.1\r\nHost: x\r\n\r\n"
-                                    b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    answer = _exchange(
+        router.port,
+        b"HEAD /health HTTP/1.1\r\nHost: x\r\n\r\nGET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
     first, _, rest = answer.partition(b"\r\n\r\n")
     assert first.startswith(b"HTTP/1.1 200 ") and b"content-length: 15" in first
     assert rest.startswith(b"HTTP/1.1 200 ") and rest.endswith(b'{"status":"ok"}')
@@ -166,12 +186,19 @@ def test_two_authorization_headers_are_refused(fleet: Fleet) -> None:
     router = _start(fleet)
     wrong = "Bearer sk-tokenyard-faults-wrong-0000"
     with httpx.Client(base_url=router.url, timeout=10) as http:
-        for pair in ((AUTH["authorization"], wrong), (wrong, AUTH["authorization"]),
-                     (AUTH["authorization"], AUTH["authorization"])):
+        for pair in (
+            (AUTH["authorization"], wrong),
+            (wrong, AUTH["authorization"]),
+            (AUTH["authorization"], AUTH["authorization"]),
+        ):
             response = http.get("/v1/models", headers=[("authorization", pair[0]), ("authorization", pair[1])])
             assert response.status_code == 400
-            assert response.json()["error"] == {"message": "The request has more than one Authorization header.",
-                                                 "type": "invalid_request_error", "param": None, "code": None}
+            assert response.json()["error"] == {
+                "message": "The request has more than one Authorization header.",
+                "type": "invalid_request_error",
+                "param": None,
+                "code": None,
+            }
         assert http.get("/v1/models", headers=AUTH).status_code == 200
         assert http.get("/health", headers=[("authorization", wrong), ("authorization", wrong)]).status_code == 200
 
@@ -186,8 +213,11 @@ def test_a_trailing_slash_is_served_without_a_redirect_to_the_clients_host(fleet
         assert models.status_code == 200 and "location" not in models.headers
         assert models.json()["data"][0]["id"] == MODEL
         assert http.get("/v1/models/", headers=forged).status_code == 401
-        chat = http.post("/v1/chat/completions/", headers={**AUTH, **forged},
-                         json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+        chat = http.post(
+            "/v1/chat/completions/",
+            headers={**AUTH, **forged},
+            json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
+        )
         assert chat.status_code == 200 and "location" not in chat.headers
         assert chat.json()["choices"][0]["message"]["content"]
 
@@ -197,5 +227,9 @@ def test_a_request_the_parser_refuses_gets_an_openai_400(fleet: Fleet) -> None:
     for request in (b"GET /health HTTP/1.1\r\nHost x\r\n\r\n", b"FROB /health HTTP/1.1\r\nHost: x\r\n\r\n"):
         head, error = _status_and_error(_exchange(router.port, request))
         assert head.startswith(b"HTTP/1.1 400 ") and b"connection: close" in head
-        assert error == {"message": "Invalid HTTP request received.", "type": "invalid_request_error",
-                         "param": None, "code": None}
+        assert error == {
+            "message": "Invalid HTTP request received.",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": None,
+        }

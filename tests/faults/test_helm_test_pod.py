@@ -20,19 +20,33 @@ def test_helm_test_script_reads_the_keys_file_like_the_server(fleet: Fleet, tmp_
     engine = Engine(tmp_path, tokens=2, delay_ms=1).start()
     fleet.engines.append(engine)
     router = Router(tmp_path, [engine.url])
-    config = {"routes": [{"name": MODEL, "upstreams": [engine.url]}], "router": router.settings,
-              "auth": {"api_keys_file": str(keys)}, "log_level": "warning"}
+    config = {
+        "routes": [{"name": MODEL, "upstreams": [engine.url]}],
+        "router": router.settings,
+        "auth": {"api_keys_file": str(keys)},
+        "log_level": "warning",
+    }
     router.config.write_text(yaml.safe_dump(config))
     fleet.routers.append(router.start())
     engine.wait_ready()
     router.wait_ready()
 
-    (pod,) = render({"apiKeys": {"keys": ["unused-0123456789"]}, "models": [{"name": MODEL, "model": "/m"}],
-                     "tests": {"timeoutSeconds": 10}}).of_kind("Pod")
+    (pod,) = render(
+        {
+            "apiKeys": {"keys": ["unused-0123456789"]},
+            "models": [{"name": MODEL, "model": "/m"}],
+            "tests": {"timeoutSeconds": 10},
+        }
+    ).of_kind("Pod")
     (container,) = pod["spec"]["containers"]
     env = {item["name"]: item["value"] for item in container["env"]}
     env.update(MODELS_URL=f"{router.url}/v1/models", KEYS_FILE=str(keys))
-    result = subprocess.run([sys.executable, "-c", container["command"][2]], env={**os.environ, **env},
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", container["command"][2]],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert MODEL in result.stdout

@@ -72,10 +72,12 @@ async def test_a_long_path_is_logged_clipped(fleet: Fleet) -> None:
 
 def test_a_malformed_chunked_body_is_logged_as_a_400_with_its_id(fleet: Fleet) -> None:
     _, router = fleet.start(1, log_level="info")
-    head = ("POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-            "transfer-encoding: chunked\r\nx-request-id: bad-chunk-1\r\n\r\n").encode()
+    head = (
+        b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        b"transfer-encoding: chunked\r\nx-request-id: bad-chunk-1\r\n\r\n"
+    )
     with socket.create_connection(("127.0.0.1", router.port), timeout=10) as sock:
-        sock.sendall(head + b"5\r\n{\"mod\r\nzz-not-a-size\r\n")
+        sock.sendall(head + b'5\r\n{"mod\r\nzz-not-a-size\r\n')
         answer = b""
         while chunk := sock.recv(65536):
             answer += chunk

@@ -35,8 +35,7 @@ def test_instance_requires_the_internal_key_and_the_router_sends_it_from_a_file(
     fleet.engines.append(engine)
     engine.wait_ready()
     # The instance: a tokenyard server that takes only the keys in the file, as an engine pod does.
-    instance = _serve(fleet, Router(tmp_path, []), {"upstreams": [engine.url]},
-                      auth={"api_keys_file": str(keys)})
+    instance = _serve(fleet, Router(tmp_path, []), {"upstreams": [engine.url]}, auth={"api_keys_file": str(keys)})
     front = _serve(fleet, Router(tmp_path, []), {"upstreams": [instance.url], "api_key_file": str(keys)})
 
     assert _post(instance.url) == 401  # a pod that skips the router and has no key is refused

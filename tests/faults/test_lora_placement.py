@@ -15,15 +15,22 @@ from tests.faults.harness import Engine, Fleet, Router, wait_until
 ADAPTERS = {"ad-1": "/adapters/one", "ad-2": "/adapters/two", "ad-3": "/adapters/three"}
 
 
-def start(fleet: Fleet, runtime_load: bool = True, route: dict[str, Any] | None = None,
-          **script: Any) -> tuple[list[Engine], Router]:
-    return fleet.start(2, tokens=4, delay_ms=5, script=script,
-                       route={"lora_adapters": ADAPTERS, "lora_runtime_load": runtime_load, **(route or {})})
+def start(
+    fleet: Fleet, runtime_load: bool = True, route: dict[str, Any] | None = None, **script: Any
+) -> tuple[list[Engine], Router]:
+    return fleet.start(
+        2,
+        tokens=4,
+        delay_ms=5,
+        script=script,
+        route={"lora_adapters": ADAPTERS, "lora_runtime_load": runtime_load, **(route or {})},
+    )
 
 
 def ask(router: Router, model: str) -> httpx.Response:
-    return httpx.post(f"{router.url}/v1/completions", json={"model": model, "prompt": "hi", "max_tokens": 4},
-                      timeout=10)
+    return httpx.post(
+        f"{router.url}/v1/completions", json={"model": model, "prompt": "hi", "max_tokens": 4}, timeout=10
+    )
 
 
 def lora_metric(router: Router, name: str, **labels: str) -> float:
@@ -52,8 +59,12 @@ async def test_concurrent_first_requests_load_once_and_the_rest_follow(fleet: Fl
     assert lora_metric(router, "loads") == 1
     assert lora_metric(router, "placements", decision="loaded") == 8
     assert lora_metric(router, "placements", decision="hit") == 4
-    assert {m["id"]: m.get("parent") for m in models} == {"scripted": None, "ad-1": "scripted", "ad-2": "scripted",
-                                                          "ad-3": "scripted"}
+    assert {m["id"]: m.get("parent") for m in models} == {
+        "scripted": None,
+        "ad-1": "scripted",
+        "ad-2": "scripted",
+        "ad-3": "scripted",
+    }
 
 
 def test_a_full_instance_sends_the_next_adapter_elsewhere_then_the_idle_lru_one_is_unloaded(fleet: Fleet) -> None:
@@ -65,13 +76,19 @@ def test_a_full_instance_sends_the_next_adapter_elsewhere_then_the_idle_lru_one_
     assert ask(router, "ad-1").status_code == 200  # now ad-2 is the least recently used
     answer = ask(router, "ad-3")
     assert answer.status_code == 200 and answer.json()["choices"][0]["text"].startswith("ad-3:"), answer.text
-    held = [{m["id"] for m in httpx.get(f"{e.url}/v1/models", timeout=2).json()["data"]} - {"scripted"}
-            for e in engines]
+    held = [
+        {m["id"] for m in httpx.get(f"{e.url}/v1/models", timeout=2).json()["data"]} - {"scripted"} for e in engines
+    ]
     assert sorted(map(sorted, held)) == [["ad-1"], ["ad-3"]], held
     assert sum(e.stats()["lora_unloads"] for e in engines) == 1
     assert lora_metric(router, "unloads") == 1 and lora_metric(router, "loads") == 3
-    lint = subprocess.run(["promtool", "check", "metrics"], input=httpx.get(f"{router.url}/metrics").text,
-                          capture_output=True, text=True, check=False)
+    lint = subprocess.run(
+        ["promtool", "check", "metrics"],
+        input=httpx.get(f"{router.url}/metrics").text,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert lint.returncode == 0, lint.stdout + lint.stderr
 
 
@@ -82,8 +99,10 @@ async def test_an_adapter_busy_everywhere_is_not_unloaded_and_the_request_gets_a
     for engine in engines:
         engine.control(tokens=400, delay_ms=20)  # eight-second answers
     async with httpx.AsyncClient(base_url=router.url, timeout=30) as client:
-        slow = [asyncio.ensure_future(client.post("/v1/completions", json={"model": name, "prompt": "hi"}))
-                for name in ("ad-1", "ad-2")]
+        slow = [
+            asyncio.ensure_future(client.post("/v1/completions", json={"model": name, "prompt": "hi"}))
+            for name in ("ad-1", "ad-2")
+        ]
         try:
             await asyncio.sleep(0.5)
             refused = await client.post("/v1/completions", json={"model": "ad-3", "prompt": "hi", "max_tokens": 4})
@@ -106,8 +125,10 @@ def test_a_failed_load_falls_to_the_other_instance_and_failing_everywhere_is_a_5
     engines, router = start(fleet, lora_fault="500")
     refused = ask(router, "ad-1")
     assert refused.status_code == 503, refused.text
-    assert refused.json()["error"]["message"] == "The LoRA adapter `ad-1` could not be loaded on any instance of " \
-                                                 "`scripted`."
+    assert (
+        refused.json()["error"]["message"] == "The LoRA adapter `ad-1` could not be loaded on any instance of "
+        "`scripted`."
+    )
     assert lora_metric(router, "load_failures") == 2
     engines[1].control(lora_fault="")
     answer = ask(router, "ad-1")
@@ -117,8 +138,10 @@ def test_a_failed_load_falls_to_the_other_instance_and_failing_everywhere_is_a_5
 
 def test_an_adapter_loaded_outside_the_router_is_found_by_its_health_checks(fleet: Fleet) -> None:
     engines, router = start(fleet, runtime_load=False)
-    httpx.post(f"{engines[1].url}/v1/load_lora_adapter", json={"lora_name": "ad-2", "lora_path": "/x"},
-               timeout=2).raise_for_status()
+    httpx.post(
+        f"{engines[1].url}/v1/load_lora_adapter", json={"lora_name": "ad-2", "lora_path": "/x"}, timeout=2
+    ).raise_for_status()
+
     # Until a health check lists it, the route's policy places it (fallback): on either engine.
     def placed_as_a_hit() -> bool:
         assert ask(router, "ad-2").status_code == 200

@@ -21,11 +21,14 @@ def fleet(fleet_both: Fleet) -> Fleet:
     return fleet_both
 
 
-@pytest.mark.parametrize(("body", "param"), [
-    ({"temperature": "hot"}, "temperature"),
-    ({"max_tokens": "many"}, "max_tokens"),
-    ({"n": 0}, "n"),
-])
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"temperature": "hot"}, "temperature"),
+        ({"max_tokens": "many"}, "max_tokens"),
+        ({"n": 0}, "n"),
+    ],
+)
 async def test_bad_fields_are_a_400_from_the_router_itself(fleet: Fleet, body: dict[str, object], param: str) -> None:
     (engine,), router = fleet.start(1)
     before = engine.stats()["requests"]
@@ -41,8 +44,10 @@ async def test_streamed_and_whole_answers_come_back_whole(fleet: Fleet) -> None:
     _, router = fleet.start(1, tokens=5, delay_ms=1)
     async with httpx.AsyncClient(base_url=router.url, timeout=10) as client:
         whole = (await client.post("/v1/completions", json=completion(max_tokens=5))).json()
-        streamed = await client.post("/v1/completions", json={**completion(max_tokens=5), "stream": True,
-                                                              "stream_options": {"include_usage": True}})
+        streamed = await client.post(
+            "/v1/completions",
+            json={**completion(max_tokens=5), "stream": True, "stream_options": {"include_usage": True}},
+        )
     assert whole["object"] == "text_completion" and whole["usage"]["completion_tokens"] == 5
     assert whole["choices"][0]["finish_reason"] == "length"
     assert streamed.headers["content-type"].startswith("text/event-stream")
@@ -59,10 +64,12 @@ async def test_prompt_logprobs_come_back_in_a_whole_answer(fleet: Fleet) -> None
     passed through whole rather than streamed and folded; streamed, the instance's refusal comes back."""
     _, router = fleet.start(1, tokens=3, delay_ms=1)
     async with httpx.AsyncClient(base_url=router.url, timeout=10) as client:
-        whole = await client.post("/v1/completions", json=completion(max_tokens=3, prompt="one two three",
-                                                                        prompt_logprobs=1))
-        streamed = await client.post("/v1/completions", json={**completion(max_tokens=3), "prompt_logprobs": 1,
-                                                             "stream": True})
+        whole = await client.post(
+            "/v1/completions", json=completion(max_tokens=3, prompt="one two three", prompt_logprobs=1)
+        )
+        streamed = await client.post(
+            "/v1/completions", json={**completion(max_tokens=3), "prompt_logprobs": 1, "stream": True}
+        )
     assert whole.status_code == 200, whole.text
     choice = whole.json()["choices"][0]
     assert choice["text"] == "t0 t1 t2 " and choice["prompt_logprobs"][0] is None
@@ -78,9 +85,15 @@ async def test_tokenizer_routes_on_a_router_with_one_model(fleet: Fleet) -> None
     async with httpx.AsyncClient(base_url=router.url, timeout=10) as client:
         unnamed = await client.post("/tokenize", json={"prompt": "one two three"})  # the one model served
         named = await client.post("/tokenize", json={"model": model, "prompt": "one two three"})
-        check = await client.post("/api/v1/token_check", json={"prompts": [
-            {"model": model, "prompt": "one two three", "max_tokens": 10},
-            {"model": model, "prompt": "one two three", "max_tokens": 10**6}]})
+        check = await client.post(
+            "/api/v1/token_check",
+            json={
+                "prompts": [
+                    {"model": model, "prompt": "one two three", "max_tokens": 10},
+                    {"model": model, "prompt": "one two three", "max_tokens": 10**6},
+                ]
+            },
+        )
     assert unnamed.status_code == 200 and unnamed.json() == named.json()
     assert unnamed.json()["tokens"] == [1, 2, 3]
     results = check.json()["prompts"]
@@ -99,8 +112,10 @@ async def test_a_client_that_reads_slowly_gets_every_event_in_order(fleet: Fleet
     await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", int(router.url.rsplit(":", 1)[1])))
     reader, writer = await asyncio.open_connection(sock=sock)
     body = orjson.dumps({**completion(max_tokens=tokens), "stream": True})
-    writer.write(b"POST /v1/completions HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-type: application/json\r\n"
-                 b"content-length: %d\r\n\r\n%s" % (len(body), body))
+    writer.write(
+        b"POST /v1/completions HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-type: application/json\r\n"
+        b"content-length: %d\r\n\r\n%s" % (len(body), body)
+    )
     await asyncio.sleep(1.0)  # not reading meanwhile
     raw = await asyncio.wait_for(reader.read(), 30)
     writer.close()

@@ -20,10 +20,14 @@ RERANK = {"model": MODEL, "query": "what", "documents": ["a b", "c"]}
 
 
 def _form_head(audio_name: str = "a.wav", **fields: str) -> bytes:
-    parts = [f'--{BOUNDARY}\r\ncontent-disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
-             for name, value in fields.items()]
-    parts.append(f'--{BOUNDARY}\r\ncontent-disposition: form-data; name="file"; filename="{audio_name}"\r\n'
-                 "content-type: audio/wav\r\n\r\n")
+    parts = [
+        f'--{BOUNDARY}\r\ncontent-disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
+        for name, value in fields.items()
+    ]
+    parts.append(
+        f'--{BOUNDARY}\r\ncontent-disposition: form-data; name="file"; filename="{audio_name}"\r\n'
+        "content-type: audio/wav\r\n\r\n"
+    )
     return "".join(parts).encode()
 
 
@@ -47,22 +51,25 @@ async def test_an_audio_upload_streams_through_to_the_instance(fleet: Fleet) -> 
     async def upload() -> AsyncIterator[bytes]:  # no length: sent chunked
         yield _form_head(model=MODEL)
         for at in range(0, half, 64 * 1024):
-            yield audio[at:at + 64 * 1024]
+            yield audio[at : at + 64 * 1024]
         await until(lambda: engine.stats()["upload_bytes"] > 0, 10, "the first bytes at the instance")
         seen = engine.stats()["upload_bytes"]
         assert seen < len(audio), seen
         for at in range(half, len(audio), 64 * 1024):
-            yield audio[at:at + 64 * 1024]
+            yield audio[at : at + 64 * 1024]
         yield FORM_END
 
     async with httpx.AsyncClient(base_url=router.url, timeout=30) as client:
-        response = await client.post("/v1/audio/transcriptions", content=upload(),
-                                     headers={"content-type": FORM_TYPE})
+        response = await client.post("/v1/audio/transcriptions", content=upload(), headers={"content-type": FORM_TYPE})
     assert response.status_code == 200, response.text
     answer = response.json()
     assert answer["sha256"] == hashlib.sha256(audio).hexdigest() and answer["model"] == MODEL
-    assert _metric(router.url, "tokenyard_requests_total",
-                   f'model="{MODEL}",route="/v1/audio/transcriptions",status="200"') == 1
+    assert (
+        _metric(
+            router.url, "tokenyard_requests_total", f'model="{MODEL}",route="/v1/audio/transcriptions",status="200"'
+        )
+        == 1
+    )
 
 
 async def test_a_streamed_translation_with_a_length_comes_back_as_the_instance_sent_it(fleet: Fleet) -> None:
@@ -70,10 +77,12 @@ async def test_a_streamed_translation_with_a_length_comes_back_as_the_instance_s
     audio = os.urandom(300_000)
     files = {"file": ("a.wav", audio, "audio/wav")}
     async with httpx.AsyncClient(timeout=30) as client:
-        routed = await client.post(f"{router.url}/v1/audio/translations", data={"model": MODEL, "stream": "true"},
-                                   files=files)
-        direct = await client.post(f"{engine.url}/v1/audio/translations", data={"model": MODEL, "stream": "true"},
-                                   files=files)
+        routed = await client.post(
+            f"{router.url}/v1/audio/translations", data={"model": MODEL, "stream": "true"}, files=files
+        )
+        direct = await client.post(
+            f"{engine.url}/v1/audio/translations", data={"model": MODEL, "stream": "true"}, files=files
+        )
     assert routed.status_code == 200 and routed.headers["content-type"] == "text/event-stream"
     assert routed.content == direct.content
     assert hashlib.sha256(audio).hexdigest().encode() in routed.content
@@ -119,7 +128,7 @@ async def test_a_message_stream_that_breaks_ends_with_anthropics_error_event(fle
     *_, last = routed.text.strip().split("\n\n")
     kind, data = last.split("\n")
     assert kind == "event: error"
-    error = orjson.loads(data[len("data: "):])
+    error = orjson.loads(data[len("data: ") :])
     assert error["type"] == "error" and error["error"]["type"] == "overloaded_error"
 
 
@@ -127,22 +136,35 @@ async def test_a_transcription_stream_that_breaks_ends_with_openais_error_event(
     (engine,), router = fleet.start(1)
     engine.control(fault="reset")
     async with httpx.AsyncClient(timeout=30) as client:
-        routed = await client.post(f"{router.url}/v1/audio/transcriptions", data={"model": MODEL, "stream": "true"},
-                                   files={"file": ("a.wav", b"RIFF", "audio/wav")})
+        routed = await client.post(
+            f"{router.url}/v1/audio/transcriptions",
+            data={"model": MODEL, "stream": "true"},
+            files={"file": ("a.wav", b"RIFF", "audio/wav")},
+        )
     assert routed.status_code == 200
     first, last = routed.text.strip().split("\n\n")
-    assert orjson.loads(first[len("data: "):])["object"] == "transcription.chunk"
-    assert orjson.loads(last[len("data: "):])["error"]["code"] == "engine_unavailable"
-    assert _metric(router.url, "tokenyard_requests_total",
-                   f'model="{MODEL}",route="/v1/audio/transcriptions",status="500"') == 1
+    assert orjson.loads(first[len("data: ") :])["object"] == "transcription.chunk"
+    assert orjson.loads(last[len("data: ") :])["error"]["code"] == "engine_unavailable"
+    assert (
+        _metric(
+            router.url, "tokenyard_requests_total", f'model="{MODEL}",route="/v1/audio/transcriptions",status="500"'
+        )
+        == 1
+    )
 
 
 async def test_rerank_score_pooling_and_classify_answer_as_the_instance_does(fleet: Fleet) -> None:
     (engine,), router = fleet.start(1)
-    requests = [("/v1/rerank", RERANK), ("/rerank", RERANK), ("/v2/rerank", RERANK),
-                ("/v1/score", {"model": MODEL, "text_1": "a", "text_2": "b"}), ("/score", {"model": MODEL}),
-                ("/pooling", {"model": MODEL, "input": "a b c"}), ("/classify", {"model": MODEL, "input": "x"}),
-                ("/v1/messages/count_tokens", MESSAGE)]
+    requests = [
+        ("/v1/rerank", RERANK),
+        ("/rerank", RERANK),
+        ("/v2/rerank", RERANK),
+        ("/v1/score", {"model": MODEL, "text_1": "a", "text_2": "b"}),
+        ("/score", {"model": MODEL}),
+        ("/pooling", {"model": MODEL, "input": "a b c"}),
+        ("/classify", {"model": MODEL, "input": "x"}),
+        ("/v1/messages/count_tokens", MESSAGE),
+    ]
     async with httpx.AsyncClient(timeout=30) as client:
         for path, body in requests:
             routed = await client.post(f"{router.url}{path}", json=body)
@@ -175,8 +197,10 @@ async def test_a_missing_or_unknown_model_is_answered_in_the_clients_shape(fleet
     assert no_model.status_code == 400 and no_model.json()["error"]["param"] == "model"
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "model_not_found"
     assert message_unknown.status_code == 404
-    assert message_unknown.json() == {"type": "error", "error": {"type": "not_found_error",
-                                                                "message": "The model `nope` does not exist."}}
+    assert message_unknown.json() == {
+        "type": "error",
+        "error": {"type": "not_found_error", "message": "The model `nope` does not exist."},
+    }
     assert count_no_model.status_code == 400
     assert count_no_model.json()["type"] == "error"
     assert count_no_model.json()["error"]["type"] == "invalid_request_error"
@@ -189,10 +213,11 @@ async def test_an_instance_killed_before_the_first_byte_is_retried_elsewhere(fle
     dead.kill()
     files = {"file": ("a.wav", b"RIFF" * 1000, "audio/wav")}
     async with httpx.AsyncClient(base_url=router.url, timeout=30) as client:
-        answers = await asyncio.gather(*[client.post("/v1/rerank", json=RERANK) for _ in range(4)],
-                                       *[client.post("/v1/messages", json=MESSAGE) for _ in range(2)],
-                                       *[client.post("/v1/audio/transcriptions", data={"model": MODEL}, files=files)
-                                         for _ in range(2)])
+        answers = await asyncio.gather(
+            *[client.post("/v1/rerank", json=RERANK) for _ in range(4)],
+            *[client.post("/v1/messages", json=MESSAGE) for _ in range(2)],
+            *[client.post("/v1/audio/transcriptions", data={"model": MODEL}, files=files) for _ in range(2)],
+        )
     assert [a.status_code for a in answers] == [200] * 8, [a.text for a in answers][4:]
     assert router.metric("tokenyard_upstream_retries_total", dead.url) >= 1
 
@@ -204,8 +229,9 @@ async def test_keys_and_rate_limits_hold_on_the_other_paths(fleet: Fleet) -> Non
     auth = {"authorization": f"Bearer {key}"}
     async with httpx.AsyncClient(base_url=router.url, timeout=30) as client:
         anonymous = await client.post("/v1/rerank", json=RERANK)
-        upload = await client.post("/v1/audio/transcriptions", data={"model": MODEL},
-                                   files={"file": ("a.wav", b"RIFF", "audio/wav")})
+        upload = await client.post(
+            "/v1/audio/transcriptions", data={"model": MODEL}, files={"file": ("a.wav", b"RIFF", "audio/wav")}
+        )
         served = [await client.post("/v1/rerank", json=RERANK, headers=auth) for _ in range(3)]
     assert anonymous.status_code == 401 and upload.status_code == 401
     assert [r.status_code for r in served] == [200, 200, 429]

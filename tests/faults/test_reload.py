@@ -14,13 +14,19 @@ async def test_config_change_moves_traffic_without_dropping_a_stream(fleet: Flee
     engines, router = fleet.start(2, tokens=100, delay_ms=20)  # a 2 s stream
     old, new = engines
     router.write_config([old.url])  # the router starts on both; pin it to the old instance first
-    await until(lambda: router.metric("tokenyard_upstream_healthy", old.url) == 1 and
-                "upstream=\"" + new.url not in httpx.get(f"{router.url}/metrics").text, 10, "pinned to one instance")
+    await until(
+        lambda: (
+            router.metric("tokenyard_upstream_healthy", old.url) == 1
+            and 'upstream="' + new.url not in httpx.get(f"{router.url}/metrics").text
+        ),
+        10,
+        "pinned to one instance",
+    )
     async with httpx.AsyncClient(base_url=router.url, timeout=30) as client:
         in_flight = asyncio.create_task(stream(client, completion(max_tokens=100)))
         await until(lambda: old.stats()["in_flight"] == 1, 5, "the stream is running")
         router.write_config([new.url])
-        await until(lambda: "upstream=\"" + old.url not in httpx.get(f"{router.url}/metrics").text, 5, "reloaded")
+        await until(lambda: 'upstream="' + old.url not in httpx.get(f"{router.url}/metrics").text, 5, "reloaded")
         answered = await whole(client, completion(max_tokens=2))
         streamed = await in_flight
     assert answered.status == 200 and new.stats()["completed"] == 1  # new requests: the new instance

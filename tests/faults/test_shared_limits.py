@@ -82,8 +82,9 @@ def test_a_budget_outlives_a_router_restart(fleet: Fleet, redis_server: RedisSer
 
 @pytest.mark.parametrize("failure", ["open", "closed"])
 def test_redis_killed_mid_run(fleet: Fleet, redis_server: RedisServer, failure: str) -> None:  # noqa: F811
-    router = _routers(fleet, 1, "rpm=3", {"backend": "redis", "redis_url": redis_server.url,
-                                          "redis_failure": failure})[0]
+    router = _routers(fleet, 1, "rpm=3", {"backend": "redis", "redis_url": redis_server.url, "redis_failure": failure})[
+        0
+    ]
     assert [_post(router).status_code for _ in range(4)] == [200, 200, 200, 429]
     redis_server.kill()
     down = [_post(router) for _ in range(3)]
@@ -106,9 +107,11 @@ def _day_usage(router: Router) -> dict[str, Any]:
 
 
 def test_usage_is_exact_across_a_stalled_redis_and_failures_are_refunded(
-        fleet: Fleet, redis_server: RedisServer) -> None:  # noqa: F811
-    router = _routers(fleet, 1, "tokens_per_day=100000", {"backend": "redis", "redis_url": redis_server.url,
-                                                          "redis_timeout_s": 0.3})[0]
+    fleet: Fleet, redis_server: RedisServer
+) -> None:  # noqa: F811
+    router = _routers(
+        fleet, 1, "tokens_per_day=100000", {"backend": "redis", "redis_url": redis_server.url, "redis_timeout_s": 0.3}
+    )[0]
     answers = [_post(router).json()["usage"]["total_tokens"] for _ in range(3)]
     missing = httpx.post(f"{router.url}/v1/chat/completions", json={**BODY, "model": "nope"}, headers=AUTH, timeout=10)
     assert missing.status_code == 404  # charged its estimate up front, refunded in full

@@ -17,8 +17,13 @@ from tests.otlp_receiver import OtlpReceiver
 CLIENT_KEY, INTERNAL_KEY = "sk-client-secret", "sk-internal-secret"
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 TRACEPARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
-CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 4,
-        "stream": True, "stream_options": {"include_usage": True}}
+CHAT = {
+    "model": MODEL,
+    "messages": [{"role": "user", "content": "hello there"}],
+    "max_tokens": 4,
+    "stream": True,
+    "stream_options": {"include_usage": True},
+}
 
 
 def _start(fleet: Fleet, tmp_path: Path, engines: int, **config: Any) -> tuple[list[Engine], Router]:
@@ -36,8 +41,14 @@ def _start(fleet: Fleet, tmp_path: Path, engines: int, **config: Any) -> tuple[l
 
 
 def _client_headers(**extra: str) -> dict[str, str]:
-    return {"authorization": f"Bearer {CLIENT_KEY}", "x-api-key": "sk-other-secret", "cookie": "session=secret",
-            "proxy-authorization": "Basic c2VjcmV0", "x-custom": "mine", **extra}
+    return {
+        "authorization": f"Bearer {CLIENT_KEY}",
+        "x-api-key": "sk-other-secret",
+        "cookie": "session=secret",
+        "proxy-authorization": "Basic c2VjcmV0",
+        "x-custom": "mine",
+        **extra,
+    }
 
 
 def _generation_headers(engine: Engine) -> list[dict[str, str]]:
@@ -52,12 +63,19 @@ def _no_client_credentials(headers: dict[str, str]) -> None:
 
 
 def test_every_attempt_carries_the_request_id_and_traceparent_but_no_client_credential(
-        fleet: Fleet, tmp_path: Path) -> None:
+    fleet: Fleet, tmp_path: Path
+) -> None:
     (down, up), router = _start(fleet, tmp_path, 2)
     down.control(fault="503")  # round-robin: whichever comes first, a request that lands here is retried
     for _ in range(2):
-        answer = httpx.post(f"{router.url}/v1/chat/completions", json=CHAT, timeout=10, headers=_client_headers(
-            **{"x-request-id": "req-trace-1", "traceparent": TRACEPARENT, "tracestate": "vendor=abc"}))
+        answer = httpx.post(
+            f"{router.url}/v1/chat/completions",
+            json=CHAT,
+            timeout=10,
+            headers=_client_headers(
+                **{"x-request-id": "req-trace-1", "traceparent": TRACEPARENT, "tracestate": "vendor=abc"}
+            ),
+        )
         assert answer.status_code == 200 and "[DONE]" in answer.text
         assert answer.headers["x-request-id"] == "req-trace-1"
     tried, served = _generation_headers(down), _generation_headers(up)
@@ -69,10 +87,15 @@ def test_every_attempt_carries_the_request_id_and_traceparent_but_no_client_cred
 
 
 def test_a_generated_request_id_reaches_the_instance_and_a_malformed_traceparent_does_not(
-        fleet: Fleet, tmp_path: Path) -> None:
+    fleet: Fleet, tmp_path: Path
+) -> None:
     (engine,), router = _start(fleet, tmp_path, 1)
-    answer = httpx.post(f"{router.url}/v1/chat/completions", json={**CHAT, "stream": False}, timeout=10,
-                        headers=_client_headers(traceparent=TRACEPARENT.upper(), tracestate="a=b"))
+    answer = httpx.post(
+        f"{router.url}/v1/chat/completions",
+        json={**CHAT, "stream": False},
+        timeout=10,
+        headers=_client_headers(traceparent=TRACEPARENT.upper(), tracestate="a=b"),
+    )
     assert answer.status_code == 200
     (headers,) = _generation_headers(engine)
     assert headers["x-request-id"] == answer.headers["x-request-id"]  # the id the router logged and answered
@@ -90,13 +113,18 @@ def receiver(monkeypatch: pytest.MonkeyPatch) -> Any:
 
 
 def test_a_routed_stream_gives_the_span_tree_under_the_clients_trace(
-        fleet: Fleet, tmp_path: Path, receiver: OtlpReceiver) -> None:
+    fleet: Fleet, tmp_path: Path, receiver: OtlpReceiver
+) -> None:
     (down, up), router = _start(fleet, tmp_path, 2, tracing={"enabled": True})
     down.control(fault="503")
     assert httpx.get(f"{router.url}/health", timeout=5).status_code == 200  # exported before the rest, if at all
     for _ in range(2):  # round-robin: one of the two is tried on the failing instance first
-        answer = httpx.post(f"{router.url}/v1/chat/completions", json=CHAT, timeout=10,
-                            headers=_client_headers(traceparent=TRACEPARENT, **{"x-request-id": "req-otel"}))
+        answer = httpx.post(
+            f"{router.url}/v1/chat/completions",
+            json=CHAT,
+            timeout=10,
+            headers=_client_headers(traceparent=TRACEPARENT, **{"x-request-id": "req-otel"}),
+        )
         assert answer.status_code == 200
     servers = receiver.wait_for("POST /v1/chat/completions", 2)
     assert len(servers) == 2

@@ -43,8 +43,9 @@ USAGE = {"prompt_tokens": 3, "completion_tokens": TOKENS, "total_tokens": 3 + TO
 
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("model", [MODEL, ALIAS])
-async def test_a_whole_answer_has_its_usage_and_the_public_model(served: tuple[Engine, Router], path: str,
-                                                                 model: str) -> None:
+async def test_a_whole_answer_has_its_usage_and_the_public_model(
+    served: tuple[Engine, Router], path: str, model: str
+) -> None:
     _, router = served
     async with httpx.AsyncClient(base_url=router.url, timeout=10) as client:
         answer = (await client.post(path, json=_body(path, model))).json()
@@ -56,8 +57,9 @@ async def test_a_whole_answer_has_its_usage_and_the_public_model(served: tuple[E
 
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("model", [MODEL, ALIAS])
-async def test_a_stream_has_usage_only_when_asked_and_ends_with_done(served: tuple[Engine, Router], path: str,
-                                                                     model: str) -> None:
+async def test_a_stream_has_usage_only_when_asked_and_ends_with_done(
+    served: tuple[Engine, Router], path: str, model: str
+) -> None:
     _, router = served
     async with httpx.AsyncClient(base_url=router.url, timeout=10) as client:
         plain = await _events(client, path, _body(path, model))
@@ -71,8 +73,7 @@ async def test_a_stream_has_usage_only_when_asked_and_ends_with_done(served: tup
 
 
 @pytest.mark.parametrize("path", PATHS)
-async def test_an_error_event_ends_a_stream_and_fails_a_whole_answer(served: tuple[Engine, Router],
-                                                                     path: str) -> None:
+async def test_an_error_event_ends_a_stream_and_fails_a_whole_answer(served: tuple[Engine, Router], path: str) -> None:
     engine, router = served
     engine.control(fault="error")
     async with httpx.AsyncClient(base_url=router.url, timeout=10) as client:

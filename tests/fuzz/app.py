@@ -25,8 +25,9 @@ class ScriptedEmbedder(ScriptedAdapter):
     def models(self) -> list[ModelInfo]:
         return [ModelInfo(self.name, self.max_model_len, kind="embed")]
 
-    async def embed(self, request_id: str, model: str, inputs: list[str] | list[list[int]], forwarded: Any = None
-                    ) -> tuple[list[list[float]], int]:
+    async def embed(
+        self, request_id: str, model: str, inputs: list[str] | list[list[int]], forwarded: Any = None
+    ) -> tuple[list[list[float]], int]:
         return [[0.0] * 4 for _ in inputs], len(inputs)
 
 

@@ -31,21 +31,36 @@ OBJECTS = st.dictionaries(st.text(max_size=4), st.integers(), max_size=3)
 NOT_INT = st.one_of(JUNK, LISTS, OBJECTS, st.integers(-(10**6), 10**6).map(lambda i: i + 0.5))
 NOT_NUMBER = st.one_of(JUNK, LISTS, OBJECTS)
 NOT_BOOL = st.one_of(JUNK, LISTS, OBJECTS, st.integers(min_value=2), st.floats(0.01, 0.99))
-NOT_STRING = st.one_of(st.integers(), st.floats(allow_nan=False, allow_infinity=False), st.booleans(), LISTS,
-                       OBJECTS, st.none())
+NOT_STRING = st.one_of(
+    st.integers(), st.floats(allow_nan=False, allow_infinity=False), st.booleans(), LISTS, OBJECTS, st.none()
+)
 NOT_TEXT_OR_LIST = st.one_of(st.integers(), st.booleans(), OBJECTS, st.none(), st.lists(OBJECTS, min_size=1))
 
-COMMON = {"model": NOT_STRING, "max_tokens": NOT_INT, "n": NOT_INT, "temperature": NOT_NUMBER,
-          "top_p": NOT_NUMBER, "stream": NOT_BOOL, "seed": NOT_INT, "priority": NOT_INT,
-          "stop": st.one_of(st.integers(), st.booleans(), OBJECTS, LISTS.filter(bool)),
-          "logit_bias": st.one_of(JUNK, LISTS, st.integers())}
+COMMON = {
+    "model": NOT_STRING,
+    "max_tokens": NOT_INT,
+    "n": NOT_INT,
+    "temperature": NOT_NUMBER,
+    "top_p": NOT_NUMBER,
+    "stream": NOT_BOOL,
+    "seed": NOT_INT,
+    "priority": NOT_INT,
+    "stop": st.one_of(st.integers(), st.booleans(), OBJECTS, LISTS.filter(bool)),
+    "logit_bias": st.one_of(JUNK, LISTS, st.integers()),
+}
 WRONG_TYPES: dict[str, dict[str, st.SearchStrategy[Any]]] = {
-    "/v1/chat/completions": {**COMMON, "messages": st.one_of(NOT_STRING.filter(lambda v: v != []), JUNK,
-                                                             st.lists(st.integers(), min_size=1)),
-                             "logprobs": NOT_BOOL, "top_logprobs": NOT_INT},
+    "/v1/chat/completions": {
+        **COMMON,
+        "messages": st.one_of(NOT_STRING.filter(lambda v: v != []), JUNK, st.lists(st.integers(), min_size=1)),
+        "logprobs": NOT_BOOL,
+        "top_logprobs": NOT_INT,
+    },
     "/v1/completions": {**COMMON, "prompt": NOT_TEXT_OR_LIST, "echo": NOT_BOOL, "logprobs": NOT_INT},
-    "/v1/embeddings": {"model": NOT_STRING, "input": NOT_TEXT_OR_LIST,
-                       "encoding_format": st.one_of(JUNK, st.integers(), LISTS)},
+    "/v1/embeddings": {
+        "model": NOT_STRING,
+        "input": NOT_TEXT_OR_LIST,
+        "encoding_format": st.one_of(JUNK, st.integers(), LISTS),
+    },
 }
 HUGE: dict[str, st.SearchStrategy[Any]] = {
     "max_tokens": st.one_of(st.integers(LIMITS["max_tokens"] + 1, 10**40), st.integers(-(10**40), 0)),
@@ -81,8 +96,9 @@ def deep(draw: st.DrawFn) -> tuple[str, bytes]:
     route = draw(ROUTES)
     field = draw(st.sampled_from(["extra", "model", "stop", "input", "prompt", "messages"]))
     depth = draw(st.integers(65, 3000))
-    return route, _dumps({**VALID[route], field: "x"})[:-1] + b', "' + field.encode() + b'": ' + \
-        b"[" * depth + b"]" * depth + b"}"
+    return route, _dumps({**VALID[route], field: "x"})[
+        :-1
+    ] + b', "' + field.encode() + b'": ' + b"[" * depth + b"]" * depth + b"}"
 
 
 INVALID_UTF8 = st.sampled_from([b"\xff", b"\xc3\x28", b"\xed\xa0\x80", b"\xf8\x88\x80\x80\x80", b"\xe2\x82", b"\x80"])
@@ -130,8 +146,12 @@ def client() -> Iterator[TestClient]:
 
 def _is_openai_error(body: Any) -> bool:
     error = body.get("error") if isinstance(body, dict) else None
-    return (isinstance(error, dict) and set(error) == {"message", "type", "param", "code"}
-            and isinstance(error["message"], str) and (error["code"] is None or isinstance(error["code"], str)))
+    return (
+        isinstance(error, dict)
+        and set(error) == {"message", "type", "param", "code"}
+        and isinstance(error["message"], str)
+        and (error["code"] is None or isinstance(error["code"], str))
+    )
 
 
 @given(case=BAD_BODIES)

@@ -22,8 +22,9 @@ from schemathesis.specs.openapi.checks import (
 from tests.fuzz.app import AUTH, EMBED_MODEL, MODEL, fuzz_app
 
 SCHEMA = schemathesis.openapi.from_asgi("/openapi.json", fuzz_app(), headers=AUTH)
-SCHEMA.config.generation.update(modes=[GenerationMode.POSITIVE, GenerationMode.NEGATIVE], deterministic=True,
-                                database="none")
+SCHEMA.config.generation.update(
+    modes=[GenerationMode.POSITIVE, GenerationMode.NEGATIVE], deterministic=True, database="none"
+)
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
 
@@ -56,8 +57,16 @@ def test_the_schema_documents_400_not_422() -> None:
 
 def test_the_schema_lists_the_anthropic_scoring_and_fastchat_routes() -> None:
     paths = SCHEMA.raw_schema["paths"]
-    for path in ("/v1/messages", "/v1/messages/count_tokens", "/v1/score", "/score", "/v1/rerank", "/rerank",
-                 "/v2/rerank", "/api/v1/chat/completions"):
+    for path in (
+        "/v1/messages",
+        "/v1/messages/count_tokens",
+        "/v1/score",
+        "/score",
+        "/v1/rerank",
+        "/rerank",
+        "/v2/rerank",
+        "/api/v1/chat/completions",
+    ):
         assert "post" in paths[path], path
     anthropic_error = paths["/v1/messages"]["post"]["responses"]["401"]["content"]["application/json"]["schema"]
     assert anthropic_error["$ref"].endswith("/AnthropicError")

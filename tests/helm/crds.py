@@ -29,8 +29,10 @@ def crds_dir() -> Path:
     for candidate in candidates:
         if candidate.is_dir():
             return candidate
-    pytest.skip(f"no upstream CRDs in {' or '.join(map(str, candidates))} (shared/crds/ is beside the project "
-                f"only in CI and on the team's machines); set {CRDS_DIR_ENV} to validate custom resources")
+    pytest.skip(
+        f"no upstream CRDs in {' or '.join(map(str, candidates))} (shared/crds/ is beside the project "
+        f"only in CI and on the team's machines); set {CRDS_DIR_ENV} to validate custom resources"
+    )
 
 
 @cache
@@ -55,7 +57,9 @@ def unknown_fields(value: Any, schema: dict[str, Any], path: str = "") -> list[s
         if properties is None:
             extra = schema.get("additionalProperties")
             if isinstance(extra, dict):
-                return [found for key, child in value.items() for found in unknown_fields(child, extra, f"{path}.{key}")]
+                return [
+                    found for key, child in value.items() for found in unknown_fields(child, extra, f"{path}.{key}")
+                ]
             return []
         found: list[str] = []
         for key, child in value.items():
@@ -65,8 +69,11 @@ def unknown_fields(value: Any, schema: dict[str, Any], path: str = "") -> list[s
                 found += unknown_fields(child, properties[key], f"{path}.{key}")
         return found
     if isinstance(value, list) and isinstance(schema.get("items"), dict):
-        return [found for index, item in enumerate(value)
-                for found in unknown_fields(item, schema["items"], f"{path}[{index}]")]
+        return [
+            found
+            for index, item in enumerate(value)
+            for found in unknown_fields(item, schema["items"], f"{path}[{index}]")
+        ]
     return []
 
 

@@ -41,15 +41,24 @@ def chart() -> helm_python.Chart:
     return helm_python.Chart.load(CHART_DIR)
 
 
-def render_templates(values: Mapping[str, Any] | None = None, *, api_versions: Iterable[str] = (),
-                     release: str = RELEASE, namespace: str = NAMESPACE) -> dict[str, str]:
+def render_templates(
+    values: Mapping[str, Any] | None = None,
+    *,
+    api_versions: Iterable[str] = (),
+    release: str = RELEASE,
+    namespace: str = NAMESPACE,
+) -> dict[str, str]:
     """Template path -> rendered text, as `helm template --kube-version 1.29.0 --api-versions ...` would give.
 
     `Chart.render` takes no capabilities, so this calls the library's `helm_render` directly; its
     options JSON also accepts `kube_version` and `api_versions` (Helm's RenderOptions).
     """
-    options = {"name": release, "namespace": namespace, "kube_version": f"v{KUBE_VERSION}",
-               "api_versions": list(api_versions)}
+    options = {
+        "name": release,
+        "namespace": namespace,
+        "kube_version": f"v{KUBE_VERSION}",
+        "api_versions": list(api_versions),
+    }
     payload = _native.call_string("helm_render", chart()._raw(), json.dumps(dict(values or {})), json.dumps(options))
     rendered: dict[str, str] = json.loads(payload)
     return rendered
@@ -78,8 +87,11 @@ class Rendered:
         return self.sources.get(id(obj), "?")
 
     def component(self, kind: str, component: str) -> list[dict[str, Any]]:
-        return [obj for obj in self.of_kind(kind)
-                if obj["metadata"].get("labels", {}).get("app.kubernetes.io/component") == component]
+        return [
+            obj
+            for obj in self.of_kind(kind)
+            if obj["metadata"].get("labels", {}).get("app.kubernetes.io/component") == component
+        ]
 
     @property
     def router(self) -> dict[str, Any]:

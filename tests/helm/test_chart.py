@@ -44,13 +44,19 @@ def env_of(container: dict[str, Any]) -> dict[str, str]:
 
 def test_ci_values_sets_exist() -> None:
     names = {path.name for path in CI_VALUES_DIR.glob("*-values.yaml")}
-    assert {"default-values.yaml", "multi-model-gpu-values.yaml", "cpu-embedded-values.yaml",
-            "keys-monitoring-keda-values.yaml", "production-values.yaml"} <= names
+    assert {
+        "default-values.yaml",
+        "multi-model-gpu-values.yaml",
+        "cpu-embedded-values.yaml",
+        "keys-monitoring-keda-values.yaml",
+        "production-values.yaml",
+    } <= names
 
 
 def test_lint_passes(ci_values_path: Path) -> None:
-    report = helm_python.lint(CHART_DIR, load_values(ci_values_path), strict=True,
-                              namespace=NAMESPACE, kube_version=f"v{KUBE_VERSION}")
+    report = helm_python.lint(
+        CHART_DIR, load_values(ci_values_path), strict=True, namespace=NAMESPACE, kube_version=f"v{KUBE_VERSION}"
+    )
     assert report["errors"] == []
     # Severity 2 is a warning, 3 an error; 1 (info) is only advice such as "icon is recommended".
     assert [m for m in report["messages"] if m["severity"] >= 2] == []
@@ -76,9 +82,22 @@ def test_custom_resources_validate_against_upstream_crds(ci_rendered: Rendered) 
 
 def test_only_known_kinds_are_rendered(ci_rendered: Rendered) -> None:
     kinds = {obj["kind"] for obj in ci_rendered.objects}
-    assert kinds <= {"ServiceAccount", "ConfigMap", "Secret", "Service", "Deployment", "HorizontalPodAutoscaler",
-                     "PodDisruptionBudget", "PersistentVolumeClaim", "Pod", "NetworkPolicy", "Ingress", "Role",
-                     "RoleBinding", *CUSTOM_KINDS}
+    assert kinds <= {
+        "ServiceAccount",
+        "ConfigMap",
+        "Secret",
+        "Service",
+        "Deployment",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+        "PersistentVolumeClaim",
+        "Pod",
+        "NetworkPolicy",
+        "Ingress",
+        "Role",
+        "RoleBinding",
+        *CUSTOM_KINDS,
+    }
 
 
 def test_names_are_valid_and_unique(ci_rendered: Rendered) -> None:
@@ -138,11 +157,15 @@ def test_progress_deadline_follows_the_startup_probe_or_a_value() -> None:
     assert gemma["spec"]["progressDeadlineSeconds"] == 1800  # the budget plus 600 s for pull and preparation
 
     slow = {"startup": {"initialDelaySeconds": 30, "periodSeconds": 20, "failureThreshold": 180}}
-    rendered = render({"engineDefaults": {"probes": slow},
-                       "models": [{"name": "a", "model": "/a"}, {"name": "b", "model": "/b",
-                                                                  "progressDeadlineSeconds": 7200}]})
-    deadlines = {rendered.config_of(e)["models"][0]["name"]: e["spec"]["progressDeadlineSeconds"]
-                 for e in rendered.engines}
+    rendered = render(
+        {
+            "engineDefaults": {"probes": slow},
+            "models": [{"name": "a", "model": "/a"}, {"name": "b", "model": "/b", "progressDeadlineSeconds": 7200}],
+        }
+    )
+    deadlines = {
+        rendered.config_of(e)["models"][0]["name"]: e["spec"]["progressDeadlineSeconds"] for e in rendered.engines
+    }
     assert deadlines == {"a": 30 + 20 * 180 + 600, "b": 7200}
     with pytest.raises(helm_python.HelmRenderError, match="progressDeadlineSeconds 900 is shorter than"):
         render({"engineDefaults": {"progressDeadlineSeconds": 900}})
@@ -223,10 +246,14 @@ def test_kubernetes_discovery_mode_watches_endpointslices(tmp_path: Path) -> Non
 
     # List and watch endpointslices (all the router calls) in this namespace, for the router's own ServiceAccount.
     (role,), (binding,) = rendered.of_kind("Role"), rendered.of_kind("RoleBinding")
-    assert role["rules"] == [{"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"],
-                              "verbs": ["list", "watch"]}]
-    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
-                                  "name": role["metadata"]["name"]}
+    assert role["rules"] == [
+        {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]}
+    ]
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
     account = pod_spec(rendered.router)["serviceAccountName"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account, "namespace": NAMESPACE}]
     assert account == "ty-tokenyard-router" != pod_spec(rendered.engines[0])["serviceAccountName"]
@@ -287,8 +314,9 @@ def test_engine_config_carries_the_model_settings() -> None:
     assert configs["Qwen2.5-32B-Instruct"]["models"][0]["engine_args"]["tensor_parallel_size"] == 2
 
 
-def test_engine_configs_load_as_tokenyard_settings(ci_rendered: Rendered, monkeypatch: pytest.MonkeyPatch,
-                                                   tmp_path: Path) -> None:
+def test_engine_configs_load_as_tokenyard_settings(
+    ci_rendered: Rendered, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     import os
 
     from gateway.settings import Settings
@@ -342,22 +370,30 @@ def test_cpu_values_request_no_gpu(name: str) -> None:
 
 
 def test_model_overrides_replace_defaults_even_with_false_or_zero() -> None:
-    rendered = render({
-        "serviceMonitor": {"enabled": True, "force": True},
-        "engineDefaults": {"gpu": {"count": 1}, "keda": {"enabled": True}, "replicaCount": 3},
-        "models": [
-            {"name": "big", "model": "/models/big"},
-            {"name": "small", "model": "/models/small", "gpu": {"count": 0}, "keda": {"enabled": False},
-             "replicaCount": 0},
-        ],
-    })
+    rendered = render(
+        {
+            "serviceMonitor": {"enabled": True, "force": True},
+            "engineDefaults": {"gpu": {"count": 1}, "keda": {"enabled": True}, "replicaCount": 3},
+            "models": [
+                {"name": "big", "model": "/models/big"},
+                {
+                    "name": "small",
+                    "model": "/models/small",
+                    "gpu": {"count": 0},
+                    "keda": {"enabled": False},
+                    "replicaCount": 0,
+                },
+            ],
+        }
+    )
     engines = {rendered.config_of(e)["models"][0]["name"]: e for e in rendered.engines}
     assert main_container(engines["big"])["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert "replicas" not in engines["big"]["spec"]
     assert "nvidia.com/gpu" not in json.dumps(engines["small"])
     assert engines["small"]["spec"]["replicas"] == 0
     assert [so["spec"]["scaleTargetRef"]["name"] for so in rendered.of_kind("ScaledObject")] == [
-        engines["big"]["metadata"]["name"]]
+        engines["big"]["metadata"]["name"]
+    ]
 
 
 def test_model_cache_volume_and_init_container() -> None:
@@ -412,13 +448,17 @@ def test_image_defaults_to_app_version() -> None:
 def test_router_image_and_digests() -> None:
     digest = "sha256:" + "a" * 64
     other = "sha256:" + "b" * 64
-    rendered = render({
-        "image": {"repository": "reg.example/ty", "tag": "0.1.0-cuda", "digest": digest},
-        "router": {"image": {"digest": other, "pullPolicy": "Always"}},
-        "imagePullSecrets": [{"name": "pull"}],
-        "models": [{"name": "a", "model": "/m/a"},
-                   {"name": "b", "model": "/m/b", "image": {"repository": "reg.example/custom", "tag": "1"}}],
-    })
+    rendered = render(
+        {
+            "image": {"repository": "reg.example/ty", "tag": "0.1.0-cuda", "digest": digest},
+            "router": {"image": {"digest": other, "pullPolicy": "Always"}},
+            "imagePullSecrets": [{"name": "pull"}],
+            "models": [
+                {"name": "a", "model": "/m/a"},
+                {"name": "b", "model": "/m/b", "image": {"repository": "reg.example/custom", "tag": "1"}},
+            ],
+        }
+    )
     engines = {rendered.config_of(e)["models"][0]["name"]: e for e in rendered.engines}
     assert main_container(engines["a"])["image"] == f"reg.example/ty:0.1.0-cuda@{digest}"
     assert main_container(engines["b"])["image"] == "reg.example/custom:1"  # another repository: not its digest
@@ -465,8 +505,12 @@ def test_hub_token_comes_from_an_existing_secret() -> None:
 
 
 def test_hub_downloads_land_on_the_model_cache() -> None:
-    rendered = render({"engineDefaults": {"modelCache": {"type": "pvc"}, "hfTokenSecret": {"name": "hf"}},
-                       "models": [{"name": "qwen", "model": "Qwen/Qwen2.5-0.5B-Instruct"}]})
+    rendered = render(
+        {
+            "engineDefaults": {"modelCache": {"type": "pvc"}, "hfTokenSecret": {"name": "hf"}},
+            "models": [{"name": "qwen", "model": "Qwen/Qwen2.5-0.5B-Instruct"}],
+        }
+    )
     (engine,) = rendered.engines
     env = env_of(main_container(engine))
     assert env["HF_HOME"] == "/var/cache/tokenyard/huggingface"
@@ -525,9 +569,12 @@ def test_servicemonitor_shape() -> None:
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
     selector = monitor["spec"]["selector"]
     components = set(selector["matchExpressions"][0]["values"])
-    scraped = [s for s in rendered.of_kind("Service")
-               if selector["matchLabels"].items() <= s["metadata"]["labels"].items()
-               and s["metadata"]["labels"]["app.kubernetes.io/component"] in components]
+    scraped = [
+        s
+        for s in rendered.of_kind("Service")
+        if selector["matchLabels"].items() <= s["metadata"]["labels"].items()
+        and s["metadata"]["labels"]["app.kubernetes.io/component"] in components
+    ]
     # The router Service and every engine's headless Service, each with the named port.
     assert len(scraped) == 1 + len(rendered.engines)
     assert all(any(p["name"] == "http" for p in s["spec"]["ports"]) for s in scraped)
@@ -570,8 +617,10 @@ def test_router_pdb_lets_a_drain_evict_a_lone_router() -> None:
 def test_pods_run_as_non_root(ci_rendered: Rendered) -> None:
     workloads = ci_rendered.of_kind("Deployment") + ci_rendered.of_kind("LeaderWorkerSet") + ci_rendered.of_kind("Pod")
     assert workloads
-    watches = any(route.get("discovery", {}).get("mode") == "kubernetes"
-                  for route in ci_rendered.config_of(ci_rendered.router)["routes"])
+    watches = any(
+        route.get("discovery", {}).get("mode") == "kubernetes"
+        for route in ci_rendered.config_of(ci_rendered.router)["routes"]
+    )
     for workload in workloads:
         spec = pod_spec(workload)
         assert spec["securityContext"]["runAsNonRoot"] is True
@@ -594,8 +643,10 @@ def test_helm_test_pod_lists_models_through_the_router(ci_rendered: Rendered) ->
     (container,) = pod["spec"]["containers"]
     env = env_of(container)
     router_service = ci_rendered.get("Service", ci_rendered.router["metadata"]["name"])
-    assert env["MODELS_URL"] == (f"http://{router_service['metadata']['name']}.{NAMESPACE}.svc.cluster.local:"
-                                 f"{router_service['spec']['ports'][0]['port']}/v1/models")
+    assert env["MODELS_URL"] == (
+        f"http://{router_service['metadata']['name']}.{NAMESPACE}.svc.cluster.local:"
+        f"{router_service['spec']['ports'][0]['port']}/v1/models"
+    )
     served = sorted(ci_rendered.config_of(e)["models"][0]["name"] for e in ci_rendered.engines)
     assert sorted(json.loads(env["EXPECTED_MODELS"])) == served
     # The script is plain Python: it must at least compile.
@@ -627,8 +678,10 @@ def test_notes_tell_how_to_reach_the_router(ci_rendered: Rendered) -> None:
 def test_config_change_rolls_only_the_changed_engine() -> None:
     def checksums(values: dict[str, Any]) -> dict[str, str]:
         rendered = render(values)
-        return {d["metadata"]["name"]: d["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
-                for d in rendered.of_kind("Deployment")}
+        return {
+            d["metadata"]["name"]: d["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+            for d in rendered.of_kind("Deployment")
+        }
 
     base = load_values(CHART_DIR / "values.yaml")["models"]
     changed = [dict(base[0], maxModelLen=1024), base[1]]
@@ -639,8 +692,11 @@ def test_config_change_rolls_only_the_changed_engine() -> None:
 
     # Scaling settings change the pod count, not the pods: no model reload for them.
     scaled = {"serviceMonitor": {"enabled": True, "force": True}}
-    scaling = {"keda": {"enabled": True, "maxReplicaCount": 9, "routerTrigger": {"threshold": "2"}},
-               "replicaCount": 3, "progressDeadlineSeconds": 5000}
+    scaling = {
+        "keda": {"enabled": True, "maxReplicaCount": 9, "routerTrigger": {"threshold": "2"}},
+        "replicaCount": 3,
+        "progressDeadlineSeconds": 5000,
+    }
     assert checksums(scaled) == checksums({**scaled, "engineDefaults": scaling})
 
 
@@ -654,8 +710,9 @@ def test_clashing_model_names_fail() -> None:
 
 def test_long_names_stay_within_dns_limits() -> None:
     long_release = "a-release-name-that-is-quite-long-indeed"
-    models = [{"name": f"organisation-name/a-very-long-model-name-for-testing-limits-v{n}", "model": "/m"}
-              for n in range(2)]
+    models = [
+        {"name": f"organisation-name/a-very-long-model-name-for-testing-limits-v{n}", "model": "/m"} for n in range(2)
+    ]
     rendered = render({"models": models}, release=long_release)
     for kind in ("Service", "Deployment", "ConfigMap"):
         names = rendered.names(kind)

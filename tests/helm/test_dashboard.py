@@ -36,8 +36,21 @@ KNOWN_METRICS = {
     "vllm:cache_config_info",
 } | {f"{name}{suffix}" for name in HISTOGRAMS for suffix in ("_bucket", "_sum", "_count")}
 # Labels the exporters set, plus those Prometheus adds when scraping through the chart's ServiceMonitor.
-KNOWN_LABELS = {"model", "route", "status", "upstream", "reason", "le", "model_name",
-                "namespace", "pod", "component", "job", "instance", "service"}
+KNOWN_LABELS = {
+    "model",
+    "route",
+    "status",
+    "upstream",
+    "reason",
+    "le",
+    "model_name",
+    "namespace",
+    "pod",
+    "component",
+    "job",
+    "instance",
+    "service",
+}
 # Grafana's variables, replaced by values of the same shape before parsing.
 VARIABLES = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "1h"}
 LABEL_VALUES = re.compile(r"^label_values\((?P<query>.+),\s*(?P<label>[a-zA-Z_]\w*)\s*\)$")

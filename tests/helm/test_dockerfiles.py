@@ -23,8 +23,9 @@ def hadolint() -> str | None:
 
 def instructions(path: Path) -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
-    joined = re.sub(r"\\\n", " ", "\n".join(line for line in path.read_text().splitlines()
-                                             if not line.lstrip().startswith("#")))
+    joined = re.sub(
+        r"\\\n", " ", "\n".join(line for line in path.read_text().splitlines() if not line.lstrip().startswith("#"))
+    )
     result = []
     for line in joined.splitlines():
         if line.strip():
@@ -89,8 +90,11 @@ def test_cuda_image_installs_the_cuda_extra() -> None:
     base = next(args for keyword, args in steps if keyword == "ARG" and args.startswith("CUDA_IMAGE="))
     assert base.startswith("CUDA_IMAGE=nvidia/cuda:")
     # The ray extra runs multi-node engines (models[].multiNode).
-    assert ("RUN", '--mount=type=cache,target=/root/.cache/pip pip install ".[cuda,ray]" && '
-                   'python -c "import vllm; print(\'vllm\', vllm.__version__)"') in steps
+    assert (
+        "RUN",
+        '--mount=type=cache,target=/root/.cache/pip pip install ".[cuda,ray]" && '
+        "python -c \"import vllm; print('vllm', vllm.__version__)\"",
+    ) in steps
 
 
 def test_cpu_image_follows_make_install() -> None:
@@ -110,8 +114,11 @@ def test_cpu_image_follows_make_install() -> None:
 
 
 def test_dockerignore_keeps_only_what_the_build_needs() -> None:
-    rules = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
-             if line.strip() and not line.startswith("#")]
+    rules = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     assert rules[0] == "**"
     allowed = {rule[1:].rstrip("/") for rule in rules if rule.startswith("!")}
     copied = set()

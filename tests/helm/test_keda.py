@@ -25,8 +25,10 @@ def by_model(rendered: Rendered) -> dict[str, dict[str, Any]]:
 def selector(query: str) -> tuple[str, dict[str, str]]:
     """The one metric a trigger's query reads, and its equality matchers."""
     found: list[Any] = []
-    promql_parser.walk(promql_parser.parse(query),
-                       lambda node: found.append(node) if isinstance(node, promql_parser.VectorSelector) else None)
+    promql_parser.walk(
+        promql_parser.parse(query),
+        lambda node: found.append(node) if isinstance(node, promql_parser.VectorSelector) else None,
+    )
     (vector,) = found
     matchers = {m.name: m.value for m in vector.matchers.matchers if m.op == promql_parser.MatchOp.Equal}
     return vector.name, matchers
@@ -38,9 +40,12 @@ def scraped_services(rendered: Rendered) -> set[str]:
     chosen = monitor["spec"]["selector"]
     components = set(chosen["matchExpressions"][0]["values"])
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
-    return {s["metadata"]["name"] for s in rendered.of_kind("Service")
-            if chosen["matchLabels"].items() <= s["metadata"]["labels"].items()
-            and s["metadata"]["labels"]["app.kubernetes.io/component"] in components}
+    return {
+        s["metadata"]["name"]
+        for s in rendered.of_kind("Service")
+        if chosen["matchLabels"].items() <= s["metadata"]["labels"].items()
+        and s["metadata"]["labels"]["app.kubernetes.io/component"] in components
+    }
 
 
 @pytest.mark.parametrize("name", ["default", "cpu-embedded", "multi-model-gpu"])
@@ -56,8 +61,11 @@ def test_generate_model_wakes_on_the_router_queue_and_grows_on_vllms() -> None:
     assert scaled["apiVersion"] == "keda.sh/v1alpha1"
     assert (scaled["spec"]["minReplicaCount"], scaled["spec"]["maxReplicaCount"]) == (0, 6)
     gemma = rendered.get("Deployment", scaled["spec"]["scaleTargetRef"]["name"])
-    assert scaled["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
-                                                "name": gemma["metadata"]["name"]}
+    assert scaled["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": gemma["metadata"]["name"],
+    }
     assert "replicas" not in gemma["spec"], "KEDA owns the replica count"
     triggers = {t["name"]: t for t in scaled["spec"]["triggers"]}
     assert sorted(triggers) == ["engine-queue", "router-in-flight", "router-queue"]
@@ -80,11 +88,17 @@ def test_generate_model_wakes_on_the_router_queue_and_grows_on_vllms() -> None:
     assert labels["model"] in routes
     # vLLM's queue, from this engine's headless Service, by the name the engine serves.
     metric, labels = selector(triggers["engine-queue"]["metadata"]["query"])
-    headless = [s["metadata"]["name"] for s in rendered.of_kind("Service")
-                if s["spec"].get("selector") == gemma["spec"]["selector"]["matchLabels"]]
+    headless = [
+        s["metadata"]["name"]
+        for s in rendered.of_kind("Service")
+        if s["spec"].get("selector") == gemma["spec"]["selector"]["matchLabels"]
+    ]
     assert metric == "vllm:num_requests_waiting"
-    assert labels == {"namespace": NAMESPACE, "service": headless[0],
-                      "model_name": rendered.config_of(gemma)["models"][0]["name"]}
+    assert labels == {
+        "namespace": NAMESPACE,
+        "service": headless[0],
+        "model_name": rendered.config_of(gemma)["models"][0]["name"],
+    }
     assert {router_service, headless[0]} <= scraped_services(rendered)
 
 
@@ -94,8 +108,11 @@ def test_embed_model_scales_on_the_router_queue_only() -> None:
     trigger, busy = scaled["spec"]["triggers"]
     assert busy["name"] == "router-in-flight"
     metric, labels = selector(trigger["metadata"]["query"])
-    assert (trigger["name"], metric, labels["model"]) == ("router-queue", "tokenyard_route_waiting_requests",
-                                                          "all-MiniLM-L6-v2")
+    assert (trigger["name"], metric, labels["model"]) == (
+        "router-queue",
+        "tokenyard_route_waiting_requests",
+        "all-MiniLM-L6-v2",
+    )
     assert "replicas" not in rendered.get("Deployment", scaled["spec"]["scaleTargetRef"]["name"])["spec"]
 
 
@@ -111,33 +128,48 @@ def test_a_model_whose_triggers_can_have_no_series_gets_no_scaledobject() -> Non
 
     # A query of its own (a metric the operator knows the embed engine has) is taken as given.
     own = {"enabled": True, "query": 'sum(rate(tokenyard_requests_total{model="all-MiniLM-L6-v2"}[1m]))'}
-    values["models"] = [{"name": "all-MiniLM-L6-v2", "model": "builtin:all-minilm-l6-v2", "kind": "embed",
-                         "keda": {"engineTrigger": own}}]
+    values["models"] = [
+        {
+            "name": "all-MiniLM-L6-v2",
+            "model": "builtin:all-minilm-l6-v2",
+            "kind": "embed",
+            "keda": {"engineTrigger": own},
+        }
+    ]
     (trigger,) = by_model(render(values))["all-MiniLM-L6-v2"]["spec"]["triggers"]
     assert (trigger["name"], trigger["metadata"]["query"]) == ("engine-queue", own["query"])
 
 
 def test_all_models_with_everything_off_render_no_scaledobject() -> None:
     off = {"enabled": False}
-    rendered = render({**SCRAPED, "engineDefaults": {"keda": {"enabled": True, "routerTrigger": off,
-                                                               "engineTrigger": off}}})
+    rendered = render(
+        {**SCRAPED, "engineDefaults": {"keda": {"enabled": True, "routerTrigger": off, "engineTrigger": off}}}
+    )
     assert rendered.of_kind("ScaledObject") == []
     assert all(engine["spec"]["replicas"] == 1 for engine in rendered.engines)
 
 
-@pytest.mark.parametrize("monitoring", [
-    {},
-    {"serviceMonitor": {"enabled": False, "force": True}},
-    {"serviceMonitor": {"enabled": True}},  # enabled, but the cluster does not serve the API
-], ids=["off", "forced-but-off", "no-api"])
+@pytest.mark.parametrize(
+    "monitoring",
+    [
+        {},
+        {"serviceMonitor": {"enabled": False, "force": True}},
+        {"serviceMonitor": {"enabled": True}},  # enabled, but the cluster does not serve the API
+    ],
+    ids=["off", "forced-but-off", "no-api"],
+)
 def test_keda_without_prometheus_scraping_fails_with_what_to_set(monitoring: dict[str, Any]) -> None:
-    with pytest.raises(helm_python.HelmRenderError, match=r"keda.enabled needs Prometheus .* serviceMonitor.enabled=true"):
+    with pytest.raises(
+        helm_python.HelmRenderError, match=r"keda.enabled needs Prometheus .* serviceMonitor.enabled=true"
+    ):
         render({**monitoring, "engineDefaults": {"keda": {"enabled": True}}})
 
 
 def test_keda_with_the_monitoring_api_renders() -> None:
-    rendered = render({"serviceMonitor": {"enabled": True}, "engineDefaults": {"keda": {"enabled": True}}},
-                      api_versions=[MONITORING_API])
+    rendered = render(
+        {"serviceMonitor": {"enabled": True}, "engineDefaults": {"keda": {"enabled": True}}},
+        api_versions=[MONITORING_API],
+    )
     assert len(rendered.of_kind("ServiceMonitor")) == 1
     assert sorted(by_model(rendered)) == ["all-MiniLM-L6-v2", "gemma-3-270m"]
 
@@ -159,7 +191,13 @@ def test_fallback_and_behavior_render_only_when_set() -> None:
 
 def test_a_misspelt_behavior_field_is_caught_by_the_crd_check() -> None:
     """The CRD check itself can fail: the API server would drop this field without a word."""
-    rendered = render({**SCRAPED, "engineDefaults": {"keda": {
-        "enabled": True, "behavior": {"scaleDown": {"stabilisationWindowSeconds": 600}}}}})
+    rendered = render(
+        {
+            **SCRAPED,
+            "engineDefaults": {
+                "keda": {"enabled": True, "behavior": {"scaleDown": {"stabilisationWindowSeconds": 600}}}
+            },
+        }
+    )
     with pytest.raises(AssertionError, match="stabilisationWindowSeconds"):
         validate_custom_resource(rendered.of_kind("ScaledObject")[0])

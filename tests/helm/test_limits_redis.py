@@ -10,17 +10,21 @@ import yaml
 from gateway.settings import Settings
 from tests.helm.rendering import main_container, render
 
-REDIS = {"limits": {"redis": {"existingSecret": "ty-redis", "secretKey": "url", "failure": "closed"}},
-         "router": {"extraEnv": [{"name": "EXTRA", "value": "1"}],
-                    "extraConfig": {"limits": {"requests_per_minute": 600}}}}
+REDIS = {
+    "limits": {"redis": {"existingSecret": "ty-redis", "secretKey": "url", "failure": "closed"}},
+    "router": {"extraEnv": [{"name": "EXTRA", "value": "1"}], "extraConfig": {"limits": {"requests_per_minute": 600}}},
+}
 
 
-def test_redis_url_from_the_secret_and_the_backend_in_the_config(tmp_path: Path,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_redis_url_from_the_secret_and_the_backend_in_the_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     rendered = render(REDIS)
     env = main_container(rendered.router)["env"]
-    assert {"name": "TOKENYARD_LIMITS__REDIS_URL",
-            "valueFrom": {"secretKeyRef": {"name": "ty-redis", "key": "url"}}} in env
+    assert {
+        "name": "TOKENYARD_LIMITS__REDIS_URL",
+        "valueFrom": {"secretKeyRef": {"name": "ty-redis", "key": "url"}},
+    } in env
     assert {"name": "EXTRA", "value": "1"} in env
     config = rendered.config_of(rendered.router)
     assert config["limits"] == {"backend": "redis", "redis_failure": "closed", "requests_per_minute": 600}

@@ -13,8 +13,13 @@ from tests.helm.crds import validate_custom_resource
 from tests.helm.rendering import KUBE_VERSION, Rendered, render
 from tests.helm.test_security import selects
 
-BIG = {"name": "llama-405b", "model": "/var/cache/tokenyard/Llama-3.1-405B-Instruct", "gpu": {"count": 8},
-       "multiNode": {"nodes": 2}, "engineArgs": {"max_num_seqs": 64}}
+BIG = {
+    "name": "llama-405b",
+    "model": "/var/cache/tokenyard/Llama-3.1-405B-Instruct",
+    "gpu": {"count": 8},
+    "multiNode": {"nodes": 2},
+    "engineArgs": {"max_num_seqs": 64},
+}
 SMALL = {"name": "small", "model": "/m/small"}
 
 
@@ -35,8 +40,11 @@ def test_a_multi_node_model_is_a_leader_worker_set() -> None:
     assert lws["spec"]["leaderWorkerTemplate"]["size"] == 2 and lws["spec"]["replicas"] == 1
     validate_custom_resource(lws)
     for template in templates(lws):  # the pods themselves, against Kubernetes' own PodTemplate schema
-        kubernetes_validate.validate({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "t"},
-                                      "template": template}, KUBE_VERSION, strict=True)
+        kubernetes_validate.validate(
+            {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "t"}, "template": template},
+            KUBE_VERSION,
+            strict=True,
+        )
 
 
 def test_leader_serves_over_ray_and_workers_join_it() -> None:
@@ -56,8 +64,12 @@ def test_leader_serves_over_ray_and_workers_join_it() -> None:
     for container in (leader, worker):
         assert container["resources"]["limits"]["nvidia.com/gpu"] == 8
     config = result.config_of(lws)
-    assert config["models"][0]["engine_args"] == {"tensor_parallel_size": 8, "pipeline_parallel_size": 2,
-                                                  "distributed_executor_backend": "ray", "max_num_seqs": 64}
+    assert config["models"][0]["engine_args"] == {
+        "tensor_parallel_size": 8,
+        "pipeline_parallel_size": 2,
+        "distributed_executor_backend": "ray",
+        "max_num_seqs": 64,
+    }
     assert config["auth"]["api_keys_file"] == "/etc/tokenyard/internal/internal-key"
 
 
@@ -74,16 +86,23 @@ def test_discovery_and_metrics_see_only_leaders() -> None:
 
 
 def test_group_members_reach_each_other_and_keda_scales_groups() -> None:
-    result = render({"serviceMonitor": {"enabled": True, "force": True},
-                     "models": [{**BIG, "keda": {"enabled": True}, "inferencePool": {"enabled": True}}, SMALL]})
+    result = render(
+        {
+            "serviceMonitor": {"enabled": True, "force": True},
+            "models": [{**BIG, "keda": {"enabled": True}, "inferencePool": {"enabled": True}}, SMALL],
+        }
+    )
     (lws,) = result.of_kind("LeaderWorkerSet")
     (policy,) = result.component("NetworkPolicy", "engine")
     group_rule = policy["spec"]["ingress"][1]
     assert "ports" not in group_rule  # Ray uses many ports
     assert all(selects(group_rule["from"][0]["podSelector"], t["metadata"]["labels"]) for t in templates(lws))
     (scaled,) = result.of_kind("ScaledObject")
-    assert scaled["spec"]["scaleTargetRef"] == {"apiVersion": "leaderworkerset.x-k8s.io/v1",
-                                                "kind": "LeaderWorkerSet", "name": lws["metadata"]["name"]}
+    assert scaled["spec"]["scaleTargetRef"] == {
+        "apiVersion": "leaderworkerset.x-k8s.io/v1",
+        "kind": "LeaderWorkerSet",
+        "name": lws["metadata"]["name"],
+    }
     assert "replicas" not in lws["spec"]  # KEDA owns it
     (pool,) = result.of_kind("InferencePool")
     assert pool["spec"]["selector"]["matchLabels"]["leaderworkerset.sigs.k8s.io/worker-index"] == "0"

@@ -11,8 +11,14 @@ from tests.helm.conftest import ci
 from tests.helm.rendering import KUBE_VERSION, Rendered, main_container, pod_spec, pod_templates, render
 from tests.helm.test_security import pod_labels, selects
 
-SPREAD = [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway",
-           "labelSelector": {"matchLabels": {"app.kubernetes.io/instance": "ty"}}}]
+SPREAD = [
+    {
+        "maxSkew": 1,
+        "topologyKey": "topology.kubernetes.io/zone",
+        "whenUnsatisfiable": "ScheduleAnyway",
+        "labelSelector": {"matchLabels": {"app.kubernetes.io/instance": "ty"}},
+    }
+]
 
 
 def validate(*objects: dict[str, Any]) -> None:
@@ -23,8 +29,18 @@ def validate(*objects: dict[str, Any]) -> None:
 def test_the_production_set_turns_everything_on() -> None:
     rendered = ci("production")
     kinds = {obj["kind"] for obj in rendered.objects}
-    assert {"NetworkPolicy", "Ingress", "HTTPRoute", "ServiceMonitor", "ScaledObject", "InferencePool",
-            "LeaderWorkerSet", "PodDisruptionBudget", "Role", "RoleBinding"} <= kinds
+    assert {
+        "NetworkPolicy",
+        "Ingress",
+        "HTTPRoute",
+        "ServiceMonitor",
+        "ScaledObject",
+        "InferencePool",
+        "LeaderWorkerSet",
+        "PodDisruptionBudget",
+        "Role",
+        "RoleBinding",
+    } <= kinds
     assert len(rendered.of_kind("InferencePool")) == 2 and len(rendered.component("PodDisruptionBudget", "engine")) == 1
 
 
@@ -38,8 +54,9 @@ def test_pod_templates_leave_out_the_chart_version(ci_rendered: Rendered) -> Non
 
 
 def test_topology_spread_for_engines_and_router() -> None:
-    rendered = render({"engineDefaults": {"topologySpreadConstraints": SPREAD},
-                       "router": {"topologySpreadConstraints": SPREAD}})
+    rendered = render(
+        {"engineDefaults": {"topologySpreadConstraints": SPREAD}, "router": {"topologySpreadConstraints": SPREAD}}
+    )
     for deployment in rendered.of_kind("Deployment"):
         assert pod_spec(deployment)["topologySpreadConstraints"] == SPREAD
     validate(*rendered.of_kind("Deployment"))
@@ -58,8 +75,13 @@ def test_router_replicas_prefer_different_nodes() -> None:
     (hard,) = affinity({"podAntiAffinity": "hard"})["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
     assert hard == term["podAffinityTerm"]
     assert affinity({"podAntiAffinity": "none"}) is None
-    own = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
-        {"matchExpressions": [{"key": "pool", "operator": "In", "values": ["cpu"]}]}]}}}
+    own = {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchExpressions": [{"key": "pool", "operator": "In", "values": ["cpu"]}]}]
+            }
+        }
+    }
     assert affinity({"affinity": own}) == own
     validate(render({"router": {"podAntiAffinity": "hard"}}).router)
 
@@ -81,16 +103,24 @@ def test_an_engine_pdb_only_for_models_with_several_pods() -> None:
     assert pdbs(ci("default")) == {}
     forced = render({"engineDefaults": {"podDisruptionBudget": {"enabled": True, "maxUnavailable": "50%"}}})
     assert [p["spec"]["maxUnavailable"] for p in pdbs(forced).values()] == ["50%", "50%"]
-    keda = render({"serviceMonitor": {"enabled": True, "force": True},
-                   "engineDefaults": {"keda": {"enabled": True, "minReplicaCount": 2}}})
+    keda = render(
+        {
+            "serviceMonitor": {"enabled": True, "force": True},
+            "engineDefaults": {"keda": {"enabled": True, "minReplicaCount": 2}},
+        }
+    )
     assert len(pdbs(keda)) == 2
 
 
 def test_extra_volumes_mounts_and_env_from() -> None:
-    volumes = [{"name": "templates", "configMap": {"name": "chat-templates"}},
-               {"name": "weights", "nfs": {"server": "nfs.example", "path": "/models"}}]
-    mounts = [{"name": "templates", "mountPath": "/templates", "readOnly": True},
-              {"name": "weights", "mountPath": "/models", "readOnly": True}]
+    volumes = [
+        {"name": "templates", "configMap": {"name": "chat-templates"}},
+        {"name": "weights", "nfs": {"server": "nfs.example", "path": "/models"}},
+    ]
+    mounts = [
+        {"name": "templates", "mountPath": "/templates", "readOnly": True},
+        {"name": "weights", "mountPath": "/models", "readOnly": True},
+    ]
     env_from = [{"secretRef": {"name": "tokens"}}, {"configMapRef": {"name": "tuning"}}]
     extra = {"extraVolumes": volumes, "extraVolumeMounts": mounts, "envFrom": env_from}
     rendered = render({"engineDefaults": extra, "router": extra})
@@ -123,8 +153,9 @@ def test_router_has_its_own_service_account() -> None:
 
 def test_ingress_routes_to_the_router_service() -> None:
     tls = [{"hosts": ["llm.example.com"], "secretName": "llm-tls"}]
-    rendered = render({"router": {"ingress": {"enabled": True, "className": "nginx", "hosts": ["llm.example.com"],
-                                              "tls": tls}}})
+    rendered = render(
+        {"router": {"ingress": {"enabled": True, "className": "nginx", "hosts": ["llm.example.com"], "tls": tls}}}
+    )
     (ingress,) = rendered.of_kind("Ingress")
     (rule,) = ingress["spec"]["rules"]
     assert rule["host"] == "llm.example.com" and ingress["spec"]["tls"] == tls
@@ -140,8 +171,18 @@ def test_httproute_routes_to_the_router_service() -> None:
     from tests.helm.crds import validate_custom_resource
 
     parent = [{"name": "public", "namespace": "gateways"}]
-    rendered = render({"router": {"httpRoute": {"enabled": True, "parentRefs": parent, "hostnames": ["llm.example.com"],
-                                                "timeouts": {"request": "0s"}}}})
+    rendered = render(
+        {
+            "router": {
+                "httpRoute": {
+                    "enabled": True,
+                    "parentRefs": parent,
+                    "hostnames": ["llm.example.com"],
+                    "timeouts": {"request": "0s"},
+                }
+            }
+        }
+    )
     (route,) = rendered.of_kind("HTTPRoute")
     assert route["spec"]["parentRefs"] == parent
     (backend,) = route["spec"]["rules"][0]["backendRefs"]
@@ -158,9 +199,18 @@ def test_servicemonitor_sends_a_key_when_metrics_are_guarded() -> None:
 
     drop = [{"sourceLabels": ["__name__"], "regex": "python_gc_.*", "action": "drop"}]
     extra = [{"targetLabel": "cluster", "replacement": "eu-1"}]
-    rendered = render({"apiKeys": {"keys": ["sk-0123456789"], "guardMetrics": True},
-                       "serviceMonitor": {"enabled": True, "force": True, "bearerTokenSecret": {"name": "prom-key"},
-                                          "relabelings": extra, "metricRelabelings": drop}})
+    rendered = render(
+        {
+            "apiKeys": {"keys": ["sk-0123456789"], "guardMetrics": True},
+            "serviceMonitor": {
+                "enabled": True,
+                "force": True,
+                "bearerTokenSecret": {"name": "prom-key"},
+                "relabelings": extra,
+                "metricRelabelings": drop,
+            },
+        }
+    )
     assert rendered.config_of(rendered.router)["auth"]["guard_metrics"] is True
     (monitor,) = rendered.of_kind("ServiceMonitor")
     (endpoint,) = monitor["spec"]["endpoints"]
@@ -174,9 +224,14 @@ def test_servicemonitor_sends_a_key_when_metrics_are_guarded() -> None:
 def test_inference_pool_selects_one_models_engines() -> None:
     from tests.helm.crds import validate_custom_resource
 
-    rendered = render({"models": [
-        {"name": "a", "model": "/m/a", "inferencePool": {"enabled": True, "endpointPicker": {"name": "a-epp"}}},
-        {"name": "b", "model": "/m/b"}]})
+    rendered = render(
+        {
+            "models": [
+                {"name": "a", "model": "/m/a", "inferencePool": {"enabled": True, "endpointPicker": {"name": "a-epp"}}},
+                {"name": "b", "model": "/m/b"},
+            ]
+        }
+    )
     (pool,) = rendered.of_kind("InferencePool")
     engines = {rendered.config_of(e)["models"][0]["name"]: e for e in rendered.engines}
     assert selects(pool["spec"]["selector"], pod_labels(engines["a"]))

@@ -39,8 +39,11 @@ def test_engines_require_the_key_the_router_sends() -> None:
     (secret,) = [s for s in rendered.of_kind("Secret") if s["metadata"]["name"] == "ty-tokenyard-internal-key"]
     key = base64.b64decode(secret["data"]["internal-key"]).decode().strip()
     assert len(key) >= 40
-    expected = {"secretName": "ty-tokenyard-internal-key", "defaultMode": 0o440,
-                "items": [{"key": "internal-key", "path": "internal-key"}]}
+    expected = {
+        "secretName": "ty-tokenyard-internal-key",
+        "defaultMode": 0o440,
+        "items": [{"key": "internal-key", "path": "internal-key"}],
+    }
     for engine in rendered.engines:
         assert rendered.config_of(engine)["auth"]["api_keys_file"] == KEY_PATH
         assert key_volume(engine) == expected
@@ -67,8 +70,10 @@ def test_the_key_can_be_turned_off() -> None:
 
 
 def policies(rendered: Rendered) -> dict[str, dict[str, Any]]:
-    return {policy["metadata"]["labels"]["app.kubernetes.io/component"]: policy["spec"]
-            for policy in rendered.of_kind("NetworkPolicy")}
+    return {
+        policy["metadata"]["labels"]["app.kubernetes.io/component"]: policy["spec"]
+        for policy in rendered.of_kind("NetworkPolicy")
+    }
 
 
 def test_engines_take_traffic_only_from_the_router_and_the_scrapers() -> None:

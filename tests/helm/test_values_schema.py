@@ -40,8 +40,12 @@ def test_schema_passes_check_jsonschema_metaschema() -> None:
     """check-jsonschema also checks each `pattern` as an ECMA-262 regex in unicode mode, which Python's re does not."""
     if importlib.util.find_spec("check_jsonschema") is None:
         pytest.skip("check-jsonschema is not installed (the dev extra installs it)")
-    result = subprocess.run([sys.executable, "-m", "check_jsonschema", "--check-metaschema",
-                             str(CHART_DIR / "values.schema.json")], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "check_jsonschema", "--check-metaschema", str(CHART_DIR / "values.schema.json")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -66,6 +70,7 @@ def test_every_default_value_is_in_the_schema() -> None:
 
 def test_chart_objects_are_closed() -> None:
     """Every schema object with named properties refuses unknown keys, so typos fail at install."""
+
     def walk(node: Any, path: str) -> None:
         if isinstance(node, dict):
             if "properties" in node:
@@ -95,8 +100,9 @@ BAD_VALUES = {
     "key with a space": {"apiKeys": {"keys": ["two words"]}},
     "numeric KEDA threshold": {"engineDefaults": {"keda": {"routerTrigger": {"threshold": 5}}}},
     "KEDA fallback without replicas": {"engineDefaults": {"keda": {"fallback": {"failureThreshold": 3}}}},
-    "unknown KEDA fallback behavior": {"engineDefaults": {"keda": {"fallback": {
-        "failureThreshold": 3, "replicas": 1, "behavior": "max"}}}},
+    "unknown KEDA fallback behavior": {
+        "engineDefaults": {"keda": {"fallback": {"failureThreshold": 3, "replicas": 1, "behavior": "max"}}}
+    },
     "hub token as a plain value": {"engineDefaults": {"hfTokenSecret": "hf_abcdefghijklmnop"}},
     "PDB that blocks drains": {"router": {"podDisruptionBudget": {"maxUnavailable": 0}}},
     "negative progress deadline": {"models": [{"name": "m", "model": "/m", "progressDeadlineSeconds": -1}]},

@@ -32,6 +32,7 @@ def test_a_hub_id_leaves_hub_access_to_the_operator(tmp_path: Path) -> None:
 def test_importing_the_model_store_leaves_the_environment_alone() -> None:
     env = {key: value for key, value in os.environ.items() if key not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     probe = "import os, gateway.model_store; print(os.environ.get('HF_HUB_OFFLINE'))"
-    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True,
-                            check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+    )
     assert result.stdout.strip() == "None"

@@ -12,8 +12,9 @@ PATH = "/api/v1/chat/completions"
 async def test_fastchat_chat_takes_its_request_shape() -> None:
     engine = RecordingAdapter()
     async with scripted_client(settings(), engine) as client:
-        one_string = await client.post(PATH, json={"model": MODEL, "messages": "hi", "max_tokens": 3, "top_k": 4,
-                                                    "repetition_penalty": 1.1})
+        one_string = await client.post(
+            PATH, json={"model": MODEL, "messages": "hi", "max_tokens": 3, "top_k": 4, "repetition_penalty": 1.1}
+        )
         as_list = await client.post(PATH, json=chat(max_tokens=3))
         streamed = await client.post(PATH, json=chat(max_tokens=2, stream=True))
         metrics = state_of(client).metrics

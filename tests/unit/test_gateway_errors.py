@@ -33,7 +33,7 @@ def _chat(stream: bool = False, **extra: object) -> dict[str, object]:
 
 
 def _events(body: bytes) -> list[bytes]:
-    return [line[len(b"data: "):] for line in body.split(b"\n\n") if line.startswith(b"data: ")]
+    return [line[len(b"data: ") :] for line in body.split(b"\n\n") if line.startswith(b"data: ")]
 
 
 def test_error_payload_shapes() -> None:
@@ -102,8 +102,9 @@ async def test_validation_errors_name_the_field(body: dict[str, object], param: 
 
 async def test_bad_json_and_unknown_routes() -> None:
     async for client in _client(ScriptedAdapter()):
-        response = await client.post("/v1/chat/completions", content=b"{not json",
-                                      headers={"content-type": "application/json"})
+        response = await client.post(
+            "/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"}
+        )
         assert response.status_code == 400 and response.json()["error"]["type"] == "invalid_request_error"
         response = await client.get("/v1/nothing-here")
         assert response.status_code == 404 and set(response.json()["error"]) == {"message", "type", "param", "code"}

@@ -7,8 +7,12 @@ import sys
 
 
 def test_import_vllm() -> None:
-    result = subprocess.run([sys.executable, "-c", "import vllm, torch; print(vllm.__version__, torch.__version__)"],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", "import vllm, torch; print(vllm.__version__, torch.__version__)"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     vllm_version, torch_version = result.stdout.split()
     assert vllm_version.startswith("0.32")

@@ -25,7 +25,10 @@ class LoraScripted(ScriptedAdapter):
         self.loras: dict[str, str] = {}
 
     def models(self) -> list[ModelInfo]:
-        return [*super().models(), *(ModelInfo(n, self.max_model_len, root=p, parent=MODEL) for n, p in self.loras.items())]
+        return [
+            *super().models(),
+            *(ModelInfo(n, self.max_model_len, root=p, parent=MODEL) for n, p in self.loras.items()),
+        ]
 
     async def load_lora(self, name: str, path: str) -> None:
         self.loras[name] = path
@@ -82,7 +85,8 @@ def test_lora_settings_are_checked() -> None:
         ModelSettings(name="m", model="/p", lora_adapters=[{"name": "m", "path": "/a"}])  # type: ignore[list-item]
     with pytest.raises(ValidationError, match="generate"):
         ModelSettings(name="m", model="/p", kind="embed", enable_lora=True)
-    two = ModelSettings(name="m", model="/p", max_lora_rank=16,
-                        lora_adapters=[{"name": "a", "path": "/a"}, {"name": "b", "path": "/b"}])  # type: ignore[list-item]
+    two = ModelSettings(
+        name="m", model="/p", max_lora_rank=16, lora_adapters=[{"name": "a", "path": "/a"}, {"name": "b", "path": "/b"}]
+    )  # type: ignore[list-item]
     assert lora_engine_args(two) == {"enable_lora": True, "max_loras": 2, "max_lora_rank": 16}
     assert lora_engine_args(ModelSettings(name="m", model="/p")) == {}

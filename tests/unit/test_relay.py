@@ -18,12 +18,23 @@ def sse(*events: Any) -> bytes:
 
 
 def chunk(delta: dict[str, Any], reason: str | None = None, index: int = 0, **extra: Any) -> dict[str, Any]:
-    return {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 7, "model": "m",
-            "choices": [{"index": index, "delta": delta, "logprobs": None, "finish_reason": reason, **extra}]}
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "created": 7,
+        "model": "m",
+        "choices": [{"index": index, "delta": delta, "logprobs": None, "finish_reason": reason, **extra}],
+    }
 
 
-USAGE = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 7, "model": "m", "choices": [],
-         "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}}
+USAGE = {
+    "id": "chatcmpl-1",
+    "object": "chat.completion.chunk",
+    "created": 7,
+    "model": "m",
+    "choices": [],
+    "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
+}
 
 
 class NoRelay:
@@ -54,24 +65,48 @@ def test_pieces_without_usage_pass_untouched() -> None:
 def test_fold_builds_the_whole_chat_answer_with_tool_calls() -> None:
     body = sse(
         chunk({"role": "assistant", "content": ""}),
-        chunk({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
-                               "function": {"name": "get_weather", "arguments": ""}}]}),
+        chunk(
+            {
+                "tool_calls": [
+                    {
+                        "index": 0,
+                        "id": "call_1",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": ""},
+                    }
+                ]
+            }
+        ),
         chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"city": '}}]}),
         chunk({"tool_calls": [{"index": 0, "function": {"arguments": '"Paris"}'}}]}),
-        chunk({}, "tool_calls"), b"[DONE]")
+        chunk({}, "tool_calls"),
+        b"[DONE]",
+    )
     answer = fold(body, chat=True, model="public", usage=USAGE["usage"])
-    assert answer["object"] == "chat.completion" and answer["model"] == "public" and answer["usage"]["total_tokens"] == 7
+    assert (
+        answer["object"] == "chat.completion" and answer["model"] == "public" and answer["usage"]["total_tokens"] == 7
+    )
     [choice] = answer["choices"]
     assert choice["finish_reason"] == "tool_calls"
-    assert choice["message"] == {"role": "assistant", "content": None, "tool_calls": [
-        {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]}
+    assert choice["message"] == {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+        ],
+    }
 
 
 def test_fold_keeps_choices_apart_and_joins_logprobs() -> None:
     lp = lambda t: {"content": [{"token": t, "logprob": -0.1, "bytes": None, "top_logprobs": []}]}  # noqa: E731
-    body = sse(chunk({"role": "assistant", "content": ""}, index=1), chunk({"content": "x"}, index=1, logprobs=lp("x")),
-               chunk({"content": "a"}, logprobs=lp("a")), chunk({"content": "b"}, "stop", logprobs=lp("b")),
-               chunk({}, "length", index=1), b"[DONE]")
+    body = sse(
+        chunk({"role": "assistant", "content": ""}, index=1),
+        chunk({"content": "x"}, index=1, logprobs=lp("x")),
+        chunk({"content": "a"}, logprobs=lp("a")),
+        chunk({"content": "b"}, "stop", logprobs=lp("b")),
+        chunk({}, "length", index=1),
+        b"[DONE]",
+    )
     answer = fold(body, chat=True, model="m", usage={})
     first, second = answer["choices"]
     assert (first["message"]["content"], first["finish_reason"]) == ("ab", "stop")
@@ -81,8 +116,13 @@ def test_fold_keeps_choices_apart_and_joins_logprobs() -> None:
 
 def test_fold_builds_a_legacy_completion() -> None:
     def piece(text: str, reason: str | None = None) -> dict[str, Any]:
-        return {"id": "cmpl-1", "object": "text_completion", "created": 7, "model": "m",
-                "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": reason}]}
+        return {
+            "id": "cmpl-1",
+            "object": "text_completion",
+            "created": 7,
+            "model": "m",
+            "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": reason}],
+        }
 
     answer = fold(sse(piece("Par"), piece("is", "length"), b"[DONE]"), chat=False, model="m", usage={})
     assert answer["object"] == "text_completion"
@@ -91,8 +131,12 @@ def test_fold_builds_a_legacy_completion() -> None:
 
 def test_fold_joins_a_long_answer_piece_by_piece() -> None:
     words = [f"w{i} " for i in range(5000)]
-    body = sse(chunk({"role": "assistant", "content": ""}), *(chunk({"content": w}) for w in words),
-               chunk({"content": None}, "length"), b"[DONE]")
+    body = sse(
+        chunk({"role": "assistant", "content": ""}),
+        *(chunk({"content": w}) for w in words),
+        chunk({"content": None}, "length"),
+        b"[DONE]",
+    )
     [choice] = fold(body, chat=True, model="m", usage={})["choices"]
     assert choice["message"] == {"role": "assistant", "content": "".join(words)}
     assert choice["finish_reason"] == "length"

@@ -16,12 +16,15 @@ def test_cosine() -> None:
     assert cosine([0.0, 0.0], [1.0, 0.0]) == 0.0  # a zero vector scores nothing rather than dividing by zero
 
 
-@pytest.mark.parametrize(("text_1", "text_2", "expected"), [
-    ("q", "a", [("q", "a")]),
-    ("q", ["a", "b"], [("q", "a"), ("q", "b")]),
-    (["q"], ["a", "b"], [("q", "a"), ("q", "b")]),
-    (["q", "r"], ["a", "b"], [("q", "a"), ("r", "b")]),
-])
+@pytest.mark.parametrize(
+    ("text_1", "text_2", "expected"),
+    [
+        ("q", "a", [("q", "a")]),
+        ("q", ["a", "b"], [("q", "a"), ("q", "b")]),
+        (["q"], ["a", "b"], [("q", "a"), ("q", "b")]),
+        (["q", "r"], ["a", "b"], [("q", "a"), ("r", "b")]),
+    ],
+)
 def test_pairs(text_1: str | list[str], text_2: str | list[str], expected: list[tuple[str, str]]) -> None:
     assert pairs(ScoreRequest(model="m", text_1=text_1, text_2=text_2)) == expected
 

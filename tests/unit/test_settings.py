@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from pydantic import ValidationError
 
 from gateway.cli import _parser, settings_from_args
@@ -39,8 +38,9 @@ def test_cli_model_replaces_the_model_list() -> None:
     assert [(m.name, m.model, m.max_model_len) for m in settings.models] == [("x", "/models/x", 512)]
 
 
-def test_engine_dead_exit_defaults_to_5_s_and_null_keeps_the_process_up(tmp_path: Path,
-                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_engine_dead_exit_defaults_to_5_s_and_null_keeps_the_process_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert Settings().engine_dead_exit_s == 5.0
     config = tmp_path / "c.yaml"
     config.write_text("engine_dead_exit_s: null\n")
@@ -99,7 +99,10 @@ def test_kv_events_settings() -> None:
         Settings(models=[{"name": "m", "model": "/m", "kv_events_endpoint": "ipc:///tmp/x"}])
     with pytest.raises(ValueError, match="needs kv_events_endpoint"):
         Settings(models=[{"name": "m", "model": "/m", "kv_events_replay_endpoint": "tcp://*:5558"}])
-    route = Settings(routes=[{"name": "m", "policy": "kv", "upstreams": ["http://a:1"],
-                              "kv_events": {"port": 5557, "replay_port": 5558}}]).routes[0]
+    route = Settings(
+        routes=[
+            {"name": "m", "policy": "kv", "upstreams": ["http://a:1"], "kv_events": {"port": 5557, "replay_port": 5558}}
+        ]
+    ).routes[0]
     assert route.policy == "kv" and route.kv_events is not None and route.kv_events.port == 5557
     assert Settings().router.kv_max_blocks == 500_000

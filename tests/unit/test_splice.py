@@ -27,9 +27,18 @@ class Transport(asyncio.Transport):
 async def test_uvicorns_cycle_still_has_what_the_splice_reads() -> None:
     transport = Transport()
     cycle = RequestResponseCycle(
-        scope={"type": "http"}, transport=transport, flow=FlowControl(transport), logger=None,  # type: ignore[arg-type]
-        access_logger=None, access_log=False, default_headers=[], message_event=asyncio.Event(),  # type: ignore[arg-type]
-        expect_100_continue=False, keep_alive=True, on_response=lambda: None)
+        scope={"type": "http"},
+        transport=transport,
+        flow=FlowControl(transport),
+        logger=None,  # type: ignore[arg-type]
+        access_logger=None,
+        access_log=False,
+        default_headers=[],
+        message_event=asyncio.Event(),  # type: ignore[arg-type]
+        expect_100_continue=False,
+        keep_alive=True,
+        on_response=lambda: None,
+    )
     for name in CYCLE_ATTRIBUTES:
         assert hasattr(cycle, name), name
     assert hasattr(cycle.flow, "write_paused")

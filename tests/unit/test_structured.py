@@ -19,37 +19,50 @@ def completion(**fields: Any) -> CompletionRequest:
     return CompletionRequest.model_validate({"model": "m", "prompt": "hi", **fields})
 
 
-@pytest.mark.parametrize(("fields", "expected"), [
-    ({}, None),
-    ({"response_format": {"type": "text"}}, None),
-    ({"response_format": {"type": "json_object"}}, StructuredOutput("json_object")),
-    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": SCHEMA, "strict": True}}},
-     StructuredOutput("json", SCHEMA)),
-    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}, StructuredOutput("json", {})),
-    ({"structured_outputs": {"json": SCHEMA}}, StructuredOutput("json", SCHEMA)),
-    ({"structured_outputs": {"json": '{"type": "object"}'}}, StructuredOutput("json", {"type": "object"})),
-    ({"structured_outputs": {"json_object": True}}, StructuredOutput("json_object")),
-    ({"structured_outputs": {"regex": "[a-z]+"}}, StructuredOutput("regex", "[a-z]+")),
-    ({"structured_outputs": {"choice": ["yes", "no"]}}, StructuredOutput("choice", ("yes", "no"))),
-    ({"structured_outputs": {"grammar": 'root ::= "a"'}}, StructuredOutput("grammar", 'root ::= "a"')),
-    # A text response_format beside structured_outputs asks for nothing more.
-    ({"response_format": {"type": "text"}, "structured_outputs": {"regex": "a"}}, StructuredOutput("regex", "a")),
-])
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({}, None),
+        ({"response_format": {"type": "text"}}, None),
+        ({"response_format": {"type": "json_object"}}, StructuredOutput("json_object")),
+        (
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "x", "schema": SCHEMA, "strict": True},
+                }
+            },
+            StructuredOutput("json", SCHEMA),
+        ),
+        ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}, StructuredOutput("json", {})),
+        ({"structured_outputs": {"json": SCHEMA}}, StructuredOutput("json", SCHEMA)),
+        ({"structured_outputs": {"json": '{"type": "object"}'}}, StructuredOutput("json", {"type": "object"})),
+        ({"structured_outputs": {"json_object": True}}, StructuredOutput("json_object")),
+        ({"structured_outputs": {"regex": "[a-z]+"}}, StructuredOutput("regex", "[a-z]+")),
+        ({"structured_outputs": {"choice": ["yes", "no"]}}, StructuredOutput("choice", ("yes", "no"))),
+        ({"structured_outputs": {"grammar": 'root ::= "a"'}}, StructuredOutput("grammar", 'root ::= "a"')),
+        # A text response_format beside structured_outputs asks for nothing more.
+        ({"response_format": {"type": "text"}, "structured_outputs": {"regex": "a"}}, StructuredOutput("regex", "a")),
+    ],
+)
 def test_requested(fields: dict[str, Any], expected: StructuredOutput | None) -> None:
     assert requested(completion(**fields)) == expected
 
 
-@pytest.mark.parametrize(("fields", "param"), [
-    ({"response_format": {"type": "json_schema"}}, "response_format"),
-    ({"response_format": {"type": "json_object"}, "structured_outputs": {"regex": "a"}}, "structured_outputs"),
-    ({"structured_outputs": {}}, "structured_outputs"),
-    ({"structured_outputs": {"regex": "a", "grammar": "b"}}, "structured_outputs"),
-    ({"structured_outputs": {"json_object": False}}, "structured_outputs"),
-    ({"structured_outputs": {"choice": []}}, "structured_outputs"),
-    ({"structured_outputs": {"grammar": "  "}}, "structured_outputs"),
-    ({"structured_outputs": {"json": "[1, 2]"}}, "structured_outputs"),
-    ({"structured_outputs": {"json": "{oops"}}, "structured_outputs"),
-])
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"response_format": {"type": "json_schema"}}, "response_format"),
+        ({"response_format": {"type": "json_object"}, "structured_outputs": {"regex": "a"}}, "structured_outputs"),
+        ({"structured_outputs": {}}, "structured_outputs"),
+        ({"structured_outputs": {"regex": "a", "grammar": "b"}}, "structured_outputs"),
+        ({"structured_outputs": {"json_object": False}}, "structured_outputs"),
+        ({"structured_outputs": {"choice": []}}, "structured_outputs"),
+        ({"structured_outputs": {"grammar": "  "}}, "structured_outputs"),
+        ({"structured_outputs": {"json": "[1, 2]"}}, "structured_outputs"),
+        ({"structured_outputs": {"json": "{oops"}}, "structured_outputs"),
+    ],
+)
 def test_rejected(fields: dict[str, Any], param: str) -> None:
     with pytest.raises(InvalidRequest) as caught:
         requested(completion(**fields))
@@ -58,8 +71,13 @@ def test_rejected(fields: dict[str, Any], param: str) -> None:
 
 def test_router_mode_forwards_the_constraint_and_the_tools() -> None:
     tools = [{"type": "function", "function": {"name": "f"}}]
-    chat = GenerateRequest("id", "m", SamplingOptions(structured=StructuredOutput("choice", ("a", "b"))),
-                           messages=[{"role": "user", "content": "hi"}], tools=tools)
+    chat = GenerateRequest(
+        "id",
+        "m",
+        SamplingOptions(structured=StructuredOutput("choice", ("a", "b"))),
+        messages=[{"role": "user", "content": "hi"}],
+        tools=tools,
+    )
     path, body = request_payload(chat, "upstream")
     assert path == "/v1/chat/completions"
     assert body["structured_outputs"] == {"choice": ["a", "b"]}

@@ -34,8 +34,12 @@ async def test_engine_without_a_tokenizer_says_so(path: str) -> None:
     async with scripted_client(settings()) as client:
         answer = await client.post(path, json=body)
     assert answer.status_code == 400
-    assert answer.json()["error"] == {"message": f"Tokenization is not supported for the model `{MODEL}`.",
-                                      "type": "invalid_request_error", "param": "model", "code": None}
+    assert answer.json()["error"] == {
+        "message": f"Tokenization is not supported for the model `{MODEL}`.",
+        "type": "invalid_request_error",
+        "param": "model",
+        "code": None,
+    }
 
 
 async def test_tokenize_names_the_only_model_by_default() -> None:
@@ -47,17 +51,32 @@ async def test_tokenize_names_the_only_model_by_default() -> None:
 async def test_responses_request_becomes_a_chat_request() -> None:
     engine = RecordingAdapter()
     async with scripted_client(settings(), engine) as client:
-        answer = await client.post("/v1/responses", json={
-            "model": MODEL, "instructions": "Be brief.", "max_output_tokens": 5, "temperature": 0.5, "top_p": 0.9,
-            "input": [{"role": "user", "content": [{"type": "input_text", "text": "a"},
-                                                   {"type": "input_text", "text": "b"}]},
-                      {"type": "message", "role": "assistant", "content": "c"},
-                      {"role": "developer", "content": "d"}],
-        })
+        answer = await client.post(
+            "/v1/responses",
+            json={
+                "model": MODEL,
+                "instructions": "Be brief.",
+                "max_output_tokens": 5,
+                "temperature": 0.5,
+                "top_p": 0.9,
+                "input": [
+                    {
+                        "role": "user",
+                        "content": [{"type": "input_text", "text": "a"}, {"type": "input_text", "text": "b"}],
+                    },
+                    {"type": "message", "role": "assistant", "content": "c"},
+                    {"role": "developer", "content": "d"},
+                ],
+            },
+        )
     assert answer.status_code == 200, answer.text
     request = engine.requests[0]
-    assert request.messages == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "ab"},
-                                {"role": "assistant", "content": "c"}, {"role": "developer", "content": "d"}]
+    assert request.messages == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "ab"},
+        {"role": "assistant", "content": "c"},
+        {"role": "developer", "content": "d"},
+    ]
     assert request.add_generation_prompt and request.request_id == answer.json()["id"]
     assert (request.sampling.max_tokens, request.sampling.temperature, request.sampling.top_p) == (5, 0.5, 0.9)
     body = answer.json()
@@ -73,8 +92,13 @@ async def test_responses_stream_failure_ends_with_an_error_event() -> None:
     kinds = [b.split(b"\n")[0].removeprefix(b"event: ").decode() for b in blocks]
     assert kinds[-3:] == ["response.output_text.delta", "response.output_text.delta", "error"]
     last = orjson.loads(blocks[-1].split(b"\n")[1].removeprefix(b"data: "))
-    assert last == {"type": "error", "sequence_number": len(blocks) - 1, "code": None,
-                    "message": "The server had an error while processing your request.", "param": None}
+    assert last == {
+        "type": "error",
+        "sequence_number": len(blocks) - 1,
+        "code": None,
+        "message": "The server had an error while processing your request.",
+        "param": None,
+    }
 
 
 async def test_max_output_tokens_is_capped_like_max_tokens() -> None:

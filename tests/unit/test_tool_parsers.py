@@ -29,18 +29,22 @@ def call(name: str, **arguments: object) -> ParsedCall:
 
 # -- json (the default) -----------------------------------------------------------------------
 
-@pytest.mark.parametrize("text", [
-    '{"name": "get_weather", "arguments": {"city": "Paris"}}',
-    '  {"name": "get_weather", "arguments": {"city": "Paris"}}\n',
-    '```json\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n```',
-    '```\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n```',
-    '```tool_code\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n```',
-    '```tool_code\nget_weather(city="Paris")\n```',
-    '```tool_code\nprint(get_weather(city="Paris"))\n```',
-    '{"name": "get_weather", "parameters": {"city": "Paris"}}',
-    '{"name": "get_weather", "arguments": "{\\"city\\": \\"Paris\\"}"}',
-    '{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}',
-])
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"name": "get_weather", "arguments": {"city": "Paris"}}',
+        '  {"name": "get_weather", "arguments": {"city": "Paris"}}\n',
+        '```json\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n```',
+        '```\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n```',
+        '```tool_code\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n```',
+        '```tool_code\nget_weather(city="Paris")\n```',
+        '```tool_code\nprint(get_weather(city="Paris"))\n```',
+        '{"name": "get_weather", "parameters": {"city": "Paris"}}',
+        '{"name": "get_weather", "arguments": "{\\"city\\": \\"Paris\\"}"}',
+        '{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}',
+    ],
+)
 def test_json_reads_one_call_in_any_accepted_form(text: str) -> None:
     result = parse_json(text)
     assert result.calls == (call("get_weather", city="Paris"),)
@@ -58,18 +62,21 @@ def test_json_missing_arguments_is_an_empty_object() -> None:
     assert parse_json('{"name": "now"}').calls == (call("now"),)
 
 
-@pytest.mark.parametrize("text", [
-    "Paris is the capital of France.",
-    '{"city": "Paris"}',  # JSON, but no name
-    '{"name": "get_weather", "arguments": {"city": "Par',  # cut short
-    '{"name": "get_weather", "arguments": {"city": "Paris"}} and then some prose',
-    '{"name": "get_weather", "arguments": [1, 2]}',  # arguments must be an object
-    '{"name": "", "arguments": {}}',
-    '[{"name": "a", "arguments": {}}, 3]',  # one item is not a call
-    "[]",
-    '```python\nprint("hello")\n```',
-    '```json\n{"a": 1}\n```',
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Paris is the capital of France.",
+        '{"city": "Paris"}',  # JSON, but no name
+        '{"name": "get_weather", "arguments": {"city": "Par',  # cut short
+        '{"name": "get_weather", "arguments": {"city": "Paris"}} and then some prose',
+        '{"name": "get_weather", "arguments": [1, 2]}',  # arguments must be an object
+        '{"name": "", "arguments": {}}',
+        '[{"name": "a", "arguments": {}}, 3]',  # one item is not a call
+        "[]",
+        '```python\nprint("hello")\n```',
+        '```json\n{"a": 1}\n```',
+    ],
+)
 def test_json_anything_else_is_content_kept_whole(text: str) -> None:
     result = parse_json(text)
     assert result.calls == ()
@@ -83,9 +90,12 @@ def test_json_keeps_non_ascii_arguments_readable() -> None:
 
 # -- hermes -----------------------------------------------------------------------------------
 
+
 def test_hermes_reads_calls_and_keeps_the_text_before() -> None:
-    text = ('Let me check.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>\n'
-            '<tool_call>{"name": "get_time", "arguments": {}}</tool_call>')
+    text = (
+        'Let me check.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>\n'
+        '<tool_call>{"name": "get_time", "arguments": {}}</tool_call>'
+    )
     result = parse_hermes(text)
     assert result.calls == (call("get_weather", city="Paris"), call("get_time"))
     assert result.content == "Let me check."
@@ -97,11 +107,14 @@ def test_hermes_accepts_an_unclosed_last_call() -> None:
     assert result.content is None
 
 
-@pytest.mark.parametrize("text", [
-    "No tools needed.",
-    "<tool_call>not json</tool_call>",
-    '<tool_call>{"arguments": {}}</tool_call>',
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "No tools needed.",
+        "<tool_call>not json</tool_call>",
+        '<tool_call>{"arguments": {}}</tool_call>',
+    ],
+)
 def test_hermes_without_a_well_formed_call_is_content(text: str) -> None:
     assert parse_hermes(text).calls == ()
     assert parse_hermes(text).content == text
@@ -109,11 +122,15 @@ def test_hermes_without_a_well_formed_call_is_content(text: str) -> None:
 
 # -- llama3_json ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("text", [
-    '{"name": "get_weather", "parameters": {"city": "Paris"}}',
-    '<|python_tag|>{"name": "get_weather", "parameters": {"city": "Paris"}}',
-    '{"name": "get_weather", "arguments": {"city": "Paris"}}',
-])
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"name": "get_weather", "parameters": {"city": "Paris"}}',
+        '<|python_tag|>{"name": "get_weather", "parameters": {"city": "Paris"}}',
+        '{"name": "get_weather", "arguments": {"city": "Paris"}}',
+    ],
+)
 def test_llama3_json_reads_one_call(text: str) -> None:
     assert parse_llama3_json(text).calls == (call("get_weather", city="Paris"),)
 
@@ -131,11 +148,15 @@ def test_llama3_json_otherwise_content(text: str) -> None:
 
 # -- pythonic ---------------------------------------------------------------------------------
 
+
 def test_pythonic_reads_a_list_of_calls_with_literal_arguments() -> None:
     text = '[get_weather(city="Paris", days=3, metric=True), get_time(), tools.lookup(q=[1, {"k": None}])]'
     result = parse_pythonic(text)
-    assert result.calls == (call("get_weather", city="Paris", days=3, metric=True), call("get_time"),
-                            call("tools.lookup", q=[1, {"k": None}]))
+    assert result.calls == (
+        call("get_weather", city="Paris", days=3, metric=True),
+        call("get_time"),
+        call("tools.lookup", q=[1, {"k": None}]),
+    )
     assert result.content is None
 
 
@@ -143,22 +164,26 @@ def test_pythonic_accepts_llama4_markers() -> None:
     assert parse_pythonic('<|python_start|>[f(a="x")]<|python_end|>').calls == (call("f", a="x"),)
 
 
-@pytest.mark.parametrize("text", [
-    "Sure, here you go.",
-    'get_weather(city="Paris")',  # not a list
-    '[get_weather("Paris")]',  # positional arguments have no names
-    "[get_weather(city=some_variable)]",  # not a literal
-    "[get_weather(city={1, 2})]",  # a set is not JSON
-    "[1, 2]",
-    "[f(**kw)]",
-    "[f(a=1",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Sure, here you go.",
+        'get_weather(city="Paris")',  # not a list
+        '[get_weather("Paris")]',  # positional arguments have no names
+        "[get_weather(city=some_variable)]",  # not a literal
+        "[get_weather(city={1, 2})]",  # a set is not JSON
+        "[1, 2]",
+        "[f(**kw)]",
+        "[f(a=1",
+    ],
+)
 def test_pythonic_otherwise_content(text: str) -> None:
     assert parse_pythonic(text).calls == ()
     assert parse_pythonic(text).content == text
 
 
 # -- choosing a parser ---------------------------------------------------------------------------
+
 
 def test_parser_by_name_and_default() -> None:
     assert parser_for(None).name == "json"
@@ -180,7 +205,8 @@ TIME = {"type": "function", "function": {"name": "get_time"}}
 
 def request(**fields: object) -> ChatCompletionRequest:
     return ChatCompletionRequest.model_validate(
-        {"model": "m", "messages": [{"role": "user", "content": "hi"}], **fields})
+        {"model": "m", "messages": [{"role": "user", "content": "hi"}], **fields}
+    )
 
 
 def test_plan_modes() -> None:
@@ -188,8 +214,9 @@ def test_plan_modes() -> None:
     assert plan(request(tools=[WEATHER], tool_choice="none"), None) is None
     auto = plan(request(tools=[WEATHER, TIME]), "hermes")
     assert auto is not None and auto.mode == "auto" and auto.parser.name == "hermes" and auto.structured is None
-    named = plan(request(tools=[WEATHER, TIME], tool_choice={"type": "function", "function": {"name": "get_weather"}}),
-                 None)
+    named = plan(
+        request(tools=[WEATHER, TIME], tool_choice={"type": "function", "function": {"name": "get_weather"}}), None
+    )
     assert named is not None and named.structured is not None
     assert named.structured.spec == WEATHER_PARAMETERS
     required = plan(request(tools=[WEATHER, TIME], tool_choice="required", parallel_tool_calls=False), None)
@@ -205,12 +232,15 @@ def test_plan_modes() -> None:
     assert several == {"type": "array", "items": single, "minItems": 1}
 
 
-@pytest.mark.parametrize(("fields", "param"), [
-    ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice"),
-    ({"tool_choice": "required"}, "tool_choice"),
-    ({"tools": [WEATHER, WEATHER]}, "tools"),
-    ({"tools": [WEATHER], "tool_choice": "required", "response_format": {"type": "json_object"}}, "tool_choice"),
-])
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice"),
+        ({"tool_choice": "required"}, "tool_choice"),
+        ({"tools": [WEATHER, WEATHER]}, "tools"),
+        ({"tools": [WEATHER], "tool_choice": "required", "response_format": {"type": "json_object"}}, "tool_choice"),
+    ],
+)
 def test_plan_rejects(fields: dict[str, object], param: str) -> None:
     with pytest.raises(InvalidRequest) as caught:
         plan(request(**fields), None)
@@ -267,8 +297,13 @@ def test_forced_calls_read_the_constrained_json() -> None:
     assert found[0]["function"] == {"name": "get_weather", "arguments": '{"city": "Rome"}'}
     _, found = feed_all(ChoiceCalls(required), ['{"name": "get_weather", "arguments": {"city": "Rome"}}'])
     assert found[0]["function"] == {"name": "get_weather", "arguments": '{"city": "Rome"}'}
-    _, found = feed_all(ChoiceCalls(required), ['[{"name": "get_weather", "arguments": {"city": "Rome"}}, ',
-                                               '{"name": "get_weather", "arguments": {"city": "Oslo"}}]'])
+    _, found = feed_all(
+        ChoiceCalls(required),
+        [
+            '[{"name": "get_weather", "arguments": {"city": "Rome"}}, ',
+            '{"name": "get_weather", "arguments": {"city": "Oslo"}}]',
+        ],
+    )
     assert [c["function"]["arguments"] for c in found] == ['{"city": "Rome"}', '{"city": "Oslo"}']
     assert len({c["id"] for c in found}) == 2
     # Cut short by max_tokens: no call, the text is content.
@@ -276,12 +311,23 @@ def test_forced_calls_read_the_constrained_json() -> None:
 
 
 def test_template_messages_name_tool_results_after_their_call() -> None:
-    req = request(messages=[
-        {"role": "user", "content": "weather?"},
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}]},
-        {"role": "tool", "tool_call_id": "call_1", "content": "3C"},
-    ])
+    req = request(
+        messages=[
+            {"role": "user", "content": "weather?"},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": "call_1",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": "call_1", "content": "3C"},
+        ]
+    )
     turns = template_messages(req.messages)
     assert turns[1]["tool_calls"][0]["function"]["arguments"] == '{"city": "Oslo"}'
     assert turns[2] == {"role": "tool", "content": "3C", "tool_call_id": "call_1", "name": "get_weather"}
@@ -289,26 +335,37 @@ def test_template_messages_name_tool_results_after_their_call() -> None:
 
 # -- the Gemma template and the json parser agree ------------------------------------------------
 
+
 def render_gemma(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
     from transformers.utils.chat_template_utils import render_jinja_template
 
     from gateway.model_store import GEMMA3_CHAT_TEMPLATE
 
-    rendered, _ = render_jinja_template(conversations=[messages], tools=tools, add_generation_prompt=True,
-                                        chat_template=GEMMA3_CHAT_TEMPLATE.read_text(), bos_token="<bos>")
+    rendered, _ = render_jinja_template(
+        conversations=[messages],
+        tools=tools,
+        add_generation_prompt=True,
+        chat_template=GEMMA3_CHAT_TEMPLATE.read_text(),
+        bos_token="<bos>",
+    )
     return str(rendered[0])
 
 
 def test_gemma_template_shows_tools_and_renders_calls_the_json_parser_reads() -> None:
-    calls = [{"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Oslo"}}},
-             {"id": "call_2", "type": "function", "function": {"name": "get_time", "arguments": {}}}]
-    prompt = render_gemma([
-        {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": "Weather and time?"},
-        {"role": "assistant", "content": None, "tool_calls": calls},
-        {"role": "tool", "tool_call_id": "call_1", "name": "get_weather", "content": "3C"},
-        {"role": "tool", "tool_call_id": "call_2", "name": "get_time", "content": "noon"},
-    ], tools=[WEATHER, TIME])
+    calls = [
+        {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Oslo"}}},
+        {"id": "call_2", "type": "function", "function": {"name": "get_time", "arguments": {}}},
+    ]
+    prompt = render_gemma(
+        [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Weather and time?"},
+            {"role": "assistant", "content": None, "tool_calls": calls},
+            {"role": "tool", "tool_call_id": "call_1", "name": "get_weather", "content": "3C"},
+            {"role": "tool", "tool_call_id": "call_2", "name": "get_time", "content": "noon"},
+        ],
+        tools=[WEATHER, TIME],
+    )
     turns = prompt.split("<start_of_turn>")
     assert turns[0] == "<bos>" and len(turns) == 5 and turns[-1] == "model\n"
     system_and_user = turns[1]
@@ -322,17 +379,27 @@ def test_gemma_template_shows_tools_and_renders_calls_the_json_parser_reads() ->
 
 
 def test_gemma_template_without_tools_is_unchanged() -> None:
-    assert render_gemma([{"role": "user", "content": "Hi"}]) == "<bos><start_of_turn>user\nHi<end_of_turn>\n" \
+    assert (
+        render_gemma([{"role": "user", "content": "Hi"}]) == "<bos><start_of_turn>user\nHi<end_of_turn>\n"
         "<start_of_turn>model\n"
+    )
 
 
-@pytest.mark.parametrize("messages", [
-    [{"role": "tool", "content": "x"}],
-    [{"role": "user", "content": "hi"}, {"role": "tool", "tool_call_id": "call_9", "content": "x"}],
-    [{"role": "assistant", "content": None, "tool_calls": [
-        {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
-     {"role": "tool", "tool_call_id": "call_2", "content": "x"}],
-])
+@pytest.mark.parametrize(
+    "messages",
+    [
+        [{"role": "tool", "content": "x"}],
+        [{"role": "user", "content": "hi"}, {"role": "tool", "tool_call_id": "call_9", "content": "x"}],
+        [
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}],
+            },
+            {"role": "tool", "tool_call_id": "call_2", "content": "x"},
+        ],
+    ],
+)
 def test_tool_message_must_answer_an_earlier_call(messages: list[dict[str, Any]]) -> None:
     with pytest.raises(InvalidRequest) as caught:
         template_messages(request(messages=messages).messages)

@@ -20,8 +20,9 @@ def test_tracing_is_off_by_default_and_on_by_env_or_flag(monkeypatch: pytest.Mon
     assert Settings().tracing.enabled is True
 
 
-def test_tracing_on_without_opentelemetry_fails_at_start_and_says_why(monkeypatch: pytest.MonkeyPatch,
-                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_tracing_on_without_opentelemetry_fails_at_start_and_says_why(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setitem(sys.modules, "gateway.observability.otel", None)  # as if the otel extra were missing
     with pytest.raises(TracingUnavailable, match=r"tokenyard\[otel\]"):
         create_app(Settings(tracing={"enabled": True}))
@@ -43,6 +44,7 @@ def test_only_a_well_formed_trace_context_is_forwarded() -> None:
     assert forwarded.headers() == {"x-request-id": "rid", "traceparent": good.decode(), "tracestate": "a=1,b=2"}
     for bad in (good.upper(), b"00-" + b"0" * 32 + b"-00f067aa0ba902b7-01", good + b"-extra", b"garbage"):
         assert forwarded_from(_scope((b"traceparent", bad), (b"tracestate", b"a=1")), "rid").headers() == {
-            "x-request-id": "rid"}
+            "x-request-id": "rid"
+        }
     unprintable = forwarded_from(_scope((b"traceparent", good), (b"tracestate", b"a=\x01")), "rid")
     assert unprintable.tracestate is None and unprintable.traceparent == good.decode()

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from gateway.api.streaming import ClientDisconnected, until_disconnect
 from engine_adapters.splice import CLIENT_SOCKET, ClientSocket
+from gateway.api.streaming import ClientDisconnected, until_disconnect
 
 
 class Work:

@@ -30,8 +30,14 @@ def test_cpu_runs_eager_unless_the_model_says_otherwise() -> None:
 def test_cuda_keeps_vllms_own_defaults() -> None:
     args = engine_args_for(spec(), CUDA)
     assert "enforce_eager" not in args  # CUDA graphs and torch.compile stay on
-    assert args == {"model": "/models/m", "served_model_name": ["m"], "dtype": "bfloat16", "max_model_len": 2048,
-                    "runner": "auto", "disable_log_stats": False}
+    assert args == {
+        "model": "/models/m",
+        "served_model_name": ["m"],
+        "dtype": "bfloat16",
+        "max_model_len": 2048,
+        "runner": "auto",
+        "disable_log_stats": False,
+    }
     assert engine_args_for(spec(enforce_eager=True, gpu_memory_utilization=0.5), CUDA)["enforce_eager"] is True
 
 
@@ -71,15 +77,20 @@ class FakeEngineManager:
 def engine(errored: bool, finished: dict[str, int] | None = None) -> SimpleNamespace:
     """The parts of vLLM's AsyncLLM that death_cause reads."""
     manager = FakeEngineManager(finished) if finished is not None else None
-    return SimpleNamespace(errored=errored, engine_core=SimpleNamespace(resources=SimpleNamespace(engine_manager=manager)))
+    return SimpleNamespace(
+        errored=errored, engine_core=SimpleNamespace(resources=SimpleNamespace(engine_manager=manager))
+    )
 
 
-@pytest.mark.parametrize(("finished", "cause"), [
-    ({"EngineCore": -9}, "EngineCore was killed by SIGKILL"),
-    ({"EngineCore": 1}, "EngineCore exited with code 1"),
-    ({}, "the engine reported a fatal error (see vLLM's log above)"),  # dead, its process not yet reaped
-    (None, "the engine reported a fatal error (see vLLM's log above)"),  # vLLM keeps no engine manager
-])
+@pytest.mark.parametrize(
+    ("finished", "cause"),
+    [
+        ({"EngineCore": -9}, "EngineCore was killed by SIGKILL"),
+        ({"EngineCore": 1}, "EngineCore exited with code 1"),
+        ({}, "the engine reported a fatal error (see vLLM's log above)"),  # dead, its process not yet reaped
+        (None, "the engine reported a fatal error (see vLLM's log above)"),  # vLLM keeps no engine manager
+    ],
+)
 def test_death_cause_names_how_the_engine_process_ended(finished: dict[str, int] | None, cause: str) -> None:
     adapter = VllmLocalAdapter(spec(), platform=CPU)
     adapter._engine = engine(errored=True, finished=finished)
@@ -96,8 +107,12 @@ def test_no_death_cause_while_running_or_before_start() -> None:
 def test_kv_events_turn_on_vllms_zmq_publisher_and_the_prefix_cache() -> None:
     events = LocalModelSpec(name="m", path="/models/m", kv_events=("tcp://*:5557", "tcp://*:5558"))
     args = engine_args_for(events, CPU)
-    assert args["kv_events_config"] == {"enable_kv_cache_events": True, "publisher": "zmq",
-                                        "endpoint": "tcp://*:5557", "replay_endpoint": "tcp://*:5558"}
+    assert args["kv_events_config"] == {
+        "enable_kv_cache_events": True,
+        "publisher": "zmq",
+        "endpoint": "tcp://*:5557",
+        "replay_endpoint": "tcp://*:5558",
+    }
     assert args["enable_prefix_caching"] is True
     assert "kv_events_config" not in engine_args_for(spec(), CPU)  # off unless asked for
     assert VllmLocalAdapter(events).models()[0].kv_events == ("tcp://*:5557", "tcp://*:5558")

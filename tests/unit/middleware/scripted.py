@@ -39,8 +39,9 @@ def settings(**fields: Any) -> Settings:
 
 
 @asynccontextmanager
-async def scripted_client(config: Settings, adapter: ScriptedAdapter | None = None,
-                          headers: dict[str, str] | None = None) -> AsyncIterator[httpx.AsyncClient]:
+async def scripted_client(
+    config: Settings, adapter: ScriptedAdapter | None = None, headers: dict[str, str] | None = None
+) -> AsyncIterator[httpx.AsyncClient]:
     engine = adapter or ScriptedAdapter(MODEL)
 
     async def factory(_: Settings) -> dict[str, EngineAdapter]:
@@ -49,8 +50,9 @@ async def scripted_client(config: Settings, adapter: ScriptedAdapter | None = No
     app = create_app(config, adapter_factory=factory)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test", headers=headers or {},
-                                     timeout=30) as client:
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://test", headers=headers or {}, timeout=30
+        ) as client:
             client.app_state = app.state.tokenyard  # type: ignore[attr-defined]
             yield client
 
@@ -65,4 +67,4 @@ def chat(**extra: Any) -> dict[str, Any]:
 
 
 def sse_data(body: bytes) -> list[bytes]:
-    return [line[len(b"data: "):] for line in body.split(b"\n\n") if line.startswith(b"data: ")]
+    return [line[len(b"data: ") :] for line in body.split(b"\n\n") if line.startswith(b"data: ")]

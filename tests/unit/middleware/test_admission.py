@@ -149,8 +149,12 @@ async def test_priority_reaches_the_engine_request() -> None:
         stream = await _post(client, priority=3, stream=True)
         assert stream.status_code == 200
         assert [r.priority for r in adapter.requests] == [-5, 7, 2, 3]
-        for extra, param in [({"header": "high"}, "x-priority"), ({"priority": "high"}, "priority"),
-                             ({"priority": True}, "priority"), ({"priority": 2**63}, "priority")]:
+        for extra, param in [
+            ({"header": "high"}, "x-priority"),
+            ({"priority": "high"}, "priority"),
+            ({"priority": True}, "priority"),
+            ({"priority": 2**63}, "priority"),
+        ]:
             response = await _post(client, **extra)
             assert response.status_code == 400 and response.json()["error"]["param"] == param
         assert len(adapter.requests) == 4
@@ -173,16 +177,20 @@ class _FakeTokenizer:
         return [1, 2, 3]
 
 
-@pytest.mark.parametrize(("engine_args", "passed"), [({}, {}), ({"scheduling_policy": "fcfs"}, {}),
-                                                     ({"scheduling_policy": "priority"}, {"priority": -4})])
+@pytest.mark.parametrize(
+    ("engine_args", "passed"),
+    [({}, {}), ({"scheduling_policy": "fcfs"}, {}), ({"scheduling_policy": "priority"}, {"priority": -4})],
+)
 async def test_vllm_gets_priority_only_under_its_priority_policy(
-        monkeypatch: pytest.MonkeyPatch, engine_args: dict[str, str], passed: dict[str, int]) -> None:
+    monkeypatch: pytest.MonkeyPatch, engine_args: dict[str, str], passed: dict[str, int]
+) -> None:
     from engine_adapters import vllm_local
     from engine_adapters.base import REQUEST_PRIORITY, GenerateRequest, SamplingOptions
 
     monkeypatch.setattr(vllm_local, "_sampling_params", lambda options, max_tokens: None)  # no vLLM import
-    adapter = vllm_local.VllmLocalAdapter(vllm_local.LocalModelSpec("m", "/m", max_model_len=64,
-                                                                    engine_args=engine_args))
+    adapter = vllm_local.VllmLocalAdapter(
+        vllm_local.LocalModelSpec("m", "/m", max_model_len=64, engine_args=engine_args)
+    )
     engine = _FakeEngine()
     adapter._engine, adapter._tokenizer = engine, _FakeTokenizer()
     token = REQUEST_PRIORITY.set(-4)  # as the admission middleware sets it for the request it serves

@@ -10,8 +10,8 @@ import httpx
 import openai
 import pytest
 
-from gateway.limit_store import KeyLimits
 from gateway.keys import KeyStore, digest, parse_keys_file
+from gateway.limit_store import KeyLimits
 from gateway.settings import ApiKey
 from tests.unit.middleware.scripted import MODEL, chat, scripted_client, settings, state_of
 
@@ -35,14 +35,17 @@ def _bearer(key: str) -> dict[str, str]:
 @pytest.mark.parametrize(("method", "path", "body"), GUARDED, ids=[f"{m} {p}" for m, p, _ in GUARDED])
 async def test_every_model_route_needs_a_key(method: str, path: str, body: dict[str, object] | None) -> None:
     async with scripted_client(settings(api_keys=",".join(KEYS))) as client:
-        for headers, message in [({}, "You didn't provide an API key."),
-                                 (_bearer("sk-alpha-012345678"), "Incorrect API key provided."),
-                                 ({"authorization": f"Basic {KEYS[0]}"}, "You didn't provide an API key."),
-                                 (_bearer(KEYS[0].upper()), "Incorrect API key provided.")]:
+        for headers, message in [
+            ({}, "You didn't provide an API key."),
+            (_bearer("sk-alpha-012345678"), "Incorrect API key provided."),
+            ({"authorization": f"Basic {KEYS[0]}"}, "You didn't provide an API key."),
+            (_bearer(KEYS[0].upper()), "Incorrect API key provided."),
+        ]:
             response = await client.request(method, path, json=body, headers=headers)
             assert response.status_code == 401
-            assert response.json() == {"error": {"message": message, "type": "invalid_request_error",
-                                                 "param": None, "code": "invalid_api_key"}}
+            assert response.json() == {
+                "error": {"message": message, "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}
+            }
             assert response.headers["www-authenticate"] == "Bearer"
         for key in KEYS:
             response = await client.request(method, path, json=body, headers=_bearer(key))
@@ -101,12 +104,21 @@ def test_every_key_is_compared_with_no_early_exit(monkeypatch: pytest.MonkeyPatc
 
 
 def test_keys_file_format() -> None:
-    entries = parse_keys_file("# team keys\n\nsk-a-1 name=team-a rpm=600 tpm=200000\n  sk-b-2  \n"
-                              "sk-c-3 name=batch tokens_per_day=2000000 tokens_per_month=30000000\n")
+    entries = parse_keys_file(
+        "# team keys\n\nsk-a-1 name=team-a rpm=600 tpm=200000\n  sk-b-2  \n"
+        "sk-c-3 name=batch tokens_per_day=2000000 tokens_per_month=30000000\n"
+    )
     assert [(e.name, e.limits) for e in entries] == [
-        ("team-a", KeyLimits(600, 200000)), ("key-2", KeyLimits()), ("batch", KeyLimits(None, None, 2_000_000, 30_000_000))]
+        ("team-a", KeyLimits(600, 200000)),
+        ("key-2", KeyLimits()),
+        ("batch", KeyLimits(None, None, 2_000_000, 30_000_000)),
+    ]
     assert entries[1].digest == digest("sk-b-2")
-    for bad, why in [("sk-x colour=red", "unknown option"), ("sk-x rpm=0", "must be positive"), ("sk-x tokens_per_day=0", "must be positive")]:
+    for bad, why in [
+        ("sk-x colour=red", "unknown option"),
+        ("sk-x rpm=0", "must be positive"),
+        ("sk-x tokens_per_day=0", "must be positive"),
+    ]:
         with pytest.raises(ValueError, match=why) as err:
             parse_keys_file(bad)
         assert "sk-x" not in str(err.value)

@@ -42,9 +42,12 @@ async def test_oversized_body_is_413_before_the_app_sees_it() -> None:
         for response in (declared, chunked):
             assert response.status_code == 413
             assert response.headers["connection"] == "close"
-            assert response.json()["error"] == {"message": f"The request body is larger than {LIMIT} bytes.",
-                                                 "type": "invalid_request_error", "param": None,
-                                                 "code": "payload_too_large"}
+            assert response.json()["error"] == {
+                "message": f"The request body is larger than {LIMIT} bytes.",
+                "type": "invalid_request_error",
+                "param": None,
+                "code": "payload_too_large",
+            }
         body = orjson.dumps({"model": MODEL, "prompt": "y" * (LIMIT - 100)})
         assert len(body) <= LIMIT
         response = await client.post("/v1/completions", content=body, headers={"content-type": "application/json"})
@@ -53,8 +56,9 @@ async def test_oversized_body_is_413_before_the_app_sees_it() -> None:
         assert state_of(client).metrics.rejected.labels("body_size")._value.get() == 2
 
 
-def _asgi(app: Any, scope: Scope, messages: list[dict[str, Any]], pause_after: int | None = None
-          ) -> tuple[Receive, Send, list[Message]]:
+def _asgi(
+    app: Any, scope: Scope, messages: list[dict[str, Any]], pause_after: int | None = None
+) -> tuple[Receive, Send, list[Message]]:
     sent: list[Message] = []
     queue = list(messages)
 
@@ -102,8 +106,10 @@ async def test_the_body_is_replayed_whole_and_a_disconnect_still_arrives() -> No
         seen.extend([await receive(), await receive()])
         assert request_info(scope).body == payload and request_info(scope).model == MODEL
 
-    parts = [{"type": "http.request", "body": raw[:10], "more_body": True},
-             {"type": "http.request", "body": raw[10:], "more_body": False}]
+    parts = [
+        {"type": "http.request", "body": raw[:10], "more_body": True},
+        {"type": "http.request", "body": raw[10:], "more_body": False},
+    ]
     receive, send, _ = _asgi(None, _scope(), parts)
     await BodyMiddleware(app, state)(_scope(), receive, send)
     assert seen == [{"type": "http.request", "body": raw, "more_body": False}, {"type": "http.disconnect"}]
@@ -138,8 +144,18 @@ def _nested(depth: int) -> bytes:
         (_nested(1000), f"The request body nests deeper than {MAX_JSON_DEPTH} levels."),
         (_nested(5000), f"The request body nests deeper than {MAX_JSON_DEPTH} levels."),  # past orjson's too
     ],
-    ids=["truncated", "invalid-utf8", "surrogate", "surrogate-escape", "nan", "infinity", "bom", "depth-65",
-         "depth-1000", "depth-5000"],
+    ids=[
+        "truncated",
+        "invalid-utf8",
+        "surrogate",
+        "surrogate-escape",
+        "nan",
+        "infinity",
+        "bom",
+        "depth-65",
+        "depth-1000",
+        "depth-5000",
+    ],
 )
 def test_unparsable_bodies(raw: bytes, message: str) -> None:
     with pytest.raises(InvalidRequest) as err:
@@ -164,10 +180,14 @@ def _refusal(raw: bytes, bounds: JsonBounds = BOUNDS) -> str | None:
 
 def test_shapes_past_a_bound_are_refused_before_parsing() -> None:
     small = JsonBounds(depth=4, containers=10, elements=100)
-    assert _refusal(b'{"messages": [' + b",".join([b"[]"] * 101) + b"]}", small) == \
-        "The request body has more than 100 JSON elements."
-    assert _refusal(b'{"messages": [' + b",".join([b"[]"] * 10) + b"]}", small) == \
-        "The request body has more than 10 JSON arrays and objects."
+    assert (
+        _refusal(b'{"messages": [' + b",".join([b"[]"] * 101) + b"]}", small)
+        == "The request body has more than 100 JSON elements."
+    )
+    assert (
+        _refusal(b'{"messages": [' + b",".join([b"[]"] * 10) + b"]}", small)
+        == "The request body has more than 10 JSON arrays and objects."
+    )
     assert _refusal(b'{"a": [[[[]]]]}', small) == "The request body nests deeper than 4 levels."
     assert _refusal(b'{"a": [[[]]], "b": [[[]]]}', small) is None  # depth is the deepest, not the total
     # Brackets are counted again without those inside strings, with escapes read as JSON reads them.
@@ -175,10 +195,14 @@ def test_shapes_past_a_bound_are_refused_before_parsing() -> None:
     assert _refusal(b'{"a": "\\\\", "b": [[[[]]]]}', small) == "The request body nests deeper than 4 levels."
     assert _refusal(b'{"a": "\\\\\\"[[[[[[", "b": 1}', small) is None  # an escaped backslash, then an escaped quote
     # Strings holding brackets, kept apart by brackets: too many containers is known without visiting each.
-    assert _refusal(b"[" + b",".join([b'["["]'] * 30) + b"]", JsonBounds(depth=4, containers=10, elements=1000)) \
+    assert (
+        _refusal(b"[" + b",".join([b'["["]'] * 30) + b"]", JsonBounds(depth=4, containers=10, elements=1000))
         == "The request body has more than 10 JSON arrays and objects."
-    assert _refusal(b'{"a": [[[[' + b"]" * 1000 + b"}", small) == \
-        "The request body has more than 10 JSON arrays and objects."  # closers alone cost the walk too
+    )
+    assert (
+        _refusal(b'{"a": [[[[' + b"]" * 1000 + b"}", small)
+        == "The request body has more than 10 JSON arrays and objects."
+    )  # closers alone cost the walk too
     with pytest.raises(InvalidRequest, match="not valid JSON"):  # unterminated: within the bounds, for orjson to say
         parse_within(b'{"a": "[[[[[[[[[[[[[', small)
 
@@ -193,7 +217,8 @@ def test_the_costly_shape_is_refused_by_the_default_bounds() -> None:
 async def test_bad_json_is_an_openai_400() -> None:
     async with scripted_client(settings()) as client:
         for raw in (b'{"model": ', _nested(200), b"\xff" * 10):
-            response = await client.post("/v1/chat/completions", content=raw,
-                                         headers={"content-type": "application/json"})
+            response = await client.post(
+                "/v1/chat/completions", content=raw, headers={"content-type": "application/json"}
+            )
             assert response.status_code == 400
             assert set(response.json()["error"]) == {"message", "type", "param", "code"}

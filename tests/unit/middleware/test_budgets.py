@@ -3,7 +3,7 @@ on the memory store."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import openai
 import pytest
@@ -20,8 +20,9 @@ def _auth(key: str) -> dict[str, str]:
 
 
 async def test_a_spent_daily_budget_answers_insufficient_quota_naming_the_period() -> None:
-    async with scripted_client(settings(api_keys=KEYS, limits={"tokens_per_month": 1000}),
-                               headers=_auth(ALICE)) as client:
+    async with scripted_client(
+        settings(api_keys=KEYS, limits={"tokens_per_month": 1000}), headers=_auth(ALICE)
+    ) as client:
         # Each answer reports 11 tokens (3 prompt + 8 completion); the estimate (1 + 60) is corrected to it.
         codes = [(await client.post("/v1/chat/completions", json=chat(max_tokens=60))).status_code for _ in range(4)]
         assert codes == [200, 200, 200, 429]  # 33 >= 30 after the third
@@ -29,7 +30,7 @@ async def test_a_spent_daily_budget_answers_insufficient_quota_naming_the_period
         error = refused.json()["error"]
         assert refused.status_code == 429 and error["code"] == "insufficient_quota"
         assert error["type"] == "insufficient_quota"
-        tomorrow = windows(datetime.now(timezone.utc))[0].resets_at_text
+        tomorrow = windows(datetime.now(UTC))[0].resets_at_text
         assert error["message"] == f"This key's daily token budget (30 tokens) is used up; it resets at {tomorrow}."
         assert 0 < int(refused.headers["retry-after"]) <= 86_400
         bob = await client.post("/v1/chat/completions", json=chat(), headers=_auth(BOB))
@@ -44,8 +45,9 @@ async def test_a_spent_daily_budget_answers_insufficient_quota_naming_the_period
 
 
 async def test_usage_endpoint_shows_the_own_key_and_refunds_failures() -> None:
-    async with scripted_client(settings(api_keys=KEYS, limits={"tokens_per_month": 1000, "requests_per_minute": 50}),
-                               headers=_auth(ALICE)) as client:
+    async with scripted_client(
+        settings(api_keys=KEYS, limits={"tokens_per_month": 1000, "requests_per_minute": 50}), headers=_auth(ALICE)
+    ) as client:
         assert (await client.post("/v1/chat/completions", json=chat(max_tokens=60))).status_code == 200
         failed = await client.post("/v1/chat/completions", json=chat(model="nope", max_tokens=60))
         assert failed.status_code == 404  # charged 61 up front, all refunded
@@ -56,7 +58,7 @@ async def test_usage_endpoint_shows_the_own_key_and_refunds_failures() -> None:
         day, month = body["periods"]["day"], body["periods"]["month"]
         assert (day["tokens"], day["requests"], day["budget_tokens"], day["remaining_tokens"]) == (11, 2, 30, 19)
         assert (month["tokens"], month["budget_tokens"], month["remaining_tokens"]) == (11, 1000, 989)
-        assert month["resets_at"] == windows(datetime.now(timezone.utc))[1].resets_at_text
+        assert month["resets_at"] == windows(datetime.now(UTC))[1].resets_at_text
         assert ALICE not in usage.text
         bob = (await client.get("/v1/usage", headers=_auth(BOB))).json()
         assert bob["periods"]["day"]["tokens"] == 0 and bob["periods"]["day"]["budget_tokens"] is None
@@ -96,13 +98,13 @@ async def test_the_sdk_raises_rate_limit_error_with_insufficient_quota() -> None
 async def test_memory_store_starts_a_new_day_from_zero() -> None:
     store = MemoryStore(clock=lambda: 0.0)
     limits = KeyLimits(tokens_per_day=10)
-    monday = windows(datetime(2026, 12, 7, 23, 59, tzinfo=timezone.utc))
+    monday = windows(datetime(2026, 12, 7, 23, 59, tzinfo=UTC))
     assert (await store.admit(Charge("k", limits, 10, monday))).allowed
     assert (await store.admit(Charge("k", limits, 1, monday))).over_budget == monday[0]
-    tuesday = windows(datetime(2026, 12, 8, 0, 0, tzinfo=timezone.utc))
+    tuesday = windows(datetime(2026, 12, 8, 0, 0, tzinfo=UTC))
     assert tuesday[0].name == "2026-12-08" and tuesday[1].name == monday[1].name == "2026-12"
     assert (await store.admit(Charge("k", limits, 1, tuesday))).allowed
-    assert windows(datetime(2026, 12, 31, tzinfo=timezone.utc))[1].resets_at_text == "2027-01-01T00:00:00Z"
+    assert windows(datetime(2026, 12, 31, tzinfo=UTC))[1].resets_at_text == "2027-01-01T00:00:00Z"
 
 
 def test_redis_backend_needs_a_url() -> None:

@@ -39,8 +39,9 @@ async def test_drain_waits_for_running_requests_then_returns() -> None:
     adapter = RecordingAdapter(script=Script(tokens=6, delay_s=0.05))
     async with scripted_client(settings(), adapter) as client:
         state = state_of(client)
-        requests = [asyncio.create_task(client.post("/v1/chat/completions", json=chat(stream=i % 2 == 0)))
-                    for i in range(4)]
+        requests = [
+            asyncio.create_task(client.post("/v1/chat/completions", json=chat(stream=i % 2 == 0))) for i in range(4)
+        ]
         await asyncio.sleep(0.05)
         assert state.drain.in_flight == 4
         started = time.perf_counter()

@@ -24,28 +24,56 @@ CAPS = {"max_tokens": 100, "max_n": 4, "max_stop": 2, "max_prompt_chars": 50}
     ("path", "body", "param", "message"),
     [
         ("/v1/chat/completions", chat(max_tokens=101), "max_tokens", "max_tokens must be at most 100 on this server."),
-        ("/v1/chat/completions", chat(max_completion_tokens=10**23), "max_completion_tokens",
-         "max_completion_tokens must be at most 100 on this server."),
-        ("/v1/completions", {"model": MODEL, "prompt": "x", "max_tokens": 1e9}, "max_tokens",
-         "max_tokens must be at most 100 on this server."),
+        (
+            "/v1/chat/completions",
+            chat(max_completion_tokens=10**23),
+            "max_completion_tokens",
+            "max_completion_tokens must be at most 100 on this server.",
+        ),
+        (
+            "/v1/completions",
+            {"model": MODEL, "prompt": "x", "max_tokens": 1e9},
+            "max_tokens",
+            "max_tokens must be at most 100 on this server.",
+        ),
         ("/v1/chat/completions", chat(n=5), "n", "n must be at most 4 on this server."),
         ("/v1/chat/completions", chat(stop=["a", "b", "c"]), "stop", "At most 2 stop sequences are allowed."),
-        ("/v1/chat/completions", chat(messages=[{"role": "user", "content": [{"type": "text", "text": "y" * 51}]}]),
-         "messages", "The messages must be at most 50 characters."),
-        ("/v1/completions", {"model": MODEL, "prompt": ["y" * 30, "z" * 21]}, "prompt",
-         "The prompt must be at most 50 characters."),
+        (
+            "/v1/chat/completions",
+            chat(messages=[{"role": "user", "content": [{"type": "text", "text": "y" * 51}]}]),
+            "messages",
+            "The messages must be at most 50 characters.",
+        ),
+        (
+            "/v1/completions",
+            {"model": MODEL, "prompt": ["y" * 30, "z" * 21]},
+            "prompt",
+            "The prompt must be at most 50 characters.",
+        ),
         ("/v1/embeddings", {"model": MODEL, "input": "y" * 51}, "input", "The input must be at most 50 characters."),
     ],
-    ids=["max_tokens", "max_completion_tokens-huge", "max_tokens-float", "n", "stop", "chat-prompt", "prompt-list",
-         "embedding-input"],
+    ids=[
+        "max_tokens",
+        "max_completion_tokens-huge",
+        "max_tokens-float",
+        "n",
+        "stop",
+        "chat-prompt",
+        "prompt-list",
+        "embedding-input",
+    ],
 )
 async def test_caps_answer_400_naming_the_field(path: str, body: dict[str, object], param: str, message: str) -> None:
     adapter = RecordingAdapter()
     async with scripted_client(settings(limits=CAPS), adapter) as client:
         response = await client.post(path, json=body)
         assert response.status_code == 400
-        assert response.json()["error"] == {"message": message, "type": "invalid_request_error", "param": param,
-                                            "code": None}
+        assert response.json()["error"] == {
+            "message": message,
+            "type": "invalid_request_error",
+            "param": param,
+            "code": None,
+        }
         assert adapter.requests == []
 
 
@@ -57,8 +85,16 @@ async def test_requests_at_the_caps_pass() -> None:
 
 
 def test_measure_and_estimate() -> None:
-    ask = measure(chat(max_tokens=10, n=2, messages=[{"role": "user", "content": "abcdefgh"},
-                                                    {"role": "user", "content": [{"type": "text", "text": "abcd"}]}]))
+    ask = measure(
+        chat(
+            max_tokens=10,
+            n=2,
+            messages=[
+                {"role": "user", "content": "abcdefgh"},
+                {"role": "user", "content": [{"type": "text", "text": "abcd"}]},
+            ],
+        )
+    )
     assert ask == Ask("messages", 12, 0, 1, 2, 0, ("max_tokens", 10))
     assert estimate_tokens(ask, embedding=False) == 3 + 10 * 2
     prompts = measure({"prompt": ["abcd", "ab"], "max_tokens": 5})
@@ -81,13 +117,21 @@ def test_token_bucket_figures() -> None:
     bucket.refund(30, 60.0)
     decision = Decision(True, tokens_left=bucket.level)
     assert dict(rate_headers(KeyLimits(tokens_per_minute=60), decision)) == {
-        b"x-ratelimit-limit-tokens": b"60", b"x-ratelimit-remaining-tokens": b"0",
-        b"x-ratelimit-reset-tokens": b"1m10s"}
+        b"x-ratelimit-limit-tokens": b"60",
+        b"x-ratelimit-remaining-tokens": b"0",
+        b"x-ratelimit-reset-tokens": b"1m10s",
+    }
 
 
 def test_duration_format() -> None:
     assert [duration(s) for s in (0.0, 0.0201, 1.5, 59.9994, 360.0, 61.25)] == [
-        "0ms", "21ms", "1.5s", "59.999s", "6m0s", "1m1.25s"]
+        "0ms",
+        "21ms",
+        "1.5s",
+        "59.999s",
+        "6m0s",
+        "1m1.25s",
+    ]
 
 
 def test_store_keeps_buckets_per_identity_and_follows_changed_limits() -> None:
@@ -106,10 +150,14 @@ def _rate_headers(response: httpx.Response) -> dict[str, str]:
 
 
 async def test_requests_per_minute_with_headers_on_every_answer() -> None:
-    async with scripted_client(settings(api_keys=KEY["authorization"][7:], limits={"requests_per_minute": 3}),
-                               headers=KEY) as client:
-        answers = [await client.get("/v1/models"), await client.post("/v1/chat/completions", json=chat(model="nope")),
-                   await client.get("/v1/models")]
+    async with scripted_client(
+        settings(api_keys=KEY["authorization"][7:], limits={"requests_per_minute": 3}), headers=KEY
+    ) as client:
+        answers = [
+            await client.get("/v1/models"),
+            await client.post("/v1/chat/completions", json=chat(model="nope")),
+            await client.get("/v1/models"),
+        ]
         assert [r.status_code for r in answers] == [200, 404, 200]
         assert [r.headers["x-ratelimit-remaining-requests"] for r in answers] == ["2", "1", "0"]
         assert all(r.headers["x-ratelimit-limit-requests"] == "3" for r in answers)

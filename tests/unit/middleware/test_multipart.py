@@ -14,8 +14,12 @@ def _form(*parts: tuple[str, bytes, str | None]) -> bytes:
     out = b""
     for name, value, filename in parts:
         extra = f'; filename="{filename}"' if filename else ""
-        out += b"--%s\r\ncontent-disposition: form-data; name=\"%s\"%s\r\n\r\n%s\r\n" % (
-            BOUNDARY, name.encode(), extra.encode(), value)
+        out += b'--%s\r\ncontent-disposition: form-data; name="%s"%s\r\n\r\n%s\r\n' % (
+            BOUNDARY,
+            name.encode(),
+            extra.encode(),
+            value,
+        )
     return out + b"--%s--\r\n" % BOUNDARY
 
 
@@ -24,7 +28,7 @@ def _feed(body: bytes, size: int) -> FormStart:
     for at in range(0, len(body), size):
         if form.done:
             break
-        form.feed(body[at:at + size])
+        form.feed(body[at : at + size])
     return form
 
 
@@ -55,11 +59,14 @@ def test_a_malformed_form_is_a_400(body: bytes) -> None:
         FormStart(BOUNDARY).feed(body)
 
 
-@pytest.mark.parametrize(("content_type", "boundary"), [
-    (b"multipart/form-data; boundary=abc", b"abc"),
-    (b'multipart/form-data; boundary="a b"', b"a b"),
-    (b"application/json", None),
-    (b"multipart/form-data", None),
-])
+@pytest.mark.parametrize(
+    ("content_type", "boundary"),
+    [
+        (b"multipart/form-data; boundary=abc", b"abc"),
+        (b'multipart/form-data; boundary="a b"', b"a b"),
+        (b"application/json", None),
+        (b"multipart/form-data", None),
+    ],
+)
 def test_boundary_of(content_type: bytes, boundary: bytes | None) -> None:
     assert boundary_of(content_type) == boundary

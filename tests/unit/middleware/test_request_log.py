@@ -41,7 +41,7 @@ async def test_request_ids_in_and_out() -> None:
     async with scripted_client(settings()) as client:
         given = await client.get("/v1/models", headers={"x-request-id": "req-42.a:b"})
         assert given.headers["x-request-id"] == "req-42.a:b"
-        for bad in ("x" * 129, "has space", "quote\"d"):
+        for bad in ("x" * 129, "has space", 'quote"d'):
             replaced = await client.get("/v1/models", headers={"x-request-id": bad})
             assert re.fullmatch(r"[0-9a-f]{32}", replaced.headers["x-request-id"])
         ids = {(await client.get(path)).headers["x-request-id"] for path in ("/health", "/nothing", "/v1/models")}
@@ -57,8 +57,14 @@ async def test_access_log_holds_id_model_status_latency_and_no_content(log_lines
         await client.get("/v1/models", headers={"authorization": "Bearer sk-wrong-key", "x-request-id": "req-401"})
     access = {r["request_id"]: r for r in _records(log_lines) if r["logger"] == "tokenyard.access"}
     assert {k: access["req-ok"][k] for k in ("method", "path", "status", "model", "key", "level", "message")} == {
-        "method": "POST", "path": "/v1/chat/completions", "status": 200, "model": MODEL, "key": "key-1",
-        "level": "info", "message": "request"}
+        "method": "POST",
+        "path": "/v1/chat/completions",
+        "status": 200,
+        "model": MODEL,
+        "key": "key-1",
+        "level": "info",
+        "message": "request",
+    }
     assert 0 < access["req-ok"]["latency_ms"] < 5000  # type: ignore[operator]
     assert (access["req-sse"]["status"], access["req-401"]["status"], access["req-401"]["key"]) == (200, 401, None)
     text = log_lines.getvalue()
@@ -69,8 +75,9 @@ async def test_access_log_holds_id_model_status_latency_and_no_content(log_lines
 async def test_an_unexpected_error_is_a_500_with_its_id(log_lines: io.StringIO) -> None:
     adapter = ScriptedAdapter(MODEL, Script(fail_before=RuntimeError("internal detail")))
     async with scripted_client(settings(), adapter) as client:
-        response = await client.post("/v1/completions", json={"model": MODEL, "prompt": "x"},
-                                     headers={"x-request-id": "req-boom"})
+        response = await client.post(
+            "/v1/completions", json={"model": MODEL, "prompt": "x"}, headers={"x-request-id": "req-boom"}
+        )
     assert response.status_code == 500 and response.headers["x-request-id"] == "req-boom"
     assert response.json()["error"]["type"] == "api_error" and "internal detail" not in response.text
     records = _records(log_lines)

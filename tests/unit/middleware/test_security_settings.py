@@ -43,9 +43,18 @@ def test_keys_never_show_in_the_settings_dump() -> None:
 def test_cors_and_auth_flags_merge_with_yaml(tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
     config.write_text("cors:\n  allowed_headers: [authorization]\nauth:\n  guard_metrics: false\n")
-    parsed = _from_flags("--config", str(config), "--allowed-origins", '["https://a.example", "https://b.example"]',
-                         "--allowed-methods", "GET,POST,OPTIONS", "--allow-credentials", "--guard-metrics",
-                         "--api-keys-file", "/run/keys")
+    parsed = _from_flags(
+        "--config",
+        str(config),
+        "--allowed-origins",
+        '["https://a.example", "https://b.example"]',
+        "--allowed-methods",
+        "GET,POST,OPTIONS",
+        "--allow-credentials",
+        "--guard-metrics",
+        "--api-keys-file",
+        "/run/keys",
+    )
     assert parsed.cors.allowed_origins == ["https://a.example", "https://b.example"]
     assert parsed.cors.allowed_methods == ["GET", "POST", "OPTIONS"]
     assert parsed.cors.allowed_headers == ["authorization"]  # from YAML: flags merge field by field
@@ -89,9 +98,14 @@ async def test_cors_is_off_by_default() -> None:
 async def test_cors_when_configured() -> None:
     cors = {"allowed_origins": ["https://app.example"], "allowed_methods": ["GET", "POST"]}
     async with scripted_client(settings(api_keys=KEYS[0], cors=cors)) as client:
-        preflight = await client.options("/v1/chat/completions", headers={
-            "origin": "https://app.example", "access-control-request-method": "POST",
-            "access-control-request-headers": "authorization,content-type"})
+        preflight = await client.options(
+            "/v1/chat/completions",
+            headers={
+                "origin": "https://app.example",
+                "access-control-request-method": "POST",
+                "access-control-request-headers": "authorization,content-type",
+            },
+        )
         assert preflight.status_code == 200  # answered before auth: a preflight carries no key
         assert preflight.headers["access-control-allow-origin"] == "https://app.example"
         assert set(preflight.headers["access-control-allow-methods"].split(", ")) == {"GET", "POST"}
@@ -99,6 +113,7 @@ async def test_cors_when_configured() -> None:
         assert denied.status_code == 401  # and the browser may read why
         assert denied.headers["access-control-allow-origin"] == "https://app.example"
         assert "x-request-id" in denied.headers["access-control-expose-headers"]
-        other = await client.options("/v1/models", headers={"origin": "https://evil.example",
-                                                              "access-control-request-method": "GET"})
+        other = await client.options(
+            "/v1/models", headers={"origin": "https://evil.example", "access-control-request-method": "GET"}
+        )
         assert other.status_code == 400 and "access-control-allow-origin" not in other.headers

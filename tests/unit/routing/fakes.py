@@ -35,7 +35,9 @@ class FakeUpstream:
             await asyncio.sleep(60 if self.behaviour == "endless" else 0.3)
         yield Chunk(0, text=f"{self.url}:1", finish_reason="stop")
 
-    async def embed(self, request_id: str, model: str, inputs: Any, forwarded: Any = None) -> tuple[list[list[float]], int]:
+    async def embed(
+        self, request_id: str, model: str, inputs: Any, forwarded: Any = None
+    ) -> tuple[list[list[float]], int]:
         self.attempts += 1
         if self.behaviour == "before":
             raise EngineUnavailable("down")

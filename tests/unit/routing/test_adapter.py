@@ -18,7 +18,9 @@ from tests.unit.routing.fakes import FakeUpstream
 URLS = ["http://a:1", "http://b:1", "http://c:1"]
 
 
-def routed(policy: str = "round-robin", urls: list[str] = URLS, **settings: Any) -> tuple[RoutedAdapter, dict[str, FakeUpstream]]:
+def routed(
+    policy: str = "round-robin", urls: list[str] = URLS, **settings: Any
+) -> tuple[RoutedAdapter, dict[str, FakeUpstream]]:
     fakes: dict[str, FakeUpstream] = {}
 
     def connect(url: str) -> Any:
@@ -101,9 +103,14 @@ async def test_no_healthy_instance_and_no_hold_is_a_503_at_once() -> None:
         await texts(adapter, request())
     with pytest.raises(EngineUnavailable):
         await adapter.check_health()
-    assert adapter.status().as_json() == {"state": "unavailable", "instances": 3, "ready_instances": 0,
-                                          "waiting_requests": 0, "in_flight_requests": 0,
-                                          "breakers": {"closed": 3, "half_open": 0, "open": 0}}
+    assert adapter.status().as_json() == {
+        "state": "unavailable",
+        "instances": 3,
+        "ready_instances": 0,
+        "waiting_requests": 0,
+        "in_flight_requests": 0,
+        "breakers": {"closed": 3, "half_open": 0, "open": 0},
+    }
 
 
 async def test_a_request_is_held_until_an_instance_comes_back() -> None:
@@ -155,7 +162,9 @@ async def test_models_list_every_name_with_the_smallest_context() -> None:
     fakes[URLS[1]].max_len = 1024
     fakes[URLS[2]].max_len = None
     assert [(m.name, m.max_model_len, m.kind) for m in adapter.models()] == [
-        ("m", 1024, "generate"), ("m-alias", 1024, "generate")]
+        ("m", 1024, "generate"),
+        ("m-alias", 1024, "generate"),
+    ]
     adapter.instances[URLS[1]].healthy = False  # only healthy instances count, while there are some
     assert adapter.models()[0].max_model_len == 2048
 
@@ -173,10 +182,10 @@ async def test_discovery_follows_the_dns_answer() -> None:
         assert (host, port) == ("engines.default.svc", 8001)
         return answers.pop(0) if answers else ["10.0.0.2", "fd00::3"]
 
-    route = RouteSettings(name="m", discovery=DiscoverySettings(dns_name="engines.default.svc", port=8001,
-                                                                 interval_s=0.05))
-    adapter = RoutedAdapter(route, RouterSettings(health_interval_s=3600), resolver=resolver,
-                            connect=FakeUpstream)  # type: ignore[arg-type]
+    route = RouteSettings(
+        name="m", discovery=DiscoverySettings(dns_name="engines.default.svc", port=8001, interval_s=0.05)
+    )
+    adapter = RoutedAdapter(route, RouterSettings(health_interval_s=3600), resolver=resolver, connect=FakeUpstream)  # type: ignore[arg-type]
     await adapter.start()
     try:
         assert list(adapter.instances) == ["http://10.0.0.1:8001", "http://10.0.0.2:8001"]

@@ -28,8 +28,13 @@ class Server:
         self.connections += 1
         try:
             while head := await reader.readuntil(b"\r\n\r\n"):
-                length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
-                                  if line.lower().startswith(b"content-length")))
+                length = int(
+                    next(
+                        line.split(b":")[1]
+                        for line in head.split(b"\r\n")
+                        if line.lower().startswith(b"content-length")
+                    )
+                )
                 self.bodies.append(await reader.readexactly(length))
                 self.requests += 1
                 result = self.answer(self.requests, writer)
@@ -110,7 +115,7 @@ async def test_a_request_on_a_connection_closing_meanwhile_is_sent_again(serve) 
 
 async def test_a_body_that_runs_to_the_end_of_the_connection(serve) -> None:
     def unframed(number: int, writer: asyncio.StreamWriter) -> None:
-        writer.write(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n{\"tokens\": [1]}")
+        writer.write(b'HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n{"tokens": [1]}')
         writer.close()
 
     pool = Pool(await serve(Server(unframed)), {})

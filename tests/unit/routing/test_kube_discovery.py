@@ -28,8 +28,11 @@ def endpoint(address: str, ready: bool | None = True) -> dict[str, Any]:
 
 
 def endpoint_slice(name: str, *endpoints: dict[str, Any], port: int = 8000) -> dict[str, Any]:
-    return {"metadata": {"name": name, "resourceVersion": "0"},
-            "ports": [{"name": "http", "port": port}], "endpoints": list(endpoints)}
+    return {
+        "metadata": {"name": name, "resourceVersion": "0"},
+        "ports": [{"name": "http", "port": port}],
+        "endpoints": list(endpoints),
+    }
 
 
 @dataclass
@@ -99,10 +102,15 @@ class FakeKubeApi:
             assert seen.path == SLICES and seen.params["labelSelector"] == "kubernetes.io/service-name=engines"
             if seen.params.get("watch") != "true":
                 self.lists.append(seen)
-                items = [{**s, "metadata": {**s["metadata"], "resourceVersion": str(self.version)}} for s in self.slices.values()]
+                items = [
+                    {**s, "metadata": {**s["metadata"], "resourceVersion": str(self.version)}}
+                    for s in self.slices.values()
+                ]
                 body = json.dumps({"metadata": {"resourceVersion": str(self.version)}, "items": items}).encode()
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
-                             b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                    b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+                )
             elif self.watch_status != 200:
                 status, self.watch_status = self.watch_status, 200
                 writer.write(b"HTTP/1.1 %d Gone\r\nContent-Length: 0\r\nConnection: close\r\n\r\n" % status)
@@ -110,8 +118,10 @@ class FakeKubeApi:
                 watch = Watch(seen)
                 self.watches.put_nowait(watch)
                 self._open.append(watch)
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
-                             b"Transfer-Encoding: chunked\r\n\r\n")
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                    b"Transfer-Encoding: chunked\r\n\r\n"
+                )
                 while (line := await watch.events.get()) is not None:
                     if not line:
                         writer.transport.abort()
@@ -127,8 +137,17 @@ def settings(api: FakeKubeApi, tmp_path: Path, **overrides: Any) -> DiscoverySet
     token_file = tmp_path / "token"
     if not token_file.exists():
         token_file.write_text("token-1\n")
-    return DiscoverySettings(**{"mode": "kubernetes", "service": "engines", "namespace": "serving",
-                                "api_url": api.url, "token_file": token_file, "interval_s": 0.5, **overrides})
+    return DiscoverySettings(
+        **{
+            "mode": "kubernetes",
+            "service": "engines",
+            "namespace": "serving",
+            "api_url": api.url,
+            "token_file": token_file,
+            "interval_s": 0.5,
+            **overrides,
+        }
+    )
 
 
 @contextlib.asynccontextmanager
@@ -153,8 +172,9 @@ async def soon(predicate: Callable[[], bool], within_s: float = 1.0) -> None:
 
 async def test_list_then_watch_follows_ready_endpoints(tmp_path: Path) -> None:
     async with FakeKubeApi() as api:
-        api.slices["engines-a"] = endpoint_slice("engines-a", endpoint("10.0.0.1"), endpoint("10.0.0.2", ready=None),
-                                                 endpoint("10.0.0.3", ready=False))
+        api.slices["engines-a"] = endpoint_slice(
+            "engines-a", endpoint("10.0.0.1"), endpoint("10.0.0.2", ready=None), endpoint("10.0.0.3", ready=False)
+        )
         async with following(settings(api, tmp_path)) as current:
             # A missing `ready` counts as ready, as Kubernetes has it; an explicit false does not.
             assert current() == ["http://10.0.0.1:8000", "http://10.0.0.2:8000"]
@@ -163,8 +183,12 @@ async def test_list_then_watch_follows_ready_endpoints(tmp_path: Path) -> None:
 
             watch.send("ADDED", endpoint_slice("engines-b", endpoint("10.0.1.1"), port=9000))
             await soon(lambda: "http://10.0.1.1:9000" in current())
-            watch.send("MODIFIED", endpoint_slice("engines-a", endpoint("10.0.0.1", ready=False), endpoint("10.0.0.2"),
-                                                  endpoint("10.0.0.3")))
+            watch.send(
+                "MODIFIED",
+                endpoint_slice(
+                    "engines-a", endpoint("10.0.0.1", ready=False), endpoint("10.0.0.2"), endpoint("10.0.0.3")
+                ),
+            )
             await soon(lambda: current() == ["http://10.0.0.2:8000", "http://10.0.0.3:8000", "http://10.0.1.1:9000"])
             watch.send("BOOKMARK", {"metadata": {"resourceVersion": "180"}})
             watch.send("DELETED", endpoint_slice("engines-b"))
@@ -238,8 +262,10 @@ async def test_an_unreachable_api_keeps_retrying_without_instances(tmp_path: Pat
 
 def test_ports_readiness_and_addresses_of_a_slice() -> None:
     base = DiscoverySettings(mode="kubernetes", service="engines", port=7000)
-    two_ports = {"ports": [{"name": "metrics", "port": 9090}, {"name": "http", "port": 8000}],
-                 "endpoints": [endpoint("10.0.0.1"), endpoint("fd00::1"), {"addresses": [], "conditions": {}}]}
+    two_ports = {
+        "ports": [{"name": "metrics", "port": 9090}, {"name": "http", "port": 8000}],
+        "endpoints": [endpoint("10.0.0.1"), endpoint("fd00::1"), {"addresses": [], "conditions": {}}],
+    }
     assert slice_urls(two_ports, base) == {"http://10.0.0.1:9090", "http://[fd00::1]:9090"}  # the first port
     named = base.model_copy(update={"port_name": "http", "scheme": "https"})
     assert slice_urls(two_ports, named) == {"https://10.0.0.1:8000", "https://[fd00::1]:8000"}
@@ -250,8 +276,9 @@ def test_ports_readiness_and_addresses_of_a_slice() -> None:
 def test_where_to_watch_defaults_to_the_pod_environment(tmp_path: Path) -> None:
     (tmp_path / "namespace").write_text("serving\n")
     config = DiscoverySettings(mode="kubernetes", service="engines")
-    target = kube_target(config, {"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443"},
-                         tmp_path / "namespace")
+    target = kube_target(
+        config, {"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443"}, tmp_path / "namespace"
+    )
     assert target.slices_url == "https://10.96.0.1:443/apis/discovery.k8s.io/v1/namespaces/serving/endpointslices"
     assert target.selector == "kubernetes.io/service-name=engines"
     with pytest.raises(KubeError, match="not in a cluster"):

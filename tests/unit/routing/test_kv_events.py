@@ -31,8 +31,16 @@ def batch(*events: object) -> object:
 
 
 def stored(tokens: list[int], hashes: list[int], parent: int | None = None) -> object:
-    return kv_events.BlockStored(block_hashes=hashes, parent_block_hash=parent, token_ids=tokens, block_size=SIZE,
-                                 lora_id=None, medium="GPU", lora_name=None, group_idx=0)
+    return kv_events.BlockStored(
+        block_hashes=hashes,
+        parent_block_hash=parent,
+        token_ids=tokens,
+        block_size=SIZE,
+        lora_id=None,
+        medium="GPU",
+        lora_name=None,
+        group_idx=0,
+    )
 
 
 def publisher(pub: int, replay: int) -> object:
@@ -49,9 +57,14 @@ async def until(check: Callable[[], bool], timeout_s: float = 10.0) -> None:
 def test_decode_reads_vllms_encoding() -> None:
     import msgspec
 
-    payload = msgspec.msgpack.encode(batch(
-        stored(PROMPT[:8], [1, 2]), kv_events.BlockRemoved(block_hashes=[2], medium="GPU", group_idx=0),
-        kv_events.BlockRemoved(block_hashes=[9], medium="CPU"), kv_events.AllBlocksCleared()))
+    payload = msgspec.msgpack.encode(
+        batch(
+            stored(PROMPT[:8], [1, 2]),
+            kv_events.BlockRemoved(block_hashes=[2], medium="GPU", group_idx=0),
+            kv_events.BlockRemoved(block_hashes=[9], medium="CPU"),
+            kv_events.AllBlocksCleared(),
+        )
+    )
     _, events = decode(payload)
     assert events == [Stored([1, 2], None, PROMPT[:8], SIZE, None, 0), Removed([2], 0), Cleared()]
 
@@ -69,8 +82,7 @@ async def test_events_gap_replay_and_restart_through_real_sockets() -> None:
     # Published before anyone listens: the subscriber's first batch leaves a gap, which the replay fills.
     pub.publish(batch(stored(PROMPT[:4], [11])))
     await asyncio.sleep(0.3)
-    subscriber = KvSubscriber(index, INSTANCE, f"tcp://127.0.0.1:{pub_port}", f"tcp://127.0.0.1:{replay_port}",
-                              context)
+    subscriber = KvSubscriber(index, INSTANCE, f"tcp://127.0.0.1:{pub_port}", f"tcp://127.0.0.1:{replay_port}", context)
     task = asyncio.ensure_future(subscriber.run())
     keys = block_keys(PROMPT, SIZE)
     try:

@@ -25,8 +25,12 @@ def fleet(*loads: float) -> list[Fake]:
 
 
 def holding(index: KvIndex, instance: Fake, blocks: int) -> None:
-    index.apply(instance.key, index.next_seq(instance.key), 1.0,
-                [Stored(list(range(blocks)), None, TOKENS[:blocks * SIZE], SIZE)])
+    index.apply(
+        instance.key,
+        index.next_seq(instance.key),
+        1.0,
+        [Stored(list(range(blocks)), None, TOKENS[: blocks * SIZE], SIZE)],
+    )
 
 
 def policy(index: KvIndex, load_factor: float = 1.5) -> KvPrefix:
@@ -108,14 +112,23 @@ async def test_a_route_with_policy_kv_follows_the_index_and_says_which_instances
 
     urls = ["http://a:1", "http://b:1"]
     route = RouteSettings(name="m", policy="kv", upstreams=urls)
-    adapter = RoutedAdapter(route, RouterSettings(health_interval_s=3600, kv_discovery_interval_s=3600),
-                            rng=random.Random(0), connect=FakeUpstream)  # type: ignore[arg-type]
+    adapter = RoutedAdapter(
+        route,
+        RouterSettings(health_interval_s=3600, kv_discovery_interval_s=3600),
+        rng=random.Random(0),
+        connect=FakeUpstream,
+    )  # type: ignore[arg-type]
     for url in urls:
         adapter.add_instance(url)  # neither tells a KV events endpoint (no /v1/models here)
     try:
         status = adapter.status().as_json()["kv_routing"]
-        assert status == {"policy": "kv", "events_instances": [], "fallback_instances": urls, "blocks_indexed": 0,
-                          "decisions": {"cached": 0, "spread": 0, "approximate": 0}}
+        assert status == {
+            "policy": "kv",
+            "events_instances": [],
+            "fallback_instances": urls,
+            "blocks_indexed": 0,
+            "decisions": {"cached": 0, "spread": 0, "approximate": 0},
+        }
         # b's events say it holds the prompt's first two blocks; a is synced and holds nothing.
         adapter.kv.index.apply("http://b:1", 0, 1.0, [Stored([1, 2], None, TOKENS[:8], SIZE)])  # type: ignore[union-attr]
         adapter.kv.index.apply("http://a:1", 0, 1.0, [])  # type: ignore[union-attr]

@@ -21,17 +21,27 @@ A, B, C = URLS = ["http://a:1", "http://b:1", "http://c:1"]
 PATHS = {"x": "/loras/x", "y": "/loras/y", "z": "/loras/z", "broken": "/loras/bad"}
 
 
-def routed(policy: str = "least-loaded", health_interval_s: float = 3600,
-           **route: Any) -> tuple[RoutedAdapter, dict[str, FakeLoraUpstream]]:
+def routed(
+    policy: str = "least-loaded", health_interval_s: float = 3600, **route: Any
+) -> tuple[RoutedAdapter, dict[str, FakeLoraUpstream]]:
     fakes: dict[str, FakeLoraUpstream] = {}
 
     def connect(url: str) -> Any:
         return fakes.setdefault(url, FakeLoraUpstream(url))
 
-    settings = RouteSettings(name="base", policy=policy, upstreams=URLS,  # type: ignore[arg-type]
-                             lora_adapters=PATHS, **route)
-    adapter = RoutedAdapter(settings, RouterSettings(retry_backoff_s=0.0, health_interval_s=health_interval_s),
-                            rng=random.Random(0), connect=connect)
+    settings = RouteSettings(
+        name="base",
+        policy=policy,
+        upstreams=URLS,  # type: ignore[arg-type]
+        lora_adapters=PATHS,
+        **route,
+    )
+    adapter = RoutedAdapter(
+        settings,
+        RouterSettings(retry_backoff_s=0.0, health_interval_s=health_interval_s),
+        rng=random.Random(0),
+        connect=connect,
+    )
     for url in URLS:
         adapter.add_instance(url)
     return adapter, fakes
@@ -46,8 +56,9 @@ async def served_by(adapter: RoutedAdapter, model: str) -> str:
     return chunks[0].rsplit(":", 1)[0]
 
 
-def gauge(adapter: RoutedAdapter, url: str, running: float = 0.0, busy: tuple[str, ...] = (),
-          max_loras: int | None = None) -> None:
+def gauge(
+    adapter: RoutedAdapter, url: str, running: float = 0.0, busy: tuple[str, ...] = (), max_loras: int | None = None
+) -> None:
     adapter.instances[url].engine = EngineLoad(running=running, lora=LoraGauge(frozenset(busy), frozenset(), max_loras))
 
 
@@ -220,10 +231,12 @@ def test_an_adapter_name_may_not_clash_with_another_routes_name() -> None:
 
 
 def test_the_lora_gauge_is_read_from_the_newest_sample() -> None:
-    text = (b'vllm:num_requests_running{model_name="m"} 2\n'
-            b'vllm:lora_requests_info{max_lora="2",running_lora_adapters="x",waiting_lora_adapters=""} 1.7e+09\n'
-            b'vllm:lora_requests_info{max_lora="2",running_lora_adapters="x,y",waiting_lora_adapters="z"} 1.8e+09\n'
-            b'vllm:lora_requests_info{max_lora="2",running_lora_adapters="",waiting_lora_adapters=""} 1.6e+09\n')
+    text = (
+        b'vllm:num_requests_running{model_name="m"} 2\n'
+        b'vllm:lora_requests_info{max_lora="2",running_lora_adapters="x",waiting_lora_adapters=""} 1.7e+09\n'
+        b'vllm:lora_requests_info{max_lora="2",running_lora_adapters="x,y",waiting_lora_adapters="z"} 1.8e+09\n'
+        b'vllm:lora_requests_info{max_lora="2",running_lora_adapters="",waiting_lora_adapters=""} 1.6e+09\n'
+    )
     load = parse_load(text, "m")
     assert load.running == 2 and load.lora == LoraGauge(frozenset({"x", "y"}), frozenset({"z"}), 2)
     assert parse_load(b'vllm:num_requests_running{model_name="m"} 2\n', "m").lora is None

@@ -93,8 +93,13 @@ async def make(upstream: Upstream) -> AsyncIterator[Callable[..., OpenAIHttpAdap
     made: list[OpenAIHttpAdapter] = []
 
     def adapter(url: str | None = None, **timeouts: float) -> OpenAIHttpAdapter:
-        made.append(OpenAIHttpAdapter(url or upstream.url, "upstream-model",
-                                      timeouts=HttpTimeouts(**{"first_token_s": 1.0, "idle_s": 1.0, **timeouts})))
+        made.append(
+            OpenAIHttpAdapter(
+                url or upstream.url,
+                "upstream-model",
+                timeouts=HttpTimeouts(**{"first_token_s": 1.0, "idle_s": 1.0, **timeouts}),
+            )
+        )
         return made[-1]
 
     yield adapter
@@ -119,9 +124,13 @@ def delta(content: str | None, reason: str | None = None, index: int = 0) -> dic
 
 
 async def test_chat_stream_becomes_chunks_with_exact_usage(upstream: Upstream, make: Any) -> None:
-    body = sse({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]},
-               delta("Hel"), delta("lo", "length"),
-               {"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 3}}, b"[DONE]")
+    body = sse(
+        {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]},
+        delta("Hel"),
+        delta("lo", "length"),
+        {"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 3}},
+        b"[DONE]",
+    )
     # Split mid-line, as TCP may: the reader must join the pieces.
     upstream.reply = replying(body[:37], 0.01, body[37:90], 0.01, body[90:])
     chunks = await collect(make().generate(chat_request(max_tokens=3, temperature=0.5, stop=("x",))))
@@ -135,8 +144,21 @@ async def test_chat_stream_becomes_chunks_with_exact_usage(upstream: Upstream, m
 
 
 async def test_completion_logprobs_are_mapped(upstream: Upstream, make: Any) -> None:
-    event = {"choices": [{"index": 0, "text": "a", "finish_reason": "stop", "logprobs": {
-        "tokens": ["a"], "token_logprobs": [-0.5], "top_logprobs": [{"a": -0.5, "b": -1.0}], "text_offset": [0]}}]}
+    event = {
+        "choices": [
+            {
+                "index": 0,
+                "text": "a",
+                "finish_reason": "stop",
+                "logprobs": {
+                    "tokens": ["a"],
+                    "token_logprobs": [-0.5],
+                    "top_logprobs": [{"a": -0.5, "b": -1.0}],
+                    "text_offset": [0],
+                },
+            }
+        ]
+    }
 
     async def reply(path: str, body: Any) -> Answer:
         assert body["logprobs"] == 2 and path == "/v1/completions"
@@ -149,21 +171,37 @@ async def test_completion_logprobs_are_mapped(upstream: Upstream, make: Any) -> 
     assert chunks[-1].finish_reason == "stop" and chunks[-1].completion_tokens == 1  # counted: no usage sent
 
 
-@pytest.mark.parametrize(("status", "body", "error"), [
-    (400, {"error": {"message": "too long", "code": "context_length_exceeded", "param": "messages"}},
-     ContextLengthExceeded),
-    (400, {"error": {"message": "bad", "code": None}}, InvalidRequest),
-    (404, {"error": {"message": "no such model"}}, ModelNotFound),
-    (429, {"error": {"message": "busy"}}, RateLimited),
-    (503, {"error": {"message": "down"}}, EngineUnavailable),
-    (502, b"<html>bad gateway</html>", EngineUnavailable),
-    (401, {"error": {"message": "bad key"}}, EngineUnavailable),  # the router's key for the instance
-    (500, {"error": {"message": "EngineCore encountered an issue. See stack trace (above) for the root cause.",
-                     "type": "InternalServerError", "code": 500}}, EngineUnavailable),  # vLLM's engine died
-    (500, {"error": {"message": "cannot render this prompt", "code": 500}}, GatewayError),
-])
-async def test_upstream_errors_map_onto_the_error_tree(upstream: Upstream, make: Any, status: int, body: Any,
-                                                      error: type[Exception]) -> None:
+@pytest.mark.parametrize(
+    ("status", "body", "error"),
+    [
+        (
+            400,
+            {"error": {"message": "too long", "code": "context_length_exceeded", "param": "messages"}},
+            ContextLengthExceeded,
+        ),
+        (400, {"error": {"message": "bad", "code": None}}, InvalidRequest),
+        (404, {"error": {"message": "no such model"}}, ModelNotFound),
+        (429, {"error": {"message": "busy"}}, RateLimited),
+        (503, {"error": {"message": "down"}}, EngineUnavailable),
+        (502, b"<html>bad gateway</html>", EngineUnavailable),
+        (401, {"error": {"message": "bad key"}}, EngineUnavailable),  # the router's key for the instance
+        (
+            500,
+            {
+                "error": {
+                    "message": "EngineCore encountered an issue. See stack trace (above) for the root cause.",
+                    "type": "InternalServerError",
+                    "code": 500,
+                }
+            },
+            EngineUnavailable,
+        ),  # vLLM's engine died
+        (500, {"error": {"message": "cannot render this prompt", "code": 500}}, GatewayError),
+    ],
+)
+async def test_upstream_errors_map_onto_the_error_tree(
+    upstream: Upstream, make: Any, status: int, body: Any, error: type[Exception]
+) -> None:
     content = body if isinstance(body, bytes) else orjson.dumps(body)
     upstream.reply = replying(content, status=status, content_type="application/json")
     with pytest.raises(error) as raised:
@@ -242,8 +280,9 @@ async def test_relay_passes_events_through_renamed(upstream: Upstream, make: Any
     body = sse(first, b"[DONE]")
     upstream.reply = replying(body[:20], 0.01, body[20:])
     http = make()
-    pieces = [piece async for piece in http.relay("/v1/chat/completions", {"model": "public", "tools": []},
-                                                    "req-1", "public")]
+    pieces = [
+        piece async for piece in http.relay("/v1/chat/completions", {"model": "public", "tools": []}, "req-1", "public")
+    ]
     assert b"".join(pieces) == body.replace(b'"model":"upstream-model"', b'"model":"public"')
     assert all(piece.endswith(b"\n\n") for piece in pieces)  # whole events only
     sent = upstream.sent[0]
@@ -266,13 +305,15 @@ class ListSink:
 
 @pytest.mark.parametrize("ready", [True, False])
 async def test_relay_puts_the_middle_events_into_a_ready_sink(upstream: Upstream, make: Any, ready: bool) -> None:
-    events = [sse(delta(text)) for text in "abc"] + [sse({"choices": [], "usage": {"prompt_tokens": 1}}), sse(b"[DONE]")]
+    events = [sse(delta(text)) for text in "abc"] + [
+        sse({"choices": [], "usage": {"prompt_tokens": 1}}),
+        sse(b"[DONE]"),
+    ]
     parts: list[bytes | float] = [part for event in events for part in (event, 0.02)]
     upstream.reply = replying(*parts)
     sink = ListSink(ready)
     http = make()
-    pieces = [piece async for piece in http.relay("/v1/chat/completions", {"model": "public"}, "req-1", "public",
-                                                    sink)]
+    pieces = [piece async for piece in http.relay("/v1/chat/completions", {"model": "public"}, "req-1", "public", sink)]
     if ready:  # the first is yielded (it starts the answer), and so are the usage and [DONE] events
         assert pieces == [events[0], *events[3:]] and sink.written == events[1:3]
     else:
@@ -283,8 +324,9 @@ async def test_relay_puts_the_middle_events_into_a_ready_sink(upstream: Upstream
 async def test_an_error_event_cut_in_two_still_ends_a_sunk_stream(upstream: Upstream, make: Any) -> None:
     error = sse({"error": {"message": "engine died", "code": "engine_unavailable"}})
     cut = error.index(b"err") + 3  # neither half holds the error's mark
-    upstream.reply = replying(sse(delta("a")), 0.02, sse(delta("b")) + error[:cut], 0.02, error[cut:], 0.02,
-                              sse(b"[DONE]"))
+    upstream.reply = replying(
+        sse(delta("a")), 0.02, sse(delta("b")) + error[:cut], 0.02, error[cut:], 0.02, sse(b"[DONE]")
+    )
     sink = ListSink()
     http = make()
     pieces: list[bytes] = []
@@ -295,8 +337,13 @@ async def test_an_error_event_cut_in_two_still_ends_a_sunk_stream(upstream: Upst
 
 
 async def test_what_vllm_answers_only_whole_is_sent_and_passed_on_as_it_is(upstream: Upstream, make: Any) -> None:
-    answer = {"id": "x", "object": "text_completion", "model": "upstream-model",
-              "choices": [{"index": 0, "text": "a", "prompt_logprobs": [None]}], "usage": {"prompt_tokens": 1}}
+    answer = {
+        "id": "x",
+        "object": "text_completion",
+        "model": "upstream-model",
+        "choices": [{"index": 0, "text": "a", "prompt_logprobs": [None]}],
+        "usage": {"prompt_tokens": 1},
+    }
 
     async def reply(path: str, body: Any) -> Answer:
         await asyncio.sleep(0.4)  # the head comes with the whole answer, past the first-token limit
@@ -304,8 +351,10 @@ async def test_what_vllm_answers_only_whole_is_sent_and_passed_on_as_it_is(upstr
 
     upstream.reply = reply
     http = make(first_token_s=0.2)
-    pieces = [piece async for piece in http.relay("/v1/completions", {"model": "public", "prompt_logprobs": 1},
-                                                    "req-1", "public")]
+    pieces = [
+        piece
+        async for piece in http.relay("/v1/completions", {"model": "public", "prompt_logprobs": 1}, "req-1", "public")
+    ]
     assert [orjson.loads(piece) for piece in pieces] == [{**answer, "model": "public"}]
     assert upstream.sent[0] == {"model": "upstream-model", "prompt_logprobs": 1}  # not turned into a stream
     assert http.load().in_flight == 0
@@ -317,8 +366,9 @@ async def test_embeddings_models_and_load(upstream: Upstream, make: Any) -> None
             data = [{"index": 1, "embedding": [0.0, 1.0]}, {"index": 0, "embedding": [1.0, 0.0]}]
             return Answer(200, [orjson.dumps({"data": data, "usage": {"prompt_tokens": 4}})], "application/json")
         if path == "/v1/models":
-            return Answer(200, [orjson.dumps({"data": [{"id": "upstream-model", "max_model_len": 512}]})],
-                          "application/json")
+            return Answer(
+                200, [orjson.dumps({"data": [{"id": "upstream-model", "max_model_len": 512}]})], "application/json"
+            )
         return Answer(200, [b"ok"], "text/plain")
 
     upstream.reply = reply
@@ -354,12 +404,14 @@ async def test_an_older_model_list_answered_late_does_not_replace_a_newer_one(up
 
 
 def test_parse_load_prefers_this_models_lines() -> None:
-    text = (b'# HELP vllm:num_requests_running x\n'
-            b'vllm:num_requests_running{engine="0",model_name="m"} 2.0\n'
-            b'vllm:num_requests_running{engine="0",model_name="other"} 9.0\n'
-            b'vllm:num_requests_waiting{model_name="m"} 1.0\n'
-            b'vllm:kv_cache_usage_perc{model_name="m"} 0.25\n'
-            b'vllm:num_requests_running_total 5\n')
+    text = (
+        b"# HELP vllm:num_requests_running x\n"
+        b'vllm:num_requests_running{engine="0",model_name="m"} 2.0\n'
+        b'vllm:num_requests_running{engine="0",model_name="other"} 9.0\n'
+        b'vllm:num_requests_waiting{model_name="m"} 1.0\n'
+        b'vllm:kv_cache_usage_perc{model_name="m"} 0.25\n'
+        b"vllm:num_requests_running_total 5\n"
+    )
     load = parse_load(text, "m")
     assert (load.running, load.waiting, load.kv_cache_usage) == (2.0, 1.0, 0.25)
     assert parse_load(b"vllm:num_requests_waiting 3\n", "m").waiting == 3.0

@@ -128,8 +128,12 @@ def test_prefix_affinity_is_bounded_by_the_load_factor() -> None:
 
 
 def test_prompt_prefix_of_messages_and_token_ids() -> None:
-    chat = GenerateRequest("r", "m", SamplingOptions(), messages=[
-        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "x" * 500}])
+    chat = GenerateRequest(
+        "r",
+        "m",
+        SamplingOptions(),
+        messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "x" * 500}],
+    )
     assert prompt_prefix(chat, 21) == "system\nBe brief.\nuser"
     ids = GenerateRequest("r", "m", SamplingOptions(), prompt=[1, 2, 3, 4])
     assert prompt_prefix(ids, 2) == "1,2"
@@ -137,7 +141,14 @@ def test_prompt_prefix_of_messages_and_token_ids() -> None:
 
 def test_make_policy_names() -> None:
     settings = RouterSettings()
-    kinds = {name: type(make_policy(name, settings)).__name__
-             for name in ("least-loaded", "power-of-two", "session", "prefix", "round-robin")}
-    assert kinds == {"least-loaded": "LeastLoaded", "power-of-two": "PowerOfTwo", "session": "Session",
-                     "prefix": "Prefix", "round-robin": "RoundRobin"}
+    kinds = {
+        name: type(make_policy(name, settings)).__name__
+        for name in ("least-loaded", "power-of-two", "session", "prefix", "round-robin")
+    }
+    assert kinds == {
+        "least-loaded": "LeastLoaded",
+        "power-of-two": "PowerOfTwo",
+        "session": "Session",
+        "prefix": "Prefix",
+        "round-robin": "RoundRobin",
+    }
