@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from bench.stub_upstream import encode
+from tests.support.bench_upstream import encode
 
 MARK = b"data: "
 DONE = b"data: [DONE]"

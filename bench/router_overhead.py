@@ -4,7 +4,7 @@
     python -m bench.router_overhead --quick                 # `make bench-quick`: no peers, c=1 and 16
     python -m bench.router_overhead --variants              # tokenyard as is, traced, with limits (memory, Redis)
 
-A stub upstream (bench/stub_upstream.py) answers in microseconds; the load generator hits it directly, then
+A stub upstream (tests/support/bench_upstream.py) answers in microseconds; the load generator hits it directly, then
 through each front. The front runs alone on core 0, the stub and the load generator on core 1, and the
 front's own CPU time (its whole process tree, from /proc) is read across every run, so the figures are:
 CPU ms per request, CPU µs per relayed chunk, TTFT added over direct, requests/s against direct and
@@ -205,7 +205,7 @@ class Fleet:
         upstream = f"http://127.0.0.1:{self.args.port_base + 1}"
         pin = ["taskset", "-c", str(self.load_core)] if self.load_core is not None else []
         stub = subprocess.Popen(
-            [*pin, sys.executable, "-m", "bench.stub_upstream", "--port", str(self.args.port_base + 1)],
+            [*pin, sys.executable, "-m", "tests.support.bench_upstream", "--port", str(self.args.port_base + 1)],
             cwd=fronts.ROOT,
             stdout=(self.workdir / "stub.log").open("wb"),
             stderr=subprocess.STDOUT,

@@ -19,7 +19,7 @@ import httpx
 import openai
 import pytest
 
-from tests import lora_fixture
+from tests.support import lora_fixture
 
 ROOT = Path(__file__).resolve().parent.parent
 TEXT_MODEL = "gemma-3-270m"

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import orjson
 
-from tests.scripted_server import MODEL, start
+from tests.support.scripted_gateway import MODEL, start
 
 STREAMS = 32
 

@@ -1,6 +1,6 @@
 """LoRA adapters as model names over the real vLLM engine, through the openai SDK.
 
-The session's server serves the tiny adapter of tests/lora_fixture.py (rank 8, random non-zero B) on
+The session's server serves the tiny adapter of tests/support/lora_fixture.py (rank 8, random non-zero B) on
 the text model, and has the runtime routes on (see tests/conftest.py).
 """
 
@@ -13,7 +13,7 @@ import openai
 import pytest
 
 from tests.conftest import TEXT_MODEL
-from tests.lora_fixture import ADAPTER_NAME
+from tests.support.lora_fixture import ADAPTER_NAME
 
 PROMPT = "The Eiffel Tower is located in the city of"
 RUNTIME_NAME = "runtime-lora"

@@ -1,6 +1,6 @@
 """LoRA-aware placement end to end: a router in front of two engine-mode tokenyard instances on the real vLLM
 engine, LoRA enabled on both with no adapter loaded, runtime loading on in the route. The first request for
-the tiny test adapter (tests/lora_fixture.py) loads it on one instance; the next ones go there."""
+the tiny test adapter (tests/support/lora_fixture.py) loads it on one instance; the next ones go there."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import yaml
 
 from tests.conftest import TEXT_MODEL, free_port, start_server, stop_server, wait_ready
 from tests.e2e.test_router import _engine_env
-from tests.lora_fixture import ADAPTER_NAME, build_adapter
+from tests.support.lora_fixture import ADAPTER_NAME, build_adapter
 
 pytestmark = pytest.mark.engine
 

@@ -22,7 +22,7 @@ import pytest
 import trustme
 
 from tests.conftest import TEXT_MODEL, free_port, start_server, stop_server, wait_ready
-from tests.scripted_server import MODEL, start
+from tests.support.scripted_gateway import MODEL, start
 
 KEYS = ["sk-tokenyard-e2e-alpha-51f0c2", "sk-tokenyard-e2e-beta-93ab7d"]
 FILE_KEY = "sk-tokenyard-e2e-file-0d44e1"

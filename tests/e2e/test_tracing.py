@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from tests.conftest import TEXT_MODEL, free_port, start_server, stop_server, wait_ready
-from tests.otlp_receiver import OtlpReceiver
+from tests.support.otlp_receiver import OtlpReceiver
 
 pytestmark = pytest.mark.engine
 

@@ -57,7 +57,7 @@ async def until(check: Any, timeout_s: float, what: str, interval_s: float = 0.0
 
 
 class Engine:
-    """One scripted engine process (engine_adapters.scripted_server)."""
+    """One scripted engine process (tests.support.scripted_upstream)."""
 
     def __init__(self, workdir: Path, tokens: int, delay_ms: float, fault: str = "none") -> None:
         self.port = free_port()
@@ -80,7 +80,7 @@ class Engine:
     def start(self) -> Engine:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "engine_adapters.scripted_server", *self.args],
+                [sys.executable, "-m", "tests.support.scripted_upstream", *self.args],
                 cwd=ROOT,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -110,7 +110,7 @@ class Engine:
         return data
 
     def requests(self) -> list[dict[str, Any]]:
-        """The last POSTs this engine received: path and headers (engine_adapters.scripted_server)."""
+        """The last POSTs this engine received: path and headers (tests.support.scripted_upstream)."""
         data: list[dict[str, Any]] = httpx.get(f"{self.url}/requests", timeout=2).json()
         return data
 

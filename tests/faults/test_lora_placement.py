@@ -1,5 +1,5 @@
 """LoRA-aware placement through real processes: a router in front of scripted engines that load, list,
-count and unload adapters as vLLM does (engine_adapters.scripted_server), over real HTTP."""
+count and unload adapters as vLLM does (tests.support.scripted_upstream), over real HTTP."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from tests.faults.harness import MODEL, Engine, Fleet, Router
-from tests.redis_server import PASSWORD, RedisServer, redis_server  # noqa: F401  (the fixture)
+from tests.support.redis_server import PASSWORD, RedisServer, redis_server  # noqa: F401  (the fixture)
 
 KEY = "sk-shared-limits-0123456789"
 AUTH = {"authorization": f"Bearer {KEY}"}

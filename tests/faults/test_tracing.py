@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from tests.faults.harness import MODEL, Engine, Fleet, Router
-from tests.otlp_receiver import OtlpReceiver
+from tests.support.otlp_receiver import OtlpReceiver
 
 CLIENT_KEY, INTERNAL_KEY = "sk-client-secret", "sk-internal-secret"
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"

@@ -7,9 +7,9 @@ from typing import Any
 from fastapi import FastAPI
 
 from engine_adapters.base import EngineAdapter, ModelInfo
-from engine_adapters.scripted import ScriptedAdapter
 from gateway.app import create_app
 from gateway.settings import Settings
+from tests.support.scripted_engine import ScriptedAdapter
 
 MODEL = "scripted"
 EMBED_MODEL = "scripted-embed"

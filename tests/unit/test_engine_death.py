@@ -11,13 +11,13 @@ import pytest
 import uvicorn
 
 from engine_adapters.base import EngineAdapter
-from engine_adapters.scripted import ScriptedAdapter
 from gateway.app import create_app
 from gateway.lifecycle import ENGINE_DEAD_EXIT_CODE
 from gateway.server import server_class, uvicorn_options
 from gateway.settings import RouteSettings, Settings
 from gateway.state import AppState
-from tests.unit.middleware.scripted import MODEL, chat, scripted_client, settings
+from tests.support.scripted_app import MODEL, chat, scripted_client, settings
+from tests.support.scripted_engine import ScriptedAdapter
 
 CAUSE = "EngineCore was killed by SIGKILL"
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.unit.middleware.scripted import MODEL, RecordingAdapter, chat, scripted_client, settings, state_of
+from tests.support.scripted_app import MODEL, RecordingAdapter, chat, scripted_client, settings, state_of
 
 KEY = "sk-fastchat-0123456789"
 AUTH = {"authorization": f"Bearer {KEY}"}

@@ -9,10 +9,10 @@ import orjson
 import pytest
 
 from engine_adapters.base import EngineAdapter
-from engine_adapters.scripted import Script, ScriptedAdapter
 from gateway.app import create_app
 from gateway.errors import EngineUnavailable, InvalidRequest, error_payload
 from gateway.settings import Settings
+from tests.support.scripted_engine import Script, ScriptedAdapter
 
 SECRET = "internal detail that must not leak"
 

@@ -8,10 +8,10 @@ import pytest
 from pydantic import ValidationError
 
 from engine_adapters.base import ModelInfo
-from engine_adapters.scripted import ScriptedAdapter
 from gateway.engines import lora_engine_args
 from gateway.settings import ModelSettings, Settings
-from tests.unit.middleware.scripted import MODEL, scripted_client
+from tests.support.scripted_app import MODEL, scripted_client
+from tests.support.scripted_engine import ScriptedAdapter
 
 KEY = "sk-lora-test-0123456789"
 LOAD = {"lora_name": "my-lora", "lora_path": "/adapters/my-lora"}

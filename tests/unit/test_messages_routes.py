@@ -9,9 +9,9 @@ import orjson
 import pytest
 
 from engine_adapters.base import Chunk
-from engine_adapters.scripted import Script
 from gateway.errors import EngineUnavailable, InvalidRequest, RateLimited, error_payload
-from tests.unit.middleware.scripted import MODEL, RecordingAdapter, chat, scripted_client, settings
+from tests.support.scripted_app import MODEL, RecordingAdapter, chat, scripted_client, settings
+from tests.support.scripted_engine import Script
 
 KEY = "sk-messages-0123456789"
 ASK = [{"role": "user", "content": "hi"}]

@@ -6,8 +6,8 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from engine_adapters.scripted import Script
-from tests.unit.middleware.scripted import MODEL, RecordingAdapter, scripted_client, settings
+from tests.support.scripted_app import MODEL, RecordingAdapter, scripted_client, settings
+from tests.support.scripted_engine import Script
 
 KEY = "sk-tokenize-0123456789"
 ROUTES = [

@@ -10,9 +10,9 @@ from typing import Any
 import httpx
 import pytest
 
-from engine_adapters.scripted import Script
 from gateway.middleware.admission import Admission, Refused
-from tests.unit.middleware.scripted import RecordingAdapter, chat, scripted_client, settings, state_of
+from tests.support.scripted_app import RecordingAdapter, chat, scripted_client, settings, state_of
+from tests.support.scripted_engine import Script
 
 
 async def _settle() -> None:

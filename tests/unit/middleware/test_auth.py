@@ -13,7 +13,7 @@ import pytest
 from gateway.keys import KeyStore, digest, parse_keys_file
 from gateway.limit_store import KeyLimits
 from gateway.settings import ApiKey
-from tests.unit.middleware.scripted import MODEL, chat, scripted_client, settings, state_of
+from tests.support.scripted_app import MODEL, chat, scripted_client, settings, state_of
 
 KEYS = ("sk-alpha-0123456789", "sk-beta-9876543210")
 GUARDED = [

@@ -17,7 +17,7 @@ from gateway.middleware.body import BodyMiddleware, JsonBounds, check_shape
 from gateway.middleware.body import parse_json as parse_within
 from gateway.middleware.context import request_info
 from gateway.state import AppState
-from tests.unit.middleware.scripted import MODEL, RecordingAdapter, chat, scripted_client, settings, state_of
+from tests.support.scripted_app import MODEL, RecordingAdapter, chat, scripted_client, settings, state_of
 
 LIMIT = 4096
 BOUNDS = JsonBounds(depth=64, containers=20_000, elements=250_000)  # LimitSettings' defaults

@@ -9,7 +9,7 @@ import openai
 import pytest
 
 from gateway.limit_store import Charge, KeyLimits, MemoryStore, windows
-from tests.unit.middleware.scripted import MODEL, chat, scripted_client, settings, state_of
+from tests.support.scripted_app import MODEL, chat, scripted_client, settings, state_of
 
 ALICE, BOB, ADMIN = "sk-alice-budget-1", "sk-bob-budget-2", "sk-admin-budget-3"
 KEYS = [{"key": ALICE, "name": "alice", "tokens_per_day": 30}, {"key": BOB, "name": "bob"}]

@@ -7,9 +7,9 @@ import time
 
 import orjson
 
-from engine_adapters.scripted import Script
 from gateway.lifecycle import Drain, begin_drain, drain
-from tests.unit.middleware.scripted import RecordingAdapter, chat, scripted_client, settings, sse_data, state_of
+from tests.support.scripted_app import RecordingAdapter, chat, scripted_client, settings, sse_data, state_of
+from tests.support.scripted_engine import Script
 
 
 def test_time_left() -> None:

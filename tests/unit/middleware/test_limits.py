@@ -14,7 +14,7 @@ from gateway.middleware.limits import (
     measure,
     rate_headers,
 )
-from tests.unit.middleware.scripted import MODEL, RecordingAdapter, chat, scripted_client, settings, state_of
+from tests.support.scripted_app import MODEL, RecordingAdapter, chat, scripted_client, settings, state_of
 
 KEY = {"authorization": "Bearer sk-limits-test-key"}
 CAPS = {"max_tokens": 100, "max_n": 4, "max_stop": 2, "max_prompt_chars": 50}

@@ -10,9 +10,9 @@ from collections.abc import Iterator
 import orjson
 import pytest
 
-from engine_adapters.scripted import Script, ScriptedAdapter
 from gateway.observability.logging import JsonFormatter, configure_logging, redact
-from tests.unit.middleware.scripted import MODEL, chat, scripted_client, settings
+from tests.support.scripted_app import MODEL, chat, scripted_client, settings
+from tests.support.scripted_engine import Script, ScriptedAdapter
 
 KEY = "sk-log-test-0123456789"
 PROMPT = "a prompt that is nobody's business 4711"

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from gateway.cli import _parser, settings_from_args
 from gateway.server import uvicorn_options
 from gateway.settings import Settings
-from tests.unit.middleware.scripted import scripted_client, settings
+from tests.support.scripted_app import scripted_client, settings
 
 KEYS = ("sk-flag-aaaa-1111", "sk-flag-bbbb-2222")
 

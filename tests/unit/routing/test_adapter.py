@@ -13,7 +13,7 @@ from gateway.errors import EngineUnavailable, GatewayError, InvalidRequest
 from gateway.routing.adapter import RoutedAdapter
 from gateway.routing.breaker import BreakerState
 from gateway.settings import DiscoverySettings, RouterSettings, RouteSettings
-from tests.unit.routing.fakes import FakeUpstream
+from tests.support.fake_instance import FakeUpstream
 
 URLS = ["http://a:1", "http://b:1", "http://c:1"]
 

@@ -18,7 +18,7 @@ import pytest
 from gateway.routing.adapter import RoutedAdapter
 from gateway.routing.kube import EndpointSliceWatch, KubeError, kube_target, slice_urls
 from gateway.settings import DiscoverySettings, RouterSettings, RouteSettings
-from tests.unit.routing.fakes import FakeUpstream
+from tests.support.fake_instance import FakeUpstream
 
 SLICES = "/apis/discovery.k8s.io/v1/namespaces/serving/endpointslices"
 

@@ -108,7 +108,7 @@ async def test_prompt_tokens_render_the_chat_template_and_keep_recent_answers() 
 async def test_a_route_with_policy_kv_follows_the_index_and_says_which_instances_fall_back() -> None:
     from gateway.routing.adapter import RoutedAdapter
     from gateway.settings import RouteSettings
-    from tests.unit.routing.fakes import FakeUpstream
+    from tests.support.fake_instance import FakeUpstream
 
     urls = ["http://a:1", "http://b:1"]
     route = RouteSettings(name="m", policy="kv", upstreams=urls)

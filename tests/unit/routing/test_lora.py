@@ -15,7 +15,7 @@ from gateway.errors import EngineUnavailable
 from gateway.routing import route_names
 from gateway.routing.adapter import RoutedAdapter
 from gateway.settings import RouterSettings, RouteSettings
-from tests.unit.routing.fakes import FakeLoraUpstream
+from tests.support.fake_instance import FakeLoraUpstream
 
 A, B, C = URLS = ["http://a:1", "http://b:1", "http://c:1"]
 PATHS = {"x": "/loras/x", "y": "/loras/y", "z": "/loras/z", "broken": "/loras/bad"}

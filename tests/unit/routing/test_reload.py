@@ -11,7 +11,7 @@ import yaml
 from engine_adapters.base import EngineAdapter, GenerateRequest, SamplingOptions
 from gateway.routing.reload import RouteTable
 from gateway.settings import Settings
-from tests.unit.routing.fakes import FakeUpstream
+from tests.support.fake_instance import FakeUpstream
 
 ROUTER = {"reload_interval_s": 0.02, "health_interval_s": 3600}
 

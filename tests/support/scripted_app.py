@@ -9,10 +9,10 @@ from typing import Any
 import httpx
 
 from engine_adapters.base import EngineAdapter, GenerateRequest
-from engine_adapters.scripted import Script, ScriptedAdapter
 from gateway.app import create_app
 from gateway.settings import Settings
 from gateway.state import AppState
+from tests.support.scripted_engine import Script, ScriptedAdapter
 
 MODEL = "scripted"
 

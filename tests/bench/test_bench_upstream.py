@@ -13,7 +13,7 @@ import httpx
 import pytest
 from openai import OpenAI
 
-from bench.stub_upstream import encode, script
+from tests.support.bench_upstream import encode, script
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,7 +29,7 @@ def stub_url() -> Iterator[str]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "bench.stub_upstream", "--port", str(port)], cwd=ROOT)
+    proc = subprocess.Popen([sys.executable, "-m", "tests.support.bench_upstream", "--port", str(port)], cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(100):

@@ -1,6 +1,6 @@
 """A lean OpenAI-shaped upstream for the router benchmarks (Suite 2): it must cost almost nothing itself.
 
-    python -m bench.stub_upstream --port 8201
+    python -m tests.support.bench_upstream --port 8201
 
 `max_tokens` (or `max_completion_tokens`) carries the script, because every router forwards it (some drop
 unknown body fields):

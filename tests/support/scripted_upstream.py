@@ -1,10 +1,10 @@
 """A scripted OpenAI-compatible server, run as its own process so that router faults are real.
 
-    python -m engine_adapters.scripted_server --port P [--tokens N] [--delay-ms D] [--model NAME] [--fault F]
+    python -m tests.support.scripted_upstream --port P [--tokens N] [--delay-ms D] [--model NAME] [--fault F]
                                               [--wire compact|loose]
 
 It serves /health, /v1/models, /metrics (vLLM's load gauges), /v1/chat/completions and /v1/completions
-(streamed or not), and /v1/embeddings; vLLM's other paths are in engine_adapters.scripted_paths. Tokens are `t0 t1 ...`, one every D ms. Faults, also set at
+(streamed or not), and /v1/embeddings; vLLM's other paths are in tests.support.scripted_paths. Tokens are `t0 t1 ...`, one every D ms. Faults, also set at
 run time with POST /control {"fault": F, "delay_ms": D, "tokens": N, "poison": WORD, "wire": W}:
 
     none    serve normally            503, 429   answer every generation request with that status
@@ -46,7 +46,7 @@ from typing import Any
 
 import orjson
 
-from engine_adapters.scripted_paths import JSON_PATHS, STALL_AFTER, UPLOAD_PATHS, body_pieces, serve_path
+from tests.support.scripted_paths import JSON_PATHS, STALL_AFTER, UPLOAD_PATHS, body_pieces, serve_path
 
 
 @dataclass

@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-# engine_adapters.scripted_server's Exchange, HttpRequest and ScriptedServer (that module imports this one).
+# tests.support.scripted_upstream's Exchange, HttpRequest and ScriptedServer (that module imports this one).
 Exchange = HttpRequest = ScriptedServer = Any
 
 STALL_AFTER = 3  # chunks sent before a stall, a reset or an error

@@ -3,7 +3,7 @@
 Rank 8 on q_proj/v_proj with random, non-zero B weights: a freshly initialised LoRA has B = 0 and
 changes nothing, which would let a test pass while the adapter is silently ignored.
 
-    python -m tests.lora_fixture OUT_DIR    # build one by hand, e.g. for a dev server's config
+    python -m tests.support.lora_fixture OUT_DIR    # build one by hand, e.g. for a dev server's config
 """
 
 from __future__ import annotations

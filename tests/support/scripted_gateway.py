@@ -3,7 +3,7 @@
 
 For end-to-end tests of the gateway's own logic only, never as proof of serving a model:
 
-    python -m tests.scripted_server '{"port": 8123, "api_keys": "k1"}' '{"tokens": 20, "delay_s": 0.05}'
+    python -m tests.support.scripted_gateway '{"port": 8123, "api_keys": "k1"}' '{"tokens": 20, "delay_s": 0.05}'
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from engine_adapters.base import EngineAdapter
-from engine_adapters.scripted import Script, ScriptedAdapter
 from gateway.app import create_app
 from gateway.observability.logging import configure_logging
 from gateway.server import serve
 from gateway.settings import Settings
 from tests.conftest import ROOT, free_port, wait_ready
+from tests.support.scripted_engine import Script, ScriptedAdapter
 
 MODEL = "scripted"
 
@@ -33,7 +33,7 @@ def start(
     command = [
         sys.executable,
         "-m",
-        "tests.scripted_server",
+        "tests.support.scripted_gateway",
         json.dumps({"port": port, **settings}),
         json.dumps(script),
     ]
