@@ -11,7 +11,7 @@ The whole path, in order:
    subclassed) puts a ClientSocket for the request into the ASGI scope's extensions (CLIENT_SOCKET), and
    tells it when the connection is lost (`lost`) or when it refused the rest of the request (`refused`).
    That part serves every request (the disconnect notice of gateway.api.streaming), spliced or not.
-2. gateway.api.passthrough takes it with `client_socket(scope)` for a streamed chat or completion, when
+2. gateway.middleware.passthrough takes it with `client_socket(scope)` for a streamed chat or completion, when
    settings.router.splice is on, and gateway.services.relay wraps it in a CountingSink (each write counts
    for the metrics) and passes that as the relay's Sink down through the route (gateway.routing.adapter)
    to the instance's adapter.

@@ -16,7 +16,7 @@ from engine_adapters.base import EngineAdapter
 from gateway import middleware
 from gateway.api import embeddings, generation, health, lora, messages, models, responses, scoring, tokenize, usage
 from gateway.api.common import json_response
-from gateway.api.passthrough import PassThrough
+from gateway.middleware.passthrough import PassThrough
 from gateway.errors import GatewayError, MethodNotAllowed, error_payload, invalid_fields, status_error
 from gateway.keys import KeyStore
 from gateway.lifecycle import Drain

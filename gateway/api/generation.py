@@ -39,7 +39,7 @@ async def serve(
     log_unknown_fields(state, body)
     session_id = request.headers.get(state.settings.router.session_header)  # router mode's affinity key
     disconnects = state.metrics.child(state.metrics.client_disconnects, state.model_label(body.model))
-    # Routed models never get here: gateway.api.passthrough answers them before FastAPI does.
+    # Routed models never get here: gateway.middleware.passthrough answers them before FastAPI does.
     forwarded = request_info(request.scope).forwarded  # the request id and trace context, for the engine
     answer: Awaitable[Any] = (stream if body.stream else complete)(state, body, session_id, forwarded=forwarded)
     try:

@@ -1,4 +1,4 @@
-"""Router mode's fast lane (gateway.api.passthrough): a routed request is checked like any other before
+"""Router mode's fast lane (gateway.middleware.passthrough): a routed request is checked like any other before
 it is passed through, and what comes back is the instance's answer, streamed or folded."""
 
 from __future__ import annotations
