@@ -10,7 +10,7 @@ TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 STAMP := $(VENV)/.installed-$(ENGINE)
 ARGS ?=
 
-.PHONY: install serve test docs models tools bench bench-quick bench-router bench-routing clean
+.PHONY: install serve test lint docs models tools bench bench-quick bench-router bench-routing clean
 
 install: $(STAMP)
 
@@ -45,6 +45,13 @@ tools:
 
 test: $(STAMP) tools
 	$(PY) -m pytest $(ARGS)
+
+# The lint and type gate: ruff's rules and formatting over the repo, mypy over gateway/ and engine_adapters/
+# (settings in pyproject.toml).
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
 
 # The documentation site (mkdocs.yml, docs/) into build/site; strict, so a broken link or anchor fails it.
 docs: $(STAMP)

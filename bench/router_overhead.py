@@ -9,9 +9,9 @@ through each front. The front runs alone on core 0, the stub and the load genera
 front's own CPU time (its whole process tree, from /proc) is read across every run, so the figures are:
 CPU ms per request, CPU µs per relayed chunk, TTFT added over direct, requests/s against direct and
 against LiteLLM, and RSS. Two floors run beside the fronts (bench/bare_relay.py): relays that do nothing
-else, one on uvicorn as a raw ASGI app and one with no ASGI at all. Rounds alternate the fronts; every ratio is taken within a round, then the
-median and the spread over rounds are reported. The rest of the machine's CPU is recorded for every run
-and runs where it was busy are flagged.
+else, one on uvicorn as a raw ASGI app and one with no ASGI at all. Rounds alternate the fronts; every ratio is
+taken within a round, then the median and the spread over rounds are reported. The rest of the machine's CPU
+is recorded for every run and runs where it was busy are flagged.
 """
 
 from __future__ import annotations

@@ -137,7 +137,8 @@ def headline(result: dict[str, Any]) -> str:
                     f"| {front}",
                     _fmt(p.get("cpu_ms_per_req")),
                     _fmt(b.get("cpu_us_per_chunk"), 1),
-                    f"{_fmt(p.get('added_ttft_p50_ms'), 1, signed=True)} / {_fmt(p.get('added_ttft_p99_ms'), 1, signed=True)} ms",
+                    f"{_fmt(p.get('added_ttft_p50_ms'), 1, signed=True)} / "
+                    f"{_fmt(p.get('added_ttft_p99_ms'), 1, signed=True)} ms",
                     f"{_fmt(p.get('req_per_s_vs_direct'), 2, '×')} / {_fmt(b.get('req_per_s_vs_direct'), 2, '×')}",
                     _fmt(p.get("per_core_vs_litellm"), 1, "×"),
                     f"{rss_idle['median']:.0f} / {rss_peak:.0f}" if rss_idle and rss_peak else "–",
@@ -154,7 +155,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"# Suite 2: router overhead ({result['date']})",
         "",
         f"Machine: {m['cores']} cores, {m['cpu']}, Python {m['python']}; front pinned to core "
-        f"{result['pinning']['front_core']}, stub + load generator to core {result['pinning']['stub_and_loadgen_core']}. "
+        f"{result['pinning']['front_core']}, stub + load generator to core "
+        f"{result['pinning']['stub_and_loadgen_core']}. "
         f"{result['settings']['rounds']} alternating rounds of {result['settings']['duration']} s per run; "
         "medians with the range over rounds; ratios are within a round.",
         "",

@@ -404,7 +404,7 @@ def main(argv: list[str] | None = None) -> None:
     cores = sorted(os.sched_getaffinity(0))
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        for index, url in enumerate(instances):
+        for index in range(len(instances)):
             core = str(cores[index % len(cores)])
             env = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": core, "HF_HUB_OFFLINE": "1"}
             config = engine_config(args.port_base + 1 + index, args.kv_blocks, events_ports[index])
@@ -423,7 +423,7 @@ def main(argv: list[str] | None = None) -> None:
             )
         for url, proc in zip(instances, procs):
             wait_answering(url, proc, "/ready", timeout_s=args.ready_timeout, interval_s=2)
-        for (policy, port), proc in zip(routers.items(), procs[2:]):
+        for port, proc in zip(routers.values(), procs[2:]):
             wait_answering(f"http://127.0.0.1:{port}", proc, "/ready", timeout_s=120, interval_s=2)
         # Warm both engines on prompts no phase uses (first-request costs, not prefix caching).
         asyncio.run(drive(instances[0], requests_for(Workload(1, 50, 2, 1, 2), 10**6), 1, 2))

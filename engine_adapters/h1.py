@@ -58,7 +58,7 @@ class Connection(asyncio.Protocol):
     # -- asyncio.Protocol -----------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = transport  # type: ignore[assignment]  # a connection's transport is always an asyncio.Transport
 
     def data_received(self, data: bytes) -> None:
         self.received += len(data)

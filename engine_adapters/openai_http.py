@@ -42,6 +42,7 @@ from engine_adapters.openai_wire import (
     request_payload,
     upstream_error,
 )
+from engine_adapters.polling import poll_until
 from engine_adapters.splice import Sink, Splice
 
 log = logging.getLogger(__name__)
@@ -99,8 +100,7 @@ class OpenAIHttpAdapter:
 
     async def close(self, drain_deadline_s: float = 0.0) -> None:
         deadline = time.monotonic() + drain_deadline_s
-        while self._open and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        await poll_until(lambda: not self._open, lambda: deadline)
         for request_id in list(self._open):
             await self.abort(request_id)
         await self._client.aclose()

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import signal
+import time
 from collections.abc import AsyncIterator, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,6 +26,7 @@ from engine_adapters.base import (
     TokenLogprob,
 )
 from engine_adapters.errors import ContextLengthExceeded, EngineUnavailable, GatewayError, InvalidRequest
+from engine_adapters.polling import poll_until
 
 log = logging.getLogger(__name__)
 
@@ -91,9 +93,8 @@ class VllmLocalAdapter:
     async def close(self, drain_deadline_s: float = 0.0) -> None:
         if self._engine is None:
             return
-        deadline = asyncio.get_running_loop().time() + drain_deadline_s
-        while self.load().in_flight and not self._engine.errored and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.05)
+        engine, deadline = self._engine, time.monotonic() + drain_deadline_s
+        await poll_until(lambda: not self.load().in_flight or engine.errored, lambda: deadline)
         self._engine.shutdown()
         self._engine = None
 

@@ -16,11 +16,11 @@ from engine_adapters.base import EngineAdapter
 from gateway import middleware
 from gateway.api import embeddings, generation, health, lora, messages, models, responses, scoring, tokenize, usage
 from gateway.api.common import json_response
-from gateway.middleware.passthrough import PassThrough
 from gateway.errors import GatewayError, MethodNotAllowed, error_payload, invalid_fields, status_error
 from gateway.keys import KeyStore
 from gateway.lifecycle import Drain
 from gateway.limit_store import LimitStore, MemoryStore
+from gateway.middleware.passthrough import PassThrough
 from gateway.observability.tracing import build_tracing
 from gateway.settings import LimitSettings, Settings
 from gateway.state import AppState
@@ -76,7 +76,7 @@ def _document_validation_as_400(app: FastAPI) -> None:
                 schema.get("components", {}).get("schemas", {}).pop(name, None)
         return app.openapi_schema or {}
 
-    app.openapi = openapi  # type: ignore[method-assign]
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to replace the OpenAPI builder
 
 
 def _limit_store(limits: LimitSettings) -> LimitStore:

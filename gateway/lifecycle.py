@@ -18,17 +18,16 @@ liveness probe would restart the process too), cuts off what is left, and exits 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from engine_adapters.polling import poll_until
 from gateway.observability.logging import FIELDS_ATTR
 
 log = logging.getLogger(__name__)
 
-_POLL_S = 0.05
 _DEATH_POLL_S = 0.5  # how often the server looks for a dead engine (attribute reads, no I/O)
 ENGINE_DEAD_EXIT_CODE = 1
 # After the cut-off: time for cut requests to write their last event, and for uvicorn to close sockets.
@@ -71,9 +70,9 @@ class Drain:
 
     async def wait_idle(self, grace_s: float = 0.0) -> bool:
         """Wait until nothing runs or the deadline (read afresh: a second signal moves it) plus `grace_s` passes."""
-        while self._running and self.deadline is not None and self.clock() < self.deadline + grace_s:
-            await asyncio.sleep(_POLL_S)
-        return not self._running
+        if self.deadline is None:
+            return not self._running
+        return await poll_until(lambda: not self._running, lambda: (self.deadline or 0.0) + grace_s, self.clock)
 
 
 class Served(Protocol):
@@ -104,9 +103,8 @@ async def drain(state: Served, deadline_s: float) -> None:
 
 async def engine_death(state: Served, poll_s: float = _DEATH_POLL_S) -> dict[str, str]:
     """Wait until an in-process engine has died; return the dead ones (model name -> cause)."""
-    while not (deaths := state.engine_deaths()):
-        await asyncio.sleep(poll_s)
-    return deaths
+    await poll_until(lambda: bool(state.engine_deaths()), lambda: float("inf"), interval_s=poll_s)
+    return state.engine_deaths()
 
 
 def log_event(message: str, level: int = logging.INFO, **fields: Any) -> None:

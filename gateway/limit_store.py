@@ -172,7 +172,7 @@ class MemoryStore:
     def __init__(self, clock: Callable[[], float] = time.monotonic, wall: Callable[[], datetime] = utc_now) -> None:
         self.clock, self.wall = clock, wall
         self._buckets: OrderedDict[str, Buckets] = OrderedDict()
-        self._usage: dict[tuple[str, str], list[int]] = {}  # (identity, period) -> [period name, tokens, requests]
+        self._usage: dict[tuple[str, str], list[Any]] = {}  # (identity, period) -> [period name, tokens, requests]
 
     def buckets(self, identity: str, limits: KeyLimits) -> Buckets:
         rpm, tpm = limits.per_minute

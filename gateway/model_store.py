@@ -223,8 +223,8 @@ def _self_check(model_dir: Path) -> None:
         if inputs.input_ids[0, 0].item() != GEMMA3_BOS_TOKEN_ID:
             raise ModelPrepError("tokenizer does not prepend BOS; Gemma output would be garbage")
         with torch.inference_mode():
-            out = model.generate(**inputs, max_new_tokens=6, do_sample=False)
-        text = tok.decode(out[0, inputs.input_ids.shape[1] :], skip_special_tokens=True)
+            out = model.generate(**inputs, max_new_tokens=6, do_sample=False)  # type: ignore[misc]  # transformers types generate's self as its mixin
+        text = str(tok.decode(out[0, inputs.input_ids.shape[1] :], skip_special_tokens=True))
         if expected not in text.lower():
             raise ModelPrepError(f"self-check failed: {prompt!r} continued as {text!r}, expected {expected!r}")
 

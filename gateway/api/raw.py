@@ -82,7 +82,7 @@ async def serve(state: AppState, route: RawRelay, scope: Scope, receive: Receive
         messages=_messages(info.body),
         routing_key=session.decode("latin-1") if session else None,
     )
-    metered = MeteredStream(state, route, request, path)  # type: ignore[arg-type]
+    metered = MeteredStream(state, route, request, path)  # type: ignore[arg-type]  # a RoutedAdapter is an EngineAdapter by shape (structural)
     source = metered.pieces(route.relay_raw(request, path, body))
     try:
         await until_disconnect(receive, _answer(metered, source, info.upload, path, send), scope)
@@ -107,7 +107,7 @@ def _messages(body: dict[str, object]) -> list[dict[str, object]] | None:
 async def _answer(
     metered: MeteredStream, source: AsyncIterator[RawHead | bytes], upload: Upload | None, path: str, send: Send
 ) -> None:
-    async with contextlib.aclosing(source):  # type: ignore[type-var]
+    async with contextlib.aclosing(source):  # type: ignore[type-var]  # an async generator, typed as the AsyncIterator it is read as (no aclose there)
         try:
             head = await anext(source)
         except GatewayError as exc:

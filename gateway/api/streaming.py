@@ -89,7 +89,7 @@ class EventStreamResponse(Response):
 
     async def _relay(self, send: Send) -> None:
         # aclosing: a cancelled relay closes the generator, whose finally aborts the engine request.
-        async with contextlib.aclosing(self.events) as events:  # type: ignore[type-var]
+        async with contextlib.aclosing(self.events) as events:  # type: ignore[type-var]  # an async generator, typed as the AsyncIterator it is read as (no aclose there)
             try:
                 async for data in events:
                     await send({"type": "http.response.body", "body": data, "more_body": True})

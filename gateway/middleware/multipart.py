@@ -53,7 +53,7 @@ class FormStart:
         self._span: list[int] = []
         self.parser = MultipartParser(
             boundary,
-            {  # type: ignore[arg-type]
+            {
                 "on_part_begin": self._part_begin,
                 "on_header_begin": self._header_begin,
                 "on_header_field": self._header_field,

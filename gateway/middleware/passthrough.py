@@ -5,7 +5,8 @@ A routed model's request needs no engine work here. Its body is checked against 
 in engine mode, so bad input gets the same 400, and then it is passed through to an instance as bytes
 (gateway.services.relay); /tokenize and /detokenize get the instance's JSON answer. Skipping FastAPI's
 routing, dependency solving and response classes, and the chain of generators around each chunk, keeps the
-router's CPU per request small; bench/router_overhead.py measures it. Every other request goes on to the FastAPI app. The middlewares around both are the same.
+router's CPU per request small; bench/router_overhead.py measures it. Every other request goes on to the
+FastAPI app. The middlewares around both are the same.
 """
 
 from __future__ import annotations
@@ -141,7 +142,7 @@ class PassThrough:
 async def _answer(call: RelayCall, send: Send) -> None:
     """The instance's answer, passed on: a failure before its first bytes is a plain HTTP error, one after
     them an SSE error event; a whole answer (stream false) is folded from the events."""
-    async with contextlib.aclosing(call.source) as source:  # type: ignore[type-var]
+    async with contextlib.aclosing(call.source) as source:  # type: ignore[type-var]  # an async generator, typed as the AsyncIterator it is read as (no aclose there)
         try:
             first = await anext(source)
             if not call.req.stream:

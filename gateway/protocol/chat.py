@@ -159,7 +159,7 @@ class FastChatChatRequest(ChatCompletionRequest):
     """FastChat's /api/v1/chat/completions: OpenAI's request (FastChat's extras top_k and repetition_penalty are
     ours too), whose `messages` may also be one string, the user's turn."""
 
-    messages: list[ChatMessageIn] | str = Field(min_length=1)  # type: ignore[assignment]
+    messages: list[ChatMessageIn] | str = Field(min_length=1)  # type: ignore[assignment]  # FastChat widens OpenAI's messages to also accept one string
 
     @model_validator(mode="after")
     def _one_user_turn(self) -> FastChatChatRequest:

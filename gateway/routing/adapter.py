@@ -36,6 +36,7 @@ from engine_adapters.base import (
     Sink,
 )
 from engine_adapters.openai_http import HttpTimeouts, OpenAIHttpAdapter
+from engine_adapters.polling import poll_until
 from gateway.errors import EngineUnavailable, GatewayError
 from gateway.observability.metrics import LoraStat, RouteStatus, UpstreamStat
 from gateway.routing.breaker import Breaker, BreakerState
@@ -190,8 +191,7 @@ class RoutedAdapter:
         self._closed = True
         # Our own in-flight count covers streams, whole answers and embeddings alike.
         deadline = time.monotonic() + drain_deadline_s
-        while any(i.in_flight for i in self.instances.values()) and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        await poll_until(lambda: not any(i.in_flight for i in self.instances.values()), lambda: deadline)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -388,7 +388,7 @@ class RoutedAdapter:
         async def answer(adapter: OpenAIHttpAdapter, forwarded: Forwarded) -> AsyncIterator[bytes]:
             yield await adapter.forward(path, body, request.model, forwarded)
 
-        async with contextlib.aclosing(self._routed(request, answer)) as answers:  # type: ignore[type-var]
+        async with contextlib.aclosing(self._routed(request, answer)) as answers:  # type: ignore[type-var]  # an async generator, typed as the AsyncIterator it is read as (no aclose there)
             async for whole in answers:
                 return whole
         raise EngineUnavailable(f"No instance answered for `{request.model}`.")  # _routed yields or raises
@@ -404,7 +404,7 @@ class RoutedAdapter:
             delivered = False
             try:
                 with self._holding(lease, request.request_id), attempts.traced(lease) as forwarded:
-                    async with contextlib.aclosing(open_(lease.instance.adapter, forwarded)) as source:  # type: ignore[type-var]
+                    async with contextlib.aclosing(open_(lease.instance.adapter, forwarded)) as source:  # type: ignore[type-var]  # an async generator, typed as the AsyncIterator it is read as (no aclose there)
                         if request.stream:
                             async for chunk in source:
                                 delivered = True

@@ -101,7 +101,7 @@ def _message(content: str, tool_plan: ToolPlan | None) -> tuple[ChatMessageOut, 
     rest, found = calls.finish()
     if not found:
         return ChatMessageOut(content=sent + rest), False
-    return ChatMessageOut(content=(sent + rest) or None, tool_calls=found), True  # type: ignore[arg-type]
+    return ChatMessageOut(content=(sent + rest) or None, tool_calls=found), True  # type: ignore[arg-type]  # the parser's tool calls are the wire model's shape
 
 
 async def complete(
@@ -144,7 +144,7 @@ async def complete(
                 logprobs=ChoiceLogprobs.model_validate({"content": _logprob_entries(logprobs[i])})
                 if req.logprobs
                 else None,
-                finish_reason="tool_calls" if called else reasons.get(i, "stop"),  # type: ignore[arg-type]
+                finish_reason="tool_calls" if called else reasons.get(i, "stop"),  # type: ignore[arg-type]  # the engine's finish reasons are the wire's literals
                 stop_reason=stop_strings.get(i),
             )
         )
@@ -218,7 +218,7 @@ async def _events(
     echoed = echo_prefix(req)
     calls: dict[int, ChoiceCalls] = {}  # per choice, only under a tool plan
     try:
-        async with contextlib.aclosing(chunks):  # type: ignore[type-var]
+        async with contextlib.aclosing(chunks):  # type: ignore[type-var]  # an async generator, typed as the AsyncIterator it is read as (no aclose there)
             async for chunk in chunks:
                 prompt_tokens, tokens[chunk.index] = chunk.prompt_tokens, chunk.completion_tokens
                 if continuous:

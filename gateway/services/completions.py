@@ -37,8 +37,8 @@ def _prompts(req: CompletionRequest) -> list[str | list[int]]:
     if not prompt:
         raise InvalidRequest("The prompt is empty.", param="prompt")
     if all(isinstance(p, int) for p in prompt):
-        return [list(prompt)]  # type: ignore[arg-type]
-    return list(prompt)  # type: ignore[arg-type]
+        return [list(prompt)]  # type: ignore[arg-type]  # checked above: every item is an int
+    return list(prompt)  # type: ignore[arg-type]  # a list of strings or of token-id lists, as validated
 
 
 def _validate(req: CompletionRequest) -> None:
@@ -162,7 +162,7 @@ async def complete(
             index=i,
             text="".join(c.text),
             logprobs=CompletionLogprobs(**c.logprobs) if req.logprobs is not None else None,
-            finish_reason=c.reason or "stop",  # type: ignore[arg-type]
+            finish_reason=c.reason or "stop",  # type: ignore[arg-type]  # the engine's finish reasons are the wire's literals
             prompt_logprobs=c.prompt_logprobs,
         )
         for i, c in sorted(run.choices.items())
@@ -186,7 +186,7 @@ async def _events(run: CompletionRun, chunks: AsyncIterator[Chunk]) -> AsyncIter
     head = {"id": run.id, "object": "text_completion", "created": int(time.time()), "model": req.model}
     extra: dict[str, Any] = {"usage": None} if include_usage else {}
     try:
-        async with contextlib.aclosing(chunks):  # type: ignore[type-var]
+        async with contextlib.aclosing(chunks):  # type: ignore[type-var]  # an async generator, typed as the AsyncIterator it is read as (no aclose there)
             async for chunk in chunks:
                 text, logprobs = run.apply(chunk)
                 reason = finish_reason(chunk.finish_reason)

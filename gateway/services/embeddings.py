@@ -23,10 +23,10 @@ def _inputs(req: EmbeddingRequest) -> list[str] | list[list[int]]:
     if not data:
         raise InvalidRequest("input must not be empty.", param="input")
     if all(isinstance(item, int) for item in data):
-        return [list(data)]  # type: ignore[return-value]
+        return [list(data)]  # type: ignore[return-value]  # checked above: every item is an int
     if any(isinstance(item, str) and not item for item in data):
         raise InvalidRequest("input must not contain empty strings.", param="input")
-    return list(data)  # type: ignore[return-value]
+    return list(data)  # type: ignore[return-value]  # strings or token-id lists, as validated
 
 
 def _encode(vector: list[float], encoding_format: str) -> list[float] | str:

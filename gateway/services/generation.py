@@ -222,7 +222,7 @@ async def first_and_rest(stream: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
     first = await anext(stream)
 
     async def rest() -> AsyncIterator[Chunk]:
-        async with contextlib.aclosing(stream):  # type: ignore[type-var]
+        async with contextlib.aclosing(stream):  # type: ignore[type-var]  # an async generator, typed as the AsyncIterator it is read as (no aclose there)
             yield first
             async for chunk in stream:
                 yield chunk

@@ -265,7 +265,7 @@ async def _events(
     found: list[dict[str, Any]] = []
     started = False
     try:
-        async with contextlib.aclosing(chunks):  # type: ignore[type-var]
+        async with contextlib.aclosing(chunks):  # type: ignore[type-var]  # an async generator, typed as the AsyncIterator it is read as (no aclose there)
             async for chunk in chunks:
                 prompt_tokens, output_tokens = chunk.prompt_tokens, chunk.completion_tokens
                 if not started:

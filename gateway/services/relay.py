@@ -73,7 +73,7 @@ class RelayCall:
         self.req, self.path = req, path
         self.request = routing_request(req, session_id, forwarded)
         self.trace = forwarded.trace  # while tracing is on: it sees the events this Sink passes on
-        self.metered = MeteredStream(state, adapter, self.request, path)  # type: ignore[arg-type]
+        self.metered = MeteredStream(state, adapter, self.request, path)  # type: ignore[arg-type]  # a RoutedAdapter is an EngineAdapter by shape (structural)
         # The splice's sink: each event written there counts for the metrics, as the yielded ones do. It is
         # given no usage event (engine_adapters.splice), so what it writes needs no pass_on.
         sink = CountingSink(to_client, self._written) if to_client is not None and req.stream else None

@@ -199,7 +199,7 @@ async def _events(
     prompt_tokens = output_tokens = 0
     reason: str | None = None
     try:
-        async with contextlib.aclosing(chunks):  # type: ignore[type-var]
+        async with contextlib.aclosing(chunks):  # type: ignore[type-var]  # an async generator, typed as the AsyncIterator it is read as (no aclose there)
             async for chunk in chunks:
                 prompt_tokens, output_tokens = chunk.prompt_tokens, chunk.completion_tokens
                 reason = chunk.finish_reason or reason

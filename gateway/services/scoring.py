@@ -44,7 +44,9 @@ def pairs(req: ScoreRequest) -> list[tuple[str, str]]:
 async def _scores(
     state: AppState, model: str, text_pairs: list[tuple[str, str]], route: str, params: tuple[str, str]
 ) -> tuple[list[float], int]:
-    """Each pair's cosine similarity, and the prompt tokens embedded. `params`: the fields the pairs' sides came from."""
+    """Each pair's cosine similarity, and the prompt tokens embedded.
+
+    `params`: the request fields the pairs' sides came from."""
     for side, param in enumerate(params):
         if any(not pair[side] for pair in text_pairs):
             raise InvalidRequest(f"{param} must not hold an empty text.", param=param)

@@ -63,7 +63,7 @@ def _from_structured_outputs(extra: StructuredOutputsIn) -> StructuredOutput:
         return StructuredOutput("choice", tuple(value))
     if kind == "grammar" and not value.strip():
         raise InvalidRequest("structured_outputs.grammar must not be empty.", param="structured_outputs")
-    return StructuredOutput(kind, value)  # type: ignore[arg-type]
+    return StructuredOutput(kind, value)  # type: ignore[arg-type]  # kind is one of the literals, checked by the wire model
 
 
 def _schema(value: Any, param: str) -> dict[str, Any]:

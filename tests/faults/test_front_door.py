@@ -91,10 +91,11 @@ def test_an_oversized_head_is_431_as_it_arrives_and_memory_stays_flat(fleet: Fle
     before = process.memory_info().rss
     for _ in range(2):
         answers: list[bytes] = []
-        threads = [
-            threading.Thread(target=lambda: answers.append(_exchange(router.port, _big_head(32 * MiB))))
-            for _ in range(8)
-        ]
+
+        def send_a_big_head(into: list[bytes] = answers) -> None:
+            into.append(_exchange(router.port, _big_head(32 * MiB)))
+
+        threads = [threading.Thread(target=send_a_big_head) for _ in range(8)]
         for thread in threads:
             thread.start()
         for thread in threads:

@@ -107,8 +107,9 @@ def _day_usage(router: Router) -> dict[str, Any]:
 
 
 def test_usage_is_exact_across_a_stalled_redis_and_failures_are_refunded(
-    fleet: Fleet, redis_server: RedisServer
-) -> None:  # noqa: F811
+    fleet: Fleet,
+    redis_server: RedisServer,  # noqa: F811  (the fixture imported above)
+) -> None:
     router = _routers(
         fleet, 1, "tokens_per_day=100000", {"backend": "redis", "redis_url": redis_server.url, "redis_timeout_s": 0.3}
     )[0]

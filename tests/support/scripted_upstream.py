@@ -4,7 +4,8 @@
                                               [--wire compact|loose]
 
 It serves /health, /v1/models, /metrics (vLLM's load gauges), /v1/chat/completions and /v1/completions
-(streamed or not), and /v1/embeddings; vLLM's other paths are in tests.support.scripted_paths. Tokens are `t0 t1 ...`, one every D ms. Faults, also set at
+(streamed or not), and /v1/embeddings; vLLM's other paths are in tests.support.scripted_paths. Tokens are
+`t0 t1 ...`, one every D ms. Faults, also set at
 run time with POST /control {"fault": F, "delay_ms": D, "tokens": N, "poison": WORD, "wire": W}:
 
     none    serve normally            503, 429   answer every generation request with that status

@@ -1,5 +1,7 @@
 """/v1/messages over the scripted engine: the mapping onto the chat path, Anthropic's error shape from every
-layer, keys from x-api-key, and a stream that fails half way. (The real engine's answers: tests/e2e/test_messages.py.)"""
+layer, keys from x-api-key, and a stream that fails half way.
+
+The real engine's answers: tests/e2e/test_messages.py."""
 
 from __future__ import annotations
 
