@@ -90,8 +90,9 @@ spec:
         - name: http
           containerPort: {{ include "tokenyard.containerPort" $root }}
           protocol: TCP
+        {{- include "tokenyard.kvEventPorts" (list $engine "containerPort") | nindent 8 }}
       {{- end }}
-      {{- if or $cached $engine.hfTokenSecret.name $engine.extraEnv }}
+      {{- if or $cached $engine.hfTokenSecret.name $engine.extraEnv $root.Values.tracing.enabled }}
       env:
         {{- if $cached }}
         # The environment outranks the config file, so the image's own cache dir must be replaced here.
@@ -111,6 +112,7 @@ spec:
               key: {{ .key }}
         {{- end }}
         {{- end }}
+        {{- include "tokenyard.tracingEnv" (list $root $engine.fullname) | nindent 8 }}
         {{- with $engine.extraEnv }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
