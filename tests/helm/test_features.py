@@ -200,3 +200,20 @@ def test_engine_extra_config_and_tool_parser(tmp_path: Path) -> None:
 def test_schema_refuses_bad_values(values: dict[str, Any]) -> None:
     with pytest.raises(helm_python.HelmValuesError, match="specifications of the schema"):
         render(values)
+
+
+def test_route_config_merges_over_the_chart_route(tmp_path: Path) -> None:
+    rendered = render(
+        {
+            "models": [
+                {
+                    **GEMMA,
+                    "policy": "prefix",
+                    "routeConfig": {"hold_timeout_s": 900, "passthrough_paths": ["/v1/score"]},
+                }
+            ]
+        }
+    )
+    (route,) = settings_of(rendered, rendered.router, tmp_path).routes
+    assert (route.hold_timeout_s, route.passthrough_paths, route.policy) == (900, ["/v1/score"], "prefix")
+    assert route.discovery is not None and route.api_key_file is not None

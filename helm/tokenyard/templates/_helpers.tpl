@@ -166,7 +166,7 @@ plus its merged engine settings and the names of its objects. Fails on names tha
 {{- $fullname := include "tokenyard.fullname" $root -}}
 {{- $engines := list -}}
 {{- $seen := dict -}}
-{{- $modelKeys := list "name" "model" "kind" "dtype" "maxModelLen" "chatTemplate" "engineArgs" "aliases" "policy" "toolParser" "kvTokenizer" "loraAdapters" "enableLora" "maxLoras" "maxLoraRank" "loraRuntimeLoad" -}}
+{{- $modelKeys := list "name" "model" "kind" "dtype" "maxModelLen" "chatTemplate" "engineArgs" "aliases" "policy" "toolParser" "kvTokenizer" "loraAdapters" "enableLora" "maxLoras" "maxLoraRank" "loraRuntimeLoad" "routeConfig" -}}
 {{- range $model := $root.Values.models -}}
 {{- $overrides := dict -}}
 {{- range $key, $value := $model -}}
@@ -204,6 +204,7 @@ plus its merged engine settings and the names of its objects. Fails on names tha
       "maxLoras" $model.maxLoras
       "maxLoraRank" $model.maxLoraRank
       "loraRuntimeLoad" (default false $model.loraRuntimeLoad)
+      "routeConfig" (default (dict) $model.routeConfig)
       "slug" $slug
       "fullname" $base
       "headless" (printf "%s-headless" $base)
