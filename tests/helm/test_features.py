@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from gateway.settings import Settings
+from tests.helm.conftest import ci
 from tests.helm.rendering import CUSTOM_KINDS, KUBE_VERSION, Rendered, main_container, render
 
 GEMMA = {"name": "gemma-3-270m", "model": "builtin:gemma3-270m"}
@@ -217,3 +218,14 @@ def test_route_config_merges_over_the_chart_route(tmp_path: Path) -> None:
     (route,) = settings_of(rendered, rendered.router, tmp_path).routes
     assert (route.hold_timeout_s, route.passthrough_paths, route.policy) == (900, ["/v1/score"], "prefix")
     assert route.discovery is not None and route.api_key_file is not None
+
+
+def test_the_production_set_routes_by_kv_events_with_lora_and_tracing(tmp_path: Path) -> None:
+    rendered = ci("production")
+    router = settings_of(rendered, rendered.router, tmp_path)
+    assert router.tracing.enabled
+    kv_routes = [route for route in router.routes if route.policy == "kv"]
+    assert [route.name for route in kv_routes] == ["llama-3.1-8b-instruct"]
+    assert kv_routes[0].kv_events is not None and kv_routes[0].lora_runtime_load
+    (engines_policy,) = [p for p in rendered.of_kind("NetworkPolicy") if p["metadata"]["name"].endswith("-engines")]
+    assert [port["port"] for port in engines_policy["spec"]["ingress"][1]["ports"]] == [5557, 5558]
