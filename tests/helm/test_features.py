@@ -229,3 +229,13 @@ def test_the_production_set_routes_by_kv_events_with_lora_and_tracing(tmp_path: 
     assert kv_routes[0].kv_events is not None and kv_routes[0].lora_runtime_load
     (engines_policy,) = [p for p in rendered.of_kind("NetworkPolicy") if p["metadata"]["name"].endswith("-engines")]
     assert [port["port"] for port in engines_policy["spec"]["ingress"][1]["ports"]] == [5557, 5558]
+
+
+def test_router_only_keys_do_not_restart_the_engines() -> None:
+    def checksum(model: dict[str, Any]) -> str:
+        (engine,) = render({"models": [model]}).engines
+        return str(engine["spec"]["template"]["metadata"]["annotations"]["checksum/config"])
+
+    plain = checksum(GEMMA)
+    assert checksum({**GEMMA, "routeConfig": {"hold_timeout_s": 900}, "kvTokenizer": "/models/gemma"}) == plain
+    assert checksum({**GEMMA, "kvEvents": {"enabled": True}}) != plain

@@ -32,9 +32,9 @@ metadata:
     {{- end }}
   annotations:
     # Any change to this engine's settings rolls its pods, and only its pods; how many pods it has
-    # (replicaCount, keda) and the rollout's deadline are not the pods' settings, and a restart
-    # costs a model load.
-    checksum/config: {{ toYaml (list (omit $engine "replicaCount" "keda" "progressDeadlineSeconds") $root.Values.drain $root.Values.logLevel) | sha256sum }}
+    # (replicaCount, keda), the rollout's deadline and the router-only routeConfig and kvTokenizer are not
+    # the pods' settings, and a restart costs a model load.
+    checksum/config: {{ toYaml (list (omit $engine "replicaCount" "keda" "progressDeadlineSeconds" "routeConfig" "kvTokenizer") $root.Values.drain $root.Values.logLevel) | sha256sum }}
     {{- with $engine.podAnnotations }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
