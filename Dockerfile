@@ -33,7 +33,7 @@ WORKDIR /src
 # pip's cache lives in a BuildKit cache mount: kept between builds, never in a layer.
 COPY pyproject.toml ./
 RUN --mount=type=cache,target=/root/.cache/pip \
-    python -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print("\n".join(p["dependencies"] + p["optional-dependencies"]["cuda"] + p["optional-dependencies"]["ray"]))' > /tmp/requirements.txt \
+    python -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print("\n".join(p["dependencies"] + p["optional-dependencies"]["cuda"] + p["optional-dependencies"]["ray"] + p["optional-dependencies"]["otel"]))' > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 
@@ -43,7 +43,7 @@ COPY engine_adapters ./engine_adapters
 # The project itself, from this directory: nothing to pin.
 # hadolint ignore=DL3013
 RUN --mount=type=cache,target=/root/.cache/pip \
-    pip install ".[cuda,ray]" \
+    pip install ".[cuda,ray,otel]" \
     && python -c "import vllm; print('vllm', vllm.__version__)"
 
 # Prepare the embedded default models once, at build time, into TOKENYARD_CACHE_DIR (readable by all).

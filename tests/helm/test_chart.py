@@ -127,7 +127,7 @@ def test_probes_use_health_and_ready(ci_rendered: Rendered) -> None:
     for deployment in ci_rendered.of_kind("Deployment"):
         container = main_container(deployment)
         port = {p["name"]: p["containerPort"] for p in container["ports"]}
-        assert port == {"http": 8000}
+        assert port["http"] == 8000 and set(port) <= {"http", "kv-events", "kv-replay"}
         assert container["startupProbe"]["httpGet"] == {"path": "/health", "port": "http"}
         assert container["livenessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
         assert container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "http"}
@@ -226,7 +226,7 @@ def test_router_config_lists_each_headless_service(ci_rendered: Rendered) -> Non
             assert service["spec"]["selector"] == engine["spec"]["selector"]["matchLabels"]
         assert {"port": discovery["port"], "scheme": discovery["scheme"]} == {"port": 8000, "scheme": "http"}
         assert discovery["interval_s"] > 0
-        assert routes[served]["policy"] in {"least-loaded", "power-of-two", "session", "prefix", "round-robin"}
+        assert routes[served]["policy"] in {"least-loaded", "power-of-two", "session", "prefix", "round-robin", "kv"}
 
 
 def test_kubernetes_discovery_mode_watches_endpointslices(tmp_path: Path) -> None:

@@ -70,8 +70,10 @@ def test_dependencies_are_cached_and_not_reinstalled_for_a_readme_edit(path: Pat
 def test_router_image_has_no_engine() -> None:
     steps = instructions(ROOT / "Dockerfile.router")
     runs = " ".join(args for keyword, args in steps if keyword == "RUN")
-    assert '["dependencies"]' in runs and "optional-dependencies" not in runs
-    assert "pip install . &&" in runs and "find_spec('vllm') is not None" in runs
+    assert '["dependencies"]' in runs
+    # The otel extra is the only one: tracing.enabled needs it, and it pulls in no engine.
+    assert re.findall(r'optional-dependencies"\]\["(\w+)"', runs) == ["otel"]
+    assert 'pip install ".[otel]" &&' in runs and "find_spec('vllm') is not None" in runs
     assert "model_store" not in runs
 
 
@@ -89,10 +91,10 @@ def test_cuda_image_installs_the_cuda_extra() -> None:
     assert steps[0][0] in {"ARG", "FROM"}
     base = next(args for keyword, args in steps if keyword == "ARG" and args.startswith("CUDA_IMAGE="))
     assert base.startswith("CUDA_IMAGE=nvidia/cuda:")
-    # The ray extra runs multi-node engines (models[].multiNode).
+    # The ray extra runs multi-node engines (models[].multiNode); otel exports traces (tracing.enabled).
     assert (
         "RUN",
-        '--mount=type=cache,target=/root/.cache/pip pip install ".[cuda,ray]" && '
+        '--mount=type=cache,target=/root/.cache/pip pip install ".[cuda,ray,otel]" && '
         "python -c \"import vllm; print('vllm', vllm.__version__)\"",
     ) in steps
 
@@ -106,7 +108,7 @@ def test_cpu_image_follows_make_install() -> None:
     runs = [args for keyword, args in steps if keyword == "RUN"]
     torch_step = next(i for i, args in enumerate(runs) if torch_pin[1] in args)
     assert f"--extra-index-url {torch_index[1]}" in runs[torch_step]
-    install_step = next(i for i, args in enumerate(runs) if 'pip install ".[cpu]"' in args)
+    install_step = next(i for i, args in enumerate(runs) if 'pip install ".[cpu,otel]"' in args)
     assert torch_step < install_step
     assert "pip uninstall -y torchvision torchaudio torchcodec" in runs[install_step]
     prepare_step = next(i for i, args in enumerate(runs) if "python -m gateway.model_store" in args)
@@ -128,3 +130,12 @@ def test_dockerignore_keeps_only_what_the_build_needs() -> None:
                 copied.update(args.split()[:-1])
     assert copied <= allowed
     assert {"pyproject.toml", "README.md", "gateway", "engine_adapters"} <= copied
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
+def test_every_image_installs_the_otel_extra_in_its_dependency_layer(path: Path) -> None:
+    runs = [args for keyword, args in instructions(path) if keyword == "RUN" and "pip install" in args]
+    dependency_layer = next(args for args in runs if "requirements.txt" in args)
+    assert 'p["optional-dependencies"]["otel"]' in dependency_layer
+    project_layer = next(args for args in runs if "pip install ." in args or 'pip install ".[' in args)
+    assert re.search(r'pip install "\.\[[a-z,]*otel[a-z,]*\]"', project_layer)

@@ -32,9 +32,9 @@ metadata:
     {{- end }}
   annotations:
     # Any change to this engine's settings rolls its pods, and only its pods; how many pods it has
-    # (replicaCount, keda) and the rollout's deadline are not the pods' settings, and a restart
-    # costs a model load.
-    checksum/config: {{ toYaml (list (omit $engine "replicaCount" "keda" "progressDeadlineSeconds") $root.Values.drain $root.Values.logLevel) | sha256sum }}
+    # (replicaCount, keda), the rollout's deadline and the router-only routeConfig and kvTokenizer are not
+    # the pods' settings, and a restart costs a model load.
+    checksum/config: {{ toYaml (list (omit $engine "replicaCount" "keda" "progressDeadlineSeconds" "routeConfig" "kvTokenizer") $root.Values.drain $root.Values.logLevel) | sha256sum }}
     {{- with $engine.podAnnotations }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
@@ -90,8 +90,9 @@ spec:
         - name: http
           containerPort: {{ include "tokenyard.containerPort" $root }}
           protocol: TCP
+        {{- include "tokenyard.kvEventPorts" (list $engine "containerPort") | nindent 8 }}
       {{- end }}
-      {{- if or $cached $engine.hfTokenSecret.name $engine.extraEnv }}
+      {{- if or $cached $engine.hfTokenSecret.name $engine.extraEnv $root.Values.tracing.enabled }}
       env:
         {{- if $cached }}
         # The environment outranks the config file, so the image's own cache dir must be replaced here.
@@ -111,6 +112,7 @@ spec:
               key: {{ .key }}
         {{- end }}
         {{- end }}
+        {{- include "tokenyard.tracingEnv" (list $root $engine.fullname) | nindent 8 }}
         {{- with $engine.extraEnv }}
         {{- toYaml . | nindent 8 }}
         {{- end }}

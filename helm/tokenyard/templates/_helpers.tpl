@@ -166,7 +166,7 @@ plus its merged engine settings and the names of its objects. Fails on names tha
 {{- $fullname := include "tokenyard.fullname" $root -}}
 {{- $engines := list -}}
 {{- $seen := dict -}}
-{{- $modelKeys := list "name" "model" "kind" "dtype" "maxModelLen" "chatTemplate" "engineArgs" "aliases" "policy" -}}
+{{- $modelKeys := list "name" "model" "kind" "dtype" "maxModelLen" "chatTemplate" "engineArgs" "aliases" "policy" "toolParser" "kvTokenizer" "loraAdapters" "enableLora" "maxLoras" "maxLoraRank" "loraRuntimeLoad" "routeConfig" -}}
 {{- range $model := $root.Values.models -}}
 {{- $overrides := dict -}}
 {{- range $key, $value := $model -}}
@@ -197,6 +197,14 @@ plus its merged engine settings and the names of its objects. Fails on names tha
       "engineArgs" (default (dict) $model.engineArgs)
       "aliases" (default (list) $model.aliases)
       "policy" (default $root.Values.router.policy $model.policy)
+      "toolParser" $model.toolParser
+      "kvTokenizer" $model.kvTokenizer
+      "loraAdapters" (default (list) $model.loraAdapters)
+      "enableLora" (default false $model.enableLora)
+      "maxLoras" $model.maxLoras
+      "maxLoraRank" $model.maxLoraRank
+      "loraRuntimeLoad" (default false $model.loraRuntimeLoad)
+      "routeConfig" (default (dict) $model.routeConfig)
       "slug" $slug
       "fullname" $base
       "headless" (printf "%s-headless" $base)
@@ -345,4 +353,46 @@ failed rollout (by Helm --wait or Argo CD) while the probe would still wait for 
 {{- else -}}
 {{- add $budget 600 -}}
 {{- end -}}
+{{- end -}}
+
+{{/* The OpenTelemetry variables of a container, given (list $ serviceName), while tracing is on. */}}
+{{- define "tokenyard.tracingEnv" -}}
+{{- $root := index . 0 -}}
+{{- with $root.Values.tracing -}}
+{{- if .enabled }}
+- name: OTEL_SERVICE_NAME
+  value: {{ index $ 1 | quote }}
+{{- with .endpoint }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ . | quote }}
+{{- end }}
+{{- with .sampler }}
+- name: OTEL_TRACES_SAMPLER
+  value: {{ . | quote }}
+{{- end }}
+{{- with .samplerArg }}
+- name: OTEL_TRACES_SAMPLER_ARG
+  value: {{ . | quote }}
+{{- end }}
+{{- with .extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* An engine's KV-event ports as container or Service ports, given (list <engine> "containerPort"|"port"). */}}
+{{- define "tokenyard.kvEventPorts" -}}
+{{- $engine := index . 0 -}}
+{{- $field := index . 1 -}}
+{{- if $engine.kvEvents.enabled }}
+- name: kv-events
+  {{ $field }}: {{ int $engine.kvEvents.port }}
+  protocol: TCP
+{{- with int $engine.kvEvents.replayPort }}
+- name: kv-replay
+  {{ $field }}: {{ . }}
+  protocol: TCP
+{{- end }}
+{{- end }}
 {{- end -}}
