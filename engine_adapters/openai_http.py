@@ -39,6 +39,7 @@ from engine_adapters.openai_wire import (
     answered_whole,
     event_error,
     parse_load,
+    public_model_answer,
     request_payload,
     upstream_error,
 )
@@ -361,10 +362,17 @@ class OpenAIHttpAdapter:
         try:
             if conn.status in _TRY_ELSEWHERE:
                 raise upstream_error(conn.status, await conn.read_all(), public_model)
-            yield RawHead(conn.status, conn.content_type or b"application/octet-stream")
+            content_type = conn.content_type or b"application/octet-stream"
+            yield RawHead(conn.status, content_type)
             watchdog.touch()
-            while data := await conn.read():
-                watchdog.touch()
+
+            async def reads() -> AsyncIterator[bytes]:
+                while data := await conn.read():
+                    watchdog.touch()
+                    yield data
+
+            rename = ModelRename(self.model, public_model) if public_model != self.model else None
+            async for data in public_model_answer(reads(), content_type, rename):
                 yield data
             ended = True
         except (TimeoutError, OSError) as exc:
