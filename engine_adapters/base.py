@@ -209,6 +209,21 @@ class Embedder(Protocol):
 
 
 @runtime_checkable
+class PairScorer(Protocol):
+    """Adapters that score text pairs with a cross-encoder model, where one serves it (/v1/score, /v1/rerank)."""
+
+    def scores_pairs(self, model: str) -> bool:
+        """Whether `model` is a cross-encoder here; otherwise its pairs are scored by embedding cosine."""
+        ...
+
+    async def score_pairs(
+        self, request_id: str, model: str, pairs: list[tuple[str, str]], forwarded: Forwarded = NOTHING_FORWARDED
+    ) -> tuple[list[float], int]:
+        """Return one score per pair and the number of prompt tokens."""
+        ...
+
+
+@runtime_checkable
 class Tokenizer(Protocol):
     """Adapters that can show how they tokenize: /tokenize, /detokenize and the token check."""
 

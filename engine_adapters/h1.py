@@ -250,18 +250,19 @@ class Pool:
         rest: AsyncIterator[bytes] | None,
         length: int | None,
         sent: Callable[[Connection], None] = lambda conn: None,
+        headers: bytes = b"",
     ) -> Connection:
         """Send a request whose body is `head` and then `rest` as it comes (framed by `length` when known,
         else chunked), on a new connection: a kept one may have been closed by the server, and a body
         streamed in from a client cannot be sent again. The connection, once the response's headers are in;
-        if the server answers before the body is all sent, the rest is not sent."""
+        if the server answers before the body is all sent, the rest is not sent. `headers` as for post."""
         framing = b"content-length: %d" % length if length is not None else b"transfer-encoding: chunked"
         conn = await self._connect()
         assert conn.transport is not None
         try:
             conn.transport.write(
-                b"POST %s HTTP/1.1\r\ncontent-type: %s\r\n%s%s\r\n\r\n"
-                % ((self.prefix + path).encode("latin-1"), content_type, self.fixed_bare, framing)
+                b"POST %s HTTP/1.1\r\ncontent-type: %s\r\n%s%s%s\r\n\r\n"
+                % ((self.prefix + path).encode("latin-1"), content_type, self.fixed_bare, headers, framing)
             )
             sent(conn)
             chunked = length is None

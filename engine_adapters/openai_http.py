@@ -39,6 +39,7 @@ from engine_adapters.openai_wire import (
     answered_whole,
     event_error,
     parse_load,
+    public_model_answer,
     request_payload,
     upstream_error,
 )
@@ -335,13 +336,14 @@ class OpenAIHttpAdapter:
         return conn, watchdog
 
     async def relay_raw(
-        self, path: str, body: RawBody, request_id: str, public_model: str
+        self, path: str, body: RawBody, request_id: str, public_model: str, forwarded: Forwarded = NOTHING_FORWARDED
     ) -> AsyncGenerator[RawHead | bytes, None]:
         """Pass a request through as it came (base.RawRelay), under the upstream's model name: the answer's
         head, then its body's bytes as they come, whatever its status, except one that says to try another
         instance (_TRY_ELSEWHERE), which raises. Until the head comes, the first-token limit applies to a JSON
         request's answer asked for as a stream, the total limit to a whole one and to an upload's."""
         head, length = _renamed(body, self.model, public_model)
+        extra = header_lines(forwarded.headers())  # the request id and trace context; no header of the client's
         json = body.content_type == b"application/json"  # else an upload: its own connection, never kept
         # An upload's wait for the head includes the client's sending it: only the total limit fits that.
         watchdog = _Watchdog(self.timeouts, first_s=None if body.streams and json else self.timeouts.total_s)
@@ -352,18 +354,25 @@ class OpenAIHttpAdapter:
 
         with _sending(watchdog):
             if json:
-                conn = await self._pool.post(path, head, sent)
+                conn = await self._pool.post(path, head, sent, extra)
             else:
-                conn = await self._pool.stream(path, body.content_type, head, body.rest, length, sent)
+                conn = await self._pool.stream(path, body.content_type, head, body.rest, length, sent, extra)
         self._open[request_id] = conn
         ended = False
         try:
             if conn.status in _TRY_ELSEWHERE:
                 raise upstream_error(conn.status, await conn.read_all(), public_model)
-            yield RawHead(conn.status, conn.content_type or b"application/octet-stream")
+            content_type = conn.content_type or b"application/octet-stream"
+            yield RawHead(conn.status, content_type)
             watchdog.touch()
-            while data := await conn.read():
-                watchdog.touch()
+
+            async def reads() -> AsyncIterator[bytes]:
+                while data := await conn.read():
+                    watchdog.touch()
+                    yield data
+
+            rename = ModelRename(self.model, public_model) if public_model != self.model else None
+            async for data in public_model_answer(reads(), content_type, rename):
                 yield data
             ended = True
         except (TimeoutError, OSError) as exc:

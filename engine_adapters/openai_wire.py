@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -212,6 +213,36 @@ class ModelRename:
 
     def __call__(self, data: bytes) -> bytes:
         return self.pattern.sub(lambda _: self.to, data)  # a function: `to` may hold backslashes
+
+
+async def public_model_answer(
+    pieces: AsyncIterator[bytes], content_type: bytes, rename: ModelRename | None
+) -> AsyncIterator[bytes]:
+    """A passed-through answer's bytes with the upstream's model name written back as the public one, where
+    an answer names it: a JSON answer's `model` (Messages, rerank, score, pooling, classify), read whole to
+    rewrite it, and the first event of a stream (Anthropic's `message_start` names it in `message.model`),
+    after which the stream passes on untouched. Without a rename (the names agree) every piece passes as it
+    comes; so do other content types."""
+    if rename is None or not content_type.startswith((b"application/json", b"text/event-stream")):
+        async for piece in pieces:
+            yield piece
+        return
+    if content_type.startswith(b"application/json"):
+        yield rename(b"".join([piece async for piece in pieces]))
+        return
+    first = b""
+    async for piece in pieces:
+        if rename is None:
+            yield piece
+            continue
+        first += piece
+        end = first.find(b"\n\n")
+        if end == -1:
+            continue
+        yield rename(first[: end + 2]) + first[end + 2 :]
+        first, rename = b"", None
+    if first:
+        yield rename(first) if rename else first
 
 
 def answered_whole(body: dict[str, Any]) -> bool:

@@ -55,6 +55,7 @@ class VllmLocalAdapter:
         self._engine: Any = None
         self._tokenizer: Any = None
         self._max_model_len: int | None = spec.max_model_len
+        self._cross_encoder = False  # a one-label sequence classifier: pairs are scored by it (score_pairs)
         # vLLM reads priority only under scheduling_policy "priority"; under its default (fcfs) it is not passed.
         self._by_priority = spec.engine_args.get("scheduling_policy") == "priority"
         # vLLM continues a trace only when it exports its own (engine arg otlp_traces_endpoint); otherwise it
@@ -82,6 +83,7 @@ class VllmLocalAdapter:
         self._engine = AsyncLLM.from_engine_args(args)
         self._tokenizer = self._engine.get_tokenizer()
         self._max_model_len = self._engine.model_config.max_model_len
+        self._cross_encoder = is_cross_encoder(self._engine.model_config.hf_config)
         for name in self._loras:  # vLLM loads adapters lazily: a bad one fails the start, not a request
             try:
                 await self._engine.add_lora(self._lora_request(name))
@@ -358,13 +360,16 @@ class VllmLocalAdapter:
 
     def _embedding_prompt(self, item: str | list[int]) -> list[int]:
         ids = list(self._tokenizer.encode(item)) if isinstance(item, str) else list(item)
-        limit = self._max_model_len or 0
-        if len(ids) > limit:
-            raise ContextLengthExceeded(
-                f"This model's maximum context length is {limit} tokens, but an input has {len(ids)} tokens.",
-                param="input",
-            )
+        self._check_length(len(ids), "input")
         return ids
+
+    def _check_length(self, tokens: int, param: str) -> None:
+        limit = self._max_model_len or 0
+        if tokens > limit:
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {limit} tokens, but an input has {tokens} tokens.",
+                param=param,
+            )
 
     async def _encode_one(self, request_id: str, ids: list[int]) -> list[float]:
         from vllm import PoolingParams
@@ -378,6 +383,51 @@ class VllmLocalAdapter:
         if final is None:
             raise EngineUnavailable("The engine returned no embedding.")
         return [float(x) for x in final.outputs.data.tolist()]
+
+    # -- cross-encoder scoring ------------------------------------------------
+
+    def scores_pairs(self, model: str) -> bool:
+        return self._cross_encoder and model == self.spec.name
+
+    async def score_pairs(
+        self, request_id: str, model: str, pairs: list[tuple[str, str]], forwarded: Forwarded = NOTHING_FORWARDED
+    ) -> tuple[list[float], int]:
+        """Each pair through the cross-encoder as vLLM's own score path runs it: the two texts tokenized as
+        one input with their token type ids, classified by the one-label head (its sigmoid)."""
+        if self._engine is None:
+            raise EngineUnavailable("The engine is not running.")
+        encoded = [self._tokenizer(first, second) for first, second in pairs]
+        for item in encoded:
+            self._check_length(len(item["input_ids"]), "text_2")
+        results = await asyncio.gather(
+            *(self._classify_one(f"{request_id}-{i}", item) for i, item in enumerate(encoded))
+        )
+        return list(results), sum(len(item["input_ids"]) for item in encoded)
+
+    async def _classify_one(self, request_id: str, encoded: Any) -> float:
+        from vllm import PoolingParams
+        from vllm.entrypoints.pooling.scoring.utils import compress_token_type_ids
+
+        params = PoolingParams(task="classify")
+        if type_ids := encoded.get("token_type_ids"):
+            params.extra_kwargs = {"compressed_token_type_ids": compress_token_type_ids(list(type_ids))}
+        final = None
+        try:
+            async for out in self._engine.encode({"prompt_token_ids": list(encoded["input_ids"])}, params, request_id):
+                final = out
+        except Exception as exc:
+            raise _map_engine_error(exc) from exc
+        if final is None:
+            raise EngineUnavailable("The engine returned no score.")
+        return float(final.outputs.data.reshape(-1)[0])
+
+
+def is_cross_encoder(hf_config: Any) -> bool:
+    """A sequence-classification model with one label (BertForSequenceClassification and the like):
+    vLLM scores a pair with it as a cross-encoder, where an embedding model's pairs are scored by cosine."""
+    architectures = getattr(hf_config, "architectures", None) or []
+    classifies = any(str(name).endswith("ForSequenceClassification") for name in architectures)
+    return classifies and getattr(hf_config, "num_labels", 0) == 1
 
 
 def _template_turn(message: dict[str, Any]) -> dict[str, Any]:

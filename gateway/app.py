@@ -14,7 +14,19 @@ from starlette.responses import Response
 
 from engine_adapters.base import EngineAdapter
 from gateway import middleware
-from gateway.api import embeddings, generation, health, lora, messages, models, responses, scoring, tokenize, usage
+from gateway.api import (
+    embeddings,
+    generation,
+    health,
+    lora,
+    messages,
+    models,
+    responses,
+    routed,
+    scoring,
+    tokenize,
+    usage,
+)
 from gateway.api.common import json_response
 from gateway.errors import GatewayError, MethodNotAllowed, error_payload, invalid_fields, status_error
 from gateway.keys import KeyStore
@@ -129,7 +141,7 @@ def create_app(settings: Settings, adapter_factory: AdapterFactory | None = None
     _document_validation_as_400(app)
     app.add_middleware(PassThrough, state=state)  # innermost: routed chat and completions end there
     middleware.install(app, state)
-    for module in (models, generation, embeddings, health, responses, tokenize, usage, messages, scoring):
+    for module in (models, generation, embeddings, health, responses, tokenize, usage, messages, scoring, routed):
         app.include_router(module.router)
     if settings.allow_runtime_lora_updating:  # as vLLM: the routes exist only when runtime updates are allowed
         app.include_router(lora.router)

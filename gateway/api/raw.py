@@ -81,6 +81,7 @@ async def serve(state: AppState, route: RawRelay, scope: Scope, receive: Receive
         SamplingOptions(),
         messages=_messages(info.body),
         routing_key=session.decode("latin-1") if session else None,
+        forwarded=info.forwarded,  # the request id the log shows, and the client's trace context
     )
     metered = MeteredStream(state, route, request, path)  # type: ignore[arg-type]  # a RoutedAdapter is an EngineAdapter by shape (structural)
     source = metered.pieces(route.relay_raw(request, path, body))

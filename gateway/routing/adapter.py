@@ -378,7 +378,7 @@ class RoutedAdapter:
         while its body can still be sent again (an upload streamed from the client cannot)."""
         return self._routed(
             request,
-            lambda adapter, _: adapter.relay_raw(path, body, request.request_id, request.model),
+            lambda adapter, forwarded: adapter.relay_raw(path, body, request.request_id, request.model, forwarded),
             replayable=lambda: not body.consumed,
         )
 

@@ -51,11 +51,16 @@ async def embed(
         raise ModelNotFound(model)
     started = time.perf_counter()
     vectors, prompt_tokens = await adapter.embed(new_id("embd"), model, inputs, forwarded)
+    record(state, model, route, started, prompt_tokens)
+    return vectors, prompt_tokens
+
+
+def record(state: AppState, model: str, route: str, started: float, prompt_tokens: int) -> None:
+    """A served pooling request in `route`'s metrics: its count, its duration since `started`, its tokens."""
     metrics, label = state.metrics, state.model_label(model)
     metrics.child(metrics.requests, label, route, "200").inc()
     metrics.child(metrics.request_duration, label, route).observe(time.perf_counter() - started)
     metrics.child(metrics.prompt_tokens, label).inc(prompt_tokens)
-    return vectors, prompt_tokens
 
 
 async def create(state: AppState, req: EmbeddingRequest, forwarded: Forwarded = NOTHING_FORWARDED) -> EmbeddingResponse:

@@ -1,11 +1,14 @@
-"""Scoring and reranking on an embedding model, as vLLM does for one: each pair's score is the cosine
-similarity of the engine's own embeddings of its two texts. Every distinct text is embedded once, in one batch."""
+"""Scoring and reranking, as vLLM does them: on a cross-encoder (a one-label sequence classifier) each pair
+is scored by the model itself, through the engine (base.PairScorer); on an embedding model each pair's
+score is the cosine similarity of the engine's embeddings of its two texts, every distinct text embedded
+once, in one batch."""
 
 from __future__ import annotations
 
 import math
 import time
 
+from engine_adapters.base import PairScorer
 from gateway.errors import InvalidRequest
 from gateway.protocol.scoring import (
     RerankDocument,
@@ -18,7 +21,7 @@ from gateway.protocol.scoring import (
     ScoreResponse,
     ScoreUsage,
 )
-from gateway.services.embeddings import embed
+from gateway.services.embeddings import embed, record
 from gateway.services.generation import new_id
 from gateway.state import AppState
 
@@ -44,12 +47,16 @@ def pairs(req: ScoreRequest) -> list[tuple[str, str]]:
 async def _scores(
     state: AppState, model: str, text_pairs: list[tuple[str, str]], route: str, params: tuple[str, str]
 ) -> tuple[list[float], int]:
-    """Each pair's cosine similarity, and the prompt tokens embedded.
-
-    `params`: the request fields the pairs' sides came from."""
+    """Each pair's score, and the prompt tokens read. `params`: the fields the pairs' sides came from."""
     for side, param in enumerate(params):
         if any(not pair[side] for pair in text_pairs):
             raise InvalidRequest(f"{param} must not hold an empty text.", param=param)
+    adapter = state.adapter_for(model, kind="embed")
+    if isinstance(adapter, PairScorer) and adapter.scores_pairs(model):
+        started = time.perf_counter()
+        scores, prompt_tokens = await adapter.score_pairs(new_id("score"), model, text_pairs)
+        record(state, model, route, started, prompt_tokens)
+        return scores, prompt_tokens
     texts = list(dict.fromkeys(text for pair in text_pairs for text in pair))
     vectors, prompt_tokens = await embed(state, model, texts, route)
     by_text = dict(zip(texts, vectors, strict=True))

@@ -162,6 +162,11 @@ def test_head_works_wherever_get_does_and_other_methods_are_405(fleet: Fleet) ->
             ("POST", "/health", "GET, HEAD"),
             ("PUT", "/v1/chat/completions", "POST"),
             ("HEAD", "/v1/completions", "POST"),
+            ("TRACE", "/v1/models", "GET, HEAD"),
+            ("OPTIONS", "/v1/embeddings", "POST"),
+            ("GET", "/v1/rerank", "POST"),
+            ("GET", "/pooling", "POST"),
+            ("PUT", "/v1/audio/transcriptions", "POST"),
         ):
             response = http.request(method, path, headers=AUTH)
             assert response.status_code == 405

@@ -247,3 +247,30 @@ def test_engine_process_serves_the_scripted_paths(tmp_path: object) -> None:
         assert [r["index"] for r in answer["results"]] == [0, 1]
     finally:
         engine.stop()
+
+
+async def test_answers_name_the_public_model_where_the_instance_serves_another_name(fleet: Fleet) -> None:
+    """The instance answers under its own name; the client reads the route's public one, as chat does: in
+    a JSON answer's `model`, and in a streamed message's `message_start`. The rest passes unchanged."""
+    upstream = "served-under-another-name"
+    (engine,), router = fleet.start(
+        1, tokens=4, delay_ms=1, route={"upstream_model": upstream}, script={"model": upstream}
+    )
+    async with httpx.AsyncClient(timeout=30) as client:
+        for path, body in [
+            ("/v1/messages", MESSAGE),
+            ("/v1/rerank", RERANK),
+            ("/v1/score", {"model": MODEL, "text_1": "a", "text_2": "b"}),
+            ("/pooling", {"model": MODEL, "input": "a b"}),
+            ("/classify", {"model": MODEL, "input": "a b"}),
+        ]:
+            answer = await client.post(f"{router.url}{path}", json=body)
+            assert answer.status_code == 200 and answer.json()["model"] == MODEL, (path, answer.text)
+            direct = await client.post(f"{engine.url}{path}", json={**body, "model": upstream})
+            assert {**direct.json(), "model": MODEL} == answer.json()
+        streamed = await client.post(f"{router.url}/v1/messages", json={**MESSAGE, "stream": True})
+        direct = await client.post(f"{engine.url}/v1/messages", json={**MESSAGE, "model": upstream, "stream": True})
+    events = [line[6:] for line in streamed.text.splitlines() if line.startswith("data: ")]
+    assert orjson.loads(events[0])["message"]["model"] == MODEL
+    assert upstream not in streamed.text
+    assert streamed.content.split(b"\n\n", 1)[1] == direct.content.split(b"\n\n", 1)[1]

@@ -152,3 +152,38 @@ def test_a_routed_stream_gives_the_span_tree_under_the_clients_trace(
     for headers in _generation_headers(down) + _generation_headers(up):
         _no_client_credentials(headers)
     assert not [span for span in receiver.spans if span.name.endswith(("/health", "/metrics", "/ready"))]
+
+
+def test_raw_paths_carry_the_request_id_and_trace_on_every_attempt_but_no_client_credential(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    """A passed-through request (JSON or an audio upload) tells each instance tried what chat does."""
+    (down, up), router = _start(fleet, tmp_path, 2)
+    down.control(fault="503")
+    traced = {"x-request-id": "req-raw-1", "traceparent": TRACEPARENT, "tracestate": "vendor=abc"}
+    for _ in range(2):  # round-robin: one of the two lands on the failing instance first, and is retried
+        answer = httpx.post(
+            f"{router.url}/v1/rerank",
+            json={"model": MODEL, "query": "q", "documents": ["a"]},
+            timeout=10,
+            headers=_client_headers(**traced),
+        )
+        assert answer.status_code == 200, answer.text
+    down.control(fault="none")  # an upload already sent is not retried: both instances answer these
+    for _ in range(2):
+        upload = httpx.post(
+            f"{router.url}/v1/audio/transcriptions",
+            data={"model": MODEL},
+            files={"file": ("a.wav", b"\0" * 1000, "audio/wav")},
+            timeout=10,
+            headers=_client_headers(**traced),
+        )
+        assert upload.status_code == 200, upload.text
+    paths = ("/v1/rerank", "/v1/audio/transcriptions")
+    seen = [(s["path"], s["headers"]) for s in down.requests() + up.requests() if s["path"] in paths]
+    assert [path for path, _ in seen].count("/v1/rerank") >= 3  # two requests, retried from the failing instance
+    assert [path for path, _ in seen].count("/v1/audio/transcriptions") == 2
+    for _, headers in seen:
+        assert headers["x-request-id"] == "req-raw-1"
+        assert headers["traceparent"] == TRACEPARENT and headers["tracestate"] == "vendor=abc"
+        _no_client_credentials(headers)

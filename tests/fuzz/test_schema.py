@@ -66,7 +66,16 @@ def test_the_schema_lists_the_anthropic_scoring_and_fastchat_routes() -> None:
         "/rerank",
         "/v2/rerank",
         "/api/v1/chat/completions",
+        "/pooling",
+        "/classify",
+        "/v1/audio/transcriptions",
+        "/v1/audio/translations",
     ):
         assert "post" in paths[path], path
+    audio = paths["/v1/audio/transcriptions"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert audio["properties"]["file"] == {"type": "string", "format": "binary"} and "model" in audio["required"]
+    pooling = paths["/pooling"]["post"]
+    assert "input" in pooling["requestBody"]["content"]["application/json"]["schema"]["required"]
+    assert pooling["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/PoolingResponse")
     anthropic_error = paths["/v1/messages"]["post"]["responses"]["401"]["content"]["application/json"]["schema"]
     assert anthropic_error["$ref"].endswith("/AnthropicError")

@@ -18,6 +18,7 @@ Real parts the tests start:
 - `redis_server`: a real `redis-server` on a free port, for limits shared across replicas.
 - `otlp_receiver`: a real OTLP/HTTP receiver that decodes the exporter's protobuf.
 - `lora_fixture`: a tiny LoRA adapter for the real Gemma model, built on disk.
+- `cross_encoder_fixture`: a tiny one-label cross-encoder (MiniLM config and tokenizer), built on disk.
 
 One double stays beside its only user: the aiohttp upstream in `tests/unit/routing/test_openai_http.py`,
 whose answers each test scripts byte by byte.

@@ -105,9 +105,15 @@ async def serve_path(server: ScriptedServer, request: HttpRequest, exchange: Exc
     usage = {"prompt_tokens": tokens, "total_tokens": tokens}
     answers = {
         "/v1/messages/count_tokens": {"input_tokens": tokens},
-        "/pooling": {"object": "list", "data": [{"index": 0, "object": "pooling", "data": [0.5]}], "usage": usage},
+        "/pooling": {
+            "object": "list",
+            "model": body.get("model"),
+            "data": [{"index": 0, "object": "pooling", "data": [0.5]}],
+            "usage": usage,
+        },
         "/classify": {
             "object": "list",
+            "model": body.get("model"),
             "data": [{"index": 0, "label": "positive", "probs": [0.9, 0.1]}],
             "usage": usage,
         },

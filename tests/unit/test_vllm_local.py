@@ -12,6 +12,7 @@ from engine_adapters.vllm_local import (
     VllmLocalAdapter,
     engine_args_for,
     env_defaults_for,
+    is_cross_encoder,
     set_env_defaults,
 )
 
@@ -116,3 +117,13 @@ def test_kv_events_turn_on_vllms_zmq_publisher_and_the_prefix_cache() -> None:
     assert args["enable_prefix_caching"] is True
     assert "kv_events_config" not in engine_args_for(spec(), CPU)  # off unless asked for
     assert VllmLocalAdapter(events).models()[0].kv_events == ("tcp://*:5557", "tcp://*:5558")
+
+
+def test_a_one_label_sequence_classifier_is_a_cross_encoder_and_nothing_else_is() -> None:
+    def config(architectures: list[str] | None, labels: int) -> SimpleNamespace:
+        return SimpleNamespace(architectures=architectures, num_labels=labels)
+
+    assert is_cross_encoder(config(["BertForSequenceClassification"], 1))
+    assert not is_cross_encoder(config(["BertForSequenceClassification"], 3))  # a classifier: /classify
+    assert not is_cross_encoder(config(["BertModel"], 1))  # an embedding model: cosine
+    assert not is_cross_encoder(config(None, 1))
