@@ -189,6 +189,12 @@ class RouteSettings(BaseModel):
         description="Policy kv: the instances' KV-event ports; unset, each instance's /v1/models "
         "entry tells (`kv_events`), and an instance that tells none is routed as by `prefix`.",
     )
+    resume_streams: bool = Field(
+        default=False,
+        description="A stream whose instance fails mid-way goes on on another instance, from the text sent so far, "
+        "instead of ending with an error event (docs: resume-streams); its events then pass through Python, "
+        "never the splice.",
+    )
     kv_tokenizer: str | None = Field(
         default=None,
         description="Policy kv: the model's tokenizer (a local directory or hub id, read with "

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import accumulate
 from typing import Any
 
@@ -243,6 +243,7 @@ class RouteStatus:
     in_flight: int  # on an instance now
     breakers: dict[str, int]  # breaker state name -> instances in it
     kv: KvStatus | None = None  # policy kv only
+    resumes: dict[str, int] = field(default_factory=dict)  # resume_streams: failed streams by outcome
 
     def as_json(self) -> dict[str, object]:
         body: dict[str, object] = {
@@ -329,13 +330,22 @@ class _RouteCollector:
             "Requests for the model on one of its instances now.",
             labels=["model"],
         )
+        resumed = CounterMetricFamily(
+            "tokenyard_route_resumed_streams",
+            "Streams of a route with resume_streams on whose instance failed mid-way, by outcome: resumed (it "
+            "went on on another instance to its end), failed (no continuation finished it), refused (it could "
+            "not be continued faithfully).",
+            labels=["model", "outcome"],
+        )
         statuses = list(self.source())
         for status in statuses:
+            for outcome, count in status.resumes.items():
+                resumed.add_metric([status.model, outcome], float(count))
             ready.add_metric([status.model], float(status.ready_instances))
             total.add_metric([status.model], float(status.instances))
             waiting.add_metric([status.model], float(status.waiting))
             in_flight.add_metric([status.model], float(status.in_flight))
-        yield from (ready, total, waiting, in_flight)
+        yield from (ready, total, waiting, in_flight, resumed)
         yield from _kv_metrics([status for status in statuses if status.kv is not None])
 
 

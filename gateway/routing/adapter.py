@@ -47,6 +47,7 @@ from gateway.routing.kube import EndpointSliceWatch
 from gateway.routing.kv import KvRouting
 from gateway.routing.lora import LoraPlacement
 from gateway.routing.policies import make_policy
+from gateway.routing.resume import ResumeCounts, refusal, resumed, watched
 from gateway.routing.route_key import RouteKey
 from gateway.settings import RouterSettings, RouteSettings
 
@@ -97,6 +98,7 @@ class RoutedAdapter:
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
         self.held = 0  # requests waiting now for an instance to become routable
+        self.resumes = ResumeCounts()  # resume_streams: watched streams that failed mid-way, by outcome
         self._routable_again = asyncio.Event()  # set, then replaced, whenever an instance may have become routable
         # Policy kv: the instances' KV events, followed from start to close.
         self.kv = KvRouting(route, settings, self.rng, lambda: self._key.value) if route.policy == "kv" else None
@@ -236,6 +238,7 @@ class RoutedAdapter:
             sum(i.in_flight for i in instances),
             breakers,
             self.kv.status(list(self.instances)) if self.kv is not None else None,
+            dict(self.resumes),
         )
 
     def upstream_stats(self) -> list[UpstreamStat]:
@@ -364,10 +367,40 @@ class RoutedAdapter:
     def relay(
         self, request: GenerateRequest, path: str, body: dict[str, Any], sink: Sink | None = None
     ) -> AsyncIterator[bytes]:
-        """The client's request passed through to one instance; its SSE answer back as bytes (base.Relay)."""
+        """The client's request passed through to one instance; its SSE answer back as bytes (base.Relay).
+        With resume_streams on, a streamed one may go on on another instance (gateway.routing.resume)."""
+        if self.route.resume_streams and request.stream:
+            return self._resumable(request, path, body, sink)
         return self._routed(
             request,
             lambda adapter, forwarded: adapter.relay(path, body, request.request_id, request.model, sink, forwarded),
+        )
+
+    def _resumable(
+        self, request: GenerateRequest, path: str, body: dict[str, Any], sink: Sink | None
+    ) -> AsyncIterator[bytes]:
+        chat = request.messages is not None
+        if refusal(chat, body) is not None:  # relayed as before, splice included; only its failures are counted
+            return watched(self.relay_once(request, path, body, sink), self.resumes, self.route.name)
+
+        def open_(sent: dict[str, Any], served: set[str]) -> AsyncIterator[bytes]:
+            return self.relay_once(request, path, sent, None, served)
+
+        return resumed(chat, body, open_, self.resumes, self.route.name, self.settings.max_attempts)
+
+    def relay_once(
+        self,
+        request: GenerateRequest,
+        path: str,
+        body: dict[str, Any],
+        sink: Sink | None,
+        served: set[str] | None = None,
+    ) -> AsyncIterator[bytes]:
+        """One relay of `body` on the route, on an instance not in `served` (which it joins)."""
+        return self._routed(
+            request,
+            lambda adapter, forwarded: adapter.relay(path, body, request.request_id, request.model, sink, forwarded),
+            tried=served,
         )
 
     def passes_path(self, path: str) -> bool:
@@ -398,8 +431,9 @@ class RoutedAdapter:
         request: GenerateRequest,
         open_: Callable[[OpenAIHttpAdapter, Forwarded], AsyncIterator[T]],
         replayable: Callable[[], bool] = lambda: True,
+        tried: set[str] | None = None,
     ) -> AsyncIterator[T]:
-        attempts = _Attempts(self, request)
+        attempts = _Attempts(self, request, tried)
         while (lease := await attempts.next()) is not None:
             delivered = False
             try:
@@ -454,9 +488,9 @@ class RoutedAdapter:
 class _Attempts:
     """One request's retry budget: up to max_attempts tries, each on an instance not tried yet, with backoff."""
 
-    def __init__(self, route: RoutedAdapter, request: GenerateRequest) -> None:
+    def __init__(self, route: RoutedAdapter, request: GenerateRequest, tried: set[str] | None = None) -> None:
         self.route, self.request = route, request
-        self.tried: set[str] = set()
+        self.tried: set[str] = set() if tried is None else tried  # given: shared with the stream's continuations
         self.count = 0
         self.error: GatewayError | None = None
         self.hold_until = time.monotonic() + route.hold_timeout_s()

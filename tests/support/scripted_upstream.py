@@ -4,14 +4,22 @@
                                               [--wire compact|loose]
 
 It serves /health, /v1/models, /metrics (vLLM's load gauges), /v1/chat/completions and /v1/completions
-(streamed or not), and /v1/embeddings; vLLM's other paths are in tests.support.scripted_paths. Tokens are
-`t0 t1 ...`, one every D ms. Faults, also set at
+(streamed or not), and /v1/embeddings; vLLM's other paths are in tests.support.scripted_paths.
+Tokens are `t0 t1 ...`, one every D ms. Faults, also set at
 run time with POST /control {"fault": F, "delay_ms": D, "tokens": N, "poison": WORD, "wire": W}:
 
     none    serve normally            503, 429   answer every generation request with that status
     hang    never answer              stall      3 chunks, then silence
     reset   3 chunks, then a TCP reset (RST)
     error   3 chunks, then an SSE error event (as vLLM sends one mid-stream) and the stream's end
+
+(`fault_after` sets how many chunks come before stall, reset or error; 3 by default.)
+
+A continuation, as a router resuming a stream sends it, is answered from where it stops: a chat request with
+`continue_final_message` whose last (assistant) message ends in `t0 ... tK-1`, or a completion whose prompt
+ends so, gets `tK ...` up to the same end (`tokens` in all), and is spared the mid-stream faults (so a fault
+acts once per answer). Any other ending starts from t0 again, so text lost or repeated at a seam shows.
+With stream_options.continuous_usage_stats, every chunk carries the usage so far, as vLLM's do.
 
 LoRA adapters, as vLLM serves them with runtime loading on: POST /v1/load_lora_adapter {lora_name,
 lora_path} and /v1/unload_lora_adapter {lora_name}; a loaded adapter is listed in /v1/models with `parent`,
@@ -62,6 +70,7 @@ class Script:
     max_loras: int = 4
     lora_load_ms: float = 0.0
     lora_fault: str = ""
+    fault_after: int = STALL_AFTER  # chunks before a stall, reset or error
 
     def dumps(self, value: Any, whole: bool = False) -> bytes:
         if self.wire == "loose":
@@ -158,6 +167,22 @@ def _text(body: dict[str, Any]) -> str:
         return " ".join(str(m.get("content") or "") for m in body["messages"])
     prompt = body.get("prompt")
     return prompt if isinstance(prompt, str) else " ".join(map(str, prompt or []))
+
+
+def _continued_from(body: dict[str, Any], word: str) -> int:
+    """K where the answer's start sent along ends in `t0 ... tK-1` (a resumed stream's continuation), else 0."""
+    if "messages" in body:
+        last = (body.get("messages") or [{}])[-1]
+        final = body.get("continue_final_message") and last.get("role") == "assistant"
+        text = str(last.get("content") or "") if final else ""
+    else:
+        text = _text(body)
+    # The text generated so far is appended as it came: a completion's prompt may run straight into `t0`.
+    for start in (i for i in range(len(text)) if text.startswith(f"{word}0 ", i)):
+        count = text[start:].count(" ")
+        if text[start:] == "".join(f"{word}{i} " for i in range(count)):
+            return count
+    return 0
 
 
 class ScriptedServer:
@@ -380,7 +405,11 @@ class Generation:
         self.body = request.json()
         self.chat = request.path.endswith("/chat/completions")
         self.prompt_tokens = max(1, len(_text(self.body).split()))
-        self.count = min(int(self.body.get("max_tokens") or self.script.tokens), self.script.tokens)
+        self.start = _continued_from(self.body, self.word)  # tokens a continuation already holds
+        left = self.script.tokens - self.start
+        self.count = min(int(self.body.get("max_tokens") or left), left)
+        options = self.body.get("stream_options") or {}
+        self.continuous = bool(options.get("include_usage") and options.get("continuous_usage_stats"))
         self.n = int(self.body.get("n") or 1)
         self.head = {
             "id": "scripted",
@@ -425,15 +454,16 @@ class Generation:
         x = self.exchange
         await x.start_stream()
         if self.chat:
-            await x.event({**self.head, "choices": [self.choice(i, None, None, True) for i in range(self.n)]})
+            await x.event(self.chunk([self.choice(i, None, None, True) for i in range(self.n)], 0))
+        faulty = self.script.fault_after if not self.start else -1
         for step in range(self.count):
             await self.tick()
-            if step == STALL_AFTER and self.script.fault == "stall":
+            if step == faulty and self.script.fault == "stall":
                 await asyncio.Event().wait()
-            if step == STALL_AFTER and self.script.fault == "reset":
+            if step == faulty and self.script.fault == "reset":
                 x.reset()
                 return
-            if step == STALL_AFTER and self.script.fault == "error":
+            if step == faulty and self.script.fault == "error":
                 await x.event(
                     {
                         "error": {
@@ -447,8 +477,8 @@ class Generation:
                 await x.end_stream()
                 return
             reason = self.reason() if step == self.count - 1 else None
-            choices = [self.choice(i, f"{self.word}{step} ", reason) for i in range(self.n)]
-            await x.event({**self.head, "choices": choices})
+            choices = [self.choice(i, f"{self.word}{self.start + step} ", reason) for i in range(self.n)]
+            await x.event(self.chunk(choices, step + 1))
         if (self.body.get("stream_options") or {}).get("include_usage"):
             await x.event({**self.head, "choices": [], "usage": self.usage()})
         await x.event(b"[DONE]")
@@ -457,7 +487,7 @@ class Generation:
     async def whole(self) -> None:
         for _ in range(self.count):
             await self.tick()
-        text = "".join(f"{self.word}{step} " for step in range(self.count))
+        text = "".join(f"{self.word}{self.start + step} " for step in range(self.count))
         choices: list[dict[str, Any]]
         if self.chat:
             choices = [
@@ -481,8 +511,15 @@ class Generation:
                 holder["prompt_logprobs"] = scored
         await self.exchange.json(200, answer)
 
-    def usage(self) -> dict[str, int]:
-        completion = self.count * self.n
+    def chunk(self, choices: list[dict[str, Any]], steps: int) -> dict[str, Any]:
+        """One streamed event; with continuous usage stats, the usage after `steps` tokens of each choice."""
+        event = {**self.head, "choices": choices}
+        if self.continuous:
+            event["usage"] = self.usage(steps)
+        return event
+
+    def usage(self, steps: int | None = None) -> dict[str, int]:
+        completion = (self.count if steps is None else steps) * self.n
         return {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": completion,
