@@ -3,86 +3,44 @@ each in its own process, driven through the strict openai SDK."""
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import openai
 import pytest
-import yaml
 
 from gateway.routing.policies import HashRing
-from tests.conftest import EMBED_MODEL, TEXT_MODEL, Server, free_port, start_server, stop_server, wait_ready
+from tests.conftest import EMBED_MODEL, TEXT_MODEL, Server
+from tests.e2e.fleet import EngineFleet, engine_fleet
 from tests.e2e.test_readme import code_blocks
 
 ALIAS = "gemma"
 PROMPT = "The Eiffel Tower is located in the city of"
 
 
-@dataclass
-class Setup:
-    router: str
-    instances: list[str]
-
-
-def _engine_env(slot: int) -> dict[str, str]:
-    """Half of this machine's cores each, so the two engines do not fight over the same ones."""
-    cores = sorted(os.sched_getaffinity(0))
-    half = cores[slot::2] or cores
-    return {"VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, half)), "VLLM_CPU_KVCACHE_SPACE": "1"}
-
-
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory, server: Server) -> Iterator[Setup]:
+def fleet(tmp_path_factory: pytest.TempPathFactory, server: Server) -> Iterator[EngineFleet]:
     from gateway.model_store import prepare_gemma
 
-    workdir = tmp_path_factory.mktemp("router")
     model = str(prepare_gemma())
-    procs: list[tuple[subprocess.Popen[bytes], Path, str]] = []
-    try:
-        for slot in range(2):  # both engines start at once: each takes a minute or two
-            port, log_path = free_port(), workdir / f"engine-{slot}.log"
-            args = [
-                "--port",
-                str(port),
-                "--model",
-                model,
-                "--served-model-name",
-                TEXT_MODEL,
-                "--max-model-len",
-                "2048",
-                "--dtype",
-                "bfloat16",
-            ]
-            procs.append((start_server(args, log_path, _engine_env(slot)), log_path, f"http://127.0.0.1:{port}"))
-        for proc, log_path, url in procs:
-            wait_ready(url, proc, log_path, 900)
-        instances = [url for _, _, url in procs]
-        config = workdir / "router.yaml"
+    args = ["--model", model, "--served-model-name", TEXT_MODEL, "--max-model-len", "2048", "--dtype", "bfloat16"]
+    with engine_fleet(tmp_path_factory.mktemp("router")) as started:
+        instances = started.start_engines(2, lambda slot: args)
         route = {"name": TEXT_MODEL, "aliases": [ALIAS], "policy": "session", "upstreams": instances}
         # The session's engine-mode server serves the embedding model: a second model behind the router.
         embed = {"name": EMBED_MODEL, "kind": "embed", "upstreams": [server.url]}
-        config.write_text(yaml.safe_dump({"routes": [route, embed], "router": {"health_interval_s": 1}}))
-        port, log_path = free_port(), workdir / "router.log"
-        procs.append((start_server(["--config", str(config), "--port", str(port)], log_path), log_path, ""))
-        router = f"http://127.0.0.1:{port}"
-        wait_ready(router, procs[-1][0], log_path, 60)
-        yield Setup(router, instances)
-    finally:
-        for proc, _, _ in procs:
-            stop_server(proc)
+        started.start_routers([route, embed], health_interval_s=1)
+        yield started
 
 
-@pytest.fixture(scope="module")
-def sdk(setup: Setup) -> openai.OpenAI:
+@pytest.fixture
+def sdk(router: str) -> openai.OpenAI:
     return openai.OpenAI(
-        base_url=f"{setup.router}/v1", api_key="EMPTY", max_retries=0, timeout=120, _strict_response_validation=True
+        base_url=f"{router}/v1", api_key="EMPTY", max_retries=0, timeout=120, _strict_response_validation=True
     )
 
 
@@ -93,15 +51,15 @@ def served(instance: str) -> float:
     return sum(float(v) for v in re.findall(pattern, text, re.M))
 
 
-def counts(setup: Setup) -> list[float]:
-    return [served(instance) for instance in setup.instances]
+def counts(fleet: EngineFleet) -> list[float]:
+    return [served(instance) for instance in fleet.instances]
 
 
 def moved(before: list[float], after: list[float]) -> list[int]:
     return [int(b - a) for a, b in zip(before, after)]
 
 
-def test_models_merge_names_and_context(sdk: openai.OpenAI, setup: Setup) -> None:
+def test_models_merge_names_and_context(sdk: openai.OpenAI) -> None:
     cards = {card.id: card for card in sdk.models.list()}
     # two instances of one model: listed once, plus its alias, plus the embedding route
     assert set(cards) == {TEXT_MODEL, ALIAS, EMBED_MODEL}
@@ -111,8 +69,8 @@ def test_models_merge_names_and_context(sdk: openai.OpenAI, setup: Setup) -> Non
     assert sdk.models.retrieve(ALIAS).id == ALIAS
 
 
-def test_requests_spread_across_both_instances(sdk: openai.OpenAI, setup: Setup) -> None:
-    before = counts(setup)
+def test_requests_spread_across_both_instances(sdk: openai.OpenAI, fleet: EngineFleet) -> None:
+    before = counts(fleet)
     with ThreadPoolExecutor(6) as pool:  # at once: least loaded (no session key) sends 3 to each
         replies = list(
             pool.map(
@@ -120,20 +78,20 @@ def test_requests_spread_across_both_instances(sdk: openai.OpenAI, setup: Setup)
             )
         )
     assert all(r.choices[0].text for r in replies)
-    spread = moved(before, counts(setup))
+    spread = moved(before, counts(fleet))
     assert sum(spread) == 6 and min(spread) >= 2, spread
 
 
-def _session_on(instance_index: int, setup: Setup) -> str:
-    """A session id whose requests belong to that instance (the ring the router builds over both)."""
-    ring = HashRing(setup.instances)
-    return next(f"session-{i}" for i in range(1000) if ring.owner(f"session-{i}") == setup.instances[instance_index])
+def _session_on(instance_index: int, fleet: EngineFleet) -> str:
+    """A session id whose requests belong to that instance (the ring each router builds over both)."""
+    ring = HashRing(fleet.instances)
+    return next(f"session-{i}" for i in range(1000) if ring.owner(f"session-{i}") == fleet.instances[instance_index])
 
 
 @pytest.mark.parametrize("instance_index", [0, 1])
-def test_session_affinity_holds(sdk: openai.OpenAI, setup: Setup, instance_index: int) -> None:
-    session = _session_on(instance_index, setup)
-    before = counts(setup)
+def test_session_affinity_holds(sdk: openai.OpenAI, fleet: EngineFleet, instance_index: int) -> None:
+    session = _session_on(instance_index, fleet)
+    before = counts(fleet)
     for turn in range(3):
         sdk.chat.completions.create(
             model=ALIAS,
@@ -143,14 +101,14 @@ def test_session_affinity_holds(sdk: openai.OpenAI, setup: Setup, instance_index
         )
     expected = [0, 0]
     expected[instance_index] = 3
-    assert moved(before, counts(setup)) == expected
+    assert moved(before, counts(fleet)) == expected
 
 
-def test_the_user_field_is_a_session_key_too(sdk: openai.OpenAI, setup: Setup) -> None:
-    before = counts(setup)
+def test_the_user_field_is_a_session_key_too(sdk: openai.OpenAI, fleet: EngineFleet) -> None:
+    before = counts(fleet)
     for _ in range(3):
         sdk.completions.create(model=TEXT_MODEL, prompt=PROMPT, max_tokens=4, user="alice")
-    assert sorted(moved(before, counts(setup))) == [0, 3]
+    assert sorted(moved(before, counts(fleet))) == [0, 3]
 
 
 def test_streaming_through_the_router(sdk: openai.OpenAI) -> None:
@@ -171,16 +129,16 @@ def test_streaming_through_the_router(sdk: openai.OpenAI) -> None:
     assert usage is not None and usage.completion_tokens == 12 and usage.prompt_tokens > 0
 
 
-def test_router_page_example(setup: Setup) -> None:
+def test_router_page_example(router: str) -> None:
     """docs/router.md's example, as written, against this router (only the address changes)."""
     (example,) = [code for lang, code in code_blocks("docs/router.md") if lang == "python"]
-    code = example.replace("http://localhost:8000", setup.router)
+    code = example.replace("http://localhost:8000", router)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == str([TEXT_MODEL, ALIAS, EMBED_MODEL])
 
 
-def test_a_whole_answer_through_the_router_is_the_instances_own(sdk: openai.OpenAI, setup: Setup) -> None:
+def test_a_whole_answer_through_the_router_is_the_instances_own(sdk: openai.OpenAI, fleet: EngineFleet) -> None:
     """Non-streamed requests are streamed from the instance and folded: the same answer as asking it directly."""
     ask = {
         "model": TEXT_MODEL,
@@ -191,7 +149,7 @@ def test_a_whole_answer_through_the_router_is_the_instances_own(sdk: openai.Open
         "top_logprobs": 2,
     }
     routed = sdk.chat.completions.create(**ask)  # type: ignore[call-overload]
-    direct = httpx.post(f"{setup.instances[0]}/v1/chat/completions", json=ask, timeout=120).json()
+    direct = httpx.post(f"{fleet.instances[0]}/v1/chat/completions", json=ask, timeout=120).json()
     assert routed.choices[0].message.content == direct["choices"][0]["message"]["content"]
     assert routed.choices[0].finish_reason == direct["choices"][0]["finish_reason"]
     assert routed.usage is not None
@@ -215,12 +173,12 @@ def test_fields_the_router_does_not_know_reach_the_instance(sdk: openai.OpenAI) 
     assert answer.model == ALIAS  # the client's name for the model, not the instance's
 
 
-def test_prompt_logprobs_through_the_router(setup: Setup) -> None:
+def test_prompt_logprobs_through_the_router(router: str, fleet: EngineFleet) -> None:
     """An instance gives prompt_logprobs only whole (streamed, they are a 400), so the router sends such a
     request as it is and passes the answer on; it matches asking the instance directly."""
     ask = {"model": TEXT_MODEL, "prompt": PROMPT, "max_tokens": 2, "temperature": 0, "prompt_logprobs": 1}
-    routed = httpx.post(f"{setup.router}/v1/completions", json=ask, timeout=120)
-    direct = httpx.post(f"{setup.instances[0]}/v1/completions", json=ask, timeout=120).json()
+    routed = httpx.post(f"{router}/v1/completions", json=ask, timeout=120)
+    direct = httpx.post(f"{fleet.instances[0]}/v1/completions", json=ask, timeout=120).json()
     assert routed.status_code == 200, routed.text
     choice = routed.json()["choices"][0]
     assert choice["prompt_logprobs"] == direct["choices"][0]["prompt_logprobs"]
@@ -228,18 +186,18 @@ def test_prompt_logprobs_through_the_router(setup: Setup) -> None:
     assert choice["text"] == direct["choices"][0]["text"]
 
 
-def test_a_stream_carries_usage_only_when_asked(setup: Setup) -> None:
+def test_a_stream_carries_usage_only_when_asked(router: str) -> None:
     body = {"model": TEXT_MODEL, "prompt": PROMPT, "max_tokens": 3, "stream": True}
-    with httpx.stream("POST", f"{setup.router}/v1/completions", json=body, timeout=120) as response:
+    with httpx.stream("POST", f"{router}/v1/completions", json=body, timeout=120) as response:
         events = [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
     assert events[-1] == "[DONE]"
     assert all('"choices":[]' not in event and '"usage":{' not in event for event in events[:-1])
-    before = served_tokens(setup.router)
+    before = served_tokens(router)
     sdk_body = {**body, "stream_options": {"include_usage": True}}
-    with httpx.stream("POST", f"{setup.router}/v1/completions", json=sdk_body, timeout=120) as response:
+    with httpx.stream("POST", f"{router}/v1/completions", json=sdk_body, timeout=120) as response:
         events = [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
     assert '"usage":{' in events[-2] and events[-1] == "[DONE]"
-    assert served_tokens(setup.router) >= before + 3  # the router counted the tokens either way
+    assert served_tokens(router) >= before + 3  # the router counted the tokens either way
 
 
 def served_tokens(url: str) -> float:
@@ -257,25 +215,23 @@ def test_constrained_output_through_the_router(sdk: openai.OpenAI) -> None:
     assert answer.choices[0].message.content in ("yes", "no")
 
 
-def test_tokenizer_routes_pass_through(setup: Setup) -> None:
+def test_tokenizer_routes_pass_through(router: str, fleet: EngineFleet) -> None:
     messages = [{"role": "user", "content": "Hello there"}]
     for body in ({"model": TEXT_MODEL, "prompt": PROMPT}, {"model": TEXT_MODEL, "messages": messages}):
-        routed = httpx.post(f"{setup.router}/tokenize", json=body, timeout=60)
-        direct = httpx.post(f"{setup.instances[0]}/tokenize", json=body, timeout=60)
+        routed = httpx.post(f"{router}/tokenize", json=body, timeout=60)
+        direct = httpx.post(f"{fleet.instances[0]}/tokenize", json=body, timeout=60)
         assert routed.status_code == 200 and routed.json() == direct.json()
-    tokens = httpx.post(f"{setup.router}/tokenize", json={"model": ALIAS, "prompt": PROMPT}, timeout=60).json()[
-        "tokens"
-    ]
-    text = httpx.post(f"{setup.router}/detokenize", json={"model": ALIAS, "tokens": tokens}, timeout=60).json()
+    tokens = httpx.post(f"{router}/tokenize", json={"model": ALIAS, "prompt": PROMPT}, timeout=60).json()["tokens"]
+    text = httpx.post(f"{router}/detokenize", json={"model": ALIAS, "tokens": tokens}, timeout=60).json()
     assert text["prompt"].endswith(PROMPT)
-    bad = httpx.post(f"{setup.router}/detokenize", json={"model": TEXT_MODEL, "tokens": "x"}, timeout=60)
+    bad = httpx.post(f"{router}/detokenize", json={"model": TEXT_MODEL, "tokens": "x"}, timeout=60)
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "tokens"  # checked by the router itself
     check = {"prompts": [{"model": TEXT_MODEL, "prompt": PROMPT, "max_tokens": 16}]}
-    routed = httpx.post(f"{setup.router}/api/v1/token_check", json=check, timeout=60)
-    direct = httpx.post(f"{setup.instances[0]}/api/v1/token_check", json=check, timeout=60)
+    routed = httpx.post(f"{router}/api/v1/token_check", json=check, timeout=60)
+    direct = httpx.post(f"{fleet.instances[0]}/api/v1/token_check", json=check, timeout=60)
     assert routed.status_code == 200 and routed.json() == direct.json()
 
 
-def test_generation_from_an_embedding_route_is_a_404(setup: Setup) -> None:
-    answer = httpx.post(f"{setup.router}/v1/completions", json={"model": EMBED_MODEL, "prompt": "x"}, timeout=60)
+def test_generation_from_an_embedding_route_is_a_404(router: str) -> None:
+    answer = httpx.post(f"{router}/v1/completions", json={"model": EMBED_MODEL, "prompt": "x"}, timeout=60)
     assert answer.status_code == 404 and answer.json()["error"]["code"] == "model_not_found"

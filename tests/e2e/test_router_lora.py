@@ -6,33 +6,25 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import openai
 import pytest
-import yaml
 
-from tests.conftest import TEXT_MODEL, free_port, start_server, stop_server, wait_ready
-from tests.e2e.test_router import _engine_env
+from tests.conftest import TEXT_MODEL
+from tests.e2e.fleet import EngineFleet, engine_fleet
 from tests.support.lora_fixture import ADAPTER_NAME, build_adapter
 
 pytestmark = pytest.mark.engine
 
 PROMPT = "The Eiffel Tower is located in the city of"
-
-
-@dataclass
-class Setup:
-    router: str
-    instances: list[str]
+HEALTH_INTERVAL_S = 1
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineFleet]:
     from gateway.model_store import prepare_gemma
 
     workdir = tmp_path_factory.mktemp("router-lora")
@@ -47,36 +39,28 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
         "max_lora_rank": 8,
     }
     env = {"TOKENYARD_MODELS": json.dumps([model]), "TOKENYARD_ALLOW_RUNTIME_LORA_UPDATING": "true"}
-    procs: list[tuple[subprocess.Popen[bytes], Path, str]] = []
-    try:
-        for slot in range(2):  # both engines start at once
-            port, log_path = free_port(), workdir / f"engine-{slot}.log"
-            procs.append(
-                (
-                    start_server(["--port", str(port)], log_path, {**env, **_engine_env(slot)}),
-                    log_path,
-                    f"http://127.0.0.1:{port}",
-                )
-            )
-        for proc, log_path, url in procs:
-            wait_ready(url, proc, log_path, 900)
-        instances = [url for _, _, url in procs]
+    with engine_fleet(workdir) as started:
+        instances = started.start_engines(2, env=env)
         route = {
             "name": TEXT_MODEL,
             "upstreams": instances,
             "lora_adapters": {ADAPTER_NAME: str(adapter_dir)},
             "lora_runtime_load": True,
         }
-        config = workdir / "router.yaml"
-        config.write_text(yaml.safe_dump({"routes": [route], "router": {"health_interval_s": 1}}))
-        port, log_path = free_port(), workdir / "router.log"
-        procs.append((start_server(["--config", str(config), "--port", str(port)], log_path), log_path, ""))
-        router = f"http://127.0.0.1:{port}"
-        wait_ready(router, procs[-1][0], log_path, 60)
-        yield Setup(router, instances)
-    finally:
-        for proc, _, _ in procs:
-            stop_server(proc)
+        started.start_routers([route], health_interval_s=HEALTH_INTERVAL_S)
+        yield started
+
+
+@pytest.fixture
+def unloaded(fleet: EngineFleet) -> Iterator[None]:
+    """No instance holds the adapter when the test begins, nor after it (the routers run one after the
+    other over the same instances); the routers' health checks see that within a few intervals."""
+    yield
+    for instance in fleet.instances:
+        if holds(instance):
+            answer = httpx.post(f"{instance}/v1/unload_lora_adapter", json={"lora_name": ADAPTER_NAME}, timeout=60)
+            assert answer.status_code == 200, answer.text
+    time.sleep(3 * HEALTH_INTERVAL_S)
 
 
 def sdk(url: str) -> openai.OpenAI:
@@ -109,23 +93,26 @@ def router_metric(router: str, name: str) -> float:
     return float(match.group(1))
 
 
-def test_the_first_request_loads_the_adapter_on_one_instance_and_the_rest_follow(setup: Setup) -> None:
-    assert not any(holds(instance) for instance in setup.instances)
-    cards = {card.id: card for card in sdk(setup.router).models.list()}
+def test_the_first_request_loads_the_adapter_on_one_instance_and_the_rest_follow(
+    router: str, fleet: EngineFleet, unloaded: None
+) -> None:
+    assert not any(holds(instance) for instance in fleet.instances)
+    served_before = {instance: adapter_requests(instance) for instance in fleet.instances}
+    cards = {card.id: card for card in sdk(router).models.list()}
     assert (cards[ADAPTER_NAME].model_extra or {})["parent"] == TEXT_MODEL
 
-    first = greedy(setup.router, ADAPTER_NAME)
-    holders = [instance for instance in setup.instances if holds(instance)]
+    first = greedy(router, ADAPTER_NAME)
+    holders = [instance for instance in fleet.instances if holds(instance)]
     assert len(holders) == 1, "loaded on exactly one instance"
     holder = holders[0]
-    answers = [greedy(setup.router, ADAPTER_NAME) for _ in range(3)]
-    assert adapter_requests(holder) == 4  # every request went where the adapter is
-    assert [instance for instance in setup.instances if holds(instance)] == [holder]
-    assert router_metric(setup.router, "tokenyard_route_lora_loads_total") == 1
+    answers = [greedy(router, ADAPTER_NAME) for _ in range(3)]
+    assert adapter_requests(holder) - served_before[holder] == 4  # every request went where the adapter is
+    assert [instance for instance in fleet.instances if holds(instance)] == [holder]
+    assert router_metric(router, "tokenyard_route_lora_loads_total") == 1
 
     # The answer is the adapter's: what the holder itself answers for it, and not the base model's.
     own_text, own_lps = greedy(holder, ADAPTER_NAME)
-    base_text, base_lps = greedy(setup.router, TEXT_MODEL)
+    base_text, base_lps = greedy(router, TEXT_MODEL)
     for text, lps in [first, *answers]:
         assert text == own_text and all(abs(a - b) < 1e-3 for a, b in zip(lps, own_lps))
     assert any(abs(a - b) > 1e-2 for a, b in zip(first[1], base_lps)), (first, base_text)
