@@ -7,7 +7,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
 import orjson
@@ -228,7 +228,3 @@ async def first_and_rest(stream: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
                 yield chunk
 
     return rest()
-
-
-Encoder = Callable[[AsyncIterator[Chunk]], AsyncIterator[bytes]]
-Starter = Callable[[], Awaitable[AsyncIterator[Chunk]]]

@@ -38,6 +38,7 @@ class EngineFleet:
         self.instances: list[str] = []
         self.routers: dict[str, str] = {}
         self._procs: list[subprocess.Popen[bytes]] = []
+        self._by_url: dict[str, subprocess.Popen[bytes]] = {}
 
     def _start(
         self, name: str, args: list[str], timeout_s: float, env: dict[str, str] | None = None
@@ -46,6 +47,7 @@ class EngineFleet:
         proc = start_server([*args, "--port", str(port)], log_path, env)
         self._procs.append(proc)
         url = f"http://127.0.0.1:{port}"
+        self._by_url[url] = proc
         return url, lambda: wait_ready(url, proc, log_path, timeout_s)
 
     def start_engines(
@@ -74,6 +76,12 @@ class EngineFleet:
             ready()
         self.routers.update({mode: url for mode, (url, _) in started.items()})
         return self.routers
+
+    def kill(self, url: str) -> None:
+        """kill -9 the process serving `url`: no goodbye, the kernel closes its sockets."""
+        proc = self._by_url[url]
+        proc.kill()
+        proc.wait(timeout=30)
 
     def stop(self) -> None:
         for proc in reversed(self._procs):  # routers first
