@@ -49,6 +49,7 @@ from gateway.routing.lora import LoraPlacement
 from gateway.routing.policies import make_policy
 from gateway.routing.resume import ResumeCounts, refusal, resumed, watched
 from gateway.routing.route_key import RouteKey
+from gateway.routing.tasks import Background
 from gateway.settings import RouterSettings, RouteSettings
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ class RoutedAdapter:
         self._key = RouteKey(route.api_key, route.api_key_file)
         self._connect = connect or self._http_adapter
         self._leases: dict[str, Lease] = {}  # request id -> the attempt in flight
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._background = Background()
         self._closed = False
         self.held = 0  # requests waiting now for an instance to become routable
         self.resumes = ResumeCounts()  # resume_streams: watched streams that failed mid-way, by outcome
@@ -155,9 +156,7 @@ class RoutedAdapter:
                     self._spawn(old.adapter.close(self.settings.request_timeout_s))
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._background.spawn(work)
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -194,9 +193,7 @@ class RoutedAdapter:
         # Our own in-flight count covers streams, whole answers and embeddings alike.
         deadline = time.monotonic() + drain_deadline_s
         await poll_until(lambda: not any(i.in_flight for i in self.instances.values()), lambda: deadline)
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._background.cancel()
         await asyncio.gather(*(i.adapter.close() for i in self.instances.values()))
         if self.kv is not None:
             await self.kv.close()

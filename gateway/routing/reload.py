@@ -18,6 +18,7 @@ from typing import Any
 from engine_adapters.base import EngineAdapter
 from engine_adapters.openai_http import OpenAIHttpAdapter
 from gateway.routing.adapter import RoutedAdapter
+from gateway.routing.tasks import Background
 from gateway.settings import RouterSettings, RouteSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ class RouteTable:
         self.routes: dict[str, RoutedAdapter] = {}  # route name -> adapter
         self._connect = connect
         self._version = self._stamp()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._background = Background()
         self._stopped = False
 
     async def start(self, routes: list[RouteSettings]) -> None:
@@ -51,9 +52,7 @@ class RouteTable:
         if self._stopped:
             return
         self._stopped = True
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._background.cancel()
 
     async def reload(self) -> None:
         assert self.path is not None
@@ -113,6 +112,4 @@ class RouteTable:
                 await self.reload()
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._background.spawn(work)

@@ -54,4 +54,4 @@ async def test_routes_follow_the_config_file(tmp_path: Path) -> None:
     assert set(registry) == {"b"}
     await table.stop()  # as the app's lifespan does, before it closes the routes
     await registry["b"].close()
-    assert not table._tasks  # the watcher stopped
+    assert not table._background  # the watcher stopped
