@@ -187,7 +187,7 @@ class OpenAIHttpAdapter:
         `sink`, the events after the first go to it from the socket's callback where they can
         (engine_adapters.splice walks the whole path)."""
         model = self.upstream_name(public_model)
-        rename = ModelRename(model, public_model) if public_model != model else None
+        rename = ModelRename.between(model, public_model)
         if answered_whole(body):
             return self._whole(path, {**body, "model": model}, request_id, public_model, rename, forwarded)
         payload = {
@@ -371,7 +371,7 @@ class OpenAIHttpAdapter:
                     watchdog.touch()
                     yield data
 
-            rename = ModelRename(self.model, public_model) if public_model != self.model else None
+            rename = ModelRename.between(self.model, public_model)
             async for data in public_model_answer(reads(), content_type, rename):
                 yield data
             ended = True

@@ -214,6 +214,11 @@ class ModelRename:
     def __call__(self, data: bytes) -> bytes:
         return self.pattern.sub(lambda _: self.to, data)  # a function: `to` may hold backslashes
 
+    @classmethod
+    def between(cls, upstream: str, public: str) -> ModelRename | None:
+        """The rename an answer needs, or None where the two names agree (the bytes pass untouched)."""
+        return cls(upstream, public) if upstream != public else None
+
 
 async def public_model_answer(
     pieces: AsyncIterator[bytes], content_type: bytes, rename: ModelRename | None

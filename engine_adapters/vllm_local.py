@@ -374,15 +374,20 @@ class VllmLocalAdapter:
     async def _encode_one(self, request_id: str, ids: list[int]) -> list[float]:
         from vllm import PoolingParams
 
+        data = await self._pool(request_id, ids, PoolingParams(task="embed"), "embedding")
+        return [float(x) for x in data.tolist()]
+
+    async def _pool(self, request_id: str, ids: list[int], params: Any, what: str) -> Any:
+        """One input through the engine's pooling path (embed or classify); the final output's data."""
         final = None
         try:
-            async for out in self._engine.encode({"prompt_token_ids": ids}, PoolingParams(task="embed"), request_id):
+            async for out in self._engine.encode({"prompt_token_ids": ids}, params, request_id):
                 final = out
         except Exception as exc:
             raise _map_engine_error(exc) from exc
         if final is None:
-            raise EngineUnavailable("The engine returned no embedding.")
-        return [float(x) for x in final.outputs.data.tolist()]
+            raise EngineUnavailable(f"The engine returned no {what}.")
+        return final.outputs.data
 
     # -- cross-encoder scoring ------------------------------------------------
 
@@ -411,15 +416,8 @@ class VllmLocalAdapter:
         params = PoolingParams(task="classify")
         if type_ids := encoded.get("token_type_ids"):
             params.extra_kwargs = {"compressed_token_type_ids": compress_token_type_ids(list(type_ids))}
-        final = None
-        try:
-            async for out in self._engine.encode({"prompt_token_ids": list(encoded["input_ids"])}, params, request_id):
-                final = out
-        except Exception as exc:
-            raise _map_engine_error(exc) from exc
-        if final is None:
-            raise EngineUnavailable("The engine returned no score.")
-        return float(final.outputs.data.reshape(-1)[0])
+        data = await self._pool(request_id, list(encoded["input_ids"]), params, "score")
+        return float(data.reshape(-1)[0])
 
 
 def is_cross_encoder(hf_config: Any) -> bool:

@@ -368,24 +368,21 @@ class RoutedAdapter:
         With resume_streams on, a streamed one may go on on another instance (gateway.routing.resume)."""
         if self.route.resume_streams and request.stream:
             return self._resumable(request, path, body, sink)
-        return self._routed(
-            request,
-            lambda adapter, forwarded: adapter.relay(path, body, request.request_id, request.model, sink, forwarded),
-        )
+        return self._relay_once(request, path, body, sink)
 
     def _resumable(
         self, request: GenerateRequest, path: str, body: dict[str, Any], sink: Sink | None
     ) -> AsyncIterator[bytes]:
         chat = request.messages is not None
         if refusal(chat, body) is not None:  # relayed as before, splice included; only its failures are counted
-            return watched(self.relay_once(request, path, body, sink), self.resumes, self.route.name)
+            return watched(self._relay_once(request, path, body, sink), self.resumes, self.route.name)
 
         def open_(sent: dict[str, Any], served: set[str]) -> AsyncIterator[bytes]:
-            return self.relay_once(request, path, sent, None, served)
+            return self._relay_once(request, path, sent, None, served)
 
         return resumed(chat, body, open_, self.resumes, self.route.name, self.settings.max_attempts)
 
-    def relay_once(
+    def _relay_once(
         self,
         request: GenerateRequest,
         path: str,

@@ -253,7 +253,7 @@ async def resumed(
     failure: GatewayError | None = None
     while True:
         try:
-            async with contextlib.aclosing(source) as pieces:  # type: ignore[type-var]
+            async with contextlib.aclosing(source) as pieces:  # type: ignore[type-var]  # an async generator, typed as the AsyncIterator it is read as (no aclose there)
                 async for piece in pieces:
                     if data := transcript.read(piece):
                         yield data
