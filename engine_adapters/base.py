@@ -9,15 +9,10 @@ are separate protocols. Nothing here imports vLLM, FastAPI or httpx.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from engine_adapters.splice import Sink
-
-# The priority of the request being served. The admission middleware sets it from x-priority or the
-# body's `priority`, so the services need not thread it through to every GenerateRequest they build.
-REQUEST_PRIORITY: ContextVar[int] = ContextVar("tokenyard_request_priority", default=0)
 
 
 @dataclass(frozen=True)
@@ -32,14 +27,16 @@ class ModelInfo:
 
 @dataclass(frozen=True)
 class Forwarded:
-    """What an engine is told about the client's request besides the request itself, so that its logs and
-    spans join the gateway's: the request id the gateway logged, and the W3C trace context (traceparent,
-    tracestate). Never a credential: no header of the client's is passed on but these, checked.
+    """What an engine is told about the client's request besides the request itself: the request id the
+    gateway logged and the W3C trace context (traceparent, tracestate), so that its logs and spans join the
+    gateway's; and the scheduling priority the gateway's admission gave it (lower runs sooner).
+    Never a credential: no header of the client's is passed on but these, checked.
     `trace` is the request's live trace while tracing is on (gateway.observability.otel), else None."""
 
     request_id: str | None = None
     traceparent: str | None = None
     tracestate: str | None = None
+    priority: int = 0  # from x-priority or the body's `priority` (gateway.middleware.admission)
     trace: Any = field(default=None, compare=False, repr=False)  # a gateway.observability.otel.RequestTrace
 
     def headers(self) -> dict[str, str]:
@@ -113,14 +110,39 @@ class GenerateRequest:
     continue_final_message: bool = False
     chat_template_kwargs: dict[str, Any] | None = None  # chat: extra variables the template can read
     add_special_tokens: bool | None = None  # None: the chat template writes them, a text prompt gets them
-    # vLLM's scheduling priority (lower runs sooner); set per request by the gateway's admission control.
-    priority: int = field(default_factory=lambda: REQUEST_PRIORITY.get())
     # Router mode: session affinity key (the x-session-id header, else the `user` field).
     routing_key: str | None = None
     # False when the caller sends nothing to the client until the output is complete, so a
     # router may retry a failure at any point rather than only before the first chunk.
     stream: bool = True
-    forwarded: Forwarded = NOTHING_FORWARDED  # the request id and trace context passed on to the engine
+    forwarded: Forwarded = NOTHING_FORWARDED  # the request id, trace context and priority passed on to the engine
+
+    @property
+    def priority(self) -> int:
+        """vLLM's scheduling priority (lower runs sooner), as the gateway's admission gave it."""
+        return self.forwarded.priority
+
+    def routed(self) -> RouteRequest:
+        """The request as a route sees it."""
+        return RouteRequest(
+            self.request_id, self.model, self.prompt, self.messages, self.routing_key, self.stream, self.forwarded
+        )
+
+
+@dataclass(frozen=True)
+class RouteRequest:
+    """A request as a router sees it: what its policy places it by (the prompt's start, the session key),
+    whether anything reaches the client before the answer is complete (`stream`: a failure after that is
+    not retried), and what goes on to the instance besides the body. Generation, the bytes passed through
+    (Relay, RawRelay) and the tokenizer's JSON routes all reach a route as one of these."""
+
+    request_id: str
+    model: str
+    prompt: str | list[int] | None = None
+    messages: list[dict[str, Any]] | None = None
+    routing_key: str | None = None  # the session affinity key (the x-session-id header, else the `user` field)
+    stream: bool = True
+    forwarded: Forwarded = NOTHING_FORWARDED  # the request id, trace context and priority passed on
 
 
 @dataclass(frozen=True)
@@ -241,23 +263,19 @@ class Tokenizer(Protocol):
 @runtime_checkable
 class Relay(Protocol):
     """Router mode: an OpenAI-shaped request passed through to an upstream as it is, so every field the
-    upstream knows works; the answer comes back as the upstream's SSE bytes, cut at event boundaries."""
+    upstream knows works; the answer comes back as the upstream's SSE bytes, cut at complete events (or, for
+    a request answered whole, openai_wire.answered_whole, as that one answer). One instance
+    (engine_adapters.openai_http) and a route over several (gateway.routing.adapter) both relay."""
 
     def relay(
-        self, request: GenerateRequest, path: str, body: dict[str, Any], sink: Sink | None = None
+        self, request: RouteRequest, path: str, body: dict[str, Any], sink: Sink | None = None
     ) -> AsyncIterator[bytes]:
         """With a `sink`, the answer's later events may go to it instead (engine_adapters.splice)."""
         ...
 
-    async def forward(self, request: GenerateRequest, path: str, body: dict[str, Any]) -> bytes:
+    async def forward(self, request: RouteRequest, path: str, body: dict[str, Any]) -> bytes:
         """A JSON request that generates nothing (the tokenizer routes), passed through the same way."""
         ...
-
-
-def relays(adapter: object) -> bool:
-    """Whether `adapter` passes requests through (a Relay). The same test as isinstance(adapter, Relay),
-    without the cost of a runtime protocol check on every request."""
-    return callable(getattr(adapter, "relay", None))
 
 
 @dataclass
@@ -294,4 +312,4 @@ class RawRelay(Protocol):
         """Whether requests to `path` are passed through (vLLM's other paths, and the route's own list)."""
         ...
 
-    def relay_raw(self, request: GenerateRequest, path: str, body: RawBody) -> AsyncIterator[RawHead | bytes]: ...
+    def relay_raw(self, request: RouteRequest, path: str, body: RawBody) -> AsyncIterator[RawHead | bytes]: ...

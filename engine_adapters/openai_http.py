@@ -26,7 +26,17 @@ from typing import Any
 import httpx
 import orjson
 
-from engine_adapters.base import NOTHING_FORWARDED, Chunk, Forwarded, GenerateRequest, Load, ModelInfo, RawBody, RawHead
+from engine_adapters.base import (
+    NOTHING_FORWARDED,
+    Chunk,
+    Forwarded,
+    GenerateRequest,
+    Load,
+    ModelInfo,
+    RawBody,
+    RawHead,
+    RouteRequest,
+)
 from engine_adapters.errors import EngineUnavailable, GatewayError
 from engine_adapters.h1 import ConnectFailed, Connection, Pool, header_lines
 from engine_adapters.openai_wire import (
@@ -174,29 +184,24 @@ class OpenAIHttpAdapter:
             yield chunk
 
     def relay(
-        self,
-        path: str,
-        body: dict[str, Any],
-        request_id: str,
-        public_model: str,
-        sink: Sink | None = None,
-        forwarded: Forwarded = NOTHING_FORWARDED,
+        self, request: RouteRequest, path: str, body: dict[str, Any], sink: Sink | None = None
     ) -> AsyncIterator[bytes]:
-        """Pass an OpenAI-shaped request through as it is (under the upstream's model name, streamed, with
-        usage); answer its SSE body in whole events, each `"model"` renamed back to the public name. With a
-        `sink`, the events after the first go to it from the socket's callback where they can
+        """Pass an OpenAI-shaped request through as it is (base.Relay; under the upstream's model name,
+        streamed, with usage); answer its SSE body in complete events, each `"model"` renamed back to the public
+        name. With a `sink`, the events after the first go to it from the socket's callback where they can
         (engine_adapters.splice walks the whole path)."""
+        public_model, forwarded = request.model, request.forwarded
         model = self.upstream_name(public_model)
         rename = ModelRename.between(model, public_model)
         if answered_whole(body):
-            return self._whole(path, {**body, "model": model}, request_id, public_model, rename, forwarded)
+            return self._whole(path, {**body, "model": model}, request.request_id, public_model, rename, forwarded)
         payload = {
             **body,
             "model": model,
             "stream": True,
             "stream_options": {**(body.get("stream_options") or {}), "include_usage": True},
         }
-        return self.stream_raw(path, payload, request_id, public_model, rename, sink, forwarded)
+        return self.stream_raw(path, payload, request.request_id, public_model, rename, sink, forwarded)
 
     async def _whole(
         self,
@@ -245,9 +250,9 @@ class OpenAIHttpAdapter:
                     ended = True
                     break
                 watchdog.touch()
-                if whole := events.feed(data):
+                if complete := events.feed(data):
                     yielded = True
-                    yield whole
+                    yield complete
                 if events.error is not None:
                     raise events.error
             events.finish()
@@ -258,13 +263,12 @@ class OpenAIHttpAdapter:
             # Read to the end, the connection goes back to the pool; left early, it is closed (an abort).
             self._pool.release(conn) if ended else conn.close()
 
-    async def forward(
-        self, path: str, body: dict[str, Any], public_model: str, forwarded: Forwarded = NOTHING_FORWARDED
-    ) -> bytes:
+    async def forward(self, request: RouteRequest, path: str, body: dict[str, Any]) -> bytes:
         """POST a JSON request that generates nothing (the tokenizer routes) under the upstream's model name;
         the upstream's JSON answer, as bytes."""
+        model = request.model
         return await self._answer(
-            path, {**body, "model": self.upstream_name(public_model)}, public_model, forwarded=forwarded
+            path, {**body, "model": self.upstream_name(model)}, model, forwarded=request.forwarded
         )
 
     def upstream_name(self, public_model: str) -> str:
@@ -335,15 +339,14 @@ class OpenAIHttpAdapter:
                 raise upstream_error(conn.status, body, public_model)
         return conn, watchdog
 
-    async def relay_raw(
-        self, path: str, body: RawBody, request_id: str, public_model: str, forwarded: Forwarded = NOTHING_FORWARDED
-    ) -> AsyncGenerator[RawHead | bytes, None]:
+    async def relay_raw(self, request: RouteRequest, path: str, body: RawBody) -> AsyncGenerator[RawHead | bytes, None]:
         """Pass a request through as it came (base.RawRelay), under the upstream's model name: the answer's
         head, then its body's bytes as they come, whatever its status, except one that says to try another
         instance (_TRY_ELSEWHERE), which raises. Until the head comes, the first-token limit applies to a JSON
         request's answer asked for as a stream, the total limit to a whole one and to an upload's."""
+        public_model, request_id = request.model, request.request_id
         head, length = _renamed(body, self.model, public_model)
-        extra = header_lines(forwarded.headers())  # the request id and trace context; no header of the client's
+        extra = header_lines(request.forwarded.headers())  # the request id and trace context; no header of the client's
         json = body.content_type == b"application/json"  # else an upload: its own connection, never kept
         # An upload's wait for the head includes the client's sending it: only the total limit fits that.
         watchdog = _Watchdog(self.timeouts, first_s=None if body.streams and json else self.timeouts.total_s)
@@ -444,7 +447,7 @@ class _Watchdog:
 
 
 class _Events:
-    """Cuts an SSE body at event boundaries, so that what is passed on or parsed is whole events;
+    """Cuts an SSE body at event boundaries, so that what is passed on or parsed is complete events;
     notices [DONE], and turns an error event into the gateway's error (after passing on what came first)."""
 
     def __init__(self, public_model: str, rename: ModelRename | None) -> None:
@@ -460,25 +463,25 @@ class _Events:
         if end < 2:
             self._rest = data
             return b""
-        whole, self._rest = data[:end], data[end:]
+        complete, self._rest = data[:end], data[end:]
         # Each search behind the `in` of a literal that every spelling holds: most pieces hold neither.
-        if b'"error"' in whole and (error := ERROR_EVENT.search(whole)) is not None:
-            whole = self._cut_error(whole, error.start())
-        if b"[DONE]" in whole and (done := DONE_EVENT.search(whole)) is not None:
+        if b'"error"' in complete and (error := ERROR_EVENT.search(complete)) is not None:
+            complete = self._cut_error(complete, error.start())
+        if b"[DONE]" in complete and (done := DONE_EVENT.search(complete)) is not None:
             self.done = True
-            whole = whole[: done.start()] + DONE  # in the one spelling that the relay looks for
+            complete = complete[: done.start()] + DONE  # in the one spelling that the relay looks for
         if self.rename is not None:
-            whole = self.rename(whole)
-        return whole
+            complete = self.rename(complete)
+        return complete
 
-    def _cut_error(self, whole: bytes, at: int) -> bytes:
-        event = whole[at:].split(b"\n\n", 1)[0]
+    def _cut_error(self, complete: bytes, at: int) -> bytes:
+        event = complete[at:].split(b"\n\n", 1)[0]
         try:
             detail = orjson.loads(event[5:]).get("error")
         except (orjson.JSONDecodeError, AttributeError):
             detail = None
         self.error = event_error(detail, self.public_model)
-        return whole[:at]
+        return complete[:at]
 
     def finish(self) -> None:
         if not self.done:

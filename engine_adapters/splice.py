@@ -112,7 +112,7 @@ class CountingSink:
 
 
 class EventCutter(Protocol):
-    """The stream's event cutter (engine_adapters.openai_http): whole events out, the error it found."""
+    """The stream's event cutter (engine_adapters.openai_http): complete events out, the error it found."""
 
     @property
     def error(self) -> Exception | None: ...
@@ -134,8 +134,8 @@ class Splice:
         if b"[DONE]" in data or b'"usage"' in data or b'"error"' in data or not self.sink.ready():
             return False
         self.touch()  # the stream moved: its idle timer starts again
-        if whole := self.events.feed(data):
-            self.sink.write(whole)
+        if complete := self.events.feed(data):
+            self.sink.write(complete)
         if self.events.error is not None:  # its mark was cut between two pieces: what came first is passed on
             self.conn.fail(self.events.error)
         return True

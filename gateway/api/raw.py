@@ -23,13 +23,7 @@ from collections.abc import AsyncIterator
 import orjson
 from starlette.types import Receive, Scope, Send
 
-from engine_adapters.base import (
-    GenerateRequest,
-    RawBody,
-    RawHead,
-    RawRelay,
-    SamplingOptions,
-)
+from engine_adapters.base import RawBody, RawHead, RawRelay, RouteRequest
 from gateway.api.streaming import ClientDisconnected, until_disconnect
 from gateway.errors import (
     GatewayError,
@@ -75,10 +69,9 @@ async def serve(state: AppState, route: RawRelay, scope: Scope, receive: Receive
     assert isinstance(info.body, dict)
     model, path = str(info.body["model"]), scope["path"]
     session = header(scope, state.settings.router.session_header.lower().encode())
-    request = GenerateRequest(
+    request = RouteRequest(
         new_id("raw"),
         model,
-        SamplingOptions(),
         messages=_messages(info.body),
         routing_key=session.decode("latin-1") if session else None,
         forwarded=info.forwarded,  # the request id the log shows, and the client's trace context

@@ -6,12 +6,13 @@ never an unbounded queue. When the queue is full, a more urgent arrival takes th
 least urgent waiter, which is refused: low priority is shed first.
 
 Priority follows vLLM's convention (lower runs sooner, default 0) and comes from the `x-priority`
-header, else the body's `priority`. It is handed on to the engine through REQUEST_PRIORITY.
+header, else the body's `priority`. It is handed on to the engine with the request (RequestInfo.forwarded).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,7 +20,6 @@ from typing import Any, cast
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from engine_adapters.base import REQUEST_PRIORITY
 from gateway.errors import EngineUnavailable, GatewayError, InvalidRequest, RateLimited
 from gateway.middleware.context import RequestInfo, header, is_service_path, request_info, send_error
 from gateway.state import AppState
@@ -145,11 +145,11 @@ class AdmissionMiddleware:
                 self.state.metrics.rejected.labels("admission").inc()
                 await send_error(send, await self._refusal(info.model or "", exc))
                 return
-        token = REQUEST_PRIORITY.set(priority)
+        if priority:
+            info.forwarded = dataclasses.replace(info.forwarded, priority=priority)
         try:
             await self.app(scope, receive, send)
         finally:
-            REQUEST_PRIORITY.reset(token)
             if admission is not None:
                 admission.release()
 

@@ -19,7 +19,7 @@ import orjson
 from pydantic import BaseModel, ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from engine_adapters.base import GenerateRequest, Relay, SamplingOptions, relays
+from engine_adapters.base import Relay, RouteRequest
 from engine_adapters.openai_wire import DONE
 from engine_adapters.splice import client_socket
 from gateway.api import raw
@@ -69,7 +69,7 @@ class PassThrough:
             wire is None
             or not isinstance(body, dict)
             or not isinstance(model, str)
-            or not relays(self.state.adapters.get(model))
+            or not isinstance(self.state.adapters.get(model), Relay)
         ):
             await self.app(scope, receive, send)
             return
@@ -111,12 +111,8 @@ class PassThrough:
         adapter = cast(Relay, self.state.adapter_for(model, kind))
         if not generates:
             prompt = body.get("prompt")
-            request = GenerateRequest(
-                new_id("forward"),
-                model,
-                SamplingOptions(),
-                prompt=prompt if isinstance(prompt, str) else None,
-                forwarded=forwarded,
+            request = RouteRequest(
+                new_id("forward"), model, prompt if isinstance(prompt, str) else None, forwarded=forwarded
             )
             return _forward(adapter.forward(request, path, body), send)
         assert isinstance(req, ChatCompletionRequest | CompletionRequest)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import re
 import time
@@ -207,7 +208,8 @@ class RequestTrace:
 def _with_span(given: Forwarded, span: Span, trace: RequestTrace) -> Forwarded:
     carrier: dict[str, str] = {}
     _PROPAGATOR.inject(carrier, context=set_span_in_context(span))
-    return Forwarded(given.request_id, carrier.get("traceparent"), carrier.get("tracestate") or given.tracestate, trace)
+    tracestate = carrier.get("tracestate") or given.tracestate
+    return dataclasses.replace(given, traceparent=carrier.get("traceparent"), tracestate=tracestate, trace=trace)
 
 
 def _failed(span: Span, exc: BaseException) -> None:

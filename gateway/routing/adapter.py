@@ -10,6 +10,10 @@ A failure before anything could have reached the client is retried on another in
 within max_attempts: for a streamed request that is before its first chunk, for a whole answer
 (stream=False) any time before it is complete. After that the error propagates and the
 service ends the stream with an error event.
+
+Requests reach a route as a RouteRequest, by one of two pipelines chosen by path (docs/router.md, "Bytes or
+chunks"): as bytes (`relay` for chat and completions, `forward` for the tokenizer's routes, `relay_raw` for
+vLLM's other paths), or as engine-neutral chunks and vectors (`generate` for /v1/responses, `embed`).
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from engine_adapters.base import (
     ModelInfo,
     RawBody,
     RawHead,
-    SamplingOptions,
+    RouteRequest,
     Sink,
 )
 from engine_adapters.openai_http import HttpTimeouts, OpenAIHttpAdapter
@@ -277,7 +281,7 @@ class RoutedAdapter:
             )
             return lease
 
-    def _why(self, request: GenerateRequest) -> str:
+    def _why(self, request: RouteRequest) -> str:
         """Why the policy chose as it did, in a few words (the route span's reason)."""
         policy = self.route.policy
         if policy == "session":
@@ -355,14 +359,16 @@ class RoutedAdapter:
 
     def generate(self, request: GenerateRequest) -> AsyncIterator[Chunk]:
         return self._routed(
-            request,
-            lambda adapter, forwarded: adapter.generate(
-                request if forwarded is request.forwarded else dataclasses.replace(request, forwarded=forwarded)
+            request.routed(),
+            lambda adapter, sent: adapter.generate(
+                request
+                if sent.forwarded is request.forwarded
+                else dataclasses.replace(request, forwarded=sent.forwarded)
             ),
         )
 
     def relay(
-        self, request: GenerateRequest, path: str, body: dict[str, Any], sink: Sink | None = None
+        self, request: RouteRequest, path: str, body: dict[str, Any], sink: Sink | None = None
     ) -> AsyncIterator[bytes]:
         """The client's request passed through to one instance; its SSE answer back as bytes (base.Relay).
         With resume_streams on, a streamed one may go on on another instance (gateway.routing.resume)."""
@@ -371,7 +377,7 @@ class RoutedAdapter:
         return self._relay_once(request, path, body, sink)
 
     def _resumable(
-        self, request: GenerateRequest, path: str, body: dict[str, Any], sink: Sink | None
+        self, request: RouteRequest, path: str, body: dict[str, Any], sink: Sink | None
     ) -> AsyncIterator[bytes]:
         chat = request.messages is not None
         if refusal(chat, body) is not None:  # relayed as before, splice included; only its failures are counted
@@ -384,36 +390,30 @@ class RoutedAdapter:
 
     def _relay_once(
         self,
-        request: GenerateRequest,
+        request: RouteRequest,
         path: str,
         body: dict[str, Any],
         sink: Sink | None,
         served: set[str] | None = None,
     ) -> AsyncIterator[bytes]:
         """One relay of `body` on the route, on an instance not in `served` (which it joins)."""
-        return self._routed(
-            request,
-            lambda adapter, forwarded: adapter.relay(path, body, request.request_id, request.model, sink, forwarded),
-            tried=served,
-        )
+        return self._routed(request, lambda adapter, sent: adapter.relay(sent, path, body, sink), tried=served)
 
     def passes_path(self, path: str) -> bool:
         return path in VLLM_PATHS or path in self.route.passthrough_paths
 
-    def relay_raw(self, request: GenerateRequest, path: str, body: RawBody) -> AsyncIterator[RawHead | bytes]:
+    def relay_raw(self, request: RouteRequest, path: str, body: RawBody) -> AsyncIterator[RawHead | bytes]:
         """A request passed through as it came (base.RawRelay), retried elsewhere before its answer's head
         while its body can still be sent again (an upload streamed from the client cannot)."""
         return self._routed(
-            request,
-            lambda adapter, forwarded: adapter.relay_raw(path, body, request.request_id, request.model, forwarded),
-            replayable=lambda: not body.consumed,
+            request, lambda adapter, sent: adapter.relay_raw(sent, path, body), replayable=lambda: not body.consumed
         )
 
-    async def forward(self, request: GenerateRequest, path: str, body: dict[str, Any]) -> bytes:
+    async def forward(self, request: RouteRequest, path: str, body: dict[str, Any]) -> bytes:
         """A JSON request that generates nothing, to one instance, retried like generation; the answer's bytes."""
 
-        async def answer(adapter: OpenAIHttpAdapter, forwarded: Forwarded) -> AsyncIterator[bytes]:
-            yield await adapter.forward(path, body, request.model, forwarded)
+        async def answer(adapter: OpenAIHttpAdapter, sent: RouteRequest) -> AsyncIterator[bytes]:
+            yield await adapter.forward(sent, path, body)
 
         async with contextlib.aclosing(self._routed(request, answer)) as answers:  # type: ignore[type-var]  # an async generator, typed as the AsyncIterator it is read as (no aclose there)
             async for whole in answers:
@@ -422,8 +422,8 @@ class RoutedAdapter:
 
     async def _routed(
         self,
-        request: GenerateRequest,
-        open_: Callable[[OpenAIHttpAdapter, Forwarded], AsyncIterator[T]],
+        request: RouteRequest,
+        open_: Callable[[OpenAIHttpAdapter, RouteRequest], AsyncIterator[T]],
         replayable: Callable[[], bool] = lambda: True,
         tried: set[str] | None = None,
     ) -> AsyncIterator[T]:
@@ -431,8 +431,8 @@ class RoutedAdapter:
         while (lease := await attempts.next()) is not None:
             delivered = False
             try:
-                with self._holding(lease, request.request_id), attempts.traced(lease) as forwarded:
-                    async with contextlib.aclosing(open_(lease.instance.adapter, forwarded)) as source:  # type: ignore[type-var]  # an async generator, typed as the AsyncIterator it is read as (no aclose there)
+                with self._holding(lease, request.request_id), attempts.traced(lease) as sent:
+                    async with contextlib.aclosing(open_(lease.instance.adapter, sent)) as source:  # type: ignore[type-var]  # an async generator, typed as the AsyncIterator it is read as (no aclose there)
                         if request.stream:
                             async for chunk in source:
                                 delivered = True
@@ -461,18 +461,12 @@ class RoutedAdapter:
         self, request_id: str, model: str, inputs: list[str] | list[list[int]], forwarded: Forwarded = NOTHING_FORWARDED
     ) -> tuple[list[list[float]], int]:
         first = inputs[0] if inputs else ""
-        request = GenerateRequest(
-            request_id,
-            model,
-            SamplingOptions(),
-            prompt=first if isinstance(first, str) else list(first),
-            forwarded=forwarded,
-        )
+        request = RouteRequest(request_id, model, first if isinstance(first, str) else list(first), forwarded=forwarded)
         attempts = _Attempts(self, request)
         while (lease := await attempts.next()) is not None:
             try:
                 with self._holding(lease), attempts.traced(lease) as sent:
-                    return await lease.instance.adapter.embed(request_id, model, inputs, sent)
+                    return await lease.instance.adapter.embed(request_id, model, inputs, sent.forwarded)
             except GatewayError as exc:
                 if not attempts.retry(lease, exc):
                     raise
@@ -482,7 +476,7 @@ class RoutedAdapter:
 class _Attempts:
     """One request's retry budget: up to max_attempts tries, each on an instance not tried yet, with backoff."""
 
-    def __init__(self, route: RoutedAdapter, request: GenerateRequest, tried: set[str] | None = None) -> None:
+    def __init__(self, route: RoutedAdapter, request: RouteRequest, tried: set[str] | None = None) -> None:
         self.route, self.request = route, request
         self.tried: set[str] = set() if tried is None else tried  # given: shared with the stream's continuations
         self.count = 0
@@ -498,16 +492,16 @@ class _Attempts:
         return await self.route._lease(self)
 
     @contextlib.contextmanager
-    def traced(self, lease: Lease) -> Iterator[Forwarded]:
+    def traced(self, lease: Lease) -> Iterator[RouteRequest]:
         """One attempt, as a span while tracing is on: what goes to the instance then carries that span's
         traceparent, so the instance's spans nest under it."""
         forwarded = self.request.forwarded
         if forwarded.trace is None:
-            yield forwarded
+            yield self.request
             return
         retry_of = self.error.message if self.error is not None else None
         with forwarded.trace.attempt(forwarded, lease.instance.url, self.count, retry_of) as sent:
-            yield sent
+            yield dataclasses.replace(self.request, forwarded=sent)
 
     def retry(self, lease: Lease, exc: GatewayError) -> bool:
         """May the request go on to another instance after this failure?"""

@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 import orjson
 
-from engine_adapters.base import GenerateRequest
+from engine_adapters.base import RouteRequest
 from engine_adapters.openai_http import OpenAIHttpAdapter
 from gateway.errors import GatewayError
 from gateway.observability.metrics import KvStatus
@@ -53,7 +53,7 @@ class KvPrefix:
         self.least_loaded = LeastLoaded(rng)
         self.decisions = dict.fromkeys(DECISIONS, 0)
 
-    def choose(self, candidates: Sequence[C], request: GenerateRequest, tokens: list[int] | None = None) -> C:
+    def choose(self, candidates: Sequence[C], request: RouteRequest, tokens: list[int] | None = None) -> C:
         depth = self.depths(candidates, tokens) if tokens else {}
         held = [c for c in candidates if depth.get(c.key)]
         if not held:
@@ -91,7 +91,7 @@ class PromptTokens:
         self.size = settings.kv_tokenize_cache_size
         self._cache: OrderedDict[bytes, tuple[float, list[int]]] = OrderedDict()
 
-    async def ids(self, request: GenerateRequest, instance: OpenAIHttpAdapter) -> list[int] | None:
+    async def ids(self, request: RouteRequest, instance: OpenAIHttpAdapter) -> list[int] | None:
         if request.messages is None and not isinstance(request.prompt, str):
             return list(request.prompt) if request.prompt else None  # already token ids
         body: dict[str, Any] = (
@@ -110,7 +110,7 @@ class PromptTokens:
                 self._cache.popitem(last=False)
         return ids
 
-    def _local(self, request: GenerateRequest) -> list[int] | None:
+    def _local(self, request: RouteRequest) -> list[int] | None:
         """As the engine renders it (engine_adapters.vllm_local.prompt_ids): the template writes BOS itself."""
         try:
             if request.messages is not None:
@@ -122,11 +122,12 @@ class PromptTokens:
             return None
 
     async def _remote(
-        self, body: dict[str, Any], request: GenerateRequest, instance: OpenAIHttpAdapter
+        self, body: dict[str, Any], request: RouteRequest, instance: OpenAIHttpAdapter
     ) -> list[int] | None:
         try:
             async with asyncio.timeout(self.timeout_s):
-                answer = await instance.forward("/tokenize", body, request.model)
+                # Under the request's model name only: the routing's own call, not the client's request.
+                answer = await instance.forward(RouteRequest(request.request_id, request.model), "/tokenize", body)
             tokens = orjson.loads(answer).get("tokens")
         except (GatewayError, TimeoutError, ValueError, AttributeError) as exc:
             log.debug("/tokenize for routing failed: %s", exc)
@@ -208,7 +209,7 @@ class KvRouting:
             await asyncio.sleep(self.settings.kv_discovery_interval_s)
 
     async def choose(
-        self, candidates: Sequence[C], request: GenerateRequest, tokenizer: Callable[[C], OpenAIHttpAdapter]
+        self, candidates: Sequence[C], request: RouteRequest, tokenizer: Callable[[C], OpenAIHttpAdapter]
     ) -> C:
         """The instance for the request; `tokenizer` gives the instance to ask for the prompt's ids (a retry
         finds them in the cache)."""

@@ -27,7 +27,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from engine_adapters.base import GenerateRequest
+from engine_adapters.base import RouteRequest
 from gateway.errors import EngineUnavailable, GatewayError
 from gateway.routing.instance import Instance
 from gateway.routing.policies import Policy
@@ -73,7 +73,7 @@ class LoraPlacement:
     def serves(self, model: str) -> bool:
         return model in self.paths
 
-    async def choose(self, candidates: Sequence[Instance], request: GenerateRequest, until: float) -> Instance:
+    async def choose(self, candidates: Sequence[Instance], request: RouteRequest, until: float) -> Instance:
         """The instance for a request naming one of the route's adapters, loading it there if need be;
         while there is no room for it, wait until `until` (monotonic) for some."""
         while True:
@@ -85,7 +85,7 @@ class LoraPlacement:
                     raise
                 await asyncio.sleep(min(left, self.recheck_s))
 
-    async def _choose(self, candidates: Sequence[Instance], request: GenerateRequest) -> Instance:
+    async def _choose(self, candidates: Sequence[Instance], request: RouteRequest) -> Instance:
         name = request.model
         holders = [c for c in candidates if name in held(c)]
         if holders:

@@ -15,7 +15,7 @@ import random
 from collections.abc import Sequence
 from typing import Protocol, TypeVar
 
-from engine_adapters.base import GenerateRequest
+from engine_adapters.base import RouteRequest
 from gateway.settings import RouterSettings
 
 VIRTUAL_NODES = 160  # per instance: enough that each holds close to 1/N of the keys
@@ -32,7 +32,7 @@ C = TypeVar("C", bound=Candidate)
 
 
 class Policy(Protocol):
-    def choose(self, candidates: Sequence[C], request: GenerateRequest) -> C: ...
+    def choose(self, candidates: Sequence[C], request: RouteRequest) -> C: ...
 
 
 def _hash(data: str) -> int:
@@ -73,7 +73,7 @@ class LeastLoaded:
     def __init__(self, rng: random.Random) -> None:
         self.rng = rng
 
-    def choose(self, candidates: Sequence[C], request: GenerateRequest) -> C:
+    def choose(self, candidates: Sequence[C], request: RouteRequest) -> C:
         scores = [c.score() for c in candidates]
         best = min(scores)
         ties = [c for c, s in zip(candidates, scores) if s == best]
@@ -84,7 +84,7 @@ class PowerOfTwo:
     def __init__(self, rng: random.Random) -> None:
         self.rng = rng
 
-    def choose(self, candidates: Sequence[C], request: GenerateRequest) -> C:
+    def choose(self, candidates: Sequence[C], request: RouteRequest) -> C:
         if len(candidates) == 1:
             return candidates[0]
         first, second = self.rng.sample(list(candidates), 2)
@@ -95,7 +95,7 @@ class RoundRobin:
     def __init__(self) -> None:
         self._turn = itertools.count()
 
-    def choose(self, candidates: Sequence[C], request: GenerateRequest) -> C:
+    def choose(self, candidates: Sequence[C], request: RouteRequest) -> C:
         return candidates[next(self._turn) % len(candidates)]
 
 
@@ -106,7 +106,7 @@ class Session:
         self.rings = _Rings()
         self.fallback = LeastLoaded(rng)
 
-    def choose(self, candidates: Sequence[C], request: GenerateRequest) -> C:
+    def choose(self, candidates: Sequence[C], request: RouteRequest) -> C:
         if not request.routing_key:
             return self.fallback.choose(candidates, request)
         return self.rings.owner(candidates, request.routing_key)
@@ -123,7 +123,7 @@ class Prefix:
         self.prefix_chars = prefix_chars
         self.load_factor = load_factor
 
-    def choose(self, candidates: Sequence[C], request: GenerateRequest) -> C:
+    def choose(self, candidates: Sequence[C], request: RouteRequest) -> C:
         preferred = self.rings.owner(candidates, prompt_prefix(request, self.prefix_chars))
         total = sum(c.score() for c in candidates)
         # Rounded up, and at least 1, so an idle fleet keeps its affinity.
@@ -133,7 +133,7 @@ class Prefix:
         return preferred
 
 
-def prompt_prefix(request: GenerateRequest, limit: int) -> str:
+def prompt_prefix(request: RouteRequest, limit: int) -> str:
     """The start of the prompt as the engine will see it (roles and contents in order, for chat)."""
     if request.messages is not None:
         parts: list[str] = []

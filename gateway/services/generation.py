@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import orjson
 from pydantic import BaseModel
 
-from engine_adapters.base import Chunk, EngineAdapter, GenerateRequest, RankedLogprob, SamplingOptions
+from engine_adapters.base import Chunk, EngineAdapter, GenerateRequest, RankedLogprob, RouteRequest, SamplingOptions
 from gateway.errors import InvalidRequest
 from gateway.observability.logging import FIELDS_ATTR
 from gateway.protocol.common import SamplingFields
@@ -130,9 +130,12 @@ def _logit_bias(bias: dict[str, float] | None) -> dict[int, float] | None:
 
 
 class MeteredStream:
-    """One engine request: metrics around it, and an abort when it is left unfinished."""
+    """One engine request: metrics around it, and an abort when it is left unfinished. A request relayed
+    in router mode is metered the same way, as the RouteRequest the route places (its pieces, not chunks)."""
 
-    def __init__(self, state: AppState, adapter: EngineAdapter, request: GenerateRequest, route: str) -> None:
+    def __init__(
+        self, state: AppState, adapter: EngineAdapter, request: GenerateRequest | RouteRequest, route: str
+    ) -> None:
         self.state, self.adapter, self.request, self.route = state, adapter, request, route
         self.started = time.perf_counter()
         self.finished = False
@@ -141,6 +144,7 @@ class MeteredStream:
         self._inter_token = state.metrics.child(state.metrics.inter_token_latency, self.label)
 
     def chunks(self) -> AsyncIterator[Chunk]:
+        assert isinstance(self.request, GenerateRequest)
         return self.pieces(self.adapter.generate(self.request))
 
     async def pieces(self, source: AsyncIterator[T]) -> AsyncIterator[T]:

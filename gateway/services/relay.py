@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from engine_adapters.base import NOTHING_FORWARDED, Forwarded, GenerateRequest, Relay, SamplingOptions
+from engine_adapters.base import NOTHING_FORWARDED, Forwarded, Relay, RouteRequest
 from engine_adapters.openai_wire import DONE, answered_whole, holds_usage
 from engine_adapters.splice import CountingSink, Sink
 from gateway.protocol.chat import ChatCompletionRequest
@@ -31,7 +31,7 @@ _SET_ONCE = frozenset({"index", "id", "type", "role", "finish_reason", "stop_rea
 
 def routing_request(
     req: SamplingFields, session_id: str | None, forwarded: Forwarded = NOTHING_FORWARDED
-) -> GenerateRequest:
+) -> RouteRequest:
     """What the route's policy looks at: the prompt's start, the session key, whether it streams; and
     what goes on to the instance besides the body (the request id, the trace context)."""
     messages: list[dict[str, Any]] | None = None
@@ -42,16 +42,7 @@ def routing_request(
         first = req.prompt[0] if isinstance(req.prompt, list) and req.prompt else req.prompt
         ids = req.prompt if isinstance(first, int) else first or []
         prompt = first if isinstance(first, str) else [int(i) for i in ids if isinstance(i, int)]
-    return GenerateRequest(
-        new_id("relay"),
-        req.model,
-        SamplingOptions(n=req.n),
-        prompt=prompt,
-        messages=messages,
-        routing_key=session_id or req.user,
-        stream=req.stream,
-        forwarded=forwarded,
-    )
+    return RouteRequest(new_id("relay"), req.model, prompt, messages, session_id or req.user, req.stream, forwarded)
 
 
 class RelayCall:

@@ -6,7 +6,7 @@ from typing import cast
 
 import orjson
 
-from engine_adapters.base import GenerateRequest, Relay, SamplingOptions, Tokenizer, relays
+from engine_adapters.base import GenerateRequest, Relay, RouteRequest, SamplingOptions, Tokenizer
 from gateway.errors import EngineUnavailable, InvalidRequest
 from gateway.protocol.tokenize import (
     DetokenizeRequest,
@@ -89,12 +89,13 @@ async def token_check(state: AppState, req: TokenCheckRequest) -> TokenCheckResp
 
 async def _count(state: AppState, model: str, prompt: str) -> int:
     """The prompt's token count: from the engine's tokenizer, or in router mode from an instance's /tokenize."""
-    request = GenerateRequest(request_id=new_id("tokencheck"), model=model, sampling=SamplingOptions(), prompt=prompt)
-    adapter = state.adapters.get(model)
-    if not relays(adapter):
+    request_id = new_id("tokencheck")
+    if not isinstance(state.adapters.get(model), Relay):
+        request = GenerateRequest(request_id=request_id, model=model, sampling=SamplingOptions(), prompt=prompt)
         return len(await _tokenizer(state, model).tokenize(request))
     relay = cast(Relay, state.adapter_for(model, state.model_info(model).kind))
-    answer = orjson.loads(await relay.forward(request, "/tokenize", {"model": model, "prompt": prompt}))
+    routed = RouteRequest(request_id, model, prompt)
+    answer = orjson.loads(await relay.forward(routed, "/tokenize", {"model": model, "prompt": prompt}))
     tokens = answer.get("tokens") if isinstance(answer, dict) else None
     if not isinstance(tokens, list):
         raise EngineUnavailable("The upstream's /tokenize answer has no tokens.")

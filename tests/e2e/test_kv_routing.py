@@ -12,7 +12,7 @@ import httpx
 import pytest
 import yaml
 
-from engine_adapters.base import GenerateRequest, SamplingOptions
+from engine_adapters.base import RouteRequest
 from gateway.routing.policies import HashRing, prompt_prefix
 from tests.conftest import TEXT_MODEL, free_port
 from tests.e2e.fleet import EngineFleet, engine_fleet
@@ -95,7 +95,7 @@ def test_a_cached_prompt_goes_to_the_instance_holding_it(router: str, fleet: Eng
     for seed in range(1000):
         system = f"[{router} {seed}] " + " ".join(WORDS[(seed + i * 7) % len(WORDS)] for i in range(400))
         messages = [{"role": "system", "content": system}, {"role": "user", "content": "Q0"}]
-        request = GenerateRequest("r", TEXT_MODEL, SamplingOptions(), messages=messages)
+        request = RouteRequest("r", TEXT_MODEL, messages=messages)
         if ring.owner(prompt_prefix(request, 256)) == fleet.instances[0]:
             break
     holder = fleet.instances[1]

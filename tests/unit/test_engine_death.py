@@ -53,7 +53,8 @@ async def test_health_turns_503_when_the_engine_dies() -> None:
 
 async def test_a_router_whose_upstream_is_down_stays_live() -> None:
     route = RouteSettings(name="routed", upstreams=["http://127.0.0.1:9"])  # nothing listens there
-    config = settings(routes=[route], router={"max_attempts": 1, "connect_timeout_s": 0.5})
+    # No hold: the first health check finds the instance down, and a held request would wait out the default.
+    config = settings(routes=[route], router={"max_attempts": 1, "connect_timeout_s": 0.5, "hold_timeout_s": 0})
     app = create_app(config)  # the real router adapters, no engine
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)

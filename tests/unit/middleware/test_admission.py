@@ -185,7 +185,7 @@ async def test_vllm_gets_priority_only_under_its_priority_policy(
     monkeypatch: pytest.MonkeyPatch, engine_args: dict[str, str], passed: dict[str, int]
 ) -> None:
     from engine_adapters import vllm_local
-    from engine_adapters.base import REQUEST_PRIORITY, GenerateRequest, SamplingOptions
+    from engine_adapters.base import Forwarded, GenerateRequest, SamplingOptions
 
     monkeypatch.setattr(vllm_local, "_sampling_params", lambda options, max_tokens: None)  # no vLLM import
     adapter = vllm_local.VllmLocalAdapter(
@@ -193,11 +193,9 @@ async def test_vllm_gets_priority_only_under_its_priority_policy(
     )
     engine = _FakeEngine()
     adapter._engine, adapter._tokenizer = engine, _FakeTokenizer()
-    token = REQUEST_PRIORITY.set(-4)  # as the admission middleware sets it for the request it serves
-    try:
-        request = GenerateRequest("r1", "m", SamplingOptions(max_tokens=4), prompt="hi")
-    finally:
-        REQUEST_PRIORITY.reset(token)
+    # As the admission middleware hands it on with the request it serves.
+    forwarded = Forwarded("r1", priority=-4)
+    request = GenerateRequest("r1", "m", SamplingOptions(max_tokens=4), prompt="hi", forwarded=forwarded)
     assert request.priority == -4
     assert [chunk async for chunk in adapter.generate(request)] == []
     assert engine.kwargs == [passed]

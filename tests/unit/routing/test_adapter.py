@@ -212,3 +212,22 @@ async def test_health_checks_take_a_dead_instance_out_and_bring_it_back() -> Non
 
 def test_gateway_error_is_the_base() -> None:
     assert issubclass(EngineUnavailable, GatewayError)
+
+
+def test_one_instance_and_a_route_relay_with_the_same_signatures() -> None:
+    """`relay`, `forward` and `relay_raw` name one concept each: an instance's adapter and a route over several
+    take the same RouteRequest-first arguments, so either can stand where a Relay is read."""
+    import inspect
+
+    from engine_adapters.base import Relay
+    from engine_adapters.openai_http import OpenAIHttpAdapter
+
+    for name in ("relay", "forward", "relay_raw"):
+        route, instance = (
+            inspect.signature(getattr(RoutedAdapter, name)),
+            inspect.signature(getattr(OpenAIHttpAdapter, name)),
+        )
+        assert list(route.parameters) == list(instance.parameters), name
+        assert str(route.parameters["request"].annotation) == "RouteRequest", name
+    http = OpenAIHttpAdapter("http://127.0.0.1:9", "m")
+    assert isinstance(http, Relay)

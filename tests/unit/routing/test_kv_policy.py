@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 
-from engine_adapters.base import GenerateRequest, SamplingOptions
+from engine_adapters.base import GenerateRequest, RouteRequest, SamplingOptions
 from gateway.routing.kv import KvPrefix, PromptTokens
 from gateway.routing.kv_index import KvIndex, Stored
 from gateway.routing.policies import Prefix
@@ -16,8 +16,8 @@ SIZE = 4
 TOKENS = list(range(1, 33))  # eight blocks
 
 
-def request(text: str = "a long system prompt") -> GenerateRequest:
-    return GenerateRequest("r", "m", SamplingOptions(), prompt=text)
+def request(text: str = "a long system prompt") -> RouteRequest:
+    return RouteRequest("r", "m", text)
 
 
 def fleet(*loads: float) -> list[Fake]:
@@ -94,14 +94,14 @@ class FakeTokenizer:
 async def test_prompt_tokens_render_the_chat_template_and_keep_recent_answers() -> None:
     tokenizer = FakeTokenizer()
     tokens = PromptTokens(RouterSettings(kv_tokenize_cache_size=1), tokenizer)
-    chat = GenerateRequest("r", "m", SamplingOptions(), messages=[{"role": "user", "content": "hi"}])
+    chat = RouteRequest("r", "m", messages=[{"role": "user", "content": "hi"}])
     ids = await tokens.ids(chat, None)  # type: ignore[arg-type]
     assert ids == [ord(ch) for ch in "<user>hi<model>"]  # no second BOS: the template writes its own
     assert await tokens.ids(chat, None) == ids and tokenizer.calls == 1  # type: ignore[arg-type]
     assert await tokens.ids(request("x"), None) == [2, ord("x")]  # type: ignore[arg-type]
     await tokens.ids(chat, None)  # type: ignore[arg-type]
     assert tokenizer.calls == 3  # the cache holds one answer
-    token_prompt = GenerateRequest("r", "m", SamplingOptions(), prompt=[5, 6, 7])
+    token_prompt = RouteRequest("r", "m", [5, 6, 7])
     assert await tokens.ids(token_prompt, None) == [5, 6, 7]  # type: ignore[arg-type]
 
 

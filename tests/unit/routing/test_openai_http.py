@@ -13,7 +13,7 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from engine_adapters.base import Chunk, GenerateRequest, SamplingOptions
+from engine_adapters.base import Chunk, GenerateRequest, RouteRequest, SamplingOptions
 from engine_adapters.openai_http import HttpTimeouts, OpenAIHttpAdapter, _Events
 from engine_adapters.openai_wire import USAGE_EVENT, parse_load, request_payload
 from gateway.errors import (
@@ -281,7 +281,10 @@ async def test_relay_passes_events_through_renamed(upstream: Upstream, make: Any
     upstream.reply = replying(body[:20], 0.01, body[20:])
     http = make()
     pieces = [
-        piece async for piece in http.relay("/v1/chat/completions", {"model": "public", "tools": []}, "req-1", "public")
+        piece
+        async for piece in http.relay(
+            RouteRequest("req-1", "public"), "/v1/chat/completions", {"model": "public", "tools": []}
+        )
     ]
     assert b"".join(pieces) == body.replace(b'"model":"upstream-model"', b'"model":"public"')
     assert all(piece.endswith(b"\n\n") for piece in pieces)  # whole events only
@@ -313,7 +316,12 @@ async def test_relay_puts_the_middle_events_into_a_ready_sink(upstream: Upstream
     upstream.reply = replying(*parts)
     sink = ListSink(ready)
     http = make()
-    pieces = [piece async for piece in http.relay("/v1/chat/completions", {"model": "public"}, "req-1", "public", sink)]
+    pieces = [
+        piece
+        async for piece in http.relay(
+            RouteRequest("req-1", "public"), "/v1/chat/completions", {"model": "public"}, sink
+        )
+    ]
     if ready:  # the first is yielded (it starts the answer), and so are the usage and [DONE] events
         assert pieces == [events[0], *events[3:]] and sink.written == events[1:3]
     else:
@@ -331,7 +339,9 @@ async def test_an_error_event_cut_in_two_still_ends_a_sunk_stream(upstream: Upst
     http = make()
     pieces: list[bytes] = []
     with pytest.raises(EngineUnavailable, match="instance is unavailable"):  # the event's, not a broken stream
-        async for piece in http.relay("/v1/chat/completions", {"model": "public"}, "req-1", "public", sink):
+        async for piece in http.relay(
+            RouteRequest("req-1", "public"), "/v1/chat/completions", {"model": "public"}, sink
+        ):
             pieces.append(piece)
     assert pieces == [sse(delta("a"))] and sink.written == [sse(delta("b"))]
 
@@ -353,7 +363,9 @@ async def test_what_vllm_answers_only_whole_is_sent_and_passed_on_as_it_is(upstr
     http = make(first_token_s=0.2)
     pieces = [
         piece
-        async for piece in http.relay("/v1/completions", {"model": "public", "prompt_logprobs": 1}, "req-1", "public")
+        async for piece in http.relay(
+            RouteRequest("req-1", "public"), "/v1/completions", {"model": "public", "prompt_logprobs": 1}
+        )
     ]
     assert [orjson.loads(piece) for piece in pieces] == [{**answer, "model": "public"}]
     assert upstream.sent[0] == {"model": "upstream-model", "prompt_logprobs": 1}  # not turned into a stream

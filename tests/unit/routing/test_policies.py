@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from engine_adapters.base import GenerateRequest, SamplingOptions
+from engine_adapters.base import RouteRequest
 from gateway.routing.policies import (
     HashRing,
     LeastLoaded,
@@ -31,8 +31,8 @@ class Fake:
         return self.load
 
 
-def request(prompt: str = "hello", routing_key: str | None = None) -> GenerateRequest:
-    return GenerateRequest("r", "m", SamplingOptions(), prompt=prompt, routing_key=routing_key)
+def request(prompt: str = "hello", routing_key: str | None = None) -> RouteRequest:
+    return RouteRequest("r", "m", prompt, routing_key=routing_key)
 
 
 def fleet(*loads: float) -> list[Fake]:
@@ -128,14 +128,11 @@ def test_prefix_affinity_is_bounded_by_the_load_factor() -> None:
 
 
 def test_prompt_prefix_of_messages_and_token_ids() -> None:
-    chat = GenerateRequest(
-        "r",
-        "m",
-        SamplingOptions(),
-        messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "x" * 500}],
+    chat = RouteRequest(
+        "r", "m", messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "x" * 500}]
     )
     assert prompt_prefix(chat, 21) == "system\nBe brief.\nuser"
-    ids = GenerateRequest("r", "m", SamplingOptions(), prompt=[1, 2, 3, 4])
+    ids = RouteRequest("r", "m", [1, 2, 3, 4])
     assert prompt_prefix(ids, 2) == "1,2"
 
 
