@@ -345,7 +345,8 @@ class OpenAIHttpAdapter:
         instance (_TRY_ELSEWHERE), which raises. Until the head comes, the first-token limit applies to a JSON
         request's answer asked for as a stream, the total limit to a whole one and to an upload's."""
         public_model, request_id = request.model, request.request_id
-        head, length = _renamed(body, self.model, public_model)
+        upstream_model = self.upstream_name(public_model)  # a LoRA adapter keeps its own name
+        head, length = _renamed(body, upstream_model, public_model)
         extra = header_lines(request.forwarded.headers())  # the request id and trace context; no header of the client's
         json = body.content_type == b"application/json"  # else an upload: its own connection, never kept
         # An upload's wait for the head includes the client's sending it: only the total limit fits that.
@@ -374,7 +375,7 @@ class OpenAIHttpAdapter:
                     watchdog.touch()
                     yield data
 
-            rename = ModelRename.between(self.model, public_model)
+            rename = ModelRename.between(upstream_model, public_model)
             async for data in public_model_answer(reads(), content_type, rename):
                 yield data
             ended = True

@@ -152,3 +152,16 @@ def test_an_adapter_loaded_outside_the_router_is_found_by_its_health_checks(flee
         assert ask(router, "ad-2").json()["choices"][0]["text"].startswith("ad-2:")
     assert sum(e.stats()["lora_loads"] for e in engines) == 1  # no load by the router
     assert lora_metric(router, "placements", decision="hit") >= 7
+
+
+def test_a_passed_through_path_reaches_the_instance_under_the_adapters_own_name(fleet: Fleet) -> None:
+    """vLLM's other paths (here Anthropic's Messages) serve a LoRA adapter too: the request is placed where the
+    adapter is loaded and sent under the adapter's name, not the base model's; the answer names the adapter."""
+    engines, router = start(fleet)
+    assert ask(router, "ad-1").status_code == 200  # loaded on one instance
+    holder = next(e for e in engines if e.stats()["lora_loads"])
+    body = {"model": "ad-1", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]}
+    answer = httpx.post(f"{router.url}/v1/messages", json=body, timeout=10)
+    assert answer.status_code == 200 and answer.json()["model"] == "ad-1", answer.text
+    seen = [r for r in holder.requests() if r["path"] == "/v1/messages"]
+    assert [r["model"] for r in seen] == ["ad-1"]

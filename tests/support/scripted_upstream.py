@@ -33,7 +33,7 @@ whole answers indented, and SSE fields without the optional space (`data:{...}`,
 as an OpenAI-compatible server may write them; `compact` (the default) is orjson's and vLLM's spacing.
 
 GET /stats counts requests, completed, aborted (the client left before the end) and in flight.
-GET /requests lists the last POSTs' paths and headers (all of them, as received), newest last.
+GET /requests lists the last POSTs' paths, headers (all of them, as received) and JSON `model`, newest last.
 A refused connection is a port nobody listens on; a crash is `kill -9` from the test. It is a small
 asyncio HTTP/1.1 server rather than an ASGI app because a reset needs the socket itself.
 """
@@ -103,6 +103,17 @@ class HttpRequest:
     def json(self) -> dict[str, Any]:
         data = orjson.loads(self.body or b"{}")
         return data if isinstance(data, dict) else {}
+
+
+def _model_named(request: HttpRequest) -> str | None:
+    """The `model` a JSON body names (None for an upload or a body that is not JSON)."""
+    if not request.headers.get("content-type", "").startswith("application/json"):
+        return None
+    try:
+        model = request.json().get("model")
+    except orjson.JSONDecodeError:
+        return None
+    return model if isinstance(model, str) else None
 
 
 class ClientLeft(Exception):
@@ -206,7 +217,7 @@ class ScriptedServer:
 
     async def dispatch(self, request: HttpRequest, exchange: Exchange) -> None:
         if request.method == "POST" and request.path != "/control":
-            self.seen.append({"path": request.path, "headers": request.headers})
+            self.seen.append({"path": request.path, "headers": request.headers, "model": _model_named(request)})
         routes: dict[tuple[str, str], Callable[[HttpRequest, Exchange], Awaitable[None]]] = {
             ("GET", "/health"): lambda r, x: x.json(200, {"status": "ok"}),
             ("GET", "/v1/models"): self.models,
