@@ -7,9 +7,10 @@ passed since the request began. A body past max_json_elements, max_json_containe
 gets 400 before it is parsed (see check_shape). The parsed body is kept for the limits and admission
 middlewares, and the raw bytes are replayed to the app.
 
-A multipart/form-data body to a path that a route passes through (an audio upload) is not read whole:
+A multipart/form-data body to the audio paths or to a path that a route passes through is not read whole:
 only as far as its `model` field (gateway.middleware.multipart), and the rest streams on to the instance,
-counted against the same cap and deadline as it comes (Upload, BodyStream).
+counted against the same cap and deadline as it comes (Upload, BodyStream). Where no instance takes it
+(engine mode), the app answers from the model field (a 404), never "not valid JSON".
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from engine_adapters.base import RawBody
 from gateway.errors import GatewayError, InvalidRequest, PayloadTooLarge, RequestTimeout
 from gateway.middleware.context import header, is_service_path, model_of, request_info, send_error
 from gateway.middleware.multipart import FormStart, boundary_of, read_form_start
+from gateway.protocol.pooling import AUDIO_PATHS
 from gateway.state import AppState
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
@@ -253,10 +255,11 @@ class BodyMiddleware:
         return length
 
     async def _upload(self, scope: Scope, stream: BodyStream, length: int | None) -> Upload | None:
-        """A multipart body to a path that a route passes through: read only as far as its model field."""
+        """A multipart body to an upload path: read only as far as its model field."""
         content_type = header(scope, b"content-type")
         boundary = boundary_of(content_type) if content_type else None
-        if boundary is None or content_type is None or not self._passed_through(scope["path"]):
+        path = scope["path"]
+        if boundary is None or content_type is None or not (path in AUDIO_PATHS or self._passed_through(path)):
             return None
         form, head = await read_form_start(stream, boundary)
         return Upload(stream, form, head, content_type, length)

@@ -65,6 +65,9 @@ class TranscriptionResponse(WireModel):
     text: str
 
 
+# The paths whose body is an upload (multipart/form-data): read only as far as its `model` field in either mode.
+AUDIO_PATHS = frozenset({"/v1/audio/transcriptions", "/v1/audio/translations"})
+
 # The multipart form of /v1/audio/transcriptions and /v1/audio/translations, as OpenAI documents it.
 AUDIO_FORM: dict[str, Any] = {
     "type": "object",
