@@ -18,7 +18,7 @@ from gateway.protocol.common import SamplingFields
 from gateway.protocol.completions import Completion, CompletionRequest
 from gateway.protocol.messages import MessagesRequest
 from gateway.services import chat, completions
-from gateway.services.generation import log_unknown_fields
+from gateway.services.unknown_fields import log_unknown_fields
 
 router = APIRouter()
 

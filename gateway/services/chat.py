@@ -19,18 +19,11 @@ from gateway.protocol.chat import (
     ChoiceLogprobs,
 )
 from gateway.protocol.common import Usage
-from gateway.services.generation import (
-    MeteredStream,
-    finish_reason,
-    first_and_rest,
-    new_id,
-    prompt_logprobs_json,
-    sampling_options,
-    sse,
-    usage_dict,
-)
+from gateway.services.metering import MeteredStream, first_and_rest
+from gateway.services.sampling import sampling_options
 from gateway.services.tool_calls import ChoiceCalls, ToolPlan, template_messages
 from gateway.services.tool_calls import plan as plan_tools
+from gateway.services.wire import finish_reason, new_id, prompt_logprobs_json, sse, usage_dict
 from gateway.state import AppState
 
 ROUTE = "/v1/chat/completions"

@@ -14,17 +14,9 @@ from engine_adapters.openai_wire import DONE
 from gateway.errors import InvalidRequest, sse_error
 from gateway.protocol.common import Usage
 from gateway.protocol.completions import Completion, CompletionChoice, CompletionLogprobs, CompletionRequest
-from gateway.services.generation import (
-    MeteredStream,
-    finish_reason,
-    first_and_rest,
-    merged,
-    new_id,
-    prompt_logprobs_json,
-    sampling_options,
-    sse,
-    usage_dict,
-)
+from gateway.services.metering import MeteredStream, first_and_rest, merged
+from gateway.services.sampling import sampling_options
+from gateway.services.wire import finish_reason, new_id, prompt_logprobs_json, sse, usage_dict
 from gateway.state import AppState
 
 ROUTE = "/v1/completions"

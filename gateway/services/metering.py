@@ -1,0 +1,118 @@
+"""One engine request metered (in flight, time to first token, between tokens, totals) and aborted when
+left unfinished, with the stream helpers the generating services read it through."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import TypeVar
+
+from engine_adapters.base import Chunk, EngineAdapter, GenerateRequest
+from gateway.state import AppState
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class MeteredStream:
+    """One engine request: metrics around it, and an abort when it is left unfinished."""
+
+    def __init__(self, state: AppState, adapter: EngineAdapter, request: GenerateRequest, route: str) -> None:
+        self.state, self.adapter, self.request, self.route = state, adapter, request, route
+        self.started = time.perf_counter()
+        self.finished = False
+        self._last_chunk_at: float | None = None
+        self.label = state.model_label(request.model)
+        self._inter_token = state.metrics.child(state.metrics.inter_token_latency, self.label)
+
+    def chunks(self) -> AsyncIterator[Chunk]:
+        return self.pieces(self.adapter.generate(self.request))
+
+    async def pieces(self, source: AsyncIterator[T]) -> AsyncIterator[T]:
+        """`source` metered: in flight, time to first piece, time between pieces; aborted if left early."""
+        metrics = self.state.metrics
+        in_flight = metrics.child(metrics.in_flight, self.label)
+        in_flight.inc()
+        try:
+            async for piece in source:
+                self.observe()
+                yield piece
+            self.finished = True
+        finally:
+            in_flight.dec()
+            if not self.finished:
+                await self._abort()
+
+    def observe(self) -> None:
+        """One more piece has come: the time to the first one, or since the last."""
+        now = time.perf_counter()
+        if self._last_chunk_at is None:
+            metrics = self.state.metrics
+            metrics.child(metrics.time_to_first_token, self.label).observe(now - self.started)
+        else:
+            self._inter_token.observe(now - self._last_chunk_at)
+        self._last_chunk_at = now
+
+    async def _abort(self) -> None:
+        # Shielded: this runs while the task is being cancelled by a client disconnect.
+        try:
+            await asyncio.shield(self.adapter.abort(self.request.request_id))
+        except Exception:
+            log.warning("abort failed for %s", self.request.request_id, exc_info=True)
+
+    def record(self, status: int, prompt_tokens: int, completion_tokens: int) -> None:
+        metrics, model = self.state.metrics, self.label
+        metrics.child(metrics.requests, model, self.route, str(status)).inc()
+        metrics.child(metrics.request_duration, model, self.route).observe(time.perf_counter() - self.started)
+        metrics.child(metrics.prompt_tokens, model).inc(prompt_tokens)
+        metrics.child(metrics.completion_tokens, model).inc(completion_tokens)
+
+
+async def merged(streams: list[AsyncIterator[Chunk]], index_offsets: list[int]) -> AsyncIterator[Chunk]:
+    """Interleave several prompts' streams; choice indices are shifted so they stay unique."""
+    if len(streams) == 1:
+        async for chunk in streams[0]:
+            yield chunk
+        return
+    queue: asyncio.Queue[tuple[int, Chunk | BaseException | None]] = asyncio.Queue()
+
+    async def pump(slot: int, stream: AsyncIterator[Chunk]) -> None:
+        try:
+            async for chunk in stream:
+                await queue.put((slot, chunk))
+            await queue.put((slot, None))
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            await queue.put((slot, exc))
+
+    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        remaining = len(tasks)
+        while remaining:
+            slot, item = await queue.get()
+            if item is None:
+                remaining -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                item.index += index_offsets[slot]
+                yield item
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def first_and_rest(stream: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
+    """Pull the first chunk now, so errors before any output become a plain HTTP error."""
+    first = await anext(stream)
+
+    async def rest() -> AsyncIterator[Chunk]:
+        async with contextlib.aclosing(stream):  # type: ignore[type-var]  # an async generator, typed as the AsyncIterator it is read as (no aclose there)
+            yield first
+            async for chunk in stream:
+                yield chunk
+
+    return rest()
