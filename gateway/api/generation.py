@@ -9,8 +9,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from gateway.api.common import ERROR_RESPONSES, app_state, json_response
-from gateway.api.streaming import ClientDisconnected, EventStreamResponse, until_disconnect
+from gateway.api.common import ERROR_RESPONSES, app_state
+from gateway.api.streaming import answer_unless_gone
 from gateway.errors import NotFound
 from gateway.middleware.context import request_info
 from gateway.protocol.chat import ChatCompletion, ChatCompletionRequest, FastChatChatRequest
@@ -18,7 +18,7 @@ from gateway.protocol.common import SamplingFields
 from gateway.protocol.completions import Completion, CompletionRequest
 from gateway.protocol.messages import MessagesRequest
 from gateway.services import chat, completions
-from gateway.services.generation import log_unknown_fields
+from gateway.services.unknown_fields import log_unknown_fields
 
 router = APIRouter()
 
@@ -38,18 +38,10 @@ async def serve(
     state = app_state(request)
     log_unknown_fields(state, body)
     session_id = request.headers.get(state.settings.router.session_header)  # router mode's affinity key
-    disconnects = state.metrics.child(state.metrics.client_disconnects, state.model_label(body.model))
     # Routed models never get here: gateway.middleware.passthrough answers them before FastAPI does.
     forwarded = request_info(request.scope).forwarded  # the request id and trace context, for the engine
     answer: Awaitable[Any] = (stream if body.stream else complete)(state, body, session_id, forwarded=forwarded)
-    try:
-        if body.stream:
-            events = await until_disconnect(request.receive, answer, request.scope)
-            return EventStreamResponse(events, on_disconnect=disconnects.inc)
-        return json_response(await until_disconnect(request.receive, answer, request.scope))
-    except ClientDisconnected:
-        disconnects.inc()
-        return Response(status_code=499)  # nobody reads it; logs show why the request ended
+    return await answer_unless_gone(request, answer, stream=body.stream, model=body.model)
 
 
 @router.post("/v1/chat/completions", response_model=ChatCompletion, responses={**ERROR_RESPONSES, **_SSE_DOC})

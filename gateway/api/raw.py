@@ -35,7 +35,8 @@ from gateway.errors import (
 from gateway.middleware.body import ClientLeft, Upload
 from gateway.middleware.context import header, request_info, send_error
 from gateway.middleware.limits import TAIL_BYTES, usage_in
-from gateway.services.generation import MeteredStream, new_id
+from gateway.services.metering import MeteredStream
+from gateway.services.wire import new_id
 from gateway.state import AppState
 
 log = logging.getLogger(__name__)

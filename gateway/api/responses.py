@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Any
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from gateway.api.common import ERROR_RESPONSES, app_state, json_response
-from gateway.api.streaming import ClientDisconnected, EventStreamResponse, until_disconnect
+from gateway.api.common import ERROR_RESPONSES, app_state
+from gateway.api.streaming import answer_unless_gone
 from gateway.errors import NotFound
 from gateway.middleware.context import request_info
 from gateway.protocol.responses import Response as ResponseObject
@@ -27,21 +28,10 @@ async def create_response(body: ResponsesRequest, request: Request) -> Response:
     state = app_state(request)
     session_id = request.headers.get(state.settings.router.session_header)  # router mode's affinity key
     forwarded = request_info(request.scope).forwarded
-    disconnects = state.metrics.child(state.metrics.client_disconnects, state.model_label(body.model))
-    try:
-        if body.stream:
-            events = await until_disconnect(
-                request.receive, responses.stream(state, body, session_id, forwarded), request.scope
-            )
-            return EventStreamResponse(events, on_disconnect=disconnects.inc)
-        return json_response(
-            await until_disconnect(
-                request.receive, responses.complete(state, body, session_id, forwarded), request.scope
-            )
-        )
-    except ClientDisconnected:
-        disconnects.inc()
-        return Response(status_code=499)  # nobody reads it; logs show why the request ended
+    answer: Awaitable[Any] = (responses.stream if body.stream else responses.complete)(
+        state, body, session_id, forwarded
+    )
+    return await answer_unless_gone(request, answer, stream=body.stream, model=body.model)
 
 
 @router.get("/v1/responses/{response_id}", response_model=ResponseObject, responses=ERROR_RESPONSES)

@@ -1,16 +1,19 @@
-"""Racing a handler against the client's disconnect, and an SSE response that aborts on it."""
+"""Racing a handler against the client's disconnect, an SSE response that aborts on it, and the answer of a
+generating route built from both."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from engine_adapters.splice import client_socket
+from gateway.api.common import app_state, json_response
 
 T = TypeVar("T")
 
@@ -97,3 +100,18 @@ class EventStreamResponse(Response):
             except OSError:
                 if self.on_disconnect:
                     self.on_disconnect()
+
+
+async def answer_unless_gone(request: Request, answer: Awaitable[Any], *, stream: bool, model: str) -> Response:
+    """`answer` awaited while the client stays: an SSE body to stream when `stream`, else a body to send as
+    JSON. A client that leaves first is counted in `model`'s disconnects and answered 499."""
+    state = app_state(request)
+    disconnects = state.metrics.child(state.metrics.client_disconnects, state.model_label(model))
+    try:
+        if stream:
+            events = await until_disconnect(request.receive, answer, request.scope)
+            return EventStreamResponse(events, on_disconnect=disconnects.inc)
+        return json_response(await until_disconnect(request.receive, answer, request.scope))
+    except ClientDisconnected:
+        disconnects.inc()
+        return Response(status_code=499)  # nobody reads it; logs show why the request ended

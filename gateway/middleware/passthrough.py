@@ -29,8 +29,9 @@ from gateway.middleware.context import header, request_info, send_error
 from gateway.protocol.chat import ChatCompletionRequest
 from gateway.protocol.completions import CompletionRequest
 from gateway.protocol.tokenize import DetokenizeRequest, TokenizeRequest
-from gateway.services.generation import log_unknown_fields, new_id
 from gateway.services.relay import CHAT, COMPLETIONS, RelayCall, fold
+from gateway.services.unknown_fields import log_unknown_fields
+from gateway.services.wire import new_id
 from gateway.state import AppState
 
 WIRE: dict[str, type[BaseModel]] = {

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from typing import Any
 
 from engine_adapters.base import NOTHING_FORWARDED, Chunk, Forwarded, GenerateRequest, TokenLogprob
-from engine_adapters.openai_wire import DONE
-from gateway.errors import InvalidRequest, sse_error
+from gateway.errors import InvalidRequest
 from gateway.protocol.chat import (
     ChatChoice,
     ChatCompletion,
@@ -19,18 +17,11 @@ from gateway.protocol.chat import (
     ChoiceLogprobs,
 )
 from gateway.protocol.common import Usage
-from gateway.services.generation import (
-    MeteredStream,
-    finish_reason,
-    first_and_rest,
-    new_id,
-    prompt_logprobs_json,
-    sampling_options,
-    sse,
-    usage_dict,
-)
+from gateway.services.metering import MeteredStream, first_and_rest
+from gateway.services.sampling import sampling_options
 from gateway.services.tool_calls import ChoiceCalls, ToolPlan, template_messages
 from gateway.services.tool_calls import plan as plan_tools
+from gateway.services.wire import event_stream, finish_reason, new_id, prompt_logprobs_json, usage_dict
 from gateway.state import AppState
 
 ROUTE = "/v1/chat/completions"
@@ -171,7 +162,14 @@ async def stream(
     greq = engine_request(req, session_id, tool_plan, forwarded)
     metered = MeteredStream(state, state.adapter_for(req.model), greq, route)
     chunks = await first_and_rest(metered.chunks())
-    return _events(req, greq.request_id, metered, chunks, tool_plan)
+    return event_stream(
+        _StreamedChat(req, metered, tool_plan),
+        chunks,
+        request_id=greq.request_id,
+        object_name="chat.completion.chunk",
+        model=req.model,
+        stream_options=req.stream_options,
+    )
 
 
 def _call_deltas(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -195,63 +193,47 @@ def _call_deltas(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return deltas
 
 
-async def _events(
-    req: ChatCompletionRequest,
-    request_id: str,
-    metered: MeteredStream,
-    chunks: AsyncIterator[Chunk],
-    tool_plan: ToolPlan | None = None,
-) -> AsyncIterator[bytes]:
-    include_usage = bool(req.stream_options and req.stream_options.include_usage)
-    # vLLM's continuous_usage_stats (with include_usage): every chunk carries the usage so far.
-    continuous = include_usage and bool(req.stream_options and req.stream_options.continuous_usage_stats)
-    head = {"id": request_id, "object": "chat.completion.chunk", "created": int(time.time()), "model": req.model}
-    extra: dict[str, Any] = {"usage": None} if include_usage else {}
+class _StreamedChat:
+    """A streamed chat's choices: the role (and echo) first, then content and logprobs, tool calls at the end."""
 
-    def event(index: int, delta: dict[str, Any], reason: str | None = None, logprobs: Any = None) -> bytes:
-        choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": reason}
-        return sse({**head, "choices": [choice], **extra})
+    def __init__(self, req: ChatCompletionRequest, metered: MeteredStream, tool_plan: ToolPlan | None) -> None:
+        self.req, self.metered, self.tool_plan = req, metered, tool_plan
+        self.tokens: dict[int, int] = {}
+        self.prompt_tokens = 0
+        self.started: set[int] = set()
+        self.echoed = echo_prefix(req)
+        self.calls: dict[int, ChoiceCalls] = {}  # per choice, only under a tool plan
 
-    tokens: dict[int, int] = {}
-    prompt_tokens = 0
-    started: set[int] = set()
-    echoed = echo_prefix(req)
-    calls: dict[int, ChoiceCalls] = {}  # per choice, only under a tool plan
-    try:
-        async with contextlib.aclosing(chunks):  # type: ignore[type-var]  # an async generator, typed as the AsyncIterator it is read as (no aclose there)
-            async for chunk in chunks:
-                prompt_tokens, tokens[chunk.index] = chunk.prompt_tokens, chunk.completion_tokens
-                if continuous:
-                    extra["usage"] = usage_dict(prompt_tokens, sum(tokens.values()))
-                if chunk.index not in started:
-                    started.add(chunk.index)
-                    yield event(chunk.index, {"role": "assistant", "content": ""})
-                    if echoed:
-                        yield event(chunk.index, {"content": echoed})
-                text = chunk.text
-                if tool_plan is not None and text:
-                    text = calls.setdefault(chunk.index, ChoiceCalls(tool_plan)).feed(text)
-                if text or chunk.logprobs:
-                    logprobs = (
-                        {"content": _logprob_entries(chunk.logprobs)} if req.logprobs and chunk.logprobs else None
-                    )
-                    yield event(chunk.index, {"content": text}, None, logprobs)
-                if chunk.finish_reason:
-                    reason = finish_reason(chunk.finish_reason)
-                    if chunk.index in calls:
-                        rest, found = calls.pop(chunk.index).finish()
-                        if rest:
-                            yield event(chunk.index, {"content": rest})
-                        for delta in _call_deltas(found):
-                            yield event(chunk.index, delta)
-                        reason = "tool_calls" if found else reason
-                    yield event(chunk.index, {}, reason)
-    except Exception as exc:
-        metered.record(500, prompt_tokens, sum(tokens.values()))
-        yield sse_error(exc)
-        return
-    completion_tokens = sum(tokens.values())
-    metered.record(200, prompt_tokens, completion_tokens)
-    if include_usage:
-        yield sse({**head, "choices": [], "usage": usage_dict(prompt_tokens, completion_tokens)})
-    yield DONE
+    def choices_of(self, chunk: Chunk) -> Iterator[dict[str, Any]]:
+        self.prompt_tokens, self.tokens[chunk.index] = chunk.prompt_tokens, chunk.completion_tokens
+        if chunk.index not in self.started:
+            self.started.add(chunk.index)
+            yield _choice(chunk.index, {"role": "assistant", "content": ""})
+            if self.echoed:
+                yield _choice(chunk.index, {"content": self.echoed})
+        text = chunk.text
+        if self.tool_plan is not None and text:
+            text = self.calls.setdefault(chunk.index, ChoiceCalls(self.tool_plan)).feed(text)
+        if text or chunk.logprobs:
+            logprobs = {"content": _logprob_entries(chunk.logprobs)} if self.req.logprobs and chunk.logprobs else None
+            yield _choice(chunk.index, {"content": text}, None, logprobs)
+        if chunk.finish_reason:
+            reason = finish_reason(chunk.finish_reason)
+            if chunk.index in self.calls:
+                rest, found = self.calls.pop(chunk.index).finish()
+                if rest:
+                    yield _choice(chunk.index, {"content": rest})
+                for delta in _call_deltas(found):
+                    yield _choice(chunk.index, delta)
+                reason = "tool_calls" if found else reason
+            yield _choice(chunk.index, {}, reason)
+
+    def usage_now(self) -> dict[str, int]:
+        return usage_dict(self.prompt_tokens, sum(self.tokens.values()))
+
+    def record(self, status: int) -> None:
+        self.metered.record(status, self.prompt_tokens, sum(self.tokens.values()))
+
+
+def _choice(index: int, delta: dict[str, Any], reason: str | None = None, logprobs: Any = None) -> dict[str, Any]:
+    return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": reason}

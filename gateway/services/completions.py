@@ -2,29 +2,19 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from engine_adapters.base import NOTHING_FORWARDED, Chunk, Forwarded, GenerateRequest, TokenLogprob
-from engine_adapters.openai_wire import DONE
-from gateway.errors import InvalidRequest, sse_error
+from gateway.errors import InvalidRequest
 from gateway.protocol.common import Usage
 from gateway.protocol.completions import Completion, CompletionChoice, CompletionLogprobs, CompletionRequest
-from gateway.services.generation import (
-    MeteredStream,
-    finish_reason,
-    first_and_rest,
-    merged,
-    new_id,
-    prompt_logprobs_json,
-    sampling_options,
-    sse,
-    usage_dict,
-)
+from gateway.services.metering import MeteredStream, first_and_rest, merged
+from gateway.services.sampling import sampling_options
+from gateway.services.wire import event_stream, finish_reason, new_id, prompt_logprobs_json, usage_dict
 from gateway.state import AppState
 
 ROUTE = "/v1/completions"
@@ -138,6 +128,13 @@ class CompletionRun:
         choice.text.append(text)
         return text, part
 
+    def choices_of(self, chunk: Chunk) -> Iterator[dict[str, Any]]:
+        """The streamed choice `chunk` makes, if it adds text, logprobs or the finish."""
+        text, logprobs = self.apply(chunk)
+        reason = finish_reason(chunk.finish_reason)
+        if text or logprobs or reason:
+            yield {"index": chunk.index, "text": text, "logprobs": logprobs, "finish_reason": reason}
+
     def usage(self) -> Usage:
         return Usage(**self.usage_now())
 
@@ -175,31 +172,11 @@ async def stream(
 ) -> AsyncIterator[bytes]:
     run = CompletionRun(state, req, session_id, forwarded)
     chunks = await first_and_rest(run.chunks())
-    return _events(run, chunks)
-
-
-async def _events(run: CompletionRun, chunks: AsyncIterator[Chunk]) -> AsyncIterator[bytes]:
-    req = run.req
-    include_usage = bool(req.stream_options and req.stream_options.include_usage)
-    # vLLM's continuous_usage_stats (with include_usage): every chunk carries the usage so far.
-    continuous = include_usage and bool(req.stream_options and req.stream_options.continuous_usage_stats)
-    head = {"id": run.id, "object": "text_completion", "created": int(time.time()), "model": req.model}
-    extra: dict[str, Any] = {"usage": None} if include_usage else {}
-    try:
-        async with contextlib.aclosing(chunks):  # type: ignore[type-var]  # an async generator, typed as the AsyncIterator it is read as (no aclose there)
-            async for chunk in chunks:
-                text, logprobs = run.apply(chunk)
-                reason = finish_reason(chunk.finish_reason)
-                if text or logprobs or reason:
-                    choice = {"index": chunk.index, "text": text, "logprobs": logprobs, "finish_reason": reason}
-                    if continuous:
-                        extra["usage"] = run.usage_now()
-                    yield sse({**head, "choices": [choice], **extra})
-    except Exception as exc:
-        run.record(500)
-        yield sse_error(exc)
-        return
-    run.record(200)
-    if include_usage:
-        yield sse({**head, "choices": [], "usage": run.usage().model_dump()})
-    yield DONE
+    return event_stream(
+        run,
+        chunks,
+        request_id=run.id,
+        object_name="text_completion",
+        model=req.model,
+        stream_options=req.stream_options,
+    )

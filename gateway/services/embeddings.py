@@ -10,7 +10,7 @@ from array import array
 from engine_adapters.base import NOTHING_FORWARDED, Embedder, Forwarded
 from gateway.errors import InvalidRequest, ModelNotFound
 from gateway.protocol.embeddings import Embedding, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
-from gateway.services.generation import new_id
+from gateway.services.wire import new_id
 from gateway.state import AppState
 
 ROUTE = "/v1/embeddings"

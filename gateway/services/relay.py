@@ -21,7 +21,8 @@ from engine_adapters.splice import CountingSink, Sink
 from gateway.protocol.chat import ChatCompletionRequest
 from gateway.protocol.common import SamplingFields
 from gateway.protocol.completions import CompletionRequest
-from gateway.services.generation import MeteredStream, new_id
+from gateway.services.metering import MeteredStream
+from gateway.services.wire import new_id
 from gateway.state import AppState
 
 CHAT, COMPLETIONS = "/v1/chat/completions", "/v1/completions"

@@ -29,7 +29,7 @@ from gateway.protocol.responses import (
     ResponseUsage,
 )
 from gateway.services import chat
-from gateway.services.generation import MeteredStream, first_and_rest
+from gateway.services.metering import MeteredStream, first_and_rest
 from gateway.state import AppState
 
 log = logging.getLogger(__name__)

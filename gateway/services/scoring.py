@@ -22,7 +22,7 @@ from gateway.protocol.scoring import (
     ScoreUsage,
 )
 from gateway.services.embeddings import embed, record
-from gateway.services.generation import new_id
+from gateway.services.wire import new_id
 from gateway.state import AppState
 
 

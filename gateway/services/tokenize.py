@@ -17,8 +17,8 @@ from gateway.protocol.tokenize import (
     TokenizeRequest,
     TokenizeResponse,
 )
-from gateway.services.generation import new_id
 from gateway.services.tool_calls import template_messages
+from gateway.services.wire import new_id
 from gateway.state import AppState
 
 
