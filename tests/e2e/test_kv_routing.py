@@ -20,6 +20,7 @@ from tests.e2e.fleet import EngineFleet, engine_fleet
 pytestmark = pytest.mark.engine
 
 WORDS = "river stone lantern harbor copper meadow signal orbit ledger canvas thunder velvet quarry beacon".split()
+HEALTH_INTERVAL_S = 1.0
 
 
 def _engine_config(events_port: int, model: str) -> dict[str, object]:
@@ -54,7 +55,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineFleet]:
     with engine_fleet(workdir) as started:
         instances = started.start_engines(2, engine_args)
         route = {"name": TEXT_MODEL, "policy": "kv", "upstreams": instances}
-        started.start_routers([route], health_interval_s=1, kv_discovery_interval_s=1)
+        started.start_routers([route], health_interval_s=HEALTH_INTERVAL_S, kv_discovery_interval_s=1)
         yield started
 
 
@@ -99,19 +100,28 @@ def test_a_cached_prompt_goes_to_the_instance_holding_it(router: str, fleet: Eng
         if ring.owner(prompt_prefix(request, 256)) == fleet.instances[0]:
             break
     holder = fleet.instances[1]
+    # The other router's run may have indexed blocks already: wait for this prompt's own to be indexed.
+    indexed_before = kv_routing(router)["blocks_indexed"]
     chat(holder, system, "Q0")  # straight to the instance, not through the router
+
+    def indexed() -> bool:
+        status = kv_routing(router)
+        return holder in status["events_instances"] and status["blocks_indexed"] > indexed_before  # type: ignore[operator]
+
     deadline = time.monotonic() + 30
-    while holder not in kv_routing(router)["events_instances"]:  # type: ignore[operator]
+    while not indexed():
         assert time.monotonic() < deadline, kv_routing(router)
         time.sleep(0.5)
-    assert kv_routing(router)["blocks_indexed"] > 0  # type: ignore[operator]
+    # The router's health checks scrape each instance's load every second: two intervals on, its view of the
+    # holder no longer counts Q0 as running, so the first turn is not spread away from a holder seen busy.
+    time.sleep(2 * HEALTH_INTERVAL_S + 0.5)
 
     before = [served(url) for url in fleet.instances]
     hits_before = metric(holder, "vllm:prefix_cache_hits_total")
     for turn in range(1, 4):
         chat(router, system, f"Q{turn}")
     moved = [served(url) - b for url, b in zip(fleet.instances, before)]
-    assert moved == [0, 3], moved
+    assert moved == [0, 3], (moved, kv_routing(router)["decisions"])
     assert metric(holder, "vllm:prefix_cache_hits_total") - hits_before >= 3 * 128  # at least a block each
 
     metrics = httpx.get(f"{router}/metrics", timeout=10).text
