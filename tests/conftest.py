@@ -5,6 +5,7 @@ Set TOKENYARD_TEST_URL to reuse a server you already started with `make serve` (
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -69,7 +70,16 @@ def start_server(args: list[str], log_path: Path, env: dict[str, str] | None = N
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
+            start_new_session=True,  # its own process group: kill_server takes its engine processes with it
         )
+
+
+def kill_server(proc: subprocess.Popen[bytes]) -> int:
+    """kill -9 the server and every process it started (vLLM's EngineCore and workers), as a pod's crash
+    does: killed alone, the server would leave its engine running, holding gigabytes, to the end of the suite."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    return proc.wait(timeout=30)
 
 
 def stop_server(proc: subprocess.Popen[bytes], timeout_s: float = 60) -> int:
@@ -77,8 +87,7 @@ def stop_server(proc: subprocess.Popen[bytes], timeout_s: float = 60) -> int:
     try:
         return proc.wait(timeout_s)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        return proc.wait()
+        return kill_server(proc)
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from tests.conftest import free_port, start_server, stop_server, wait_ready
+from tests.conftest import free_port, kill_server, start_server, stop_server, wait_ready
 
 ENGINE_START_TIMEOUT_S = 900
 ROUTER_START_TIMEOUT_S = 60
@@ -78,10 +78,8 @@ class EngineFleet:
         return self.routers
 
     def kill(self, url: str) -> None:
-        """kill -9 the process serving `url`: no goodbye, the kernel closes its sockets."""
-        proc = self._by_url[url]
-        proc.kill()
-        proc.wait(timeout=30)
+        """kill -9 the process serving `url` and its engine: no goodbye, the kernel closes its sockets."""
+        kill_server(self._by_url[url])
 
     def stop(self) -> None:
         for proc in reversed(self._procs):  # routers first
