@@ -43,6 +43,7 @@ from engine_adapters.openai_http import HttpTimeouts, OpenAIHttpAdapter
 from engine_adapters.polling import poll_until
 from gateway.errors import EngineUnavailable, GatewayError
 from gateway.observability.metrics import LoraStat, RouteStatus, UpstreamStat
+from gateway.protocol.pooling import AUDIO_PATHS
 from gateway.routing.breaker import Breaker, BreakerState
 from gateway.routing.discovery import Resolver, discover, resolve, watch_dns
 from gateway.routing.health import probe, watch_health
@@ -72,9 +73,8 @@ VLLM_PATHS = frozenset(
         "/score",
         "/pooling",
         "/classify",
-        "/v1/audio/transcriptions",
-        "/v1/audio/translations",
     }
+    | AUDIO_PATHS
 )
 
 
