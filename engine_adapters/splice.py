@@ -10,9 +10,9 @@ The whole path, in order:
 1. Server side, once a request's head is parsed: gateway.server's protocol (uvicorn's httptools protocol,
    subclassed) puts a ClientSocket for the request into the ASGI scope's extensions (CLIENT_SOCKET), and
    tells it when the connection is lost (`lost`) or when it refused the rest of the request (`refused`).
-   That part serves every request (the disconnect notice of gateway.api.streaming), spliced or not.
-2. gateway.middleware.passthrough takes it with `client_socket(scope)` for a streamed chat or completion, when
-   settings.router.splice is on, and gateway.services.relay wraps it in a CountingSink (each write counts
+   That part serves every request (the disconnect notice of gateway.services.disconnect), spliced or not.
+2. gateway.relay.door takes it with `client_socket(scope)` for a streamed chat or completion, when
+   settings.router.splice is on, and gateway.relay.call wraps it in a CountingSink (each write counts
    for the metrics) and passes that as the relay's Sink down through the route (gateway.routing.adapter)
    to the instance's adapter.
 3. engine_adapters.openai_http.OpenAIHttpAdapter.stream_raw yields the first events the plain way, so the

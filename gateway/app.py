@@ -32,8 +32,8 @@ from gateway.errors import GatewayError, MethodNotAllowed, error_payload, invali
 from gateway.keys import KeyStore
 from gateway.lifecycle import Drain
 from gateway.limit_store import LimitStore, MemoryStore
-from gateway.middleware.passthrough import PassThrough
 from gateway.observability.tracing import build_tracing
+from gateway.relay.door import FrontDoor
 from gateway.settings import LimitSettings, Settings
 from gateway.state import AppState
 
@@ -139,7 +139,7 @@ def create_app(settings: Settings, adapter_factory: AdapterFactory | None = None
     app.state.tokenyard = state
     _install_error_handlers(app)
     _document_validation_as_400(app)
-    app.add_middleware(PassThrough, state=state)  # innermost: routed chat and completions end there
+    app.add_middleware(FrontDoor, state=state)  # innermost: routed chat and completions end there
     middleware.install(app, state)
     for module in (models, generation, embeddings, health, responses, tokenize, usage, messages, scoring, routed):
         app.include_router(module.router)

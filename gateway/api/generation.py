@@ -38,7 +38,7 @@ async def serve(
     state = app_state(request)
     log_unknown_fields(state, body)
     session_id = request.headers.get(state.settings.router.session_header)  # router mode's affinity key
-    # Routed models never get here: gateway.middleware.passthrough answers them before FastAPI does.
+    # Routed models never get here: gateway.relay.door.FrontDoor answers them before FastAPI does.
     forwarded = request_info(request.scope).forwarded  # the request id and trace context, for the engine
     answer: Awaitable[Any] = (stream if body.stream else complete)(state, body, session_id, forwarded=forwarded)
     return await answer_unless_gone(request, answer, stream=body.stream, model=body.model)

@@ -1,5 +1,5 @@
 """POST /pooling, /classify, /v1/audio/transcriptions, /v1/audio/translations: paths that only a route's
-instances serve. gateway.api.raw passes a routed model's request through before it reaches these; they
+instances serve. gateway.relay.raw passes a routed model's request through before it reaches these; they
 are declared here so that the OpenAPI schema lists them and other methods get 405, and what reaches them
 (engine mode, or a model that no route serves) gets a 404."""
 

@@ -12,7 +12,7 @@
     LimitsMiddleware       caps (400), per-key rate limits (429) and x-ratelimit-* headers
     AdmissionMiddleware    per-model in-flight cap and priority queue (429 / 503)
 
-Inside them all, create_app puts gateway.middleware.passthrough.PassThrough, which answers router mode's
+Inside them all, create_app puts gateway.relay.door.FrontDoor, which answers router mode's
 chat and completions itself; everything else goes on to FastAPI.
 """
 

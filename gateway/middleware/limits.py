@@ -38,6 +38,7 @@ from gateway.middleware.context import (
     request_info,
     send_error,
 )
+from gateway.protocol.paths import PROMPT_ONLY_PATHS  # besides embeddings: any path with "embeddings"
 from gateway.settings import LimitSettings
 from gateway.state import AppState
 
@@ -50,22 +51,6 @@ _USAGE = {
     name: re.compile(rb'"' + name.encode() + rb'":\s*(\d+)')
     for name in ("prompt_tokens", "completion_tokens", "total_tokens", "input_tokens", "output_tokens")
 }
-# Requests that generate nothing, besides embeddings: charged their prompt only.
-_PROMPT_ONLY_PATHS = frozenset(
-    {
-        "/tokenize",
-        "/detokenize",
-        "/api/v1/token_check",
-        "/v1/messages/count_tokens",
-        "/v1/score",
-        "/score",
-        "/v1/rerank",
-        "/rerank",
-        "/v2/rerank",
-        "/pooling",
-        "/classify",
-    }
-)
 TAIL_BYTES = 512  # usage is the last field of our answers and of the last SSE event
 
 
@@ -259,7 +244,7 @@ class UsageMeter:
 
 def _prompt_only(path: str) -> bool:
     """Requests that generate nothing: charged their prompt only."""
-    return "embeddings" in path or path in _PROMPT_ONLY_PATHS
+    return "embeddings" in path or path in PROMPT_ONLY_PATHS
 
 
 class LimitsMiddleware:

@@ -39,17 +39,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from engine_adapters.base import Forwarded
 from gateway.errors import GatewayError
 from gateway.middleware.context import RequestInfo, is_service_path, request_info
+from gateway.protocol.paths import OPERATIONS
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 SYSTEM = "vllm"  # gen_ai.provider.name (gen_ai.system before semantic conventions 1.37)
-OPERATIONS = {
-    "/v1/chat/completions": "chat",
-    "/v1/completions": "text_completion",
-    "/v1/embeddings": "embeddings",
-    "/v1/messages": "chat",
-    "/v1/responses": "chat",
-    "/v1/chat/completions/render": "chat",
-}
 # Sampling fields of the body -> their GenAI attribute.
 _REQUEST_FIELDS = {
     "max_tokens": "gen_ai.request.max_tokens",

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Discriminator, Field, Tag, model_validator
 
 from gateway.protocol.common import FinishReason, PromptLogprobs, SamplingFields, Usage, WireModel
 
@@ -12,6 +12,103 @@ from gateway.protocol.common import FinishReason, PromptLogprobs, SamplingFields
 class TextPart(WireModel):
     type: Literal["text"]
     text: str
+
+
+class ImageURL(WireModel):
+    url: str  # http(s), a data: URL, or file:// where the model allows a local media directory
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class ImagePart(WireModel):
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+class InputAudio(WireModel):
+    data: str  # base64
+    format: str  # "wav", "mp3", ...
+
+
+class AudioPart(WireModel):
+    type: Literal["input_audio"]
+    input_audio: InputAudio
+
+
+class MediaURL(WireModel):
+    url: str
+
+
+class AudioURLPart(WireModel):
+    """vLLM's extra: audio by URL."""
+
+    type: Literal["audio_url"]
+    audio_url: MediaURL
+
+
+class VideoPart(WireModel):
+    """vLLM's extra: video by URL."""
+
+    type: Literal["video_url"]
+    video_url: MediaURL
+
+
+class FilePart(WireModel):
+    type: Literal["file"]
+    file: dict[str, Any]  # file_data (base64), file_id, filename
+
+
+class RefusalPart(WireModel):
+    """An assistant message's refusal, as the model gave it."""
+
+    type: Literal["refusal"]
+    refusal: str
+
+
+class EmbedsPart(WireModel):
+    """vLLM's extras: precomputed embeddings (image_embeds, audio_embeds, video_embeds), base64 tensors."""
+
+    type: Literal["image_embeds", "audio_embeds", "video_embeds"]
+
+
+class OtherPart(WireModel):
+    """A part type this server does not know: refused with a 400 that names it (gateway.services.media)."""
+
+    type: str
+
+
+def _part_tag(part: Any) -> str:
+    kind = part.get("type") if isinstance(part, dict) else getattr(part, "type", None)
+    return kind if kind in _PART_TAGS else "other"
+
+
+ContentPart = Annotated[
+    Annotated[TextPart, Tag("text")]
+    | Annotated[ImagePart, Tag("image_url")]
+    | Annotated[AudioPart, Tag("input_audio")]
+    | Annotated[AudioURLPart, Tag("audio_url")]
+    | Annotated[VideoPart, Tag("video_url")]
+    | Annotated[FilePart, Tag("file")]
+    | Annotated[RefusalPart, Tag("refusal")]
+    | Annotated[EmbedsPart, Tag("image_embeds")]
+    | Annotated[EmbedsPart, Tag("audio_embeds")]
+    | Annotated[EmbedsPart, Tag("video_embeds")]
+    | Annotated[OtherPart, Tag("other")],
+    Discriminator(_part_tag),
+]
+_PART_TAGS = frozenset(
+    {
+        "text",
+        "image_url",
+        "input_audio",
+        "audio_url",
+        "video_url",
+        "file",
+        "refusal",
+        "image_embeds",
+        "audio_embeds",
+        "video_embeds",
+    }
+)
 
 
 class FunctionCall(WireModel):
@@ -27,15 +124,25 @@ class ToolCall(WireModel):
 
 class ChatMessageIn(WireModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = None
+    content: str | list[ContentPart] | None = None
     name: str | None = None
     tool_calls: list[ToolCall] | None = None  # assistant: the calls it made
     tool_call_id: str | None = None  # tool: the call this message answers
 
     def text(self) -> str:
+        """The message's text: its text parts (and an assistant's refusal), joined; media count for nothing."""
         if isinstance(self.content, list):
-            return "".join(part.text for part in self.content)
+            return "".join(
+                part.text if isinstance(part, TextPart) else part.refusal if isinstance(part, RefusalPart) else ""
+                for part in self.content
+            )
         return self.content or ""
+
+    def media(self) -> bool:
+        """Whether the content holds anything but text."""
+        return isinstance(self.content, list) and any(
+            not isinstance(part, TextPart | RefusalPart) for part in self.content
+        )
 
 
 # apply_chat_template's own arguments: a template variable of these names would clash with them.

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from gateway.protocol.common import WireModel
+from gateway.protocol.paths import UPLOAD_PATHS
 
 
 class PoolingRequest(WireModel):
@@ -66,7 +67,7 @@ class TranscriptionResponse(WireModel):
 
 
 # The paths whose body is an upload (multipart/form-data): read only as far as its `model` field in either mode.
-AUDIO_PATHS = frozenset({"/v1/audio/transcriptions", "/v1/audio/translations"})
+AUDIO_PATHS = UPLOAD_PATHS
 
 # The multipart form of /v1/audio/transcriptions and /v1/audio/translations, as OpenAI documents it.
 AUDIO_FORM: dict[str, Any] = {

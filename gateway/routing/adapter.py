@@ -43,7 +43,7 @@ from engine_adapters.openai_http import HttpTimeouts, OpenAIHttpAdapter
 from engine_adapters.polling import poll_until
 from gateway.errors import EngineUnavailable, GatewayError
 from gateway.observability.metrics import LoraStat, RouteStatus, UpstreamStat
-from gateway.protocol.pooling import AUDIO_PATHS
+from gateway.protocol.paths import RELAYED_AS_BYTES
 from gateway.routing.breaker import Breaker, BreakerState
 from gateway.routing.discovery import Resolver, discover, resolve, watch_dns
 from gateway.routing.health import probe, watch_health
@@ -59,23 +59,6 @@ from gateway.settings import RouterSettings, RouteSettings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-# vLLM's paths besides chat, completions, embeddings, responses and the tokenizer's, which a route passes
-# through to its instances as bytes (base.RawRelay); a route's passthrough_paths adds more.
-VLLM_PATHS = frozenset(
-    {
-        "/v1/messages",
-        "/v1/messages/count_tokens",
-        "/v1/rerank",
-        "/rerank",
-        "/v2/rerank",
-        "/v1/score",
-        "/score",
-        "/pooling",
-        "/classify",
-    }
-    | AUDIO_PATHS
-)
 
 
 class RoutedAdapter:
@@ -400,7 +383,7 @@ class RoutedAdapter:
         return self._routed(request, lambda adapter, sent: adapter.relay(sent, path, body, sink), tried=served)
 
     def passes_path(self, path: str) -> bool:
-        return path in VLLM_PATHS or path in self.route.passthrough_paths
+        return path in RELAYED_AS_BYTES or path in self.route.passthrough_paths
 
     def relay_raw(self, request: RouteRequest, path: str, body: RawBody) -> AsyncIterator[RawHead | bytes]:
         """A request passed through as it came (base.RawRelay), retried elsewhere before its answer's head

@@ -1,4 +1,4 @@
-"""Router mode's other paths (gateway.api.raw): vLLM's Messages, rerank, score, pooling, classify and audio
+"""Router mode's other paths (gateway.relay.raw): vLLM's Messages, rerank, score, pooling, classify and audio
 uploads, and a route's passthrough_paths, passed through to an instance as bytes, through real processes."""
 
 from __future__ import annotations

@@ -7,8 +7,9 @@ from typing import Any
 
 import orjson
 
-from gateway.protocol.chat import ChatCompletionRequest
-from gateway.services.relay import RelayCall, fold
+from gateway.relay.call import RelayCall
+from gateway.relay.fold import fold
+from gateway.relay.read import Routed
 from gateway.settings import Settings
 from gateway.state import AppState
 
@@ -44,8 +45,8 @@ class NoRelay:
 
 
 def call(**body: Any) -> RelayCall:
-    req = ChatCompletionRequest.model_validate({"model": "m", "messages": [{"role": "user", "content": "hi"}], **body})
-    return RelayCall(AppState(Settings()), NoRelay(), req, body, None, "/v1/chat/completions")  # type: ignore[arg-type]
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], **body}
+    return RelayCall(AppState(Settings()), NoRelay(), Routed.model_validate(body), body, None, "/v1/chat/completions")  # type: ignore[arg-type]
 
 
 def test_the_usage_event_is_dropped_unless_asked_for_and_read_either_way() -> None:

@@ -1,4 +1,4 @@
-"""gateway.api.streaming.until_disconnect: the work is cancelled when the client leaves, told either by
+"""gateway.services.disconnect.until_disconnect: the work is cancelled when the client leaves, told either by
 uvicorn's connection (ClientSocket.lost) or by `receive`'s disconnect message."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from engine_adapters.splice import CLIENT_SOCKET, ClientSocket
-from gateway.api.streaming import ClientDisconnected, until_disconnect
+from gateway.services.disconnect import ClientDisconnected, until_disconnect
 
 
 class Work:

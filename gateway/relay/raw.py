@@ -1,6 +1,7 @@
-"""Router mode's other paths: a routed model's request to a path its route passes through (vLLM's
-/v1/messages, /v1/rerank, /v1/score, /pooling, /classify, /v1/audio/..., and the route's passthrough_paths)
-goes to one of its instances as bytes, and the instance's answer comes back as it is, status and all.
+"""The front door's side door (gateway.relay): a routed model's request to a path its route passes through
+(vLLM's /v1/messages, /v1/rerank, /v1/score, /pooling, /classify, /v1/audio/..., and the route's
+passthrough_paths) goes to one of its instances as bytes, and the instance's answer comes back as it is,
+status and all.
 
 The stages, in order:
 1. target: the route named by the body's `model` (JSON, or a multipart form's `model` field, which
@@ -24,7 +25,6 @@ import orjson
 from starlette.types import Receive, Scope, Send
 
 from engine_adapters.base import RawBody, RawHead, RawRelay, RouteRequest
-from gateway.api.streaming import ClientDisconnected, until_disconnect
 from gateway.errors import (
     GatewayError,
     InvalidRequest,
@@ -35,6 +35,9 @@ from gateway.errors import (
 from gateway.middleware.body import ClientLeft, Upload
 from gateway.middleware.context import header, request_info, send_error
 from gateway.middleware.limits import TAIL_BYTES, usage_in
+from gateway.protocol.paths import paths
+from gateway.relay.read import prompt_messages
+from gateway.services.disconnect import ClientDisconnected, until_disconnect
 from gateway.services.metering import MeteredStream
 from gateway.services.wire import new_id
 from gateway.state import AppState
@@ -43,9 +46,7 @@ log = logging.getLogger(__name__)
 
 # Of the paths that routes pass through, those that engine mode also serves (its FastAPI handlers answer a
 # local model's request, and a missing or unknown model, themselves).
-APP_PATHS = frozenset(
-    {"/v1/messages", "/v1/messages/count_tokens", "/v1/rerank", "/rerank", "/v2/rerank", "/v1/score", "/score"}
-)
+APP_PATHS = paths("bytes", engine=True)
 _END = {"type": "http.response.body", "body": b"", "more_body": False}
 
 
@@ -73,7 +74,7 @@ async def serve(state: AppState, route: RawRelay, scope: Scope, receive: Receive
     request = RouteRequest(
         new_id("raw"),
         model,
-        messages=_messages(info.body),
+        messages=prompt_messages(info.body),
         routing_key=session.decode("latin-1") if session else None,
         forwarded=info.forwarded,  # the request id the log shows, and the client's trace context
     )
@@ -89,14 +90,6 @@ async def _json_body(parsed: object, receive: Receive) -> RawBody:
     raw = (await receive()).get("body", b"")  # the body middleware's replay: the bytes as they came
     json = parsed if isinstance(parsed, dict) else None
     return RawBody(b"application/json", raw, json=json, streams=bool(json and json.get("stream") is True))
-
-
-def _messages(body: dict[str, object]) -> list[dict[str, object]] | None:
-    """What the prefix policy looks at: the messages' roles and contents, as text."""
-    messages = body.get("messages")
-    if not isinstance(messages, list):
-        return None
-    return [{"role": str(m.get("role")), "content": str(m.get("content"))} for m in messages if isinstance(m, dict)]
 
 
 async def _answer(
