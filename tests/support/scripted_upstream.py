@@ -28,12 +28,14 @@ counted in vllm:lora_requests_info (max_lora, running_lora_adapters), and its an
 long a load takes) and lora_fault (a status, e.g. 500, that every load answers).
 
 A request whose prompt holds the poison word (none by default) is answered 500, as an engine answers a
-request it cannot serve. Wire `loose` writes JSON as Python's json.dumps does by default (`"key": value`),
+request it cannot serve. With `text_only`, a chat message part of any type but text is answered 400 with
+`param` naming it, as a text-only vLLM model refuses an image. Wire `loose` writes JSON as Python's json.dumps does by default (`"key": value`),
 whole answers indented, and SSE fields without the optional space (`data:{...}`, `data:[DONE]`): all valid,
 as an OpenAI-compatible server may write them; `compact` (the default) is orjson's and vLLM's spacing.
 
 GET /stats counts requests, completed, aborted (the client left before the end) and in flight.
-GET /requests lists the last POSTs' paths, headers (all of them, as received) and JSON `model`, newest last.
+GET /requests lists the last POSTs' paths, headers (all of them, as received), JSON `model` and JSON body as
+the text that came (None for an upload), newest last.
 A refused connection is a port nobody listens on; a crash is `kill -9` from the test. It is a small
 asyncio HTTP/1.1 server rather than an ASGI app because a reset needs the socket itself.
 """
@@ -71,6 +73,7 @@ class Script:
     lora_load_ms: float = 0.0
     lora_fault: str = ""
     fault_after: int = STALL_AFTER  # chunks before a stall, reset or error
+    text_only: bool = False  # a chat part that is not text: 400, as a text-only model answers it
 
     def dumps(self, value: Any, whole: bool = False) -> bytes:
         if self.wire == "loose":
@@ -180,6 +183,16 @@ def _text(body: dict[str, Any]) -> str:
     return prompt if isinstance(prompt, str) else " ".join(map(str, prompt or []))
 
 
+def _media_part(body: dict[str, Any]) -> tuple[str, str] | None:
+    """Where the first chat part that is not text is (`messages[i].content[j]`), and its type."""
+    for i, message in enumerate(body.get("messages") or ()):
+        content = message.get("content") if isinstance(message, dict) else None
+        for j, part in enumerate(content if isinstance(content, list) else ()):
+            if isinstance(part, dict) and part.get("type") != "text":
+                return f"messages[{i}].content[{j}]", str(part.get("type"))
+    return None
+
+
 def _continued_from(body: dict[str, Any], word: str) -> int:
     """K where the answer's start sent along ends in `t0 ... tK-1` (a resumed stream's continuation), else 0."""
     if "messages" in body:
@@ -217,7 +230,14 @@ class ScriptedServer:
 
     async def dispatch(self, request: HttpRequest, exchange: Exchange) -> None:
         if request.method == "POST" and request.path != "/control":
-            self.seen.append({"path": request.path, "headers": request.headers, "model": _model_named(request)})
+            self.seen.append(
+                {
+                    "path": request.path,
+                    "headers": request.headers,
+                    "model": _model_named(request),
+                    "body": request.body.decode() if _model_named(request) is not None else None,
+                }
+            )
         routes: dict[tuple[str, str], Callable[[HttpRequest, Exchange], Awaitable[None]]] = {
             ("GET", "/health"): lambda r, x: x.json(200, {"status": "ok"}),
             ("GET", "/v1/models"): self.models,
@@ -370,6 +390,11 @@ class ScriptedServer:
             await exchange.json(
                 int(fault), {"error": {"message": f"scripted {fault}", "type": "scripted", "param": None, "code": code}}
             )
+            return
+        if self.script.text_only and (part := _media_part(request.json())) is not None:
+            message = f"{part[1]!r} parts are not supported: the model takes text only."
+            error = {"message": message, "type": "BadRequestError", "param": part[0], "code": 400}
+            await exchange.json(400, {"error": error})
             return
         if self.script.poison and self.script.poison in _text(request.json()):
             await exchange.json(
