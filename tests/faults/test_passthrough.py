@@ -32,7 +32,9 @@ def fleet(fleet_both: Fleet) -> Fleet:
         ({"model": ""}, "model"),
     ],
 )
-async def test_bad_fields_the_router_reads_are_a_400_from_the_router_itself(fleet: Fleet, body: dict[str, object], param: str) -> None:
+async def test_bad_fields_the_router_reads_are_a_400_from_the_router_itself(
+    fleet: Fleet, body: dict[str, object], param: str
+) -> None:
     (engine,), router = fleet.start(1)
     before = engine.stats()["requests"]
     async with httpx.AsyncClient(base_url=router.url, timeout=10) as client:

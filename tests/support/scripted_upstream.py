@@ -29,7 +29,8 @@ long a load takes) and lora_fault (a status, e.g. 500, that every load answers).
 
 A request whose prompt holds the poison word (none by default) is answered 500, as an engine answers a
 request it cannot serve. With `text_only`, a chat message part of any type but text is answered 400 with
-`param` naming it, as a text-only vLLM model refuses an image. Wire `loose` writes JSON as Python's json.dumps does by default (`"key": value`),
+`param` naming it, as a text-only vLLM model refuses an image. Wire `loose` writes JSON as Python's
+json.dumps does by default (`"key": value`),
 whole answers indented, and SSE fields without the optional space (`data:{...}`, `data:[DONE]`): all valid,
 as an OpenAI-compatible server may write them; `compact` (the default) is orjson's and vLLM's spacing.
 
