@@ -473,6 +473,18 @@ class RoutedAdapter:
         raise attempts.last_error()
 
 
+# How long before the client's own read timeout a held request is answered, so that our 503 reaches it first.
+_READ_TIMEOUT_MARGIN_S = 1.0
+
+
+def hold_s(hold_timeout_s: float, read_timeout_s: float | None) -> float:
+    """How long a request may be held: the route's hold, cut short to end before the client's read timeout
+    (a held request sends nothing, so the client would give up at that timeout and retry blind)."""
+    if read_timeout_s is None:
+        return hold_timeout_s
+    return max(0.0, min(hold_timeout_s, read_timeout_s - min(_READ_TIMEOUT_MARGIN_S, read_timeout_s / 2)))
+
+
 class _Attempts:
     """One request's retry budget: up to max_attempts tries, each on an instance not tried yet, with backoff."""
 
@@ -481,7 +493,7 @@ class _Attempts:
         self.tried: set[str] = set() if tried is None else tried  # given: shared with the stream's continuations
         self.count = 0
         self.error: GatewayError | None = None
-        self.hold_until = time.monotonic() + route.hold_timeout_s()
+        self.hold_until = time.monotonic() + hold_s(route.hold_timeout_s(), request.forwarded.read_timeout_s)
 
     async def next(self) -> Lease | None:
         if self.count >= self.route.settings.max_attempts:
