@@ -383,7 +383,8 @@ cache sized for it, several GPUs without /dev/shm.
 {{- $scaled := dict -}}
 {{- range $name, $amount := $amounts -}}
 {{- if eq $name "cpu" -}}
-{{- $_ := set $scaled $name (printf "%dm" (mul (include "tokenyard.millicores" $amount | int64) $gpus)) -}}
+{{- $millicores := mul (include "tokenyard.millicores" $amount | int64) $gpus -}}
+{{- $_ := set $scaled $name (ternary (printf "%d" (div $millicores 1000)) (printf "%dm" $millicores) (eq (mod $millicores 1000) 0)) -}}
 {{- else if eq $name "memory" -}}
 {{- $_ := set $scaled $name (include "tokenyard.quantity" (mul (include "tokenyard.bytes" $amount | int64) $gpus)) -}}
 {{- else -}}
@@ -443,10 +444,10 @@ cache sized for it, several GPUs without /dev/shm.
 {{- $download = div (add $weights (sub $rate 1)) $rate | int -}}
 {{- end -}}
 {{- $_ := set $out "downloadSeconds" $download -}}
-{{- /* Scheduling, the image pull, the download, then the start: a cold start's whole budget. */ -}}
-{{- $cold := add $seconds $download 600 | int -}}
+{{- /* A cold start: scheduling and the image pull (600 s), then the start. The first rollout downloads too. */ -}}
+{{- $cold := add $seconds 600 | int -}}
 {{- $_ := set $out "coldStartSeconds" $cold -}}
-{{- $deadline := $cold -}}
+{{- $deadline := add $cold $download | int -}}
 {{- if $e.progressDeadlineSeconds -}}
 {{- if lt (int $e.progressDeadlineSeconds) $seconds -}}
 {{- fail (printf "models: %q: progressDeadlineSeconds %v is shorter than the startup probe's budget of %v s (initialDelaySeconds + failureThreshold x periodSeconds); raise it, or set 0 to derive it" $e.name $e.progressDeadlineSeconds $seconds) -}}
