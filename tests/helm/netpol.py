@@ -105,7 +105,9 @@ def _open(policies: list[dict[str, Any]], pod: Pod, direction: str, other: Endpo
     return False
 
 
-def allowed(policies: list[dict[str, Any]], source: Endpoint, target: Endpoint, port: int, protocol: str = "TCP") -> bool:
+def allowed(
+    policies: list[dict[str, Any]], source: Endpoint, target: Endpoint, port: int, protocol: str = "TCP"
+) -> bool:
     """May `source` open a connection to `target` on port/protocol, given these NetworkPolicies?"""
     egress_ok = not isinstance(source, Pod) or _open(policies, source, "Egress", target, port, protocol)
     ingress_ok = not isinstance(target, Pod) or _open(policies, target, "Ingress", source, port, protocol)

@@ -149,7 +149,10 @@ def test_gpu_engines_replace_a_pod_at_a_time_and_cpu_engines_keep_kubernetes_def
     pool = ci("gpu-single-pool")
     (engine,) = pool.engines
     assert engine["spec"]["replicas"] == 2
-    assert engine["spec"]["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
+    assert engine["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1},
+    }
     for name in ("llama-70b-tp4", "multi-model-gpu"):
         for deployment in ci(name).component("Deployment", "engine"):
             surge = deployment["spec"]["strategy"].get("rollingUpdate", {}).get("maxSurge", 0)
@@ -203,12 +206,16 @@ def test_a_hub_model_downloads_into_the_cache_in_an_init_container() -> None:
     assert engine_env["VLLM_CACHE_ROOT"] == "/var/cache/tokenyard/vllm"  # compile cache kept across restarts
     assert engine_env["HF_HUB_OFFLINE"] == "1"
     claim = next(v for v in pod_spec(engine)["volumes"] if v["name"] == "model-cache")["persistentVolumeClaim"]
-    assert rendered.get("PersistentVolumeClaim", claim["claimName"])["spec"]["resources"]["requests"]["storage"] == "200Gi"
+    assert (
+        rendered.get("PersistentVolumeClaim", claim["claimName"])["spec"]["resources"]["requests"]["storage"] == "200Gi"
+    )
 
 
 def test_an_empty_dir_cache_counts_in_the_pods_local_storage() -> None:
     values = {
-        "engineDefaults": {"modelCache": {"type": "emptyDir", "weightsSize": "30Gi", "emptyDir": {"sizeLimit": "40Gi"}}},
+        "engineDefaults": {
+            "modelCache": {"type": "emptyDir", "weightsSize": "30Gi", "emptyDir": {"sizeLimit": "40Gi"}}
+        },
         "models": [{"name": "m", "model": "org/m"}],
     }
     (engine,) = render(values).engines
@@ -243,7 +250,17 @@ def test_scale_from_zero_holds_and_cools_down_for_a_whole_cold_start() -> None:
     rendered = render(keda)
     assert {so["spec"]["cooldownPeriod"] for so in rendered.of_kind("ScaledObject")} == {300}
     assert all("hold_timeout_s" not in r for r in rendered.config_of(rendered.router)["routes"])
-    own = {**keda, "models": [{"name": "m", "model": "/m", "keda": {"enabled": True, "minReplicaCount": 0, "cooldownPeriod": 60}, "routeConfig": {"hold_timeout_s": 90}}]}
+    own = {
+        **keda,
+        "models": [
+            {
+                "name": "m",
+                "model": "/m",
+                "keda": {"enabled": True, "minReplicaCount": 0, "cooldownPeriod": 60},
+                "routeConfig": {"hold_timeout_s": 90},
+            }
+        ],
+    }
     rendered = render(own)
     (scaled,) = rendered.of_kind("ScaledObject")
     assert scaled["spec"]["cooldownPeriod"] == 60
@@ -389,7 +406,13 @@ def test_the_inference_pool_path_is_rendered_end_to_end() -> None:
     engine = pod_of(pod_templates(rendered.engines[0])[0])
     assert allowed(policies, Pod(NAMESPACE, {"app": "epp"}), engine, 8000)
     with pytest.raises(helm_python.HelmError, match="podSelector"):
-        render({"models": [{"name": "m", "model": "/m", "inferencePool": {"enabled": True, "endpointPicker": {"name": "e"}}}]})
+        render(
+            {
+                "models": [
+                    {"name": "m", "model": "/m", "inferencePool": {"enabled": True, "endpointPicker": {"name": "e"}}}
+                ]
+            }
+        )
     with pytest.raises(helm_python.HelmError, match="parentRefs"):
         render({"models": [{"name": "m", "model": "/m", "inferencePool": {**pool, "httpRoute": {"enabled": True}}}]})
 

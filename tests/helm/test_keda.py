@@ -41,7 +41,9 @@ def scraped_services(rendered: Rendered) -> set[str]:
         chosen = monitor["spec"]["selector"]["matchLabels"]
         assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
         scraped |= {
-            s["metadata"]["name"] for s in rendered.of_kind("Service") if chosen.items() <= s["metadata"]["labels"].items()
+            s["metadata"]["name"]
+            for s in rendered.of_kind("Service")
+            if chosen.items() <= s["metadata"]["labels"].items()
         }
     return scraped
 

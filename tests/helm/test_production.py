@@ -104,8 +104,13 @@ def test_every_engine_has_a_pdb_that_cannot_block_a_drain(ci_rendered: Rendered)
         assert pdb["spec"]["maxUnavailable"] == group and pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
         for template in pod_templates(engine):
             assert selects(pdb["spec"]["selector"], template["metadata"]["labels"])
-        assert sum(any(selects(pdb["spec"]["selector"], t["metadata"]["labels"]) for t in pod_templates(e))
-                   for e in ci_rendered.engines) == 1
+        assert (
+            sum(
+                any(selects(pdb["spec"]["selector"], t["metadata"]["labels"]) for t in pod_templates(e))
+                for e in ci_rendered.engines
+            )
+            == 1
+        )
         validate(pdb)
 
 
@@ -239,7 +244,10 @@ def test_inference_pool_selects_one_models_engines() -> None:
                 {
                     "name": "a",
                     "model": "/m/a",
-                    "inferencePool": {"enabled": True, "endpointPicker": {"name": "a-epp", "podSelector": {"app": "a"}}},
+                    "inferencePool": {
+                        "enabled": True,
+                        "endpointPicker": {"name": "a-epp", "podSelector": {"app": "a"}},
+                    },
                 },
                 {"name": "b", "model": "/m/b"},
             ]
