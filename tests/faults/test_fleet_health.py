@@ -150,7 +150,12 @@ def test_a_held_request_ends_before_the_sdks_read_timeout(fleet: Fleet, tmp_path
     print(f"held {held_s:.2f}s under a 3 s read timeout")
     assert 1.5 <= held_s < 3.0  # held up to a second before the client's timeout, not the route's 60 s
     assert refused.value.status_code == 503 and refused.value.response.headers["retry-after"]
-    assert refused.value.body["code"] == "engine_unavailable"  # type: ignore[index]
+    assert refused.value.body == {  # the SDK hands over the error object
+        "message": "No instance of `later` became ready within 2 s.",
+        "type": "service_unavailable_error",
+        "param": None,
+        "code": "engine_unavailable",
+    }
     # Without the header (or with a longer timeout) the route's own hold applies: still waiting after 3 s.
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{router.url}/v1/completions", json=later_body(), timeout=3.0)

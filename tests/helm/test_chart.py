@@ -50,6 +50,9 @@ def test_ci_values_sets_exist() -> None:
         "cpu-embedded-values.yaml",
         "keys-monitoring-keda-values.yaml",
         "production-values.yaml",
+        "gpu-single-pool-values.yaml",
+        "llama-70b-tp4-values.yaml",
+        "llama-405b-multinode-values.yaml",
     } <= names
 
 

@@ -18,7 +18,6 @@ from tests.helm.netpol import Address, Pod, allowed
 from tests.helm.rendering import (
     NAMESPACE,
     Rendered,
-    load_values,
     main_container,
     pod_spec,
     pod_templates,
@@ -27,7 +26,6 @@ from tests.helm.rendering import (
 )
 
 REFUSED_DIR = Path(__file__).parent / "refused"
-GIB = 1024**3
 
 
 def by_model(rendered: Rendered) -> dict[str, dict[str, Any]]:
@@ -471,7 +469,31 @@ def test_helm_test_waits_for_a_ready_engine_of_each_model_that_keeps_one() -> No
     assert "/ready" in pod["spec"]["containers"][0]["command"][2]
 
 
-def test_values_sets_render_at_the_gpu_sizes_they_declare() -> None:
-    for name in ("gpu-single-pool", "llama-70b-tp4", "llama-405b-multinode"):
-        values = load_values(Path(__file__).parents[2] / "helm" / "tokenyard" / "ci" / f"{name}-values.yaml")
-        assert values["models"], name
+@pytest.mark.parametrize(
+    ("weights", "claim", "fits"),
+    [("1.5Ti", "1536Gi", True), ("1.5Ti", "1535Gi", False), ("141Gi", "150G", False), ("141G", "150G", True)],
+)
+def test_weights_and_claims_compare_as_kubernetes_quantities(weights: str, claim: str, fits: bool) -> None:
+    values = {
+        "engineDefaults": {"modelCache": {"type": "pvc", "weightsSize": weights, "pvc": {"size": claim}}},
+        "models": [{"name": "m", "model": "org/m", "gpu": {"count": 1}}],
+    }
+    if fits:
+        (engine,) = render(values).engines
+        assert pod_spec(engine)["initContainers"][0]["name"] == "download-model"
+    else:
+        with pytest.raises(helm_python.HelmError, match="is smaller than modelCache.weightsSize"):
+            render(values)
+
+
+def test_without_the_init_container_the_download_counts_in_the_start_budget() -> None:
+    values = {
+        "engineDefaults": {"modelCache": {"type": "pvc", "weightsSize": "10G", "download": False}},
+        "models": [{"name": "m", "model": "org/m"}],
+    }
+    (engine,) = render(values).engines
+    assert "initContainers" not in pod_spec(engine)
+    assert "HF_HUB_OFFLINE" not in env_of(main_container(engine))  # the engine fetches the model itself
+    # 1,200 s, the weights read at 200 MB/s (50 s) and downloaded at 50 MB/s (200 s).
+    assert startup_budget(main_container(engine)) == 1200 + 50 + 200
+    assert engine["spec"]["progressDeadlineSeconds"] == 1450 + 600

@@ -315,6 +315,9 @@ cache sized for it, several GPUs without /dev/shm.
 {{- if eq $cache.type "none" -}}
 {{- fail (printf "models: %q is a hub id (%s): its weights are downloaded at start, so it needs modelCache.type pvc or emptyDir (the pod's scratch home would overflow and the pod be evicted), and modelCache.weightsSize" $e.name $model) -}}
 {{- end -}}
+{{- if and (gt $nodes 1) (eq $cache.type "emptyDir") -}}
+{{- fail (printf "models: %q is a hub id across %d nodes: its workers read the weights too, so the cache must be one claim they all mount (modelCache.type pvc, ReadWriteMany), not a per-pod emptyDir" $e.name $nodes) -}}
+{{- end -}}
 {{- if not $weights -}}
 {{- fail (printf "models: %q is a hub id (%s): set modelCache.weightsSize to the size of its files (for example 141Gi for a 70B model in bf16), so the cache and the start budget can be sized for it" $e.name $model) -}}
 {{- end -}}
@@ -431,6 +434,11 @@ cache sized for it, several GPUs without /dev/shm.
 {{- if $weights }}{{ $seconds = add $seconds (div (add $weights (sub (mul (int64 $startup.loadMegabytesPerSecond) 1000000) 1)) (mul (int64 $startup.loadMegabytesPerSecond) 1000000)) | int }}{{ end -}}
 {{- if gt $nodes 1 }}{{ $seconds = add $seconds (int $e.multiNode.joinSeconds) | int }}{{ end -}}
 {{- end -}}
+{{- end -}}
+{{- if and $hub (not $cache.download) (not $startup.seconds) (not $probe.failureThreshold) -}}
+{{- /* No init container: the engine downloads the model itself, under its startup probe. */ -}}
+{{- $rate := mul (int64 $startup.downloadMegabytesPerSecond) 1000000 -}}
+{{- $seconds = add $seconds (div (add $weights (sub $rate 1)) $rate) | int -}}
 {{- end -}}
 {{- if not $probe.failureThreshold -}}
 {{- $_ := set $probe "failureThreshold" (div (add (sub $seconds (default 0 $probe.initialDelaySeconds)) (sub $period 1)) $period | int) -}}
