@@ -497,3 +497,33 @@ def test_without_the_init_container_the_download_counts_in_the_start_budget() ->
     # 1,200 s, the weights read at 200 MB/s (50 s) and downloaded at 50 MB/s (200 s).
     assert startup_budget(main_container(engine)) == 1200 + 50 + 200
     assert engine["spec"]["progressDeadlineSeconds"] == 1450 + 600
+
+
+def test_the_download_script_runs_against_a_hub_cache(tmp_path: Path) -> None:
+    """The init container's script, as rendered, run with this venv's huggingface_hub (the images carry it
+    with vLLM) against a hub cache that already holds the model (offline: no network here): it finds the
+    snapshot where HF_HOME points, as a resumed download would."""
+    import os
+    import subprocess
+    import sys
+
+    (engine,) = ci("llama-70b-tp4").engines
+    (download,) = pod_spec(engine)["initContainers"]
+    env = env_of(download)
+    env["HF_HOME"] = str(tmp_path)
+    repo = tmp_path / "hub" / "models--meta-llama--Llama-3.1-70B-Instruct"
+    snapshot = repo / "snapshots" / "0123abcd"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abcd")
+    assert download["command"][:2] == ["python", "-c"]
+    result = subprocess.run(
+        [sys.executable, "-c", download["command"][2]],
+        env={**os.environ, **env, "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"downloaded meta-llama/Llama-3.1-70B-Instruct to {snapshot}" in result.stdout
