@@ -291,11 +291,12 @@ What the chart derives for one engine, given (list root entry), as YAML merged i
 - hub: the model is a hub id (not builtin:*, not a path), downloaded at start into the model cache;
 - strategy: the Deployment strategy (GPU engines and ReadWriteOnce caches: replace, never surge);
 - shm: the size of /dev/shm; podResources: the engine container's resources (GPUs, shm, cache);
-- startupSeconds, downloadSeconds, progressDeadlineSeconds and the resolved probes;
-- hold (the route's hold_timeout_s) and the KEDA cooldowns of a model that may scale to zero;
+- startupSeconds (the start budget) with the resolved probes, downloadSeconds, coldStartSeconds and
+  progressDeadline (the Deployment's progressDeadlineSeconds);
+- fromZero, hold (the route's hold_timeout_s), cooldownPeriod and initialCooldownPeriod (KEDA);
 - drainDeadline: the engine's drain deadline.
 It refuses what cannot work: a ReadWriteOnce claim mounted by more than one pod, a hub model without a
-cache sized for it, several GPUs without /dev/shm.
+cache sized for it, several GPUs without /dev/shm, KEDA's minimum above its maximum.
 */}}
 {{- define "tokenyard.engineDerived" -}}
 {{- $root := index . 0 -}}
