@@ -37,6 +37,9 @@ class Forwarded:
     traceparent: str | None = None
     tracestate: str | None = None
     priority: int = 0  # from x-priority or the body's `priority` (gateway.middleware.admission)
+    # The client's own read timeout (x-stainless-read-timeout, sent by the openai and anthropic SDKs): a
+    # router holds the request no longer, so the client gets its 503 rather than its own timeout. Not sent on.
+    read_timeout_s: float | None = None
     trace: Any = field(default=None, compare=False, repr=False)  # a gateway.observability.otel.RequestTrace
 
     def headers(self) -> dict[str, str]:

@@ -29,6 +29,7 @@ _ACCEPTED_ID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
 # W3C trace context: passed on to the engine only in its exact shape (version 00; no all-zero ids).
 _TRACEPARENT = re.compile(rb"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
 _TRACESTATE = re.compile(rb"[\x20-\x7e]{1,512}")  # printable ASCII, bounded: list members, as given
+_SECONDS = re.compile(rb"[0-9]{1,9}(\.[0-9]{1,9})?")  # "600.0", as the SDKs write a timeout
 
 
 def request_id_from(scope: Scope) -> str:
@@ -38,16 +39,29 @@ def request_id_from(scope: Scope) -> str:
     return os.urandom(16).hex()
 
 
+def read_timeout_from(scope: Scope) -> float | None:
+    """The client's read timeout in seconds, from x-stainless-read-timeout when it is a positive number."""
+    raw = header(scope, b"x-stainless-read-timeout")
+    if raw is None or not _SECONDS.fullmatch(raw):
+        return None
+    seconds = float(raw)
+    return seconds if seconds > 0 else None
+
+
 def forwarded_from(scope: Scope, request_id: str) -> Forwarded:
     """What the engine is told about the request: the id the log shows, and the client's trace context
-    when it is well formed (a tracestate only beside a traceparent). Nothing else of the client's."""
+    when it is well formed (a tracestate only beside a traceparent). Nothing else of the client's, but its
+    read timeout, which the router keeps for itself."""
+    read_timeout_s = read_timeout_from(scope)
     traceparent = header(scope, b"traceparent")
     if traceparent is None or not _TRACEPARENT.fullmatch(traceparent):
-        return Forwarded(request_id)
+        return Forwarded(request_id, read_timeout_s=read_timeout_s)
     tracestate = header(scope, b"tracestate")
     if tracestate is not None and not _TRACESTATE.fullmatch(tracestate):
         tracestate = None
-    return Forwarded(request_id, traceparent.decode(), tracestate.decode() if tracestate else None)
+    return Forwarded(
+        request_id, traceparent.decode(), tracestate.decode() if tracestate else None, read_timeout_s=read_timeout_s
+    )
 
 
 class RequestLogMiddleware:

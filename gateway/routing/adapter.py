@@ -277,7 +277,7 @@ class RoutedAdapter:
 
     async def _choose(self, attempts: _Attempts) -> Lease:
         if not self.routable():
-            await self._hold(attempts.hold_until)
+            await self._hold(attempts.hold_until, attempts.hold_s)
             attempts.tried.clear()  # the instances changed while it was held
         candidates = [i for i in self.routable() if i.url not in attempts.tried]
         if not candidates:
@@ -296,17 +296,18 @@ class RoutedAdapter:
     def hold_timeout_s(self) -> float:
         return self.settings.hold_timeout_s if self.route.hold_timeout_s is None else self.route.hold_timeout_s
 
-    async def _hold(self, until: float) -> None:
-        """Wait until an instance is routable, or raise at `until` (monotonic). A wait is woken when an instance
-        joins or passes a health check again, and re-checks every health interval (a breaker's cooldown ends)."""
+    async def _hold(self, until: float, hold_s: float) -> None:
+        """Wait until an instance is routable, or raise at `until` (monotonic), `hold_s` after the request came.
+        A wait is woken when an instance joins or passes a health check again, and re-checks every health
+        interval (a breaker's cooldown ends)."""
         self.held += 1
         try:
             while not self.routable():
                 left = until - time.monotonic()
                 if left <= 0:
                     raise EngineUnavailable(
-                        f"No instance of `{self.route.name}` became ready within {self.hold_timeout_s():g} s."
-                        if self.hold_timeout_s()
+                        f"No instance of `{self.route.name}` became ready within {hold_s:g} s."
+                        if hold_s
                         else f"No healthy instance serves `{self.route.name}` now."
                     )
                 woken = self._routable_again
@@ -456,6 +457,18 @@ class RoutedAdapter:
         raise attempts.last_error()
 
 
+# How long before the client's own read timeout a held request is answered, so that our 503 reaches it first.
+_READ_TIMEOUT_MARGIN_S = 1.0
+
+
+def hold_budget_s(hold_timeout_s: float, read_timeout_s: float | None) -> float:
+    """How long a request may be held: the route's hold, cut short to end before the client's read timeout
+    (a held request sends nothing, so the client would give up at that timeout and retry blind)."""
+    if read_timeout_s is None:
+        return hold_timeout_s
+    return max(0.0, min(hold_timeout_s, read_timeout_s - min(_READ_TIMEOUT_MARGIN_S, read_timeout_s / 2)))
+
+
 class _Attempts:
     """One request's retry budget: up to max_attempts tries, each on an instance not tried yet, with backoff."""
 
@@ -464,7 +477,8 @@ class _Attempts:
         self.tried: set[str] = set() if tried is None else tried  # given: shared with the stream's continuations
         self.count = 0
         self.error: GatewayError | None = None
-        self.hold_until = time.monotonic() + route.hold_timeout_s()
+        self.hold_s = hold_budget_s(route.hold_timeout_s(), request.forwarded.read_timeout_s)
+        self.hold_until = time.monotonic() + self.hold_s
 
     async def next(self) -> Lease | None:
         if self.count >= self.route.settings.max_attempts:

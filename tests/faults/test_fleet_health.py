@@ -133,3 +133,29 @@ async def test_a_held_client_that_leaves_is_gone_from_the_waiting_gauge_at_once(
     await until(lambda: gauge(router, "tokenyard_route_waiting_requests", LATER) == 0, 5, "the held requests left")
     print(f"held requests gone {time.monotonic() - gone_at:.2f}s after their clients left")
     assert time.monotonic() - gone_at < 2.0
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_a_held_request_ends_before_the_sdks_read_timeout(fleet: Fleet, tmp_path: Path, streamed: bool) -> None:
+    """The openai SDK sends its read timeout (x-stainless-read-timeout); the router holds the request no longer
+    than that, less a margin, so the client reads our 503 and Retry-After instead of timing out itself."""
+    import openai
+
+    _, router = start(fleet, tmp_path, hold_timeout_s=60)
+    client = openai.OpenAI(base_url=f"{router.url}/v1", api_key="unused", timeout=3.0, max_retries=0)
+    started = time.monotonic()
+    with pytest.raises(openai.InternalServerError) as refused:
+        client.completions.create(model=LATER, prompt="hello", max_tokens=4, stream=streamed)
+    held_s = time.monotonic() - started
+    print(f"held {held_s:.2f}s under a 3 s read timeout")
+    assert 1.5 <= held_s < 3.0  # held up to a second before the client's timeout, not the route's 60 s
+    assert refused.value.status_code == 503 and refused.value.response.headers["retry-after"]
+    assert refused.value.body == {  # the SDK hands over the error object
+        "message": "No instance of `later` became ready within 2 s.",
+        "type": "service_unavailable_error",
+        "param": None,
+        "code": "engine_unavailable",
+    }
+    # Without the header (or with a longer timeout) the route's own hold applies: still waiting after 3 s.
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{router.url}/v1/completions", json=later_body(), timeout=3.0)

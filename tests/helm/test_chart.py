@@ -50,6 +50,9 @@ def test_ci_values_sets_exist() -> None:
         "cpu-embedded-values.yaml",
         "keys-monitoring-keda-values.yaml",
         "production-values.yaml",
+        "gpu-single-pool-values.yaml",
+        "llama-70b-tp4-values.yaml",
+        "llama-405b-multinode-values.yaml",
     } <= names
 
 
@@ -192,11 +195,17 @@ def test_drain_values_flow_into_config_and_grace() -> None:
 
 
 def test_containers_run_tokenyard_serve_with_the_config(ci_rendered: Rendered) -> None:
-    for deployment in ci_rendered.of_kind("Deployment"):
+    for deployment in ci_rendered.component("Deployment", "engine"):
         container = main_container(deployment)
         assert container["command"] == ["tokenyard", "serve", "--config", "/etc/tokenyard/config.yaml"]
         mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
-        assert mounts["/etc/tokenyard/config.yaml"]["subPath"] == "config.yaml"
+        assert mounts["/etc/tokenyard/config.yaml"]["subPath"] == "config.yaml"  # read once, at start
+    # The router's file is in a mounted directory, which the kubelet updates in place: the router reloads it.
+    router = main_container(ci_rendered.router)
+    assert router["command"] == ["tokenyard", "serve", "--config", "/etc/tokenyard/router/config.yaml"]
+    (mount,) = [m for m in router["volumeMounts"] if m["name"] == "config"]
+    assert mount == {"name": "config", "mountPath": "/etc/tokenyard/router", "readOnly": True}
+    for deployment in ci_rendered.of_kind("Deployment"):
         config = ci_rendered.config_of(deployment)
         assert (config["host"], config["port"]) == ("0.0.0.0", 8000)
 
@@ -507,7 +516,7 @@ def test_hub_token_comes_from_an_existing_secret() -> None:
 def test_hub_downloads_land_on_the_model_cache() -> None:
     rendered = render(
         {
-            "engineDefaults": {"modelCache": {"type": "pvc"}, "hfTokenSecret": {"name": "hf"}},
+            "engineDefaults": {"modelCache": {"type": "pvc", "weightsSize": "1Gi"}, "hfTokenSecret": {"name": "hf"}},
             "models": [{"name": "qwen", "model": "Qwen/Qwen2.5-0.5B-Instruct"}],
         }
     )
@@ -555,28 +564,23 @@ def test_servicemonitor_needs_the_api_or_force() -> None:
     skipped = render(enabled)
     assert skipped.of_kind("ServiceMonitor") == []
     assert "monitoring.coreos.com/v1" in skipped.notes
-    assert len(render(enabled, api_versions=[MONITORING_API]).of_kind("ServiceMonitor")) == 1
-    assert len(render({"serviceMonitor": {"enabled": True, "force": True}}).of_kind("ServiceMonitor")) == 1
+    assert len(render(enabled, api_versions=[MONITORING_API]).of_kind("ServiceMonitor")) == 2  # router, engines
+    assert len(render({"serviceMonitor": {"enabled": True, "force": True}}).of_kind("ServiceMonitor")) == 2
 
 
 def test_servicemonitor_shape() -> None:
     rendered = ci("keys-monitoring-keda")
-    (monitor,) = rendered.of_kind("ServiceMonitor")
-    assert monitor["apiVersion"] == MONITORING_API
-    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
-    (endpoint,) = monitor["spec"]["endpoints"]
-    assert (endpoint["port"], endpoint["path"], endpoint["interval"]) == ("http", "/metrics", "30s")
-    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
-    selector = monitor["spec"]["selector"]
-    components = set(selector["matchExpressions"][0]["values"])
-    scraped = [
-        s
-        for s in rendered.of_kind("Service")
-        if selector["matchLabels"].items() <= s["metadata"]["labels"].items()
-        and s["metadata"]["labels"]["app.kubernetes.io/component"] in components
-    ]
-    # The router Service and every engine's headless Service, each with the named port.
-    assert len(scraped) == 1 + len(rendered.engines)
+    scraped = []
+    for monitor in rendered.of_kind("ServiceMonitor"):
+        assert monitor["apiVersion"] == MONITORING_API
+        assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+        (endpoint,) = monitor["spec"]["endpoints"]
+        assert (endpoint["port"], endpoint["path"], endpoint["interval"]) == ("http", "/metrics", "30s")
+        assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+        selector = monitor["spec"]["selector"]["matchLabels"]
+        scraped += [s for s in rendered.of_kind("Service") if selector.items() <= s["metadata"]["labels"].items()]
+    # The router Service and every engine's headless Service, each once, each with the named port.
+    assert len(scraped) == 1 + len(rendered.engines) == len({s["metadata"]["name"] for s in scraped})
     assert all(any(p["name"] == "http" for p in s["spec"]["ports"]) for s in scraped)
 
 
@@ -590,12 +594,12 @@ def test_router_hpa_and_pdb() -> None:
     assert hpa["spec"]["scaleTargetRef"]["name"] == router["metadata"]["name"]
     assert "replicas" not in router["spec"]
     assert main_container(router)["resources"]["requests"]["cpu"]
-    (pdb,) = rendered.of_kind("PodDisruptionBudget")
+    (pdb,) = rendered.component("PodDisruptionBudget", "router")
     assert pdb["spec"]["selector"]["matchLabels"] == router["spec"]["selector"]["matchLabels"]
     assert pdb["spec"]["maxUnavailable"] < hpa["spec"]["minReplicas"]
 
     small = ci("cpu-embedded")
-    assert small.of_kind("HorizontalPodAutoscaler") == [] and small.of_kind("PodDisruptionBudget") == []
+    assert small.of_kind("HorizontalPodAutoscaler") == [] and small.component("PodDisruptionBudget", "router") == []
     assert small.router["spec"]["replicas"] == 1
 
 
@@ -603,13 +607,13 @@ def test_router_pdb_lets_a_drain_evict_a_lone_router() -> None:
     """minAvailable 1 over one pod would refuse every eviction; maxUnavailable 1 always allows one."""
     rendered = render({"router": {"replicaCount": 1, "autoscaling": {"enabled": False}}})
     assert rendered.router["spec"]["replicas"] == 1
-    (pdb,) = rendered.of_kind("PodDisruptionBudget")
+    (pdb,) = rendered.component("PodDisruptionBudget", "router")
     assert "minAvailable" not in pdb["spec"]
     assert pdb["spec"]["maxUnavailable"] == 1
     assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
     kubernetes_validate.validate(pdb, KUBE_VERSION, strict=True)
     tuned = render({"router": {"podDisruptionBudget": {"maxUnavailable": "50%", "unhealthyPodEvictionPolicy": ""}}})
-    (pdb,) = tuned.of_kind("PodDisruptionBudget")
+    (pdb,) = tuned.component("PodDisruptionBudget", "router")
     assert pdb["spec"] == {"maxUnavailable": "50%", "selector": pdb["spec"]["selector"]}
     kubernetes_validate.validate(pdb, KUBE_VERSION, strict=True)
 

@@ -35,17 +35,17 @@ def selector(query: str) -> tuple[str, dict[str, str]]:
 
 
 def scraped_services(rendered: Rendered) -> set[str]:
-    """Names of the Services the ServiceMonitor has Prometheus scrape, each of which becomes a `service` label."""
-    (monitor,) = rendered.of_kind("ServiceMonitor")
-    chosen = monitor["spec"]["selector"]
-    components = set(chosen["matchExpressions"][0]["values"])
-    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
-    return {
-        s["metadata"]["name"]
-        for s in rendered.of_kind("Service")
-        if chosen["matchLabels"].items() <= s["metadata"]["labels"].items()
-        and s["metadata"]["labels"]["app.kubernetes.io/component"] in components
-    }
+    """Names of the Services the ServiceMonitors have Prometheus scrape, each of which becomes a `service` label."""
+    scraped: set[str] = set()
+    for monitor in rendered.of_kind("ServiceMonitor"):
+        chosen = monitor["spec"]["selector"]["matchLabels"]
+        assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+        scraped |= {
+            s["metadata"]["name"]
+            for s in rendered.of_kind("Service")
+            if chosen.items() <= s["metadata"]["labels"].items()
+        }
+    return scraped
 
 
 @pytest.mark.parametrize("name", ["default", "cpu-embedded", "multi-model-gpu"])
@@ -170,7 +170,7 @@ def test_keda_with_the_monitoring_api_renders() -> None:
         {"serviceMonitor": {"enabled": True}, "engineDefaults": {"keda": {"enabled": True}}},
         api_versions=[MONITORING_API],
     )
-    assert len(rendered.of_kind("ServiceMonitor")) == 1
+    assert len(rendered.of_kind("ServiceMonitor")) == 2  # the router's and the engines'
     assert sorted(by_model(rendered)) == ["all-MiniLM-L6-v2", "gemma-3-270m"]
 
 

@@ -106,7 +106,10 @@ def test_group_members_reach_each_other_and_keda_scales_groups() -> None:
     assert "replicas" not in lws["spec"]  # KEDA owns it
     (pool,) = result.of_kind("InferencePool")
     assert pool["spec"]["selector"]["matchLabels"]["leaderworkerset.sigs.k8s.io/worker-index"] == "0"
-    assert result.component("PodDisruptionBudget", "engine") == []
+    budgets = {
+        p["metadata"]["name"]: p["spec"]["maxUnavailable"] for p in result.component("PodDisruptionBudget", "engine")
+    }
+    assert budgets[lws["metadata"]["name"]] == lws["spec"]["leaderWorkerTemplate"]["size"]  # one whole group
     for obj in (lws, scaled, pool):
         validate_custom_resource(obj)
 

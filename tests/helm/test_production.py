@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import helm_python
 import kubernetes_validate
+import pytest
 
 from tests.helm.conftest import ci
 from tests.helm.rendering import KUBE_VERSION, Rendered, main_container, pod_spec, pod_templates, render
@@ -41,7 +43,7 @@ def test_the_production_set_turns_everything_on() -> None:
         "Role",
         "RoleBinding",
     } <= kinds
-    assert len(rendered.of_kind("InferencePool")) == 2 and len(rendered.component("PodDisruptionBudget", "engine")) == 1
+    assert len(rendered.of_kind("InferencePool")) == 2 and len(rendered.component("PodDisruptionBudget", "engine")) == 2
 
 
 def test_pod_templates_leave_out_the_chart_version(ci_rendered: Rendered) -> None:
@@ -90,26 +92,34 @@ def pdbs(rendered: Rendered) -> dict[str, dict[str, Any]]:
     return {p["metadata"]["name"]: p for p in rendered.component("PodDisruptionBudget", "engine")}
 
 
-def test_an_engine_pdb_only_for_models_with_several_pods() -> None:
-    rendered = ci("multi-model-gpu")  # llama has two replicas, the others one
-    engines = {e["metadata"]["name"]: e for e in rendered.engines}
-    (name,) = pdbs(rendered)
-    assert name == "ty-tokenyard-engine-llama-3-1-8b-instruct"
-    pdb = pdbs(rendered)[name]
-    assert pdb["spec"]["maxUnavailable"] == 1 and pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
-    assert pdb["spec"]["selector"] == engines[name]["spec"]["selector"]
-    assert sum(selects(pdb["spec"]["selector"], pod_labels(e)) for e in rendered.engines) == 1
-    validate(pdb)
-    assert pdbs(ci("default")) == {}
-    forced = render({"engineDefaults": {"podDisruptionBudget": {"enabled": True, "maxUnavailable": "50%"}}})
-    assert [p["spec"]["maxUnavailable"] for p in pdbs(forced).values()] == ["50%", "50%"]
-    keda = render(
-        {
-            "serviceMonitor": {"enabled": True, "force": True},
-            "engineDefaults": {"keda": {"enabled": True, "minReplicaCount": 2}},
-        }
-    )
-    assert len(pdbs(keda)) == 2
+def test_every_engine_has_a_pdb_that_cannot_block_a_drain(ci_rendered: Rendered) -> None:
+    """One per model, lone pods and KEDA minimums of one or zero included: maxUnavailable of at least one pod
+    (a multi-node model: a whole group) and AlwaysAllow, so a drain always proceeds."""
+    by_name = pdbs(ci_rendered)
+    assert sorted(by_name) == sorted(e["metadata"]["name"] for e in ci_rendered.engines)
+    for engine in ci_rendered.engines:
+        pdb = by_name[engine["metadata"]["name"]]
+        group = engine["spec"]["leaderWorkerTemplate"]["size"] if engine["kind"] == "LeaderWorkerSet" else 1
+        assert "minAvailable" not in pdb["spec"]
+        assert pdb["spec"]["maxUnavailable"] == group and pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+        for template in pod_templates(engine):
+            assert selects(pdb["spec"]["selector"], template["metadata"]["labels"])
+        assert (
+            sum(
+                any(selects(pdb["spec"]["selector"], t["metadata"]["labels"]) for t in pod_templates(e))
+                for e in ci_rendered.engines
+            )
+            == 1
+        )
+        validate(pdb)
+
+
+def test_engine_pdbs_can_be_tuned_or_turned_off() -> None:
+    tuned = render({"engineDefaults": {"podDisruptionBudget": {"maxUnavailable": "50%"}}})
+    assert [p["spec"]["maxUnavailable"] for p in pdbs(tuned).values()] == ["50%", "50%"]
+    assert pdbs(render({"engineDefaults": {"podDisruptionBudget": {"enabled": False}}})) == {}
+    with pytest.raises(helm_python.HelmError, match="maxUnavailable"):
+        render({"engineDefaults": {"podDisruptionBudget": {"maxUnavailable": 0}}})
 
 
 def test_extra_volumes_mounts_and_env_from() -> None:
@@ -212,13 +222,17 @@ def test_servicemonitor_sends_a_key_when_metrics_are_guarded() -> None:
         }
     )
     assert rendered.config_of(rendered.router)["auth"]["guard_metrics"] is True
-    (monitor,) = rendered.of_kind("ServiceMonitor")
-    (endpoint,) = monitor["spec"]["endpoints"]
+    monitors = {m["metadata"]["labels"]["app.kubernetes.io/component"]: m for m in rendered.of_kind("ServiceMonitor")}
+    (endpoint,) = monitors["router"]["spec"]["endpoints"]
     assert endpoint["authorization"] == {"type": "Bearer", "credentials": {"name": "prom-key", "key": "token"}}
     assert endpoint["relabelings"][-1] == extra[0] and endpoint["metricRelabelings"] == drop
-    validate_custom_resource(monitor)
-    (plain,) = render({"serviceMonitor": {"enabled": True, "force": True}}).of_kind("ServiceMonitor")
-    assert "authorization" not in plain["spec"]["endpoints"][0]
+    # The key goes to the router alone: the engines' /metrics asks for none, and they are scraped over plain HTTP.
+    (engines,) = monitors["engine"]["spec"]["endpoints"]
+    assert "authorization" not in engines and engines["metricRelabelings"] == drop
+    for monitor in monitors.values():
+        validate_custom_resource(monitor)
+    plain = render({"serviceMonitor": {"enabled": True, "force": True}}).of_kind("ServiceMonitor")
+    assert all("authorization" not in monitor["spec"]["endpoints"][0] for monitor in plain)
 
 
 def test_inference_pool_selects_one_models_engines() -> None:
@@ -227,7 +241,14 @@ def test_inference_pool_selects_one_models_engines() -> None:
     rendered = render(
         {
             "models": [
-                {"name": "a", "model": "/m/a", "inferencePool": {"enabled": True, "endpointPicker": {"name": "a-epp"}}},
+                {
+                    "name": "a",
+                    "model": "/m/a",
+                    "inferencePool": {
+                        "enabled": True,
+                        "endpointPicker": {"name": "a-epp", "podSelector": {"app": "a"}},
+                    },
+                },
                 {"name": "b", "model": "/m/b"},
             ]
         }

@@ -10,18 +10,10 @@ tokenyard serving the model over the whole group) or "worker" (a Ray worker that
 {{- $cache := $engine.modelCache -}}
 {{- $cached := ne $cache.type "none" -}}
 {{- $prepare := and $cached $cache.prepare (hasPrefix "builtin:" $engine.model) -}}
-{{- $image := include "tokenyard.image" (list $root $engine.image) -}}
+{{- $image := include "tokenyard.image" (list $root $engine.image (gt (int $engine.gpu.count) 0)) -}}
 {{- $pullPolicy := default $root.Values.image.pullPolicy $engine.image.pullPolicy -}}
-{{- $resources := deepCopy (default (dict) $engine.resources) -}}
-{{- $gpus := int $engine.gpu.count -}}
-{{- if gt $gpus 0 -}}
-{{- $limits := default (dict) (get $resources "limits") -}}
-{{- $requests := default (dict) (get $resources "requests") -}}
-{{- $_ := set $limits $engine.gpu.resourceName $gpus -}}
-{{- $_ := set $requests $engine.gpu.resourceName $gpus -}}
-{{- $_ := set $resources "limits" $limits -}}
-{{- $_ := set $resources "requests" $requests -}}
-{{- end }}
+{{- $download := and $cached $engine.hub $cache.download (ne $role "worker") -}}
+{{- "" }}
 metadata:
   labels:
     {{- include "tokenyard.podLabels" $root | nindent 4 }}
@@ -31,10 +23,9 @@ metadata:
     {{- toYaml . | nindent 4 }}
     {{- end }}
   annotations:
-    # Any change to this engine's settings rolls its pods, and only its pods; how many pods it has
-    # (replicaCount, keda), the rollout's deadline and the router-only routeConfig and kvTokenizer are not
-    # the pods' settings, and a restart costs a model load.
-    checksum/config: {{ toYaml (list (omit $engine "replicaCount" "keda" "progressDeadlineSeconds" "routeConfig" "kvTokenizer") $root.Values.drain $root.Values.logLevel) | sha256sum }}
+    # A change to the engine's config file rolls its pods, and only its pods (a restart costs a model
+    # load); everything else the pod reads is in this template. Values only the router reads do not count.
+    checksum/config: {{ include "tokenyard.engineConfig" (list $root $engine) | sha256sum }}
     {{- with $engine.podAnnotations }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
@@ -53,9 +44,51 @@ spec:
   {{- end }}
   securityContext:
     {{- toYaml $root.Values.podSecurityContext | nindent 4 }}
-  terminationGracePeriodSeconds: {{ include "tokenyard.terminationGracePeriodSeconds" $root }}
-  {{- if $prepare }}
+  terminationGracePeriodSeconds: {{ add $root.Values.drain.preStopSleepSeconds $engine.drainDeadline $root.Values.drain.extraGraceSeconds }}
+  {{- if or $prepare $download }}
   initContainers:
+  {{- end }}
+  {{- if $download }}
+    # Downloads the model from the hub into the cache before the engine starts: no probe runs here, a
+    # restart resumes where the last one stopped, and the progress is in this container's log.
+    - name: download-model
+      image: {{ $image | quote }}
+      imagePullPolicy: {{ $pullPolicy }}
+      command:
+        - python
+        - -c
+        - |
+          import json, os
+          from huggingface_hub import snapshot_download
+          print("downloading", os.environ["MODEL_ID"], "into", os.environ["HF_HOME"], flush=True)
+          path = snapshot_download(os.environ["MODEL_ID"], ignore_patterns=json.loads(os.environ["IGNORE_PATTERNS"]) or None)
+          print("downloaded", os.environ["MODEL_ID"], "to", path, flush=True)
+      env:
+        - name: MODEL_ID
+          value: {{ $engine.model | quote }}
+        - name: IGNORE_PATTERNS
+          value: {{ toJson $cache.downloadIgnorePatterns | quote }}
+        - name: HF_HOME
+          value: {{ printf "%s/huggingface" $cache.mountPath | quote }}
+        {{- with $engine.hfTokenSecret }}
+        {{- if .name }}
+        - name: HF_TOKEN
+          valueFrom:
+            secretKeyRef:
+              name: {{ .name }}
+              key: {{ .key }}
+        {{- end }}
+        {{- end }}
+      resources:
+        {{- toYaml $cache.prepareResources | nindent 8 }}
+      securityContext:
+        {{- toYaml $root.Values.securityContext | nindent 8 }}
+      volumeMounts:
+        - name: model-cache
+          mountPath: {{ $cache.mountPath }}
+        {{- include "tokenyard.scratchMounts" $root | nindent 8 }}
+  {{- end }}
+  {{- if $prepare }}
     # Prepares the builtin:* models into the cache volume, so the engine starts on a ready cache.
     - name: prepare-model
       image: {{ $image | quote }}
@@ -101,6 +134,14 @@ spec:
         # Weights fetched from a model hub land on the cache volume too, not in the pod's scratch home.
         - name: HF_HOME
           value: {{ printf "%s/huggingface" $cache.mountPath | quote }}
+        # vLLM's torch.compile cache too: a restart reuses it instead of compiling for minutes again.
+        - name: VLLM_CACHE_ROOT
+          value: {{ printf "%s/vllm" $cache.mountPath | quote }}
+        {{- if and $engine.hub $cache.download }}
+        # The init container downloaded the model; the engine reads it from the cache alone.
+        - name: HF_HUB_OFFLINE
+          value: "1"
+        {{- end }}
         {{- end }}
         {{- with $engine.hfTokenSecret }}
         {{- if .name }}
@@ -126,7 +167,7 @@ spec:
       {{- include "tokenyard.lifecycle" $root | nindent 6 }}
       {{- end }}
       resources:
-        {{- toYaml $resources | nindent 8 }}
+        {{- toYaml $engine.podResources | nindent 8 }}
       securityContext:
         {{- toYaml $root.Values.securityContext | nindent 8 }}
       volumeMounts:
@@ -138,7 +179,7 @@ spec:
         {{- include "tokenyard.internalKeyMount" $root | nindent 8 }}
         {{- end }}
         {{- include "tokenyard.scratchMounts" $root | nindent 8 }}
-        {{- if $engine.shmSizeLimit }}
+        {{- if $engine.shm }}
         - name: shm
           mountPath: /dev/shm
         {{- end }}
@@ -160,7 +201,7 @@ spec:
     {{- with $engine.extraVolumes }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
-    {{- with $engine.shmSizeLimit }}
+    {{- with $engine.shm }}
     - name: shm
       emptyDir:
         medium: Memory

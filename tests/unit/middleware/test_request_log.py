@@ -107,3 +107,19 @@ def test_formatter_and_redaction() -> None:
     assert (record["request_id"], record["n"], record["logger"]) == ("r1", 2, "tokenyard.test")
     assert "ValueError" in record["exc"] and "sk-leaky-key" not in record["exc"]  # type: ignore[operator]
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", str(record["ts"]))
+
+
+@pytest.mark.parametrize(
+    ("given", "kept"),
+    [(b"600.0", 600.0), (b"3", 3.0), (b"0", None), (b"-1", None), (b"1e9", None), (b"inf", None), (b"nan", None)],
+)
+def test_the_clients_read_timeout_is_kept_only_when_it_is_a_plain_positive_number(
+    given: bytes, kept: float | None
+) -> None:
+    from engine_adapters.base import Forwarded
+    from gateway.middleware.request_log import forwarded_from
+
+    forwarded = forwarded_from({"type": "http", "headers": [(b"x-stainless-read-timeout", given)]}, "rid")
+    assert forwarded.read_timeout_s == kept
+    assert forwarded.headers() == {"x-request-id": "rid"}  # the router keeps it; it is never passed on
+    assert Forwarded("rid").read_timeout_s is None
