@@ -23,6 +23,9 @@ class ModelInfo:
     root: str | None = None
     parent: str | None = None  # a LoRA adapter: the base model it runs on
     kv_events: tuple[str, str | None] | None = None  # where its engine publishes KV events: (endpoint, replay)
+    # What the model takes as input ("text", "image", "audio", "video"); None where unknown (a route: its
+    # instances decide, and a router passes every part on).
+    input_modalities: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from engine_adapters.base import (
     TokenLogprob,
 )
 from engine_adapters.errors import ContextLengthExceeded, EngineUnavailable, GatewayError, InvalidRequest
+from engine_adapters.media import MODALITY_OF_PART, MediaPolicy, media_parts, resolve_media, text_only_message
 from engine_adapters.polling import poll_until
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ class LocalModelSpec:
     publish_metrics: bool = True  # vLLM's Prometheus metrics are global: one engine per process publishes
     lora_adapters: dict[str, str] = field(default_factory=dict)  # served name -> adapter directory
     kv_events: tuple[str, str | None] | None = None  # publish KV-cache events: (ZMQ endpoint, replay endpoint)
+    media: MediaPolicy = field(default_factory=MediaPolicy)  # what media a multimodal model may be given
 
 
 class VllmLocalAdapter:
@@ -56,6 +58,7 @@ class VllmLocalAdapter:
         self._tokenizer: Any = None
         self._max_model_len: int | None = spec.max_model_len
         self._cross_encoder = False  # a one-label sequence classifier: pairs are scored by it (score_pairs)
+        self._modalities: tuple[str, ...] = ("text",)  # the inputs the model takes: text, and image, audio ...
         # vLLM reads priority only under scheduling_policy "priority"; under its default (fcfs) it is not passed.
         self._by_priority = spec.engine_args.get("scheduling_policy") == "priority"
         # vLLM continues a trace only when it exports its own (engine arg otlp_traces_endpoint); otherwise it
@@ -84,6 +87,7 @@ class VllmLocalAdapter:
         self._tokenizer = self._engine.get_tokenizer()
         self._max_model_len = self._engine.model_config.max_model_len
         self._cross_encoder = is_cross_encoder(self._engine.model_config.hf_config)
+        self._modalities = ("text", *input_modalities(self._engine))
         for name in self._loras:  # vLLM loads adapters lazily: a bad one fails the start, not a request
             try:
                 await self._engine.add_lora(self._lora_request(name))
@@ -102,10 +106,22 @@ class VllmLocalAdapter:
 
     def models(self) -> list[ModelInfo]:
         base = ModelInfo(
-            self.spec.name, self._max_model_len, self.spec.kind, root=self.spec.path, kv_events=self.spec.kv_events
+            self.spec.name,
+            self._max_model_len,
+            self.spec.kind,
+            root=self.spec.path,
+            kv_events=self.spec.kv_events,
+            input_modalities=self._modalities,
         )
         loras = [
-            ModelInfo(name, self._max_model_len, self.spec.kind, root=path, parent=self.spec.name)
+            ModelInfo(
+                name,
+                self._max_model_len,
+                self.spec.kind,
+                root=path,
+                parent=self.spec.name,
+                input_modalities=self._modalities,
+            )
             for name, (_, path) in self._loras.items()
         ]
         return [base, *loras]
@@ -250,10 +266,42 @@ class VllmLocalAdapter:
 
     # -- generation -------------------------------------------------------------
 
+    async def _with_media(self, request: GenerateRequest) -> dict[str, Any]:
+        """A chat whose messages hold media, through vLLM's own chat handling: its parser takes the content
+        parts (every URL already a data: URL of what engine_adapters.media allowed), its renderer applies the
+        chat template and its processor puts the model's placeholders in. The prompt it gives holds the media
+        (multi_modal_data) for vLLM's multimodal input path."""
+        from vllm.renderers.params import ChatParams
+
+        assert request.messages is not None
+        for param, part in media_parts(request.messages):
+            if MODALITY_OF_PART.get(str(part.get("type"))) not in self._modalities:
+                raise InvalidRequest(text_only_message(self.spec.name, part, self._modalities), param=param)
+        messages = await resolve_media(list(request.messages), self.spec.media)  # vLLM reads OpenAI's shape
+        kwargs: dict[str, Any] = {
+            "add_generation_prompt": request.add_generation_prompt,
+            "continue_final_message": request.continue_final_message,
+            "tools": request.tools,
+            **(request.chat_template_kwargs or {}),
+        }
+        params = ChatParams(chat_template=self.spec.chat_template, chat_template_kwargs=kwargs)
+        try:
+            _, prompt = await self._engine.renderer.render_messages_async(messages, params)
+        except GatewayError:
+            raise
+        except Exception as exc:  # vLLM's own refusal of a part: a bad image, too many items
+            raise InvalidRequest(f"The media in this request cannot be used: {exc}", param="messages") from exc
+        if "prompt_token_ids" not in prompt:
+            prompt["prompt_token_ids"] = list(self._tokenizer.encode(prompt.pop("prompt"), add_special_tokens=False))
+        return dict(prompt)
+
     async def generate(self, request: GenerateRequest) -> AsyncIterator[Chunk]:
         if self._engine is None:
             raise EngineUnavailable("The engine is not running.")
-        ids = self.prompt_ids(request)
+        media = request.messages is not None and any(True for _ in media_parts(request.messages))
+        prompt: dict[str, Any] = await self._with_media(request) if media else {}
+        ids = prompt.get("prompt_token_ids") or self.prompt_ids(request)
+        prompt["prompt_token_ids"] = ids
         max_tokens = self._check_context(len(ids), request.sampling.max_tokens)
         beam = request.sampling.beam_search
         # Greedy choices are all the same text: vLLM refuses n > 1 there, OpenAI answers n copies.
@@ -273,7 +321,7 @@ class VllmLocalAdapter:
             if beam:
                 stream = self._beam_search(ids, request, max_tokens, lora)
             else:
-                stream = self._engine.generate({"prompt_token_ids": ids}, params, request.request_id, **extra)
+                stream = self._engine.generate(prompt, params, request.request_id, **extra)
             async for out in stream:
                 for comp in out.outputs:
                     for index in range(copies) if copies > 1 else (comp.index,):
@@ -418,6 +466,15 @@ class VllmLocalAdapter:
             params.extra_kwargs = {"compressed_token_type_ids": compress_token_type_ids(list(type_ids))}
         data = await self._pool(request_id, list(encoded["input_ids"]), params, "score")
         return float(data.reshape(-1)[0])
+
+
+def input_modalities(engine: Any) -> tuple[str, ...]:
+    """What a model takes besides text (image, audio, video), as vLLM's processor for it allows
+    (limit_mm_per_prompt above 0); nothing for a text-only model."""
+    processor = getattr(engine.renderer, "mm_processor", None)
+    if processor is None:
+        return ()
+    return tuple(sorted(modality for modality, limit in processor.info.allowed_mm_limits.items() if limit > 0))
 
 
 def is_cross_encoder(hf_config: Any) -> bool:

@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from engine_adapters.base import EngineAdapter
+from engine_adapters.media import MediaPolicy
 from engine_adapters.vllm_local import LocalModelSpec, VllmLocalAdapter, set_env_defaults
 from gateway.routing import route_names
 from gateway.settings import BUILTIN_GEMMA, BUILTIN_MINILM, ModelSettings, Settings
@@ -57,10 +58,31 @@ def local_spec(model: ModelSettings, path: str, publish_metrics: bool) -> LocalM
         dtype=model.dtype,
         max_model_len=model.max_model_len,
         chat_template=template,
-        engine_args={**lora_engine_args(model), **model.engine_args},
+        engine_args={**lora_engine_args(model), **media_engine_args(model), **model.engine_args},
         publish_metrics=publish_metrics,
         lora_adapters={adapter.name: adapter.path for adapter in model.lora_adapters},
         kv_events=(model.kv_events_endpoint, model.kv_events_replay_endpoint) if model.kv_events_endpoint else None,
+        media=media_policy(model),
+    )
+
+
+def media_engine_args(model: ModelSettings) -> dict[str, object]:
+    """vLLM's multimodal engine args, where the model sets them; engine_args set by hand win."""
+    args = {"limit_mm_per_prompt": model.limit_mm_per_prompt, "mm_processor_kwargs": model.mm_processor_kwargs}
+    return {key: value for key, value in args.items() if value is not None}
+
+
+def media_policy(model: ModelSettings) -> MediaPolicy:
+    media = model.media
+    return MediaPolicy(
+        allowed_domains=tuple(media.allowed_domains),
+        allowed_networks=tuple(str(network) for network in media.allowed_networks),
+        local_dir=str(media.local_dir) if media.local_dir is not None else None,
+        max_bytes=media.max_bytes,
+        max_pixels=media.max_pixels,
+        max_items=media.max_items,
+        timeout_s=media.fetch_timeout_s,
+        max_redirects=media.max_redirects,
     )
 
 

@@ -6,7 +6,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    Field,
+    IPvAnyNetwork,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -27,6 +36,29 @@ class LoraAdapterSettings(BaseModel):
 
     name: str = Field(min_length=1, description="The name clients send as `model`.")
     path: str = Field(min_length=1, description="A local directory with adapter_config.json and the weights.")
+
+
+class MediaSettings(BaseModel):
+    """What media a multimodal model may be given, and from where (engine_adapters.media walks each rule)."""
+
+    allowed_domains: list[str] = Field(
+        default_factory=list,
+        description="Hosts media may be fetched from over http(s) (`*.example.com` for subdomains); "
+        "none: only data: URLs (as vLLM's --allowed-media-domains).",
+    )
+    allowed_networks: list[IPvAnyNetwork] = Field(
+        default_factory=list,
+        description="Addresses an allowed host may resolve to besides public ones (CIDRs, e.g. 10.0.0.0/8); "
+        "loopback, link-local, private and reserved addresses are refused otherwise.",
+    )
+    local_dir: Path | None = Field(
+        default=None, description="file:// URLs under this directory are read (vLLM's --allowed-local-media-path)."
+    )
+    max_bytes: int = Field(default=20 * 1024 * 1024, ge=1, description="Bytes an item, fetched or sent inline.")
+    max_pixels: int = Field(default=25_000_000, ge=1, description="Pixels an image (width × height).")
+    max_items: int = Field(default=16, ge=1, description="Media items a request.")
+    fetch_timeout_s: float = Field(default=10.0, gt=0, description="Seconds a fetch may take, redirects included.")
+    max_redirects: int = Field(default=3, ge=0, description="Redirects a fetch follows, each hop checked again.")
 
 
 class ModelSettings(BaseModel):
@@ -63,6 +95,14 @@ class ModelSettings(BaseModel):
     kv_events_replay_endpoint: str | None = Field(
         default=None, pattern=r"^tcp://", description="Where a router re-syncs missed events (e.g. tcp://*:5558)."
     )
+    # A multimodal model (a vision-language model): vLLM's own settings for its inputs, and where media come from.
+    limit_mm_per_prompt: dict[str, int] | None = Field(
+        default=None, description="Items per prompt by modality, e.g. {image: 4, video: 0} (vLLM's; 0 turns one off)."
+    )
+    mm_processor_kwargs: dict[str, Any] | None = Field(
+        default=None, description="Arguments for the model's multimodal processor (vLLM's mm_processor_kwargs)."
+    )
+    media: MediaSettings = Field(default_factory=MediaSettings, description="What media the model may be given.")
 
     @field_validator("tool_parser")
     @classmethod

@@ -22,6 +22,7 @@ def _card(state: AppState, model: str) -> ModelCard:
         root=info.root,
         parent=info.parent,
         kv_events=kv_events,
+        input_modalities=list(info.input_modalities) if info.input_modalities is not None else None,
     )
 
 

@@ -37,19 +37,39 @@ class ToolResultBlock(WireModel):
         return self.content or ""
 
 
+class ImageSource(WireModel):
+    type: Literal["base64", "url"]
+    media_type: str | None = None  # base64: image/jpeg, image/png, image/gif, image/webp
+    data: str | None = None  # base64
+    url: str | None = None
+
+
+class ImageBlock(WireModel):
+    """An image in a user turn, inline (base64) or by URL; a model that takes images reads it."""
+
+    type: Literal["image"]
+    source: ImageSource
+
+    def url(self) -> str:
+        if self.source.type == "url":
+            return self.source.url or ""
+        return f"data:{self.source.media_type or 'image/png'};base64,{self.source.data or ''}"
+
+
 class OtherBlock(WireModel):
-    """A block this server cannot take (an image, a document, thinking): refused with a clear 400."""
+    """A block this server cannot take (a document, thinking): refused with a clear 400."""
 
     type: str
 
 
 def _block_kind(value: Any) -> str:
     kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
-    return kind if kind in ("text", "tool_use", "tool_result") else "other"
+    return kind if kind in ("text", "image", "tool_use", "tool_result") else "other"
 
 
 ContentBlock = Annotated[
     Annotated[TextBlock, Tag("text")]
+    | Annotated[ImageBlock, Tag("image")]
     | Annotated[ToolUseBlock, Tag("tool_use")]
     | Annotated[ToolResultBlock, Tag("tool_result")]
     | Annotated[OtherBlock, Tag("other")],

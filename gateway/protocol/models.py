@@ -21,6 +21,7 @@ class ModelCard(BaseModel):
     root: str | None = None
     parent: str | None = None
     kv_events: KvEventsCard | None = None  # where the engine publishes KV-cache events, for a router's policy kv
+    input_modalities: list[str] | None = None  # what the model takes: text, image, audio, video (engine mode)
 
 
 class ModelList(BaseModel):

@@ -17,6 +17,7 @@ from gateway.protocol.chat import (
     ChoiceLogprobs,
 )
 from gateway.protocol.common import Usage
+from gateway.services.media import check_parts
 from gateway.services.metering import MeteredStream, first_and_rest
 from gateway.services.sampling import sampling_options
 from gateway.services.tool_calls import ChoiceCalls, ToolPlan, template_messages
@@ -103,6 +104,7 @@ async def complete(
     forwarded: Forwarded = NOTHING_FORWARDED,
 ) -> ChatCompletion:
     """`route`: the path whose metrics the request counts in (other APIs answer on the chat path too)."""
+    check_parts(state, req)
     tool_plan = tool_plan_for(state, req)
     greq = engine_request(req, session_id, tool_plan, forwarded)
     metered = MeteredStream(state, state.adapter_for(req.model), greq, route)
@@ -158,6 +160,7 @@ async def stream(
     forwarded: Forwarded = NOTHING_FORWARDED,
 ) -> AsyncIterator[bytes]:
     """Start the engine request and wait for its first chunk; then hand back the SSE body."""
+    check_parts(state, req)
     tool_plan = tool_plan_for(state, req)
     greq = engine_request(req, session_id, tool_plan, forwarded)
     metered = MeteredStream(state, state.adapter_for(req.model), greq, route)

@@ -28,15 +28,20 @@ from gateway.protocol.chat import (
     ChatCompletion,
     ChatCompletionRequest,
     ChatMessageIn,
+    ContentPart,
     FunctionCall,
     FunctionDefinition,
+    ImagePart,
+    ImageURL,
     NamedFunction,
     NamedToolChoice,
+    TextPart,
     Tool,
     ToolCall,
 )
 from gateway.protocol.messages import (
     CountTokensRequest,
+    ImageBlock,
     Message,
     MessageParam,
     MessagesRequest,
@@ -80,7 +85,7 @@ def _turns(message: MessageParam) -> list[ChatMessageIn]:
     if isinstance(message.content, str):
         return [ChatMessageIn(role=message.role, content=message.content)]
     results: list[ChatMessageIn] = []
-    texts: list[str] = []
+    parts: list[ContentPart] = []
     calls: list[ToolCall] = []
     for block in message.content:
         if isinstance(block, ToolResultBlock) and message.role == "user":
@@ -89,14 +94,18 @@ def _turns(message: MessageParam) -> list[ChatMessageIn]:
             arguments = json.dumps(block.input, ensure_ascii=False)
             calls.append(ToolCall(id=block.id, function=FunctionCall(name=block.name, arguments=arguments)))
         elif isinstance(block, TextBlock):
-            texts.append(block.text)
+            parts.append(TextPart(type="text", text=block.text))
+        elif isinstance(block, ImageBlock) and message.role == "user":
+            parts.append(ImagePart(type="image_url", image_url=ImageURL(url=block.url())))
         else:
             where = f"in a {message.role} turn " if block.type in ("tool_use", "tool_result") else ""
             raise InvalidRequest(
                 f"Content blocks of type '{block.type}' are not supported {where}by this server.", param="messages"
             )
-    if texts or calls or not results:
-        results.append(ChatMessageIn(role=message.role, content="".join(texts), tool_calls=calls or None))
+    if parts or calls or not results:
+        images = any(isinstance(part, ImagePart) for part in parts)
+        content = parts if images else "".join(part.text for part in parts if isinstance(part, TextPart))
+        results.append(ChatMessageIn(role=message.role, content=content, tool_calls=calls or None))
     return results
 
 

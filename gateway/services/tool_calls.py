@@ -92,7 +92,10 @@ def template_messages(messages: list[ChatMessageIn]) -> list[dict[str, Any]]:
     called: dict[str, str] = {}
     result: list[dict[str, Any]] = []
     for message in messages:
-        turn: dict[str, Any] = {"role": message.role, "content": message.text()}
+        # Media parts go on as parts (the engine reads them); a text-only message as its text.
+        parts = message.content if isinstance(message.content, list) and message.media() else None
+        content = [part.model_dump(exclude_none=True) for part in parts] if parts else message.text()
+        turn: dict[str, Any] = {"role": message.role, "content": content}
         if message.tool_calls:
             turn["tool_calls"] = [call.model_dump(include={"id", "type", "function"}) for call in message.tool_calls]
             called.update({call.id: call.function.name for call in message.tool_calls})

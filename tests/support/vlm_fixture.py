@@ -1,11 +1,13 @@
-"""A tiny vision-language model on disk, made locally (no hub): Gemma 3's multimodal architecture
-(Gemma3ForConditionalGeneration) whose language model is the embedded Gemma 3 270M, with a small random
-SigLIP vision tower and projector.
+"""A tiny vision-language model on disk, made locally (no hub): BLIP-2's architecture
+(Blip2ForConditionalGeneration) whose language model is the embedded Gemma 3 270M, with a small random vision
+tower and Q-Former.
 
-The 270M tokenizer knows `<start_of_image>` and `<end_of_image>` but not the image's soft token, so it is
-added (id 262144, as in Gemma 3 4B) and the embedding grows to Gemma 3 4B's vocabulary size; the new rows are
-never read (the image's soft tokens are replaced by the vision tower's embeddings). The vision tower sees
-224×224 pixels in 14×14 patches (16×16 of them), pooled to 4×4: 16 tokens an image.
+Why BLIP-2: vLLM's CPU build runs without torchvision (PyPI's wheel needs CUDA's libraries and breaks
+`import vllm` next to torch+cpu), and vLLM's Gemma 3, LLaVA and PaliGemma code import torchvision through
+transformers' image processors or its SigLIP/CLIP encoder info; its BLIP-2 does not, and it takes any language
+model vLLM knows. The vision tower sees 56×56 pixels in 14×14 patches; the Q-Former's 8 queries become the
+image's 8 tokens, which vLLM puts at the start of the prompt. The tokenizer gains `<image>` (id 262144) and the
+embedding grows to Gemma 3 4B's vocabulary size; the new rows are never read.
 
     python -m tests.support.vlm_fixture OUT_DIR    # build one by hand, e.g. for a dev server's config
 """
@@ -18,13 +20,12 @@ from pathlib import Path
 
 from gateway.model_store import GEMMA3_CHAT_TEMPLATE
 
-MODEL_NAME = "tiny-gemma-vlm"
+MODEL_NAME = "tiny-vlm"
 IMAGE_SIZE = 56
-PATCH_SIZE = 14
-TOKENS_PER_IMAGE = 16  # (56 / 14) ** 2 patches, each one token
+TOKENS_PER_IMAGE = 8  # the Q-Former's queries
 IMAGE_TOKEN = "<image>"
 IMAGE_TOKEN_ID = 262144
-VOCAB_SIZE = 262208  # Gemma 3 4B's: room for the image's soft token
+VOCAB_SIZE = 262208
 SEED = 4321
 _READY = ".tokenyard-vlm-ready"
 
@@ -36,14 +37,15 @@ def build_vlm(out_dir: Path, base_dir: Path | None = None) -> Path:
     import torch
     from transformers import (
         AutoTokenizer,
+        Blip2Config,
+        Blip2ForConditionalGeneration,
+        Blip2Processor,
+        Blip2QFormerConfig,
+        Blip2VisionConfig,
         Gemma3TextConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-        SiglipVisionConfig,
     )
+    from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
     from transformers.models.gemma3.modeling_gemma3 import Gemma3ForCausalLM
-    from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
     if base_dir is None:
         from gateway import model_store
@@ -53,46 +55,34 @@ def build_vlm(out_dir: Path, base_dir: Path | None = None) -> Path:
     text = Gemma3ForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
     text_config = Gemma3TextConfig(**{**text.config.to_dict(), "vocab_size": VOCAB_SIZE})
     text_config.architectures = ["Gemma3ForCausalLM"]
-    vision_config = SiglipVisionConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=IMAGE_SIZE,
-        patch_size=PATCH_SIZE,
-        vision_use_head=False,
-    )
-    config = LlavaConfig(
-        vision_config=vision_config.to_dict(),
+    small = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1, "num_attention_heads": 2}
+    vision = Blip2VisionConfig(**small, image_size=IMAGE_SIZE, patch_size=14)
+    qformer = Blip2QFormerConfig(**small, encoder_hidden_size=64)
+    config = Blip2Config(
+        vision_config=vision.to_dict(),
+        qformer_config=qformer.to_dict(),
         text_config=text_config.to_dict(),
+        num_query_tokens=TOKENS_PER_IMAGE,
         image_token_index=IMAGE_TOKEN_ID,
-        vision_feature_select_strategy="full",
-        vision_feature_layer=-1,
-        image_seq_length=TOKENS_PER_IMAGE,
-        tie_word_embeddings=True,
     )
-    config.architectures = ["LlavaForConditionalGeneration"]
-    model = LlavaForConditionalGeneration(config).to(torch.float32)
+    config.architectures = ["Blip2ForConditionalGeneration"]
+    model = Blip2ForConditionalGeneration(config)
     with torch.no_grad():
-        weights = text.model.state_dict()
-        embed = weights.pop("embed_tokens.weight")
+        weights = text.state_dict()
+        embed = weights["model.embed_tokens.weight"]
         grown = torch.zeros(VOCAB_SIZE, embed.shape[1])
         grown[: embed.shape[0]] = embed
-        model.model.language_model.load_state_dict({**weights, "embed_tokens.weight": grown})
-        model.lm_head.weight = model.model.language_model.embed_tokens.weight
+        weights["model.embed_tokens.weight"] = weights["lm_head.weight"] = grown
+        model.language_model.load_state_dict(weights)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.to(torch.bfloat16).save_pretrained(str(out_dir))
     tokenizer = AutoTokenizer.from_pretrained(str(base_dir), extra_special_tokens={"image_token": IMAGE_TOKEN})
     assert tokenizer.convert_tokens_to_ids(IMAGE_TOKEN) == IMAGE_TOKEN_ID
-    images = SiglipImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
-    processor = LlavaProcessor(
-        image_processor=images,
+    processor = Blip2Processor(
+        image_processor=BlipImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}),
         tokenizer=tokenizer,
-        patch_size=PATCH_SIZE,
-        vision_feature_select_strategy="full",
-        num_additional_image_tokens=0,
-        image_token=IMAGE_TOKEN,
-        chat_template=GEMMA3_CHAT_TEMPLATE.read_text().replace("<start_of_image>", IMAGE_TOKEN),
+        num_query_tokens=TOKENS_PER_IMAGE,
+        chat_template=GEMMA3_CHAT_TEMPLATE.read_text(),
     )
     processor.save_pretrained(str(out_dir))
     (out_dir / _READY).write_text(json.dumps({"model": MODEL_NAME}))
