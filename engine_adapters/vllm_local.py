@@ -325,7 +325,7 @@ class VllmLocalAdapter:
             async for out in stream:
                 for comp in out.outputs:
                     for index in range(copies) if copies > 1 else (comp.index,):
-                        yield self._chunk(out, comp, counts, request, len(ids), index)
+                        yield self._chunk(out, comp, counts, request, len(out.prompt_token_ids or ids), index)
         except GatewayError:
             raise
         except Exception as exc:

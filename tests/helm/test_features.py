@@ -239,3 +239,16 @@ def test_router_only_keys_do_not_restart_the_engines() -> None:
     plain = checksum(GEMMA)
     assert checksum({**GEMMA, "routeConfig": {"hold_timeout_s": 900}, "kvTokenizer": "/models/gemma"}) == plain
     assert checksum({**GEMMA, "kvEvents": {"enabled": True}}) != plain
+
+
+def test_a_vlm_s_media_rules_reach_its_engine_and_only_its_engine(tmp_path: Path) -> None:
+    media = {"allowed_domains": ["images.example.com"], "allowed_networks": ["10.0.0.0/8"], "max_pixels": 1000}
+    vlm = {"name": "vlm", "model": "/models/vlm", "engineArgs": {"limit_mm_per_prompt": {"image": 4}}, "media": media}
+    rendered = valid(render({"models": [GEMMA, vlm]}))
+    by_name = {settings_of(rendered, e, tmp_path).models[0].name: e for e in rendered.engines}
+    model = settings_of(rendered, by_name["vlm"], tmp_path).models[0]
+    assert model.media.allowed_domains == ["images.example.com"] and model.media.max_pixels == 1000
+    assert [str(network) for network in model.media.allowed_networks] == ["10.0.0.0/8"]
+    assert model.engine_args["limit_mm_per_prompt"] == {"image": 4}
+    text = settings_of(rendered, by_name["gemma-3-270m"], tmp_path).models[0]
+    assert text.media.allowed_domains == [] and text.media.local_dir is None  # fetching stays off by default

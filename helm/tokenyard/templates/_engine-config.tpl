@@ -14,6 +14,7 @@ from the chart. Its pods' checksum hashes this and nothing else, so that a value
 {{- if or $engine.enableLora $engine.loraRuntimeLoad }}{{ $_ := set $model "enable_lora" true }}{{ end -}}
 {{- with $engine.maxLoras }}{{ $_ := set $model "max_loras" . }}{{ end -}}
 {{- with $engine.maxLoraRank }}{{ $_ := set $model "max_lora_rank" . }}{{ end -}}
+{{- with $engine.media }}{{ $_ := set $model "media" . }}{{ end -}}
 {{- if $engine.kvEvents.enabled -}}
 {{- /* Bound on every address of the pod: the router reaches it on the pod IP that discovery gives. */ -}}
 {{- $_ := set $model "kv_events_endpoint" (printf "tcp://*:%d" (int $engine.kvEvents.port)) -}}

@@ -189,7 +189,7 @@ plus its merged engine settings, the names of its objects and what the chart der
 {{- $fullname := include "tokenyard.fullname" $root -}}
 {{- $engines := list -}}
 {{- $seen := dict -}}
-{{- $modelKeys := list "name" "model" "kind" "dtype" "maxModelLen" "chatTemplate" "engineArgs" "aliases" "policy" "toolParser" "kvTokenizer" "loraAdapters" "enableLora" "maxLoras" "maxLoraRank" "loraRuntimeLoad" "routeConfig" -}}
+{{- $modelKeys := list "name" "model" "kind" "dtype" "maxModelLen" "chatTemplate" "engineArgs" "aliases" "policy" "toolParser" "kvTokenizer" "loraAdapters" "enableLora" "maxLoras" "maxLoraRank" "loraRuntimeLoad" "routeConfig" "media" -}}
 {{- range $model := $root.Values.models -}}
 {{- $overrides := dict -}}
 {{- range $key, $value := $model -}}
@@ -222,6 +222,7 @@ plus its merged engine settings, the names of its objects and what the chart der
       "maxModelLen" $model.maxModelLen
       "chatTemplate" $model.chatTemplate
       "engineArgs" (default (dict) $model.engineArgs)
+      "media" (default (dict) $model.media)
       "aliases" (default (list) $model.aliases)
       "policy" (default $root.Values.router.policy $model.policy)
       "toolParser" $model.toolParser
