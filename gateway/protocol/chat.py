@@ -78,7 +78,7 @@ class OtherPart(WireModel):
 
 def _part_tag(part: Any) -> str:
     kind = part.get("type") if isinstance(part, dict) else getattr(part, "type", None)
-    return kind if kind in _PART_TAGS else "other"
+    return kind if isinstance(kind, str) and kind in _PART_TAGS else "other"
 
 
 ContentPart = Annotated[

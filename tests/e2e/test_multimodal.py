@@ -105,7 +105,8 @@ def vlm(tmp_path_factory: pytest.TempPathFactory, media_dir: Path) -> Iterator[s
             "local_dir": str(media_dir),
         },
     }
-    proc = start_server(["--port", str(port)], log_path, {"TOKENYARD_MODELS": json.dumps([model])})
+    env = {"TOKENYARD_MODELS": json.dumps([model]), "VLLM_CPU_KVCACHE_SPACE": "1"}  # a 1,024-token model needs little
+    proc = start_server(["--port", str(port)], log_path, env)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, proc, log_path, START_TIMEOUT_S)
