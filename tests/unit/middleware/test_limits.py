@@ -105,6 +105,22 @@ def test_measure_and_estimate() -> None:
     assert estimate_tokens(embedding, embedding=True) == 3
 
 
+def test_media_parts_leave_the_estimate_as_the_text_makes_it() -> None:
+    """An image's tokens are charged from the answer's usage; before it, no part type (known or not) makes
+    the estimate smaller or larger than the text does."""
+    text = [{"type": "text", "text": "abcdefgh"}]
+    media = [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64," + "A" * 4000, "detail": "high"}},
+        {"type": "input_audio", "input_audio": {"data": "B" * 4000, "format": "wav"}},
+        {"type": "hologram", "hologram": {"text": "x" * 4000}},
+        {"type": "image_embeds", "image_embeds": "C" * 4000},
+    ]
+    plain = measure(chat(max_tokens=5, messages=[{"role": "user", "content": text}]))
+    mixed = measure(chat(max_tokens=5, messages=[{"role": "user", "content": [*media[:2], *text, *media[2:]]}]))
+    assert mixed == plain
+    assert estimate_tokens(mixed, embedding=False) == estimate_tokens(plain, embedding=False)
+
+
 def test_token_bucket_figures() -> None:
     bucket = TokenBucket(60, now=0.0)  # one per second
     assert bucket.wait_s(60, 0.0) == 0
