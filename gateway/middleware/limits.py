@@ -38,6 +38,7 @@ from gateway.middleware.context import (
     request_info,
     send_error,
 )
+from gateway.protocol.lax import lax_int
 from gateway.settings import LimitSettings
 from gateway.state import AppState
 
@@ -70,7 +71,7 @@ TAIL_BYTES = 512  # usage is the last field of our answers and of the last SSE e
 
 
 def _int(value: Any) -> int | None:
-    """An integer as pydantic's lax mode reads one: 1e23 counts (orjson even parses huge ints as floats)."""
+    """A token id: an integer, or a float that is one (orjson even parses huge ints as floats)."""
     if isinstance(value, float) and value.is_integer():
         return int(value)
     return value if isinstance(value, int) and not isinstance(value, bool) else None
@@ -78,7 +79,7 @@ def _int(value: Any) -> int | None:
 
 @dataclass(frozen=True)
 class Ask:
-    """What a body asks for, read leniently: the app validates the types, this only measures."""
+    """What a body asks for, read as the engine will read it (numbers in pydantic's lax mode: `"8"` is 8)."""
 
     prompt_field: str
     prompt_chars: int
@@ -87,6 +88,26 @@ class Ask:
     n: int
     stop: int
     max_tokens: tuple[str, int] | None  # (field name, value)
+    stop_field: str = "stop"
+
+
+# Parts of a message that are not text the model reads as characters (media, references), and labels.
+_NOT_TEXT = frozenset(
+    {"image_url", "input_audio", "audio_url", "video_url", "source", "file", "file_data", "image_data"}
+    | {"type", "role", "id", "tool_call_id", "tool_use_id", "cache_control"}
+)
+
+
+def _chars(value: Any) -> int:
+    """Characters of text in a message, a content part, a tool call's input or arguments, a tool's schema:
+    every string in it but media and labels (the body's shape bounds keep this walk small)."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, list):
+        return sum(_chars(item) for item in value)
+    if isinstance(value, dict):
+        return sum(_chars(item) for key, item in value.items() if key not in _NOT_TEXT)
+    return 0
 
 
 def _text_size(value: Any) -> tuple[int, int, int]:
@@ -99,44 +120,41 @@ def _text_size(value: Any) -> tuple[int, int, int]:
         return 0, len(value), 1  # one prompt of token ids
     chars = ids = 0
     for item in value:
-        if isinstance(item, str):
-            chars += len(item)
-        elif isinstance(item, list):
+        if isinstance(item, list):
             ids += sum(1 for token in item if _int(token) is not None)
-        elif isinstance(item, dict) and isinstance(item.get("text"), str):
-            chars += len(item["text"])  # a chat content part
-        elif isinstance(item, dict):
-            chars += _text_size(item.get("content"))[0]  # a Responses input message
+        else:
+            chars += _chars(item)  # a prompt, a chat content part, a Responses input item
     return chars, ids, len(value)
+
+
+def _stop_count(body: dict[str, Any]) -> tuple[str, int]:
+    """Stop sequences: OpenAI's `stop` (a string or a list), Anthropic's `stop_sequences`."""
+    for name in ("stop_sequences", "stop"):
+        value = body.get(name)
+        if isinstance(value, list) and value:
+            return name, len(value)
+    return "stop", 1 if isinstance(body.get("stop"), str) else 0
 
 
 def measure(body: dict[str, Any]) -> Ask:
     if isinstance(body.get("messages"), list):
         field, ids, prompts = "messages", 0, 1
-        chars = _text_size(body.get("system"))[0]  # Anthropic's system prompt (text or text blocks)
-        for message in body["messages"]:
-            chars += _text_size(message.get("content"))[0] if isinstance(message, dict) else 0
+        chars = _chars(body["messages"])
     else:  # a prompt, an input, or FastChat's messages as one string
         field = next((name for name in ("messages", "input") if name in body), "prompt")
         chars, ids, prompts = _text_size(body.get(field))
-    stop = body.get("stop")
+    # What the template renders with the prompt: Anthropic's system prompt, Responses' instructions, the tools.
+    chars += sum(_chars(body.get(name)) for name in ("system", "instructions", "tools", "functions"))
     max_tokens = next(
         (
             (name, v)
             for name in ("max_completion_tokens", "max_tokens", "max_output_tokens")
-            if (v := _int(body.get(name))) is not None
+            if (v := lax_int(body.get(name))) is not None
         ),
         None,
     )
-    return Ask(
-        field,
-        chars,
-        ids,
-        max(prompts, 1),
-        _int(body.get("n")) or 1,
-        len(stop) if isinstance(stop, list) else 0,
-        max_tokens,
-    )
+    stop_field, stops = _stop_count(body)
+    return Ask(field, chars, ids, max(prompts, 1), lax_int(body.get("n")) or 1, stops, max_tokens, stop_field)
 
 
 def check_caps(ask: Ask, limits: LimitSettings) -> None:
@@ -146,7 +164,7 @@ def check_caps(ask: Ask, limits: LimitSettings) -> None:
     if ask.n > limits.max_n:
         raise InvalidRequest(f"n must be at most {limits.max_n} on this server.", param="n")
     if ask.stop > limits.max_stop:
-        raise InvalidRequest(f"At most {limits.max_stop} stop sequences are allowed.", param="stop")
+        raise InvalidRequest(f"At most {limits.max_stop} stop sequences are allowed.", param=ask.stop_field)
     if limits.max_prompt_chars is not None and ask.prompt_chars > limits.max_prompt_chars:
         raise InvalidRequest(
             f"The {ask.prompt_field} must be at most {limits.max_prompt_chars} characters.", param=ask.prompt_field

@@ -1,0 +1,90 @@
+"""Issue 33, limits and budgets: caps on the values the engine will use, budgets charged what was really used and
+reserved up front, one identity per key, and a Redis whose values were tampered with. Real router processes,
+scripted instances (tests.support.scripted_upstream) and a real redis-server."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from tests.faults.harness import MODEL, Fleet
+
+CHAT, MESSAGES_PATH = "/v1/chat/completions", "/v1/messages"
+SAY = [{"role": "user", "content": "say something"}]
+CAPS = {"max_n": 2, "max_tokens": 10, "max_stop": 1, "max_prompt_chars": 300}
+
+
+def _error(answer: httpx.Response) -> dict[str, Any]:
+    body: dict[str, Any] = answer.json()
+    return body["error"]
+
+
+def test_caps_hold_for_numbers_as_strings_and_in_every_api_shape(fleet: Fleet) -> None:
+    _, router = fleet.start(1, tokens=4, delay_ms=1, config={"limits": CAPS})
+    refused = [
+        (CHAT, {"messages": SAY, "n": "8"}, "n"),
+        (CHAT, {"messages": SAY, "max_tokens": "1000"}, "max_tokens"),
+        (CHAT, {"messages": SAY, "max_completion_tokens": " 11 "}, "max_completion_tokens"),
+        (
+            CHAT,
+            {"messages": SAY, "tools": [{"type": "function", "function": {"name": "f", "description": "d" * 400}}]},
+            "messages",
+        ),
+        (
+            CHAT,
+            {
+                "messages": [
+                    *SAY,
+                    {
+                        "role": "assistant",
+                        "tool_calls": [
+                            {"id": "c", "type": "function", "function": {"name": "f", "arguments": "x" * 400}}
+                        ],
+                    },
+                ]
+            },
+            "messages",
+        ),
+        (MESSAGES_PATH, {"messages": SAY, "max_tokens": 4, "stop_sequences": ["a", "b"]}, "stop_sequences"),
+        (MESSAGES_PATH, {"messages": SAY, "max_tokens": "64"}, "max_tokens"),
+        (
+            MESSAGES_PATH,
+            {
+                "messages": SAY,
+                "max_tokens": 4,
+                "tools": [{"name": "f", "input_schema": {"type": "object", "description": "d" * 400}}],
+            },
+            "messages",
+        ),
+        (
+            MESSAGES_PATH,
+            {
+                "max_tokens": 4,
+                "messages": [
+                    *SAY,
+                    {
+                        "role": "assistant",
+                        "content": [{"type": "tool_use", "id": "t", "name": "f", "input": {"q": "x" * 400}}],
+                    },
+                    {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": "ok"}]},
+                ],
+            },
+            "messages",
+        ),
+    ]
+    for path, body, param in refused:
+        answer = httpx.post(f"{router.url}{path}", json={"model": MODEL, **body}, timeout=10)
+        assert answer.status_code == 400, (body, answer.text)
+        if path == MESSAGES_PATH:  # Anthropic's error shape on its path
+            assert answer.json()["type"] == "error" and _error(answer)["type"] == "invalid_request_error"
+        else:
+            assert _error(answer)["param"] == param, answer.text
+    for path, body in [
+        (CHAT, {"messages": SAY, "n": "2", "max_tokens": "3"}),
+        (MESSAGES_PATH, {"messages": SAY, "max_tokens": 4, "stop_sequences": ["a"]}),
+    ]:
+        answer = httpx.post(f"{router.url}{path}", json={"model": MODEL, **body}, timeout=10)
+        assert answer.status_code == 200, answer.text
+    two = httpx.post(f"{router.url}{CHAT}", json={"model": MODEL, "messages": SAY, "n": "2", "max_tokens": "3"}).json()
+    assert len(two["choices"]) == 2
