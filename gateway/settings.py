@@ -274,7 +274,9 @@ class ApiKey(BaseModel):
     """One client key. Only its SHA-256 digest is kept once the app starts; limits left None use `limits`."""
 
     key: Annotated[SecretStr, Field(min_length=1, description="The key clients send as a bearer token.")]
-    name: str | None = Field(default=None, description="Names the key in logs, metrics and usage; default key-N.")
+    name: str | None = Field(
+        default=None, description="Names the key in logs, metrics and usage; default key-<digest prefix>."
+    )
     requests_per_minute: int | None = Field(default=None, gt=0, description="This key's request rate limit.")
     tokens_per_minute: int | None = Field(default=None, gt=0, description="This key's token rate limit.")
     tokens_per_day: int | None = Field(default=None, gt=0, description="Token budget per UTC day.")

@@ -91,7 +91,7 @@ class Metrics:
         )
         for reason in REJECT_REASONS:
             self.rejected.labels(reason)  # present at 0, so dashboards and alerts see the series
-        # Per key *name* (a configured name or key-N, so bounded by the keys configured; never the key).
+        # Per key *name* (a configured name or key-<digest prefix>, so bounded by the keys configured; never the key).
         self.key_requests = Counter(
             "tokenyard_key_requests",
             "Requests of a key that passed its limits, by model and HTTP status.",

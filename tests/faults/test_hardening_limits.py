@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from tests.faults.harness import MODEL, Fleet
+from tests.faults.harness import MODEL, Fleet, Router
 
 CHAT, MESSAGES_PATH = "/v1/chat/completions", "/v1/messages"
 SAY = [{"role": "user", "content": "say something"}]
@@ -88,3 +88,48 @@ def test_caps_hold_for_numbers_as_strings_and_in_every_api_shape(fleet: Fleet) -
         assert answer.status_code == 200, answer.text
     two = httpx.post(f"{router.url}{CHAT}", json={"model": MODEL, "messages": SAY, "n": "2", "max_tokens": "3"}).json()
     assert len(two["choices"]) == 2
+
+
+def test_unnamed_static_and_file_keys_have_their_own_identity(fleet: Fleet) -> None:
+    static, in_file = "sk-static-unnamed-0123456789", "sk-file-unnamed-9876543210"
+    keys_file = fleet.workdir / "keys"
+    keys_file.write_text(f"{in_file}\n")
+    config = {
+        "api_keys": [{"key": static}],
+        "auth": {"api_keys_file": str(keys_file), "admin_key": "sk-admin-0123456789"},
+        "limits": {"tokens_per_day": 1000},
+    }
+    _, router = fleet.start(1, tokens=4, delay_ms=1, config=config)
+
+    def usage(key: str) -> dict[str, Any]:
+        answer = httpx.get(f"{router.url}/v1/usage", headers={"authorization": f"Bearer {key}"}, timeout=5)
+        found: dict[str, Any] = answer.json()
+        return found
+
+    spent = 0
+    for _ in range(3):
+        answer = httpx.post(
+            f"{router.url}{CHAT}",
+            json={"model": MODEL, "messages": SAY, "max_tokens": 4},
+            headers={"authorization": f"Bearer {static}"},
+            timeout=10,
+        )
+        spent += answer.json()["usage"]["total_tokens"]
+    mine, theirs = usage(static), usage(in_file)
+    assert mine["key"] != theirs["key"]
+    assert mine["periods"]["day"]["tokens"] == spent and theirs["periods"]["day"]["tokens"] == 0
+    listed = httpx.get(f"{router.url}/admin/usage", headers={"authorization": "Bearer sk-admin-0123456789"}).json()
+    assert sorted(entry["key"] for entry in listed["data"]) == sorted([mine["key"], theirs["key"]])
+    for key in (static, in_file):
+        assert key not in router.log_path.read_text() and key[3:] not in mine["key"] + theirs["key"]
+
+
+def test_two_keys_under_one_name_are_refused_at_load(fleet: Fleet) -> None:
+    keys_file = fleet.workdir / "keys"
+    keys_file.write_text("sk-first-0123456789 name=team\n")
+    config = {"api_keys": [{"key": "sk-second-0123456789", "name": "team"}], "auth": {"api_keys_file": str(keys_file)}}
+    router = Router(fleet.workdir, ["http://127.0.0.1:1"], config=config).start()
+    fleet.routers.append(router)
+    assert router.proc is not None and router.proc.wait(30) != 0
+    log = router.log_path.read_text()
+    assert "two keys are named 'team'" in log and "sk-first" not in log and "sk-second" not in log
