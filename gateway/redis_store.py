@@ -22,13 +22,29 @@ from gateway.limit_store import Charge, Decision, KeyLimits, PeriodUsage, StoreU
 
 _KEEP_AFTER_PERIOD = timedelta(days=1)
 
-# A bucket's level as of now: full when new, expired or its limit changed; refilled at limit/60 a second.
+# A bucket's level as of now: full when new, expired, unreadable or its limit changed; refilled at limit/60 a
+# second. A value that is not a finite number (written by hand, or by anything but these scripts) counts as
+# missing and is written afresh, so it can neither stop the script (a key unlimited for good) nor block a key.
 _BUCKET = """
+local function finite(text)
+  local value = tonumber(text)
+  if value == nil or value ~= value or value == math.huge or value == -math.huge then return nil end
+  return value
+end
+local function count(key, field)
+  local value = finite(redis.call('HGET', key, field) or '0')
+  if value == nil or value ~= math.floor(value) then
+    redis.call('HSET', key, field, '0')
+    return 0
+  end
+  return value
+end
 local function level(key, limit, now)
   if limit == 0 then return nil end
   local saved = redis.call('HMGET', key, 'level', 'at', 'limit')
-  if not saved[1] or tonumber(saved[3]) ~= limit then return limit end
-  return math.min(limit, tonumber(saved[1]) + (now - tonumber(saved[2])) * limit / 60)
+  local lvl, at = finite(saved[1]), finite(saved[2])
+  if not lvl or not at or tonumber(saved[3]) ~= limit then return limit end
+  return math.min(limit, lvl + math.max(0, now - at) * limit / 60)
 end
 local function save(key, lvl, limit, now)
   if lvl == nil then return end
@@ -51,7 +67,8 @@ local keep = ARGV[8] == '1'
 if keep then
   for i = 1, 2 do
     local budget = tonumber(ARGV[3 + i])
-    if budget > 0 and tonumber(redis.call('HGET', KEYS[2 + i], 'tokens') or '0') >= budget then
+    count(KEYS[2 + i], 'requests')
+    if budget > 0 and count(KEYS[2 + i], 'tokens') >= budget then
       return {'over_budget', tostring(i), '', ''}
     end
   end
@@ -85,7 +102,10 @@ local t = level(KEYS[1], tpm, now)
 if t then save(KEYS[1], math.min(tpm, t + refund), tpm, now) end
 if ARGV[3] == '1' then
   for i = 2, 3 do
-    if redis.call('EXISTS', KEYS[i]) == 1 then redis.call('HINCRBY', KEYS[i], 'tokens', -refund) end
+    if redis.call('EXISTS', KEYS[i]) == 1 then
+      count(KEYS[i], 'tokens')
+      redis.call('HINCRBY', KEYS[i], 'tokens', -refund)
+    end
   end
 end
 return 1
@@ -107,6 +127,14 @@ def _ttl_s(window: Window) -> int:
 
 def _level(text: bytes) -> float | None:
     return float(text) if text else None
+
+
+def _count(text: bytes | None) -> int:
+    """A usage counter as read: one that is not an integer counts as none (admit rewrites it)."""
+    try:
+        return int(text or 0)
+    except ValueError:
+        return 0
 
 
 class RedisStore:
@@ -169,7 +197,7 @@ class RedisStore:
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(type(exc).__name__) from None
         return [
-            PeriodUsage(window, int(tokens or 0), int(requests or 0), limits.budget(window.period))
+            PeriodUsage(window, _count(tokens), _count(requests), limits.budget(window.period))
             for window, (tokens, requests) in zip(now_windows, found)
         ]
 

@@ -4,14 +4,19 @@ scripted instances (tests.support.scripted_upstream) and a real redis-server."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import httpx
+import redis
 
 from tests.faults.harness import MODEL, Fleet, Router
+from tests.support.redis_server import RedisServer, redis_server  # noqa: F401  (the fixture)
 
 CHAT, MESSAGES_PATH = "/v1/chat/completions", "/v1/messages"
 SAY = [{"role": "user", "content": "say something"}]
+TEAM_KEY = "sk-team-a-0123456789"
+TEAM = {"authorization": f"Bearer {TEAM_KEY}"}
 CAPS = {"max_n": 2, "max_tokens": 10, "max_stop": 1, "max_prompt_chars": 300}
 
 
@@ -133,3 +138,26 @@ def test_two_keys_under_one_name_are_refused_at_load(fleet: Fleet) -> None:
     assert router.proc is not None and router.proc.wait(30) != 0
     log = router.log_path.read_text()
     assert "two keys are named 'team'" in log and "sk-first" not in log and "sk-second" not in log
+
+
+def test_tampered_redis_values_count_as_missing_and_are_rewritten(fleet: Fleet, redis_server: RedisServer) -> None:  # noqa: F811
+    keys_file = fleet.workdir / "keys"
+    keys_file.write_text(f"{TEAM_KEY} name=team-a rpm=3\n")
+    limits = {"backend": "redis", "redis_url": redis_server.url, "redis_failure": "open", "tokens_per_day": 100000}
+    _, router = fleet.start(
+        1, tokens=4, delay_ms=1, config={"auth": {"api_keys_file": str(keys_file)}, "limits": limits}
+    )
+    store = redis.Redis.from_url(redis_server.url)
+    day = time.strftime("%Y-%m-%d", time.gmtime())
+    store.hset("tokenyard:{team-a}:requests", mapping={"level": "abc", "at": "x", "limit": "3"})
+    store.hset(f"tokenyard:{{team-a}}:day:{day}", mapping={"tokens": "lots", "requests": "1.5"})
+    usage = httpx.get(f"{router.url}/v1/usage", headers=TEAM, timeout=5)
+    assert usage.status_code == 200 and usage.json()["periods"]["day"]["tokens"] == 0
+    body = {"model": MODEL, "messages": SAY, "max_tokens": 4}
+    codes = [httpx.post(f"{router.url}{CHAT}", json=body, headers=TEAM, timeout=10).status_code for _ in range(10)]
+    assert codes == [200] * 3 + [429] * 7
+    assert "limit store unreachable" not in router.log_path.read_text()
+    day_usage = httpx.get(f"{router.url}/v1/usage", headers=TEAM, timeout=5).json()["periods"]["day"]
+    assert day_usage["requests"] == 3 and day_usage["tokens"] > 0
+    assert float(store.hget("tokenyard:{team-a}:requests", "level") or b"nan") < 3  # written afresh
+    store.close()
