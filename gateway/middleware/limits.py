@@ -40,6 +40,7 @@ from gateway.middleware.context import (
 )
 from gateway.protocol.lax import lax_int
 from gateway.settings import LimitSettings
+from gateway.spend import Spent, spending
 from gateway.state import AppState
 
 log = logging.getLogger(__name__)
@@ -171,11 +172,30 @@ def check_caps(ask: Ask, limits: LimitSettings) -> None:
         )
 
 
+def prompt_tokens(ask: Ask) -> int:
+    return math.ceil(ask.prompt_chars / CHARS_PER_TOKEN) + ask.prompt_ids
+
+
 def estimate_tokens(ask: Ask, embedding: bool) -> int:
-    prompt = math.ceil(ask.prompt_chars / CHARS_PER_TOKEN) + ask.prompt_ids
+    prompt = prompt_tokens(ask)
     if embedding:
         return prompt
     output = ask.max_tokens[1] if ask.max_tokens else UNKNOWN_OUTPUT_TOKENS
+    return prompt + output * ask.n * ask.prompts
+
+
+def reservation(ask: Ask, embedding: bool, max_model_len: int | None) -> int:
+    """The most a request may use, held against its key's budgets while it runs: its max_tokens where it names
+    one, else what the model's context leaves after the prompt (an engine generates up to there)."""
+    prompt = prompt_tokens(ask)
+    if embedding:
+        return prompt
+    if ask.max_tokens:
+        output = ask.max_tokens[1]
+    elif max_model_len:
+        output = max(max_model_len - prompt, 1)
+    else:
+        output = UNKNOWN_OUTPUT_TOKENS
     return prompt + output * ask.n * ask.prompts
 
 
@@ -221,7 +241,16 @@ def refusal(limits: KeyLimits, decision: Decision) -> tuple[GatewayError, Header
         )
     budget = limits.budget(window.period)
     adjective = {"day": "daily", "month": "monthly"}[window.period]
-    message = f"This key's {adjective} token budget ({budget} tokens) is used up; it resets at {window.resets_at_text}."
+    if decision.budget_left > 0:  # some is left, but less than this request may use
+        message = (
+            f"This key's {adjective} token budget ({budget} tokens) has {decision.budget_left} tokens left, fewer "
+            "than this request's prompt and max_tokens may use; ask for fewer max_tokens, or retry once requests "
+            f"in flight end or the budget resets at {window.resets_at_text}."
+        )
+    else:
+        message = (
+            f"This key's {adjective} token budget ({budget} tokens) is used up; it resets at {window.resets_at_text}."
+        )
     return QuotaExceeded(message), _retry_after((window.resets_at - utc_now()).total_seconds())
 
 
@@ -267,12 +296,17 @@ class UsageMeter:
         """The answer's last `usage`, when it has one."""
         return usage_in(self._tail)
 
-    def used(self, charged: int) -> int:
-        """Tokens the request really used: none when it failed, the estimate when the answer did not say."""
+    def used(self, charged: int, spent: Spent, prompt: int) -> int:
+        """Tokens the request really used: none when it failed; else the usage its engine or instance reported
+        (gateway.spend), else the answer's; else, for an answer that ended early (the client left), the prompt
+        and the pieces of output that came; else the estimate."""
         if self.failed:
             return 0
-        usage = self.usage()
-        return usage.total_tokens if usage else charged
+        if spent.reported:
+            return spent.prompt_tokens + spent.completion_tokens
+        if (usage := self.usage()) is not None:
+            return usage.total_tokens
+        return prompt + spent.events if spent.events else charged
 
 
 def _prompt_only(path: str) -> bool:
@@ -318,14 +352,18 @@ class LimitsMiddleware:
         if decision is not None and not decision.allowed:
             await self._refuse(send, info, charge.limits, decision)
             return
+        if decision is not None and decision.reserved is not None:
+            charge = replace(charge, reserve=decision.reserved)  # what the budgets hold for it, settled at the end
         meter = UsageMeter(send, rate_headers(charge.limits, decision) if decision else [])
-        try:
-            await self.app(scope, receive, meter.send)
-        finally:
-            if decision is not None:
-                await self._settle(charge, charge.cost - meter.used(charge.cost))
-            if info.key_name is not None:
-                self._count(info, meter)
+        with spending() as spent:
+            try:
+                await self.app(scope, receive, meter.send)
+            finally:
+                if decision is not None:
+                    prompt = prompt_tokens(ask) if ask else 0
+                    await self._settle(charge, charge.cost - meter.used(charge.cost, spent, prompt))
+                if info.key_name is not None:
+                    self._count(info, meter)
 
     def _charge(self, scope: Scope, info: RequestInfo, ask: Ask | None) -> Charge | None:
         """What admit is asked for, or None when nothing limits or accounts for this request."""
@@ -334,10 +372,20 @@ class LimitsMiddleware:
             return None
         client = scope.get("client")
         identity = info.key_name or f"client:{client[0] if client else '-'}"
-        cost = estimate_tokens(ask, embedding=_prompt_only(scope["path"])) if ask else 0
+        embedding = _prompt_only(scope["path"])
+        cost = estimate_tokens(ask, embedding) if ask else 0
         if info.key_name is None:  # budgets and usage are kept per key only
             limits = replace(limits, tokens_per_day=None, tokens_per_month=None)
-        return Charge(identity, limits, cost, windows(utc_now()) if info.key_name else None)
+        budgeted = limits.tokens_per_day is not None or limits.tokens_per_month is not None
+        reserve = reservation(ask, embedding, self._max_model_len(info.model)) if ask and budgeted else None
+        fill = bool(ask and not ask.max_tokens and not embedding)  # it may use all that is left: it holds that
+        return Charge(identity, limits, cost, windows(utc_now()) if info.key_name else None, reserve, fill)
+
+    def _max_model_len(self, model: str | None) -> int | None:
+        try:
+            return self.state.model_info(model).max_model_len if model in self.state.adapters else None
+        except GatewayError:
+            return None
 
     async def _refuse(self, send: Send, info: RequestInfo, limits: KeyLimits, decision: Decision) -> None:
         reason = "over_budget" if decision.over_budget else "rate_limited"
@@ -348,7 +396,7 @@ class LimitsMiddleware:
         await send_error(send, error, headers)
 
     async def _settle(self, charge: Charge, refund: int) -> None:
-        if refund == 0:  # the estimate was right: nothing to correct, no second round trip
+        if refund == 0 and charge.budget_refund(refund) == 0:  # nothing to correct, no second round trip
             return
         try:
             await self.store.settle(charge, refund)

@@ -4,13 +4,16 @@ scripted instances (tests.support.scripted_upstream) and a real redis-server."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
 import httpx
+import orjson
+import pytest
 import redis
 
-from tests.faults.harness import MODEL, Fleet, Router
+from tests.faults.harness import MODEL, Engine, Fleet, Router, wait_until
 from tests.support.redis_server import RedisServer, redis_server  # noqa: F401  (the fixture)
 
 CHAT, MESSAGES_PATH = "/v1/chat/completions", "/v1/messages"
@@ -161,3 +164,80 @@ def test_tampered_redis_values_count_as_missing_and_are_rewritten(fleet: Fleet, 
     assert day_usage["requests"] == 3 and day_usage["tokens"] > 0
     assert float(store.hget("tokenyard:{team-a}:requests", "level") or b"nan") < 3  # written afresh
     store.close()
+
+
+def _budget_router(fleet: Fleet, limits: dict[str, Any], tokens: int, delay_ms: float) -> tuple[Engine, Router]:
+    keys_file = fleet.workdir / "keys"
+    keys_file.write_text(f"{TEAM_KEY} name=team-a\n")
+    (engine,), router = fleet.start(
+        1, tokens=tokens, delay_ms=delay_ms, config={"auth": {"api_keys_file": str(keys_file)}, "limits": limits}
+    )
+    return engine, router
+
+
+def _day(router: Router) -> dict[str, Any]:
+    found: dict[str, Any] = httpx.get(f"{router.url}/v1/usage", headers=TEAM, timeout=5).json()["periods"]["day"]
+    return found
+
+
+def test_a_stream_without_include_usage_is_charged_its_real_usage(fleet_both: Fleet) -> None:
+    _, router = _budget_router(fleet_both, {"tokens_per_day": 100_000}, tokens=16, delay_ms=1)
+    body = {"model": MODEL, "messages": SAY, "stream": True}
+    with_usage = httpx.post(
+        f"{router.url}{CHAT}", json={**body, "stream_options": {"include_usage": True}}, headers=TEAM, timeout=10
+    )
+    real = next(
+        orjson.loads(line[6:])["usage"]["total_tokens"]
+        for line in with_usage.text.splitlines()
+        if line.startswith("data: {") and '"usage":{' in line
+    )
+    for _ in range(3):
+        plain = httpx.post(f"{router.url}{CHAT}", json=body, headers=TEAM, timeout=10)
+        assert plain.status_code == 200 and '"usage"' not in plain.text  # not asked for: not shown
+    assert _day(router)["tokens"] == 4 * real
+
+
+def test_a_client_that_leaves_mid_stream_is_charged_what_came_until_then(fleet_both: Fleet) -> None:
+    engine, router = _budget_router(fleet_both, {"tokens_per_day": 100_000}, tokens=400, delay_ms=40)
+    body = {"model": MODEL, "messages": SAY, "stream": True}
+    with httpx.stream("POST", f"{router.url}{CHAT}", json=body, headers=TEAM, timeout=10) as answer:
+        events = 0
+        for line in answer.iter_lines():
+            events += line.startswith("data: {")
+            if events == 6:
+                break
+    wait_until(lambda: engine.stats()["aborted"] == 1, 10, "the instance's abort")
+    # Charged the prompt's estimate and the pieces that came: the answer's estimate (4 + 256) no longer.
+    wait_until(lambda: _day(router)["tokens"] < 100, 10, "the settled charge")
+    assert 4 + 5 <= _day(router)["tokens"]
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+@pytest.mark.parametrize("max_tokens", [None, 100])
+async def test_concurrent_requests_stay_within_the_budget(
+    fleet: Fleet,
+    redis_server: RedisServer,  # noqa: F811  (the fixture imported above)
+    backend: str,
+    max_tokens: int | None,
+) -> None:
+    limits = {"tokens_per_day": 1000, "backend": backend, "redis_url": redis_server.url}
+    _, router = _budget_router(fleet, limits, tokens=300, delay_ms=3)
+    body: dict[str, Any] = {"model": MODEL, "messages": SAY, "stream": True, "stream_options": {"include_usage": True}}
+    if max_tokens is not None:
+        body["max_tokens"] = max_tokens
+    async with httpx.AsyncClient(base_url=router.url, headers=TEAM, timeout=30) as client:
+        answers = await asyncio.gather(*(client.post(CHAT, json=body) for _ in range(16)))
+    codes = [answer.status_code for answer in answers]
+    assert set(codes) == {200, 429} and 200 in codes
+    refused = next(answer for answer in answers if answer.status_code == 429)
+    assert refused.json()["error"]["code"] == "insufficient_quota"
+    used = sum(
+        orjson.loads(line[6:])["usage"]["total_tokens"]
+        for answer in answers
+        for line in answer.text.splitlines()
+        if line.startswith("data: {") and '"usage":{' in line
+    )
+    wait_until(lambda: _day(router)["tokens"] == used, 10, "every charge settled to its usage")
+    assert used <= 1000, (used, codes)
+    if max_tokens is not None:  # the reservations (4 + 100 each) fill the budget: nine run at once
+        assert codes.count(200) == 9
