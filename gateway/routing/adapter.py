@@ -445,8 +445,16 @@ class RoutedAdapter:
                 return
             except GatewayError as exc:
                 if delivered or not replayable() or not attempts.retry(lease, exc):
+                    self._failed(request)
                     raise
+        self._failed(request)
         raise attempts.last_error()
+
+    def _failed(self, request: RouteRequest) -> None:
+        """A request that failed in the end: the prompt's token ids kept for routing it are not kept for the next
+        (a client sending prompts that instances refuse pins nothing in the kv policy's cache)."""
+        if self.kv is not None:
+            self.kv.tokens.forget(request)
 
     async def abort(self, request_id: str) -> None:
         lease = self._leases.pop(request_id, None)

@@ -3,10 +3,16 @@ Real router processes in front of scripted instances (tests.support.scripted_ups
 
 from __future__ import annotations
 
-import httpx
-import pytest
+import time
+from typing import Any
 
-from tests.faults.harness import MODEL, Fleet
+import httpx
+import msgspec
+import pytest
+import zmq
+
+from tests.conftest import free_port
+from tests.faults.harness import MODEL, Fleet, Router, wait_until
 
 CHAT = "/v1/chat/completions"
 MESSAGES = [{"role": "user", "content": "say something"}]
@@ -72,3 +78,61 @@ def test_a_second_model_field_or_key_is_refused(fleet: Fleet) -> None:
             assert answer.json()["error"]["param"] == "model"
     nested = b'{"model":"%s","messages":[{"role":"user","content":"hi"}],"metadata":{"model":"x"}}' % MODEL.encode()
     assert httpx.post(f"{router.url}{CHAT}", content=nested, headers=json_type, timeout=10).status_code == 200
+
+
+def _kv_status(router: Router) -> dict[str, Any]:
+    ready = httpx.get(f"{router.url}/ready", timeout=5).json()
+    found: dict[str, Any] = ready["models"][MODEL]["kv_routing"]
+    return found
+
+
+def test_the_kv_tokenize_cache_is_bounded_in_bytes_and_keeps_no_refused_prompt(fleet: Fleet) -> None:
+    port, cap = free_port(), 200_000
+    context = zmq.Context()
+    publisher = context.socket(zmq.PUB)
+    publisher.bind(f"tcp://127.0.0.1:{port}")
+    try:
+        (engine,), router = fleet.start(
+            1,
+            tokens=2,
+            delay_ms=1,
+            policy="kv",
+            route={"kv_events": {"port": port}},
+            script={"poison": "POISON"},
+            kv_tokenize_cache_bytes=cap,
+            kv_tokenize_cache_ttl_s=3,
+        )
+        seq = 0
+
+        def synced() -> bool:  # an empty batch: the instance holds nothing, and the router has its events
+            nonlocal seq
+            publisher.send_multipart([b"", seq.to_bytes(8, "big"), msgspec.msgpack.encode([time.time(), [], None])])
+            seq += 1
+            return bool(_kv_status(router)["events_instances"] == [engine.url])
+
+        wait_until(synced, 15, "the instance's KV events")
+        words = " ".join(f"w{i}" for i in range(3000))  # 3,000 tokens at the scripted /tokenize: 24 KB of ids
+        for n in range(30):
+            refused = httpx.post(
+                f"{router.url}/v1/completions", json={"model": MODEL, "prompt": f"POISON {n} {words}"}, timeout=10
+            )
+            assert refused.status_code >= 400
+        assert _kv_status(router)["tokenize_cache"] == {"entries": 0, "bytes": 0}
+        for n in range(30):
+            served = httpx.post(f"{router.url}/v1/completions", json={"model": MODEL, "prompt": f"{n} {words}"})
+            assert served.status_code == 200
+            assert 0 < _kv_status(router)["tokenize_cache"]["bytes"] <= cap
+        # Past the TTL every older entry goes with the next request, whatever it asks: only its own stays.
+        wait_until(
+            lambda: (
+                httpx.post(f"{router.url}/v1/completions", json={"model": MODEL, "prompt": "short one"}).status_code
+                == 200
+                and _kv_status(router)["tokenize_cache"]["entries"] == 1
+            ),
+            15,
+            "the older entries expired",
+            interval_s=0.5,
+        )
+    finally:
+        publisher.close(linger=0)
+        context.term()
