@@ -241,6 +241,11 @@ class RouterSettings(BaseModel):
         "past ASGI send (engine_adapters.splice); false sends every byte through ASGI.",
     )
     # Policy kv (gateway/routing/kv.py).
+    max_event_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=1024,
+        description="One SSE event an instance may send; past it the stream ends with an error event.",
+    )
     kv_max_blocks: int = Field(default=500_000, ge=1, description="Blocks the KV index holds over all instances.")
     kv_tokenize_timeout_s: float = Field(default=2.0, gt=0, description="An instance's /tokenize, for routing.")
     kv_tokenize_cache_size: int = Field(default=1024, ge=0, description="Prompts whose tokens are kept for routing.")

@@ -124,6 +124,7 @@ class RoutedAdapter:
             timeouts=self._timeouts,
             api_key=self._key.value,
             lora_names=frozenset(self.route.lora_adapters),
+            max_event_bytes=self.settings.max_event_bytes,
         )
 
     def add_instance(self, url: str, static: bool = True) -> Instance:

@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import msgspec
+import orjson
 import pytest
 import zmq
 
@@ -136,3 +137,22 @@ def test_the_kv_tokenize_cache_is_bounded_in_bytes_and_keeps_no_refused_prompt(f
     finally:
         publisher.close(linger=0)
         context.term()
+
+
+def test_an_event_without_an_end_is_cut_at_its_bound(fleet_both: Fleet) -> None:
+    cap = 1024 * 1024
+    (engine,), router = fleet_both.start(
+        1, tokens=4, delay_ms=2, script={"fault": "unended"}, max_event_bytes=cap, breaker_failures=1, idle_timeout_s=30
+    )
+    started = time.monotonic()
+    body = {"model": MODEL, "messages": MESSAGES, "stream": True}
+    answer = httpx.post(f"{router.url}{CHAT}", json=body, timeout=30)
+    assert answer.status_code == 200
+    events = [line[6:] for line in answer.text.splitlines() if line.startswith("data: ")]
+    assert '"role":"assistant"' in events[0]  # what came before the unended event was passed on
+    error = orjson.loads(events[-1])["error"]
+    assert f"longer than {cap} bytes" in error["message"]
+    assert time.monotonic() - started < 20  # not at request_timeout_s
+    assert len(answer.content) < 64 * 1024  # none of the unended event reached the client
+    wait_until(lambda: engine.stats()["aborted"] == 1, 10, "the instance's connection closed")
+    assert router.metric("tokenyard_breaker_state", engine.url) == 2  # counted as the instance's failure
