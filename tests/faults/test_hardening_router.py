@@ -4,6 +4,7 @@ Real router processes in front of scripted instances (tests.support.scripted_ups
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -13,7 +14,7 @@ import pytest
 import zmq
 
 from tests.conftest import free_port
-from tests.faults.harness import MODEL, Fleet, Router, wait_until
+from tests.faults.harness import MODEL, Engine, Fleet, Router, wait_until
 
 CHAT = "/v1/chat/completions"
 MESSAGES = [{"role": "user", "content": "say something"}]
@@ -87,56 +88,102 @@ def _kv_status(router: Router) -> dict[str, Any]:
     return found
 
 
-def test_the_kv_tokenize_cache_is_bounded_in_bytes_and_keeps_no_refused_prompt(fleet: Fleet) -> None:
-    port, cap = free_port(), 200_000
-    context = zmq.Context()
-    publisher = context.socket(zmq.PUB)
-    publisher.bind(f"tcp://127.0.0.1:{port}")
+class KvPublisher:
+    """The instance's KV events, as the test publishes them (vLLM's wire: topic, sequence number, msgpack batch)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.context = zmq.Context()
+        self.socket = self.context.socket(zmq.PUB)
+        self.socket.bind(f"tcp://127.0.0.1:{self.port}")
+        self.seq = 0
+
+    def publish(self, *events: dict[str, Any]) -> None:
+        self.socket.send_multipart(
+            [b"", self.seq.to_bytes(8, "big"), msgspec.msgpack.encode([time.time(), list(events), None])]
+        )
+        self.seq += 1
+
+    def close(self) -> None:
+        self.socket.close(linger=0)
+        self.context.term()
+
+
+@pytest.fixture
+def kv_events() -> Iterator[KvPublisher]:
+    publisher = KvPublisher()
     try:
-        (engine,), router = fleet.start(
-            1,
-            tokens=2,
-            delay_ms=1,
-            policy="kv",
-            route={"kv_events": {"port": port}},
-            script={"poison": "POISON"},
-            kv_tokenize_cache_bytes=cap,
-            kv_tokenize_cache_ttl_s=3,
-        )
-        seq = 0
-
-        def synced() -> bool:  # an empty batch: the instance holds nothing, and the router has its events
-            nonlocal seq
-            publisher.send_multipart([b"", seq.to_bytes(8, "big"), msgspec.msgpack.encode([time.time(), [], None])])
-            seq += 1
-            return bool(_kv_status(router)["events_instances"] == [engine.url])
-
-        wait_until(synced, 15, "the instance's KV events")
-        words = " ".join(f"w{i}" for i in range(3000))  # 3,000 tokens at the scripted /tokenize: 24 KB of ids
-        for n in range(30):
-            refused = httpx.post(
-                f"{router.url}/v1/completions", json={"model": MODEL, "prompt": f"POISON {n} {words}"}, timeout=10
-            )
-            assert refused.status_code >= 400
-        assert _kv_status(router)["tokenize_cache"] == {"entries": 0, "bytes": 0}
-        for n in range(30):
-            served = httpx.post(f"{router.url}/v1/completions", json={"model": MODEL, "prompt": f"{n} {words}"})
-            assert served.status_code == 200
-            assert 0 < _kv_status(router)["tokenize_cache"]["bytes"] <= cap
-        # Past the TTL every older entry goes with the next request, whatever it asks: only its own stays.
-        wait_until(
-            lambda: (
-                httpx.post(f"{router.url}/v1/completions", json={"model": MODEL, "prompt": "short one"}).status_code
-                == 200
-                and _kv_status(router)["tokenize_cache"]["entries"] == 1
-            ),
-            15,
-            "the older entries expired",
-            interval_s=0.5,
-        )
+        yield publisher
     finally:
-        publisher.close(linger=0)
-        context.term()
+        publisher.close()
+
+
+def _kv_fleet(fleet: Fleet, events: KvPublisher, **router: Any) -> tuple[Engine, Router]:
+    (engine,), started = fleet.start(
+        1, tokens=2, delay_ms=1, policy="kv", route={"kv_events": {"port": events.port}}, **router
+    )
+
+    def synced() -> bool:  # an empty batch: the instance holds nothing, and the router has its events
+        events.publish()
+        return bool(_kv_status(started)["events_instances"] == [engine.url])
+
+    wait_until(synced, 15, "the instance's KV events")
+    return engine, started
+
+
+def _stored(hashes: list[Any], tokens: list[int], parent: Any = None) -> dict[str, Any]:
+    return {
+        "type": "BlockStored",
+        "block_hashes": hashes,
+        "parent_block_hash": parent,
+        "token_ids": tokens,
+        "block_size": 4,
+    }
+
+
+def test_the_kv_tokenize_cache_is_bounded_in_bytes_and_keeps_no_refused_prompt(
+    fleet: Fleet, kv_events: KvPublisher
+) -> None:
+    cap = 200_000
+    _, router = _kv_fleet(
+        fleet, kv_events, script={"poison": "POISON"}, kv_tokenize_cache_bytes=cap, kv_tokenize_cache_ttl_s=3
+    )
+    words = " ".join(f"w{i}" for i in range(3000))  # 3,000 tokens at the scripted /tokenize: 24 KB of ids
+    for n in range(30):
+        refused = httpx.post(f"{router.url}/v1/completions", json={"model": MODEL, "prompt": f"POISON {n} {words}"})
+        assert refused.status_code >= 400
+    assert _kv_status(router)["tokenize_cache"] == {"entries": 0, "bytes": 0}
+    for n in range(30):
+        served = httpx.post(f"{router.url}/v1/completions", json={"model": MODEL, "prompt": f"{n} {words}"})
+        assert served.status_code == 200
+        assert 0 < _kv_status(router)["tokenize_cache"]["bytes"] <= cap
+    # Past the TTL every older entry goes with the next request, whatever it asks: only its own stays.
+    wait_until(
+        lambda: (
+            httpx.post(f"{router.url}/v1/completions", json={"model": MODEL, "prompt": "short one"}).status_code == 200
+            and _kv_status(router)["tokenize_cache"]["entries"] == 1
+        ),
+        15,
+        "the older entries expired",
+        interval_s=0.5,
+    )
+
+
+def test_an_unreadable_kv_batch_is_skipped_and_the_index_keeps_following(fleet: Fleet, kv_events: KvPublisher) -> None:
+    _, router = _kv_fleet(fleet, kv_events, kv_max_blocks=100)
+    kv_events.publish(_stored([1], [1, 2, 3, 4]))
+    wait_until(lambda: _kv_status(router)["blocks_indexed"] == 1, 10, "a block indexed")
+    # 4 KB hashes are not vLLM's (an int, or 32 bytes): the batch is unreadable, and so not in the index. The
+    # next batch then follows a hole: the index starts again from it (nothing is known of the lost one).
+    kv_events.publish(_stored([b"h" * 4096 + bytes([i]) for i in range(50)], list(range(200))))
+    kv_events.publish(_stored([3], [5, 6, 7, 8]))
+    wait_until(lambda: _kv_status(router)["blocks_indexed"] == 1, 10, "only the readable batch's block")
+    # A token id of 2**63 is a valid msgpack uint64 but no token id: unreadable as well, and the subscriber lives.
+    kv_events.publish(_stored([4], [2**63, 2, 3, 4]))
+    kv_events.publish(_stored([5, 6], list(range(8))))
+    wait_until(lambda: _kv_status(router)["blocks_indexed"] == 2, 10, "the batch after the unreadable one")
+    log = router.log_path.read_text()
+    assert "a batch we cannot read" in log and "stopped" not in log
 
 
 def test_an_event_without_an_end_is_cut_at_its_bound(fleet_both: Fleet) -> None:
