@@ -37,7 +37,7 @@ from engine_adapters.base import (
     RawHead,
     RouteRequest,
 )
-from engine_adapters.errors import EngineUnavailable, GatewayError
+from engine_adapters.errors import EngineUnavailable, GatewayError, UnexpectedAnswer
 from engine_adapters.h1 import ConnectFailed, Connection, Pool, header_lines
 from engine_adapters.openai_wire import (
     DONE,
@@ -234,6 +234,11 @@ class OpenAIHttpAdapter:
         first bytes as the upstream's answer says; after them as EngineUnavailable (the stream broke or
         stalled) or as the error event the upstream sent."""
         conn, watchdog = await self._post(path, orjson.dumps(payload), public_model, forwarded=forwarded)
+        if not (conn.content_type or b"").startswith(b"text/event-stream"):
+            watchdog.cancel()
+            conn.close()
+            kind = (conn.content_type or b"no content type").decode("latin-1")[:100]
+            raise UnexpectedAnswer(f"The upstream answered a streamed request with {kind}, not an event stream.")
         self._open[request_id] = conn
         events = _Events(public_model, rename, self.max_event_bytes)
         splice = Splice(conn, events, watchdog.touch, sink) if sink is not None else None

@@ -12,7 +12,7 @@ import orjson
 from starlette.types import Scope, Send
 
 from engine_adapters.base import NOTHING_FORWARDED, Forwarded
-from gateway.errors import GatewayError, error_payload
+from gateway.errors import GatewayError, error_payload, retry_after
 from gateway.limit_store import KeyLimits
 
 # Liveness and readiness answer without a key, while draining and past every limit: probes must work.
@@ -86,7 +86,7 @@ async def send_error(
     raw = orjson.dumps(body)
     extra = list(headers)
     if status in (429, 503) and not any(name == b"retry-after" for name, _ in extra):
-        extra.append((b"retry-after", b"1"))
+        extra.append((b"retry-after", retry_after(exc).encode()))
     if close:  # the rest of the request may still be on the wire: do not read it as a next request
         extra.append((b"connection", b"close"))
     start: Headers = [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode())]

@@ -321,11 +321,12 @@ class RoutedAdapter:
         try:
             while not self.routable():
                 left = until - time.monotonic()
-                if left <= 0:
+                if left <= 0:  # a client retrying soon after a long hold would be held again: say how long
                     raise EngineUnavailable(
                         f"No instance of `{self.route.name}` became ready within {self.hold_timeout_s():g} s."
                         if self.hold_timeout_s()
-                        else f"No healthy instance serves `{self.route.name}` now."
+                        else f"No healthy instance serves `{self.route.name}` now.",
+                        retry_after_s=max(self.hold_timeout_s(), self.settings.health_interval_s),
                     )
                 woken = self._routable_again
                 with contextlib.suppress(TimeoutError):

@@ -203,3 +203,21 @@ def test_an_event_without_an_end_is_cut_at_its_bound(fleet_both: Fleet) -> None:
     assert len(answer.content) < 64 * 1024  # none of the unended event reached the client
     wait_until(lambda: engine.stats()["aborted"] == 1, 10, "the instance's connection closed")
     assert router.metric("tokenyard_breaker_state", engine.url) == 2  # counted as the instance's failure
+
+
+def test_a_hold_that_ends_in_503_says_how_long_to_wait(fleet: Fleet) -> None:
+    router = Router(fleet.workdir, [f"http://127.0.0.1:{free_port()}"], route={"hold_timeout_s": 2.5}).start()
+    fleet.routers.append(router)
+    router.wait_ready()
+    answer = httpx.post(f"{router.url}{CHAT}", json={"model": MODEL, "messages": MESSAGES}, timeout=30)
+    assert answer.status_code == 503 and "within 2.5 s" in answer.json()["error"]["message"]
+    assert answer.headers["retry-after"] == "3"
+
+
+def test_a_whole_answer_to_a_stream_request_is_named_and_not_retried(fleet: Fleet) -> None:
+    engines, router = fleet.start(2, tokens=4, delay_ms=1, script={"fault": "whole"})
+    body = {"model": MODEL, "messages": MESSAGES, "stream": True}
+    answer = httpx.post(f"{router.url}{CHAT}", json=body, timeout=30)
+    assert answer.status_code == 503
+    assert "not an event stream" in answer.json()["error"]["message"]
+    assert sum(engine.stats()["requests"] for engine in engines) == 1  # the same answer is not asked for again

@@ -13,6 +13,7 @@ run time with POST /control {"fault": F, "delay_ms": D, "tokens": N, "poison": W
     reset   3 chunks, then a TCP reset (RST)
     error   3 chunks, then an SSE error event (as vLLM sends one mid-stream) and the stream's end
     unended an event that never ends: its first bytes, then 64 KiB more of it every D ms
+    whole   a whole JSON answer (200, application/json) to a stream request too
 
 (`fault_after` sets how many chunks come before stall, reset or error; 3 by default.)
 
@@ -448,7 +449,7 @@ class Generation:
                     }
                 },
             )
-        elif self.body.get("stream"):
+        elif self.body.get("stream") and self.script.fault != "whole":
             await self.stream()
         else:
             await self.whole()
@@ -561,7 +562,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--delay-ms", type=float, default=10.0)
     parser.add_argument("--max-model-len", type=int, default=4096)
     parser.add_argument(
-        "--fault", default="none", choices=["none", "503", "429", "hang", "stall", "reset", "error", "unended"]
+        "--fault", default="none", choices=["none", "503", "429", "hang", "stall", "reset", "error", "unended", "whole"]
     )
     parser.add_argument("--wire", default="compact", choices=["compact", "loose"])
     args = parser.parse_args(argv)
