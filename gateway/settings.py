@@ -427,6 +427,10 @@ class Settings(BaseSettings):
     allow_runtime_lora_updating: bool = Field(
         default=False, description="Serve POST /v1/load_lora_adapter and /v1/unload_lora_adapter."
     )
+    lora_dir: Path | None = Field(
+        default=None,
+        description="Runtime-loaded LoRA adapters must lie under this directory; needed where API keys are set.",
+    )
 
     @classmethod
     def settings_customise_sources(

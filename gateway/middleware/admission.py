@@ -165,14 +165,16 @@ class AdmissionMiddleware:
             await admission.acquire(priority)
 
     def _admission(self, model: str | None) -> Admission | None:
-        """Only models this server serves get a queue; for any other name the app answers 404."""
+        """Only models this server serves get a queue, one per route or engine (every alias and adapter of it
+        shares it: AppState.queue_name); for any other name the app answers 404."""
         if model is None or model not in self.state.adapters:
             return None
-        if model not in self.queues:
+        name = self.state.queue_name(model)
+        if name not in self.queues:
             limits = self.state.settings.limits
-            gauge = self.state.metrics.queue_depth.labels(model)
-            self.queues[model] = Admission(limits.max_in_flight, limits.max_queue, limits.queue_timeout_s, gauge.set)
-        return cast(Admission, self.queues[model])  # the state holds them as WaitQueue, to import nothing of ours
+            gauge = self.state.metrics.queue_depth.labels(name)
+            self.queues[name] = Admission(limits.max_in_flight, limits.max_queue, limits.queue_timeout_s, gauge.set)
+        return cast(Admission, self.queues[name])  # the state holds them as WaitQueue, to import nothing of ours
 
     async def _refusal(self, model: str, reason: Refused) -> GatewayError:
         try:

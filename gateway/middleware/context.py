@@ -20,6 +20,8 @@ PROBE_PATHS = frozenset({"/health", "/ready"})
 METRICS_PATH = "/metrics"
 USAGE_PATH = "/v1/usage"  # a key's own usage: needs that key, and is neither limited nor charged
 ADMIN_USAGE_PATH = "/admin/usage"  # every key's usage: needs the admin key instead of a client key
+# Runtime LoRA loading (engine mode, opt-in): the admin key too, where keys are set (gateway.api.lora).
+LORA_PATHS = frozenset({"/v1/load_lora_adapter", "/v1/unload_lora_adapter"})
 _SCOPE_KEY = "tokenyard.request"
 # The path being served, for send_error to write the error body its client reads (OpenAI's or
 # Anthropic's). Set by attach(), which the outermost middleware calls; each request runs in its own task.

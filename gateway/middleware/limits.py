@@ -425,7 +425,7 @@ class LimitsMiddleware:
 
     def _count(self, info: RequestInfo, meter: UsageMeter) -> None:
         key = info.key_name or ""
-        model = info.model if info.model in self.state.adapters else "unknown"
+        model = self.state.model_label(info.model)
         self.metrics.key_requests.labels(key, model, str(meter.status or 499)).inc()
         usage = None if meter.failed else meter.usage()
         if usage is not None:
