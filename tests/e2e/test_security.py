@@ -7,7 +7,6 @@ starts the real engine with keys, to show the openai SDK's AuthenticationError a
 from __future__ import annotations
 
 import hashlib
-
 import json
 import signal
 import socket
