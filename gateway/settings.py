@@ -337,6 +337,11 @@ class LimitSettings(BaseModel):
     max_n: int = Field(default=16, ge=1, description="The most choices (n) a request may ask.")
     max_stop: int = Field(default=16, ge=0, description="The most stop strings in a request.")
     max_prompt_chars: int | None = Field(default=1_000_000, ge=1, description="Characters in a prompt.")
+    max_held_bytes: int = Field(
+        default=512 * 1024 * 1024,
+        ge=0,
+        description="Bytes of request bodies waiting for an admission slot or an instance; past it 503.",
+    )
 
     @model_validator(mode="after")
     def _redis_needs_url(self) -> LimitSettings:

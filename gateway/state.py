@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from engine_adapters.base import EngineAdapter, LocalEngine, ModelInfo
 from gateway.errors import EngineUnavailable, ModelNotFound
+from gateway.held import HeldBytes
 from gateway.keys import KeyStore
 from gateway.lifecycle import Drain
 from gateway.limit_store import LimitStore, MemoryStore
@@ -43,8 +44,10 @@ class AppState:
     route_table: RouteTable | None = None  # router mode: the routes, following the config file
     tracing: Tracing | None = None  # OpenTelemetry, while tracing is on (gateway.observability.tracing)
     runtime_loras: dict[str, str] = field(default_factory=dict)  # adapter loaded at run time -> its base model
+    held: HeldBytes = field(init=False)  # bytes of the requests waiting for a slot or an instance
 
     def __post_init__(self) -> None:
+        self.held = HeldBytes(self.settings.limits.max_held_bytes)
         self.metrics.watch_upstreams(self.upstream_stats)
         self.metrics.watch_routes(self.route_statuses)
         self.metrics.watch_loras(lambda: [stat for route in self.routes() for stat in route.lora_stats()])

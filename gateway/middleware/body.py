@@ -29,6 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engine_adapters.base import RawBody
 from gateway.errors import GatewayError, InvalidRequest, PayloadTooLarge, RequestTimeout
+from gateway.held import held_as
 from gateway.middleware.context import header, is_service_path, model_of, request_info, send_error
 from gateway.middleware.multipart import FormStart, boundary_of, read_form_start
 from gateway.protocol.pooling import AUDIO_PATHS
@@ -255,6 +256,7 @@ class BodyMiddleware:
             if (upload := await self._upload(scope, stream, length)) is not None:
                 info.body, info.upload = dict(upload.form.fields), upload
                 info.model = model_of(scope, info.body)
+                held_as(self.state.held, len(upload.head))
                 await self.app(scope, stream.replaying(upload.head), send)
                 return
             raw = await read_body(receive, self.max_bytes, stream.deadline)
@@ -268,6 +270,7 @@ class BodyMiddleware:
             await send_error(send, exc, close=reason is not None)
             return
         info.body, info.model = body, model_of(scope, body)
+        held_as(self.state.held, 3 * len(raw))  # the bytes, and their parsed copy (about twice their size)
         await self.app(scope, replaying(raw, receive), send)
 
     def _declared(self, scope: Scope) -> int | None:

@@ -42,6 +42,7 @@ from engine_adapters.base import (
 from engine_adapters.openai_http import HttpTimeouts, OpenAIHttpAdapter
 from engine_adapters.polling import poll_until
 from gateway.errors import EngineUnavailable, GatewayError
+from gateway.held import waiting
 from gateway.observability.metrics import LoraStat, RouteStatus, UpstreamStat
 from gateway.protocol.pooling import AUDIO_PATHS
 from gateway.routing.breaker import Breaker, BreakerState
@@ -319,21 +320,25 @@ class RoutedAdapter:
         joins or passes a health check again, and re-checks every health interval (a breaker's cooldown ends)."""
         self.held += 1
         try:
-            while not self.routable():
-                left = until - time.monotonic()
-                if left <= 0:  # a client retrying soon after a long hold would be held again: say how long
-                    raise EngineUnavailable(
-                        f"No instance of `{self.route.name}` became ready within {self.hold_timeout_s():g} s."
-                        if self.hold_timeout_s()
-                        else f"No healthy instance serves `{self.route.name}` now.",
-                        retry_after_s=max(self.hold_timeout_s(), self.settings.health_interval_s),
-                    )
-                woken = self._routable_again
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(min(left, self.settings.health_interval_s)):
-                        await woken.wait()
+            with waiting():  # its body's bytes count against limits.max_held_bytes while it waits
+                await self._wait_routable(until)
         finally:
             self.held -= 1
+
+    async def _wait_routable(self, until: float) -> None:
+        while not self.routable():
+            left = until - time.monotonic()
+            if left <= 0:  # a client retrying soon after a long hold would be held again: say how long
+                raise EngineUnavailable(
+                    f"No instance of `{self.route.name}` became ready within {self.hold_timeout_s():g} s."
+                    if self.hold_timeout_s()
+                    else f"No healthy instance serves `{self.route.name}` now.",
+                    retry_after_s=max(self.hold_timeout_s(), self.settings.health_interval_s),
+                )
+            woken = self._routable_again
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(left, self.settings.health_interval_s)):
+                    await woken.wait()
 
     def _wake_held(self) -> None:
         self._routable_again.set()

@@ -3,6 +3,7 @@ Real router processes in front of scripted instances (tests.support.scripted_ups
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -14,7 +15,7 @@ import pytest
 import zmq
 
 from tests.conftest import free_port
-from tests.faults.harness import MODEL, Engine, Fleet, Router, wait_until
+from tests.faults.harness import MODEL, Engine, Fleet, Router, until, wait_until
 
 CHAT = "/v1/chat/completions"
 MESSAGES = [{"role": "user", "content": "say something"}]
@@ -221,3 +222,44 @@ def test_a_whole_answer_to_a_stream_request_is_named_and_not_retried(fleet: Flee
     assert answer.status_code == 503
     assert "not an event stream" in answer.json()["error"]["message"]
     assert sum(engine.stats()["requests"] for engine in engines) == 1  # the same answer is not asked for again
+
+
+async def test_held_bodies_are_bounded_in_bytes(fleet: Fleet) -> None:
+    config = {"limits": {"max_held_bytes": 2 * 1024 * 1024}}
+    router = Router(fleet.workdir, [f"http://127.0.0.1:{free_port()}"], config=config, route={"hold_timeout_s": 60})
+    fleet.routers.append(router.start())
+    router.wait_ready()
+    big = {"model": MODEL, "messages": [{"role": "user", "content": "x" * 400_000}]}  # counted 3 x 400 KB held
+    async with httpx.AsyncClient(base_url=router.url, timeout=90) as client:
+
+        def waiting() -> int:
+            found: int = httpx.get(f"{router.url}/ready").json()["models"][MODEL]["waiting_requests"]
+            return found
+
+        held = [asyncio.ensure_future(client.post(CHAT, json=big))]
+        try:
+            await until(lambda: waiting() == 1, 10, "the first held")
+            refused = await client.post(CHAT, json=big)
+            assert refused.status_code == 503 and refused.headers["retry-after"] == "5"
+            assert "max_held_bytes" in refused.json()["error"]["message"]
+            held.append(asyncio.ensure_future(client.post(CHAT, json={"model": MODEL, "messages": MESSAGES})))
+            await until(lambda: waiting() == 2, 10, "a small one held beside it: it fits")
+        finally:
+            for request in held:
+                request.cancel()
+            await asyncio.gather(*held, return_exceptions=True)
+
+
+async def test_an_alias_shares_its_routes_admission_slots(fleet: Fleet) -> None:
+    config = {"limits": {"max_in_flight": 1, "max_queue": 0}}
+    _, router = fleet.start(1, tokens=200, delay_ms=10, config=config, aliases=("other-name",))
+    stream = {"model": MODEL, "prompt": "hi", "stream": True}
+    async with httpx.AsyncClient(base_url=router.url, timeout=30) as client:
+        async with client.stream("POST", "/v1/completions", json=stream) as first:
+            assert first.status_code == 200
+            for name in (MODEL, "other-name"):
+                refused = await client.post("/v1/completions", json={**stream, "model": name})
+                assert refused.status_code == 429, (name, refused.text)
+                assert refused.json()["error"]["code"] == "server_overloaded"
+    metrics = httpx.get(f"{router.url}/metrics").text
+    assert 'tokenyard_queue_depth{model="other-name"}' not in metrics
