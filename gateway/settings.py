@@ -314,8 +314,8 @@ class LimitSettings(BaseModel):
         default="open", description="Redis unreachable: serve unlimited (open) or answer 503 (closed)."
     )
     # Admission, per model: requests running, requests waiting, and how long one may wait.
-    max_in_flight: int = Field(default=256, ge=1, description="Requests running per model.")
-    max_queue: int = Field(default=512, ge=0, description="Requests waiting per model; past it, 429.")
+    max_in_flight: int = Field(default=256, ge=1, description="Requests running per route or engine.")
+    max_queue: int = Field(default=512, ge=0, description="Requests waiting per route or engine; past it, 429.")
     queue_timeout_s: float = Field(default=30.0, gt=0, description="How long a request may wait; then 429.")
     # Request size and slow clients.
     max_header_bytes: int = Field(default=64 * 1024, ge=1024, description="The request line and headers; past it, 431.")
