@@ -291,11 +291,18 @@ class ApiKey(BaseModel):
     tokens_per_month: int | None = Field(default=None, gt=0, description="Token budget per UTC month.")
 
 
+def _stripped(value: Any) -> Any:
+    """A key read from a file or a Secret may end in a newline; a key holds no whitespace."""
+    return value.strip() if isinstance(value, str) else value
+
+
 class AuthSettings(BaseModel):
     api_keys_file: Path | None = Field(default=None, description="One key a line, re-read when it changes.")
     guard_metrics: bool = Field(default=False, description="Ask for a key on /metrics too.")
-    admin_key: SecretStr | None = Field(
-        default=None, min_length=1, description="Opens GET /admin/usage: every key's usage and budgets."
+    admin_key: Annotated[SecretStr | None, BeforeValidator(_stripped)] = Field(
+        default=None,
+        min_length=1,
+        description="Opens GET /admin/usage (every key's usage) and, where keys are set, the runtime LoRA routes.",
     )
 
 
