@@ -112,3 +112,19 @@ def test_redis_backend_needs_a_url() -> None:
         settings(limits={"backend": "redis"})
     with pytest.raises(ValueError, match="redis_failure"):
         settings(limits={"backend": "redis", "redis_url": "redis://127.0.0.1:1/0", "redis_failure": "maybe"})
+
+
+async def test_a_reservation_is_held_until_settled_and_one_without_max_tokens_holds_what_is_left() -> None:
+    store = MemoryStore(clock=lambda: 0.0)
+    limits, periods = KeyLimits(tokens_per_day=100), windows(datetime.now(UTC))
+    known = Charge("k", limits, cost=30, periods=periods, reserve=60)  # max_tokens known: must fit
+    assert (await store.admit(known)).reserved == 60
+    refused = await store.admit(known)  # 60 + 60 > 100: refused, saying what is left
+    assert not refused.allowed and refused.over_budget is not None and refused.budget_left == 40
+    open_ended = Charge("k", limits, cost=30, periods=periods, reserve=4000, fill=True)  # no max_tokens
+    taken = await store.admit(open_ended)
+    assert taken.allowed and taken.reserved == 40  # all that is left, until it ends
+    assert not (await store.admit(open_ended)).allowed
+    await store.settle(known, known.cost - 25)  # used 25 of the 60 reserved
+    await store.settle(Charge("k", limits, 30, periods, reserve=40, fill=True), 30 - 10)  # used 10 of 40
+    assert (await store.usage("k", limits))[0].tokens == 35
