@@ -13,6 +13,8 @@
     ├── HeaderTooLarge                431 code=request_header_fields_too_large  (answered by the HTTP protocol)
     ├── QuotaExceeded                 429 type=code=insufficient_quota  (a key's token budget is spent)
     └── EngineUnavailable             503 code=engine_unavailable      (retryable)
+        └── UnexpectedAnswer          503 code=engine_unavailable      (not retried: an instance's answer of the
+                                                                        wrong kind, which it would give again)
 
 The engine adapters raise these and the gateway raises them too, so the tree lives here, below both;
 gateway.errors is the one place where an error becomes a body (OpenAI's, or Anthropic's on its paths).
@@ -30,10 +32,18 @@ class GatewayError(Exception):
     # gets a generic text and its details stay in the log.
     public_message = False
 
-    def __init__(self, message: str = "", *, param: str | None = None, code: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
         super().__init__(message or self.__class__.__name__)
         self.message = message or self.__class__.__name__
         self.param = param
+        self.retry_after_s = retry_after_s  # a 429 or 503's Retry-After, where 1 s would be wrong
         if code is not None:
             self.code = code
 
@@ -120,6 +130,13 @@ class EngineUnavailable(GatewayError):
     code = "engine_unavailable"
     retryable = True
     public_message = True
+
+
+class UnexpectedAnswer(EngineUnavailable):
+    """An instance answered with something else than asked (a whole JSON answer to a stream request): an instance
+    failure, which trying again would only repeat."""
+
+    retryable = False
 
 
 # Each status's error is the class that declares it: the tree stays the one source of truth.

@@ -37,12 +37,13 @@ from engine_adapters.base import (
     RawHead,
     RouteRequest,
 )
-from engine_adapters.errors import EngineUnavailable, GatewayError
+from engine_adapters.errors import EngineUnavailable, GatewayError, UnexpectedAnswer
 from engine_adapters.h1 import ConnectFailed, Connection, Pool, header_lines
 from engine_adapters.openai_wire import (
     DONE,
     DONE_EVENT,
     ERROR_EVENT,
+    MAX_EVENT_BYTES,
     ChunkReader,
     EngineLoad,
     ModelRename,
@@ -82,8 +83,10 @@ class OpenAIHttpAdapter:
         api_key: str | None = None,
         client: httpx.AsyncClient | None = None,
         lora_names: frozenset[str] = frozenset(),
+        max_event_bytes: int = MAX_EVENT_BYTES,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.max_event_bytes = max_event_bytes  # one SSE event's bound (_Events)
         self.model = model  # the name the upstream serves, which may differ from the public one
         self.lora_names = lora_names  # LoRA adapters: sent upstream under their own name
         self.timeouts = timeouts or HttpTimeouts()
@@ -231,8 +234,13 @@ class OpenAIHttpAdapter:
         first bytes as the upstream's answer says; after them as EngineUnavailable (the stream broke or
         stalled) or as the error event the upstream sent."""
         conn, watchdog = await self._post(path, orjson.dumps(payload), public_model, forwarded=forwarded)
+        if not (conn.content_type or b"").startswith(b"text/event-stream"):
+            watchdog.cancel()
+            conn.close()
+            kind = (conn.content_type or b"no content type").decode("latin-1")[:100]
+            raise UnexpectedAnswer(f"The upstream answered a streamed request with {kind}, not an event stream.")
         self._open[request_id] = conn
-        events = _Events(public_model, rename)
+        events = _Events(public_model, rename, self.max_event_bytes)
         splice = Splice(conn, events, watchdog.touch, sink) if sink is not None else None
         yielded = ended = False
         try:
@@ -376,7 +384,7 @@ class OpenAIHttpAdapter:
                     yield data
 
             rename = ModelRename.between(upstream_model, public_model)
-            async for data in public_model_answer(reads(), content_type, rename):
+            async for data in public_model_answer(reads(), content_type, rename, self.max_event_bytes):
                 yield data
             ended = True
         except (TimeoutError, OSError) as exc:
@@ -449,22 +457,35 @@ class _Watchdog:
 
 class _Events:
     """Cuts an SSE body at event boundaries, so that what is passed on or parsed is complete events;
-    notices [DONE], and turns an error event into the gateway's error (after passing on what came first)."""
+    notices [DONE], and turns an error event into the gateway's error (after passing on what came first).
+    Each read's bytes are scanned once: an unended event's pieces wait in a list, and an event that grows past
+    `max_event_bytes` ends the stream (an instance's failure), so no upstream can make the router buffer or
+    re-scan without bound."""
 
-    def __init__(self, public_model: str, rename: ModelRename | None) -> None:
+    def __init__(self, public_model: str, rename: ModelRename | None, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
         self.public_model, self.rename = public_model, rename
+        self.max_event_bytes = max_event_bytes
         self.done = False
         self.error: GatewayError | None = None
-        self._rest = b""
+        self._rest: list[bytes] = []  # the unended event's pieces so far
+        self._rest_size = 0
 
     def feed(self, data: bytes) -> bytes:
-        if self._rest:
-            data, self._rest = self._rest + data, b""
-        end = data.rfind(b"\n\n") + 2
-        if end < 2:
-            self._rest = data
+        if (at := data.rfind(b"\n\n")) != -1:
+            end = at + 2
+        elif data[:1] == b"\n" and self._rest and self._rest[-1].endswith(b"\n"):
+            end = 1  # the blank line lies across the two reads
+        else:
+            self._rest.append(data)
+            self._rest_size += len(data)
+            if self._rest_size > self.max_event_bytes:
+                raise EngineUnavailable(
+                    f"The upstream sent an event longer than {self.max_event_bytes} bytes (router.max_event_bytes)."
+                )
             return b""
-        complete, self._rest = data[:end], data[end:]
+        complete = b"".join([*self._rest, data[:end]]) if self._rest else data[:end]
+        tail = data[end:]
+        self._rest, self._rest_size = ([tail], len(tail)) if tail else ([], 0)
         # Each search behind the `in` of a literal that every spelling holds: most pieces hold neither.
         if b'"error"' in complete and (error := ERROR_EVENT.search(complete)) is not None:
             complete = self._cut_error(complete, error.start())

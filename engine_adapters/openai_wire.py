@@ -199,6 +199,9 @@ ERROR_EVENT = re.compile(rb'data:[ \t]*\{\s*"error"\s*:')
 DONE = b"data: [DONE]\n\n"  # the end of a stream as tokenyard writes it, and passes an upstream's on
 
 
+MAX_EVENT_BYTES = 16 * 1024 * 1024  # one SSE event an instance may send, by default (router.max_event_bytes)
+
+
 def holds_usage(data: bytes) -> bool:
     """Whether `data` holds a usage event; the search only behind the literal every spelling holds."""
     return b'"usage"' in data and USAGE_EVENT.search(data) is not None
@@ -221,7 +224,10 @@ class ModelRename:
 
 
 async def public_model_answer(
-    pieces: AsyncIterator[bytes], content_type: bytes, rename: ModelRename | None
+    pieces: AsyncIterator[bytes],
+    content_type: bytes,
+    rename: ModelRename | None,
+    max_event_bytes: int = MAX_EVENT_BYTES,
 ) -> AsyncIterator[bytes]:
     """A passed-through answer's bytes with the upstream's model name written back as the public one, where
     an answer names it: a JSON answer's `model` (Messages, rerank, score, pooling, classify), read whole to
@@ -235,19 +241,25 @@ async def public_model_answer(
     if content_type.startswith(b"application/json"):
         yield rename(b"".join([piece async for piece in pieces]))
         return
-    first = b""
+    first: list[bytes] = []  # the first event's pieces so far, each scanned once as it comes
+    size = 0
     async for piece in pieces:
         if rename is None:
             yield piece
             continue
-        first += piece
-        end = first.find(b"\n\n")
+        across = bool(first) and first[-1].endswith(b"\n") and piece[:1] == b"\n"  # the blank line spans two
+        end = 0 if across else piece.find(b"\n\n")
         if end == -1:
+            first.append(piece)
+            size += len(piece)
+            if size > max_event_bytes:
+                raise EngineUnavailable(f"The upstream sent an event longer than {max_event_bytes} bytes.")
             continue
-        yield rename(first[: end + 2]) + first[end + 2 :]
-        first, rename = b"", None
+        head = b"".join([*first, piece[: end + (1 if across else 2)]])
+        yield rename(head) + piece[end + (1 if across else 2) :]
+        first, rename = [], None
     if first:
-        yield rename(first) if rename else first
+        yield rename(b"".join(first)) if rename else b"".join(first)
 
 
 def answered_whole(body: dict[str, Any]) -> bool:

@@ -134,7 +134,12 @@ class Splice:
         if b"[DONE]" in data or b'"usage"' in data or b'"error"' in data or not self.sink.ready():
             return False
         self.touch()  # the stream moved: its idle timer starts again
-        if complete := self.events.feed(data):
+        try:
+            complete = self.events.feed(data)
+        except Exception as exc:  # an event past its bound: the pending read fails with it, as with an error event
+            self.conn.fail(exc)
+            return True
+        if complete:
             self.sink.write(complete)
         if self.events.error is not None:  # its mark was cut between two pieces: what came first is passed on
             self.conn.fail(self.events.error)

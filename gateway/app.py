@@ -28,7 +28,14 @@ from gateway.api import (
     usage,
 )
 from gateway.api.common import json_response
-from gateway.errors import GatewayError, MethodNotAllowed, error_payload, invalid_fields, status_error
+from gateway.errors import (
+    GatewayError,
+    MethodNotAllowed,
+    error_payload,
+    invalid_fields,
+    retry_after,
+    status_error,
+)
 from gateway.keys import KeyStore
 from gateway.lifecycle import Drain
 from gateway.limit_store import LimitStore, MemoryStore
@@ -47,7 +54,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         if not isinstance(exc, GatewayError) or not exc.public_message:
             log.error("unexpected error on %s", request.url.path, exc_info=exc)
         status, body = error_payload(exc, request.url.path)
-        headers = {"retry-after": "1"} if status in (429, 503) else None
+        headers = {"retry-after": retry_after(exc)} if status in (429, 503) else None
         response = json_response(body, status)
         if headers:
             response.headers.update(headers)

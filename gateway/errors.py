@@ -9,6 +9,7 @@ is the same.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import orjson
@@ -27,6 +28,7 @@ from engine_adapters.errors import (
     QuotaExceeded,
     RateLimited,
     RequestTimeout,
+    UnexpectedAnswer,
     status_error,
 )
 
@@ -43,6 +45,7 @@ __all__ = [
     "RateLimited",
     "HeaderTooLarge",
     "QuotaExceeded",
+    "UnexpectedAnswer",
     "EngineUnavailable",
     "status_error",
     "anthropic_path",
@@ -72,6 +75,12 @@ _ANTHROPIC_TYPES = {
 def anthropic_path(path: str) -> bool:
     """Paths whose clients speak Anthropic's Messages API, and so read Anthropic's error body."""
     return path == "/v1/messages" or path.startswith("/v1/messages/")
+
+
+def retry_after(exc: BaseException) -> str:
+    """The Retry-After of a 429 or 503 answer, in whole seconds: the error's own, else 1."""
+    seconds = exc.retry_after_s if isinstance(exc, GatewayError) else None
+    return str(max(1, math.ceil(seconds))) if seconds else "1"
 
 
 def error_payload(exc: BaseException, path: str = "") -> tuple[int, dict[str, Any]]:

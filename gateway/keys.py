@@ -48,8 +48,22 @@ def digest(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
 
 
-def _entry(key: str, name: str | None, position: int, limits: KeyLimits = KeyLimits()) -> KeyEntry:
-    return KeyEntry(name or f"key-{position}", digest(key), limits)
+def _entry(key: str, name: str | None, limits: KeyLimits = KeyLimits()) -> KeyEntry:
+    """An unnamed key is named by its digest's first 12 hex digits: its own, wherever it is configured, and the
+    same across restarts and reorderings (its budget and usage follow the key, never a position)."""
+    found = digest(key)
+    return KeyEntry(name or f"key-{found.hex()[:12]}", found, limits)
+
+
+def unique(entries: list[KeyEntry], where: str) -> list[KeyEntry]:
+    """`entries`, refused when two keys share a name: a name is the identity that buckets, budgets and usage
+    are kept under, so two keys under one would share them. The message names neither key."""
+    seen: set[str] = set()
+    for entry in entries:
+        if entry.name in seen:
+            raise ValueError(f"{where}: two keys are named {entry.name!r} (or are the same key)")
+        seen.add(entry.name)
+    return entries
 
 
 def parse_keys_file(text: str) -> list[KeyEntry]:
@@ -65,21 +79,23 @@ def parse_keys_file(text: str) -> list[KeyEntry]:
         limits = {field: int(options[option]) for option, field in _LIMIT_OPTIONS.items() if option in options}
         if any(limit < 1 for limit in limits.values()):
             raise ValueError(f"keys file line {number}: limits must be positive")
-        entries.append(_entry(fields[0], options.get("name"), len(entries) + 1, KeyLimits(**limits)))
-    return entries
+        entries.append(_entry(fields[0], options.get("name"), KeyLimits(**limits)))
+    return unique(entries, "keys file")
 
 
 class KeyStore:
     def __init__(self, keys: list[ApiKey], path: Path | None, clock: Callable[[], float] = time.monotonic) -> None:
-        self._static = [
-            _entry(
-                k.key.get_secret_value(),
-                k.name,
-                i,
-                KeyLimits(k.requests_per_minute, k.tokens_per_minute, k.tokens_per_day, k.tokens_per_month),
-            )
-            for i, k in enumerate(keys, start=1)
-        ]
+        self._static = unique(
+            [
+                _entry(
+                    k.key.get_secret_value(),
+                    k.name,
+                    KeyLimits(k.requests_per_minute, k.tokens_per_minute, k.tokens_per_day, k.tokens_per_month),
+                )
+                for k in keys
+            ],
+            "api_keys",
+        )
         self._path, self._clock = path, clock
         self._from_file: list[KeyEntry] = []
         self._stamp: tuple[int, int, int] | None = None
@@ -120,6 +136,8 @@ class KeyStore:
         stamp = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
         if stamp == self._stamp:
             return
-        self._from_file = parse_keys_file(path.read_text())
+        self._from_file = unique(self._static + parse_keys_file(path.read_text()), "keys file and api_keys")[
+            len(self._static) :
+        ]
         self._stamp = stamp
         log.info("loaded %d key(s) from the keys file", len(self._from_file))

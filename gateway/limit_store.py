@@ -1,8 +1,13 @@
 """Rate-limit buckets and token budgets per key: in this process (memory) or shared by every router replica (redis).
 
 `admit` is one step: the key's day and month budgets are checked, then its requests and tokens buckets; when all
-allow the request, one request and its estimated tokens are taken and charged to the key's day and month, else
-nothing is. `settle` corrects the charge once the answer's usage is known (a failed request gets it all back).
+allow the request, one request and its estimated tokens are taken from the buckets and its reservation (the most
+it may use) is charged to the key's day and month, else nothing is. A budget admits a request whose max_tokens
+is known only while its reservation fits in what is left; one without max_tokens (which may generate up to the
+model's context) while anything is left, and then it holds all that is left (up to its context), so the requests
+after it wait until it ends. So requests in flight together overshoot a budget by at most what those without
+max_tokens generate past the budget, never by their number. `settle` corrects both charges to what was used
+once the answer is over (a failed request gets it all back).
 With redis each is one Lua script, so one round trip and atomic across replicas; the buckets run on Redis's own
 clock (TIME), so replicas need not agree on the time. Budget periods are UTC days and months, named by the router.
 """
@@ -82,9 +87,11 @@ class Decision:
 
     allowed: bool
     wait_s: float = 0.0  # rate limited: until the buckets allow it
-    over_budget: Window | None = None  # the period whose budget is spent
+    over_budget: Window | None = None  # the period whose budget is spent, or too short for the reservation
     requests_left: float | None = None
     tokens_left: float | None = None
+    budget_left: int = 0  # over budget: what that budget had left
+    reserved: int | None = None  # admitted: what was charged to the budgets (the charge's reservation, or less)
 
 
 @dataclass(frozen=True)
@@ -93,8 +100,18 @@ class Charge:
 
     identity: str
     limits: KeyLimits
-    cost: int
+    cost: int  # the estimate, taken from the tokens bucket
     periods: tuple[Window, Window] | None  # None: no usage kept (a client address, not a key)
+    reserve: int | None = None  # the most it may use, charged to the budgets until settled; None: `cost`
+    fill: bool = False  # the reservation may shrink to what the budgets have left (no max_tokens: Decision.reserved)
+
+    @property
+    def reserved(self) -> int:
+        return self.cost if self.reserve is None else self.reserve
+
+    def budget_refund(self, refund: int) -> int:
+        """What goes back to the budgets when `refund` goes back to the tokens bucket (cost less what was used)."""
+        return refund + self.reserved - self.cost
 
 
 @dataclass(frozen=True)
@@ -194,10 +211,13 @@ class MemoryStore:
         return counter
 
     async def admit(self, charge: Charge) -> Decision:
+        take = charge.reserved
         for window in charge.periods or ():
             budget = charge.limits.budget(window.period)
-            if budget is not None and self._counter(charge.identity, window)[1] >= budget:
-                return Decision(False, over_budget=window)
+            left = None if budget is None else budget - self._counter(charge.identity, window)[1]
+            if left is not None and (left <= 0 or (take > left and not charge.fill)):
+                return Decision(False, over_budget=window, budget_left=max(0, left))
+            take = take if left is None else min(take, left)
         buckets, now = self.buckets(charge.identity, charge.limits), self.clock()
         wait_s = max(
             buckets.requests.wait_s(1, now) if buckets.requests else 0.0,
@@ -210,9 +230,9 @@ class MemoryStore:
                 bucket.take(cost, now)
         for window in charge.periods or ():
             counter = self._counter(charge.identity, window)
-            counter[1] += charge.cost
+            counter[1] += take
             counter[2] += 1
-        return Decision(True, 0.0, None, *buckets.levels())
+        return Decision(True, 0.0, None, *buckets.levels(), reserved=take)
 
     async def settle(self, charge: Charge, refund: int) -> None:
         tokens = self.buckets(charge.identity, charge.limits).tokens
@@ -221,7 +241,7 @@ class MemoryStore:
         for window in charge.periods or ():
             counter = self._usage.get((charge.identity, window.period))
             if counter is not None and counter[0] == window.name:
-                counter[1] -= refund
+                counter[1] -= charge.budget_refund(refund)
 
     async def usage(self, identity: str, limits: KeyLimits) -> list[PeriodUsage]:
         found = []

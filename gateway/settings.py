@@ -281,10 +281,18 @@ class RouterSettings(BaseModel):
         "past ASGI send (engine_adapters.splice); false sends every byte through ASGI.",
     )
     # Policy kv (gateway/routing/kv.py).
+    max_event_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=1024,
+        description="One SSE event an instance may send; past it the stream ends with an error event.",
+    )
     kv_max_blocks: int = Field(default=500_000, ge=1, description="Blocks the KV index holds over all instances.")
     kv_tokenize_timeout_s: float = Field(default=2.0, gt=0, description="An instance's /tokenize, for routing.")
     kv_tokenize_cache_size: int = Field(default=1024, ge=0, description="Prompts whose tokens are kept for routing.")
     kv_tokenize_cache_ttl_s: float = Field(default=30.0, ge=0, description="How long kept tokens stay.")
+    kv_tokenize_cache_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=0, description="Bytes of token ids kept for routing (8 a token, 160 an entry)."
+    )
     kv_discovery_interval_s: float = Field(
         default=5.0, gt=0, description="How often an instance without KV events is asked again."
     )
@@ -314,18 +322,27 @@ class ApiKey(BaseModel):
     """One client key. Only its SHA-256 digest is kept once the app starts; limits left None use `limits`."""
 
     key: Annotated[SecretStr, Field(min_length=1, description="The key clients send as a bearer token.")]
-    name: str | None = Field(default=None, description="Names the key in logs, metrics and usage; default key-N.")
+    name: str | None = Field(
+        default=None, description="Names the key in logs, metrics and usage; default key-<digest prefix>."
+    )
     requests_per_minute: int | None = Field(default=None, gt=0, description="This key's request rate limit.")
     tokens_per_minute: int | None = Field(default=None, gt=0, description="This key's token rate limit.")
     tokens_per_day: int | None = Field(default=None, gt=0, description="Token budget per UTC day.")
     tokens_per_month: int | None = Field(default=None, gt=0, description="Token budget per UTC month.")
 
 
+def _stripped(value: Any) -> Any:
+    """A key read from a file or a Secret may end in a newline; a key holds no whitespace."""
+    return value.strip() if isinstance(value, str) else value
+
+
 class AuthSettings(BaseModel):
     api_keys_file: Path | None = Field(default=None, description="One key a line, re-read when it changes.")
     guard_metrics: bool = Field(default=False, description="Ask for a key on /metrics too.")
-    admin_key: SecretStr | None = Field(
-        default=None, min_length=1, description="Opens GET /admin/usage: every key's usage and budgets."
+    admin_key: Annotated[SecretStr | None, BeforeValidator(_stripped)] = Field(
+        default=None,
+        min_length=1,
+        description="Opens GET /admin/usage (every key's usage) and, where keys are set, the runtime LoRA routes.",
     )
 
 
@@ -344,8 +361,8 @@ class LimitSettings(BaseModel):
         default="open", description="Redis unreachable: serve unlimited (open) or answer 503 (closed)."
     )
     # Admission, per model: requests running, requests waiting, and how long one may wait.
-    max_in_flight: int = Field(default=256, ge=1, description="Requests running per model.")
-    max_queue: int = Field(default=512, ge=0, description="Requests waiting per model; past it, 429.")
+    max_in_flight: int = Field(default=256, ge=1, description="Requests running per route or engine.")
+    max_queue: int = Field(default=512, ge=0, description="Requests waiting per route or engine; past it, 429.")
     queue_timeout_s: float = Field(default=30.0, gt=0, description="How long a request may wait; then 429.")
     # Request size and slow clients.
     max_header_bytes: int = Field(default=64 * 1024, ge=1024, description="The request line and headers; past it, 431.")
@@ -367,6 +384,11 @@ class LimitSettings(BaseModel):
     max_n: int = Field(default=16, ge=1, description="The most choices (n) a request may ask.")
     max_stop: int = Field(default=16, ge=0, description="The most stop strings in a request.")
     max_prompt_chars: int | None = Field(default=1_000_000, ge=1, description="Characters in a prompt.")
+    max_held_bytes: int = Field(
+        default=512 * 1024 * 1024,
+        ge=0,
+        description="Bytes of request bodies waiting for an admission slot or an instance; past it 503.",
+    )
 
     @model_validator(mode="after")
     def _redis_needs_url(self) -> LimitSettings:
@@ -456,6 +478,10 @@ class Settings(BaseSettings):
     # vLLM's VLLM_ALLOW_RUNTIME_LORA_UPDATING: POST /v1/load_lora_adapter and /v1/unload_lora_adapter.
     allow_runtime_lora_updating: bool = Field(
         default=False, description="Serve POST /v1/load_lora_adapter and /v1/unload_lora_adapter."
+    )
+    lora_dir: Path | None = Field(
+        default=None,
+        description="Runtime-loaded LoRA adapters must lie under this directory; needed where API keys are set.",
     )
 
     @classmethod

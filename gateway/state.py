@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from engine_adapters.base import EngineAdapter, LocalEngine, ModelInfo
 from gateway.errors import EngineUnavailable, ModelNotFound
+from gateway.held import HeldBytes
 from gateway.keys import KeyStore
 from gateway.lifecycle import Drain
 from gateway.limit_store import LimitStore, MemoryStore
@@ -37,13 +38,16 @@ class AppState:
     draining: bool = False
     drain: Drain = field(default_factory=Drain)  # in-flight requests and the SIGTERM deadline
     unknown_fields_seen: set[str] = field(default_factory=set)  # request field names already logged once
-    queues: dict[str, WaitQueue] = field(default_factory=dict)  # requested model name -> its admission queue
+    queues: dict[str, WaitQueue] = field(default_factory=dict)  # route or engine (queue_name) -> its admission queue
     keys: KeyStore | None = None  # the client keys, when create_app built the app
     limit_store: LimitStore = field(default_factory=MemoryStore)  # rate-limit buckets and budgets
     route_table: RouteTable | None = None  # router mode: the routes, following the config file
     tracing: Tracing | None = None  # OpenTelemetry, while tracing is on (gateway.observability.tracing)
+    runtime_loras: dict[str, str] = field(default_factory=dict)  # adapter loaded at run time -> its base model
+    held: HeldBytes = field(init=False)  # bytes of the requests waiting for a slot or an instance
 
     def __post_init__(self) -> None:
+        self.held = HeldBytes(self.settings.limits.max_held_bytes)
         self.metrics.watch_upstreams(self.upstream_stats)
         self.metrics.watch_routes(self.route_statuses)
         self.metrics.watch_loras(lambda: [stat for route in self.routes() for stat in route.lora_stats()])
@@ -60,7 +64,7 @@ class AppState:
         """Each routed model now; its waiting requests are those held by the route and those queued for a slot
         under any of its names."""
         return [
-            route.status(queued=sum(self.queues[name].depth for name in route.names if name in self.queues))
+            route.status(queued=queue.depth if (queue := self.queues.get(route.route.name)) else 0)
             for route in self.routes()
         ]
 
@@ -86,9 +90,21 @@ class AppState:
         return adapter
 
     def model_label(self, model: object) -> str:
-        """The `model` label for a requested name: the name itself only when it is served, else one bucket,
-        so that no client can add series to /metrics by naming models."""
-        return model if isinstance(model, str) and model in self.adapters else UNKNOWN_MODEL
+        """The `model` label for a requested name: the name itself only when it is served and configured (an
+        adapter loaded at run time counts under its base model), else one bucket, so that no client can add
+        series to /metrics by naming models or loading adapters."""
+        if not isinstance(model, str) or model not in self.adapters:
+            return UNKNOWN_MODEL
+        return self.runtime_loras.get(model, model)
+
+    def queue_name(self, model: str) -> str:
+        """Whose admission queue a served name's requests wait in: its route's or its engine's first name, so that
+        aliases, LoRA adapters and adapters loaded at run time share their model's slots, not multiply them."""
+        adapter = self.adapters[model]
+        if isinstance(adapter, RoutedAdapter):
+            return adapter.route.name
+        names = adapter.models()
+        return names[0].name if names else model
 
     def model_info(self, model: str) -> ModelInfo:
         adapter = self.adapters.get(model)

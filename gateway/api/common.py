@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 import orjson
@@ -9,6 +10,9 @@ from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway.errors import AuthenticationFailed
+from gateway.keys import digest
+from gateway.middleware.auth import bearer_token
 from gateway.protocol.common import ErrorResponse
 from gateway.state import AppState
 
@@ -41,3 +45,13 @@ def app_state(request: Request) -> AppState:
 def json_response(body: BaseModel | dict[str, Any], status_code: int = 200) -> Response:
     data = body.model_dump(mode="json") if isinstance(body, BaseModel) else body
     return Response(orjson.dumps(data), status_code=status_code, media_type="application/json")
+
+
+def require_admin(request: Request) -> None:
+    """401 unless the request carries the admin key (auth.admin_key), compared as a digest in constant time."""
+    admin_key = app_state(request).settings.auth.admin_key
+    if admin_key is None:
+        raise AuthenticationFailed("This route needs the admin key, and auth.admin_key is not set.")
+    token = bearer_token(request.scope)
+    if token is None or not secrets.compare_digest(digest(token), digest(admin_key.get_secret_value())):
+        raise AuthenticationFailed("This route needs the admin key.")

@@ -3,17 +3,14 @@ behind the admin key (auth.admin_key). Both read only; neither is limited nor ch
 
 from __future__ import annotations
 
-import secrets
 from typing import Any
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from gateway.api.common import ERROR_RESPONSES, app_state, json_response
-from gateway.errors import AuthenticationFailed, EngineUnavailable, NotFound
-from gateway.keys import digest
+from gateway.api.common import ERROR_RESPONSES, app_state, json_response, require_admin
+from gateway.errors import EngineUnavailable, NotFound
 from gateway.limit_store import KeyLimits, StoreUnavailable, default_limits
-from gateway.middleware.auth import bearer_token
 from gateway.middleware.context import ADMIN_USAGE_PATH, USAGE_PATH, request_info
 from gateway.state import AppState
 
@@ -46,12 +43,9 @@ async def own_usage(request: Request) -> Response:
 @router.get(ADMIN_USAGE_PATH, include_in_schema=False)
 async def all_usage(request: Request) -> Response:
     state = app_state(request)
-    admin_key = state.settings.auth.admin_key
-    if admin_key is None:
+    if state.settings.auth.admin_key is None:
         raise NotFound("The admin view is off: set auth.admin_key to turn it on.")
-    token = bearer_token(request.scope)
-    if token is None or not secrets.compare_digest(digest(token), digest(admin_key.get_secret_value())):
-        raise AuthenticationFailed("This route needs the admin key.")
+    require_admin(request)
     entries = {entry.name: entry.limits for entry in (state.keys.entries() if state.keys else [])}
     data = [await _key_usage(state, name, limits) for name, limits in entries.items()]
     return json_response({"object": "list", "data": data})

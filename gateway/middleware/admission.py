@@ -21,6 +21,7 @@ from typing import Any, cast
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.errors import EngineUnavailable, GatewayError, InvalidRequest, RateLimited
+from gateway.held import waiting
 from gateway.middleware.context import RequestInfo, header, is_service_path, request_info, send_error
 from gateway.state import AppState
 
@@ -105,6 +106,15 @@ class Admission:
         self.waiting = [w for w in self.waiting if not w.future.done()]
 
 
+async def _wait_for(admission: Admission, priority: int) -> None:
+    """A slot; a request that must wait for one holds its body's bytes against limits.max_held_bytes meanwhile."""
+    if admission.running < admission.max_in_flight and not admission.waiting:
+        await admission.acquire(priority)  # a slot now: nothing waits
+        return
+    with waiting():
+        await admission.acquire(priority)
+
+
 def priority_of(scope: Scope, body: Any) -> int:
     raw = header(scope, b"x-priority")
     if raw is not None:
@@ -145,6 +155,10 @@ class AdmissionMiddleware:
                 self.state.metrics.rejected.labels("admission").inc()
                 await send_error(send, await self._refusal(info.model or "", exc))
                 return
+            except GatewayError as exc:  # past limits.max_held_bytes
+                self.state.metrics.rejected.labels("admission").inc()
+                await send_error(send, exc)
+                return
         if priority:
             info.forwarded = dataclasses.replace(info.forwarded, priority=priority)
         try:
@@ -157,22 +171,24 @@ class AdmissionMiddleware:
     async def _acquire(admission: Admission, priority: int, info: RequestInfo) -> None:
         trace = info.forwarded.trace
         if trace is None:
-            await admission.acquire(priority)
+            await _wait_for(admission, priority)
             return
         with trace.span(
             "tokenyard.admission", {"tokenyard.priority": priority, "tokenyard.queue_depth": admission.depth}
         ):
-            await admission.acquire(priority)
+            await _wait_for(admission, priority)
 
     def _admission(self, model: str | None) -> Admission | None:
-        """Only models this server serves get a queue; for any other name the app answers 404."""
+        """Only models this server serves get a queue, one per route or engine (every alias and adapter of it
+        shares it: AppState.queue_name); for any other name the app answers 404."""
         if model is None or model not in self.state.adapters:
             return None
-        if model not in self.queues:
+        name = self.state.queue_name(model)
+        if name not in self.queues:
             limits = self.state.settings.limits
-            gauge = self.state.metrics.queue_depth.labels(model)
-            self.queues[model] = Admission(limits.max_in_flight, limits.max_queue, limits.queue_timeout_s, gauge.set)
-        return cast(Admission, self.queues[model])  # the state holds them as WaitQueue, to import nothing of ours
+            gauge = self.state.metrics.queue_depth.labels(name)
+            self.queues[name] = Admission(limits.max_in_flight, limits.max_queue, limits.queue_timeout_s, gauge.set)
+        return cast(Admission, self.queues[name])  # the state holds them as WaitQueue, to import nothing of ours
 
     async def _refusal(self, model: str, reason: Refused) -> GatewayError:
         try:

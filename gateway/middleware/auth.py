@@ -8,6 +8,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from gateway.errors import AuthenticationFailed, InvalidRequest
 from gateway.middleware.context import (
     ADMIN_USAGE_PATH,
+    LORA_PATHS,
     METRICS_PATH,
     PROBE_PATHS,
     header,
@@ -43,6 +44,7 @@ class AuthMiddleware:
         self.app = app
         self.metrics = state.metrics
         self.guard_metrics = state.settings.auth.guard_metrics
+        self.runtime_lora = state.settings.allow_runtime_lora_updating  # its routes check the admin key
         assert state.keys is not None, "create_app builds the key store"
         self.keys = state.keys
 
@@ -67,7 +69,9 @@ class AuthMiddleware:
         await self.app(scope, receive, send)
 
     def _needs_key(self, scope: Scope) -> bool:
-        # The admin view checks the admin key itself.
+        # The admin routes check the admin key themselves.
         if scope["type"] != "http" or not self.keys.enabled or scope["path"] in (*PROBE_PATHS, ADMIN_USAGE_PATH):
+            return False
+        if scope["path"] in LORA_PATHS and self.runtime_lora:
             return False
         return scope["path"] != METRICS_PATH or self.guard_metrics

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from itertools import accumulate
 from typing import Any
@@ -28,6 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engine_adapters.base import RawBody
 from gateway.errors import GatewayError, InvalidRequest, PayloadTooLarge, RequestTimeout
+from gateway.held import held_as
 from gateway.middleware.context import header, is_service_path, model_of, request_info, send_error
 from gateway.middleware.multipart import FormStart, boundary_of, read_form_start
 from gateway.protocol.pooling import AUDIO_PATHS
@@ -98,9 +100,29 @@ def parse_json(raw: bytes, bounds: JsonBounds) -> Any:
     """
     check_shape(raw, bounds)
     try:
-        return orjson.loads(raw)
+        body = orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise InvalidRequest("The request body is not valid JSON.") from None
+    if isinstance(body, dict) and len(_MODEL_KEY.findall(raw)) > 1 and _top_level_models(raw) > 1:
+        raise InvalidRequest("The request body names `model` more than once.", param="model")
+    return body
+
+
+# A key that decodes to "model", however its letters are escaped: where two are in a body, one may be a second
+# top-level `model`, which a parser that keeps the last would serve while the first was routed and admitted.
+_MODEL_KEY = re.compile(rb'"(?:m|\\u006[dD])(?:o|\\u006[fF])(?:d|\\u0064)(?:e|\\u0065)(?:l|\\u006[cC])"\s*:')
+
+
+def _top_level_models(raw: bytes) -> int:
+    """How many `model` keys the body's outermost object has (the last object a parser closes)."""
+    outermost: list[tuple[str, Any]] = []
+
+    def pairs(found: list[tuple[str, Any]]) -> dict[str, Any]:
+        outermost[:] = found
+        return {}  # nothing of the inner objects is kept: only the outermost's keys are counted
+
+    json.loads(raw, object_pairs_hook=pairs)
+    return sum(key == "model" for key, _ in outermost)
 
 
 class BodyStream:
@@ -112,6 +134,7 @@ class BodyStream:
         self.more = True
         self.finished = asyncio.Event()  # the whole body has been read
         self.taken = False  # a relay reads the rest (take), not the app through `replaying`
+        self.watch: Callable[[bytes], None] = lambda chunk: None  # sees each chunk; may raise GatewayError
 
     async def next(self) -> bytes:
         try:
@@ -128,6 +151,7 @@ class BodyStream:
         self.more = bool(message.get("more_body", False))
         if not self.more:
             self.finished.set()
+        self.watch(chunk)
         return chunk
 
     async def discard(self) -> None:
@@ -232,6 +256,7 @@ class BodyMiddleware:
             if (upload := await self._upload(scope, stream, length)) is not None:
                 info.body, info.upload = dict(upload.form.fields), upload
                 info.model = model_of(scope, info.body)
+                held_as(self.state.held, len(upload.head))
                 await self.app(scope, stream.replaying(upload.head), send)
                 return
             raw = await read_body(receive, self.max_bytes, stream.deadline)
@@ -245,6 +270,7 @@ class BodyMiddleware:
             await send_error(send, exc, close=reason is not None)
             return
         info.body, info.model = body, model_of(scope, body)
+        held_as(self.state.held, 3 * len(raw))  # the bytes, and their parsed copy (about twice their size)
         await self.app(scope, replaying(raw, receive), send)
 
     def _declared(self, scope: Scope) -> int | None:
@@ -262,6 +288,7 @@ class BodyMiddleware:
         if boundary is None or content_type is None or not (path in AUDIO_PATHS or self._passed_through(path)):
             return None
         form, head = await read_form_start(stream, boundary)
+        stream.watch = form.follow  # the rest is parsed as it streams on, for a second `model` field
         return Upload(stream, form, head, content_type, length)
 
     def _passed_through(self, path: str) -> bool:

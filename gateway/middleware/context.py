@@ -12,7 +12,7 @@ import orjson
 from starlette.types import Scope, Send
 
 from engine_adapters.base import NOTHING_FORWARDED, Forwarded
-from gateway.errors import GatewayError, error_payload
+from gateway.errors import GatewayError, error_payload, retry_after
 from gateway.limit_store import KeyLimits
 
 # Liveness and readiness answer without a key, while draining and past every limit: probes must work.
@@ -20,6 +20,8 @@ PROBE_PATHS = frozenset({"/health", "/ready"})
 METRICS_PATH = "/metrics"
 USAGE_PATH = "/v1/usage"  # a key's own usage: needs that key, and is neither limited nor charged
 ADMIN_USAGE_PATH = "/admin/usage"  # every key's usage: needs the admin key instead of a client key
+# Runtime LoRA loading (engine mode, opt-in): the admin key too, where keys are set (gateway.api.lora).
+LORA_PATHS = frozenset({"/v1/load_lora_adapter", "/v1/unload_lora_adapter"})
 _SCOPE_KEY = "tokenyard.request"
 # The path being served, for send_error to write the error body its client reads (OpenAI's or
 # Anthropic's). Set by attach(), which the outermost middleware calls; each request runs in its own task.
@@ -86,7 +88,7 @@ async def send_error(
     raw = orjson.dumps(body)
     extra = list(headers)
     if status in (429, 503) and not any(name == b"retry-after" for name, _ in extra):
-        extra.append((b"retry-after", b"1"))
+        extra.append((b"retry-after", retry_after(exc).encode()))
     if close:  # the rest of the request may still be on the wire: do not read it as a next request
         extra.append((b"connection", b"close"))
     start: Headers = [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode())]

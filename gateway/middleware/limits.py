@@ -38,8 +38,10 @@ from gateway.middleware.context import (
     request_info,
     send_error,
 )
+from gateway.protocol.lax import lax_int
 from gateway.protocol.paths import PROMPT_ONLY_PATHS  # besides embeddings: any path with "embeddings"
 from gateway.settings import LimitSettings
+from gateway.spend import Spent, spending
 from gateway.state import AppState
 
 log = logging.getLogger(__name__)
@@ -55,7 +57,7 @@ TAIL_BYTES = 512  # usage is the last field of our answers and of the last SSE e
 
 
 def _int(value: Any) -> int | None:
-    """An integer as pydantic's lax mode reads one: 1e23 counts (orjson even parses huge ints as floats)."""
+    """A token id: an integer, or a float that is one (orjson even parses huge ints as floats)."""
     if isinstance(value, float) and value.is_integer():
         return int(value)
     return value if isinstance(value, int) and not isinstance(value, bool) else None
@@ -63,7 +65,7 @@ def _int(value: Any) -> int | None:
 
 @dataclass(frozen=True)
 class Ask:
-    """What a body asks for, read leniently: the app validates the types, this only measures."""
+    """What a body asks for, read as the engine will read it (numbers in pydantic's lax mode: `"8"` is 8)."""
 
     prompt_field: str
     prompt_chars: int
@@ -72,6 +74,26 @@ class Ask:
     n: int
     stop: int
     max_tokens: tuple[str, int] | None  # (field name, value)
+    stop_field: str = "stop"
+
+
+# Parts of a message that are not text the model reads as characters (media, references), and labels.
+_NOT_TEXT = frozenset(
+    {"image_url", "input_audio", "audio_url", "video_url", "source", "file", "file_data", "image_data"}
+    | {"type", "role", "id", "tool_call_id", "tool_use_id", "cache_control"}
+)
+
+
+def _chars(value: Any) -> int:
+    """Characters of text in a message, a content part, a tool call's input or arguments, a tool's schema:
+    every string in it but media and labels (the body's shape bounds keep this walk small)."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, list):
+        return sum(_chars(item) for item in value)
+    if isinstance(value, dict):
+        return sum(_chars(item) for key, item in value.items() if key not in _NOT_TEXT)
+    return 0
 
 
 def _text_size(value: Any) -> tuple[int, int, int]:
@@ -84,44 +106,41 @@ def _text_size(value: Any) -> tuple[int, int, int]:
         return 0, len(value), 1  # one prompt of token ids
     chars = ids = 0
     for item in value:
-        if isinstance(item, str):
-            chars += len(item)
-        elif isinstance(item, list):
+        if isinstance(item, list):
             ids += sum(1 for token in item if _int(token) is not None)
-        elif isinstance(item, dict) and isinstance(item.get("text"), str):
-            chars += len(item["text"])  # a chat content part
-        elif isinstance(item, dict):
-            chars += _text_size(item.get("content"))[0]  # a Responses input message
+        else:
+            chars += _chars(item)  # a prompt, a chat content part, a Responses input item
     return chars, ids, len(value)
+
+
+def _stop_count(body: dict[str, Any]) -> tuple[str, int]:
+    """Stop sequences: OpenAI's `stop` (a string or a list), Anthropic's `stop_sequences`."""
+    for name in ("stop_sequences", "stop"):
+        value = body.get(name)
+        if isinstance(value, list) and value:
+            return name, len(value)
+    return "stop", 1 if isinstance(body.get("stop"), str) else 0
 
 
 def measure(body: dict[str, Any]) -> Ask:
     if isinstance(body.get("messages"), list):
         field, ids, prompts = "messages", 0, 1
-        chars = _text_size(body.get("system"))[0]  # Anthropic's system prompt (text or text blocks)
-        for message in body["messages"]:
-            chars += _text_size(message.get("content"))[0] if isinstance(message, dict) else 0
+        chars = _chars(body["messages"])
     else:  # a prompt, an input, or FastChat's messages as one string
         field = next((name for name in ("messages", "input") if name in body), "prompt")
         chars, ids, prompts = _text_size(body.get(field))
-    stop = body.get("stop")
+    # What the template renders with the prompt: Anthropic's system prompt, Responses' instructions, the tools.
+    chars += sum(_chars(body.get(name)) for name in ("system", "instructions", "tools", "functions"))
     max_tokens = next(
         (
             (name, v)
             for name in ("max_completion_tokens", "max_tokens", "max_output_tokens")
-            if (v := _int(body.get(name))) is not None
+            if (v := lax_int(body.get(name))) is not None
         ),
         None,
     )
-    return Ask(
-        field,
-        chars,
-        ids,
-        max(prompts, 1),
-        _int(body.get("n")) or 1,
-        len(stop) if isinstance(stop, list) else 0,
-        max_tokens,
-    )
+    stop_field, stops = _stop_count(body)
+    return Ask(field, chars, ids, max(prompts, 1), lax_int(body.get("n")) or 1, stops, max_tokens, stop_field)
 
 
 def check_caps(ask: Ask, limits: LimitSettings) -> None:
@@ -131,18 +150,37 @@ def check_caps(ask: Ask, limits: LimitSettings) -> None:
     if ask.n > limits.max_n:
         raise InvalidRequest(f"n must be at most {limits.max_n} on this server.", param="n")
     if ask.stop > limits.max_stop:
-        raise InvalidRequest(f"At most {limits.max_stop} stop sequences are allowed.", param="stop")
+        raise InvalidRequest(f"At most {limits.max_stop} stop sequences are allowed.", param=ask.stop_field)
     if limits.max_prompt_chars is not None and ask.prompt_chars > limits.max_prompt_chars:
         raise InvalidRequest(
             f"The {ask.prompt_field} must be at most {limits.max_prompt_chars} characters.", param=ask.prompt_field
         )
 
 
+def prompt_tokens(ask: Ask) -> int:
+    return math.ceil(ask.prompt_chars / CHARS_PER_TOKEN) + ask.prompt_ids
+
+
 def estimate_tokens(ask: Ask, embedding: bool) -> int:
-    prompt = math.ceil(ask.prompt_chars / CHARS_PER_TOKEN) + ask.prompt_ids
+    prompt = prompt_tokens(ask)
     if embedding:
         return prompt
     output = ask.max_tokens[1] if ask.max_tokens else UNKNOWN_OUTPUT_TOKENS
+    return prompt + output * ask.n * ask.prompts
+
+
+def reservation(ask: Ask, embedding: bool, max_model_len: int | None) -> int:
+    """The most a request may use, held against its key's budgets while it runs: its max_tokens where it names
+    one, else what the model's context leaves after the prompt (an engine generates up to there)."""
+    prompt = prompt_tokens(ask)
+    if embedding:
+        return prompt
+    if ask.max_tokens:
+        output = ask.max_tokens[1]
+    elif max_model_len:
+        output = max(max_model_len - prompt, 1)
+    else:
+        output = UNKNOWN_OUTPUT_TOKENS
     return prompt + output * ask.n * ask.prompts
 
 
@@ -188,7 +226,16 @@ def refusal(limits: KeyLimits, decision: Decision) -> tuple[GatewayError, Header
         )
     budget = limits.budget(window.period)
     adjective = {"day": "daily", "month": "monthly"}[window.period]
-    message = f"This key's {adjective} token budget ({budget} tokens) is used up; it resets at {window.resets_at_text}."
+    if decision.budget_left > 0:  # some is left, but less than this request may use
+        message = (
+            f"This key's {adjective} token budget ({budget} tokens) has {decision.budget_left} tokens left, fewer "
+            "than this request's prompt and max_tokens may use; ask for fewer max_tokens, or retry once requests "
+            f"in flight end or the budget resets at {window.resets_at_text}."
+        )
+    else:
+        message = (
+            f"This key's {adjective} token budget ({budget} tokens) is used up; it resets at {window.resets_at_text}."
+        )
     return QuotaExceeded(message), _retry_after((window.resets_at - utc_now()).total_seconds())
 
 
@@ -234,12 +281,17 @@ class UsageMeter:
         """The answer's last `usage`, when it has one."""
         return usage_in(self._tail)
 
-    def used(self, charged: int) -> int:
-        """Tokens the request really used: none when it failed, the estimate when the answer did not say."""
+    def used(self, charged: int, spent: Spent, prompt: int) -> int:
+        """Tokens the request really used: none when it failed; else the usage its engine or instance reported
+        (gateway.spend), else the answer's; else, for an answer that ended early (the client left), the prompt
+        and the pieces of output that came; else the estimate."""
         if self.failed:
             return 0
-        usage = self.usage()
-        return usage.total_tokens if usage else charged
+        if spent.reported:
+            return spent.prompt_tokens + spent.completion_tokens
+        if (usage := self.usage()) is not None:
+            return usage.total_tokens
+        return prompt + spent.events if spent.events else charged
 
 
 def _prompt_only(path: str) -> bool:
@@ -285,14 +337,18 @@ class LimitsMiddleware:
         if decision is not None and not decision.allowed:
             await self._refuse(send, info, charge.limits, decision)
             return
+        if decision is not None and decision.reserved is not None:
+            charge = replace(charge, reserve=decision.reserved)  # what the budgets hold for it, settled at the end
         meter = UsageMeter(send, rate_headers(charge.limits, decision) if decision else [])
-        try:
-            await self.app(scope, receive, meter.send)
-        finally:
-            if decision is not None:
-                await self._settle(charge, charge.cost - meter.used(charge.cost))
-            if info.key_name is not None:
-                self._count(info, meter)
+        with spending() as spent:
+            try:
+                await self.app(scope, receive, meter.send)
+            finally:
+                if decision is not None:
+                    prompt = prompt_tokens(ask) if ask else 0
+                    await self._settle(charge, charge.cost - meter.used(charge.cost, spent, prompt))
+                if info.key_name is not None:
+                    self._count(info, meter)
 
     def _charge(self, scope: Scope, info: RequestInfo, ask: Ask | None) -> Charge | None:
         """What admit is asked for, or None when nothing limits or accounts for this request."""
@@ -301,10 +357,20 @@ class LimitsMiddleware:
             return None
         client = scope.get("client")
         identity = info.key_name or f"client:{client[0] if client else '-'}"
-        cost = estimate_tokens(ask, embedding=_prompt_only(scope["path"])) if ask else 0
+        embedding = _prompt_only(scope["path"])
+        cost = estimate_tokens(ask, embedding) if ask else 0
         if info.key_name is None:  # budgets and usage are kept per key only
             limits = replace(limits, tokens_per_day=None, tokens_per_month=None)
-        return Charge(identity, limits, cost, windows(utc_now()) if info.key_name else None)
+        budgeted = limits.tokens_per_day is not None or limits.tokens_per_month is not None
+        reserve = reservation(ask, embedding, self._max_model_len(info.model)) if ask and budgeted else None
+        fill = bool(ask and not ask.max_tokens and not embedding)  # it may use all that is left: it holds that
+        return Charge(identity, limits, cost, windows(utc_now()) if info.key_name else None, reserve, fill)
+
+    def _max_model_len(self, model: str | None) -> int | None:
+        try:
+            return self.state.model_info(model).max_model_len if model in self.state.adapters else None
+        except GatewayError:
+            return None
 
     async def _refuse(self, send: Send, info: RequestInfo, limits: KeyLimits, decision: Decision) -> None:
         reason = "over_budget" if decision.over_budget else "rate_limited"
@@ -315,7 +381,7 @@ class LimitsMiddleware:
         await send_error(send, error, headers)
 
     async def _settle(self, charge: Charge, refund: int) -> None:
-        if refund == 0:  # the estimate was right: nothing to correct, no second round trip
+        if refund == 0 and charge.budget_refund(refund) == 0:  # nothing to correct, no second round trip
             return
         try:
             await self.store.settle(charge, refund)
@@ -344,7 +410,7 @@ class LimitsMiddleware:
 
     def _count(self, info: RequestInfo, meter: UsageMeter) -> None:
         key = info.key_name or ""
-        model = info.model if info.model in self.state.adapters else "unknown"
+        model = self.state.model_label(info.model)
         self.metrics.key_requests.labels(key, model, str(meter.status or 499)).inc()
         usage = None if meter.failed else meter.usage()
         if usage is not None:

@@ -45,6 +45,7 @@ class FormStart:
         self.fields: dict[str, str] = {}
         self.model_span: tuple[int, int] | None = None
         self.done = False  # the model field has been read whole
+        self.models = 0  # `model` fields seen (the whole body is read through this parser, to its end)
         self._fed = 0  # bytes fed before the current chunk
         self._header: list[bytes] = [b"", b""]
         self._value: list[bytes] = []
@@ -70,6 +71,14 @@ class FormStart:
         except MultipartParseError:
             raise InvalidRequest("The multipart/form-data body is malformed.") from None
         self._fed += len(chunk)
+        if self.models > 1:  # routed by the first, served by the last: refused, wherever the second comes
+            raise InvalidRequest("The form has more than one `model` field.", param="model")
+
+    def follow(self, chunk: bytes) -> None:
+        """A chunk of the rest of the body, as it streams on: only its field names are looked at now."""
+        if chunk:
+            self.done = True  # no field is kept past the model's
+            self.feed(chunk)
 
     def _part_begin(self) -> None:
         self._name, self._is_file, self._value, self._span = None, False, [], []
@@ -98,6 +107,8 @@ class FormStart:
         self._span[1] = self._fed + end
 
     def _part_end(self) -> None:
+        if self._name == "model":
+            self.models += 1
         if self._is_file or self._name is None or self.done or sum(map(len, self._value)) > _FIELD_BYTES:
             return
         self.fields[self._name] = b"".join(self._value).decode("utf-8", "replace")

@@ -91,7 +91,7 @@ class Metrics:
         )
         for reason in REJECT_REASONS:
             self.rejected.labels(reason)  # present at 0, so dashboards and alerts see the series
-        # Per key *name* (a configured name or key-N, so bounded by the keys configured; never the key).
+        # Per key *name* (a configured name or key-<digest prefix>, so bounded by the keys configured; never the key).
         self.key_requests = Counter(
             "tokenyard_key_requests",
             "Requests of a key that passed its limits, by model and HTTP status.",
@@ -221,6 +221,8 @@ class KvStatus:
     events_applied: int
     resyncs: int
     decisions: dict[str, int]  # how requests were routed: cached, spread, approximate
+    tokenize_cache_entries: int = 0  # prompts whose token ids are kept for routing
+    tokenize_cache_bytes: int = 0  # what they cost, as counted against kv_tokenize_cache_bytes
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -229,6 +231,7 @@ class KvStatus:
             "fallback_instances": self.fallback,
             "blocks_indexed": self.blocks,
             "decisions": self.decisions,
+            "tokenize_cache": {"entries": self.tokenize_cache_entries, "bytes": self.tokenize_cache_bytes},
         }
 
 

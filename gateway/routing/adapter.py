@@ -42,6 +42,7 @@ from engine_adapters.base import (
 from engine_adapters.openai_http import HttpTimeouts, OpenAIHttpAdapter
 from engine_adapters.polling import poll_until
 from gateway.errors import EngineUnavailable, GatewayError
+from gateway.held import waiting
 from gateway.observability.metrics import LoraStat, RouteStatus, UpstreamStat
 from gateway.protocol.paths import RELAYED_AS_BYTES
 from gateway.routing.breaker import Breaker, BreakerState
@@ -107,6 +108,7 @@ class RoutedAdapter:
             timeouts=self._timeouts,
             api_key=self._key.value,
             lora_names=frozenset(self.route.lora_adapters),
+            max_event_bytes=self.settings.max_event_bytes,
         )
 
     def add_instance(self, url: str, static: bool = True) -> Instance:
@@ -302,20 +304,25 @@ class RoutedAdapter:
         interval (a breaker's cooldown ends)."""
         self.held += 1
         try:
-            while not self.routable():
-                left = until - time.monotonic()
-                if left <= 0:
-                    raise EngineUnavailable(
-                        f"No instance of `{self.route.name}` became ready within {hold_s:g} s."
-                        if hold_s
-                        else f"No healthy instance serves `{self.route.name}` now."
-                    )
-                woken = self._routable_again
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(min(left, self.settings.health_interval_s)):
-                        await woken.wait()
+            with waiting():  # its body's bytes count against limits.max_held_bytes while it waits
+                await self._wait_routable(until, hold_s)
         finally:
             self.held -= 1
+
+    async def _wait_routable(self, until: float, hold_s: float) -> None:
+        while not self.routable():
+            left = until - time.monotonic()
+            if left <= 0:  # a client retrying soon after a long hold would be held again: say how long
+                raise EngineUnavailable(
+                    f"No instance of `{self.route.name}` became ready within {hold_s:g} s."
+                    if hold_s
+                    else f"No healthy instance serves `{self.route.name}` now.",
+                    retry_after_s=max(hold_s, self.settings.health_interval_s),
+                )
+            woken = self._routable_again
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(left, self.settings.health_interval_s)):
+                    await woken.wait()
 
     def _wake_held(self) -> None:
         self._routable_again.set()
@@ -429,8 +436,16 @@ class RoutedAdapter:
                 return
             except GatewayError as exc:
                 if delivered or not replayable() or not attempts.retry(lease, exc):
+                    self._failed(request)
                     raise
+        self._failed(request)
         raise attempts.last_error()
+
+    def _failed(self, request: RouteRequest) -> None:
+        """A request that failed in the end: the prompt's token ids kept for routing it are not kept for the next
+        (a client sending prompts that instances refuse pins nothing in the kv policy's cache)."""
+        if self.kv is not None:
+            self.kv.tokens.forget(request)
 
     async def abort(self, request_id: str) -> None:
         lease = self._leases.pop(request_id, None)

@@ -14,10 +14,12 @@ An instance whose events we do not have (no endpoint found, not yet synced) is r
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import math
 import random
 import time
+from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -35,6 +37,13 @@ from gateway.routing.policies import C, LeastLoaded, Prefix
 from gateway.settings import RouterSettings, RouteSettings
 
 log = logging.getLogger(__name__)
+
+
+_ENTRY_BYTES = 160  # an entry's own cost besides its ids: its key, its tuple, its place in the dict
+
+
+def _entry_bytes(ids: array[int]) -> int:
+    return _ENTRY_BYTES + ids.itemsize * len(ids)
 
 
 # How a request was routed: to the instance holding most of its prompt (cached), away from holders that were
@@ -82,33 +91,81 @@ class KvPrefix:
 
 
 class PromptTokens:
-    """A prompt's token ids, from a local tokenizer or an instance's /tokenize; recent answers are kept."""
+    """A prompt's token ids, from a local tokenizer or an instance's /tokenize; recent answers are kept.
+
+    The cache is bounded three ways, all settings: entries (kv_tokenize_cache_size), bytes of token ids
+    (kv_tokenize_cache_bytes: 8 a token, plus _ENTRY_BYTES an entry) and age (kv_tokenize_cache_ttl_s: entries
+    are dropped oldest first on every call, looked up or not). An entry is keyed by a digest of the prompt,
+    never the prompt itself, and is dropped again when the request it was made for fails (`forget`): a client
+    sending prompts an instance refuses pins nothing here."""
 
     def __init__(self, settings: RouterSettings, tokenizer: Any = None) -> None:
         self.tokenizer = tokenizer
         self.timeout_s = settings.kv_tokenize_timeout_s
         self.ttl_s = settings.kv_tokenize_cache_ttl_s
         self.size = settings.kv_tokenize_cache_size
-        self._cache: OrderedDict[bytes, tuple[float, list[int]]] = OrderedDict()
+        self.max_bytes = settings.kv_tokenize_cache_bytes
+        self.bytes = 0  # what the cache holds now, as counted against max_bytes
+        self._cache: OrderedDict[bytes, tuple[float, array[int]]] = OrderedDict()  # oldest first
 
-    async def ids(self, request: RouteRequest, instance: OpenAIHttpAdapter) -> list[int] | None:
-        if request.messages is None and not isinstance(request.prompt, str):
-            return list(request.prompt) if request.prompt else None  # already token ids
-        body: dict[str, Any] = (
+    @staticmethod
+    def _body(request: RouteRequest) -> dict[str, Any]:
+        return (
             {"messages": request.messages, "add_generation_prompt": True}
             if request.messages is not None
             else {"prompt": request.prompt}
         )
-        key = orjson.dumps(body)
-        if (hit := self._cache.get(key)) and time.monotonic() - hit[0] < self.ttl_s:
-            return hit[1]
+
+    @classmethod
+    def _key(cls, request: RouteRequest) -> bytes:
+        return hashlib.sha256(orjson.dumps(cls._body(request))).digest()
+
+    async def ids(self, request: RouteRequest, instance: OpenAIHttpAdapter) -> list[int] | None:
+        if request.messages is None and not isinstance(request.prompt, str):
+            return list(request.prompt) if request.prompt else None  # already token ids
+        self._expire(time.monotonic())
+        key = self._key(request)
+        if (hit := self._cache.get(key)) is not None:
+            return hit[1].tolist()
+        body = self._body(request)
         ids = self._local(request) if self.tokenizer is not None else await self._remote(body, request, instance)
         if ids is not None:
-            self._cache[key] = (time.monotonic(), ids)
-            self._cache.move_to_end(key)
-            while len(self._cache) > self.size:
-                self._cache.popitem(last=False)
+            self._keep(key, ids)
         return ids
+
+    def forget(self, request: RouteRequest) -> None:
+        """The request these ids were for failed: they are not kept for the next."""
+        if self._cache and (request.messages is not None or isinstance(request.prompt, str)):
+            self._drop(self._key(request))
+
+    def _keep(self, key: bytes, ids: list[int]) -> None:
+        try:
+            packed = array("q", ids)
+        except OverflowError:  # not ids an engine makes: used once, never kept
+            return
+        cost = _entry_bytes(packed)
+        if self.size == 0 or cost > self.max_bytes:
+            return
+        self._drop(key)
+        self._cache[key] = (time.monotonic(), packed)
+        self.bytes += cost
+        while len(self._cache) > self.size or self.bytes > self.max_bytes:
+            self._drop(next(iter(self._cache)))
+
+    def _drop(self, key: bytes) -> None:
+        if (entry := self._cache.pop(key, None)) is not None:
+            self.bytes -= _entry_bytes(entry[1])
+
+    def _expire(self, now: float) -> None:
+        while self._cache:
+            oldest = next(iter(self._cache))
+            if now - self._cache[oldest][0] < self.ttl_s:
+                return
+            self._drop(oldest)
+
+    def status(self) -> tuple[int, int]:
+        """(entries, bytes) kept now."""
+        return len(self._cache), self.bytes
 
     def _local(self, request: RouteRequest) -> list[int] | None:
         """As the engine renders it (engine_adapters.vllm_local.prompt_ids): the template writes BOS itself."""
@@ -228,4 +285,5 @@ class KvRouting:
             self.index.events_applied,
             self.index.resyncs,
             dict(self.policy.decisions),
+            *self.tokens.status(),
         )

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Union
+from typing import Annotated, Any, Union
 from urllib.parse import urlsplit
 
 import httpx
@@ -33,20 +33,29 @@ REPLAY_TIMEOUT_S = 5.0
 GPU_MEDIA = (None, "GPU")  # blocks offloaded to CPU or storage are not in the engine's prefix cache
 
 
+# What an engine can send, and no more: a batch with a value past these is unreadable (counted, skipped), so no
+# value can stop the subscriber (a token id past int64) or grow an index entry (a hash of kilobytes): each entry
+# of the index then costs a bounded number of bytes, and router.kv_max_blocks bounds the whole.
+_TokenId = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+# vLLM's hash: an int (msgpack holds at most 64 bits, signed or not: only a key here, never packed) or 32 bytes.
+_Hash = Union[int, Annotated[bytes, msgspec.Meta(max_length=64)]]  # noqa: UP007
+_Name = Annotated[str, msgspec.Meta(max_length=256)]
+
+
 class _BlockStored(msgspec.Struct, tag="BlockStored"):
-    block_hashes: list[Union[int, bytes]]  # noqa: UP007
-    parent_block_hash: Union[int, bytes, None]  # noqa: UP007
-    token_ids: list[int]
-    block_size: int
-    lora_name: Union[str, None] = None  # noqa: UP007
-    medium: Union[str, None] = None  # noqa: UP007
-    group_idx: Union[int, None] = None  # noqa: UP007
+    block_hashes: list[_Hash]
+    parent_block_hash: Union[_Hash, None]  # noqa: UP007
+    token_ids: list[_TokenId]
+    block_size: Annotated[int, msgspec.Meta(ge=1, le=2**20)]
+    lora_name: Union[_Name, None] = None  # noqa: UP007
+    medium: Union[_Name, None] = None  # noqa: UP007
+    group_idx: Union[_TokenId, None] = None  # noqa: UP007
 
 
 class _BlockRemoved(msgspec.Struct, tag="BlockRemoved"):
-    block_hashes: list[Union[int, bytes]]  # noqa: UP007
-    medium: Union[str, None] = None  # noqa: UP007
-    group_idx: Union[int, None] = None  # noqa: UP007
+    block_hashes: list[_Hash]
+    medium: Union[_Name, None] = None  # noqa: UP007
+    group_idx: Union[_TokenId, None] = None  # noqa: UP007
 
 
 class _AllBlocksCleared(msgspec.Struct, tag="AllBlocksCleared"):
@@ -146,7 +155,12 @@ class KvSubscriber:
         batch = self._decode(payload)
         if batch is None:
             return
-        verdict = self.index.apply(self.instance, seq, *batch)
+        try:
+            verdict = self.index.apply(self.instance, seq, *batch)
+        except (ValueError, OverflowError, TypeError) as exc:  # past what decode checks: unreadable all the same
+            self._unreadable(exc)
+            self.index.drop(self.instance, next_seq=seq + 1)  # half applied: what it holds is not known now
+            return
         if verdict in (Verdict.GAP, Verdict.RESTART):
             await self.resync(verdict, seq, batch)
 
@@ -193,10 +207,13 @@ class KvSubscriber:
         try:
             return decode(payload)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            self.decode_errors += 1
-            if self.decode_errors == 1:
-                log.warning("kv events of %s: a batch we cannot read (%s)", self.instance, exc)
+            self._unreadable(exc)
             return None
+
+    def _unreadable(self, exc: Exception) -> None:
+        self.decode_errors += 1
+        if self.decode_errors == 1:
+            log.warning("kv events of %s: a batch we cannot read (%s)", self.instance, exc)
 
 
 def new_context() -> Any:

@@ -38,8 +38,9 @@ from typing import Any
 
 import orjson
 
-from engine_adapters.errors import GatewayError
+from engine_adapters.errors import GatewayError, InvalidRequest
 from engine_adapters.openai_wire import DONE
+from gateway.protocol.lax import lax_int
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +60,32 @@ REFUSALS = {
 }
 
 
+# The numbers a resumed stream reads (and a continuation rewrites), read as the engine reads them.
+_COUNTS = ("n", "best_of", "max_tokens", "max_completion_tokens", "min_tokens")
+
+
+def _count(body: dict[str, Any], name: str, default: int) -> int:
+    value = body.get(name)
+    return default if value is None else lax_int(value) or 0
+
+
+def checked(chat: bool, body: dict[str, Any]) -> None:
+    """A 400 for a body whose fields that resuming reads are not of the engine's types (never a crash here)."""
+    for name in _COUNTS:
+        if body.get(name) is not None and lax_int(body[name]) is None:
+            raise InvalidRequest(f"{name} must be an integer.", param=name)
+    if not isinstance(body.get("response_format") or {}, dict):
+        raise InvalidRequest("response_format must be an object.", param="response_format")
+    messages = body.get("messages")
+    if chat and not (isinstance(messages, list) and messages and all(isinstance(m, dict) for m in messages)):
+        raise InvalidRequest("messages must be a non-empty list of objects.", param="messages")
+
+
 def refusal(chat: bool, body: dict[str, Any]) -> str | None:
-    """Why this request cannot be continued on another instance (a key of REFUSALS), or None."""
-    if int(body.get("n") or 1) > 1 or int(body.get("best_of") or 1) > 1:
+    """Why this request cannot be continued on another instance (a key of REFUSALS), or None. Raises
+    InvalidRequest for a body whose fields are not of the engine's types (`checked`)."""
+    checked(chat, body)
+    if _count(body, "n", 1) > 1 or _count(body, "best_of", 1) > 1:
         return "n"
     if body.get("logprobs") or body.get("top_logprobs") or body.get("prompt_logprobs") is not None:
         return "logprobs"
@@ -190,10 +214,10 @@ def continuation(chat: bool, body: dict[str, Any], transcript: Transcript) -> di
     sent = transcript.sent
     out = {**body}
     for key in ("max_tokens", "max_completion_tokens"):
-        if isinstance(out.get(key), int):
-            out[key] = out[key] - sent
+        if out.get(key) is not None:
+            out[key] = _count(out, key, 0) - sent
     if out.get("min_tokens"):
-        out["min_tokens"] = max(0, int(out["min_tokens"]) - sent)
+        out["min_tokens"] = max(0, _count(out, "min_tokens", 0) - sent)
     if not text:
         return out
     if chat:

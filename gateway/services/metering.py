@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from typing import TypeVar
 
 from engine_adapters.base import Chunk, EngineAdapter, GenerateRequest, RouteRequest
+from gateway.spend import current
 from gateway.state import AppState
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ class MeteredStream:
         self._last_chunk_at: float | None = None
         self.label = state.model_label(request.model)
         self._inter_token = state.metrics.child(state.metrics.inter_token_latency, self.label)
+        self.spent = current()  # what the limits middleware charges this request from (gateway.spend)
 
     def chunks(self) -> AsyncIterator[Chunk]:
         assert isinstance(self.request, GenerateRequest)
@@ -42,7 +44,7 @@ class MeteredStream:
         in_flight.inc()
         try:
             async for piece in source:
-                self.observe()
+                self.observe(piece.count(b"data:") if isinstance(piece, bytes) else 1)
                 yield piece
             self.finished = True
         finally:
@@ -50,8 +52,10 @@ class MeteredStream:
             if not self.finished:
                 await self._abort()
 
-    def observe(self) -> None:
-        """One more piece has come: the time to the first one, or since the last."""
+    def observe(self, events: int = 1) -> None:
+        """One more piece has come (of about `events` tokens): the time to the first one, or since the last."""
+        if self.spent is not None:
+            self.spent.events += events
         now = time.perf_counter()
         if self._last_chunk_at is None:
             metrics = self.state.metrics
@@ -68,6 +72,8 @@ class MeteredStream:
             log.warning("abort failed for %s", self.request.request_id, exc_info=True)
 
     def record(self, status: int, prompt_tokens: int, completion_tokens: int) -> None:
+        if self.spent is not None:
+            self.spent.report(prompt_tokens, completion_tokens)
         metrics, model = self.state.metrics, self.label
         metrics.child(metrics.requests, model, self.route, str(status)).inc()
         metrics.child(metrics.request_duration, model, self.route).observe(time.perf_counter() - self.started)

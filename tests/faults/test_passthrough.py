@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from tests.faults.client import completion
-from tests.faults.harness import MODEL, Fleet
+from tests.faults.harness import MODEL, Fleet, until
 
 
 @pytest.fixture
@@ -110,7 +110,7 @@ async def test_a_client_that_reads_slowly_gets_every_event_in_order(fleet: Fleet
     """The router writes most events straight to the client's socket; once that backs up, they wait in
     order behind the ones already written (engine_adapters.splice.ClientSocket)."""
     tokens = 20000  # about 3 MB: fewer fit in the sockets' buffers and never back the router up
-    _, router = fleet.start(1, tokens=tokens, delay_ms=0)
+    (engine,), router = fleet.start(1, tokens=tokens, delay_ms=0)
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window: the router's side backs up
     sock.setblocking(False)
@@ -121,8 +121,13 @@ async def test_a_client_that_reads_slowly_gets_every_event_in_order(fleet: Fleet
         b"POST /v1/completions HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-type: application/json\r\n"
         b"content-length: %d\r\n\r\n%s" % (len(body), body)
     )
-    await asyncio.sleep(1.0)  # not reading meanwhile
-    raw = await asyncio.wait_for(reader.read(), 30)
+    # Not reading until the instance streams (and goes on streaming into the router's full buffers); then read
+    # to the end, with a limit on each read's wait rather than on the whole (a busy machine streams slower).
+    await until(lambda: engine.stats()["in_flight"] == 1, 30, "the stream under way")
+    pieces = []
+    while piece := await asyncio.wait_for(reader.read(65536), 60):
+        pieces.append(piece)
+    raw = b"".join(pieces)
     writer.close()
     assert raw.startswith(b"HTTP/1.1 200") and raw.endswith(b"data: [DONE]\n\n\r\n0\r\n\r\n")
     texts = re.findall(rb'"text":"([^"]*)"', raw)

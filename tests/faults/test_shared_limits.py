@@ -71,13 +71,13 @@ def test_a_budget_outlives_a_router_restart(fleet: Fleet, redis_server: RedisSer
     codes = [_post(router).status_code for _ in range(4)]
     assert codes[-1] == 429 and 200 in codes
     spent = httpx.get(f"{router.url}/v1/usage", headers=AUTH, timeout=5).json()["periods"]["day"]
-    assert spent["tokens"] >= 20
+    assert spent["tokens"] + 12 > 20  # what is left no longer holds a request's reservation (4 prompt + 8 max_tokens)
     router.stop()
     router.start().wait_ready()
     again = _post(router)
     assert again.status_code == 429 and again.json()["error"]["code"] == "insufficient_quota"
     after = httpx.get(f"{router.url}/v1/usage", headers=AUTH, timeout=5).json()["periods"]["day"]
-    assert after["tokens"] == spent["tokens"] and after["remaining_tokens"] == 0
+    assert after["tokens"] == spent["tokens"] and after["remaining_tokens"] == 20 - spent["tokens"]
 
 
 @pytest.mark.parametrize("failure", ["open", "closed"])

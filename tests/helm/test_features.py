@@ -127,7 +127,10 @@ def test_lora_settings_reach_the_engine_and_its_route(tmp_path: Path) -> None:
     model = engine_settings.models[0]
     assert [(a.name, a.path) for a in model.lora_adapters] == [(a["name"], a["path"]) for a in adapters]
     assert (model.enable_lora, model.max_loras, model.max_lora_rank) == (True, 2, 16)
-    assert engine_settings.allow_runtime_lora_updating is True
+    assert engine_settings.allow_runtime_lora_updating is True and engine_settings.lora_dir == Path("/")
+    env = {item["name"]: item for item in main_container(engine).get("env", [])}
+    secret = env["TOKENYARD_AUTH__ADMIN_KEY"]["valueFrom"]["secretKeyRef"]  # the router's key is the admin's
+    assert secret["key"] == "internal-key" and secret["name"].endswith("-internal-key")
 
     (route,) = settings_of(rendered, rendered.router, tmp_path).routes
     assert route.lora_adapters == {"sql": "/adapters/sql", "chat": "/adapters/chat"}

@@ -12,6 +12,8 @@ run time with POST /control {"fault": F, "delay_ms": D, "tokens": N, "poison": W
     hang    never answer              stall      3 chunks, then silence
     reset   3 chunks, then a TCP reset (RST)
     error   3 chunks, then an SSE error event (as vLLM sends one mid-stream) and the stream's end
+    unended an event that never ends: its first bytes, then 64 KiB more of it every D ms
+    whole   a whole JSON answer (200, application/json) to a stream request too
 
 (`fault_after` sets how many chunks come before stall, reset or error; 3 by default.)
 
@@ -473,7 +475,7 @@ class Generation:
                     }
                 },
             )
-        elif self.body.get("stream"):
+        elif self.body.get("stream") and self.script.fault != "whole":
             await self.stream()
         else:
             await self.whole()
@@ -492,6 +494,12 @@ class Generation:
         await x.start_stream()
         if self.chat:
             await x.event(self.chunk([self.choice(i, None, None, True) for i in range(self.n)], 0))
+        if self.script.fault == "unended":  # one event that never ends: 64 KiB more of it each tick
+            x.writer.write(b"%x\r\n%s\r\n" % (len(b'data: {"choices":[{"text":"'), b'data: {"choices":[{"text":"'))
+            while True:
+                await self.tick()
+                x.writer.write(b"10000\r\n" + b"a" * 0x10000 + b"\r\n")
+                await x.writer.drain()
         faulty = self.script.fault_after if not self.start else -1
         for step in range(self.count):
             await self.tick()
@@ -579,7 +587,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tokens", type=int, default=16)
     parser.add_argument("--delay-ms", type=float, default=10.0)
     parser.add_argument("--max-model-len", type=int, default=4096)
-    parser.add_argument("--fault", default="none", choices=["none", "503", "429", "hang", "stall", "reset", "error"])
+    parser.add_argument(
+        "--fault", default="none", choices=["none", "503", "429", "hang", "stall", "reset", "error", "unended", "whole"]
+    )
     parser.add_argument("--wire", default="compact", choices=["compact", "loose"])
     args = parser.parse_args(argv)
     script = Script(args.model, args.tokens, args.delay_ms, args.fault, args.max_model_len, wire=args.wire)

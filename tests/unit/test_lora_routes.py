@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from tests.support.scripted_app import MODEL, scripted_client
 from tests.support.scripted_engine import ScriptedAdapter
 
 KEY = "sk-lora-test-0123456789"
+ADMIN = "sk-lora-admin-9876543210"
 LOAD = {"lora_name": "my-lora", "lora_path": "/adapters/my-lora"}
 
 
@@ -62,16 +64,39 @@ async def test_load_lists_serves_and_unloads() -> None:
         assert gone.status_code == 404 and gone.json()["error"]["code"] == "model_not_found"
 
 
-async def test_routes_need_a_key_when_keys_are_set() -> None:
+async def test_routes_need_the_admin_key_when_keys_are_set(tmp_path: Path) -> None:
     engine = LoraScripted()
-    async with scripted_client(settings(api_keys=KEY), engine) as client:
-        for path, body in (("/v1/load_lora_adapter", LOAD), ("/v1/unload_lora_adapter", {"lora_name": "my-lora"})):
-            refused = await client.post(path, json=body)
-            assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key"
+    client_auth, admin = {"authorization": f"Bearer {KEY}"}, {"authorization": f"Bearer {ADMIN}"}
+    async with scripted_client(settings(api_keys=KEY), engine) as client:  # no admin key: nobody loads
+        for headers in ({}, client_auth):
+            for path, body in (("/v1/load_lora_adapter", LOAD), ("/v1/unload_lora_adapter", {"lora_name": "my-lora"})):
+                refused = await client.post(path, json=body, headers=headers)
+                assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key"
         assert engine.loras == {}
-        auth = {"authorization": f"Bearer {KEY}"}
-        assert (await client.post("/v1/load_lora_adapter", json=LOAD, headers=auth)).status_code == 200
-        assert engine.loras == {"my-lora": LOAD["lora_path"]}
+    adapters = tmp_path / "adapters"
+    (adapters / "mine").mkdir(parents=True)
+    (adapters / "escape").symlink_to(tmp_path)
+    secured = settings(api_keys=KEY, auth={"admin_key": ADMIN}, lora_dir=adapters)
+    async with scripted_client(secured, engine) as client:
+        assert (await client.post("/v1/load_lora_adapter", json=LOAD, headers=client_auth)).status_code == 401
+        for outside in ("/etc", str(tmp_path), "../", "escape", str(adapters / "escape" / "x")):
+            answer = await client.post(
+                "/v1/load_lora_adapter", json={"lora_name": "x", "lora_path": outside}, headers=admin
+            )
+            assert answer.status_code == 400 and answer.json()["error"]["param"] == "lora_path", outside
+        loaded = await client.post("/v1/load_lora_adapter", json={**LOAD, "lora_path": "mine"}, headers=admin)
+        assert loaded.status_code == 200 and engine.loras == {"my-lora": str((adapters / "mine").resolve())}
+        done = await client.post(
+            "/v1/completions", json={"model": "my-lora", "prompt": "hi", "max_tokens": 2}, headers=client_auth
+        )
+        assert done.status_code == 200
+        metrics = (await client.get("/metrics", headers=client_auth)).text
+        assert "my-lora" not in metrics and f'model="{MODEL}"' in metrics  # counted under its base model
+        gone = await client.post("/v1/unload_lora_adapter", json={"lora_name": "my-lora"}, headers=client_auth)
+        assert gone.status_code == 401 and engine.loras  # a client key cannot unload the operator's adapters
+    async with scripted_client(settings(api_keys=KEY, auth={"admin_key": ADMIN}), engine) as client:
+        needs_dir = await client.post("/v1/load_lora_adapter", json={**LOAD, "lora_name": "b"}, headers=admin)
+        assert needs_dir.status_code == 400 and "lora_dir" in needs_dir.json()["error"]["message"]
 
 
 async def test_base_model_must_have_lora_enabled() -> None:

@@ -38,7 +38,7 @@ from the chart. Its pods' checksum hashes this and nothing else, so that a value
 {{- if $root.Values.internalKey.enabled -}}
 {{- $_ := set $config "auth" (dict "api_keys_file" (include "tokenyard.internalKeyPath" $root)) -}}
 {{- end -}}
-{{- if $engine.loraRuntimeLoad }}{{ $_ := set $config "allow_runtime_lora_updating" true }}{{ end -}}
+{{- if $engine.loraRuntimeLoad }}{{ $_ := set $config "allow_runtime_lora_updating" true }}{{ $_ := set $config "lora_dir" (default "/" $engine.loraDir) }}{{ end -}}
 {{- if $root.Values.tracing.enabled }}{{ $_ := set $config "tracing" (dict "enabled" true) }}{{ end -}}
 {{- toYaml (fromYaml (include "tokenyard.merge" (list $config (default (dict) $engine.extraConfig)))) -}}
 {{- end -}}

@@ -125,7 +125,8 @@ spec:
           protocol: TCP
         {{- include "tokenyard.kvEventPorts" (list $engine "containerPort") | nindent 8 }}
       {{- end }}
-      {{- if or $cached $engine.hfTokenSecret.name $engine.extraEnv $root.Values.tracing.enabled }}
+      {{- $loraAdmin := and $engine.loraRuntimeLoad $root.Values.internalKey.enabled }}
+      {{- if or $cached $engine.hfTokenSecret.name $engine.extraEnv $root.Values.tracing.enabled $loraAdmin }}
       env:
         {{- if $cached }}
         # The environment outranks the config file, so the image's own cache dir must be replaced here.
@@ -152,6 +153,14 @@ spec:
               name: {{ .name }}
               key: {{ .key }}
         {{- end }}
+        {{- end }}
+        {{- if $loraAdmin }}
+        # With keys on, the runtime LoRA routes need the admin key: the router's, the internal key.
+        - name: TOKENYARD_AUTH__ADMIN_KEY
+          valueFrom:
+            secretKeyRef:
+              name: {{ include "tokenyard.internalKeySecretName" $root }}
+              key: {{ $root.Values.internalKey.secretKey }}
         {{- end }}
         {{- include "tokenyard.tracingEnv" (list $root $engine.fullname) | nindent 8 }}
         {{- with $engine.extraEnv }}

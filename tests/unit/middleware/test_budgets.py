@@ -12,7 +12,7 @@ from gateway.limit_store import Charge, KeyLimits, MemoryStore, windows
 from tests.support.scripted_app import MODEL, chat, scripted_client, settings, state_of
 
 ALICE, BOB, ADMIN = "sk-alice-budget-1", "sk-bob-budget-2", "sk-admin-budget-3"
-KEYS = [{"key": ALICE, "name": "alice", "tokens_per_day": 30}, {"key": BOB, "name": "bob"}]
+KEYS = [{"key": ALICE, "name": "alice", "tokens_per_day": 33}, {"key": BOB, "name": "bob"}]
 
 
 def _auth(key: str) -> dict[str, str]:
@@ -23,15 +23,15 @@ async def test_a_spent_daily_budget_answers_insufficient_quota_naming_the_period
     async with scripted_client(
         settings(api_keys=KEYS, limits={"tokens_per_month": 1000}), headers=_auth(ALICE)
     ) as client:
-        # Each answer reports 11 tokens (3 prompt + 8 completion); the estimate (1 + 60) is corrected to it.
-        codes = [(await client.post("/v1/chat/completions", json=chat(max_tokens=60))).status_code for _ in range(4)]
-        assert codes == [200, 200, 200, 429]  # 33 >= 30 after the third
+        # Each answer reports 11 tokens (3 prompt + 8 completion); the reservation (1 + 8) is corrected to it.
+        codes = [(await client.post("/v1/chat/completions", json=chat(max_tokens=8))).status_code for _ in range(4)]
+        assert codes == [200, 200, 200, 429]  # 33 + 9 > 33 after the third
         refused = await client.post("/v1/chat/completions", json=chat())
         error = refused.json()["error"]
         assert refused.status_code == 429 and error["code"] == "insufficient_quota"
         assert error["type"] == "insufficient_quota"
         tomorrow = windows(datetime.now(UTC))[0].resets_at_text
-        assert error["message"] == f"This key's daily token budget (30 tokens) is used up; it resets at {tomorrow}."
+        assert error["message"] == f"This key's daily token budget (33 tokens) is used up; it resets at {tomorrow}."
         assert 0 < int(refused.headers["retry-after"]) <= 86_400
         bob = await client.post("/v1/chat/completions", json=chat(), headers=_auth(BOB))
         assert bob.status_code == 200  # budgets are per key
@@ -48,15 +48,15 @@ async def test_usage_endpoint_shows_the_own_key_and_refunds_failures() -> None:
     async with scripted_client(
         settings(api_keys=KEYS, limits={"tokens_per_month": 1000, "requests_per_minute": 50}), headers=_auth(ALICE)
     ) as client:
-        assert (await client.post("/v1/chat/completions", json=chat(max_tokens=60))).status_code == 200
-        failed = await client.post("/v1/chat/completions", json=chat(model="nope", max_tokens=60))
-        assert failed.status_code == 404  # charged 61 up front, all refunded
+        assert (await client.post("/v1/chat/completions", json=chat(max_tokens=8))).status_code == 200
+        failed = await client.post("/v1/chat/completions", json=chat(model="nope", max_tokens=8))
+        assert failed.status_code == 404  # 9 reserved up front, all refunded
         usage = await client.get("/v1/usage")
         assert usage.status_code == 200 and "x-ratelimit-remaining-requests" not in usage.headers  # not charged
         body = usage.json()
         assert body["key"] == "alice" and body["requests_per_minute"] == 50
         day, month = body["periods"]["day"], body["periods"]["month"]
-        assert (day["tokens"], day["requests"], day["budget_tokens"], day["remaining_tokens"]) == (11, 2, 30, 19)
+        assert (day["tokens"], day["requests"], day["budget_tokens"], day["remaining_tokens"]) == (11, 2, 33, 22)
         assert (month["tokens"], month["budget_tokens"], month["remaining_tokens"]) == (11, 1000, 989)
         assert month["resets_at"] == windows(datetime.now(UTC))[1].resets_at_text
         assert ALICE not in usage.text
@@ -73,7 +73,7 @@ async def test_admin_view_lists_every_key_behind_the_admin_key() -> None:
         listing = await client.get("/admin/usage", headers=_auth(ADMIN))
         assert listing.status_code == 200
         data = {entry["key"]: entry["periods"]["day"] for entry in listing.json()["data"]}
-        assert data["alice"]["budget_tokens"] == 30 and data["bob"]["tokens"] == 11
+        assert data["alice"]["budget_tokens"] == 33 and data["bob"]["tokens"] == 11
         assert (await client.get("/v1/models", headers=_auth(ADMIN))).status_code == 401  # not a client key
     async with scripted_client(settings(api_keys=KEYS)) as client:
         assert (await client.get("/admin/usage", headers=_auth(ADMIN))).status_code == 404  # off without one
@@ -112,3 +112,19 @@ def test_redis_backend_needs_a_url() -> None:
         settings(limits={"backend": "redis"})
     with pytest.raises(ValueError, match="redis_failure"):
         settings(limits={"backend": "redis", "redis_url": "redis://127.0.0.1:1/0", "redis_failure": "maybe"})
+
+
+async def test_a_reservation_is_held_until_settled_and_one_without_max_tokens_holds_what_is_left() -> None:
+    store = MemoryStore(clock=lambda: 0.0)
+    limits, periods = KeyLimits(tokens_per_day=100), windows(datetime.now(UTC))
+    known = Charge("k", limits, cost=30, periods=periods, reserve=60)  # max_tokens known: must fit
+    assert (await store.admit(known)).reserved == 60
+    refused = await store.admit(known)  # 60 + 60 > 100: refused, saying what is left
+    assert not refused.allowed and refused.over_budget is not None and refused.budget_left == 40
+    open_ended = Charge("k", limits, cost=30, periods=periods, reserve=4000, fill=True)  # no max_tokens
+    taken = await store.admit(open_ended)
+    assert taken.allowed and taken.reserved == 40  # all that is left, until it ends
+    assert not (await store.admit(open_ended)).allowed
+    await store.settle(known, known.cost - 25)  # used 25 of the 60 reserved
+    await store.settle(Charge("k", limits, 30, periods, reserve=40, fill=True), 30 - 10)  # used 10 of 40
+    assert (await store.usage("k", limits))[0].tokens == 35

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import orjson
 import pytest
 
+from gateway.keys import digest
 from gateway.observability.logging import JsonFormatter, configure_logging, redact
 from tests.support.scripted_app import MODEL, chat, scripted_client, settings
 from tests.support.scripted_engine import Script, ScriptedAdapter
@@ -61,7 +62,7 @@ async def test_access_log_holds_id_model_status_latency_and_no_content(log_lines
         "path": "/v1/chat/completions",
         "status": 200,
         "model": MODEL,
-        "key": "key-1",
+        "key": "key-" + digest(KEY).hex()[:12],
         "level": "info",
         "message": "request",
     }

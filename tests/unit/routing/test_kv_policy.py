@@ -128,6 +128,7 @@ async def test_a_route_with_policy_kv_follows_the_index_and_says_which_instances
             "fallback_instances": urls,
             "blocks_indexed": 0,
             "decisions": {"cached": 0, "spread": 0, "approximate": 0},
+            "tokenize_cache": {"entries": 0, "bytes": 0},
         }
         # b's events say it holds the prompt's first two blocks; a is synced and holds nothing.
         adapter.kv.index.apply("http://b:1", 0, 1.0, [Stored([1, 2], None, TOKENS[:8], SIZE)])  # type: ignore[union-attr]

@@ -443,3 +443,16 @@ def test_the_events_the_relay_acts_on_are_found_in_any_spacing(spelling: bytes) 
     done = _Events("m", None)
     assert done.feed(b"data:[DONE]\n\n") == b"data: [DONE]\n\n" and done.done
     assert USAGE_EVENT.search(b'{"usage" :\n{"prompt_tokens": 1}}') and not USAGE_EVENT.search(b'{"usage": null}')
+
+
+def test_events_are_cut_wherever_the_reads_split_them_and_an_unended_one_is_bounded() -> None:
+    body = b'data: {"a": 1}\n\ndata: {"b": 2}\n\ndata: [DONE]\n\n'
+    for size in (1, 2, 3, 7, len(body)):  # every split: a blank line may lie across two reads
+        events = _Events("m", None)
+        out = b"".join(events.feed(body[at : at + size]) for at in range(0, len(body), size))
+        assert out == body and events.done, size
+    bounded = _Events("m", None, max_event_bytes=1024)
+    assert bounded.feed(b'data: {"x": "') == b""
+    with pytest.raises(EngineUnavailable, match="longer than 1024 bytes"):
+        for _ in range(100):
+            bounded.feed(b"y" * 100)
