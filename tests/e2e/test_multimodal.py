@@ -97,7 +97,7 @@ def vlm(tmp_path_factory: pytest.TempPathFactory, media_dir: Path) -> Iterator[s
         "name": MODEL_NAME,
         "model": str(model_dir),
         "max_model_len": 1024,
-        "limit_mm_per_prompt": {"image": 2},
+        "limit_mm_per_prompt": {"image": 1},  # BLIP-2 takes one image a prompt
         "media": {
             # 127.0.0.2 and the cloud metadata address are named too, to show their addresses are refused anyway.
             "allowed_domains": ["localhost", "127.0.0.2", "169.254.169.254"],
@@ -187,9 +187,9 @@ def test_each_refusal_is_a_400_naming_the_part(vlm: str, host: MediaHost, where:
 
 def test_too_many_images_and_unknown_parts_are_refused(vlm: str) -> None:
     image = {"type": "image_url", "image_url": {"url": data_url(png("red"))}}
-    three = {**image_chat(""), "messages": [{"role": "user", "content": [image, image, image]}]}
-    response = ask(vlm, three)
-    assert response.status_code == 400 and "At most 2 image" in response.json()["error"]["message"]
+    two = {**image_chat(""), "messages": [{"role": "user", "content": [image, image]}]}
+    response = ask(vlm, two)
+    assert response.status_code == 400 and "At most 1 image" in response.json()["error"]["message"]
     odd = {**image_chat(""), "messages": [{"role": "user", "content": [{"type": "hologram"}]}]}
     response = ask(vlm, odd)
     assert response.status_code == 400
