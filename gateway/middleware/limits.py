@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -40,6 +39,7 @@ from gateway.middleware.context import (
 )
 from gateway.protocol.lax import lax_int
 from gateway.protocol.paths import PROMPT_ONLY_PATHS  # besides embeddings: any path with "embeddings"
+from gateway.protocol.usage import TAIL_BYTES, Usage, usage_in
 from gateway.settings import LimitSettings
 from gateway.spend import Spent, spending
 from gateway.state import AppState
@@ -49,11 +49,6 @@ log = logging.getLogger(__name__)
 CHARS_PER_TOKEN = 4  # a rough guess before tokenizing; the answer's usage corrects it
 UNKNOWN_OUTPUT_TOKENS = 256  # charged when a request names no max_tokens, until usage corrects it
 # OpenAI's usage, or Anthropic's (input and output tokens, no total).
-_USAGE = {
-    name: re.compile(rb'"' + name.encode() + rb'":\s*(\d+)')
-    for name in ("prompt_tokens", "completion_tokens", "total_tokens", "input_tokens", "output_tokens")
-}
-TAIL_BYTES = 512  # usage is the last field of our answers and of the last SSE event
 
 
 def _int(value: Any) -> int | None:
@@ -237,24 +232,6 @@ def refusal(limits: KeyLimits, decision: Decision) -> tuple[GatewayError, Header
             f"This key's {adjective} token budget ({budget} tokens) is used up; it resets at {window.resets_at_text}."
         )
     return QuotaExceeded(message), _retry_after((window.resets_at - utc_now()).total_seconds())
-
-
-@dataclass(frozen=True)
-class Usage:
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-
-
-def usage_in(tail: bytes) -> Usage | None:
-    """The last `usage` in an answer's last bytes (TAIL_BYTES): OpenAI's, or Anthropic's; JSON or SSE."""
-    found = {name: int(values[-1]) for name, pattern in _USAGE.items() if (values := pattern.findall(tail))}
-    if "total_tokens" in found:
-        return Usage(found.get("prompt_tokens", 0), found.get("completion_tokens", 0), found["total_tokens"])
-    if "input_tokens" in found and "output_tokens" in found:  # Anthropic's: no total
-        inputs, outputs = found["input_tokens"], found["output_tokens"]
-        return Usage(inputs, outputs, inputs + outputs)
-    return None
 
 
 class UsageMeter:

@@ -40,6 +40,7 @@ from engine_adapters.base import Forwarded
 from gateway.errors import GatewayError
 from gateway.middleware.context import RequestInfo, is_service_path, request_info
 from gateway.protocol.paths import OPERATIONS
+from gateway.protocol.usage import TAIL_BYTES, usage_fields
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 SYSTEM = "vllm"  # gen_ai.provider.name (gen_ai.system before semantic conventions 1.37)
@@ -56,11 +57,6 @@ _REQUEST_FIELDS = {
     "n": "gen_ai.request.choice.count",
 }
 _FINISH = re.compile(rb'"(?:finish_reason|stop_reason)":\s*"([a-z_]{1,32})"')
-_USAGE = {
-    name: re.compile(rb'"' + name.encode() + rb'":\s*(\d+)')
-    for name in ("prompt_tokens", "completion_tokens", "input_tokens", "output_tokens")
-}
-_TAIL_BYTES = 512  # usage is the last field of our answers and of the last SSE event
 _MAX_SPAN_PATH = 64
 
 
@@ -170,7 +166,7 @@ class RequestTrace:
             self.finish_reasons.update(dict.fromkeys(m.decode() for m in _FINISH.findall(body)))
         if b'{"error"' in body:
             self.stream_error = True
-        self.tail = (self.tail + body)[-_TAIL_BYTES:]
+        self.tail = (self.tail + body)[-TAIL_BYTES:]
 
     def finish(self, info: RequestInfo, path: str) -> None:
         span = self.server
@@ -231,7 +227,7 @@ def _request_attributes(body: Any) -> dict[str, Any]:
 
 
 def _usage(tail: bytes) -> dict[str, int]:
-    found = {name: int(matches[-1]) for name, pattern in _USAGE.items() if (matches := pattern.findall(tail))}
+    found = usage_fields(tail)
     inputs = found.get("prompt_tokens", found.get("input_tokens"))
     outputs = found.get("completion_tokens", found.get("output_tokens"))
     usage = {}

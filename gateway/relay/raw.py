@@ -34,8 +34,8 @@ from gateway.errors import (
 )
 from gateway.middleware.body import ClientLeft, Upload
 from gateway.middleware.context import header, request_info, send_error
-from gateway.middleware.limits import TAIL_BYTES, usage_in
 from gateway.protocol.paths import paths
+from gateway.protocol.usage import TAIL_BYTES, usage_in
 from gateway.relay.read import prompt_messages
 from gateway.services.disconnect import ClientDisconnected, until_disconnect
 from gateway.services.metering import MeteredStream
