@@ -36,6 +36,7 @@ from gateway.middleware.passthrough import PassThrough
 from gateway.observability.tracing import build_tracing
 from gateway.settings import LimitSettings, Settings
 from gateway.state import AppState
+from gateway.store import build_store
 
 log = logging.getLogger(__name__)
 
@@ -109,12 +110,14 @@ def create_app(settings: Settings, adapter_factory: AdapterFactory | None = None
         limit_store=_limit_store(settings.limits),
         tracing=build_tracing(settings.tracing),
     )
+    store = state.response_store = build_store(settings, state.metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         from gateway.engines import start_local_engines
         from gateway.routing import start_routes
 
+        await store.start()  # migrations, under the database's lock
         state.adapters = await (adapter_factory or start_local_engines)(settings)
         # Router mode: the routes join the same name -> adapter map, and follow the config file.
         state.route_table = await start_routes(settings, state.adapters) if settings.routes else None
@@ -131,6 +134,7 @@ def create_app(settings: Settings, adapter_factory: AdapterFactory | None = None
                 # What is left of the drain deadline: after a SIGTERM drain, the requests are done already.
                 await adapter.close(state.drain.time_left(settings.drain_deadline_s))
             await state.limit_store.close()
+            await store.close()
             if state.tracing is not None:
                 await state.tracing.close()  # the spans still buffered are exported
 

@@ -18,6 +18,7 @@ from gateway.settings import Settings
 
 if TYPE_CHECKING:
     from gateway.observability.otel import Tracing
+    from gateway.store import ResponseStore
 
 
 class WaitQueue(Protocol):
@@ -42,6 +43,7 @@ class AppState:
     limit_store: LimitStore = field(default_factory=MemoryStore)  # rate-limit buckets and budgets
     route_table: RouteTable | None = None  # router mode: the routes, following the config file
     tracing: Tracing | None = None  # OpenTelemetry, while tracing is on (gateway.observability.tracing)
+    response_store: ResponseStore | None = None  # stored responses (gateway.store), when create_app built the app
 
     def __post_init__(self) -> None:
         self.metrics.watch_upstreams(self.upstream_stats)
