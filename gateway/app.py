@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -130,6 +131,9 @@ def create_app(settings: Settings, adapter_factory: AdapterFactory | None = None
             state.draining = True
             if state.route_table is not None:
                 await state.route_table.stop()  # no reload may start a route while they close
+            for run in state.background_runs:  # each writes itself failed: the client may retrieve it
+                run.cancel()
+            await asyncio.gather(*state.background_runs, return_exceptions=True)
             for adapter in state.engines():
                 # What is left of the drain deadline: after a SIGTERM drain, the requests are done already.
                 await adapter.close(state.drain.time_left(settings.drain_deadline_s))

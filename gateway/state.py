@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
@@ -44,6 +45,7 @@ class AppState:
     route_table: RouteTable | None = None  # router mode: the routes, following the config file
     tracing: Tracing | None = None  # OpenTelemetry, while tracing is on (gateway.observability.tracing)
     response_store: ResponseStore | None = None  # stored responses (gateway.store), when create_app built the app
+    background_runs: set[asyncio.Task[None]] = field(default_factory=set)  # background responses running here
 
     def __post_init__(self) -> None:
         self.metrics.watch_upstreams(self.upstream_stats)

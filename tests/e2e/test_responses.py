@@ -110,13 +110,14 @@ def test_stream_framing(http: httpx.Client) -> None:
 @pytest.mark.parametrize(
     ("body", "param"),
     [
-        ({"tools": [{"type": "function", "name": "f", "parameters": {}}]}, "tools"),
-        ({"previous_response_id": "resp_123"}, "previous_response_id"),
-        ({"background": True}, "background"),
+        ({"tools": [{"type": "web_search"}]}, "tools"),
+        ({"tools": [{"type": "code_interpreter", "container": {"type": "auto"}}]}, "tools"),
+        ({"background": True, "store": False}, "background"),
         ({"input": []}, "input"),
-        ({"input": [{"type": "function_call_output", "call_id": "c", "output": "x"}]}, None),
+        # a tool result must answer a call made before it
+        ({"input": [{"type": "function_call_output", "call_id": "c", "output": "x"}]}, "input"),
         ({"max_output_tokens": 0}, "max_output_tokens"),
-        ({"text": {"format": {"type": "json_object"}}}, None),
+        ({"truncation": "disabled", "input": "word " * 3000}, None),
     ],
 )
 def test_unsupported_is_400(http: httpx.Client, body: dict[str, Any], param: str | None) -> None:
@@ -134,4 +135,4 @@ def test_unknown_model_and_retrieval_are_404(client: openai.OpenAI) -> None:
     assert unknown.value.code == "model_not_found"
     with pytest.raises(openai.NotFoundError) as missing:
         client.responses.retrieve("resp_123")
-    assert "not stored" in missing.value.message
+    assert missing.value.code == "not_found" and "resp_123" in missing.value.message
