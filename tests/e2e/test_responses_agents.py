@@ -101,7 +101,8 @@ def test_required_call_streamed_with_the_sdk_helper(client: openai.OpenAI) -> No
     [call] = final.output
     assert call.type == "function_call" and call.arguments == done.arguments and call.name == "get_weather"
     jsonschema.validate(json.loads(call.arguments), WEATHER_PARAMETERS)
-    assert client.responses.retrieve(final.id).output[0].model_dump() == call.model_dump()  # stored
+    stored = client.responses.retrieve(final.id).output[0]
+    assert stored.model_dump() == call.model_dump(exclude={"parsed_arguments"})  # the helper's own addition
 
 
 def test_text_format_json_schema(client: openai.OpenAI) -> None:
@@ -159,10 +160,12 @@ def test_background_stream_resumed_after_a_sequence_number(client: openai.OpenAI
             if event.sequence_number == 5:
                 break  # the client leaves; the response runs on
     response_id = seen[0].response.id
+    # The SDK's resume reads the stream again from the start and drops what came before starting_after.
     with client.responses.stream(response_id=response_id, starting_after=5) as resumed:
         rest = list(resumed)
-        final = resumed.get_final_response()
     assert [event.sequence_number for event in rest] == list(range(6, 6 + len(rest)))
-    assert rest[-1].type in ("response.completed", "response.incomplete")
+    last = rest[-1]
+    assert last.type in ("response.completed", "response.incomplete")  # 12 tokens may cut the answer short
+    final = last.response
     whole = wait_status(client, response_id, {"completed", "incomplete"})
     assert final.output_text == whole.output_text and whole.output_text.strip()

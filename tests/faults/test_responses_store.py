@@ -1,11 +1,13 @@
 """Stored responses in a real PostgreSQL shared by two real router processes: replicas that start together
 migrate once, a response stored through one router is retrieved and continued through the other, a
-background response is cancelled through the other router, and PostgreSQL stopped mid-run (store: true
+background response is cancelled through the other router, one whose router is killed mid-run is marked
+failed by the other, and PostgreSQL stopped mid-run (store: true
 answers 503 with Retry-After, store: false keeps working) and started again."""
 
 from __future__ import annotations
 
 import asyncio
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +35,7 @@ class StoreRouter(Router):
         config = yaml.safe_load(self.config.read_text())
         config.update(
             api_keys=[{"key": ALICE, "name": "alice"}, {"key": BOB, "name": "bob"}],
-            store={"url": self.store_url, "heartbeat_s": 0.2, "timeout_s": 2},
+            store={"url": self.store_url, "heartbeat_s": 0.2, "stale_after_s": 2, "timeout_s": 2},
         )
         self.config.write_text(yaml.safe_dump(config))
 
@@ -125,3 +127,20 @@ def test_postgres_stopped_mid_run_and_started_again(
     wait_until(lambda: create(two, ALICE, input="y", max_output_tokens=4).status_code == 200, 30, "store back")
     again = httpx.get(f"{two.url}/v1/responses/{kept.json()['id']}", headers=auth(ALICE), timeout=10)
     assert again.status_code == 200 and again.json() == kept.json()
+
+
+def test_a_response_whose_router_dies_mid_run_is_failed_not_missing(
+    fleet: Fleet,
+    postgres_server: PostgresServer,  # noqa: F811  (the fixture)
+) -> None:
+    one, two = two_routers(fleet, postgres_server, tokens=2000, delay_ms=20)
+    queued = create(one, ALICE, input="long", background=True)
+    url = f"{two.url}/v1/responses/{queued.json()['id']}"
+    wait_until(lambda: httpx.get(url, headers=auth(ALICE)).json()["status"] == "in_progress", 20, "in progress")
+    assert one.proc is not None
+    one.proc.send_signal(signal.SIGKILL)  # no goodbye: nothing of router one writes the response's end
+    one.proc.wait()
+    one.proc = None
+    wait_until(lambda: httpx.get(url, headers=auth(ALICE)).json()["status"] == "failed", 20, "marked failed")
+    failed = httpx.get(url, headers=auth(ALICE)).json()
+    assert failed["error"]["code"] == "server_error" and failed["id"] == queued.json()["id"]
