@@ -171,9 +171,11 @@ def chat_request(req: ResponsesRequest, items: list[dict[str, Any]]) -> ChatComp
     elif choice is not None:
         body["tool_choice"] = choice
     fmt = req.text.format if req.text else None
+    if fmt is not None and fmt.type == "json_schema" and fmt.schema_ is None:
+        raise InvalidRequest("text.format of type json_schema needs a schema.", param="text.format.schema")
+    if req.tools and (choice == "required" or isinstance(choice, NamedFunctionChoice)):
+        fmt = None  # the output is a call, whose own shape constrains it: text.format shapes text, and there is none
     if fmt is not None and fmt.type == "json_schema":
-        if fmt.schema_ is None:
-            raise InvalidRequest("text.format of type json_schema needs a schema.", param="text.format.schema")
         schema = {"name": fmt.name or "output", "schema": fmt.schema_, "strict": fmt.strict}
         body["response_format"] = {"type": "json_schema", "json_schema": schema}
     elif fmt is not None:

@@ -5,15 +5,18 @@ responses, their cancel and a resumed stream."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
-from typing import Any
+from typing import Any, Literal
 
 import jsonschema  # type: ignore[import-untyped]
 import openai
 import pytest
+from agents import Agent, ModelSettings, OpenAIResponsesModel, RunConfig, Runner, function_tool
+from pydantic import BaseModel
 
-from tests.conftest import TEXT_MODEL
+from tests.conftest import TEXT_MODEL, Server
 
 WEATHER_PARAMETERS = {
     "type": "object",
@@ -169,3 +172,39 @@ def test_background_stream_resumed_after_a_sequence_number(client: openai.OpenAI
     final = last.response
     whole = wait_status(client, response_id, {"completed", "incomplete"})
     assert final.output_text == whole.output_text and whole.output_text.strip()
+
+
+class WeatherReport(BaseModel):
+    city: Literal["Paris", "London", "Tokyo"]
+    sunny: bool
+
+
+def test_agents_sdk_function_tool_round_trip(server: Server) -> None:
+    """OpenAI's Agents SDK on its Responses model: the forced call runs the Python tool, its output goes back
+    as a function_call_output item, and the agent's next turn answers its structured output type (a 270M base
+    model left to write free text after a tool result imitates the call until max_tokens, which the SDK
+    treats as a failed run; a typed output ends where the schema does)."""
+    calls: list[str] = []
+
+    @function_tool
+    def get_weather(city: Literal["Paris", "London", "Tokyo"]) -> str:
+        """The current weather in a city."""
+        calls.append(city)
+        return f"Sunny and 21 degrees in {city}."
+
+    sdk_client = openai.AsyncOpenAI(base_url=server.base_url, api_key="EMPTY", max_retries=0, timeout=120)
+    agent = Agent(
+        name="weather",
+        instructions="Answer in one short sentence.",
+        model=OpenAIResponsesModel(model=TEXT_MODEL, openai_client=sdk_client),
+        tools=[get_weather],
+        output_type=WeatherReport,
+        # A 270M base model does not choose a tool: the first turn is forced; the SDK then lets it answer.
+        model_settings=ModelSettings(tool_choice="get_weather", temperature=0, max_tokens=40),
+    )
+    result = asyncio.run(Runner.run(agent, ASK, max_turns=3, run_config=RunConfig(tracing_disabled=True)))
+    assert len(calls) == 1 and calls[0] in ("Paris", "London", "Tokyo")
+    kinds = [item.type for item in result.new_items]
+    assert kinds == ["tool_call_item", "tool_call_output_item", "message_output_item"]
+    report = result.final_output
+    assert isinstance(report, WeatherReport) and report.city in ("Paris", "London", "Tokyo")

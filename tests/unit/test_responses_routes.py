@@ -217,6 +217,21 @@ async def test_text_format_json_schema_is_structured_output(tmp_path: Path) -> N
         )
         structured = engine.requests[-1].sampling.structured
         assert structured is not None and structured.kind == "json_object"
+        # A forced call is shaped by the call's schema; text.format shapes only text, which it does not answer.
+        engine.script = Script(texts=('{"city": "Paris"}',))
+        forced = await client.post(
+            "/v1/responses",
+            json={
+                "model": MODEL,
+                "input": "x",
+                "text": {"format": fmt},
+                "tools": [WEATHER],
+                "tool_choice": {"type": "function", "name": "get_weather"},
+            },
+        )
+        assert forced.status_code == 200 and forced.json()["output"][0]["type"] == "function_call"
+        structured = engine.requests[-1].sampling.structured
+        assert structured is not None and structured.spec == WEATHER["parameters"]
 
 
 @pytest.mark.parametrize(
