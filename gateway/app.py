@@ -124,6 +124,7 @@ def create_app(settings: Settings, adapter_factory: AdapterFactory | None = None
         state.route_table = await start_routes(settings, state.adapters) if settings.routes else None
         # A lifespan may run again on the same app (test clients do): start undrained.
         state.draining, state.drain = False, Drain()
+        store.maintain()
         state.ready = True
         try:
             yield

@@ -73,6 +73,10 @@ class ResponseStore:
             await self._ready()
         if not self.migrated:
             log.warning("the response store is unavailable at start; requests with store: true answer 503")
+
+    def maintain(self) -> None:
+        """Start the loop that marks running responses alive, reads cancels, fails stale runs and purges
+        (once the engines are up: their start may hold the event loop past a store timeout)."""
         self._maintainer = asyncio.create_task(self._maintain(), name="response-store")
 
     async def close(self) -> None:
