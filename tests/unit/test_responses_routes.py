@@ -375,3 +375,20 @@ def test_media_parts_become_chat_parts_as_plain_dicts() -> None:
     }
     with pytest.raises(InvalidRequest):
         chat_messages(None, [{"type": "message", "role": "user", "content": [{"type": "input_image"}]}])
+
+
+async def test_a_shutdown_leaves_a_running_background_response_failed_and_metered(tmp_path: Path) -> None:
+    config = settings(data_dir=tmp_path, store={"heartbeat_s": 0.05})
+    async with scripted_client(config, RecordingAdapter(script=Script(tokens=400, delay_s=0.02))) as client:
+        queued = (await client.post("/v1/responses", json={"model": MODEL, "input": "x", "background": True})).json()
+        await poll(client, queued["id"], {"in_progress"})
+        deadline = time.monotonic() + 10
+        metrics = ""
+        while 'tokenyard_stored_responses{status="in_progress"} 1.0' not in metrics and time.monotonic() < deadline:
+            metrics = (await client.get("/metrics")).text
+            await asyncio.sleep(0.05)
+        assert 'tokenyard_stored_responses{status="in_progress"} 1.0' in metrics
+        assert 'tokenyard_store_duration_seconds_count{operation="create",outcome="ok"} 1.0' in metrics
+    async with scripted_client(config) as client:  # the server came back: the response is there, failed
+        stopped = (await client.get(f"/v1/responses/{queued['id']}")).json()
+    assert stopped["status"] == "failed" and stopped["error"]["code"] == "server_error"
