@@ -220,9 +220,10 @@ class Response(BaseModel):
     tools: list[Any] = Field(default_factory=list)
     top_p: float | None = None
     truncation: Literal["auto", "disabled"] = "disabled"
-    usage: ResponseUsage | None = None
     user: str | None = None
     metadata: dict[str, str] = Field(default_factory=dict)
+    # Last: the limits middleware reads an answer's usage from its last bytes (gateway.middleware.limits).
+    usage: ResponseUsage | None = None
 
 
 class InputItemList(BaseModel):

@@ -16,6 +16,7 @@ import pytest
 
 from engine_adapters.base import Chunk, GenerateRequest
 from gateway.errors import ContextLengthExceeded, InvalidRequest
+from gateway.middleware.limits import TAIL_BYTES, usage_in
 from gateway.services.responses_input import chat_messages
 from tests.support.scripted_app import MODEL, RecordingAdapter, scripted_client, settings
 from tests.support.scripted_engine import Script
@@ -392,3 +393,13 @@ async def test_a_shutdown_leaves_a_running_background_response_failed_and_metere
     async with scripted_client(config) as client:  # the server came back: the response is there, failed
         stopped = (await client.get(f"/v1/responses/{queued['id']}")).json()
     assert stopped["status"] == "failed" and stopped["error"]["code"] == "server_error"
+
+
+async def test_usage_is_in_the_tail_the_limits_read_to_correct_a_charge(tmp_path: Path) -> None:
+    body = {"model": MODEL, "input": "x", "metadata": {f"k{i}": "v" * 500 for i in range(16)}}
+    async with scripted_client(settings(data_dir=tmp_path)) as client:
+        whole = await client.post("/v1/responses", json=body)
+        streamed = await client.post("/v1/responses", json={**body, "stream": True})
+    for answer in (whole.content, streamed.content):
+        usage = usage_in(answer[-TAIL_BYTES:])
+        assert usage is not None and usage.total_tokens == whole.json()["usage"]["total_tokens"]
