@@ -1,18 +1,17 @@
 """The Responses API on the chat path: a response request becomes a chat engine request (its tools and
 structured output through chat's machinery), whose chunks become a response object or the Responses
 stream's events (gateway.services.responses_output). With `store` (the default) the response is kept in
-the response store: written when its first chunk has come, and again, whole, before its last event is sent.
+the response store: written before the engine is asked, and again, whole, before its last event is sent.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -120,7 +119,6 @@ class Keeper:
     streamed: bool = False
     done: bool = False
     write_failed_on_release: bool = True  # a background run writes its own end
-    _pending: set[asyncio.Task[Any]] = field(default_factory=set)
 
     async def open(self, response: dict[str, Any], stop: Any = None) -> None:
         if self.store is not None:
@@ -140,20 +138,14 @@ class Keeper:
             with contextlib.suppress(GatewayError):
                 await self.store.delete(self.owner, response["id"])
 
-    def release(self, response: dict[str, Any]) -> None:
+    def release(self, builder: OutputBuilder) -> None:
         """The run has ended, one way or another; one that did not finish is written failed."""
         if self.store is None:
             return
-        self.store.running.pop(response["id"], None)
-        if self.write_failed_on_release and not self.done and response["status"] in ("queued", "in_progress"):
-            failed = {
-                **response,
-                "status": "failed",
-                "error": {"code": "server_error", "message": "The response was interrupted."},
-            }
-            task = asyncio.create_task(self.store.save(failed))
-            self._pending.add(task)  # held until done: a task nobody holds may be collected
-            task.add_done_callback(self._pending.discard)
+        self.store.running.pop(builder.response["id"], None)
+        if self.write_failed_on_release and not self.done and builder.response["status"] in ("queued", "in_progress"):
+            failed = builder.interrupted("server_error", "The response was interrupted.")
+            self.store.save_later(failed)  # from a finally that may be a cancellation: not awaited here
 
 
 async def start_engine(state: AppState, call: Prepared) -> tuple[MeteredStream, AsyncIterator[Chunk], ToolPlan | None]:
@@ -222,7 +214,7 @@ async def run_events(
         keeper.done = True
         yield builder.terminal()
     finally:
-        keeper.release(builder.response)
+        keeper.release(builder)
 
 
 async def _sse_of(events: AsyncIterator[Event], builder: OutputBuilder) -> AsyncIterator[bytes]:

@@ -145,11 +145,18 @@ class OutputBuilder:
         kind = "response.completed" if self.response["status"] == "completed" else "response.incomplete"
         return self.event(kind, response=self.response)
 
+    def interrupted(self, code: str, message: str) -> dict[str, Any]:
+        """The response as it stands, failed: an open message closed `incomplete` with its text so far."""
+        output = [dict(item) for item in self.response["output"]]
+        for item in output:
+            if item.get("status") == "in_progress":
+                part = {"type": "output_text", "text": "".join(self._text), "annotations": []}
+                item.update(status="incomplete", content=[part])
+        return {**self.response, "status": "failed", "error": {"code": code, "message": message}, "output": output}
+
     def failed(self, error: dict[str, Any]) -> list[Event]:
         """A response that failed after it began: an error event, then response.failed."""
-        self.response.update(
-            status="failed", error={"code": error["code"] or "server_error", "message": error["message"]}
-        )
+        self.response.update(self.interrupted(error["code"] or "server_error", error["message"]))
         return [
             self.event("error", code=error["code"], message=error["message"], param=error["param"]),
             self.event("response.failed", response=self.response),

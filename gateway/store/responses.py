@@ -66,6 +66,7 @@ class ResponseStore:
         self.migrated = False
         self.running: dict[str, Callable[[], None]] = {}  # response id -> how to cancel it in this process
         self._maintainer: asyncio.Task[None] | None = None
+        self._writes: set[asyncio.Task[bool]] = set()  # save_later's, awaited at close
 
     async def start(self) -> None:
         """Migrate now; a database that is down leaves the store to migrate on first use (store: false serves)."""
@@ -79,7 +80,20 @@ class ResponseStore:
         (once the engines are up: their start may hold the event loop past a store timeout)."""
         self._maintainer = asyncio.create_task(self._maintain(), name="response-store")
 
+    def save_later(self, body: dict[str, Any]) -> None:
+        """save(), in its own task; its failure is logged by the transaction and otherwise dropped."""
+        task = asyncio.create_task(self._save_quietly(body))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    async def _save_quietly(self, body: dict[str, Any]) -> bool:
+        try:
+            return await self.save(body)
+        except GatewayError:
+            return False
+
     async def close(self) -> None:
+        await asyncio.gather(*self._writes)
         if self._maintainer is not None:
             self._maintainer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
