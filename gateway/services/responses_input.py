@@ -73,6 +73,10 @@ def input_items(req: ResponsesRequest) -> list[dict[str, Any]]:
         if isinstance(item, InputMessage) and isinstance(item.content, str):
             kind = "output_text" if item.role == "assistant" else "input_text"
             stored["content"] = [{"type": kind, "text": item.content}]
+        if isinstance(item, InputMessage) and item.role == "assistant":  # listed as an output message is
+            for part in stored["content"]:
+                if part["type"] == "output_text":
+                    part.setdefault("annotations", [])
         stored.setdefault("id", new_id(_ID_PREFIX[item.type]))
         if not isinstance(item, ReasoningItem):
             stored.setdefault("status", "completed")

@@ -64,6 +64,9 @@ def test_message_items_and_instructions(client: openai.OpenAI) -> None:
         6,
     )
     assert response.output_text == expected and response.instructions == "You are a terse assistant."
+    listed = client.responses.input_items.list(response.id, order="asc")  # the SDK's strict item types
+    assert [item.model_dump()["role"] for item in listed.data] == ["user", "assistant", "user"]
+    assert not listed.has_more and listed.first_id == listed.data[0].id
 
 
 def test_length_limit_is_incomplete(client: openai.OpenAI) -> None:

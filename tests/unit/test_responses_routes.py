@@ -82,6 +82,20 @@ async def test_a_stored_response_is_retrieved_listed_and_deleted(tmp_path: Path)
         assert gone.status_code == 404 and gone.json()["error"]["code"] == "not_found"
 
 
+async def test_an_assistant_turn_is_listed_as_an_output_message(tmp_path: Path) -> None:
+    items = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello."},
+        {"role": "user", "content": "?"},
+    ]
+    async with scripted_client(settings(data_dir=tmp_path)) as client:
+        created = (await client.post("/v1/responses", json={"model": MODEL, "input": items})).json()
+        listed = (await client.get(f"/v1/responses/{created['id']}/input_items", params={"order": "asc"})).json()
+    assistant = listed["data"][1]
+    assert assistant["role"] == "assistant" and assistant["status"] == "completed"
+    assert assistant["content"] == [{"type": "output_text", "text": "Hello.", "annotations": []}]
+
+
 async def test_store_false_is_not_kept(tmp_path: Path) -> None:
     async with scripted_client(settings(data_dir=tmp_path)) as client:
         created = (await client.post("/v1/responses", json={"model": MODEL, "input": "x", "store": False})).json()
