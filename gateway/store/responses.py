@@ -177,7 +177,12 @@ class ResponseStore:
         chain: list[StoredResponse] = []
         next_id: str | None = response_id
         while next_id is not None:
-            stored = await self.get(owner, next_id)
+            try:
+                stored = await self.get(owner, next_id)
+            except NotFound:
+                raise NotFound(
+                    f"Previous response with id '{next_id}' not found.", param="previous_response_id"
+                ) from None
             if stored.running:
                 raise InvalidRequest(
                     f"Previous response '{stored.id}' is still in progress; continue it once it is done.",

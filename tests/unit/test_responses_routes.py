@@ -134,7 +134,7 @@ async def test_a_continuation_carries_the_history_and_another_key_gets_404(tmp_p
         across = await client.post(
             "/v1/responses", headers=BOB, json={"model": MODEL, "input": "x", "previous_response_id": first["id"]}
         )
-        assert across.status_code == 404 and across.json()["error"]["param"] == "response_id"
+        assert across.status_code == 404 and across.json()["error"]["param"] == "previous_response_id"
         assert (await client.delete(f"/v1/responses/{first['id']}", headers=BOB)).status_code == 404
         assert (await client.get(f"/v1/responses/{first['id']}")).status_code == 200
 
@@ -262,7 +262,7 @@ async def test_text_format_json_schema_is_structured_output(tmp_path: Path) -> N
         ({"conversation": "conv_1"}, "conversation"),
         ({"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata"),
         ({"text": {"format": {"type": "json_schema", "name": "x"}}}, "text.format.schema"),
-        ({"previous_response_id": "resp_missing"}, "response_id"),
+        ({"previous_response_id": "resp_missing"}, "previous_response_id"),
     ],
 )
 async def test_what_is_not_served_is_a_clear_4xx(tmp_path: Path, body: dict[str, Any], param: str) -> None:
