@@ -42,6 +42,10 @@ tools:
 	@command -v redis-server >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 		apt-get install -y -qq --no-install-recommends redis-server >/dev/null; } || \
 		{ echo "redis-server is missing: install the Debian package redis-server"; exit 1; }
+	@# PostgreSQL: the response store's fleet tests start their own cluster (initdb, pg_ctl).
+	@{ command -v pg_ctl || ls /usr/lib/postgresql/*/bin/pg_ctl; } >/dev/null 2>&1 || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null; } || \
+		{ echo "PostgreSQL is missing: install the Debian package postgresql"; exit 1; }
 
 test: $(STAMP) tools
 	$(PY) -m pytest $(ARGS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -43,6 +44,7 @@ from gateway.observability.tracing import build_tracing
 from gateway.relay.door import FrontDoor
 from gateway.settings import LimitSettings, Settings
 from gateway.state import AppState
+from gateway.store import build_store
 
 log = logging.getLogger(__name__)
 
@@ -116,17 +118,20 @@ def create_app(settings: Settings, adapter_factory: AdapterFactory | None = None
         limit_store=_limit_store(settings.limits),
         tracing=build_tracing(settings.tracing),
     )
+    store = state.response_store = build_store(settings, state.metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         from gateway.engines import start_local_engines
         from gateway.routing import start_routes
 
+        await store.start()  # migrations, under the database's lock
         state.adapters = await (adapter_factory or start_local_engines)(settings)
         # Router mode: the routes join the same name -> adapter map, and follow the config file.
         state.route_table = await start_routes(settings, state.adapters) if settings.routes else None
         # A lifespan may run again on the same app (test clients do): start undrained.
         state.draining, state.drain = False, Drain()
+        store.maintain()
         state.ready = True
         try:
             yield
@@ -134,10 +139,14 @@ def create_app(settings: Settings, adapter_factory: AdapterFactory | None = None
             state.draining = True
             if state.route_table is not None:
                 await state.route_table.stop()  # no reload may start a route while they close
+            for run in state.background_runs:  # each writes itself failed: the client may retrieve it
+                run.cancel()
+            await asyncio.gather(*state.background_runs, return_exceptions=True)
             for adapter in state.engines():
                 # What is left of the drain deadline: after a SIGTERM drain, the requests are done already.
                 await adapter.close(state.drain.time_left(settings.drain_deadline_s))
             await state.limit_store.close()
+            await store.close()
             if state.tracing is not None:
                 await state.tracing.close()  # the spans still buffered are exported
 

@@ -48,6 +48,7 @@ __all__ = [
     "UnexpectedAnswer",
     "EngineUnavailable",
     "status_error",
+    "StoreUnavailable",
     "anthropic_path",
     "error_payload",
     "invalid_fields",
@@ -55,6 +56,16 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+
+class StoreUnavailable(GatewayError):
+    """The response store cannot be reached: a request that must store is refused, never served unstored."""
+
+    status = 503
+    type = "service_unavailable_error"
+    code = "store_unavailable"
+    public_message = True
+
 
 GENERIC_MESSAGE = "The server had an error while processing your request."
 

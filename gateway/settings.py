@@ -427,6 +427,30 @@ class TracingSettings(BaseModel):
     enabled: bool = Field(default=False, description="Export a trace of each request over OTLP/HTTP.")
 
 
+class StoreSettings(BaseModel):
+    """Durable records (stored responses): SQLite in data_dir by default; PostgreSQL for replicas that share."""
+
+    url: SecretStr | None = Field(
+        default=None,
+        description="postgresql://user:password@host:port/db (or sqlite:///path); default SQLite in data_dir.",
+    )
+    retention_days: float = Field(default=30.0, gt=0, description="Stored responses are purged this much later.")
+    timeout_s: float = Field(default=5.0, gt=0, description="One store operation's limit; past it, 503.")
+    heartbeat_s: float = Field(
+        default=2.0, gt=0, description="How often running responses are marked alive, cancels read and purges run."
+    )
+    stale_after_s: float = Field(
+        default=30.0, gt=0, description="A running response not marked alive this long (its process died) fails."
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(("postgresql", "postgres:", "sqlite")):
+            raise ValueError("store url must be postgresql://... or sqlite:///...")
+        return value
+
+
 ApiKeys = Annotated[list[ApiKey], NoDecode, BeforeValidator(_split_keys)]
 # --- end of the security and limits settings ---------------------------------------------------
 
@@ -457,6 +481,9 @@ class Settings(BaseSettings):
     cache_dir: Path | None = Field(
         default=None, description="Where builtin models are prepared; default ~/.cache/tokenyard."
     )
+    data_dir: Path | None = Field(
+        default=None, description="Where durable records live (the SQLite store); default ~/.local/share/tokenyard."
+    )
     drain_deadline_s: float = Field(
         default=30.0, ge=0, description="On SIGTERM, how long requests in flight may run on before they are cut off."
     )
@@ -475,6 +502,7 @@ class Settings(BaseSettings):
     cors: CorsSettings = Field(default_factory=CorsSettings)
     tls: TlsSettings = Field(default_factory=TlsSettings)
     tracing: TracingSettings = Field(default_factory=TracingSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
     # vLLM's VLLM_ALLOW_RUNTIME_LORA_UPDATING: POST /v1/load_lora_adapter and /v1/unload_lora_adapter.
     allow_runtime_lora_updating: bool = Field(
         default=False, description="Serve POST /v1/load_lora_adapter and /v1/unload_lora_adapter."

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
@@ -19,6 +20,7 @@ from gateway.settings import Settings
 
 if TYPE_CHECKING:
     from gateway.observability.otel import Tracing
+    from gateway.store import ResponseStore
 
 
 class WaitQueue(Protocol):
@@ -44,6 +46,8 @@ class AppState:
     route_table: RouteTable | None = None  # router mode: the routes, following the config file
     tracing: Tracing | None = None  # OpenTelemetry, while tracing is on (gateway.observability.tracing)
     runtime_loras: dict[str, str] = field(default_factory=dict)  # adapter loaded at run time -> its base model
+    response_store: ResponseStore | None = None  # stored responses (gateway.store), when create_app built the app
+    background_runs: set[asyncio.Task[None]] = field(default_factory=set)  # background responses running here
     held: HeldBytes = field(init=False)  # bytes of the requests waiting for a slot or an instance
 
     def __post_init__(self) -> None:

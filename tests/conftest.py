@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +27,9 @@ ROOT = Path(__file__).resolve().parent.parent
 TEXT_MODEL = "gemma-3-270m"
 EMBED_MODEL = "all-MiniLM-L6-v2"
 START_TIMEOUT_S = 900
+# Every app and server the tests start keeps its SQLite response store in one temporary data dir, never in
+# the home directory (a test that needs its own store sets data_dir or store.url itself).
+os.environ.setdefault("TOKENYARD_DATA_DIR", tempfile.mkdtemp(prefix="tokenyard-test-data-"))
 
 
 @dataclass

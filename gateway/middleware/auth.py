@@ -66,6 +66,7 @@ class AuthMiddleware:
         info = request_info(scope)
         info.key_name = entry.name
         info.key_limits = entry.limits
+        info.key_digest = entry.digest
         await self.app(scope, receive, send)
 
     def _needs_key(self, scope: Scope) -> bool:

@@ -38,6 +38,7 @@ class RequestInfo:
     started: float = field(default_factory=time.perf_counter)
     key_name: str | None = None
     key_limits: KeyLimits | None = None  # the key's own limits and budgets
+    key_digest: bytes | None = None  # the key's SHA-256: what owns the responses it stores
     model: str | None = None
     body: Any = None  # the parsed JSON body of a POST (a multipart body's first text fields)
     forwarded: Forwarded = NOTHING_FORWARDED  # what the engine is told: the request id, the trace context

@@ -127,6 +127,19 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        self.store_duration = Histogram(
+            "tokenyard_store_duration_seconds",
+            "Response store operations, by operation and outcome (ok or error).",
+            ["operation", "outcome"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.stored_responses = Gauge(
+            "tokenyard_stored_responses",
+            "Stored responses by status, as last counted by the store's maintenance loop.",
+            ["status"],
+            registry=r,
+        )
 
         self._children: dict[tuple[object, ...], Any] = {}
 
@@ -138,6 +151,9 @@ class Metrics:
         if found is None:
             found = self._children[key] = metric.labels(*values)
         return found
+
+    def observe_store(self, operation: str, seconds: float, failed: bool) -> None:
+        self.child(self.store_duration, operation, "error" if failed else "ok").observe(seconds)
 
     def watch_upstreams(self, source: Callable[[], Iterable[UpstreamStat]]) -> None:
         """Router mode's per-instance metrics, read from the router's own state at scrape time."""

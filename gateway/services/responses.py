@@ -1,234 +1,248 @@
-"""The Responses API on the chat path: a response request becomes a chat engine request, whose
-chunks become a `response` object or the Responses stream's events.
-
-Text in, text out. Nothing is stored, so what needs a stored response (previous_response_id,
-background, conversations) is refused with a 400, as are tools (offered on /v1/chat/completions).
+"""The Responses API on the chat path: a response request becomes a chat engine request (its tools and
+structured output through chat's machinery), whose chunks become a response object or the Responses
+stream's events (gateway.services.responses_output). With `store` (the default) the response is kept in
+the response store: written before the engine is asked, and again, whole, before its last event is sent.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
+import hashlib
 import logging
 import time
-import uuid
-from collections.abc import AsyncIterator, Callable
-from typing import Any, Literal
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
-from engine_adapters.base import NOTHING_FORWARDED, Chunk, Forwarded, GenerateRequest
-from gateway.errors import GatewayError, InvalidRequest, error_payload
+from engine_adapters.base import NOTHING_FORWARDED, Chunk, Forwarded
+from gateway.errors import ContextLengthExceeded, GatewayError, StoreUnavailable, error_payload
 from gateway.protocol.chat import ChatCompletionRequest, ChatMessageIn
-from gateway.protocol.responses import (
-    IncompleteDetails,
-    OutputMessage,
-    OutputText,
-    Response,
-    ResponsesRequest,
-    ResponseUsage,
-)
+from gateway.protocol.responses import NamedFunctionChoice, Response, ResponsesRequest
 from gateway.services import chat
 from gateway.services.metering import MeteredStream, first_and_rest
+from gateway.services.responses_input import chat_request, input_items, refuse_unsupported
+from gateway.services.responses_output import Event, OutputBuilder, new_id
+from gateway.services.tool_calls import ToolPlan
 from gateway.state import AppState
+from gateway.store import ResponseStore
 
 log = logging.getLogger(__name__)
 
 ROUTE = "/v1/responses"
-_NO_STORAGE = "Responses are not stored by this server"
 
 
-def new_object_id(prefix: str) -> str:
-    """OpenAI's Responses ids: resp_…, msg_…"""
-    return f"{prefix}_{uuid.uuid4().hex}"
+def owner_of(key_digest: bytes | None) -> str:
+    """Who owns a stored response: a digest of the key's digest (never the key, nor what auth compares);
+    with no keys configured, everyone is one owner."""
+    return hashlib.sha256(b"tokenyard-response-owner:" + key_digest).hexdigest() if key_digest else ""
 
 
-def refuse_unsupported(req: ResponsesRequest) -> None:
-    refusals: list[tuple[object, str, str]] = [
-        (req.tools, "tools", "Tools are not supported on /v1/responses here; use /v1/chat/completions."),
-        (
-            req.tool_choice not in (None, "auto", "none"),
-            "tool_choice",
-            "tool_choice needs tools, which are not supported on /v1/responses here.",
-        ),
-        (
-            req.previous_response_id,
-            "previous_response_id",
-            f"{_NO_STORAGE}: send the whole conversation in `input` instead of previous_response_id.",
-        ),
-        (req.conversation, "conversation", f"{_NO_STORAGE}: conversations are not supported."),
-        (req.background, "background", f"{_NO_STORAGE}: background responses are not supported."),
-        (req.prompt, "prompt", "Prompt templates are not supported; send the text in `input`."),
-    ]
-    for used, param, message in refusals:
-        if used:
-            raise InvalidRequest(message, param=param)
+def sse(event: Event) -> bytes:
+    """OpenAI's framing: an `event:` line naming the type, then the data."""
+    return b"event: " + event["type"].encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"
 
 
-def chat_request(req: ResponsesRequest) -> ChatCompletionRequest:
-    """The chat request that serves `req`: instructions lead as a system message."""
-    if isinstance(req.input, list) and not req.input:
-        raise InvalidRequest("input must hold at least one message.", param="input")
-    messages: list[ChatMessageIn] = []
-    if req.instructions:
-        messages.append(ChatMessageIn(role="system", content=req.instructions))
-    if isinstance(req.input, str):
-        messages.append(ChatMessageIn(role="user", content=req.input))
-    else:
-        messages.extend(ChatMessageIn(role=item.role, content=item.text()) for item in req.input)
-    return ChatCompletionRequest(
-        model=req.model,
-        messages=messages,
-        max_tokens=req.max_output_tokens,
-        temperature=req.temperature,
-        top_p=req.top_p,
-        stream=req.stream,
-        user=req.user,
-    )
-
-
-def _engine_request(req: ResponsesRequest, session_id: str | None, forwarded: Forwarded) -> GenerateRequest:
-    refuse_unsupported(req)
-    greq = chat.engine_request(chat_request(req), session_id, forwarded=forwarded)
-    greq.request_id = new_object_id("resp")  # the response's id is the engine request's
-    return greq
-
-
-def build_response(
-    req: ResponsesRequest,
-    response_id: str,
-    created_at: int,
-    *,
-    message_id: str | None = None,
-    text: str = "",
-    finish_reason: str | None = None,
-    usage: tuple[int, int] | None = None,
-) -> Response:
-    """The response object; with no message_id, the one a stream opens with (in progress, no output)."""
-    status: Literal["in_progress", "completed", "incomplete"] = "in_progress"
-    output: list[OutputMessage] = []
-    incomplete: IncompleteDetails | None = None
-    if message_id is not None:
-        length_limited = finish_reason == "length"
-        status = "incomplete" if length_limited else "completed"
-        incomplete = IncompleteDetails(reason="max_output_tokens") if length_limited else None
-        output = [OutputMessage(id=message_id, status=status, content=[OutputText(text=text)])]
+def opening_response(req: ResponsesRequest, response_id: str, status: str = "in_progress") -> dict[str, Any]:
+    """The response object before any output: the request's settings as OpenAI echoes them."""
+    choice: Any = req.tool_choice
+    if isinstance(choice, NamedFunctionChoice):
+        choice = {"type": "function", "name": choice.name}
+    fmt = req.text.format if req.text and req.text.format else None
     return Response(
         id=response_id,
-        created_at=created_at,
-        status=status,
-        incomplete_details=incomplete,
+        created_at=int(time.time()),
+        status=status,  # type: ignore[arg-type]  # one of the response statuses, chosen by the caller
+        background=req.background,
         instructions=req.instructions,
         max_output_tokens=req.max_output_tokens,
         model=req.model,
-        output=output,
+        output=[],
+        parallel_tool_calls=req.parallel_tool_calls is not False,
+        previous_response_id=req.previous_response_id,
+        store=req.store,
         temperature=req.temperature,
         top_p=req.top_p,
+        text={"format": fmt.model_dump(mode="json", exclude_none=True, by_alias=True) if fmt else {"type": "text"}},
+        tool_choice=choice or "auto",
+        tools=[tool.model_dump(mode="json", exclude_none=True) for tool in req.tools or []],
+        truncation=req.truncation or "disabled",
         user=req.user,
         metadata=req.metadata or {},
-        parallel_tool_calls=req.parallel_tool_calls is not False,
-        truncation=req.truncation or "disabled",
-        tool_choice="none" if req.tool_choice == "none" else "auto",
-        usage=ResponseUsage(input_tokens=usage[0], output_tokens=usage[1], total_tokens=sum(usage)) if usage else None,
-    )
-
-
-async def complete(
-    state: AppState, req: ResponsesRequest, session_id: str | None = None, forwarded: Forwarded = NOTHING_FORWARDED
-) -> Response:
-    greq = _engine_request(req, session_id, forwarded)
-    metered = MeteredStream(state, state.adapter_for(req.model), greq, ROUTE)
-    created_at = int(time.time())
-    texts: list[str] = []
-    prompt_tokens = output_tokens = 0
-    reason: str | None = None
-    async for chunk in metered.chunks():
-        texts.append(chunk.text)
-        prompt_tokens, output_tokens = chunk.prompt_tokens, chunk.completion_tokens
-        reason = chunk.finish_reason or reason
-    metered.record(200, prompt_tokens, output_tokens)
-    return build_response(
-        req,
-        greq.request_id,
-        created_at,
-        message_id=new_object_id("msg"),
-        text="".join(texts),
-        finish_reason=reason,
-        usage=(prompt_tokens, output_tokens),
-    )
-
-
-async def stream(
-    state: AppState, req: ResponsesRequest, session_id: str | None = None, forwarded: Forwarded = NOTHING_FORWARDED
-) -> AsyncIterator[bytes]:
-    """Start the engine request and wait for its first chunk (errors before it are plain HTTP errors)."""
-    greq = _engine_request(req, session_id, forwarded)
-    metered = MeteredStream(state, state.adapter_for(req.model), greq, ROUTE)
-    chunks = await first_and_rest(metered.chunks())
-    return _events(req, greq.request_id, metered, chunks)
-
-
-def _numbered_events() -> Callable[..., bytes]:
-    """OpenAI's framing: an `event:` line naming the type, and the data with a growing sequence_number."""
-    numbers = itertools.count()
-
-    def event(kind: str, **payload: Any) -> bytes:
-        data = orjson.dumps({"type": kind, "sequence_number": next(numbers), **payload})
-        return b"event: " + kind.encode() + b"\ndata: " + data + b"\n\n"
-
-    return event
-
-
-async def _events(
-    req: ResponsesRequest, response_id: str, metered: MeteredStream, chunks: AsyncIterator[Chunk]
-) -> AsyncIterator[bytes]:
-    event = _numbered_events()
-    created_at = int(time.time())
-    message_id = new_object_id("msg")
-    opening = build_response(req, response_id, created_at).model_dump(mode="json")
-    yield event("response.created", response=opening)
-    yield event("response.in_progress", response=opening)
-    yield event(
-        "response.output_item.added",
-        output_index=0,
-        item={"type": "message", "id": message_id, "status": "in_progress", "role": "assistant", "content": []},
-    )
-    where = {"item_id": message_id, "output_index": 0, "content_index": 0}
-    yield event("response.content_part.added", **where, part={"type": "output_text", "text": "", "annotations": []})
-    texts: list[str] = []
-    prompt_tokens = output_tokens = 0
-    reason: str | None = None
-    try:
-        async with contextlib.aclosing(chunks):  # type: ignore[type-var]  # an async generator, typed as the AsyncIterator it is read as (no aclose there)
-            async for chunk in chunks:
-                prompt_tokens, output_tokens = chunk.prompt_tokens, chunk.completion_tokens
-                reason = chunk.finish_reason or reason
-                if chunk.text:
-                    texts.append(chunk.text)
-                    yield event("response.output_text.delta", **where, delta=chunk.text, logprobs=[])
-    except Exception as exc:
-        metered.record(500, prompt_tokens, output_tokens)
-        yield _error_event(event, exc)
-        return
-    metered.record(200, prompt_tokens, output_tokens)
-    text = "".join(texts)
-    final = build_response(
-        req,
-        response_id,
-        created_at,
-        message_id=message_id,
-        text=text,
-        finish_reason=reason,
-        usage=(prompt_tokens, output_tokens),
     ).model_dump(mode="json")
-    yield event("response.output_text.done", **where, text=text, logprobs=[])
-    yield event("response.content_part.done", **where, part=final["output"][0]["content"][0])
-    yield event("response.output_item.done", output_index=0, item=final["output"][0])
-    yield event("response.completed" if final["status"] == "completed" else "response.incomplete", response=final)
 
 
-def _error_event(event: Callable[..., bytes], exc: BaseException) -> bytes:
-    if not isinstance(exc, GatewayError):
-        log.error("responses stream failed after it began", exc_info=exc)
-    detail = error_payload(exc)[1]["error"]
-    return event("error", code=detail["code"], message=detail["message"], param=detail["param"])
+@dataclass
+class Prepared:
+    """One POST /v1/responses, checked and turned into its chat request."""
+
+    req: ResponsesRequest
+    owner: str
+    response_id: str
+    items: list[dict[str, Any]]  # the request's own input items, as stored
+    chat_req: ChatCompletionRequest
+    session_id: str | None = None
+    forwarded: Forwarded = NOTHING_FORWARDED
+
+
+async def prepare(
+    state: AppState,
+    req: ResponsesRequest,
+    owner: str,
+    session_id: str | None = None,
+    forwarded: Forwarded = NOTHING_FORWARDED,
+) -> Prepared:
+    refuse_unsupported(req)
+    state.adapter_for(req.model)  # an unknown model is a 404 before the store is asked
+    history = await store_of(state).history(owner, req.previous_response_id) if req.previous_response_id else []
+    items = input_items(req)
+    chat_req = chat_request(req, history + items)
+    chat.tool_plan_for(state, chat_req)  # a bad tool_choice is a 400 before anything runs
+    return Prepared(req, owner, new_id("resp"), items, chat_req, session_id, forwarded)
+
+
+def store_of(state: AppState) -> ResponseStore:
+    assert state.response_store is not None, "create_app builds the response store"
+    return state.response_store
+
+
+@dataclass
+class Keeper:
+    """What `store: true` adds to a response's run: its row, marked alive while it runs, written whole
+    before its last event; a run left unfinished is written failed. With store false it keeps nothing."""
+
+    store: ResponseStore | None
+    owner: str
+    items: list[dict[str, Any]]
+    background: bool = False
+    streamed: bool = False
+    done: bool = False
+    write_failed_on_release: bool = True  # a background run writes its own end
+
+    async def open(self, response: dict[str, Any], stop: Any = None) -> None:
+        if self.store is not None:
+            await self.store.create(
+                self.owner, response, self.items, background=self.background, streamed=self.streamed
+            )
+            self.store.running[response["id"]] = stop or (lambda: None)
+
+    async def save(self, response: dict[str, Any]) -> None:
+        if self.store is not None:
+            await self.store.save(response)
+
+    async def discard(self, response: dict[str, Any]) -> None:
+        if self.store is not None:
+            self.store.running.pop(response["id"], None)
+            self.done = True
+            with contextlib.suppress(GatewayError):
+                await self.store.delete(self.owner, response["id"])
+
+    def release(self, builder: OutputBuilder) -> None:
+        """The run has ended, one way or another; one that did not finish is written failed."""
+        if self.store is None:
+            return
+        self.store.running.pop(builder.response["id"], None)
+        if self.write_failed_on_release and not self.done and builder.response["status"] in ("queued", "in_progress"):
+            failed = builder.interrupted("server_error", "The response was interrupted.")
+            self.store.save_later(failed)  # from a finally that may be a cancellation: not awaited here
+
+
+async def start_engine(state: AppState, call: Prepared) -> tuple[MeteredStream, AsyncIterator[Chunk], ToolPlan | None]:
+    """The engine request, started and its first chunk awaited (errors before it are plain HTTP errors).
+    truncation "auto": while the prompt is past the context, the oldest input items are dropped."""
+    chat_req = call.chat_req
+    while True:
+        plan = chat.tool_plan_for(state, chat_req)
+        greq = chat.engine_request(chat_req, call.session_id, plan, call.forwarded)
+        greq.request_id = call.response_id  # the response's id is the engine request's
+        metered = MeteredStream(state, state.adapter_for(chat_req.model), greq, ROUTE)
+        try:
+            return metered, await first_and_rest(metered.chunks()), plan
+        except ContextLengthExceeded:
+            shorter = without_oldest(chat_req.messages) if call.req.truncation == "auto" else None
+            if shorter is None:
+                raise
+            chat_req = chat_req.model_copy(update={"messages": shorter})
+
+
+def without_oldest(messages: list[ChatMessageIn]) -> list[ChatMessageIn] | None:
+    """The messages less the oldest turn after the leading instructions (with the tool results that answered
+    it); None when only the last turn is left."""
+    lead = 0
+    while lead < len(messages) and messages[lead].role in ("system", "developer"):
+        lead += 1
+    rest = messages[lead + 1 :]
+    while rest and rest[0].role == "tool":
+        rest = rest[1:]
+    if not rest:
+        return None
+    return messages[:lead] + rest
+
+
+async def run_events(
+    builder: OutputBuilder, keeper: Keeper, metered: MeteredStream, chunks: AsyncIterator[Chunk], *, whole: bool
+) -> AsyncIterator[Event]:
+    """A started response's events, to its stored end. A failure after the start ends a stream with an error
+    event and response.failed; a whole answer raises it."""
+    try:
+        for event in builder.opening():
+            yield event
+        try:
+            async with contextlib.aclosing(chunks):  # type: ignore[type-var]  # an async generator, typed as the AsyncIterator it is read as (no aclose there)
+                async for chunk in chunks:
+                    for event in builder.feed(chunk):
+                        yield event
+            closing = builder.finish()
+        except Exception as exc:
+            metered.record(500, builder.prompt_tokens, builder.output_tokens)
+            if not isinstance(exc, GatewayError):
+                log.error("response failed after it began", exc_info=exc)
+            failed = builder.failed(error_payload(exc)[1]["error"])
+            with contextlib.suppress(GatewayError):
+                await keeper.save(builder.response)
+            keeper.done = True
+            if whole:
+                raise
+            for event in failed:
+                yield event
+            return
+        metered.record(200, builder.prompt_tokens, builder.output_tokens)
+        for event in closing:
+            yield event
+        await keeper.save(builder.response)  # stored before the client is told it is complete
+        keeper.done = True
+        yield builder.terminal()
+    finally:
+        keeper.release(builder)
+
+
+async def _sse_of(events: AsyncIterator[Event], builder: OutputBuilder) -> AsyncIterator[bytes]:
+    try:
+        async with contextlib.aclosing(events):  # type: ignore[type-var]  # an async generator, typed as the AsyncIterator it is read as (no aclose there)
+            async for event in events:
+                yield sse(event)
+    except StoreUnavailable as exc:  # the last write failed: never a silent non-store
+        detail = error_payload(exc)[1]["error"]
+        yield sse(builder.event("error", code=detail["code"], message=detail["message"], param=None))
+
+
+async def answer(state: AppState, call: Prepared) -> dict[str, Any] | AsyncIterator[bytes]:
+    """A foreground response: the response object (a whole answer), or the SSE body of a stream."""
+    req = call.req
+    keeper = Keeper(store_of(state) if req.store else None, call.owner, call.items)
+    response = opening_response(req, call.response_id)
+    await keeper.open(response)  # the store is down: 503 before the engine is asked
+    try:
+        metered, chunks, plan = await start_engine(state, call)
+    except BaseException:
+        await keeper.discard(response)  # refused before any output (a 400, a 503): nothing to keep
+        raise
+    builder = OutputBuilder(response, plan)
+    events = run_events(builder, keeper, metered, chunks, whole=not req.stream)
+    if req.stream:
+        return _sse_of(events, builder)
+    async with contextlib.aclosing(events):  # type: ignore[type-var]  # an async generator, typed as the AsyncIterator it is read as (no aclose there)
+        async for _ in events:
+            pass
+    return builder.response

@@ -64,6 +64,9 @@ def test_message_items_and_instructions(client: openai.OpenAI) -> None:
         6,
     )
     assert response.output_text == expected and response.instructions == "You are a terse assistant."
+    listed = client.responses.input_items.list(response.id, order="asc")  # the SDK's strict item types
+    assert [item.model_dump()["role"] for item in listed.data] == ["user", "assistant", "user"]
+    assert not listed.has_more and listed.first_id == listed.data[0].id
 
 
 def test_length_limit_is_incomplete(client: openai.OpenAI) -> None:
@@ -110,13 +113,14 @@ def test_stream_framing(http: httpx.Client) -> None:
 @pytest.mark.parametrize(
     ("body", "param"),
     [
-        ({"tools": [{"type": "function", "name": "f", "parameters": {}}]}, "tools"),
-        ({"previous_response_id": "resp_123"}, "previous_response_id"),
-        ({"background": True}, "background"),
+        ({"tools": [{"type": "web_search"}]}, "tools"),
+        ({"tools": [{"type": "code_interpreter", "container": {"type": "auto"}}]}, "tools"),
+        ({"background": True, "store": False}, "background"),
         ({"input": []}, "input"),
-        ({"input": [{"type": "function_call_output", "call_id": "c", "output": "x"}]}, None),
+        # a tool result must answer a call made before it
+        ({"input": [{"type": "function_call_output", "call_id": "c", "output": "x"}]}, "input"),
         ({"max_output_tokens": 0}, "max_output_tokens"),
-        ({"text": {"format": {"type": "json_object"}}}, None),
+        ({"truncation": "disabled", "input": "word " * 3000}, None),
     ],
 )
 def test_unsupported_is_400(http: httpx.Client, body: dict[str, Any], param: str | None) -> None:
@@ -134,4 +138,4 @@ def test_unknown_model_and_retrieval_are_404(client: openai.OpenAI) -> None:
     assert unknown.value.code == "model_not_found"
     with pytest.raises(openai.NotFoundError) as missing:
         client.responses.retrieve("resp_123")
-    assert "not stored" in missing.value.message
+    assert missing.value.code == "not_found" and "resp_123" in missing.value.message

@@ -235,3 +235,39 @@ def test_tokenizer_routes_pass_through(router: str, fleet: EngineFleet) -> None:
 def test_generation_from_an_embedding_route_is_a_404(router: str) -> None:
     answer = httpx.post(f"{router}/v1/completions", json={"model": EMBED_MODEL, "prompt": "x"}, timeout=60)
     assert answer.status_code == 404 and answer.json()["error"]["code"] == "model_not_found"
+
+
+def test_responses_with_a_tool_and_a_continuation_through_the_router(sdk: openai.OpenAI, fleet: EngineFleet) -> None:
+    """The router serves /v1/responses itself on the instances' chat path: a forced function call, then its
+    output continuing the stored response, retrieved through the other router (they share one store here)."""
+    weather = {
+        "type": "function",
+        "name": "get_weather",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "enum": ["Paris", "Rome"]}},
+            "required": ["city"],
+        },
+    }
+    first = sdk.responses.create(
+        model=TEXT_MODEL,
+        input="What is the weather in Paris?",
+        tools=[weather],  # type: ignore[list-item]
+        tool_choice="required",
+        parallel_tool_calls=False,
+        max_output_tokens=40,
+        temperature=0,
+    )
+    [call] = first.output
+    assert call.type == "function_call" and call.name == "get_weather"
+    second = sdk.responses.create(
+        model=TEXT_MODEL,
+        previous_response_id=first.id,
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "Sunny."}],
+        max_output_tokens=8,
+        temperature=0,
+    )
+    assert second.output[0].type == "message" and second.output_text.strip()
+    for router in fleet.routers.values():
+        other = openai.OpenAI(base_url=f"{router}/v1", api_key="EMPTY", max_retries=0)
+        assert other.responses.retrieve(second.id).previous_response_id == first.id

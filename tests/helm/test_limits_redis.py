@@ -39,3 +39,14 @@ def test_redis_url_from_the_secret_and_the_backend_in_the_config(
     plain = render({})
     assert "limits" not in plain.config_of(plain.router)
     assert "env" not in main_container(plain.router)
+
+
+def test_the_response_store_url_from_a_secret(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rendered = render({"store": {"existingSecret": "ty-store", "secretKey": "pg"}})
+    env = main_container(rendered.router)["env"]
+    assert {"name": "TOKENYARD_STORE__URL", "valueFrom": {"secretKeyRef": {"name": "ty-store", "key": "pg"}}} in env
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(rendered.config_of(rendered.router)))
+    monkeypatch.setenv("TOKENYARD_STORE__URL", "postgresql://ty:pw@pg:5432/ty")
+    url = Settings(config=path).store.url
+    assert url is not None and url.get_secret_value() == "postgresql://ty:pw@pg:5432/ty"

@@ -16,6 +16,8 @@ Doubles of an engine or an instance, for the gateway's own logic only (never as 
 Real parts the tests start:
 
 - `redis_server`: a real `redis-server` on a free port, for limits shared across replicas.
+- `postgres_server`: a real PostgreSQL cluster (initdb, pg_ctl) in a temporary directory, for the response
+  store shared by router replicas.
 - `otlp_receiver`: a real OTLP/HTTP receiver that decodes the exporter's protobuf.
 - `lora_fixture`: a tiny LoRA adapter for the real Gemma model, built on disk.
 - `cross_encoder_fixture`: a tiny one-label cross-encoder (MiniLM config and tokenizer), built on disk.

@@ -17,6 +17,7 @@ class Script:
     fail_before: GatewayError | Exception | None = None  # raised before the first chunk
     fail_after: int | None = None  # raise after this many chunks
     fail_with: Exception | None = None
+    texts: tuple[str, ...] | None = None  # the output's pieces, one a chunk (default: "t0 ", "t1 ", ...)
 
 
 class ScriptedAdapter:
@@ -55,8 +56,9 @@ class ScriptedAdapter:
             raise script.fail_before
         self.running.add(request.request_id)
         try:
-            total = request.sampling.max_tokens or script.tokens
-            count = min(total, script.tokens)
+            tokens = len(script.texts) if script.texts is not None else script.tokens
+            total = request.sampling.max_tokens or tokens
+            count = min(total, tokens)
             for i in range(count):
                 if script.fail_after is not None and i >= script.fail_after:
                     raise script.fail_with or RuntimeError("scripted failure")
@@ -66,7 +68,7 @@ class ScriptedAdapter:
                 for index in range(request.sampling.n):
                     yield Chunk(
                         index=index,
-                        text=f"t{i} ",
+                        text=script.texts[i] if script.texts is not None else f"t{i} ",
                         token_ids=(i,),
                         finish_reason=reason,
                         prompt_tokens=3,

@@ -88,17 +88,20 @@ async def test_responses_stream_failure_ends_with_an_error_event() -> None:
     engine = RecordingAdapter(script=Script(tokens=6, fail_after=2))
     async with scripted_client(settings(), engine) as client:
         answer = await client.post("/v1/responses", json={"model": MODEL, "input": "x", "stream": True})
-    blocks = [b for b in answer.content.split(b"\n\n") if b]
-    kinds = [b.split(b"\n")[0].removeprefix(b"event: ").decode() for b in blocks]
-    assert kinds[-3:] == ["response.output_text.delta", "response.output_text.delta", "error"]
-    last = orjson.loads(blocks[-1].split(b"\n")[1].removeprefix(b"data: "))
-    assert last == {
-        "type": "error",
-        "sequence_number": len(blocks) - 1,
-        "code": None,
-        "message": "The server had an error while processing your request.",
-        "param": None,
-    }
+        blocks = [b for b in answer.content.split(b"\n\n") if b]
+        kinds = [b.split(b"\n")[0].removeprefix(b"event: ").decode() for b in blocks]
+        assert kinds[-4:] == ["response.output_text.delta", "response.output_text.delta", "error", "response.failed"]
+        error, failed = (orjson.loads(block.split(b"\n")[1].removeprefix(b"data: ")) for block in blocks[-2:])
+        assert error == {
+            "type": "error",
+            "sequence_number": len(blocks) - 2,
+            "code": None,
+            "message": "The server had an error while processing your request.",
+            "param": None,
+        }
+        assert failed["sequence_number"] == len(blocks) - 1 and failed["response"]["status"] == "failed"
+        stored = await client.get(f"/v1/responses/{failed['response']['id']}")
+        assert stored.json()["status"] == "failed" and stored.json()["error"]["code"] == "server_error"
 
 
 async def test_max_output_tokens_is_capped_like_max_tokens() -> None:
