@@ -21,6 +21,7 @@ from gateway.errors import ContextLengthExceeded, GatewayError, StoreUnavailable
 from gateway.protocol.chat import ChatCompletionRequest, ChatMessageIn
 from gateway.protocol.responses import NamedFunctionChoice, Response, ResponsesRequest
 from gateway.services import chat
+from gateway.services.media import check_input
 from gateway.services.metering import MeteredStream, first_and_rest
 from gateway.services.responses_input import chat_request, input_items, refuse_unsupported
 from gateway.services.responses_output import Event, OutputBuilder, new_id
@@ -95,6 +96,7 @@ async def prepare(
 ) -> Prepared:
     refuse_unsupported(req)
     state.adapter_for(req.model)  # an unknown model is a 404 before the store is asked
+    check_input(state, req)  # media a text-only model cannot read: a 400 at the part
     history = await store_of(state).history(owner, req.previous_response_id) if req.previous_response_id else []
     items = input_items(req)
     chat_req = chat_request(req, history + items)

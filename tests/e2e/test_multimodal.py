@@ -234,7 +234,30 @@ def test_an_anthropic_image_block(vlm: str) -> None:
     assert message.usage.input_tokens == chat["usage"]["prompt_tokens"]
 
 
+def test_a_responses_input_image(vlm: str) -> None:
+    client = openai.OpenAI(base_url=f"{vlm}/v1", api_key="unused")
+    parts: Any = [
+        {"type": "input_image", "image_url": data_url(png("red")), "detail": "auto"},
+        {"type": "input_text", "text": PROMPT},
+    ]
+    response = client.responses.create(
+        model=MODEL_NAME, input=[{"role": "user", "content": parts}], max_output_tokens=4, store=False
+    )
+    chat = ask(vlm, {**image_chat(data_url(png("red"))), "logprobs": False, "top_logprobs": None}).json()
+    assert response.usage is not None and response.usage.input_tokens == chat["usage"]["prompt_tokens"]
+
+
 # -- a text-only model given an image (the session's server, the embedded Gemma) --------------------------
+
+
+def test_a_text_only_model_says_so_in_responses(server: Server) -> None:
+    client = openai.OpenAI(base_url=server.base_url, api_key="unused")
+    parts: Any = [{"type": "input_text", "text": PROMPT}, {"type": "input_image", "image_url": data_url(png("red"))}]
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.responses.create(model=TEXT_MODEL, input=[{"role": "user", "content": parts}], store=False)
+    error = refused.value.body
+    assert isinstance(error, dict) and error["param"] == "input[0].content[1]"
+    assert error["message"] == f"The model '{TEXT_MODEL}' takes text only; it cannot read this image_url part."
 
 
 def test_a_text_only_model_says_so_in_chat(server: Server) -> None:
