@@ -79,6 +79,12 @@ _NOT_TEXT = frozenset(
 )
 
 
+# Content parts whose strings the model reads as text. A part of any other type (an image, audio, a document,
+# vLLM's embeds, a part type added later) counts nothing: its tokens are charged from the answer's usage, so no
+# part type makes the estimate larger or smaller than the text does.
+_TEXT_PARTS = frozenset({"text", "input_text", "output_text", "refusal", "tool_use", "tool_result"})
+
+
 def _chars(value: Any) -> int:
     """Characters of text in a message, a content part, a tool call's input or arguments, a tool's schema:
     every string in it but media and labels (the body's shape bounds keep this walk small)."""
@@ -87,8 +93,24 @@ def _chars(value: Any) -> int:
     if isinstance(value, list):
         return sum(_chars(item) for item in value)
     if isinstance(value, dict):
-        return sum(_chars(item) for key, item in value.items() if key not in _NOT_TEXT)
+        return sum(
+            _content_chars(item) if key == "content" else _chars(item)
+            for key, item in value.items()
+            if key not in _NOT_TEXT
+        )
     return 0
+
+
+def _content_chars(content: Any) -> int:
+    """A message's content: its text, and the text parts of a list of parts."""
+    if not isinstance(content, list):
+        return _chars(content)
+    return sum(_chars(part) for part in content if not isinstance(part, dict) or _is_text_part(part))
+
+
+def _is_text_part(part: dict[str, Any]) -> bool:
+    kind = part.get("type")
+    return kind is None or (isinstance(kind, str) and kind in _TEXT_PARTS)
 
 
 def _text_size(value: Any) -> tuple[int, int, int]:
