@@ -113,11 +113,15 @@ def create_app(settings: Settings, adapter_factory: AdapterFactory | None = None
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         from gateway.engines import start_local_engines
-        from gateway.routing import start_routes
 
         state.adapters = await (adapter_factory or start_local_engines)(settings)
-        # Router mode: the routes join the same name -> adapter map, and follow the config file.
-        state.route_table = await start_routes(settings, state.adapters) if settings.routes else None
+        # Router mode: the routes join the same name -> adapter map, and follow the config file. Imported
+        # only here, so that engine mode never loads the router (pyzmq, the Kubernetes discovery).
+        state.route_table = None
+        if settings.routes:
+            from gateway.routing.reload import start_routes
+
+            state.route_table = await start_routes(settings, state.adapters)
         # A lifespan may run again on the same app (test clients do): start undrained.
         state.draining, state.drain = False, Drain()
         state.ready = True

@@ -4,20 +4,31 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from engine_adapters.base import EngineAdapter, LocalEngine, ModelInfo
+from engine_adapters.base import EngineAdapter, LocalEngine, ModelInfo, RawRelay
 from gateway.errors import EngineUnavailable, ModelNotFound
 from gateway.keys import KeyStore
 from gateway.lifecycle import Drain
 from gateway.limit_store import LimitStore, MemoryStore
-from gateway.observability.metrics import UNKNOWN_MODEL, Metrics, RouteStatus, UpstreamStat
-from gateway.routing.adapter import RoutedAdapter
-from gateway.routing.reload import RouteTable
+from gateway.observability.metrics import UNKNOWN_MODEL, LoraStat, Metrics, RouteStatus, UpstreamStat
 from gateway.settings import Settings
 
 if TYPE_CHECKING:
     from gateway.observability.otel import Tracing
+    from gateway.routing.reload import RouteTable
+
+
+@runtime_checkable
+class Routed(RawRelay, Protocol):
+    """A routed model's adapter, as the state and the front door see it (gateway.routing.adapter.RoutedAdapter):
+    a protocol, so that an engine-mode process never imports the router's modules (pyzmq, Kubernetes)."""
+
+    names: list[str]  # the route's name, its aliases and its LoRA adapters
+
+    def status(self, queued: int = 0) -> RouteStatus: ...
+
+    def lora_stats(self) -> list[LoraStat]: ...
 
 
 class WaitQueue(Protocol):
@@ -52,9 +63,9 @@ class AppState:
         """Each adapter once: a route is registered under its name and every alias."""
         return list({id(adapter): adapter for adapter in self.adapters.values()}.values())
 
-    def routes(self) -> list[RoutedAdapter]:
+    def routes(self) -> list[Routed]:
         """Router mode: each routed model's adapter once."""
-        return [adapter for adapter in self.engines() if isinstance(adapter, RoutedAdapter)]
+        return [adapter for adapter in self.engines() if isinstance(adapter, Routed)]
 
     def route_statuses(self) -> list[RouteStatus]:
         """Each routed model now; its waiting requests are those held by the route and those queued for a slot
