@@ -4,9 +4,9 @@ for layers they do not, as they cost nothing at run time), so each package can b
 
 The layers, lowest first, are declared once in LAYERS. Besides the folders, the top-level modules sit here:
 model_store (builtin models, stdlib only) beside engine_adapters; lifecycle (drain), keys, limit_store and
-redis_store (what AppState holds) beside state; engines (settings -> adapters) and server (uvicorn) beside app;
-gateway/__main__ beside cli. engine_adapters.errors is the lower half of the one error tree, so it sits with
-gateway.errors at the bottom."""
+redis_store (what AppState holds) beside state; engines (settings -> adapters), server and uvicorn_coupling
+(uvicorn) beside app; gateway/__main__ beside cli. engine_adapters.errors is the lower half of the one error
+tree, so it sits with gateway.errors at the bottom."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("gateway.services",),
     ("gateway.relay", "gateway.middleware"),
     ("gateway.api",),
-    ("gateway.app", "gateway.engines", "gateway.server"),
+    ("gateway.app", "gateway.engines", "gateway.server", "gateway.uvicorn_coupling"),
     ("gateway.cli", "gateway.__main__", "gateway"),
 )
 
