@@ -15,8 +15,9 @@ from starlette.responses import Response
 from engine_adapters.base import EngineAdapter
 from gateway import middleware
 from gateway.api import (
+    chat,
+    completions,
     embeddings,
-    generation,
     health,
     lora,
     messages,
@@ -145,7 +146,19 @@ def create_app(settings: Settings, adapter_factory: AdapterFactory | None = None
     _document_validation_as_400(app)
     app.add_middleware(FrontDoor, state=state)  # innermost: routed chat and completions end there
     middleware.install(app, state)
-    for module in (models, generation, embeddings, health, responses, tokenize, usage, messages, scoring, routed):
+    for module in (
+        models,
+        chat,
+        completions,
+        embeddings,
+        health,
+        responses,
+        tokenize,
+        usage,
+        messages,
+        scoring,
+        routed,
+    ):
         app.include_router(module.router)
     if settings.allow_runtime_lora_updating:  # as vLLM: the routes exist only when runtime updates are allowed
         app.include_router(lora.router)
