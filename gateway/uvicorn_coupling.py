@@ -22,7 +22,7 @@ import orjson
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from engine_adapters.splice import CLIENT_SOCKET, ClientSocket
+from engine_adapters.client_socket import CLIENT_SOCKET, ClientSocket
 from gateway.errors import GatewayError, HeaderTooLarge, InvalidRequest, error_payload
 from gateway.lifecycle import ENGINE_DEAD_EXIT_CODE, begin_drain, drain, engine_death, log_event
 

@@ -29,7 +29,8 @@ from gateway.protocol.responses import (
     ResponseUsage,
 )
 from gateway.services import chat
-from gateway.services.metering import MeteredStream, first_and_rest
+from gateway.services.chunk_streams import first_and_rest
+from gateway.services.metering import MeteredStream
 from gateway.state import AppState
 
 log = logging.getLogger(__name__)
