@@ -135,6 +135,14 @@ def test_no_import_climbs_a_layer() -> None:
     assert upward_imports(graph) == []
 
 
+def test_the_gateway_takes_its_errors_from_gateway_errors() -> None:
+    """gateway/errors.py names the whole error tree, so that is where the gateway imports it from."""
+    known = module_files()
+    graph = {name: imports_of(name, path, known) for name, path in known.items()}
+    takers = sorted(name for name, targets in graph.items() if "engine_adapters.errors" in targets)
+    assert takers == [*(name for name in takers if name.startswith("engine_adapters")), "gateway.errors"]
+
+
 def test_the_search_finds_a_cycle() -> None:
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
