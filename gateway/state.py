@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 
 @runtime_checkable
-class Routed(RawRelay, Protocol):
+class RoutedModel(RawRelay, Protocol):
     """A routed model's adapter, as the state and the front door see it (gateway.routing.adapter.RoutedAdapter):
     a protocol, so that an engine-mode process never imports the router's modules (pyzmq, Kubernetes)."""
 
@@ -63,9 +63,9 @@ class AppState:
         """Each adapter once: a route is registered under its name and every alias."""
         return list({id(adapter): adapter for adapter in self.adapters.values()}.values())
 
-    def routes(self) -> list[Routed]:
+    def routes(self) -> list[RoutedModel]:
         """Router mode: each routed model's adapter once."""
-        return [adapter for adapter in self.engines() if isinstance(adapter, Routed)]
+        return [adapter for adapter in self.engines() if isinstance(adapter, RoutedModel)]
 
     def route_statuses(self) -> list[RouteStatus]:
         """Each routed model now; its waiting requests are those held by the route and those queued for a slot

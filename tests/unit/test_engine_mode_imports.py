@@ -1,6 +1,6 @@
 """Engine mode loads nothing of the router: an engine-mode app, built in a fresh process, has not imported
 pyzmq (the KV events), the Kubernetes discovery or the routed adapter. AppState knows routes only through a
-protocol (gateway.state.Routed), and the lifespan imports gateway.routing.reload only when routes are set.
+protocol (gateway.state.RoutedModel), and the lifespan imports gateway.routing.reload only when routes are set.
 tests/faults/test_router_imports.py holds the other half: a router never imports vLLM."""
 
 from __future__ import annotations
