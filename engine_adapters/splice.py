@@ -7,9 +7,9 @@ CPU per request is mostly that. The splice writes the pieces between an answer's
 from the instance's socket callback straight into the client's socket, so no task wakes per piece.
 
 The whole path, in order:
-1. Server side, once a request's head is parsed: gateway.server's protocol (uvicorn's httptools protocol,
-   subclassed) puts a ClientSocket for the request into the ASGI scope's extensions (CLIENT_SOCKET), and
-   tells it when the connection is lost (`lost`) or when it refused the rest of the request (`refused`).
+1. Server side, once a request's head is parsed: gateway.uvicorn_coupling's protocol (uvicorn's httptools
+   protocol, subclassed) puts a ClientSocket (engine_adapters.client_socket) for the request into the ASGI
+   scope's extensions, and tells it when the connection is lost or when it refused the rest of the request.
    That part serves every request (the disconnect notice of gateway.services.disconnect), spliced or not.
 2. gateway.relay.door takes it with `client_socket(scope)` for a streamed chat or completion, when
    settings.router.splice is on, and gateway.relay.call wraps it in a CountingSink (each write counts
@@ -31,8 +31,9 @@ ClientSocket.ready is the guard: a piece is written only while uvicorn itself wo
 framing, the response started and not complete, the client connected, its transport neither paused nor
 closing). Then nothing is written out of order, and uvicorn's own bookkeeping of the response holds.
 
-What it reads of uvicorn: the attributes of RequestResponseCycle named in CYCLE_ATTRIBUTES (a test asserts
-that uvicorn still has them; pyproject.toml bounds uvicorn to the versions tested).
+What it reads of uvicorn: through ClientSocket, the attributes of RequestResponseCycle named in
+client_socket.CYCLE_ATTRIBUTES (a test asserts that uvicorn still has them; pyproject.toml bounds uvicorn to the
+versions tested).
 
 Turned off by settings.router.splice = false (env TOKENYARD_ROUTER__SPLICE=false): no Sink is given, and
 every byte goes through ASGI `send`. The router tests run in both modes.
@@ -40,15 +41,10 @@ every byte goes through ASGI `send`. The router tests run in both modes.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 from engine_adapters.h1 import Connection
-
-CLIENT_SOCKET = "tokenyard.client_socket"  # the ASGI scope's extension holding the request's ClientSocket
-# What ClientSocket reads of uvicorn's RequestResponseCycle; tests/unit/test_splice.py checks they exist.
-CYCLE_ATTRIBUTES = ("chunked_encoding", "response_started", "response_complete", "disconnected", "flow", "transport")
 
 
 class Sink(Protocol):
@@ -59,40 +55,6 @@ class Sink(Protocol):
     def ready(self) -> bool: ...
 
     def write(self, events: bytes) -> None: ...
-
-
-class ClientSocket:
-    """One request's connection as uvicorn holds it: body chunks can be written to it past ASGI `send` (a
-    Sink), and it hears of the connection's end (`lost`) and of a request the server refused (`refused`)."""
-
-    __slots__ = ("cycle", "loop", "lost", "refused")
-
-    def __init__(self, cycle: Any, loop: asyncio.AbstractEventLoop) -> None:
-        self.cycle = cycle  # uvicorn's RequestResponseCycle for this request
-        self.loop = loop
-        self.lost: Callable[[], None] | None = None  # called when the connection ends before the answer
-        self.refused = False  # uvicorn answered 400 itself: the rest of the request could not be parsed
-
-    def ready(self) -> bool:
-        cycle = self.cycle
-        return (
-            cycle.chunked_encoding is True
-            and cycle.response_started
-            and not cycle.response_complete
-            and not cycle.disconnected
-            and not cycle.flow.write_paused
-            and not cycle.transport.is_closing()
-        )
-
-    def write(self, events: bytes) -> None:
-        if events:  # an empty chunk would end the body
-            self.cycle.transport.write(b"%x\r\n%s\r\n" % (len(events), events))
-
-
-def client_socket(scope: Any) -> ClientSocket | None:
-    """The request's ClientSocket: there when uvicorn runs the app through gateway.server's protocol."""
-    found: ClientSocket | None = scope.get("extensions", {}).get(CLIENT_SOCKET)
-    return found
 
 
 class CountingSink:

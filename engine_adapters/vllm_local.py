@@ -10,7 +10,6 @@ import signal
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 from engine_adapters.base import (
@@ -661,7 +660,3 @@ def _map_engine_error(exc: Exception) -> GatewayError:
         return InvalidRequest(str(exc))
     log.exception("engine failed", exc_info=exc)
     return GatewayError("engine error")
-
-
-def read_template(path: str | Path | None) -> str | None:
-    return Path(path).read_text() if path else None

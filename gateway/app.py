@@ -16,8 +16,9 @@ from starlette.responses import Response
 from engine_adapters.base import EngineAdapter
 from gateway import middleware
 from gateway.api import (
+    chat,
+    completions,
     embeddings,
-    generation,
     health,
     lora,
     messages,
@@ -123,12 +124,16 @@ def create_app(settings: Settings, adapter_factory: AdapterFactory | None = None
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         from gateway.engines import start_local_engines
-        from gateway.routing import start_routes
 
         await store.start()  # migrations, under the database's lock
         state.adapters = await (adapter_factory or start_local_engines)(settings)
-        # Router mode: the routes join the same name -> adapter map, and follow the config file.
-        state.route_table = await start_routes(settings, state.adapters) if settings.routes else None
+        # Router mode: the routes join the same name -> adapter map, and follow the config file. Imported
+        # only here, so that engine mode never loads the router (pyzmq, the Kubernetes discovery).
+        state.route_table = None
+        if settings.routes:
+            from gateway.routing.reload import start_routes
+
+            state.route_table = await start_routes(settings, state.adapters)
         # A lifespan may run again on the same app (test clients do): start undrained.
         state.draining, state.drain = False, Drain()
         store.maintain()
@@ -157,7 +162,19 @@ def create_app(settings: Settings, adapter_factory: AdapterFactory | None = None
     _document_validation_as_400(app)
     app.add_middleware(FrontDoor, state=state)  # innermost: routed chat and completions end there
     middleware.install(app, state)
-    for module in (models, generation, embeddings, health, responses, tokenize, usage, messages, scoring, routed):
+    for module in (
+        models,
+        chat,
+        completions,
+        embeddings,
+        health,
+        responses,
+        tokenize,
+        usage,
+        messages,
+        scoring,
+        routed,
+    ):
         app.include_router(module.router)
     if settings.allow_runtime_lora_updating:  # as vLLM: the routes exist only when runtime updates are allowed
         app.include_router(lora.router)

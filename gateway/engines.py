@@ -4,8 +4,8 @@
    `models` it is told to run, and never one whose name a route claims.
 2. start_local_engines: each becomes an in-process vLLM adapter (a builtin:* model is prepared from its
    PyPI package first), registered under its name and its LoRA adapters' names.
-3. Router mode: gateway.routing.start_routes adds a RoutedAdapter per route to the same name -> adapter map
-   and returns the RouteTable that follows the config file.
+3. Router mode: gateway.routing.reload.start_routes adds a RoutedAdapter per route to the same
+   name -> adapter map and returns the RouteTable that follows the config file.
 The app's lifespan (gateway.app) calls 2 and 3, holds what they return on AppState, and stops them.
 """
 

@@ -24,7 +24,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-from gateway.services.tool_parsers import DEFAULT_PARSER, PARSERS
+from gateway.protocol.tool_parser_names import DEFAULT_TOOL_PARSER, TOOL_PARSER_NAMES
 
 # Built-in models ship as PyPI packages and are prepared into the cache at start.
 BUILTIN_GEMMA = "builtin:gemma3-270m"
@@ -79,7 +79,7 @@ class ModelSettings(BaseModel):
     tool_parser: str | None = Field(
         default=None,
         description="How tool calls are read from the model's text "
-        f"(tool_choice auto): one of {', '.join(PARSERS)}; default {DEFAULT_PARSER}.",
+        f"(tool_choice auto): one of {', '.join(TOOL_PARSER_NAMES)}; default {DEFAULT_TOOL_PARSER}.",
     )
     # LoRA (vLLM's enable_lora, max_loras, max_lora_rank): on when adapters are listed or enable_lora is set.
     lora_adapters: list[LoraAdapterSettings] = Field(default_factory=list, description="Adapters served as models.")
@@ -107,8 +107,8 @@ class ModelSettings(BaseModel):
     @field_validator("tool_parser")
     @classmethod
     def _known_tool_parser(cls, value: str | None) -> str | None:
-        if value is not None and value not in PARSERS:
-            raise ValueError(f"unknown tool_parser {value!r}; known: {', '.join(PARSERS)}")
+        if value is not None and value not in TOOL_PARSER_NAMES:
+            raise ValueError(f"unknown tool_parser {value!r}; known: {', '.join(TOOL_PARSER_NAMES)}")
         return value
 
     @property

@@ -5,22 +5,33 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from engine_adapters.base import EngineAdapter, LocalEngine, ModelInfo
+from engine_adapters.base import EngineAdapter, LocalEngine, ModelInfo, RawRelay
 from gateway.errors import EngineUnavailable, ModelNotFound
 from gateway.held import HeldBytes
 from gateway.keys import KeyStore
 from gateway.lifecycle import Drain
 from gateway.limit_store import LimitStore, MemoryStore
-from gateway.observability.metrics import UNKNOWN_MODEL, Metrics, RouteStatus, UpstreamStat
-from gateway.routing.adapter import RoutedAdapter
-from gateway.routing.reload import RouteTable
+from gateway.observability.metrics import UNKNOWN_MODEL, LoraStat, Metrics, RouteStatus, UpstreamStat
 from gateway.settings import Settings
 
 if TYPE_CHECKING:
     from gateway.observability.otel import Tracing
+    from gateway.routing.reload import RouteTable
     from gateway.store import ResponseStore
+
+
+@runtime_checkable
+class RoutedModel(RawRelay, Protocol):
+    """A routed model's adapter, as the state and the front door see it (gateway.routing.adapter.RoutedAdapter):
+    a protocol, so that an engine-mode process never imports the router's modules (pyzmq, Kubernetes)."""
+
+    names: list[str]  # the route's name first, then its aliases and its LoRA adapters
+
+    def status(self, queued: int = 0) -> RouteStatus: ...
+
+    def lora_stats(self) -> list[LoraStat]: ...
 
 
 class WaitQueue(Protocol):
@@ -60,15 +71,15 @@ class AppState:
         """Each adapter once: a route is registered under its name and every alias."""
         return list({id(adapter): adapter for adapter in self.adapters.values()}.values())
 
-    def routes(self) -> list[RoutedAdapter]:
+    def routes(self) -> list[RoutedModel]:
         """Router mode: each routed model's adapter once."""
-        return [adapter for adapter in self.engines() if isinstance(adapter, RoutedAdapter)]
+        return [adapter for adapter in self.engines() if isinstance(adapter, RoutedModel)]
 
     def route_statuses(self) -> list[RouteStatus]:
         """Each routed model now; its waiting requests are those held by the route and those queued for a slot
         under any of its names."""
         return [
-            route.status(queued=queue.depth if (queue := self.queues.get(route.route.name)) else 0)
+            route.status(queued=queue.depth if (queue := self.queues.get(route.names[0])) else 0)
             for route in self.routes()
         ]
 
@@ -105,8 +116,8 @@ class AppState:
         """Whose admission queue a served name's requests wait in: its route's or its engine's first name, so that
         aliases, LoRA adapters and adapters loaded at run time share their model's slots, not multiply them."""
         adapter = self.adapters[model]
-        if isinstance(adapter, RoutedAdapter):
-            return adapter.route.name
+        if isinstance(adapter, RoutedModel):
+            return adapter.names[0]
         names = adapter.models()
         return names[0].name if names else model
 

@@ -94,6 +94,24 @@ def stop_server(proc: subprocess.Popen[bytes], timeout_s: float = 60) -> int:
         return kill_server(proc)
 
 
+def starts_the_engine(item: pytest.Item) -> bool:
+    """Whether a test starts the real vLLM engine: through the session's `server` (itself or a fixture that
+    takes it), or in its module, through start_server (`gateway serve` on real models)."""
+    info = getattr(item, "_fixtureinfo", None)
+    defs = info.name2fixturedefs.get("server", ()) if info is not None else ()
+    if defs and defs[-1].func.__module__ == __name__:  # the closest `server`, as the test receives it
+        return True
+    module = getattr(item, "module", None)
+    return module is not None and getattr(module, "start_server", None) is start_server
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that starts the real engine is marked `engine`, so `-m "not engine"` runs none of them."""
+    for item in items:
+        if item.get_closest_marker("engine") is None and starts_the_engine(item):
+            item.add_marker(pytest.mark.engine)
+
+
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     if url := os.environ.get("TOKENYARD_TEST_URL"):

@@ -35,6 +35,10 @@ def error_responses(body: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
 
 
 ERROR_RESPONSES = error_responses(ErrorResponse)
+# A generating route's 200: JSON, or server-sent events when the request asks for a stream.
+SSE_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/event-stream": {}}, "description": "JSON, or SSE when stream is true"}
+}
 
 
 def app_state(request: Request) -> AppState:

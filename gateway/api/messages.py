@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from gateway.api.common import app_state, error_responses, json_response
-from gateway.api.generation import serve
+from gateway.api.streaming import serve
 from gateway.protocol.messages import AnthropicError, CountTokensRequest, Message, MessagesRequest, TokenCount
 from gateway.services import messages
 

@@ -1,5 +1,5 @@
-"""An SSE response that aborts when its client leaves, and the answer of a generating route built on it
-(the race itself: gateway.services.disconnect)."""
+"""An SSE response that aborts when its client leaves, and the answer of a generating route built on it:
+serve, which chat, completions and messages call (the race itself: gateway.services.disconnect)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,11 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from gateway.api.common import app_state, json_response
+from gateway.middleware.context import request_info
+from gateway.protocol.common import SamplingFields
+from gateway.protocol.messages import MessagesRequest
 from gateway.services.disconnect import ClientDisconnected, until_disconnect
+from gateway.services.unknown_fields import log_unknown_fields
 
 
 class EventStreamResponse(Response):
@@ -58,3 +62,20 @@ async def answer_unless_gone(request: Request, answer: Awaitable[Any], *, stream
     except ClientDisconnected:
         disconnects.inc()
         return Response(status_code=499)  # nobody reads it; logs show why the request ended
+
+
+async def serve(
+    request: Request,
+    body: SamplingFields | MessagesRequest,
+    complete: Callable[..., Awaitable[Any]],
+    stream: Callable[..., Awaitable[AsyncIterator[bytes]]],
+) -> Response:
+    """Answer a generating request whole or as a stream, aborting the engine request if the client leaves.
+    `complete` and `stream` are called (state, body, session_id, forwarded=...)."""
+    state = app_state(request)
+    log_unknown_fields(state, body)
+    session_id = request.headers.get(state.settings.router.session_header)  # router mode's affinity key
+    # Routed models never get here: gateway.relay.door.FrontDoor answers them before FastAPI does.
+    forwarded = request_info(request.scope).forwarded  # the request id and trace context, for the engine
+    answer: Awaitable[Any] = (stream if body.stream else complete)(state, body, session_id, forwarded=forwarded)
+    return await answer_unless_gone(request, answer, stream=body.stream, model=body.model)

@@ -1,7 +1,7 @@
 """The front door: pure ASGI middlewares, outermost first.
 
     RequestLogMiddleware   request id in and out, JSON access log, a 500 with its id
-    TracingMiddleware      only while tracing is on: the server span (gateway.observability.otel)
+    TracingMiddleware      only while tracing is on: the server span (gateway.middleware.tracing)
     CanonicalRequestMiddleware  HEAD as GET without a body; a path's trailing slash dropped
     CORSMiddleware         only when allowed_origins is set (deny by default); outside auth, so
                            preflights and 401s carry CORS headers
@@ -52,7 +52,7 @@ def install(app: FastAPI, state: AppState) -> None:
         )
     app.add_middleware(CanonicalRequestMiddleware)
     if state.tracing is not None:  # off, not even a pass-through layer: tracing costs nothing
-        from gateway.observability.otel import TracingMiddleware
+        from gateway.middleware.tracing import TracingMiddleware
 
         app.add_middleware(TracingMiddleware, tracing=state.tracing)
     app.add_middleware(RequestLogMiddleware)

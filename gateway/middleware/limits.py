@@ -373,7 +373,7 @@ class LimitsMiddleware:
 
     async def _refuse(self, send: Send, info: RequestInfo, limits: KeyLimits, decision: Decision) -> None:
         reason = "over_budget" if decision.over_budget else "rate_limited"
-        self.metrics.rejected.labels("over_budget" if decision.over_budget else "rate_limit").inc()
+        self.metrics.rejected.labels(reason).inc()
         if info.key_name is not None:
             self.metrics.key_rejected.labels(info.key_name, reason).inc()
         error, headers = refusal(limits, decision)

@@ -16,7 +16,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engine_adapters.base import Forwarded
-from engine_adapters.splice import client_socket
+from engine_adapters.client_socket import client_socket
 from gateway.errors import GatewayError
 from gateway.middleware.context import RequestInfo, attach, header, send_error
 from gateway.observability.logging import FIELDS_ATTR

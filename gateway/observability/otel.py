@@ -34,11 +34,9 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import Span, SpanKind, StatusCode, Tracer, set_span_in_context
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engine_adapters.base import Forwarded
 from gateway.errors import GatewayError
-from gateway.middleware.context import RequestInfo, is_service_path, request_info
 from gateway.protocol.paths import OPERATIONS
 from gateway.protocol.usage import TAIL_BYTES, usage_fields
 
@@ -76,12 +74,10 @@ class Tracing:
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
         return cls(provider)
 
-    def start(self, scope: Scope, info: RequestInfo) -> RequestTrace:
+    def start(self, method: str, path: str, given: Forwarded, request_id: str) -> RequestTrace:
         """The server span of a request; the client's traceparent (already checked) is its parent."""
-        given = info.forwarded
         carrier = {"traceparent": given.traceparent or "", "tracestate": given.tracestate or ""}
         parent = _PROPAGATOR.extract(carrier) if given.traceparent else None
-        method, path = scope["method"], scope["path"]
         name = f"{method} {path}" if len(path) <= _MAX_SPAN_PATH else method
         span = self.tracer.start_span(
             name,
@@ -90,7 +86,7 @@ class Tracing:
             attributes={
                 "http.request.method": method,
                 "url.path": path[:1024],
-                "tokenyard.request_id": info.request_id,
+                "tokenyard.request_id": request_id,
             },
         )
         return RequestTrace(self.tracer, span)
@@ -168,18 +164,24 @@ class RequestTrace:
             self.stream_error = True
         self.tail = (self.tail + body)[-TAIL_BYTES:]
 
-    def finish(self, info: RequestInfo, path: str) -> None:
+    def fail(self, exc: BaseException) -> None:
+        """The request itself failed (not an answer with an error status): recorded on the server span."""
+        self.status = self.status or 500
+        _failed(self.server, exc)
+
+    def finish(self, model: str | None, body: Any, path: str) -> None:
+        """End the server span, with what the request and its answer said."""
         span = self.server
         attributes: dict[str, Any] = {"http.response.status_code": self.status}
-        if info.model is not None:
-            attributes["gen_ai.request.model"] = info.model[:256]
+        if model is not None:
+            attributes["gen_ai.request.model"] = model[:256]
         if (operation := OPERATIONS.get(path)) is not None:
             attributes.update(
                 {
                     "gen_ai.operation.name": operation,
                     "gen_ai.provider.name": SYSTEM,
                     "gen_ai.system": SYSTEM,
-                    **_request_attributes(info.body),
+                    **_request_attributes(body),
                 }
             )
         if self.finish_reasons:
@@ -236,36 +238,3 @@ def _usage(tail: bytes) -> dict[str, int]:
     if outputs is not None:
         usage["gen_ai.usage.output_tokens"] = outputs
     return usage
-
-
-class TracingMiddleware:
-    """Installed only while tracing is on, just inside the request log (which chose the request id): opens
-    the server span, hands its traceparent on (RequestInfo.forwarded), and watches the answer go out.
-    Probes and /metrics are not traced."""
-
-    def __init__(self, app: ASGIApp, tracing: Tracing) -> None:
-        self.app, self.tracing = app, tracing
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not is_service_path(scope):  # no trace of every probe and scrape
-            await self.app(scope, receive, send)
-            return
-        info = request_info(scope)
-        trace = self.tracing.start(scope, info)
-        info.forwarded = trace.forwarded(info.forwarded)
-
-        async def traced_send(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                trace.status = message["status"]
-            elif message["type"] == "http.response.body":
-                trace.watch(message.get("body", b""))
-            await send(message)
-
-        try:
-            await self.app(scope, receive, traced_send)
-        except Exception as exc:
-            trace.status = trace.status or 500
-            _failed(trace.server, exc)
-            raise
-        finally:
-            trace.finish(info, scope["path"])

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from engine_adapters.base import Relay, RouteRequest
-from engine_adapters.splice import client_socket
+from engine_adapters.client_socket import client_socket
 from gateway.errors import GatewayError, invalid_fields
 from gateway.middleware.context import header, request_info, send_error
 from gateway.protocol.paths import PATHS

@@ -1,15 +1,13 @@
-"""Router mode: public model names served by pools of OpenAI-compatible instances."""
+"""Router mode: public model names served by pools of OpenAI-compatible instances.
+
+This package's own module imports nothing of the router (an engine-mode process imports it to check model
+names): the routes start in gateway.routing.reload.start_routes, their adapter is gateway.routing.adapter."""
 
 from __future__ import annotations
 
-import logging
+from gateway.settings import RouteSettings
 
-from engine_adapters.base import EngineAdapter
-from gateway.routing.adapter import RoutedAdapter
-from gateway.routing.reload import RouteTable
-from gateway.settings import RouteSettings, Settings
-
-__all__ = ["RouteTable", "RoutedAdapter", "route_names", "start_routes"]
+__all__ = ["route_names"]
 
 
 def route_names(routes: list[RouteSettings]) -> dict[str, RouteSettings]:
@@ -21,14 +19,3 @@ def route_names(routes: list[RouteSettings]) -> dict[str, RouteSettings]:
                 raise ValueError(f"model name {name!r} is claimed by more than one route")
             names[name] = route
     return names
-
-
-async def start_routes(settings: Settings, registry: dict[str, EngineAdapter]) -> RouteTable:
-    """Start every route and register its names in `registry`, which then follows the config file. The
-    caller holds the table and stops it (RouteTable.stop) before it closes the adapters."""
-    route_names(settings.routes)  # fail on clashing names before anything starts
-    # httpx logs each upstream request at INFO: on a router that is a second access log, and costly.
-    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
-    table = RouteTable(settings, registry)
-    await table.start(settings.routes)
-    return table

@@ -17,6 +17,7 @@ from typing import Any
 
 from engine_adapters.base import EngineAdapter
 from engine_adapters.openai_http import OpenAIHttpAdapter
+from gateway.routing import route_names
 from gateway.routing.adapter import RoutedAdapter
 from gateway.routing.tasks import Background
 from gateway.settings import RouterSettings, RouteSettings, Settings
@@ -113,3 +114,14 @@ class RouteTable:
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         self._background.spawn(work)
+
+
+async def start_routes(settings: Settings, registry: dict[str, EngineAdapter]) -> RouteTable:
+    """Start every route and register its names in `registry`, which then follows the config file. The
+    caller holds the table and stops it (RouteTable.stop) before it closes the adapters."""
+    route_names(settings.routes)  # fail on clashing names before anything starts
+    # httpx logs each upstream request at INFO: on a router that is a second access log, and costly.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
+    table = RouteTable(settings, registry)
+    await table.start(settings.routes)
+    return table

@@ -38,8 +38,8 @@ from typing import Any
 
 import orjson
 
-from engine_adapters.errors import GatewayError, InvalidRequest
 from engine_adapters.openai_wire import DONE
+from gateway.errors import GatewayError, InvalidRequest
 from gateway.protocol.lax import lax_int
 
 log = logging.getLogger(__name__)

@@ -17,8 +17,9 @@ from gateway.protocol.chat import (
     ChoiceLogprobs,
 )
 from gateway.protocol.common import Usage
+from gateway.services.chunk_streams import first_and_rest
 from gateway.services.media import check_parts
-from gateway.services.metering import MeteredStream, first_and_rest
+from gateway.services.metering import MeteredStream
 from gateway.services.sampling import sampling_options
 from gateway.services.tool_calls import ChoiceCalls, ToolPlan, template_messages
 from gateway.services.tool_calls import plan as plan_tools

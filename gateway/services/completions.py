@@ -12,7 +12,8 @@ from engine_adapters.base import NOTHING_FORWARDED, Chunk, Forwarded, GenerateRe
 from gateway.errors import InvalidRequest
 from gateway.protocol.common import Usage
 from gateway.protocol.completions import Completion, CompletionChoice, CompletionLogprobs, CompletionRequest
-from gateway.services.metering import MeteredStream, first_and_rest, merged
+from gateway.services.chunk_streams import first_and_rest, merged
+from gateway.services.metering import MeteredStream
 from gateway.services.sampling import sampling_options
 from gateway.services.wire import event_stream, finish_reason, new_id, prompt_logprobs_json, usage_dict
 from gateway.state import AppState

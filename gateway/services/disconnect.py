@@ -9,7 +9,7 @@ from typing import TypeVar
 
 from starlette.types import Receive, Scope
 
-from engine_adapters.splice import client_socket
+from engine_adapters.client_socket import client_socket
 
 T = TypeVar("T")
 
@@ -28,7 +28,7 @@ async def until_disconnect(receive: Receive, work: Awaitable[T], scope: Scope | 
 
     `work` runs in the caller's task, which is cancelled if the client leaves while `work` is still
     running; this turns that into ClientDisconnected. On uvicorn the connection says so itself
-    (engine_adapters.splice.ClientSocket.lost); elsewhere one watcher task waits for `receive`'s disconnect."""
+    (engine_adapters.client_socket.ClientSocket.lost); elsewhere one watcher task waits for `receive`'s disconnect."""
     connection = client_socket(scope) if scope is not None else None
     task = asyncio.current_task(
         connection.loop if connection is not None else None

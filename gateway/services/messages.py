@@ -57,7 +57,8 @@ from gateway.protocol.messages import (
 )
 from gateway.protocol.tokenize import TokenizeRequest
 from gateway.services import chat, tokenize
-from gateway.services.metering import MeteredStream, first_and_rest
+from gateway.services.chunk_streams import first_and_rest
+from gateway.services.metering import MeteredStream
 from gateway.services.tool_calls import ChoiceCalls, ToolPlan
 from gateway.state import AppState
 

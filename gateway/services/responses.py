@@ -21,8 +21,9 @@ from gateway.errors import ContextLengthExceeded, GatewayError, StoreUnavailable
 from gateway.protocol.chat import ChatCompletionRequest, ChatMessageIn
 from gateway.protocol.responses import NamedFunctionChoice, Response, ResponsesRequest
 from gateway.services import chat
+from gateway.services.chunk_streams import first_and_rest
 from gateway.services.media import check_input
-from gateway.services.metering import MeteredStream, first_and_rest
+from gateway.services.metering import MeteredStream
 from gateway.services.responses_input import chat_request, input_items, refuse_unsupported
 from gateway.services.responses_output import Event, OutputBuilder, new_id
 from gateway.services.tool_calls import ToolPlan

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
+from gateway.protocol.tool_parser_names import DEFAULT_TOOL_PARSER
+
 
 @dataclass(frozen=True)
 class ParsedCall:
@@ -201,7 +203,7 @@ PARSERS: Mapping[str, ToolParser] = MappingProxyType(
         "pythonic": ToolParser("pythonic", parse_pythonic, markers=("[", "<|python_start|>")),
     }
 )
-DEFAULT_PARSER = "json"
+DEFAULT_PARSER = DEFAULT_TOOL_PARSER
 
 
 def parser_for(name: str | None) -> ToolParser:

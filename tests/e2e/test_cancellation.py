@@ -9,6 +9,7 @@ import time
 import httpx
 
 from tests.conftest import TEXT_MODEL
+from tests.support.waiting import wait_until
 
 LONG = {"model": TEXT_MODEL, "prompt": "Once upon a time", "max_tokens": 1500, "ignore_eos": True}
 
@@ -21,12 +22,8 @@ def running(http: httpx.Client) -> float:
 
 
 def wait_for(http: httpx.Client, want: float, timeout_s: float) -> float:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if running(http) == want:
-            return time.monotonic()
-        time.sleep(0.05)
-    raise AssertionError(f"running never reached {want} within {timeout_s}s (now {running(http)})")
+    """When the engine's running-requests gauge reads `want`."""
+    return wait_until(lambda: running(http) == want, timeout_s, f"running requests == {want}")
 
 
 def test_stream_disconnect_aborts(http: httpx.Client) -> None:

@@ -16,6 +16,7 @@ from engine_adapters.base import RouteRequest
 from gateway.routing.policies import HashRing, prompt_prefix
 from tests.conftest import TEXT_MODEL, free_port
 from tests.e2e.fleet import EngineFleet, engine_fleet
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.engine
 
@@ -108,10 +109,7 @@ def test_a_cached_prompt_goes_to_the_instance_holding_it(router: str, fleet: Eng
         status = kv_routing(router)
         return holder in status["events_instances"] and status["blocks_indexed"] > indexed_before  # type: ignore[operator]
 
-    deadline = time.monotonic() + 30
-    while not indexed():
-        assert time.monotonic() < deadline, kv_routing(router)
-        time.sleep(0.5)
+    wait_until(indexed, 30, "the holder's blocks indexed", interval_s=0.5)
     # The router's health checks scrape each instance's load every second: two intervals on, its view of the
     # holder no longer counts Q0 as running, so the first turn is not spread away from a holder seen busy.
     time.sleep(2 * HEALTH_INTERVAL_S + 0.5)

@@ -5,9 +5,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.fleet import ROUTER_MODES
 from tests.faults.harness import Fleet
 
-SPLICE_MODES = [pytest.param(True, id="splice"), pytest.param(False, id="no-splice")]
+# router.splice on and off, with the ids the e2e router fixture uses ("splice", "asgi")
+SPLICE_MODES = [pytest.param(splice, id=name) for name, splice in ROUTER_MODES.items()]
 
 
 @pytest.fixture

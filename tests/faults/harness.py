@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +14,7 @@ import httpx
 import yaml
 
 from tests.conftest import ROOT, free_port
+from tests.support.waiting import wait_until
 
 MODEL = "scripted"
 
@@ -28,32 +27,6 @@ def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
-
-def wait_until(check: Any, timeout_s: float, what: str, interval_s: float = 0.05) -> float:
-    """Poll `check` until it is true; return when that happened."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return time.monotonic()
-        except httpx.HTTPError:
-            pass
-        time.sleep(interval_s)
-    raise AssertionError(f"{what}: not within {timeout_s}s")
-
-
-async def until(check: Any, timeout_s: float, what: str, interval_s: float = 0.05) -> float:
-    """wait_until for async tests: the check runs in a thread, so the test's own requests keep going."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if await asyncio.to_thread(check):
-                return time.monotonic()
-        except httpx.HTTPError:
-            pass
-        await asyncio.sleep(interval_s)
-    raise AssertionError(f"{what}: not within {timeout_s}s")
 
 
 class Engine:

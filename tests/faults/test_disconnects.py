@@ -11,7 +11,8 @@ import httpx
 import pytest
 
 from tests.faults.client import completion
-from tests.faults.harness import Fleet, until
+from tests.faults.harness import Fleet
+from tests.support.waiting import until
 
 
 @pytest.fixture

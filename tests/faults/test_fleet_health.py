@@ -18,7 +18,8 @@ import pytest
 import yaml
 
 from tests.faults.client import completion, stream, whole
-from tests.faults.harness import MODEL, Engine, Fleet, Router, until
+from tests.faults.harness import MODEL, Engine, Fleet, Router
+from tests.support.waiting import until
 
 LATER = "later"
 

@@ -13,8 +13,9 @@ import orjson
 import pytest
 import redis
 
-from tests.faults.harness import MODEL, Engine, Fleet, Router, wait_until
+from tests.faults.harness import MODEL, Engine, Fleet, Router
 from tests.support.redis_server import RedisServer, redis_server  # noqa: F401  (the fixture)
+from tests.support.waiting import wait_until
 
 CHAT, MESSAGES_PATH = "/v1/chat/completions", "/v1/messages"
 SAY = [{"role": "user", "content": "say something"}]

@@ -15,7 +15,8 @@ import pytest
 import zmq
 
 from tests.conftest import free_port
-from tests.faults.harness import MODEL, Engine, Fleet, Router, until, wait_until
+from tests.faults.harness import MODEL, Engine, Fleet, Router
+from tests.support.waiting import until, wait_until
 
 CHAT = "/v1/chat/completions"
 MESSAGES = [{"role": "user", "content": "say something"}]

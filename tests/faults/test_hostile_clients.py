@@ -11,7 +11,8 @@ import httpx
 import orjson
 
 from tests.conftest import free_port
-from tests.faults.harness import MODEL, Fleet, Router, wait_until
+from tests.faults.harness import MODEL, Fleet, Router
+from tests.support.waiting import wait_until
 
 HUGE = 1024 * 1024
 

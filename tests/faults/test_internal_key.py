@@ -11,7 +11,8 @@ import httpx
 import yaml
 
 from tests.faults.client import completion
-from tests.faults.harness import MODEL, Engine, Fleet, Router, wait_until
+from tests.faults.harness import MODEL, Engine, Fleet, Router
+from tests.support.waiting import wait_until
 
 
 def _serve(fleet: Fleet, router: Router, route: dict[str, Any], **config: Any) -> Router:

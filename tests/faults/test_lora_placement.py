@@ -10,7 +10,8 @@ from typing import Any
 
 import httpx
 
-from tests.faults.harness import Engine, Fleet, Router, wait_until
+from tests.faults.harness import Engine, Fleet, Router
+from tests.support.waiting import wait_until
 
 ADAPTERS = {"ad-1": "/adapters/one", "ad-2": "/adapters/two", "ad-3": "/adapters/three"}
 

@@ -12,7 +12,8 @@ import orjson
 import pytest
 
 from tests.faults.client import completion
-from tests.faults.harness import MODEL, Fleet, until
+from tests.faults.harness import MODEL, Fleet
+from tests.support.waiting import until
 
 
 @pytest.fixture

@@ -12,7 +12,8 @@ from collections.abc import AsyncIterator
 import httpx
 import orjson
 
-from tests.faults.harness import MODEL, Engine, Fleet, until
+from tests.faults.harness import MODEL, Engine, Fleet
+from tests.support.waiting import until
 
 BOUNDARY = "tokenyard-test-boundary"
 MESSAGE = {"model": MODEL, "max_tokens": 6, "messages": [{"role": "user", "content": "one two three"}]}

@@ -7,7 +7,8 @@ import asyncio
 import httpx
 
 from tests.faults.client import completion, stream, whole
-from tests.faults.harness import Fleet, until
+from tests.faults.harness import Fleet
+from tests.support.waiting import until
 
 
 async def test_config_change_moves_traffic_without_dropping_a_stream(fleet: Fleet) -> None:

@@ -15,8 +15,9 @@ import asyncpg
 import httpx
 import yaml
 
-from tests.faults.harness import MODEL, Engine, Fleet, Router, wait_until
+from tests.faults.harness import MODEL, Engine, Fleet, Router
 from tests.support.postgres_server import PASSWORD, PostgresServer, postgres_server  # noqa: F401  (the fixture)
+from tests.support.waiting import wait_until
 
 ALICE, BOB = "sk-alice-responses-0123", "sk-bob-responses-0123"
 

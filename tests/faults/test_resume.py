@@ -13,7 +13,8 @@ import httpx
 import orjson
 import pytest
 
-from tests.faults.harness import MODEL, Engine, Fleet, Router, wait_until
+from tests.faults.harness import MODEL, Engine, Fleet, Router
+from tests.support.waiting import wait_until
 
 TOKENS = 20
 CHAT, COMPLETIONS = "/v1/chat/completions", "/v1/completions"

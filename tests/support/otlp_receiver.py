@@ -4,7 +4,6 @@ exporter POSTs to /v1/traces and keeps the spans, flattened, for the test to loo
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -14,6 +13,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+
+from tests.support.waiting import wait_until
 
 
 @dataclass
@@ -76,12 +77,11 @@ class OtlpReceiver:
 
     def wait_for(self, name: str, count: int = 1, timeout_s: float = 15) -> list[ReceivedSpan]:
         """The spans called `name`, once at least `count` of them came."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if len(found := [span for span in self.spans if span.name == name]) >= count:
-                return found
-            time.sleep(0.05)
-        raise AssertionError(f"no span {name!r} within {timeout_s}s; got {[s.name for s in self.spans]}")
+        wait_until(lambda: len(self.named(name)) >= count, timeout_s, f"{count} span(s) {name!r}")
+        return self.named(name)
+
+    def named(self, name: str) -> list[ReceivedSpan]:
+        return [span for span in self.spans if span.name == name]
 
     def __enter__(self) -> OtlpReceiver:
         self.thread.start()

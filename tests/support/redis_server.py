@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import free_port
+from tests.support.tools import tool_missing
 
 BINARY = shutil.which("redis-server")
 PASSWORD = "redis-test-password-4711"
@@ -74,7 +75,7 @@ class RedisServer:
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     if BINARY is None:
-        pytest.skip("redis-server is not installed: `make tools` installs it (Debian package redis-server)")
+        tool_missing("redis-server is not installed: `make tools` installs it (Debian package redis-server)")
     server = RedisServer(tmp_path).start()
     try:
         yield server

@@ -13,9 +13,10 @@ import uvicorn
 from engine_adapters.base import EngineAdapter
 from gateway.app import create_app
 from gateway.lifecycle import ENGINE_DEAD_EXIT_CODE
-from gateway.server import server_class, uvicorn_options
+from gateway.server import uvicorn_options
 from gateway.settings import RouteSettings, Settings
 from gateway.state import AppState
+from gateway.uvicorn_coupling import DrainingServer
 from tests.support.scripted_app import MODEL, chat, scripted_client, settings
 from tests.support.scripted_engine import ScriptedAdapter
 
@@ -73,7 +74,7 @@ class RunningServer:
 
         app = create_app(config, adapter_factory=factory)
         self.state: AppState = app.state.tokenyard
-        self.server: Any = server_class()(uvicorn.Config(app, **uvicorn_options(config)), self.state)
+        self.server: Any = DrainingServer(uvicorn.Config(app, **uvicorn_options(config)), self.state)
         self.task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> RunningServer:

@@ -8,7 +8,8 @@ import asyncio
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
-from engine_adapters.splice import CYCLE_ATTRIBUTES, ClientSocket, CountingSink
+from engine_adapters.client_socket import CYCLE_ATTRIBUTES, ClientSocket
+from engine_adapters.splice import CountingSink
 from gateway.settings import Settings
 
 

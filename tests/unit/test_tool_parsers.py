@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from gateway.errors import InvalidRequest
 from gateway.protocol.chat import ChatCompletionRequest
+from gateway.protocol.tool_parser_names import TOOL_PARSER_NAMES
 from gateway.services.tool_calls import ChoiceCalls, plan, template_messages
 from gateway.services.tool_parsers import (
     PARSERS,
@@ -188,6 +189,7 @@ def test_pythonic_otherwise_content(text: str) -> None:
 def test_parser_by_name_and_default() -> None:
     assert parser_for(None).name == "json"
     assert {name: parser_for(name).name for name in PARSERS} == {name: name for name in PARSERS}
+    assert tuple(PARSERS) == TOOL_PARSER_NAMES  # the names the settings check are the parsers held
 
 
 def test_unknown_parser_is_a_settings_error() -> None:

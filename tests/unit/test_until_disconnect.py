@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from engine_adapters.splice import CLIENT_SOCKET, ClientSocket
+from engine_adapters.client_socket import CLIENT_SOCKET, ClientSocket
 from gateway.services.disconnect import ClientDisconnected, until_disconnect
 
 

@@ -186,7 +186,7 @@ async def test_requests_per_minute_with_headers_on_every_answer() -> None:
         assert headers["x-ratelimit-remaining-requests"] == "0"
         assert 59.8 <= float(headers["x-ratelimit-reset-requests"].rstrip("s")) <= 60
         assert "x-ratelimit-limit-tokens" not in headers  # no token limit configured
-        assert state_of(client).metrics.rejected.labels("rate_limit")._value.get() == 1
+        assert state_of(client).metrics.rejected.labels("rate_limited")._value.get() == 1
 
 
 async def test_tokens_are_estimated_then_corrected_from_usage() -> None:

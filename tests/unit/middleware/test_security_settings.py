@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from gateway.cli import _parser, settings_from_args
 from gateway.server import uvicorn_options
 from gateway.settings import Settings
+from gateway.uvicorn_coupling import BoundedProtocol
 from tests.support.scripted_app import scripted_client, settings
 
 KEYS = ("sk-flag-aaaa-1111", "sk-flag-bbbb-2222")
@@ -84,7 +85,7 @@ def test_server_options_bound_slow_clients_and_leave_logging_to_us() -> None:
     options = uvicorn_options(Settings(limits={"header_timeout_s": 3, "keep_alive_timeout_s": 7}))
     assert options["log_config"] is None and options["access_log"] is False
     assert options["timeout_keep_alive"] == 7 and options["timeout_graceful_shutdown"] == 1
-    assert options["http"].__name__ == "BoundedProtocol"
+    assert options["http"].func is BoundedProtocol and options["http"].keywords["limits"].header_timeout_s == 3
 
 
 async def test_cors_is_off_by_default() -> None:

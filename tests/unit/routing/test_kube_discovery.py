@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from gateway.routing.adapter import RoutedAdapter
 from gateway.routing.kube import EndpointSliceWatch, KubeError, kube_target, slice_urls
 from gateway.settings import DiscoverySettings, RouterSettings, RouteSettings
 from tests.support.fake_instance import FakeUpstream
+from tests.support.waiting import until
 
 SLICES = "/apis/discovery.k8s.io/v1/namespaces/serving/endpointslices"
 
@@ -164,10 +164,7 @@ async def following(config: DiscoverySettings) -> AsyncIterator[Callable[[], lis
 
 
 async def soon(predicate: Callable[[], bool], within_s: float = 1.0) -> None:
-    deadline = time.monotonic() + within_s
-    while not predicate():
-        assert time.monotonic() < deadline, "not within the time allowed"
-        await asyncio.sleep(0.01)
+    await until(predicate, within_s, "the watch's next state", interval_s=0.01, in_thread=False)
 
 
 async def test_list_then_watch_follows_ready_endpoints(tmp_path: Path) -> None:
