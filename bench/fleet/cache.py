@@ -120,7 +120,9 @@ class PrefixCache:
         self.hits += hits * self.block_size
         return Allocation(hits, hit_blocks + fresh)
 
-    def cache_full_blocks(self, allocation: Allocation, tokens: Sequence[int], hashes: Sequence[int], start: int) -> None:
+    def cache_full_blocks(
+        self, allocation: Allocation, tokens: Sequence[int], hashes: Sequence[int], start: int
+    ) -> None:
         """Give hashes to the allocation's full blocks from block `start` on (those of `hashes`, which chains over
         `tokens`), announcing them in runs; a block whose hash another request cached meanwhile stays uncached."""
         run: list[int] = []

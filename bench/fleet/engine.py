@@ -104,6 +104,8 @@ class Engine:
         self.lag_s = 0.0  # the most the engine fell behind the wall clock, in simulated seconds
         self.on_events = lambda: None  # set by the publisher: called after a step that made cache events
         self._wake = asyncio.Event()
+        self.idle = asyncio.Event()  # set while nothing runs or waits
+        self.idle.set()
         self._busy_area = 0.0  # integral of (running + waiting) over simulated time
         self._busy_since = 0.0
 
@@ -113,6 +115,7 @@ class Engine:
         request.hashes = block_hashes(request.prompt, self.cache.block_size)
         self._account(self.clock.now())
         self.waiting.append(request)
+        self.idle.clear()
         self._wake.set()
 
     def abort(self, request: Request) -> None:
@@ -135,9 +138,10 @@ class Engine:
         while True:
             self._admit()
             if not self.running:
+                if not self.waiting:
+                    self.idle.set()
                 self._wake.clear()
-                await self._wake.wait()
-                self.sim_now = max(self.sim_now, self.clock.now())
+                await self._wake.wait()  # admission moves the clock to the arrival
                 continue
             if self.prefilling:
                 await self._prefill_step()
@@ -222,7 +226,9 @@ class Engine:
         request.output = [self.output_token] * request.max_tokens
         tokens = request.prompt + request.output
         full = len(request.hashes)
-        more = block_hashes(tokens[full * self.cache.block_size :], self.cache.block_size, request.hashes[-1] if full else None)
+        more = block_hashes(
+            tokens[full * self.cache.block_size :], self.cache.block_size, request.hashes[-1] if full else None
+        )
         self.cache.cache_full_blocks(request.allocation, tokens, request.hashes + more, full)
         self.cache.free(request.allocation)
         self.records.append(

@@ -40,11 +40,15 @@ def targets(phases: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
     def add(name: str, value: float | None, bound: float, upper: bool = True) -> None:
         if value is not None:
-            out.append({"target": name, "value": value, "bound": bound, "met": value <= bound if upper else value >= bound})
+            out.append(
+                {"target": name, "value": value, "bound": bound, "met": value <= bound if upper else value >= bound}
+            )
 
     for workload in ("shared", "sessions"):
         if kv := _phase(phases, workload, "kv"):
-            add(f"{workload}: kv hit rate / oracle", kv["hit_rate"] / max(1e-9, kv["oracle_hit_rate"]), 0.9, upper=False)
+            add(
+                f"{workload}: kv hit rate / oracle", kv["hit_rate"] / max(1e-9, kv["oracle_hit_rate"]), 0.9, upper=False
+            )
     kv = _phase(phases, "sessions", "kv")
     for peer, bound in (("prefix", 0.8), ("round-robin", 0.5)):
         other = _phase(phases, "sessions", peer)
@@ -57,7 +61,11 @@ def targets(phases: list[dict[str, Any]]) -> list[dict[str, Any]]:
         add("churn: kv hit rate recovered within (s)", recovery_s(churn), 30.0)
     rr = _phase(phases, "sessions", "round-robin")
     if kv and rr:
-        add("sessions: router CPU per request, kv / round-robin", kv["router_cpu_ms_per_request"] / max(1e-9, rr["router_cpu_ms_per_request"]), 1.3)
+        add(
+            "sessions: router CPU per request, kv / round-robin",
+            kv["router_cpu_ms_per_request"] / max(1e-9, rr["router_cpu_ms_per_request"]),
+            1.3,
+        )
         if kv.get("kv_blocks"):
             out.append(
                 {
@@ -79,7 +87,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"max_num_seqs {timing['max_num_seqs']}, step {timing['step_base_s'] * 1000:g} ms + "
         f"{timing['decode_per_seq_s'] * 1000:g} ms a decoding sequence + {timing['prefill_per_token_s'] * 1e6:g} us a "
         f"prefill token (Llama-3.1-8B on one H100, bench/fleet/engine.py). {shape['requests']} requests a phase at "
-        f"{shape['rate_per_instance']:g} requests/s an instance; simulated time ran {result['scale']:.2f}x the wall clock. "
+        f"{shape['rate_per_instance']:g} requests/s an instance; simulated time ran {result['scale']:.2f}x "
+        "the wall clock. "
         "Times are simulated seconds; router CPU and memory are the real router process's.",
         "",
         "| workload | policy | hit rate | oracle | TTFT p50 s | TTFT p99 s | out tok/s | imbalance | lost "
@@ -115,13 +124,27 @@ def plot(results: list[dict[str, Any]], path: Path) -> bool:
         for row, metric in enumerate(("hit_rate", "ttft_p50_s")):
             ax = axes[row][column]
             for k, policy in enumerate(policies):
-                values = [next((p[metric] for p in result["phases"] if p["workload"] == w and p["policy"] == policy), 0) for w in workloads]
+                values = [
+                    next((p[metric] for p in result["phases"] if p["workload"] == w and p["policy"] == policy), 0)
+                    for w in workloads
+                ]
                 ax.bar([x + k * width for x in range(len(workloads))], values, width, label=policy)
             if metric == "hit_rate":
-                oracle = [next((p["oracle_hit_rate"] for p in result["phases"] if p["workload"] == w), 0) for w in workloads]
-                ax.scatter([x + 0.4 - width / 2 for x in range(len(workloads))], oracle, marker="_", s=600, color="black", label="oracle")
+                oracle = [
+                    next((p["oracle_hit_rate"] for p in result["phases"] if p["workload"] == w), 0) for w in workloads
+                ]
+                ax.scatter(
+                    [x + 0.4 - width / 2 for x in range(len(workloads))],
+                    oracle,
+                    marker="_",
+                    s=600,
+                    color="black",
+                    label="oracle",
+                )
             ax.set_xticks([x + 0.4 - width / 2 for x in range(len(workloads))], workloads)
-            ax.set_title(f"{result['instances']} instances: {'prefix-cache hit rate' if row == 0 else 'TTFT p50 (simulated s)'}")
+            ax.set_title(
+                f"{result['instances']} instances: {'prefix-cache hit rate' if row == 0 else 'TTFT p50 (simulated s)'}"
+            )
             ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -175,7 +175,9 @@ class Instance:
             }
         )
 
-    async def _stream(self, http: web.Request, body: dict[str, Any], request: Request, chat: bool) -> web.StreamResponse:
+    async def _stream(
+        self, http: web.Request, body: dict[str, Any], request: Request, chat: bool
+    ) -> web.StreamResponse:
         response = web.StreamResponse(headers={"content-type": "text/event-stream"})
         try:
             await request.first_token
@@ -204,7 +206,9 @@ class Instance:
             await response.write(event(" " + text.output_text(request.max_tokens - 1), "length", False))
         options = body.get("stream_options") or {}
         if options.get("include_usage"):
-            await response.write(b"data: " + orjson.dumps({**head, "choices": [], "usage": self._usage(request)}) + b"\n\n")
+            await response.write(
+                b"data: " + orjson.dumps({**head, "choices": [], "usage": self._usage(request)}) + b"\n\n"
+            )
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
@@ -265,9 +269,8 @@ class Fleet:
     async def remove(self, port: int, drain_timeout_s: float = 600.0) -> None:
         """Take an instance away as a rollout does: its requests in flight finish first."""
         instance = self.instances.pop(port)
-        deadline = time.monotonic() + drain_timeout_s
-        while (instance.engine.running or instance.engine.waiting) and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(instance.engine.idle.wait(), drain_timeout_s)
         await self._close(instance)
         self.retired.append(instance)
 

@@ -33,12 +33,13 @@ import psutil
 
 from bench.fleet import report
 from bench.fleet.engine import Clock
-from bench.fleet.server import MODEL, Fleet, Instance
+from bench.fleet.server import MODEL, Fleet
 from bench.fleet.workloads import WORKLOADS, Session, Shape, build, oracle
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results"
 POLICIES = ("round-robin", "least-loaded", "prefix", "kv")
+PROFILE = ["-m", "cProfile", "-o", os.environ["FLEET_PROFILE"]] if os.environ.get("FLEET_PROFILE") else []
 WINDOW_S = 5.0  # simulated seconds a point of the churn run's hit-rate series
 
 
@@ -96,14 +97,17 @@ class Router:
 
     async def start(self, urls: list[str]) -> None:
         self.config.write_text(router_config(self.port, self.policy, urls))
+        self._spawn()
+        await self.wait(lambda state: state.get("ready_instances") == len(urls))
+
+    def _spawn(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "serve", "--config", str(self.config)],
+            [sys.executable, *PROFILE, "-m", "gateway", "serve", "--config", str(self.config)],
             cwd=ROOT,
             env={**os.environ, "PYTHONPATH": str(ROOT)},
             stdout=self.log.open("wb"),
             stderr=subprocess.STDOUT,
         )
-        await self.wait(lambda state: state.get("ready_instances") == len(urls))
 
     async def set_upstreams(self, urls: list[str]) -> None:
         self.config.write_text(router_config(self.port, self.policy, urls))
@@ -179,7 +183,7 @@ async def ask(http: aiohttp.ClientSession, url: str, messages: list[dict[str, An
                     first = time.monotonic()
                 if line.startswith(b"data: [DONE]"):
                     done = True
-    except (aiohttp.ClientError, asyncio.TimeoutError):
+    except (TimeoutError, aiohttp.ClientError):
         return Outcome(False, 0.0)
     return Outcome(done and first is not None, (first or started) - started)
 
@@ -232,7 +236,9 @@ def _ready_kv(state: dict[str, Any], count: int) -> bool:
     return len(kv.get("events_instances") or []) == count
 
 
-async def run_phase(fleet: Fleet, workload_name: str, policy: str, shape: Shape, seed: int, workdir: Path, port: int) -> Phase:
+async def run_phase(
+    fleet: Fleet, workload_name: str, policy: str, shape: Shape, seed: int, workdir: Path, port: int
+) -> Phase:
     workload = build(workload_name, shape, seed)
     await fleet.reset()
     instances = list(fleet.instances.values())
@@ -249,7 +255,9 @@ async def run_phase(fleet: Fleet, workload_name: str, policy: str, shape: Shape,
         kv0 = await router.kv_state() if policy == "kv" else None
         events: list[tuple[float, str]] = []
         span = max(s.start_s for s in workload)
-        side = asyncio.ensure_future(churn(fleet, router, span, port + 100, events)) if workload_name == "churn" else None
+        side = (
+            asyncio.ensure_future(churn(fleet, router, span, port + 100, events)) if workload_name == "churn" else None
+        )
         outcomes = await drive(router.url, workload, clock)
         if side is not None:
             await side
@@ -263,7 +271,9 @@ async def run_phase(fleet: Fleet, workload_name: str, policy: str, shape: Shape,
     records.sort(key=lambda r: r.arrival)
     ttfts = [r.first_token - r.arrival for r in records]
     prompt = sum(r.prompt_tokens for r in records) or 1
-    busy = [i.engine.busy_area(t1) - busy0[id(i)] for i in instances if id(i) in busy0 and i in fleet.instances.values()]
+    busy = [
+        i.engine.busy_area(t1) - busy0[id(i)] for i in instances if id(i) in busy0 and i in fleet.instances.values()
+    ]
     limits = oracle(workload, fleet.blocks * len(instances), fleet.block_size)
     decisions = None
     if kv1 is not None:

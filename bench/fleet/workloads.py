@@ -81,7 +81,10 @@ def _lognormal(rng: random.Random, median: float, sigma: float, low: int, high: 
 
 def shared(shape: Shape, seed: int) -> list[Session]:
     rng = random.Random(seed)
-    groups = [_words(rng, shape.system_tokens, f"[group-{seed}-{g}]") for g in range(shape.groups_per_instance * shape.instances)]
+    groups = [
+        _words(rng, shape.system_tokens, f"[group-{seed}-{g}]")
+        for g in range(shape.groups_per_instance * shape.instances)
+    ]
     rate = shape.rate_per_instance * shape.instances
     out, now = [], 0.0
     for _ in range(shape.requests):
