@@ -18,15 +18,19 @@ The defaults model Llama-3.1-8B in bf16 on one H100 SXM:
   bf16 peak), ~20k prefill tokens/s, in line with published vLLM prefill throughput for 8B on one H100.
 - max_num_seqs 256 and max_num_batched_tokens 8192: vLLM V1's defaults for online serving on an H100.
 
-Simulated time runs `scale` times as fast as the wall clock (below 1: slower). An engine sleeps until the
-wall clock reaches the end of its step; a machine that cannot keep up makes engines late, which
-`lag_s` records (it never changes the simulated results, only how fresh the router's view is). Between
-arrivals a batch that only decodes is advanced to its next finish in one jump instead of step by step.
+Simulated time runs `scale` times as fast as the wall clock (below 1: slower). A request's arrival is the
+simulated time it reached the instance; it joins the batch at the first step that starts after it, and an
+idle engine's clock jumps to it. An engine sleeps until the wall clock reaches the end of its step. A
+machine that cannot keep up makes an engine late: it then runs its steps without sleeping until it has
+caught up, so the simulated times stay what they would have been; only the wall-clock moment when an
+answer is seen comes later (`lag_s` records the most an engine fell behind). Between arrivals a batch that
+only decodes is advanced to its next finish in one jump instead of step by step.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import math
@@ -154,6 +158,10 @@ class Engine:
         timing = self.timing
         while self.waiting and self.running < timing.max_num_seqs:
             request = self.waiting[0]
+            if request.arrival > self.sim_now:
+                if self.running:
+                    return  # a late engine reaches the arrival step by step
+                self.sim_now = request.arrival  # an idle one jumps to it
             total = len(request.prompt) + request.max_tokens
             allocation = self.cache.allocate(len(request.prompt), request.hashes, total)
             if allocation is None:
@@ -163,7 +171,6 @@ class Engine:
                     continue
                 return
             self.waiting.popleft()
-            self.sim_now = max(self.sim_now, request.arrival)  # a late engine catches up: no step before arrival
             request.allocation = allocation
             request.prefill_left = len(request.prompt) - allocation.hits * self.cache.block_size
             self.prefilling.append(request)
@@ -187,21 +194,23 @@ class Engine:
                 self._first_token(request)
 
     async def _decode_span(self) -> None:
-        """Decode-only steps up to the next finish, cut short by an arrival."""
+        """Decode-only steps up to the next finish, or to the step in which a request arrives (it joins the
+        batch at the step after)."""
         step = self.timing.step_s(len(self._decoding), 0)
         ahead = max(1, self._decoding[0][0] - self.steps)
+        if self.waiting and self.waiting[0].arrival > self.sim_now:  # arrived while this engine ran late
+            ahead = min(ahead, math.ceil((self.waiting[0].arrival - self.sim_now) / step))
         self._wake.clear()  # set by an arrival; a request already waiting for blocks waits for a finish
         target = self.sim_now + ahead * step
         delay = self.clock.real_s(target - self.clock.now())
         done = ahead
         if delay > 0:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), delay)
-                done = min(ahead, math.floor((self.clock.now() - self.sim_now) / step))
-            except TimeoutError:
-                pass
-        if done <= 0:
-            return  # an arrival within this step: admit it, and it joins the next one
+                arrival = self.waiting[-1].arrival if self.waiting else self.clock.now()
+                done = min(ahead, max(1, math.ceil((arrival - self.sim_now) / step)))
+            if done == ahead:
+                await self._sleep_until(target)  # what ends then must not be seen earlier
         self._advance(done, step)
 
     def _advance(self, steps: int, step_s: float) -> None:

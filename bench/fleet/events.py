@@ -98,6 +98,15 @@ class Publisher:
         self._seq += 1
         self._pub.send_multipart((self.topic, seq, payload))
 
+    def restart(self) -> None:
+        """Number batches from 0 again with an empty buffer, as a restarted engine's publisher does."""
+        self._buffer.clear()
+        self._seq = 0
+
+    def buffered(self) -> list[tuple[int, bytes]]:
+        """The batches a replay could still send, oldest first."""
+        return list(self._buffer)
+
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()

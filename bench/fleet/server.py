@@ -274,10 +274,14 @@ class Fleet:
         await self._close(instance)
         self.retired.append(instance)
 
-    async def reset(self) -> None:
-        """Every instance's prefix cache cleared (AllBlocksCleared), between two phases of a run."""
+    async def reset(self, restart: bool = False) -> None:
+        """Every instance's prefix cache cleared (AllBlocksCleared); with `restart`, its events numbered from 0
+        again with an empty replay buffer, as fresh engines would be (between two phases of a run, so that no
+        router replays an earlier phase's events)."""
         for instance in self.instances.values():
             instance.engine.cache.reset()
+            if restart:
+                instance.publisher.restart()
             instance.publisher.publish(instance.engine.cache.drain_events())
 
     def all(self) -> list[Instance]:

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -33,8 +34,10 @@ import psutil
 
 from bench.fleet import report
 from bench.fleet.engine import Clock
-from bench.fleet.server import MODEL, Fleet
+from bench.fleet.server import MODEL, Fleet, Instance
 from bench.fleet.workloads import WORKLOADS, Session, Shape, build, oracle
+from gateway.routing.kv_events import decode
+from gateway.routing.kv_index import KvIndex
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results"
@@ -60,12 +63,16 @@ class Phase:
     router_rss_mib: float
     kv_blocks: int | None
     engine_lag_s: float
+    sim_cpu_s: float  # this process's CPU over the phase: the instances and the clients
     span_s: float
     oracle_hit_rate: float
     ceiling_hit_rate: float
     kv_decisions: dict[str, int] | None = None
+    errors: dict[str, int] | None = None  # what the lost requests were answered
     hit_series: list[tuple[float, float]] | None = None  # churn: (window start, hit rate), simulated
     events: list[tuple[float, str]] | None = None  # churn: (simulated time, what changed)
+    kv_index_bytes_per_1000_blocks: float | None = None
+    kv_resyncs: int | None = None  # the router's re-syncs from the replay socket (gaps, restarts)
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -81,7 +88,7 @@ def router_config(port: int, policy: str, urls: list[str]) -> str:
     return (
         f"host: 127.0.0.1\nport: {port}\nlog_level: warning\n"
         "limits:\n  max_in_flight: 100000\n  max_queue: 100000\n  queue_timeout_s: 600\n"
-        "router:\n  first_token_timeout_s: 600\n  idle_timeout_s: 600\n  health_interval_s: 1\n"
+        "router:\n  first_token_timeout_s: 600\n  idle_timeout_s: 600\n"
         "  kv_discovery_interval_s: 0.5\n  reload_interval_s: 0.2\n"
         f"routes:\n  - name: {MODEL}\n    policy: {policy}\n    upstreams:\n{upstreams}"
     )
@@ -143,6 +150,15 @@ class Router:
             state = (await client.get(f"{self.url}/ready")).json()["models"][MODEL].get("kv_routing")
         return state if isinstance(state, dict) else None
 
+    async def metric(self, name: str) -> float:
+        async with httpx.AsyncClient(timeout=10) as client:
+            text = (await client.get(f"{self.url}/metrics")).text
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith((name + "{", name + "_total{"))
+        )
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
@@ -160,6 +176,7 @@ class Router:
 class Outcome:
     ok: bool
     ttft_real_s: float
+    error: str | None = None
 
 
 async def ask(http: aiohttp.ClientSession, url: str, messages: list[dict[str, Any]], max_tokens: int) -> Outcome:
@@ -176,16 +193,15 @@ async def ask(http: aiohttp.ClientSession, url: str, messages: list[dict[str, An
     try:
         async with http.post(f"{url}/v1/chat/completions", json=body) as response:
             if response.status != 200:
-                await response.read()
-                return Outcome(False, 0.0)
+                return Outcome(False, 0.0, f"{response.status} {(await response.read())[:200]!r}")
             async for line in response.content:
                 if first is None and line.startswith(b"data: {"):
                     first = time.monotonic()
                 if line.startswith(b"data: [DONE]"):
                     done = True
-    except (TimeoutError, aiohttp.ClientError):
-        return Outcome(False, 0.0)
-    return Outcome(done and first is not None, (first or started) - started)
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        return Outcome(False, 0.0, repr(exc))
+    return Outcome(done and first is not None, (first or started) - started, None if done else "no [DONE]")
 
 
 async def drive(url: str, workload: list[Session], clock: Clock) -> list[Outcome]:
@@ -240,7 +256,7 @@ async def run_phase(
     fleet: Fleet, workload_name: str, policy: str, shape: Shape, seed: int, workdir: Path, port: int
 ) -> Phase:
     workload = build(workload_name, shape, seed)
-    await fleet.reset()
+    await fleet.reset(restart=True)
     instances = list(fleet.instances.values())
     router = Router(port, policy, workdir)
     try:
@@ -249,9 +265,11 @@ async def run_phase(
             await fleet.reset()
             await router.wait(lambda state: _ready_kv(state, len(instances)))
         counts = {id(i): len(i.records) for i in instances}
+        for instance in instances:
+            instance.engine.lag_s = 0.0
         clock = fleet.clock
         busy0 = {id(i): i.engine.busy_area(clock.now()) for i in instances}
-        cpu0, t0 = router.cpu_s(), clock.now()
+        cpu0, t0, sim_cpu0 = router.cpu_s(), clock.now(), _own_cpu_s()
         kv0 = await router.kv_state() if policy == "kv" else None
         events: list[tuple[float, str]] = []
         span = max(s.start_s for s in workload)
@@ -264,6 +282,7 @@ async def run_phase(
         t1 = clock.now()
         cpu = router.cpu_s() - cpu0
         kv1 = await router.kv_state() if policy == "kv" else None
+        resyncs = await router.metric("tokenyard_route_kv_resyncs") if policy == "kv" else None
         rss = router.rss_mib()
     finally:
         router.stop()
@@ -295,13 +314,57 @@ async def run_phase(
         rss,
         int(kv1["blocks_indexed"]) if kv1 else None,
         max(i.engine.lag_s for i in fleet.all()),
+        _own_cpu_s() - sim_cpu0,
         t1 - t0,
         limits["oracle_hit_rate"],
         limits["ceiling_hit_rate"],
-        decisions,
-        _series(records, t0) if workload_name == "churn" else None,
-        events or None,
+        kv_decisions=decisions,
+        kv_resyncs=int(resyncs) if resyncs is not None else None,
+        errors=dict(Counter(o.error for o in outcomes if o.error)) or None,
+        hit_series=_series(records, t0) if workload_name == "churn" else None,
+        events=events or None,
+        kv_index_bytes_per_1000_blocks=index_bytes_per_1000_blocks(fleet.all()) if policy == "kv" else None,
     )
+
+
+def index_bytes_per_1000_blocks(instances: list[Instance]) -> float | None:
+    """The router's KV index (gateway.routing.kv_index), rebuilt here from every batch the instances still
+    buffer for replay, as the router builds it, and weighed object by object: bytes per 1,000 blocks."""
+    index = KvIndex(max_blocks=10**9)
+    for instance in instances:
+        batches = instance.publisher.buffered()
+        if batches:
+            index.drop(instance.url, next_seq=batches[0][0])  # the buffer may no longer reach back to 0
+        for seq, payload in batches:
+            ts, events = decode(payload)
+            index.apply(instance.url, seq, ts, events)
+    if not index.size:
+        return None
+    return deep_size(index) / (index.size / 1000)
+
+
+def deep_size(root: Any) -> int:
+    seen: set[int] = set()
+    total, stack = 0, [root]
+    while stack:
+        item = stack.pop()
+        if id(item) in seen or isinstance(item, type):
+            continue
+        seen.add(id(item))
+        total += sys.getsizeof(item)
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            stack.extend(item)
+        elif hasattr(item, "__dict__"):
+            stack.append(vars(item))
+    return total
+
+
+def _own_cpu_s() -> float:
+    times = psutil.Process().cpu_times()
+    return float(times.user + times.system)
 
 
 def _series(records: list[Any], t0: float) -> list[tuple[float, float]]:
