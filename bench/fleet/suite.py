@@ -208,7 +208,9 @@ async def drive(url: str, workload: list[Session], clock: Clock) -> list[Outcome
     """Every session on its own task: it starts at its time and sends its turns one after the other."""
     outcomes: list[Outcome] = []
     start = clock.now()
-    connector = aiohttp.TCPConnector(limit=0, force_close=False)
+    # Kept-alive connections are dropped well before the router's own keep-alive timeout (uvicorn's 5 s), so
+    # that no request goes out on a connection the router is closing (an error of the client's making).
+    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=1.0)
     timeout = aiohttp.ClientTimeout(total=None, sock_read=1200)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
 

@@ -29,6 +29,7 @@ from bench.fleet import text
 from bench.fleet.cache import PrefixCache, block_hashes
 
 WORKLOADS = ("shared", "sessions", "hot", "churn")
+MAX_TURNS = 8
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ class Shape:
     groups_per_instance: int = 3
     apps: int = 8  # shared system prompts of the multi-turn workload
     session_system_tokens: int = 768
-    think_s: float = 4.0
+    think_s: float = 2.0  # a person reads for longer: compressed so that a run ends within minutes
 
 
 def _words(rng: random.Random, count: int, tag: str) -> str:
@@ -115,7 +116,7 @@ def sessions(shape: Shape, seed: int) -> list[Session]:
     now, total = 0.0, 0
     while total < shape.requests:
         now += rng.expovariate(session_rate)
-        turns = min(12, 1 + int(rng.expovariate(1 / (mean_turns - 1))), shape.requests - total)
+        turns = min(MAX_TURNS, 1 + int(rng.expovariate(1 / (mean_turns - 1))), shape.requests - total)
         session = Session(now, rng.choice(apps))
         for index in range(turns):
             user = _words(rng, _lognormal(rng, 60, 1.0, 4, 1000), "u")
