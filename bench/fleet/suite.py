@@ -450,3 +450,8 @@ def main(argv: list[str] | None = None) -> None:
     (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.out / f"{stem}.md").write_text(report.markdown(result))
     print(report.markdown(result))
+    if args.name:
+        report.plot([result], args.out / f"{stem}.png")
+    else:  # one figure for every fleet size run that day
+        sizes = [json.loads(p.read_text()) for p in args.out.glob(f"{result['date']}-fleet-*.json")]
+        report.plot(sorted(sizes, key=lambda r: r["instances"]), args.out / f"{result['date']}-fleet.png")
