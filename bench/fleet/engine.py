@@ -110,14 +110,11 @@ class Engine:
         self._wake = asyncio.Event()
         self.idle = asyncio.Event()  # set while nothing runs or waits
         self.idle.set()
-        self._busy_area = 0.0  # integral of (running + waiting) over simulated time
-        self._busy_since = 0.0
 
     # -- what the server calls ------------------------------------------------------------
 
     def submit(self, request: Request) -> None:
         request.hashes = block_hashes(request.prompt, self.cache.block_size)
-        self._account(self.clock.now())
         self.waiting.append(request)
         self.idle.clear()
         self._wake.set()
@@ -131,10 +128,6 @@ class Engine:
     @property
     def running(self) -> int:
         return len(self.prefilling) + len(self._decoding)
-
-    def busy_area(self, now: float) -> float:
-        self._account(now)
-        return self._busy_area
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -231,7 +224,6 @@ class Engine:
 
     def _finish(self, request: Request) -> None:
         assert request.allocation is not None
-        self._account(self.sim_now)
         request.output = [self.output_token] * request.max_tokens
         tokens = request.prompt + request.output
         full = len(request.hashes)
@@ -257,8 +249,3 @@ class Engine:
         delay = self.clock.real_s(sim_t - self.clock.now())
         if delay > 0:
             await asyncio.sleep(delay)
-
-    def _account(self, now: float) -> None:
-        if now > self._busy_since:
-            self._busy_area += (self.running + len(self.waiting)) * (now - self._busy_since)
-            self._busy_since = now

@@ -266,11 +266,10 @@ async def run_phase(
         if policy == "kv":  # a batch from each instance makes the router sync it (replay from batch 0)
             await fleet.reset()
             await router.wait(lambda state: _ready_kv(state, len(instances)))
-        counts = {id(i): len(i.records) for i in instances}
+        counts = {id(i): len(i.records) for i in fleet.all()}  # an instance added during the phase starts at 0
         for instance in instances:
             instance.engine.lag_s = 0.0
         clock = fleet.clock
-        busy0 = {id(i): i.engine.busy_area(clock.now()) for i in instances}
         cpu0, t0, sim_cpu0 = router.cpu_s(), clock.now(), _own_cpu_s()
         kv0 = await router.kv_state() if policy == "kv" else None
         events: list[tuple[float, str]] = []
@@ -292,9 +291,9 @@ async def run_phase(
     records.sort(key=lambda r: r.arrival)
     ttfts = [r.first_token - r.arrival for r in records]
     prompt = sum(r.prompt_tokens for r in records) or 1
-    busy = [
-        i.engine.busy_area(t1) - busy0[id(i)] for i in instances if id(i) in busy0 and i in fleet.instances.values()
-    ]
+    # Each instance's requests in the system (waiting or running) over the phase, by Little's law: the sum of
+    # its requests' times from arrival to finish, all in simulated time.
+    busy = [sum(r.finish - r.arrival for r in i.records[counts[id(i)] :]) for i in instances]
     limits = oracle(workload, fleet.blocks * len(instances), fleet.block_size)
     decisions = None
     if kv1 is not None:
@@ -310,7 +309,9 @@ async def run_phase(
         _pct(ttfts, 0.5),
         _pct(ttfts, 0.99),
         _pct([o.ttft_real_s * clock.scale for o in outcomes if o.ok], 0.5),
-        sum(r.output_tokens for r in records) / max(1e-9, records[-1].finish - records[0].arrival) if records else 0.0,
+        sum(r.output_tokens for r in records) / max(1e-9, max(r.finish for r in records) - records[0].arrival)
+        if records
+        else 0.0,
         None if workload_name == "churn" or not busy else max(busy) / (sum(busy) / len(busy)),
         cpu * 1000 / max(1, len(outcomes)),
         rss,
