@@ -433,6 +433,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--policies", type=lambda v: tuple(v.split(",")), default=POLICIES)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--name", default=None, help="Results file stem; default DATE-fleet-N.")
+    parser.add_argument(
+        "--update", action="store_true", help="Replace only these workloads' phases in an existing results file."
+    )
     args = parser.parse_args(argv)
     for name in args.workloads:
         if name not in WORKLOADS:
@@ -448,6 +451,12 @@ def main(argv: list[str] | None = None) -> None:
     result = asyncio.run(run(args))
     stem = args.name or f"{result['date']}-fleet-{args.instances}"
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.update and (args.out / f"{stem}.json").exists():  # these workloads' phases replace the file's
+        earlier = json.loads((args.out / f"{stem}.json").read_text())
+        kept = [p for p in earlier["phases"] if p["workload"] not in args.workloads]
+        result["phases"] = kept + result["phases"]
+        result["updated_workloads"] = sorted(set(earlier.get("updated_workloads", [])) | set(args.workloads))
+        result["targets"] = report.targets(result["phases"])
     (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.out / f"{stem}.md").write_text(report.markdown(result))
     print(report.markdown(result))
