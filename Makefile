@@ -74,7 +74,7 @@ bench-routing: $(STAMP)
 	$(PY) -m bench.routing_quality $(ARGS)
 
 # Suite 4, routing at fleet scale: simulated vLLM instances (bench/fleet/) behind the real router, every policy
-# over four workloads, at 16 and then 64 instances (each size some 15 minutes on 2 cores).
+# over four workloads, at 16 and then 64 instances (about 15 and 20 minutes on 2 cores).
 bench-fleet: $(STAMP)
 	$(PIP) install -q -e ".[bench]"
 	$(PY) -m bench.fleet --instances 16 $(ARGS)
