@@ -21,16 +21,20 @@ from bench.fleet.server import MODEL
 from tests.conftest import ROOT, free_port, start_server, stop_server
 
 INSTANCES = 4
+# The suite's ports past its instances' for 4 instances without churn (bench.fleet.suite): the router, and two
+# KV-event ports an instance.
+SUITE_PORTS = (500, *range(2000, 2008))
 
 
-def free_base(count: int) -> int:
-    """A port such that it and the `count` - 1 after it are free."""
-    for _ in range(50):
-        base = random.randrange(30000, 60000 - count)
+def free_base(count: int, offsets: tuple[int, ...] = ()) -> int:
+    """A port such that it and the `count` - 1 after it are free, and so are base + each of `offsets`."""
+    for _ in range(200):
+        base = random.randrange(20000, 60000 - max(count, *offsets, 0))
+        ports = [base + offset for offset in (*range(count), *offsets)]
+        sockets = [socket.socket() for _ in ports]
         try:
-            sockets = [socket.socket() for _ in range(count)]
-            for offset, sock in enumerate(sockets):
-                sock.bind(("127.0.0.1", base + offset))
+            for port, sock in zip(ports, sockets):
+                sock.bind(("127.0.0.1", port))
             return base
         except OSError:
             continue
@@ -142,8 +146,8 @@ def test_kv_routing_through_the_real_router_finds_each_sessions_history(instance
 def test_the_suite_runs_at_four_instances_and_writes_its_results(tmp_path: Path) -> None:
     run = subprocess.run(
         [sys.executable, "-m", "bench.fleet", "--instances", "4", "--requests", "60", "--workloads", "sessions,hot"]
-        + ["--policies", "round-robin,kv", "--real-rps", "40", "--port", str(free_base(2600)), "--out", str(tmp_path)]
-        + ["--name", "smoke"],
+        + ["--policies", "round-robin,kv", "--real-rps", "40", "--port", str(free_base(4, SUITE_PORTS))]
+        + ["--out", str(tmp_path), "--name", "smoke"],
         cwd=ROOT,
         capture_output=True,
         text=True,
