@@ -10,7 +10,7 @@ TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 STAMP := $(VENV)/.installed-$(ENGINE)
 ARGS ?=
 
-.PHONY: install serve test lint docs models tools bench bench-quick bench-router bench-routing clean
+.PHONY: install serve test lint docs models tools bench bench-quick bench-router bench-routing bench-fleet clean
 
 install: $(STAMP)
 
@@ -76,6 +76,13 @@ bench-router: $(STAMP)
 bench-routing: $(STAMP)
 	$(PIP) install -q -e ".[bench]"
 	$(PY) -m bench.routing_quality $(ARGS)
+
+# Suite 4, routing at fleet scale: simulated vLLM instances (bench/fleet/) behind the real router, every policy
+# over four workloads, at 16 and then 64 instances (about 15 and 20 minutes on 2 cores).
+bench-fleet: $(STAMP)
+	$(PIP) install -q -e ".[bench]"
+	$(PY) -m bench.fleet --instances 16 $(ARGS)
+	$(PY) -m bench.fleet --instances 64 --policies round-robin,prefix,kv $(ARGS)
 
 # Under 5 minutes, no peer installs: Suite 2 with the stub, direct vs tokenyard's router vs the naive proxy.
 bench-quick: $(STAMP)

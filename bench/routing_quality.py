@@ -245,6 +245,17 @@ def launch(config: Path, text: str, log: Path, env: dict[str, str]) -> subproces
     )
 
 
+def launch_sim(port: int, events_port: int, blocks: int, log: Path) -> subprocess.Popen[bytes]:
+    """Two simulated instances on `port` and the one after, serving MODEL (Suite 4's bench.fleet.server)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "bench.fleet.server", "--instances", "2", "--port", str(port)]
+        + ["--events-port", str(events_port), "--blocks", str(blocks), "--block-size", "128", "--model", MODEL],
+        cwd=ROOT,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+
+
 RATIO_METRICS = ("ttft_p50_ms", "ttft_p99_ms", "req_per_s", "output_tokens_per_s")
 
 
@@ -365,7 +376,15 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dry-run", action="store_true", help="print the workload and configs, start nothing")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--tag", default="routing-quality", help="results file stem after the date")
+    parser.add_argument(
+        "--sim",
+        action="store_true",
+        help="two simulated instances (bench.fleet.server, blocks of 128 tokens as vLLM's CPU build uses, "
+        "--kv-blocks each) in place of the real engines: Suite 4's check against the real thing",
+    )
     args = parser.parse_args(argv)
+    if args.sim and not args.kv_blocks:
+        parser.error("--sim needs --kv-blocks")
     if args.prompts < 1 or args.requests < 1 or args.concurrency < 1 or args.rounds < 1:
         parser.error("--prompts, --requests, --concurrency and --rounds must be at least 1")
     args.policies = tuple(p.strip() for p in args.policies.split(",") if p.strip())
@@ -404,14 +423,18 @@ def main(argv: list[str] | None = None) -> None:
     cores = sorted(os.sched_getaffinity(0))
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        for index in range(len(instances)):
+        tokenizer: str | None = None
+        if args.sim:  # the simulated instances tokenize their own way: the kv router asks their /tokenize
+            procs += [launch_sim(args.port_base + 1, events_ports[0], args.kv_blocks, work / "sim.log")] * 2
+        for index in range(0 if args.sim else len(instances)):
             core = str(cores[index % len(cores)])
             env = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": core, "HF_HUB_OFFLINE": "1"}
             config = engine_config(args.port_base + 1 + index, args.kv_blocks, events_ports[index])
             procs.append(launch(work / f"engine{index}.yaml", config, work / f"engine{index}.log", env))
-        from gateway.model_store import prepare_gemma
+        if not args.sim:
+            from gateway.model_store import prepare_gemma
 
-        tokenizer = str(prepare_gemma())  # the router tokenizes locally, as the engines do
+            tokenizer = str(prepare_gemma())  # the router tokenizes locally, as the engines do
         for policy, port in routers.items():
             procs.append(
                 launch(
@@ -422,7 +445,7 @@ def main(argv: list[str] | None = None) -> None:
                 )
             )
         for url, proc in zip(instances, procs):
-            wait_answering(url, proc, "/ready", timeout_s=args.ready_timeout, interval_s=2)
+            wait_answering(url, proc, "/health" if args.sim else "/ready", timeout_s=args.ready_timeout, interval_s=2)
         for port, proc in zip(routers.values(), procs[2:]):
             wait_answering(f"http://127.0.0.1:{port}", proc, "/ready", timeout_s=120, interval_s=2)
         # Warm both engines on prompts no phase uses (first-request costs, not prefix caching).
@@ -438,6 +461,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(json.dumps(asdict(phase)), flush=True)
                 phases.append(phase)
     finally:
+        procs = list(dict.fromkeys(procs))  # the simulated pair is one process
         for proc in procs:
             proc.terminate()
         for proc in procs:
@@ -451,6 +475,7 @@ def main(argv: list[str] | None = None) -> None:
         "machine": {"cores": os.cpu_count(), "load_avg_at_end": os.getloadavg()},
         "workload": asdict(workload),
         "kv_blocks": args.kv_blocks,
+        "instances": "simulated (bench.fleet.server, 128-token blocks)" if args.sim else "vLLM CPU engines",
         "phases": [asdict(p) for p in phases],
         "per_policy": per_policy(phases),
         "summary": summarise(phases),

@@ -189,7 +189,13 @@ class PromptTokens:
         except (GatewayError, TimeoutError, ValueError, AttributeError) as exc:
             log.debug("/tokenize for routing failed: %s", exc)
             return None
-        return [int(t) for t in tokens] if isinstance(tokens, list) else None
+        if not isinstance(tokens, list):
+            return None
+        try:
+            array("q", tokens)  # token ids are ints (checked at C speed: this runs on every routed request)
+        except (TypeError, OverflowError):
+            return None
+        return tokens
 
 
 def load_tokenizer(path: str) -> Any:

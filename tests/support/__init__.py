@@ -12,6 +12,9 @@ Doubles of an engine or an instance, for the gateway's own logic only (never as 
 - `scripted_paths`: the scripted upstream's further vLLM routes (Messages, rerank, score, pooling, audio).
 - `fake_instance`: `FakeUpstream`, an in-process instance adapter for the router's unit tests.
 - `bench_upstream`: a lean instance that costs almost nothing itself, for Suite 2 (router overhead).
+- Not here: `bench.fleet.server`, Suite 4's simulated vLLM instances (a prefix cache, GPU step timing, KV events
+  on vLLM's wire), many in one process; a benchmark tool, so it lives beside its suite. Its tests are
+  `tests/bench/test_fleet_*.py`.
 
 Real parts the tests start:
 

@@ -105,6 +105,26 @@ async def test_prompt_tokens_render_the_chat_template_and_keep_recent_answers() 
     assert await tokens.ids(token_prompt, None) == [5, 6, 7]  # type: ignore[arg-type]
 
 
+class TokenizingInstance:
+    """An instance's /tokenize answer, as bytes (OpenAIHttpAdapter.forward's shape)."""
+
+    def __init__(self, answer: bytes) -> None:
+        self.answer = answer
+
+    async def forward(self, request: RouteRequest, path: str, body: dict[str, object]) -> bytes:
+        assert path == "/tokenize" and body["add_generation_prompt"] is True
+        return self.answer
+
+
+async def test_an_instances_token_ids_are_taken_only_when_they_are_all_integers() -> None:
+    chat = RouteRequest("r", "m", messages=[{"role": "user", "content": "hi"}])
+    cases = [(b'{"tokens": [1, 2, 3]}', [1, 2, 3]), (b'{"tokens": [1, "2"]}', None), (b'{"tokens": [1.5]}', None)]
+    cases += [(b'{"tokens": [true, 99999999999999999999]}', None), (b'{"count": 3}', None)]
+    for answer, expected in cases:
+        tokens = PromptTokens(RouterSettings())
+        assert await tokens.ids(chat, TokenizingInstance(answer)) == expected, answer  # type: ignore[arg-type]
+
+
 async def test_a_route_with_policy_kv_follows_the_index_and_says_which_instances_fall_back() -> None:
     from gateway.routing.adapter import RoutedAdapter
     from gateway.settings import RouteSettings

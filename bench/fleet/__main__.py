@@ -1,0 +1,3 @@
+from bench.fleet.suite import main
+
+main()

@@ -1,0 +1,70 @@
+"""Suite 4's workloads, oracle and targets, on small inputs worked by hand."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.fleet import text
+from bench.fleet.report import recovery_s, targets
+from bench.fleet.workloads import Session, Shape, Turn, build, oracle
+
+
+def test_a_sessions_later_turns_carry_its_history_with_the_answers() -> None:
+    session = Session(0.0, "sys words", [Turn("a b", 3, 0.0), Turn("c", 2, 1.0)])
+    second = session.messages(1)
+    assert [m["role"] for m in second] == ["system", "user", "assistant", "user"]
+    assert second[2]["content"] == text.output_text(3)
+    # Turn 2's prompt starts with turn 1's prompt and answer, token for token, as the engine cached them.
+    first_ids = text.render_chat(session.messages(0)) + [text.OUTPUT_TOKEN] * 3
+    assert text.render_chat(second)[: len(first_ids)] == first_ids
+
+
+def test_workloads_are_seeded_and_sized() -> None:
+    shape = Shape(instances=4, requests=60)
+    for name in ("shared", "sessions", "hot"):
+        one, again = build(name, shape, 7), build(name, shape, 7)
+        assert one == again and sum(len(s.turns) for s in one) == 60
+        assert build(name, shape, 8) != one
+    assert len({s.system for s in build("hot", shape, 1)}) == 1
+    assert len({s.system for s in build("shared", shape, 1)}) <= shape.groups_per_instance * 4
+
+
+def test_the_oracle_counts_whole_blocks_of_repeated_prompts() -> None:
+    system = " ".join(f"w{i}" for i in range(62))  # BOS, role, 62 words, end of turn: 65 tokens
+    sessions = [Session(float(i), system, [Turn("x", 1, 0.0)]) for i in range(3)]
+    limits = oracle(sessions, blocks=64, block_size=16)
+    prompt = len(text.render_chat(sessions[0].messages(0)))  # 65 + role, "x", end of turn, role = 69
+    assert prompt == 69
+    assert limits["ceiling_hit_rate"] == limits["oracle_hit_rate"] == 2 * 64 / (3 * 69)  # 4 blocks, twice
+    tiny = oracle(sessions, blocks=5, block_size=16)  # one prompt's blocks: the next one still finds them
+    assert tiny["oracle_hit_rate"] == limits["oracle_hit_rate"]
+
+
+def phase(workload: str, policy: str, **values: Any) -> dict[str, Any]:
+    base = {"hit_rate": 0.5, "oracle_hit_rate": 1.0, "ttft_p50_s": 1.0, "imbalance": 1.0, "lost": 0}
+    return {"workload": workload, "policy": policy, "router_cpu_ms_per_request": 1.0, **base, **values}
+
+
+def test_targets_are_ratios_within_the_run() -> None:
+    phases = [
+        phase("sessions", "kv", hit_rate=0.85, oracle_hit_rate=0.9, ttft_p50_s=0.2, router_cpu_ms_per_request=1.2),
+        phase("sessions", "prefix", ttft_p50_s=0.3),
+        phase("sessions", "round-robin", ttft_p50_s=0.3),
+        phase("hot", "kv", imbalance=1.3),
+    ]
+    met = {t["target"]: t["met"] for t in targets(phases)}
+    assert met["sessions: kv hit rate / oracle"] is True  # 0.944
+    assert met["sessions: kv TTFT p50 / prefix"] is True  # 0.67
+    assert met["sessions: kv TTFT p50 / round-robin"] is False  # 0.67 > 0.5
+    assert met["hot: kv load imbalance (max/mean)"] is False
+    assert met["sessions: router CPU per request, kv / round-robin"] is True
+
+
+def test_recovery_is_the_time_from_each_change_to_a_window_back_at_level() -> None:
+    churn = {
+        "hit_series": [(0.0, 0.2), (5.0, 0.8), (10.0, 0.5), (15.0, 0.6), (20.0, 0.9), (25.0, 0.9)],
+        "events": [(11.0, "+4 instances"), (16.0, "-4 instances")],
+    }
+    assert recovery_s(churn, 0.9) == 14.0  # 0.81: first reached by the window 20-25 s, 14 s after the first change
+    assert recovery_s(churn, 0.5) == 4.0  # 0.45: reached by the window holding each change, 4 s later
+    assert recovery_s({**churn, "hit_series": [(0.0, 0.1)]}, 0.9) == float("inf")
