@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 
-from engine_adapters.errors import EngineUnavailable
+from gateway.errors import EngineUnavailable
 
 RETRY_AFTER_S = 5.0  # held requests come and go within seconds: a little later there is room again
 
