@@ -1,4 +1,4 @@
-"""Stage 4 of the front door (gateway.relay): the instance's answer, passed on to the client. A failure before
+"""Stage 5 (answer) of the front door (gateway.relay): the instance's answer, passed on to the client. A failure before
 its first bytes is a plain HTTP error, one after them an SSE error event; a whole answer (stream false) is
 folded from the events (gateway.relay.fold), or passed on as the instance gave it."""
 

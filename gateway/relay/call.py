@@ -1,4 +1,4 @@
-"""Stage 3 of the front door (gateway.relay): one chat or completion request, relayed to an instance.
+"""Stages 4 (choose and relay) and 6 (meter) of the front door (gateway.relay): one request, relayed.
 
 The instance (tokenyard in engine mode, `vllm serve`) does the work, so every field it knows works
 through the router (tools, response_format, echo, ...). The router chooses the instance, retries before

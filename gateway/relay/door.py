@@ -1,4 +1,4 @@
-"""Stage 1 and 2 of the front door (gateway.relay): a routed model's chat, completion or tokenizer request is
+"""Stage 2 (take) of the front door (gateway.relay): a routed model's chat, completion or tokenizer request is
 taken here, in plain ASGI, and every other request goes on to the FastAPI app.
 
 The body is read for what the router needs (gateway.relay.read), not validated with engine mode's wire

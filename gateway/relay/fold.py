@@ -1,4 +1,4 @@
-"""Stage 4 of the front door (gateway.relay), for a whole answer: the events an instance streamed, folded into
+"""Stage 5 (answer) of the front door (gateway.relay), for a whole answer: the events an instance streamed, folded into
 the one body OpenAI sends when `stream` is false."""
 
 from __future__ import annotations

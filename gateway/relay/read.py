@@ -1,4 +1,4 @@
-"""What the router reads of a routed chat, completion or tokenizer request, and nothing more.
+"""Stage 3 (read) of the front door (gateway.relay): what the router reads of a routed body, and nothing more.
 
 A router is liberal: whatever an instance accepts, a route to it passes on. So a routed body is not checked
 against engine mode's wire models (gateway.protocol), which know only the part types and fields tokenyard
