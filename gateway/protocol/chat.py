@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Discriminator, Field, Tag, model_validator
 
-from gateway.protocol.common import FinishReason, PromptLogprobs, SamplingFields, Usage, WireModel
+from gateway.protocol.common import FinishReason, PromptLogprobs, SamplingFields, Usage, WireModel, type_tag
 
 
 class TextPart(WireModel):
@@ -77,8 +77,7 @@ class OtherPart(WireModel):
 
 
 def _part_tag(part: Any) -> str:
-    kind = part.get("type") if isinstance(part, dict) else getattr(part, "type", None)
-    return kind if isinstance(kind, str) and kind in _PART_TAGS else "other"
+    return type_tag(part, _PART_TAGS)
 
 
 ContentPart = Annotated[

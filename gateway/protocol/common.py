@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+
+def type_tag(value: Any, known: Collection[str], missing: str | None = None) -> str:
+    """The tag of a typed part, block, item or tool for a discriminated union: its `type` when known, else
+    "other" (the member that refuses it by name). Read from a dict (validating) or a model (serialising);
+    `missing` is the type of one that names none."""
+    kind = value.get("type", missing) if isinstance(value, dict) else getattr(value, "type", missing)
+    return kind if isinstance(kind, str) and kind in known else "other"
 
 
 class WireModel(BaseModel):

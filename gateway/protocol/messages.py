@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Discriminator, Field, Tag
 
-from gateway.protocol.common import WireModel
+from gateway.protocol.common import WireModel, type_tag
 
 
 class TextBlock(WireModel):
@@ -63,8 +63,7 @@ class OtherBlock(WireModel):
 
 
 def _block_kind(value: Any) -> str:
-    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
-    return kind if kind in ("text", "image", "tool_use", "tool_result") else "other"
+    return type_tag(value, ("text", "image", "tool_use", "tool_result"))
 
 
 ContentBlock = Annotated[

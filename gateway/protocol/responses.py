@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
-from gateway.protocol.common import Probability, WireModel
+from gateway.protocol.common import Probability, WireModel, type_tag
 
 
 class InputText(WireModel):
@@ -91,9 +91,7 @@ class OtherItem(WireModel):
 
 
 def _item_type(value: Any) -> str:
-    kind = value.get("type", "message") if isinstance(value, dict) else getattr(value, "type", "message")
-    known = ("message", "function_call", "function_call_output", "reasoning")
-    return kind if kind in known else "other"
+    return type_tag(value, ("message", "function_call", "function_call_output", "reasoning"), missing="message")
 
 
 InputItem = Annotated[
@@ -121,8 +119,7 @@ class OtherTool(WireModel):
 
 
 def _tool_type(value: Any) -> str:
-    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
-    return "function" if kind == "function" else "other"
+    return type_tag(value, ("function",))
 
 
 ToolIn = Annotated[
