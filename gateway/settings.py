@@ -263,6 +263,11 @@ class RouterSettings(BaseModel):
     max_attempts: int = Field(default=3, ge=1, description="Tries on different instances, before any output.")
     retry_backoff_s: float = Field(default=0.05, ge=0, description="The first retry's backoff; doubles, with jitter.")
     health_interval_s: float = Field(default=2.0, gt=0, description="GET /health and /metrics on every instance.")
+    health_failures: int = Field(
+        default=2,
+        ge=1,
+        description="Health checks failed in a row that take a healthy instance out (the first check decides at once).",
+    )
     breaker_failures: int = Field(default=3, ge=1, description="Consecutive failures that open an instance's breaker.")
     breaker_cooldown_s: float = Field(default=5.0, gt=0, description="Open this long, then one probe request.")
     prefix_chars: int = Field(default=256, ge=1, description="Policy prefix: how much of the prompt is hashed.")

@@ -227,6 +227,7 @@ class UpstreamStat:
     healthy: bool
     breaker_state: int  # 0 closed, 1 half-open, 2 open
     retries: int
+    lora_adapters: int = 0  # the LoRA adapters it lists, as of the router's last look (LoRA routes only)
 
 
 @dataclass(frozen=True)
@@ -432,9 +433,15 @@ class _UpstreamCollector:
         breaker = GaugeMetricFamily(
             "tokenyard_breaker_state", "Circuit breaker per instance: 0 closed, 1 half-open, 2 open.", labels=labels
         )
+        adapters = GaugeMetricFamily(
+            "tokenyard_upstream_lora_adapters",
+            "LoRA adapters the instance lists, as of the router's last look (routes with LoRA adapters).",
+            labels=labels,
+        )
         for stat in self.source():
             key = [stat.model, stat.upstream]
             healthy.add_metric(key, float(stat.healthy))
             retries.add_metric(key, float(stat.retries))
             breaker.add_metric(key, float(stat.breaker_state))
-        yield from (healthy, retries, breaker)
+            adapters.add_metric(key, float(stat.lora_adapters))
+        yield from (healthy, retries, breaker, adapters)

@@ -52,6 +52,7 @@ from gateway.routing.instance import Instance, Lease
 from gateway.routing.kube import EndpointSliceWatch
 from gateway.routing.kv import KvRouting
 from gateway.routing.lora import LoraPlacement
+from gateway.routing.lora import held as held_adapters
 from gateway.routing.policies import make_policy
 from gateway.routing.resume import ResumeCounts, refusal, resumed, watched
 from gateway.routing.route_key import RouteKey
@@ -169,7 +170,10 @@ class RoutedAdapter:
         await asyncio.gather(*(probe(instance) for instance in self.instances.values()))
         self._spawn(
             watch_health(
-                lambda: list(self.instances.values()), self.settings.health_interval_s, on_healthy=self._wake_held
+                lambda: list(self.instances.values()),
+                self.settings.health_interval_s,
+                self.settings.health_failures,
+                on_healthy=self._wake_held,
             )
         )
         if self._key.watched:
@@ -235,6 +239,7 @@ class RoutedAdapter:
                 i.healthy and i.breaker.state is not BreakerState.OPEN,
                 int(i.breaker.state),
                 i.retries,
+                len(held_adapters(i)) if self.route.lora_adapters else 0,
             )
             for i in self.instances.values()
         ]

@@ -21,6 +21,7 @@ class Instance:
     adapter: OpenAIHttpAdapter
     breaker: Breaker
     healthy: bool = True  # optimistic until the first health check: passive signals catch a dead one
+    failed_checks: int = 0  # health checks failed in a row
     in_flight: int = 0  # our own count, exact and fresh
     engine: EngineLoad = field(default_factory=EngineLoad)  # scraped every health interval, so stale
     retries: int = 0  # attempts here that failed before the first chunk and were retried

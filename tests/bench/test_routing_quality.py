@@ -85,10 +85,15 @@ def test_a_result_is_written_as_markdown() -> None:
     assert "| kv | 150 | 2000 | 2.00 | 0.80 |" in text  # the medians over rounds
 
 
-def test_a_result_is_plotted(tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib")  # the `bench` extra; `make bench-routing` installs it
-    assert plot(_result(), tmp_path / "r.png")
-    assert (tmp_path / "r.png").stat().st_size > 1000
+def test_a_result_is_plotted_where_matplotlib_is_installed_and_skipped_in_words_where_not(tmp_path: Path) -> None:
+    """matplotlib is the `bench` extra (`make bench-routing` installs it; the test run does not)."""
+    import importlib.util
+
+    drawn = plot(_result(), tmp_path / "r.png")
+    if importlib.util.find_spec("matplotlib") is None:
+        assert drawn is False and not (tmp_path / "r.png").exists()
+    else:
+        assert drawn and (tmp_path / "r.png").stat().st_size > 1000
 
 
 def test_the_kv_routers_decisions_are_counted_per_phase() -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from collections.abc import Iterator
 
 import httpx
@@ -16,6 +15,7 @@ import pytest
 from tests.conftest import TEXT_MODEL
 from tests.e2e.fleet import EngineFleet, engine_fleet
 from tests.support.lora_fixture import ADAPTER_NAME, build_adapter
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.engine
 
@@ -54,13 +54,16 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineFleet]:
 @pytest.fixture
 def unloaded(fleet: EngineFleet) -> Iterator[None]:
     """No instance holds the adapter when the test begins, nor after it (the routers run one after the
-    other over the same instances); the routers' health checks see that within a few intervals."""
+    other over the same instances), and every router has seen that in its health checks."""
     yield
     for instance in fleet.instances:
         if holds(instance):
             answer = httpx.post(f"{instance}/v1/unload_lora_adapter", json={"lora_name": ADAPTER_NAME}, timeout=60)
             assert answer.status_code == 200, answer.text
-    time.sleep(3 * HEALTH_INTERVAL_S)
+    for router in fleet.routers.values():
+        wait_until(
+            lambda router=router: not sum(adapters_seen(router).values()), timeout_s=30, what="routers see no adapter"
+        )
 
 
 def sdk(url: str) -> openai.OpenAI:
@@ -88,6 +91,13 @@ def requests_served(instance: str) -> float:
     return sum(float(v) for v in re.findall(pattern, text, re.MULTILINE))
 
 
+def adapters_seen(router: str) -> dict[str, float]:
+    """The adapters the router sees on each instance (tokenyard_upstream_lora_adapters)."""
+    text = httpx.get(f"{router}/metrics", timeout=10).text
+    pattern = r'^tokenyard_upstream_lora_adapters\{[^}]*upstream="([^"]+)"[^}]*\} (\S+)$'
+    return {url: float(v) for url, v in re.findall(pattern, text, re.MULTILINE)}
+
+
 def router_metric(router: str, name: str) -> float:
     text = httpx.get(f"{router}/metrics", timeout=10).text
     match = re.search(rf'^{name}\{{[^}}]*model="{TEXT_MODEL}"[^}}]*\}} (\S+)$', text, re.MULTILINE)
@@ -113,6 +123,7 @@ def test_the_first_request_loads_the_adapter_on_one_instance_and_the_rest_follow
         i: 4 if i == holder else 0 for i in fleet.instances
     }
     assert [instance for instance in fleet.instances if holds(instance)] == [holder]
+    assert adapters_seen(router) == {i: 1 if i == holder else 0 for i in fleet.instances}
     assert router_metric(router, "tokenyard_route_lora_loads_total") == 1
 
     # The answer is the adapter's: what the holder itself answers for it, and not the base model's.

@@ -12,6 +12,7 @@ from engine_adapters.base import GenerateRequest, SamplingOptions
 from gateway.errors import EngineUnavailable, InvalidRequest
 from gateway.routing.adapter import RoutedAdapter
 from gateway.routing.breaker import BreakerState
+from gateway.routing.health import probe
 from gateway.settings import DiscoverySettings, RouterSettings, RouteSettings
 from tests.support.fake_instance import FakeUpstream
 from tests.support.waiting import until
@@ -226,3 +227,27 @@ def test_one_instance_and_a_route_relay_with_the_same_signatures() -> None:
         assert str(route.parameters["request"].annotation) == "RouteRequest", name
     http = OpenAIHttpAdapter("http://127.0.0.1:9", "m")
     assert isinstance(http, Relay)
+
+
+async def test_a_healthy_instance_is_taken_out_only_after_its_failed_checks_in_a_row() -> None:
+    """router.health_failures: one slow or failed check of a busy instance does not move its traffic; the
+    first check at start decides at once (an instance down at start takes nothing)."""
+    adapter, fakes = routed(health_failures=3)
+    instance = adapter.instances[URLS[0]]
+    fakes[URLS[0]].behaviour = "before"
+    for _ in range(2):
+        assert await probe(instance, 3) is False
+        assert instance.healthy
+    fakes[URLS[0]].behaviour = "ok"
+    assert await probe(instance, 3) is False and instance.failed_checks == 0  # a pass resets the count
+    fakes[URLS[0]].behaviour = "before"
+    for _ in range(3):
+        await probe(instance, 3)
+    assert not instance.healthy
+    fakes[URLS[0]].behaviour = "ok"
+    assert await probe(instance, 3) is True and instance.healthy  # it came back
+
+    at_start = adapter.instances[URLS[1]]
+    fakes[URLS[1]].behaviour = "before"
+    await probe(at_start)
+    assert not at_start.healthy
