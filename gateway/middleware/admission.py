@@ -144,6 +144,8 @@ class AdmissionMiddleware:
         info = request_info(scope)
         try:
             priority = priority_of(scope, info.body)
+            if info.key_scope is not None:
+                priority = info.key_scope.priority(priority)
         except InvalidRequest as exc:
             await send_error(send, exc)
             return

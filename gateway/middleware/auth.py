@@ -58,15 +58,19 @@ class AuthMiddleware:
             return
         token = presented_key(scope)
         entry = self.keys.match(token) if token else None
-        if entry is None:
+        if entry is None or entry.scope.expired():
             self.metrics.rejected.labels("auth").inc()
-            message = "Incorrect API key provided." if token else "You didn't provide an API key."
+            if entry is not None:
+                message = "The API key provided has expired."
+            else:
+                message = "Incorrect API key provided." if token else "You didn't provide an API key."
             await send_error(send, AuthenticationFailed(message), [(b"www-authenticate", b"Bearer")])
             return
         info = request_info(scope)
         info.key_name = entry.name
         info.key_limits = entry.limits
         info.key_digest = entry.digest
+        info.key_scope = entry.scope
         await self.app(scope, receive, send)
 
     def _needs_key(self, scope: Scope) -> bool:

@@ -20,7 +20,16 @@ from prometheus_client.utils import floatToGoString
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _TOKEN_GAP_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2.5)
-REJECT_REASONS = ("auth", "rate_limited", "over_budget", "limit_store", "admission", "body_size", "body_timeout")
+REJECT_REASONS = (
+    "auth",
+    "rate_limited",
+    "over_budget",
+    "limit_store",
+    "admission",
+    "body_size",
+    "body_timeout",
+    "scope",
+)
 KEY_REJECT_REASONS = ("rate_limited", "over_budget")
 # Label values are configured names (served models, routes, key names) or fixed buckets such as this one:
 # never a string a client sent (AppState.model_label maps a requested model name).
