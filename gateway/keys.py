@@ -1,7 +1,10 @@
 """The client keys: from settings and a keys file, kept as digests, matched in constant time.
 
-Keys come from settings (--api-keys, TOKENYARD_API_KEYS, YAML) and from a keys file that is re-read
-when it changes (a mounted Kubernetes Secret). Only SHA-256 digests are kept; a presented key is
+Keys come from settings (--api-keys, TOKENYARD_API_KEYS, YAML), from a keys file that is re-read
+when it changes (a mounted Kubernetes Secret), and from the keys API's rows in the SQL store, which
+gateway.store.keys.KeySync copies in (replace_stored) every auth.keys_refresh_s. Those stored keys are
+used only while their last good read is at most auth.keys_stale_after_s old: a store down for longer
+refuses them too, and a key never read is refused throughout. Only SHA-256 digests are kept; a presented key is
 compared with every digest (KeyStore.match), with no early exit, so timing tells nothing about which keys exist.
 
 Keys file: one key a line, optionally followed by space-separated `name=`, `rpm=`, `tpm=`, the token
@@ -131,9 +134,20 @@ def _reason(exc: ValueError) -> str:
 
 
 class KeyStore:
-    def __init__(self, keys: list[ApiKey], path: Path | None, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        keys: list[ApiKey],
+        path: Path | None,
+        clock: Callable[[], float] = time.monotonic,
+        stale_after_s: float = float("inf"),
+    ) -> None:
         self._static = unique([setting_entry(k) for k in keys], "api_keys")
         self._path, self._clock = path, clock
+        self._stored: list[KeyEntry] = []
+        self._stored_at = float("-inf")  # when the stored keys were last read (the clock's time)
+        self._stale_after_s = stale_after_s
+        # Until the store has been read, whether it holds keys is unknown: a store that answers at start says.
+        self._minted = False
         self._from_file: list[KeyEntry] = []
         self._stamp: tuple[int, int, int] | None = None
         self._checked_at = float("-inf")
@@ -142,21 +156,43 @@ class KeyStore:
 
     @property
     def enabled(self) -> bool:
-        """A configured keys file turns auth on even while it is empty: it denies rather than opens."""
-        return bool(self._static) or self._path is not None
+        """A configured keys file turns auth on even while it is empty: it denies rather than opens. So does a
+        key ever minted through the keys API, revoked or not."""
+        return bool(self._static) or self._path is not None or self._minted
 
     def match(self, presented: str) -> KeyEntry | None:
         self._maybe_reload()
         candidate = digest(presented)
         found = None
-        for entry in self._static + self._from_file:
+        for entry in self._entries():
             if secrets.compare_digest(candidate, entry.digest) and found is None:
                 found = entry
         return found
 
     def entries(self) -> list[KeyEntry]:
         self._maybe_reload()
-        return self._static + self._from_file
+        return self._entries()
+
+    def configured_names(self) -> set[str]:
+        """The names of the keys from settings and the keys file: the keys API may not reuse them."""
+        self._maybe_reload()
+        return {entry.name for entry in self._static + self._from_file}
+
+    def replace_stored(self, entries: list[KeyEntry], minted: bool) -> None:
+        """The keys API's keys as just read from the store; one named as a configured key is left out."""
+        taken = self.configured_names()
+        kept = [entry for entry in entries if entry.name not in taken]
+        if len(kept) < len(entries):
+            log.warning("%d stored key(s) share a name with a configured key and are ignored", len(entries) - len(kept))
+        self._stored, self._minted, self._stored_at = kept, minted, self._clock()
+
+    def mark_unknown(self) -> None:
+        """The store could not be read at start: ask for keys until it is (nothing fails open)."""
+        self._minted = True
+
+    def _entries(self) -> list[KeyEntry]:
+        fresh = self._clock() - self._stored_at <= self._stale_after_s
+        return self._static + self._from_file + (self._stored if fresh else [])
 
     def _maybe_reload(self) -> None:
         now = self._clock()

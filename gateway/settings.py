@@ -360,6 +360,18 @@ class AuthSettings(BaseModel):
         min_length=1,
         description="Opens GET /admin/usage (every key's usage) and, where keys are set, the runtime LoRA routes.",
     )
+    keys_refresh_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="How often each replica reads the keys API's keys from the store: a key created, changed or "
+        "revoked through any replica takes effect everywhere within this (plus one store round trip).",
+    )
+    keys_stale_after_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="While the store cannot be read, keys read from it before keep working this long after the "
+        "last good read, then are refused; a key never read is refused throughout.",
+    )
 
 
 class LimitSettings(BaseModel):

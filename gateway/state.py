@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from gateway.observability.otel import Tracing
     from gateway.routing.reload import RouteTable
     from gateway.store import ResponseStore
+    from gateway.store.keys import KeySync
 
 
 @runtime_checkable
@@ -58,6 +59,7 @@ class AppState:
     tracing: Tracing | None = None  # OpenTelemetry, while tracing is on (gateway.observability.tracing)
     runtime_loras: dict[str, str] = field(default_factory=dict)  # adapter loaded at run time -> its base model
     response_store: ResponseStore | None = None  # stored responses (gateway.store), when create_app built the app
+    key_sync: KeySync | None = None  # the keys API's keys in the store, copied into `keys` (gateway.store.keys)
     background_runs: set[asyncio.Task[None]] = field(default_factory=set)  # background responses running here
     held: HeldBytes = field(init=False)  # bytes of the requests waiting for a slot or an instance
 

@@ -7,7 +7,6 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.errors import AuthenticationFailed, InvalidRequest
 from gateway.middleware.context import (
-    ADMIN_USAGE_PATH,
     LORA_PATHS,
     METRICS_PATH,
     PROBE_PATHS,
@@ -15,6 +14,7 @@ from gateway.middleware.context import (
     request_info,
     send_error,
 )
+from gateway.protocol.paths import route_group
 from gateway.state import AppState
 
 
@@ -74,8 +74,10 @@ class AuthMiddleware:
         await self.app(scope, receive, send)
 
     def _needs_key(self, scope: Scope) -> bool:
-        # The admin routes check the admin key themselves.
-        if scope["type"] != "http" or not self.keys.enabled or scope["path"] in (*PROBE_PATHS, ADMIN_USAGE_PATH):
+        # The admin routes (/admin/*) check for an admin key themselves: auth.admin_key is no client key.
+        if scope["type"] != "http" or not self.keys.enabled or scope["path"] in PROBE_PATHS:
+            return False
+        if route_group(scope["path"]) == "admin":
             return False
         if scope["path"] in LORA_PATHS and self.runtime_lora:
             return False
