@@ -41,6 +41,8 @@ class WaitQueue(Protocol):
     @property
     def depth(self) -> int: ...
 
+    def longest_waiting(self) -> tuple[str, float] | None: ...
+
 
 @dataclass
 class AppState:
@@ -84,6 +86,18 @@ class AppState:
             route.status(queued=queue.depth if (queue := self.queues.get(route.names[0])) else 0)
             for route in self.routes()
         ]
+
+    def queue_summaries(self) -> dict[str, dict[str, object]]:
+        """Each admission queue now: how many wait, and the key (its name) whose request has waited longest."""
+        summaries: dict[str, dict[str, object]] = {}
+        for name, queue in self.queues.items():
+            longest = queue.longest_waiting()
+            summaries[name] = {
+                "waiting": queue.depth,
+                "longest_waiting_key": longest[0] if longest else None,
+                "longest_wait_s": round(longest[1], 3) if longest else None,
+            }
+        return summaries
 
     def engine_deaths(self) -> dict[str, str]:
         """The in-process engines that have died: model name -> cause. Remote instances never count:

@@ -125,6 +125,19 @@ class Metrics:
             ["key", "reason"],
             registry=r,
         )
+        # A model's admission queue per key name (gateway.middleware.admission's fair share).
+        self.key_waiting = Gauge(
+            "tokenyard_key_waiting", "A key's requests waiting for an admission slot.", ["model", "key"], registry=r
+        )
+        self.key_served = Counter(
+            "tokenyard_key_admitted", "A key's requests given an admission slot.", ["model", "key"], registry=r
+        )
+        self.key_shed = Counter(
+            "tokenyard_key_shed",
+            "A key's requests refused by admission: queue full, wait timed out, or their place taken.",
+            ["model", "key"],
+            registry=r,
+        )
         self.limit_store_errors = Counter(
             "tokenyard_limit_store_errors",
             "Calls to the shared limit store (Redis) that failed.",
