@@ -9,7 +9,8 @@ a model by any of its names (an alias, a LoRA adapter), and it is allowed when t
 asked for or the model's own (first) name, so that granting a model grants its aliases.
 
 Priority follows vLLM's convention (lower runs sooner): `max_priority` is the most urgent value the key may
-ask for; a request asking for more urgency is served at the ceiling.
+ask for; a request asking for more urgency is refused (403), in both modes alike: a router passes the body on
+as it came, so the ceiling cannot be met by rewriting it.
 """
 
 from __future__ import annotations
@@ -47,8 +48,8 @@ class KeyScope:
             return True
         return any(fnmatch.fnmatchcase(name, pattern) for name in names for pattern in self.models)
 
-    def priority(self, asked: int) -> int:
-        return asked if self.max_priority is None else max(asked, self.max_priority)
+    def allows_priority(self, asked: int) -> bool:
+        return self.max_priority is None or asked >= self.max_priority
 
 
 UNSCOPED = KeyScope()

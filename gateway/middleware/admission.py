@@ -25,7 +25,7 @@ from typing import Any, cast
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.errors import EngineUnavailable, GatewayError, InvalidRequest, RateLimited
+from gateway.errors import EngineUnavailable, GatewayError, InvalidRequest, PermissionDenied, RateLimited
 from gateway.held import waiting
 from gateway.middleware.context import RequestInfo, header, is_service_path, request_info, send_error
 from gateway.state import AppState
@@ -211,10 +211,13 @@ class AdmissionMiddleware:
         info = request_info(scope)
         try:
             priority = priority_of(scope, info.body)
-            if info.key_scope is not None:
-                priority = info.key_scope.priority(priority)
         except InvalidRequest as exc:
             await send_error(send, exc)
+            return
+        if info.key_scope is not None and not info.key_scope.allows_priority(priority):
+            self.state.metrics.rejected.labels("scope").inc()
+            ceiling = info.key_scope.max_priority
+            await send_error(send, PermissionDenied(f"This API key may not ask for a priority below {ceiling}."))
             return
         admission = self._admission(info.model)
         if admission is not None:

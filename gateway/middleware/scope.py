@@ -1,7 +1,7 @@
 """A key's scope at the front door (gateway.scopes): 403 for a path whose route group the key lacks, and 404
 model_not_found, the body an unknown model gets, for a model it may not use, so that a key cannot probe
-which models exist. A request asking for more urgency than the key's ceiling is served at the ceiling
-(gateway.middleware.admission reads it). /v1/models lists only what the key may use (gateway.api.models).
+which models exist. A request asking for more urgency than the key's ceiling is refused 403 where the
+priority is read (gateway.middleware.admission). /v1/models lists only what the key may use (gateway.api.models).
 
 The admin routes (/admin/*) and runtime LoRA routes check their group themselves (gateway.api.common.
 require_admin): they also open to auth.admin_key, which is no client key.

@@ -1,12 +1,14 @@
 """Key scopes through real processes, in engine mode (the scripted gateway) and router mode (a router over
 scripted instances), read with the openai SDK: 404 for a model outside the key's scope (the body an unknown
-model gets), 403 for a route group it lacks, /v1/models filtered, globs and aliases, 401 for an expired key."""
+model gets), 403 for a route group it lacks or a priority above its ceiling, /v1/models filtered, globs and aliases, 401
+for an expired key."""
 
 from __future__ import annotations
 
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
@@ -15,7 +17,7 @@ from tests.faults.harness import Engine, Fleet, Router
 from tests.support import scripted_gateway
 
 KEYS = """\
-sk-scoped-0123456789 name=scoped owner=search models=scripted groups=inference
+sk-scoped-0123456789 name=scoped owner=search models=scripted groups=inference max_priority=0
 sk-globbed-012345678 name=globbed models=oth*
 sk-expired-012345678 name=old expires=2020-01-01T00:00:00Z
 sk-open-012345678901 name=open
@@ -97,6 +99,13 @@ def test_a_key_uses_only_its_models_and_groups(served: tuple[str, str]) -> None:
     assert denied.value.code == "permission_denied" and denied.value.status_code == 403
     assert "sk-" not in str(denied.value.body)
     assert isinstance(opened.get("/usage", cast_to=object), dict)
+
+    messages: Any = [{"role": "user", "content": "hi"}]
+    for asked in ({"extra_body": {"priority": -1}}, {"extra_headers": {"x-priority": "-5"}}):
+        with pytest.raises(openai.PermissionDeniedError) as urgent:  # above the key's priority ceiling
+            scoped.chat.completions.create(model="scripted", messages=messages, max_tokens=2, **asked)
+        assert urgent.value.code == "permission_denied"
+    assert scoped.chat.completions.create(model="scripted", messages=messages, max_tokens=2, extra_body={"priority": 3})
 
     assert _chat(globbed, "other")
     with pytest.raises(openai.NotFoundError):

@@ -26,14 +26,14 @@ def test_the_keys_file_expresses_every_scope() -> None:
     assert (scope.max_priority, scope.weight, dict(scope.metadata)) == (-5, 3, {"cost_center": "42"})
     assert scope.allows_model(["gemma-3-270m"]) and not scope.allows_model(["qwen"])
     assert scope.allows_model(["alias", "gemma-3-270m"])  # the model's own name grants its aliases
-    assert (scope.priority(-10), scope.priority(0)) == (-5, 0)  # no more urgent than the ceiling
+    assert not scope.allows_priority(-10) and scope.allows_priority(-5) and scope.allows_priority(0)
 
 
 def test_a_key_without_scope_keeps_what_every_key_could_do() -> None:
     (entry,) = parse_keys_file("sk-plain-0123456789")
     assert entry.scope.groups == DEFAULT_GROUPS and "admin" not in entry.scope.groups
     assert entry.scope.allows_model(["anything"]) and not entry.scope.expired()
-    assert entry.scope.priority(-100) == -100 and entry.scope.weight == 1
+    assert entry.scope.allows_priority(-100) and entry.scope.weight == 1
 
 
 @pytest.mark.parametrize(
