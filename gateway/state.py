@@ -69,6 +69,7 @@ class AppState:
         self.held = HeldBytes(self.settings.limits.max_held_bytes)
         self.metrics.watch_upstreams(self.upstream_stats)
         self.metrics.watch_routes(self.route_statuses)
+        self.metrics.watch_queues(self.longest_waits)
         self.metrics.watch_loras(lambda: [stat for route in self.routes() for stat in route.lora_stats()])
 
     def engines(self) -> list[EngineAdapter]:
@@ -98,6 +99,10 @@ class AppState:
                 "longest_wait_s": round(longest[1], 3) if longest else None,
             }
         return summaries
+
+    def longest_waits(self) -> list[tuple[str, str, float]]:
+        """(model, key name, seconds) of each queue's request waiting longest, where one waits."""
+        return [(name, found[0], found[1]) for name, queue in self.queues.items() if (found := queue.longest_waiting())]
 
     def engine_deaths(self) -> dict[str, str]:
         """The in-process engines that have died: model name -> cause. Remote instances never count:

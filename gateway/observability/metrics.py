@@ -189,6 +189,10 @@ class Metrics:
         """Router mode's per-model metrics (ready instances, waiting requests), read at scrape time."""
         self.registry.register(_RouteCollector(source))
 
+    def watch_queues(self, source: Callable[[], Iterable[tuple[str, str, float]]]) -> None:
+        """Each admission queue's longest-waiting key (model, key name, seconds), read at scrape time."""
+        self.registry.register(_LongestWaitCollector(source))
+
     def render(self, include_engine: bool) -> bytes:
         body = prometheus_client.generate_latest(self.registry)
         if include_engine:
@@ -309,6 +313,24 @@ class LoraStat:
     load_failures: int
     unloads: int
     decisions: dict[str, int]  # hit, loaded, fallback -> requests placed so
+
+
+class _LongestWaitCollector:
+    def __init__(self, source: Callable[[], Iterable[tuple[str, str, float]]]) -> None:
+        self.source = source
+
+    def describe(self) -> list[Metric]:
+        return []  # queues appear with their models' first requests
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "tokenyard_queue_longest_wait_seconds",
+            "How long the request waiting longest for an admission slot has waited, by model and its key's name.",
+            labels=["model", "key"],
+        )
+        for model, key, seconds in self.source():
+            family.add_metric([model, key], seconds)
+        yield family
 
 
 class _LoraCollector:

@@ -57,6 +57,8 @@ def test_a_steady_key_is_served_ahead_of_a_flood(fleet: Fleet) -> None:
             await until(lambda: _queue(router)["waiting"] >= 56, 30, "the flood queued")
             ready = _queue(router)
             assert ready["longest_waiting_key"] == "flood" and ready["longest_wait_s"] >= 0
+            metrics = httpx.get(f"{router.url}/metrics", timeout=5).text
+            assert f'tokenyard_queue_longest_wait_seconds{{key="flood",model="{MODEL}"}}' in metrics
             waits: list[int] = []
             for _ in range(5):  # one at a time: each waits for its answer before sending the next
                 sent_at = len(done)
