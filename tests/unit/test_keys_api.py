@@ -3,11 +3,15 @@ revoke; only an admin key; one audit line per change, never with the secret."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from gateway.keys import KeyStore
+from gateway.store.keys import entry_of
 from tests.support.scripted_app import MODEL, chat, scripted_client, settings
 
 ADMIN = "sk-admin-keys-api-0123"
@@ -104,3 +108,38 @@ async def test_only_an_admin_key_mints_and_names_are_unique(tmp_path: Path) -> N
             assert refused.status_code == 400, bad
         # A client key with the admin group reads every key's usage too (the admin view).
         assert (await client.get("/admin/usage", headers=ops)).status_code == 200
+
+
+async def test_a_store_unreadable_at_start_keeps_a_server_with_an_admin_key_closed(tmp_path: Path) -> None:
+    down = {"url": "postgresql://u:pw-4711@127.0.0.1:1/db", "timeout_s": 1}
+    async with scripted_client(settings(data_dir=tmp_path, store=down, auth={"admin_key": ADMIN})) as client:
+        refused = await client.post("/v1/chat/completions", json=chat())
+        assert refused.status_code == 401  # keys may have been minted there: nothing fails open
+        unavailable = await client.post("/admin/keys", json={"name": "x"}, headers=_auth(ADMIN))
+        assert unavailable.status_code == 503 and "pw-4711" not in unavailable.text
+    async with scripted_client(settings(data_dir=tmp_path, store=down)) as client:  # no admin key: none minted
+        assert (await client.post("/v1/chat/completions", json=chat())).status_code == 200
+
+
+def test_stored_keys_age_out_while_the_store_cannot_be_read() -> None:
+    now = [100.0]
+    keys = KeyStore([], None, clock=lambda: now[0], stale_after_s=30)
+    assert not keys.enabled and keys.match("sk-ty-stored-0123") is None
+    keys.replace_stored([entry_of(_row("stored", "sk-ty-stored-0123"))], minted=True)
+    assert keys.enabled and keys.match("sk-ty-stored-0123") is not None
+    now[0] += 30  # no read since: still within the bound
+    assert keys.match("sk-ty-stored-0123") is not None and keys.match("sk-ty-other-0123") is None
+    now[0] += 0.5
+    assert keys.match("sk-ty-stored-0123") is None and keys.enabled  # refused, and auth stays on
+    keys.replace_stored([entry_of(_row("stored", "sk-ty-stored-0123"))], minted=True)  # a good read again
+    assert keys.match("sk-ty-stored-0123") is not None
+
+
+def _row(name: str, secret: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "digest": hashlib.sha256(secret.encode()).hexdigest(),
+        "owner": None,
+        "scope": {"models": None, "groups": None, "weight": 2},
+        "limits": {},
+    }
