@@ -4,6 +4,7 @@
     ├── InvalidRequest                400 invalid_request_error
     │   └── ContextLengthExceeded     400 code=context_length_exceeded
     ├── AuthenticationFailed          401 code=invalid_api_key
+    ├── PermissionDenied              403 code=permission_denied     (a key's scope lacks the path's group)
     ├── NotFound                      404
     │   └── ModelNotFound             404 code=model_not_found
     ├── MethodNotAllowed              405 code=method_not_allowed     (the answer carries `Allow`)
@@ -62,6 +63,13 @@ class AuthenticationFailed(GatewayError):
     status = 401
     type = "invalid_request_error"
     code = "invalid_api_key"
+    public_message = True
+
+
+class PermissionDenied(GatewayError):
+    status = 403
+    type = "invalid_request_error"
+    code = "permission_denied"
     public_message = True
 
 
@@ -145,6 +153,7 @@ _BY_STATUS: dict[int, type[GatewayError]] = {
     for cls in (
         InvalidRequest,
         AuthenticationFailed,
+        PermissionDenied,
         NotFound,
         RequestTimeout,
         PayloadTooLarge,

@@ -20,6 +20,7 @@ from gateway.api import (
     completions,
     embeddings,
     health,
+    keys,
     lora,
     messages,
     models,
@@ -46,6 +47,7 @@ from gateway.relay.door import FrontDoor
 from gateway.settings import LimitSettings, Settings
 from gateway.state import AppState
 from gateway.store import build_store
+from gateway.store.keys import KeyRecords, KeySync
 
 log = logging.getLogger(__name__)
 
@@ -115,17 +117,22 @@ def create_app(settings: Settings, adapter_factory: AdapterFactory | None = None
     """Build the app. `adapter_factory` starts the local engines; by default, in-process vLLM per model."""
     state = AppState(
         settings=settings,
-        keys=KeyStore(settings.api_keys, settings.auth.api_keys_file),
+        keys=KeyStore(settings.api_keys, settings.auth.api_keys_file, stale_after_s=settings.auth.keys_stale_after_s),
         limit_store=_limit_store(settings.limits),
         tracing=build_tracing(settings.tracing),
     )
     store = state.response_store = build_store(settings, state.metrics)
+    assert state.keys is not None
+    records = KeyRecords(store.db, store.ensure_schema)
+    admin_key_set = settings.auth.admin_key is not None
+    key_sync = state.key_sync = KeySync(records, state.keys, settings.auth.keys_refresh_s, admin_key_set)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         from gateway.engines import start_local_engines
 
         await store.start()  # migrations, under the database's lock
+        await key_sync.start()  # the keys API's keys, before the first request
         state.adapters = await (adapter_factory or start_local_engines)(settings)
         # Router mode: the routes join the same name -> adapter map, and follow the config file. Imported
         # only here, so that engine mode never loads the router (pyzmq, the Kubernetes discovery).
@@ -151,6 +158,7 @@ def create_app(settings: Settings, adapter_factory: AdapterFactory | None = None
                 # What is left of the drain deadline: after a SIGTERM drain, the requests are done already.
                 await adapter.close(state.drain.time_left(settings.drain_deadline_s))
             await state.limit_store.close()
+            await key_sync.stop()
             await store.close()
             if state.tracing is not None:
                 await state.tracing.close()  # the spans still buffered are exported
@@ -163,6 +171,7 @@ def create_app(settings: Settings, adapter_factory: AdapterFactory | None = None
     app.add_middleware(FrontDoor, state=state)  # innermost: routed chat and completions end there
     middleware.install(app, state)
     for module in (
+        keys,
         models,
         chat,
         completions,

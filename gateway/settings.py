@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -24,6 +25,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from gateway.protocol.paths import RouteGroup
 from gateway.protocol.tool_parser_names import DEFAULT_TOOL_PARSER, TOOL_PARSER_NAMES
 
 # Built-in models ship as PyPI packages and are prepared into the cache at start.
@@ -334,6 +336,20 @@ class ApiKey(BaseModel):
     tokens_per_minute: int | None = Field(default=None, gt=0, description="This key's token rate limit.")
     tokens_per_day: int | None = Field(default=None, gt=0, description="Token budget per UTC day.")
     tokens_per_month: int | None = Field(default=None, gt=0, description="Token budget per UTC month.")
+    owner: str | None = Field(default=None, description="The team or person holding the key (a label).")
+    models: list[str] | None = Field(
+        default=None, description="Models the key may use: names or globs (`qwen*`); None: every model."
+    )
+    groups: list[RouteGroup] | None = Field(
+        default=None,
+        description="Route groups the key may use; None: inference, files_batches and usage (never admin or lora).",
+    )
+    expires_at: datetime | None = Field(default=None, description="After this time the key is refused (401).")
+    max_priority: int | None = Field(
+        default=None, description="The most urgent priority the key may ask for (lower is sooner); None: any."
+    )
+    weight: int = Field(default=1, ge=1, le=1000, description="The key's fair share of a model's queue.")
+    metadata: dict[str, str] = Field(default_factory=dict, description="Free labels kept with the key.")
 
 
 def _stripped(value: Any) -> Any:
@@ -348,6 +364,18 @@ class AuthSettings(BaseModel):
         default=None,
         min_length=1,
         description="Opens GET /admin/usage (every key's usage) and, where keys are set, the runtime LoRA routes.",
+    )
+    keys_refresh_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="How often each replica reads the keys API's keys from the store: a key created, changed or "
+        "revoked through any replica takes effect everywhere within this (plus one store round trip).",
+    )
+    keys_stale_after_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="While the store cannot be read, keys read from it before keep working this long after the "
+        "last good read, then are refused; a key never read is refused throughout.",
     )
 
 

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from gateway.observability.otel import Tracing
     from gateway.routing.reload import RouteTable
     from gateway.store import ResponseStore
+    from gateway.store.keys import KeySync
 
 
 @runtime_checkable
@@ -40,6 +41,8 @@ class WaitQueue(Protocol):
     @property
     def depth(self) -> int: ...
 
+    def longest_waiting(self) -> tuple[str, float] | None: ...
+
 
 @dataclass
 class AppState:
@@ -58,6 +61,7 @@ class AppState:
     tracing: Tracing | None = None  # OpenTelemetry, while tracing is on (gateway.observability.tracing)
     runtime_loras: dict[str, str] = field(default_factory=dict)  # adapter loaded at run time -> its base model
     response_store: ResponseStore | None = None  # stored responses (gateway.store), when create_app built the app
+    key_sync: KeySync | None = None  # the keys API's keys in the store, copied into `keys` (gateway.store.keys)
     background_runs: set[asyncio.Task[None]] = field(default_factory=set)  # background responses running here
     held: HeldBytes = field(init=False)  # bytes of the requests waiting for a slot or an instance
 
@@ -65,6 +69,7 @@ class AppState:
         self.held = HeldBytes(self.settings.limits.max_held_bytes)
         self.metrics.watch_upstreams(self.upstream_stats)
         self.metrics.watch_routes(self.route_statuses)
+        self.metrics.watch_queues(self.longest_waits)
         self.metrics.watch_loras(lambda: [stat for route in self.routes() for stat in route.lora_stats()])
 
     def engines(self) -> list[EngineAdapter]:
@@ -82,6 +87,22 @@ class AppState:
             route.status(queued=queue.depth if (queue := self.queues.get(route.names[0])) else 0)
             for route in self.routes()
         ]
+
+    def queue_summaries(self) -> dict[str, dict[str, object]]:
+        """Each admission queue now: how many wait, and the key (its name) whose request has waited longest."""
+        summaries: dict[str, dict[str, object]] = {}
+        for name, queue in self.queues.items():
+            longest = queue.longest_waiting()
+            summaries[name] = {
+                "waiting": queue.depth,
+                "longest_waiting_key": longest[0] if longest else None,
+                "longest_wait_s": round(longest[1], 3) if longest else None,
+            }
+        return summaries
+
+    def longest_waits(self) -> list[tuple[str, str, float]]:
+        """(model, key name, seconds) of each queue's request waiting longest, where one waits."""
+        return [(name, found[0], found[1]) for name, queue in self.queues.items() if (found := queue.longest_waiting())]
 
     def engine_deaths(self) -> dict[str, str]:
         """The in-process engines that have died: model name -> cause. Remote instances never count:

@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.errors import AuthenticationFailed
+from gateway.errors import AuthenticationFailed, PermissionDenied
 from gateway.keys import digest
 from gateway.middleware.auth import bearer_token
 from gateway.protocol.common import ErrorResponse
@@ -51,11 +51,22 @@ def json_response(body: BaseModel | dict[str, Any], status_code: int = 200) -> R
     return Response(orjson.dumps(data), status_code=status_code, media_type="application/json")
 
 
-def require_admin(request: Request) -> None:
-    """401 unless the request carries the admin key (auth.admin_key), compared as a digest in constant time."""
-    admin_key = app_state(request).settings.auth.admin_key
-    if admin_key is None:
-        raise AuthenticationFailed("This route needs the admin key, and auth.admin_key is not set.")
+def require_admin(request: Request, group: str = "admin") -> str:
+    """Who may use an admin route: the admin key (auth.admin_key), compared as a digest in constant time, or a
+    client key whose scope grants `group` (admin, or lora for runtime LoRA loading). 401 for neither, 403 for
+    a valid key without the group, 401 for an expired one. Answers who it was, for the audit log."""
+    state = app_state(request)
+    admin_key = state.settings.auth.admin_key
     token = bearer_token(request.scope)
-    if token is None or not secrets.compare_digest(digest(token), digest(admin_key.get_secret_value())):
-        raise AuthenticationFailed("This route needs the admin key.")
+    if token is None:
+        raise AuthenticationFailed("This route needs an admin key.")
+    if admin_key is not None and secrets.compare_digest(digest(token), digest(admin_key.get_secret_value())):
+        return "admin_key"
+    entry = state.keys.match(token) if state.keys is not None else None
+    if entry is None:
+        raise AuthenticationFailed("This route needs an admin key.")
+    if entry.scope.expired():
+        raise AuthenticationFailed("The API key provided has expired.")
+    if not entry.scope.allows_group(group):
+        raise PermissionDenied(f"This API key may not use the {group} routes.")
+    return entry.name

@@ -24,7 +24,8 @@ async def health(request: Request) -> Response:
 async def ready(request: Request) -> Response:
     """Ready to take requests: started, not draining, and this process's own engines answer. A routed model's
     instances do not count: a router with no instance for one model still serves the others (and holds that
-    model's requests), so each routed model's state is listed in the body instead (tokenyard_route_* metrics)."""
+    model's requests), so each routed model's state is listed in the body instead (tokenyard_route_* metrics),
+    and each admission queue with its longest-waiting key (`queues`)."""
     state = app_state(request)
     if not state.ready or state.draining:
         return JSONResponse({"status": "not ready"}, status_code=503)
@@ -37,9 +38,8 @@ async def ready(request: Request) -> Response:
             models[info.name] = {"state": "unavailable" if isinstance(result, BaseException) else "ready"}
     models.update({status.model: status.as_json() for status in state.route_statuses()})
     healthy = not any(isinstance(result, BaseException) for result in results)
-    return JSONResponse(
-        {"status": "ready" if healthy else "engine unhealthy", "models": models}, status_code=200 if healthy else 503
-    )
+    body = {"status": "ready" if healthy else "engine unhealthy", "models": models, "queues": state.queue_summaries()}
+    return JSONResponse(body, status_code=200 if healthy else 503)
 
 
 @router.get("/metrics", include_in_schema=False)

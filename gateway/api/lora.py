@@ -38,7 +38,7 @@ def _lora_base(state: AppState, wanted: str | None) -> tuple[str, EngineAdapter]
 def _authorize(request: Request) -> AppState:
     state = app_state(request)
     if state.keys is not None and state.keys.enabled:  # on an open server every route is open
-        require_admin(request)
+        require_admin(request, "lora")
     return state
 
 

@@ -6,6 +6,8 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from gateway.api.common import ERROR_RESPONSES, app_state, json_response
+from gateway.middleware.context import request_info
+from gateway.middleware.scope import may_use
 from gateway.protocol.models import KvEventsCard, ModelCard, ModelList
 from gateway.state import AppState
 
@@ -29,7 +31,9 @@ def _card(state: AppState, model: str) -> ModelCard:
 @router.get("/v1/models", response_model=ModelList, responses=ERROR_RESPONSES)
 async def list_models(request: Request) -> Response:
     state = app_state(request)
-    return json_response(ModelList(data=[_card(state, info.name) for info in state.all_models()]))
+    key = request_info(request.scope).key_scope
+    names = [info.name for info in state.all_models() if may_use(state, key, info.name)]
+    return json_response(ModelList(data=[_card(state, name) for name in names]))
 
 
 @router.get("/v1/models/{model_id:path}", response_model=ModelCard, responses=ERROR_RESPONSES)

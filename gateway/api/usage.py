@@ -43,9 +43,9 @@ async def own_usage(request: Request) -> Response:
 @router.get(ADMIN_USAGE_PATH, include_in_schema=False)
 async def all_usage(request: Request) -> Response:
     state = app_state(request)
-    if state.settings.auth.admin_key is None:
-        raise NotFound("The admin view is off: set auth.admin_key to turn it on.")
+    entries = state.keys.entries() if state.keys else []
+    if state.settings.auth.admin_key is None and not any(entry.scope.allows_group("admin") for entry in entries):
+        raise NotFound("The admin view is off: set auth.admin_key (or a key with the admin group) to turn it on.")
     require_admin(request)
-    entries = {entry.name: entry.limits for entry in (state.keys.entries() if state.keys else [])}
-    data = [await _key_usage(state, name, limits) for name, limits in entries.items()]
+    data = [await _key_usage(state, entry.name, entry.limits) for entry in entries]
     return json_response({"object": "list", "data": data})

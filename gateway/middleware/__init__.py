@@ -9,6 +9,7 @@
     AuthMiddleware         401 without a valid key, 400 for more than one Authorization header
     BodyMiddleware         413 / 408 as the bytes arrive, 400 for a costly JSON shape, one JSON parse,
                            400 for bad JSON
+    ScopeMiddleware        a key's scope: 403 for a route group it lacks, 404 for a model it may not use
     LimitsMiddleware       caps (400), per-key rate limits (429) and x-ratelimit-* headers
     AdmissionMiddleware    per-model in-flight cap and priority queue (429 / 503)
 
@@ -28,6 +29,7 @@ from gateway.middleware.canonical import CanonicalRequestMiddleware
 from gateway.middleware.drain import DrainMiddleware
 from gateway.middleware.limits import LimitsMiddleware
 from gateway.middleware.request_log import RequestLogMiddleware
+from gateway.middleware.scope import ScopeMiddleware
 from gateway.state import AppState
 
 # What a browser client may read from an answer besides the simple headers.
@@ -38,7 +40,14 @@ _EXPOSED = ["x-request-id", "retry-after", "retry-after-ms"] + [
 
 def install(app: FastAPI, state: AppState) -> None:
     # add_middleware wraps what is there already, so the innermost goes first.
-    for middleware in (AdmissionMiddleware, LimitsMiddleware, BodyMiddleware, AuthMiddleware, DrainMiddleware):
+    for middleware in (
+        AdmissionMiddleware,
+        LimitsMiddleware,
+        ScopeMiddleware,
+        BodyMiddleware,
+        AuthMiddleware,
+        DrainMiddleware,
+    ):
         app.add_middleware(middleware, state=state)
     cors = state.settings.cors
     if cors.allowed_origins:

@@ -7,7 +7,6 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.errors import AuthenticationFailed, InvalidRequest
 from gateway.middleware.context import (
-    ADMIN_USAGE_PATH,
     LORA_PATHS,
     METRICS_PATH,
     PROBE_PATHS,
@@ -15,6 +14,7 @@ from gateway.middleware.context import (
     request_info,
     send_error,
 )
+from gateway.protocol.paths import route_group
 from gateway.state import AppState
 
 
@@ -58,20 +58,26 @@ class AuthMiddleware:
             return
         token = presented_key(scope)
         entry = self.keys.match(token) if token else None
-        if entry is None:
+        if entry is None or entry.scope.expired():
             self.metrics.rejected.labels("auth").inc()
-            message = "Incorrect API key provided." if token else "You didn't provide an API key."
+            if entry is not None:
+                message = "The API key provided has expired."
+            else:
+                message = "Incorrect API key provided." if token else "You didn't provide an API key."
             await send_error(send, AuthenticationFailed(message), [(b"www-authenticate", b"Bearer")])
             return
         info = request_info(scope)
         info.key_name = entry.name
         info.key_limits = entry.limits
         info.key_digest = entry.digest
+        info.key_scope = entry.scope
         await self.app(scope, receive, send)
 
     def _needs_key(self, scope: Scope) -> bool:
-        # The admin routes check the admin key themselves.
-        if scope["type"] != "http" or not self.keys.enabled or scope["path"] in (*PROBE_PATHS, ADMIN_USAGE_PATH):
+        # The admin routes (/admin/*) check for an admin key themselves: auth.admin_key is no client key.
+        if scope["type"] != "http" or not self.keys.enabled or scope["path"] in PROBE_PATHS:
+            return False
+        if route_group(scope["path"]) == "admin":
             return False
         if scope["path"] in LORA_PATHS and self.runtime_lora:
             return False

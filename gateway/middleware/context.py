@@ -14,6 +14,7 @@ from starlette.types import Scope, Send
 from engine_adapters.base import NOTHING_FORWARDED, Forwarded
 from gateway.errors import GatewayError, error_payload, retry_after
 from gateway.limit_store import KeyLimits
+from gateway.scopes import KeyScope
 
 # Liveness and readiness answer without a key, while draining and past every limit: probes must work.
 PROBE_PATHS = frozenset({"/health", "/ready"})
@@ -39,6 +40,7 @@ class RequestInfo:
     key_name: str | None = None
     key_limits: KeyLimits | None = None  # the key's own limits and budgets
     key_digest: bytes | None = None  # the key's SHA-256: what owns the responses it stores
+    key_scope: KeyScope | None = None  # what the key may use (gateway.scopes); None: no keys configured
     model: str | None = None
     body: Any = None  # the parsed JSON body of a POST (a multipart body's first text fields)
     forwarded: Forwarded = NOTHING_FORWARDED  # what the engine is told: the request id, the trace context

@@ -29,7 +29,6 @@ from gateway.limit_store import (
     windows,
 )
 from gateway.middleware.context import (
-    ADMIN_USAGE_PATH,
     USAGE_PATH,
     Headers,
     RequestInfo,
@@ -38,7 +37,7 @@ from gateway.middleware.context import (
     send_error,
 )
 from gateway.protocol.lax import lax_int
-from gateway.protocol.paths import PROMPT_ONLY_PATHS  # besides embeddings: any path with "embeddings"
+from gateway.protocol.paths import PROMPT_ONLY_PATHS, route_group  # besides embeddings: any path with "embeddings"
 from gateway.protocol.usage import TAIL_BYTES, Usage, usage_in
 from gateway.settings import LimitSettings
 from gateway.spend import Spent, spending
@@ -307,7 +306,7 @@ class LimitsMiddleware:
         self._store_down = False  # logged once per outage
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not is_service_path(scope) or scope["path"] in (USAGE_PATH, ADMIN_USAGE_PATH):
+        if not is_service_path(scope) or scope["path"] == USAGE_PATH or route_group(scope["path"]) == "admin":
             await self.app(scope, receive, send)
             return
         info = request_info(scope)

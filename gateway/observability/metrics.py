@@ -20,7 +20,16 @@ from prometheus_client.utils import floatToGoString
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _TOKEN_GAP_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2.5)
-REJECT_REASONS = ("auth", "rate_limited", "over_budget", "limit_store", "admission", "body_size", "body_timeout")
+REJECT_REASONS = (
+    "auth",
+    "rate_limited",
+    "over_budget",
+    "limit_store",
+    "admission",
+    "body_size",
+    "body_timeout",
+    "scope",
+)
 KEY_REJECT_REASONS = ("rate_limited", "over_budget")
 # Label values are configured names (served models, routes, key names) or fixed buckets such as this one:
 # never a string a client sent (AppState.model_label maps a requested model name).
@@ -116,6 +125,19 @@ class Metrics:
             ["key", "reason"],
             registry=r,
         )
+        # A model's admission queue per key name (gateway.middleware.admission's fair share).
+        self.key_waiting = Gauge(
+            "tokenyard_key_waiting", "A key's requests waiting for an admission slot.", ["model", "key"], registry=r
+        )
+        self.key_served = Counter(
+            "tokenyard_key_admitted", "A key's requests given an admission slot.", ["model", "key"], registry=r
+        )
+        self.key_shed = Counter(
+            "tokenyard_key_shed",
+            "A key's requests refused by admission: queue full, wait timed out, or their place taken.",
+            ["model", "key"],
+            registry=r,
+        )
         self.limit_store_errors = Counter(
             "tokenyard_limit_store_errors",
             "Calls to the shared limit store (Redis) that failed.",
@@ -166,6 +188,10 @@ class Metrics:
     def watch_routes(self, source: Callable[[], Iterable[RouteStatus]]) -> None:
         """Router mode's per-model metrics (ready instances, waiting requests), read at scrape time."""
         self.registry.register(_RouteCollector(source))
+
+    def watch_queues(self, source: Callable[[], Iterable[tuple[str, str, float]]]) -> None:
+        """Each admission queue's longest-waiting key (model, key name, seconds), read at scrape time."""
+        self.registry.register(_LongestWaitCollector(source))
 
     def render(self, include_engine: bool) -> bytes:
         body = prometheus_client.generate_latest(self.registry)
@@ -288,6 +314,24 @@ class LoraStat:
     load_failures: int
     unloads: int
     decisions: dict[str, int]  # hit, loaded, fallback -> requests placed so
+
+
+class _LongestWaitCollector:
+    def __init__(self, source: Callable[[], Iterable[tuple[str, str, float]]]) -> None:
+        self.source = source
+
+    def describe(self) -> list[Metric]:
+        return []  # queues appear with their models' first requests
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "tokenyard_queue_longest_wait_seconds",
+            "How long the request waiting longest for an admission slot has waited, by model and its key's name.",
+            labels=["model", "key"],
+        )
+        for model, key, seconds in self.source():
+            family.add_metric([model, key], seconds)
+        yield family
 
 
 class _LoraCollector:

@@ -10,6 +10,10 @@ How a route passes a request on (`relay`):
 - "vectors": /v1/embeddings; the instance's vectors, encoded and checked as in engine mode.
 - "app": tokenyard answers it itself in both modes, from what the model's adapter gives.
 - "configured": vLLM's path that a route passes on only when its passthrough_paths names it.
+
+Each path belongs to a route group, what a key's scope grants (gateway.scopes): `inference` (the table's
+paths, /v1/models, /v1/responses/*), `files_batches` (/v1/files*, /v1/batches*), `usage` (/v1/usage),
+`admin` (/admin/*) and `lora` (runtime LoRA loading). `route_group(path)` answers for any path.
 """
 
 from __future__ import annotations
@@ -20,6 +24,9 @@ from typing import Literal
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
 
+RouteGroup = Literal["inference", "files_batches", "usage", "admin", "lora"]
+ROUTE_GROUPS: tuple[RouteGroup, ...] = ("inference", "files_batches", "usage", "admin", "lora")
+
 
 @dataclass(frozen=True)
 class PathFacts:
@@ -28,6 +35,7 @@ class PathFacts:
     operation: str | None = None  # the GenAI operation its span names (gen_ai.operation.name)
     engine: bool = True  # engine mode serves it as well (FastAPI); False: only a route passes it on
     upload: bool = False  # a multipart upload, read only as far as its `model` field
+    group: RouteGroup = "inference"  # the route group a key's scope must grant (gateway.scopes)
 
 
 PATHS: dict[str, PathFacts] = {
@@ -51,6 +59,26 @@ PATHS: dict[str, PathFacts] = {
     "/v1/audio/transcriptions": PathFacts("bytes", engine=False, upload=True),
     "/v1/audio/translations": PathFacts("bytes", engine=False, upload=True),
 }
+
+# Paths outside the table, by prefix: the first that matches names the group; anything else is inference.
+_GROUP_PREFIXES: tuple[tuple[str, RouteGroup], ...] = (
+    ("/v1/files", "files_batches"),
+    ("/v1/batches", "files_batches"),
+    ("/v1/usage", "usage"),
+    ("/admin", "admin"),
+    ("/v1/load_lora_adapter", "lora"),
+    ("/v1/unload_lora_adapter", "lora"),
+)
+
+
+def route_group(path: str) -> RouteGroup:
+    facts = PATHS.get(path)
+    if facts is not None:
+        return facts.group
+    for prefix, group in _GROUP_PREFIXES:
+        if path == prefix or path.startswith(prefix + "/"):
+            return group
+    return "inference"
 
 
 def paths(relay: str | None = None, **facts: bool) -> frozenset[str]:

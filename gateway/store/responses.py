@@ -100,6 +100,10 @@ class ResponseStore:
                 await self._maintainer
         await self.db.close()
 
+    async def ensure_schema(self) -> None:
+        """Migrate now unless done already: the keys table (gateway.store.keys) shares the schema."""
+        await self._ready()
+
     async def _ready(self) -> None:
         if not self.migrated:
             await migrate(self.db)

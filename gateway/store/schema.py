@@ -33,3 +33,21 @@ response_events = sa.Table(
     sa.Column("seq", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("data", sa.Text, nullable=False),
 )
+
+# A client key minted through the keys API (gateway.api.keys): only its SHA-256 digest is kept; a revoked
+# key stays, marked, so that its name and id are never reused for another key's usage and audit.
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(128), nullable=False, unique=True),
+    sa.Column("digest", sa.String(64), nullable=False, unique=True),  # hex SHA-256 of the secret
+    sa.Column("redacted", sa.String(32), nullable=False),  # its prefix and last four characters
+    sa.Column("owner", sa.String(128), nullable=True),
+    sa.Column("scope", sa.JSON, nullable=False),  # models, groups, expires_at, max_priority, weight, metadata
+    sa.Column("limits", sa.JSON, nullable=False),  # requests_per_minute, tokens_per_minute, tokens_per_day/month
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False, index=True),
+    sa.Column("revoked_at", sa.Float, nullable=True),
+    sa.Column("created_by", sa.String(128), nullable=False),
+)

@@ -117,3 +117,16 @@ def test_the_router_is_open_on_its_port_or_to_whom_it_is_told() -> None:
 
 def test_network_policies_can_be_turned_off() -> None:
     assert render({"networkPolicy": {"enabled": False}}).of_kind("NetworkPolicy") == []
+
+
+def test_the_first_admin_key_comes_from_a_secret_and_keys_carry_scopes() -> None:
+    lines = ["sk-ops-0123456789 name=ops groups=admin,inference", "sk-team-0123456789 name=team models=gemma*"]
+    rendered = render({"apiKeys": {"keys": lines, "adminKey": {"existingSecret": "ops-admin", "secretKey": "key"}}})
+    env = {item["name"]: item for item in main_container(rendered.router).get("env", [])}
+    assert env["TOKENYARD_AUTH__ADMIN_KEY"] == {
+        "name": "TOKENYARD_AUTH__ADMIN_KEY",
+        "valueFrom": {"secretKeyRef": {"name": "ops-admin", "key": "key"}},
+    }
+    secret = rendered.get("Secret", "ty-tokenyard-api-keys")
+    assert base64.b64decode(secret["data"]["api-keys"]).decode() == "\n".join(lines) + "\n"
+    assert "TOKENYARD_AUTH__ADMIN_KEY" not in {e["name"] for e in main_container(render().router).get("env", [])}

@@ -4,6 +4,9 @@
 For end-to-end tests of the gateway's own logic only, never as proof of serving a model:
 
     python -m tests.support.scripted_gateway '{"port": 8123, "api_keys": "k1"}' '{"tokens": 20, "delay_s": 0.05}'
+
+The settings may name `scripted_models` (a list): more scripted models served beside "scripted", each with
+the same script.
 """
 
 from __future__ import annotations
@@ -46,11 +49,14 @@ def start(
 
 
 def main(argv: list[str]) -> int:
-    settings = Settings(models=[], **json.loads(argv[0]))
-    adapter = ScriptedAdapter(MODEL, Script(**json.loads(argv[1])))
+    given = json.loads(argv[0])
+    names = [MODEL, *given.pop("scripted_models", [])]
+    settings = Settings(models=[], **given)
+    script = json.loads(argv[1])
+    adapters = [ScriptedAdapter(name, Script(**script)) for name in names]
 
     async def factory(_: Settings) -> dict[str, EngineAdapter]:
-        return {adapter.name: adapter}
+        return {adapter.name: adapter for adapter in adapters}
 
     configure_logging(settings.log_level)
     serve(create_app(settings, adapter_factory=factory), settings)

@@ -68,17 +68,17 @@ async def test_routes_need_the_admin_key_when_keys_are_set(tmp_path: Path) -> No
     engine = LoraScripted()
     client_auth, admin = {"authorization": f"Bearer {KEY}"}, {"authorization": f"Bearer {ADMIN}"}
     async with scripted_client(settings(api_keys=KEY), engine) as client:  # no admin key: nobody loads
-        for headers in ({}, client_auth):
+        for headers, status, code in (({}, 401, "invalid_api_key"), (client_auth, 403, "permission_denied")):
             for path, body in (("/v1/load_lora_adapter", LOAD), ("/v1/unload_lora_adapter", {"lora_name": "my-lora"})):
                 refused = await client.post(path, json=body, headers=headers)
-                assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key"
+                assert refused.status_code == status and refused.json()["error"]["code"] == code
         assert engine.loras == {}
     adapters = tmp_path / "adapters"
     (adapters / "mine").mkdir(parents=True)
     (adapters / "escape").symlink_to(tmp_path)
     secured = settings(api_keys=KEY, auth={"admin_key": ADMIN}, lora_dir=adapters)
     async with scripted_client(secured, engine) as client:
-        assert (await client.post("/v1/load_lora_adapter", json=LOAD, headers=client_auth)).status_code == 401
+        assert (await client.post("/v1/load_lora_adapter", json=LOAD, headers=client_auth)).status_code == 403
         for outside in ("/etc", str(tmp_path), "../", "escape", str(adapters / "escape" / "x")):
             answer = await client.post(
                 "/v1/load_lora_adapter", json={"lora_name": "x", "lora_path": outside}, headers=admin
@@ -93,7 +93,7 @@ async def test_routes_need_the_admin_key_when_keys_are_set(tmp_path: Path) -> No
         metrics = (await client.get("/metrics", headers=client_auth)).text
         assert "my-lora" not in metrics and f'model="{MODEL}"' in metrics  # counted under its base model
         gone = await client.post("/v1/unload_lora_adapter", json={"lora_name": "my-lora"}, headers=client_auth)
-        assert gone.status_code == 401 and engine.loras  # a client key cannot unload the operator's adapters
+        assert gone.status_code == 403 and engine.loras  # a client key cannot unload the operator's adapters
     async with scripted_client(settings(api_keys=KEY, auth={"admin_key": ADMIN}), engine) as client:
         needs_dir = await client.post("/v1/load_lora_adapter", json={**LOAD, "lora_name": "b"}, headers=admin)
         assert needs_dir.status_code == 400 and "lora_dir" in needs_dir.json()["error"]["message"]

@@ -199,3 +199,69 @@ async def test_vllm_gets_priority_only_under_its_priority_policy(
     assert request.priority == -4
     assert [chunk async for chunk in adapter.generate(request)] == []
     assert engine.kwargs == [passed]
+
+
+async def _served_order(admission: Admission, waiters: list[tuple[str, int]], releases: int) -> list[str]:
+    """Queue `waiters` (key, weight) behind one running request, in this order; release `releases` slots one by
+    one, and answer the keys in the order they were given a slot."""
+    await admission.acquire(key="first")
+    order: list[str] = []
+
+    async def wait(key: str, weight: int) -> None:
+        await admission.acquire(0, key, weight)
+        order.append(key)
+
+    tasks = [asyncio.create_task(wait(key, weight)) for key, weight in waiters]
+    await _settle()
+    for _ in range(releases):
+        admission.release()
+        await _settle()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return order
+
+
+async def test_a_flood_waits_behind_its_own_requests() -> None:
+    events: list[tuple[str, str]] = []
+    admission = Admission(
+        max_in_flight=1, max_queue=100, timeout_s=5, on_key=lambda event, key: events.append((event, key))
+    )
+    order = await _served_order(admission, [("flood", 1)] * 20 + [("one", 1)], releases=3)
+    assert order == ["flood", "one", "flood"]  # the late key's request is second, not 21st
+    assert ("served", "one") in events and events.count(("waiting", "flood")) == 20
+    assert events.count(("left", "flood")) == 20  # cancelled: each left the queue, none counted as shed
+    assert not any(event == "shed" for event, _ in events)
+
+
+async def test_weights_share_the_slots() -> None:
+    admission = Admission(max_in_flight=1, max_queue=100, timeout_s=5)
+    order = await _served_order(admission, [("heavy", 3)] * 40 + [("light", 1)] * 40, releases=40)
+    assert (order.count("heavy"), order.count("light")) == (30, 10)
+
+
+async def test_priority_still_comes_first_and_a_full_queue_sheds_the_flood() -> None:
+    admission = Admission(max_in_flight=1, max_queue=3, timeout_s=5)
+    await admission.acquire(key="first")
+    results: dict[str, str] = {}
+
+    async def wait(name: str, key: str, priority: int = 0) -> None:
+        try:
+            await admission.acquire(priority, key)
+            results[name] = "served"
+        except Refused as exc:
+            results[name] = str(exc)
+
+    tasks = [asyncio.create_task(wait(f"flood{i}", "flood")) for i in range(3)]
+    await _settle()
+    tasks.append(asyncio.create_task(wait("other", "other")))  # full: the flood's last waiter gives way
+    await _settle()
+    assert results == {"flood2": "a request of a key with less of the queue took its place in the queue"}
+    tasks.append(asyncio.create_task(wait("urgent", "flood", priority=-1)))
+    await _settle()
+    assert results["flood1"] == "a more urgent request took its place in the queue"
+    for _ in range(3):
+        admission.release()
+        await _settle()
+    await asyncio.gather(*tasks)
+    assert list(results)[-3:] == ["urgent", "flood0", "other"]
