@@ -6,8 +6,8 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.errors import AuthenticationFailed, InvalidRequest
+from gateway.keys import ACTING_KEY
 from gateway.middleware.context import (
-    ACTING_KEY,
     ADMIN_USAGE_PATH,
     LORA_PATHS,
     METRICS_PATH,

@@ -23,9 +23,6 @@ ADMIN_USAGE_PATH = "/admin/usage"  # every key's usage: needs the admin key inst
 # Runtime LoRA loading (engine mode, opt-in): the admin key too, where keys are set (gateway.api.lora).
 LORA_PATHS = frozenset({"/v1/load_lora_adapter", "/v1/unload_lora_adapter"})
 _SCOPE_KEY = "tokenyard.request"
-# The name of a configured key that an in-process request acts as (the batch runner's, for the batch's owner):
-# a scope extension, which no client can set from the wire.
-ACTING_KEY = "tokenyard.acting_key"
 FILES_PATH = "/v1/files"  # an upload, streamed into the store: not read by the body middleware
 # The path being served, for send_error to write the error body its client reads (OpenAI's or
 # Anthropic's). Set by attach(), which the outermost middleware calls; each request runs in its own task.

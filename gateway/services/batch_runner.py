@@ -23,7 +23,7 @@ import orjson
 from starlette.types import ASGIApp, Message
 
 from gateway.errors import GatewayError
-from gateway.middleware.context import ACTING_KEY
+from gateway.keys import ACTING_KEY
 from gateway.observability.metrics import Metrics
 from gateway.services.batch_input import read_input
 from gateway.settings import BatchSettings
