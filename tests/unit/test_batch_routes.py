@@ -217,3 +217,15 @@ async def test_an_expired_batch_reports_its_unfinished_lines(tmp_path: Path) -> 
         output, errors = await lines_of(api, ended.output_file_id), await lines_of(api, ended.error_file_id)
         assert 0 < len(output) < 30 and len(output) + len(errors) == 30
         assert {line["error"]["code"] for line in errors} == {"batch_expired"}
+
+
+async def test_responses_lines_run_on_their_path(tmp_path: Path) -> None:
+    async with scripted_client(settings(data_dir=tmp_path, batch=BatchSettings(poll_s=0.05))) as client:
+        api = sdk(client, "none")
+        line = {"custom_id": "r", "method": "POST", "url": "/v1/responses", "body": {"model": MODEL, "input": "hi"}}
+        upload = await api.files.create(file=("in.jsonl", io.BytesIO(jsonl(line))), purpose="batch")
+        batch = await api.batches.create(input_file_id=upload.id, endpoint="/v1/responses", completion_window="24h")
+        ended = await finished(api, batch.id)
+        (output,) = await lines_of(api, ended.output_file_id)
+        assert output["custom_id"] == "r" and output["response"]["body"]["object"] == "response"
+        assert output["response"]["body"]["output"][0]["type"] == "message"
