@@ -8,7 +8,7 @@ import logging
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
-from gateway.api.common import ERROR_RESPONSES, app_state, json_response
+from gateway.api.common import ERROR_RESPONSES, app_state, json_response, list_page
 from gateway.api.files import owner_of
 from gateway.errors import InvalidRequest, NotFound, StoreUnavailable
 from gateway.protocol.batches import BatchCreate, BatchList, BatchObject
@@ -58,15 +58,7 @@ async def list_batches(
     request: Request, limit: int = Query(default=20, ge=1, le=100), after: str | None = None
 ) -> Response:
     page, more = await _batches(request).page(owner_of(request), limit, after)
-    return json_response(
-        {
-            "object": "list",
-            "data": page,
-            "first_id": page[0]["id"] if page else None,
-            "last_id": page[-1]["id"] if page else None,
-            "has_more": more,
-        }
-    )
+    return json_response(list_page(page, more))
 
 
 @router.post("/v1/batches/{batch_id}/cancel", response_model=BatchObject, responses=ERROR_RESPONSES)

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Query, Request
 from python_multipart.multipart import MultipartParseError, MultipartParser, parse_options_header
 from starlette.responses import Response, StreamingResponse
 
-from gateway.api.common import ERROR_RESPONSES, app_state, json_response
+from gateway.api.common import ERROR_RESPONSES, app_state, json_response, list_page
 from gateway.errors import InvalidRequest, StoreUnavailable
 from gateway.middleware.body import ClientLeft
 from gateway.middleware.context import request_info
@@ -140,15 +140,7 @@ async def list_files(
 ) -> Response:
     page, more = await _files(request).page(owner_of(request), limit, after, order, purpose)
     data = [stored.object() for stored in page]
-    return json_response(
-        {
-            "object": "list",
-            "data": data,
-            "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None,
-            "has_more": more,
-        }
-    )
+    return json_response(list_page(data, more))
 
 
 @router.get("/v1/files/{file_id}", response_model=FileObject, responses=ERROR_RESPONSES)

@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.errors import InvalidRequest, NotFound
-from gateway.store.db import Database
+from gateway.store.db import Database, after_row
 from gateway.store.files import FileStore
 from gateway.store.schema import batch_lines, batches
 
@@ -110,15 +110,10 @@ class BatchStore:
         query = sa.select(batches).where(batches.c.owner == owner)
         async with self.db.transaction("batch_list") as conn:
             if after is not None:
-                cursor = (
-                    await conn.execute(
-                        sa.select(batches.c.created_at).where(batches.c.id == after, batches.c.owner == owner)
-                    )
-                ).first()
-                if cursor is None:
+                later = await after_row(conn, batches, owner, after, descending=True)
+                if later is None:
                     raise _not_found(after)
-                key = sa.tuple_(batches.c.created_at, batches.c.id)
-                query = query.where(key < sa.tuple_(sa.literal(cursor[0]), sa.literal(after)))
+                query = query.where(later)
             rows = (
                 await conn.execute(query.order_by(batches.c.created_at.desc(), batches.c.id.desc()).limit(limit + 1))
             ).all()

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.errors import NotFound
 from gateway.settings import BatchSettings
-from gateway.store.db import Database
+from gateway.store.db import Database, after_row
 from gateway.store.schema import file_chunks, files
 
 log = logging.getLogger(__name__)
@@ -170,16 +170,10 @@ class FileStore:
         keys = (files.c.created_at.desc(), files.c.id.desc()) if descending else (files.c.created_at, files.c.id)
         async with self.db.transaction("file_list") as conn:
             if after is not None:
-                cursor = (
-                    await conn.execute(sa.select(files.c.created_at).where(files.c.id == after, files.c.owner == owner))
-                ).first()
-                if cursor is None:
+                later = await after_row(conn, files, owner, after, descending)
+                if later is None:
                     raise _not_found(after)
-                earlier = sa.tuple_(files.c.created_at, files.c.id) < sa.tuple_(
-                    sa.literal(cursor[0]), sa.literal(after)
-                )
-                later = sa.tuple_(files.c.created_at, files.c.id) > sa.tuple_(sa.literal(cursor[0]), sa.literal(after))
-                query = query.where(earlier if descending else later)
+                query = query.where(later)
             rows = (await conn.execute(query.order_by(*keys).limit(limit + 1))).all()
         return [StoredFile(*row) for row in rows[:limit]], len(rows) > limit
 
