@@ -47,6 +47,11 @@ async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
         yield built
 
 
+async def submit(api: openai.AsyncOpenAI, *lines: Any, endpoint: str = "/v1/chat/completions") -> Any:
+    upload = await api.files.create(file=("in.jsonl", io.BytesIO(jsonl(*lines))), purpose="batch")
+    return await api.batches.create(input_file_id=upload.id, endpoint=endpoint, completion_window="24h")  # type: ignore[arg-type]
+
+
 async def finished(api: openai.AsyncOpenAI, batch_id: str) -> Any:
     async def done() -> Any:
         batch = await api.batches.retrieve(batch_id)
@@ -175,12 +180,7 @@ async def test_lines_refused_for_load_are_tried_again_and_cancel_ends_the_rest(t
     )
     async with scripted_client(config, adapter) as client:
         api = sdk(client, "none")
-        upload = await api.files.create(
-            file=("in.jsonl", io.BytesIO(jsonl(*(chat_line(f"r{i}") for i in range(40))))), purpose="batch"
-        )
-        batch = await api.batches.create(
-            input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
-        )
+        batch = await submit(api, *(chat_line(f"r{i}") for i in range(40)))
 
         async def some_done() -> bool:
             counts = (await api.batches.retrieve(batch.id)).request_counts
@@ -206,12 +206,7 @@ async def test_an_expired_batch_reports_its_unfinished_lines(tmp_path: Path) -> 
     )
     async with scripted_client(config, adapter) as client:
         api = sdk(client, "none")
-        upload = await api.files.create(
-            file=("in.jsonl", io.BytesIO(jsonl(*(chat_line(f"r{i}") for i in range(30))))), purpose="batch"
-        )
-        batch = await api.batches.create(
-            input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
-        )
+        batch = await submit(api, *(chat_line(f"r{i}") for i in range(30)))
         ended = await finished(api, batch.id)
         assert ended.status == "expired" and ended.expired_at
         output, errors = await lines_of(api, ended.output_file_id), await lines_of(api, ended.error_file_id)
@@ -223,8 +218,7 @@ async def test_responses_lines_run_on_their_path(tmp_path: Path) -> None:
     async with scripted_client(settings(data_dir=tmp_path, batch=BatchSettings(poll_s=0.05))) as client:
         api = sdk(client, "none")
         line = {"custom_id": "r", "method": "POST", "url": "/v1/responses", "body": {"model": MODEL, "input": "hi"}}
-        upload = await api.files.create(file=("in.jsonl", io.BytesIO(jsonl(line))), purpose="batch")
-        batch = await api.batches.create(input_file_id=upload.id, endpoint="/v1/responses", completion_window="24h")
+        batch = await submit(api, line, endpoint="/v1/responses")
         ended = await finished(api, batch.id)
         (output,) = await lines_of(api, ended.output_file_id)
         assert output["custom_id"] == "r" and output["response"]["body"]["object"] == "response"
