@@ -18,7 +18,7 @@ from gateway.errors import InvalidRequest, StoreUnavailable
 from gateway.middleware.body import ClientLeft
 from gateway.middleware.context import request_info
 from gateway.middleware.multipart import boundary_of
-from gateway.protocol.batches import UPLOAD_PURPOSES, FileDeleted, FileList, FileObject
+from gateway.protocol.batches import UPLOAD_FORM, UPLOAD_PURPOSES, FileDeleted, FileList, FileObject
 from gateway.store.files import FileStore, FileWriter
 
 router = APIRouter()
@@ -104,7 +104,12 @@ async def _receive_file(request: Request, form: _Form, cap: int) -> None:
     form.parser.finalize()
 
 
-@router.post("/v1/files", response_model=FileObject, responses=ERROR_RESPONSES)
+@router.post(
+    "/v1/files",
+    response_model=FileObject,
+    responses=ERROR_RESPONSES,
+    openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": UPLOAD_FORM}}}},
+)
 async def upload_file(request: Request) -> Response:
     content_type = request.headers.get("content-type", "").encode("latin-1")
     boundary = boundary_of(content_type) if content_type else None
@@ -148,7 +153,11 @@ async def retrieve_file(file_id: str, request: Request) -> Response:
     return json_response((await _files(request).get(owner_of(request), file_id)).object())
 
 
-@router.get("/v1/files/{file_id}/content", responses=ERROR_RESPONSES)
+@router.get(
+    "/v1/files/{file_id}/content",
+    response_class=StreamingResponse,
+    responses={**ERROR_RESPONSES, 200: {"content": {"application/octet-stream": {}}, "description": "The bytes"}},
+)
 async def file_content(file_id: str, request: Request) -> Response:
     chunks: AsyncIterator[bytes] = await _files(request).content(owner_of(request), file_id)
     return StreamingResponse(chunks, media_type="application/octet-stream")

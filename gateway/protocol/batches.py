@@ -15,6 +15,17 @@ COMPLETION_WINDOWS = ("24h",)
 UPLOAD_PURPOSES = ("batch", "user_data")
 
 
+# POST /v1/files' form, for the OpenAPI schema (the route reads the form itself, as it streams in).
+UPLOAD_FORM: dict[str, Any] = {
+    "type": "object",
+    "required": ["file", "purpose"],
+    "properties": {
+        "file": {"type": "string", "format": "binary"},
+        "purpose": {"type": "string", "enum": list(UPLOAD_PURPOSES)},
+    },
+}
+
+
 class BatchCreate(WireModel):
     input_file_id: str = Field(min_length=1, max_length=64)
     endpoint: Literal["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses"]
