@@ -223,3 +223,32 @@ async def test_responses_lines_run_on_their_path(tmp_path: Path) -> None:
         (output,) = await lines_of(api, ended.output_file_id)
         assert output["custom_id"] == "r" and output["response"]["body"]["object"] == "response"
         assert output["response"]["body"]["output"][0]["type"] == "message"
+
+
+async def test_batch_lines_are_charged_to_the_owners_budget(tmp_path: Path) -> None:
+    key = ApiKey(key=ALICE, name="alice", tokens_per_day=60)  # type: ignore[arg-type]
+    config = settings(data_dir=tmp_path, api_keys=[key], batch=BatchSettings(poll_s=0.05, max_concurrency=1))
+    async with scripted_client(config) as client:
+        batch = await submit(sdk(client, ALICE), *(chat_line(f"r{i}") for i in range(10)))
+        # Once the budget is spent the key's every request is refused (retrievals too): read the store itself.
+        store = state_of(client).batches
+        assert store is not None
+
+        async def ended() -> dict[str, Any] | None:
+            found = await store.get("alice", batch.id)
+            return found if found["status"] == "completed" else None
+
+        await until(ended, 20, "the batch completes")
+        done = await store.get("alice", batch.id)
+        output, errors = (
+            await stored_lines(store, done["output_file_id"]),
+            await stored_lines(store, done["error_file_id"]),
+        )
+        assert output and errors and len(output) + len(errors) == 10  # the budget ran out part way
+        assert {line["response"]["status_code"] for line in errors} == {429}
+        assert {line["response"]["body"]["error"]["code"] for line in errors} == {"insufficient_quota"}
+
+
+async def stored_lines(store: Any, file_id: str) -> list[dict[str, Any]]:
+    stored = await store.files.get("alice", file_id)
+    return [orjson.loads(line) async for chunk in store.files.chunks(stored) for line in chunk.splitlines()]
