@@ -204,7 +204,12 @@ class BatchRunner:
         assert self._app is not None
         request_id = new_request_id()
         headers = [(b"x-priority", str(BATCH_PRIORITY).encode()), (b"x-request-id", request_id.encode())]
-        answer = await call_app(self._app, line.endpoint, orjson.dumps(line.body), headers, line.owner)
+        try:
+            answer = await call_app(self._app, line.endpoint, orjson.dumps(line.body), headers, line.owner)
+        except Exception:  # the app failed past its error handlers (it answered 500): that is the line's answer
+            log.exception("batch line %s:%d failed in the app", line.batch_id, line.line)
+            error = {"message": "The server had an error while processing this request.", "type": "server_error"}
+            answer = {"status": 500, "body": orjson.dumps({"error": {**error, "param": None, "code": None}})}
         status = int(answer["status"])
         try:
             body: Any = orjson.loads(bytes(answer["body"]))

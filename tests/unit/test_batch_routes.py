@@ -140,6 +140,12 @@ async def test_a_batch_runs_each_line_once_keyed_by_custom_id(client: httpx.Asyn
         await sdk(client, BOB).batches.retrieve(batch.id)
     metrics = (await client.get("/metrics")).text
     assert 'tokenyard_batch_requests_total{outcome="completed"} 12.0' in metrics
+    assert 'tokenyard_batch_requests_total{outcome="failed"} 1.0' in metrics  # the unknown model's 404
+
+    async def counted() -> bool:
+        return 'tokenyard_batches{status="completed"} 1.0' in (await client.get("/metrics")).text
+
+    await until(counted, 10, "the batch counted by status")
 
 
 async def test_a_malformed_file_fails_the_batch_with_line_numbers(client: httpx.AsyncClient) -> None:
