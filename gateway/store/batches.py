@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +30,8 @@ STAGES = ("in_progress", "finalizing", "completed", "failed", "expired", "cancel
 STATUSES = ("validating", *STAGES)
 ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")
 _PAGE = 1000  # lines read at a time when a batch's files are written
+# A batch's lines stored, or its files written: one transaction each, which may take long for 50,000 lines.
+BULK_TIMEOUT_S = 600.0
 
 
 def new_batch_id() -> str:
@@ -188,7 +190,7 @@ class BatchStore:
     async def start(self, batch_id: str, lines: list[NewLine]) -> bool:
         """The batch's lines in, and `in_progress`, together; False when another runner read it first."""
         now = self.clock()
-        async with self.db.transaction("batch_start") as conn:
+        async with self.db.transaction("batch_start", BULK_TIMEOUT_S) as conn:
             moved = await conn.execute(
                 batches.update()
                 .where(batches.c.id == batch_id, batches.c.status == "validating")
@@ -361,7 +363,7 @@ class BatchStore:
         status, in one transaction; False when another runner finished it first."""
         expected = {"completed": "finalizing", "expired": "in_progress", "cancelled": "cancelling"}[final]
         now = self.clock()
-        async with self.db.transaction("batch_finish") as conn:
+        async with self.db.transaction("batch_finish", BULK_TIMEOUT_S) as conn:
             row = (
                 await conn.execute(
                     sa.select(batches.c.owner, batches.c.status).where(batches.c.id == batch_id).with_for_update()
@@ -372,14 +374,12 @@ class BatchStore:
             owner = str(row[0])
             if final != "completed":
                 await self._end_undone(conn, batch_id, final)
-            output, errors = await self._results(conn, batch_id)
             values: dict[str, Any] = {"status": final, f"{final}_at": now}
             if final != "completed":
                 values["finalizing_at"] = now
-            if output:
-                values["output_file_id"] = await self.files.write_in(conn, owner, f"{batch_id}_output.jsonl", output)
-            if errors:
-                values["error_file_id"] = await self.files.write_in(conn, owner, f"{batch_id}_error.jsonl", errors)
+            for outcome, column in (("output", "output_file_id"), ("error", "error_file_id")):
+                name = f"{batch_id}_{outcome}.jsonl"
+                values[column] = await self.files.write_in(conn, owner, name, self._results(conn, batch_id, outcome))
             await conn.execute(batches.update().where(batches.c.id == batch_id).values(**values))
         return True
 
@@ -408,23 +408,26 @@ class BatchStore:
                 .values(state="done", outcome="error", result=result, claimed_by=None)
             )
 
-    async def _results(self, conn: AsyncConnection, batch_id: str) -> tuple[list[bytes], list[bytes]]:
-        output: list[bytes] = []
-        errors: list[bytes] = []
+    async def _results(self, conn: AsyncConnection, batch_id: str, outcome: str) -> AsyncIterator[bytes]:
+        """The batch's results of one outcome as JSONL lines, in the input's order, read a page at a time."""
         last = 0
         while True:
             rows = (
                 await conn.execute(
-                    sa.select(batch_lines.c.line, batch_lines.c.outcome, batch_lines.c.result)
-                    .where(batch_lines.c.batch_id == batch_id, batch_lines.c.line > last)
+                    sa.select(batch_lines.c.line, batch_lines.c.result)
+                    .where(
+                        batch_lines.c.batch_id == batch_id,
+                        batch_lines.c.outcome == outcome,
+                        batch_lines.c.line > last,
+                    )
                     .order_by(batch_lines.c.line)
                     .limit(_PAGE)
                 )
             ).all()
             if not rows:
-                return output, errors
-            for line, outcome, result in rows:
-                (output if outcome == "output" else errors).append(orjson.dumps(result) + b"\n")
+                return
+            for line, result in rows:
+                yield orjson.dumps(result) + b"\n"
                 last = int(line)
 
     async def count(self) -> dict[str, int]:

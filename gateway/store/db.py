@@ -100,11 +100,12 @@ class Database:
         self._observe = observe  # (operation, seconds, failed): the store's metrics
 
     @contextlib.asynccontextmanager
-    async def transaction(self, operation: str) -> AsyncIterator[AsyncConnection]:
+    async def transaction(self, operation: str, timeout_s: float | None = None) -> AsyncIterator[AsyncConnection]:
+        """`timeout_s`: this unit's own limit, for one that is long by nature (a batch's lines in or files out)."""
         started = time.perf_counter()
         failed = True
         try:
-            async with asyncio.timeout(self.timeout_s), self.engine.begin() as conn:
+            async with asyncio.timeout(timeout_s or self.timeout_s), self.engine.begin() as conn:
                 yield conn
             failed = False
         except _DOWN as exc:

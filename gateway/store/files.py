@@ -203,28 +203,25 @@ class FileStore:
             yield bytes(row[0])
             seq += 1
 
-    async def write_in(self, conn: AsyncConnection, owner: str, filename: str, data: list[bytes]) -> str:
-        """A whole batch_output file written in the caller's transaction (a batch's output or error file):
-        `data` is its lines, joined into chunks here."""
+    async def write_in(
+        self, conn: AsyncConnection, owner: str, filename: str, lines: AsyncIterator[bytes]
+    ) -> str | None:
+        """A batch_output file (a batch's output or error file) written in the caller's transaction, chunk by
+        chunk as its lines come; None, and nothing written, when there are none."""
         file_id = new_file_id()
-        chunks: list[bytes] = []
-        size, pending = 0, bytearray()
-        for piece in data:
-            pending += piece
-            size += len(piece)
-            if len(pending) >= CHUNK_BYTES:
-                chunks.append(bytes(pending))
-                pending = bytearray()
-        if pending:
-            chunks.append(bytes(pending))
+        size, seq, pending = 0, 0, bytearray()
         if self.directory is not None:
             self.directory.mkdir(parents=True, exist_ok=True)
-            with self._path(file_id).open("wb") as out:
-                for chunk in chunks:
-                    out.write(chunk)
-        else:
-            for seq, chunk in enumerate(chunks):
-                await conn.execute(file_chunks.insert().values(file_id=file_id, seq=seq, data=chunk))
+        async for line in lines:
+            pending += line
+            size += len(line)
+            if len(pending) >= CHUNK_BYTES:
+                await self._put_in(conn, file_id, seq, bytes(pending))
+                seq, pending = seq + 1, bytearray()
+        if not size:
+            return None
+        if pending:
+            await self._put_in(conn, file_id, seq, bytes(pending))
         await conn.execute(
             files.insert().values(
                 id=file_id,
@@ -238,6 +235,13 @@ class FileStore:
             )
         )
         return file_id
+
+    async def _put_in(self, conn: AsyncConnection, file_id: str, seq: int, data: bytes) -> None:
+        if self.directory is not None:
+            with self._path(file_id).open("ab") as out:
+                out.write(data)
+        else:
+            await conn.execute(file_chunks.insert().values(file_id=file_id, seq=seq, data=data))
 
     async def delete(self, owner: str, file_id: str) -> None:
         await self.get(owner, file_id)
