@@ -258,3 +258,17 @@ async def test_batch_lines_are_charged_to_the_owners_budget(tmp_path: Path) -> N
 async def stored_lines(store: Any, file_id: str) -> list[dict[str, Any]]:
     stored = await store.files.get("alice", file_id)
     return [orjson.loads(line) async for chunk in store.files.chunks(stored) for line in chunk.splitlines()]
+
+
+async def test_files_in_a_directory(tmp_path: Path) -> None:
+    directory = tmp_path / "files"
+    config = settings(data_dir=tmp_path / "data", batch=BatchSettings(poll_s=0.05, files_dir=directory))
+    async with scripted_client(config) as client:
+        api = sdk(client, "none")
+        batch = await submit(api, chat_line("a"), chat_line("b"))
+        assert (directory / batch.input_file_id).read_bytes() == jsonl(chat_line("a"), chat_line("b"))
+        ended = await finished(api, batch.id)
+        assert ended.output_file_id is not None and (directory / ended.output_file_id).is_file()
+        assert [line["custom_id"] for line in await lines_of(api, ended.output_file_id)] == ["a", "b"]
+        await api.files.delete(ended.output_file_id)
+        assert not (directory / ended.output_file_id).exists()
