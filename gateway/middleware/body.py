@@ -11,6 +11,9 @@ A multipart/form-data body to the audio paths or to a path that a route passes t
 only as far as its `model` field (gateway.middleware.multipart), and the rest streams on to the instance,
 counted against the same cap and deadline as it comes (Upload, BodyStream). Where no instance takes it
 (engine mode), the app answers from the model field (a 404), never "not valid JSON".
+
+An upload to /v1/files is not read here at all: it streams on to the app, which writes it to the store as it
+comes, counted against batch.max_file_bytes and batch.upload_timeout_s instead.
 """
 
 from __future__ import annotations

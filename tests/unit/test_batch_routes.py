@@ -97,6 +97,9 @@ async def test_an_upload_past_the_cap_or_with_a_bad_purpose_is_refused_and_not_k
         api = sdk(client, "none")
         with pytest.raises(openai.BadRequestError):
             await api.files.create(file=("a.jsonl", io.BytesIO(b"x" * 5000)), purpose="batch")
+        with pytest.raises(openai.APIStatusError) as too_large:  # its declared length is past the cap: not read
+            await api.files.create(file=("a.jsonl", io.BytesIO(b"x" * 100_000)), purpose="batch")
+        assert too_large.value.status_code == 413
         with pytest.raises(openai.BadRequestError) as refused:
             await api.files.create(file=("a.jsonl", io.BytesIO(b"x")), purpose="fine-tune")
         assert refused.value.body["param"] == "purpose"  # type: ignore[index]
