@@ -127,7 +127,9 @@ def create_app(settings: Settings, adapter_factory: AdapterFactory | None = None
     store = state.response_store = build_store(settings, state.metrics)
     state.files = FileStore(store.db, settings.batch)  # the same database: one backup holds everything
     state.batches = BatchStore(store.db, state.files)
-    runner = state.batch_runner = BatchRunner(state.batches, state.files, settings.batch, state.metrics)
+    runner = state.batch_runner = BatchRunner(
+        state.batches, state.files, settings.batch, state.metrics, paused=lambda: state.draining
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

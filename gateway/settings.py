@@ -453,7 +453,7 @@ class StoreSettings(BaseModel):
 
 class BatchSettings(BaseModel):
     """The Batch API (/v1/files, /v1/batches): uploaded files, and the runner that serves batches' lines at the
-    lowest priority. Concurrency limits are per process (each replica runs up to them)."""
+    lowest priority. max_concurrency is per process; max_concurrency_per_batch counts every replica's lines."""
 
     max_file_bytes: int = Field(default=200 * 1024 * 1024, ge=1024, description="The largest upload; past it, 413.")
     files_dir: Path | None = Field(
@@ -462,7 +462,9 @@ class BatchSettings(BaseModel):
     )
     upload_timeout_s: float = Field(default=600.0, gt=0, description="For a whole upload to arrive; then 408.")
     max_concurrency: int = Field(default=16, ge=1, description="Batch lines running at once in this process.")
-    max_concurrency_per_batch: int = Field(default=8, ge=1, description="Lines of one batch running at once here.")
+    max_concurrency_per_batch: int = Field(
+        default=8, ge=1, description="Lines of one batch running at once, over every replica."
+    )
     poll_s: float = Field(default=0.5, gt=0, description="How often the runner looks for work.")
     lease_s: float = Field(
         default=30.0, gt=0, description="A claimed line not marked alive this long (its process died) is run again."

@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -88,8 +89,16 @@ def _retried(status: int, body: Any) -> bool:
 
 
 class BatchRunner:
-    def __init__(self, batches: BatchStore, files: FileStore, settings: BatchSettings, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        batches: BatchStore,
+        files: FileStore,
+        settings: BatchSettings,
+        metrics: Metrics,
+        paused: Callable[[], bool] = lambda: False,
+    ) -> None:
         self.batches, self.files, self.settings, self.metrics = batches, files, settings, metrics
+        self._paused = paused  # the process is draining: no new line is claimed
         self.worker = f"{os.uname().nodename}-{os.getpid()}-{os.urandom(4).hex()}"
         self.running: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
@@ -156,15 +165,12 @@ class BatchRunner:
     async def _claim(self) -> None:
         free = self.settings.max_concurrency - len(self.running)
         for batch_id, expires_at in await self.batches.running():
-            if free <= 0:
+            if free <= 0 or self._paused():
                 return
             if expires_at <= time.time():
                 continue  # expired: finished at the next pass
-            mine = sum(1 for running_batch, _ in self.running if running_batch == batch_id)
-            count = min(free, self.settings.max_concurrency_per_batch - mine)
-            if count <= 0:
-                continue
-            for line in await self.batches.claim(batch_id, self.worker, count, self.settings.lease_s):
+            per_batch, lease_s = self.settings.max_concurrency_per_batch, self.settings.lease_s
+            for line in await self.batches.claim(batch_id, self.worker, free, lease_s, per_batch):
                 task = asyncio.create_task(self._line(line), name=f"batch line {batch_id}:{line.line}")
                 self.running[(batch_id, line.line)] = task
                 free -= 1

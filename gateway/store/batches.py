@@ -236,9 +236,11 @@ class BatchStore:
             )
             return [(str(batch_id), float(expires_at)) for batch_id, expires_at in rows]
 
-    async def claim(self, batch_id: str, worker: str, count: int, lease_s: float) -> list[Line]:
+    async def claim(self, batch_id: str, worker: str, count: int, lease_s: float, batch_limit: int) -> list[Line]:
         """Up to `count` lines of the batch, pending (and due) or abandoned (their lease ran out), now this
-        worker's. Lines another replica is claiming at this moment are skipped, not waited for."""
+        worker's, and no more than `batch_limit` of the batch's running at once over every replica (two replicas
+        claiming at the same moment may each see the other's claims only once they commit: a brief overshoot).
+        Lines another replica is claiming at this moment are skipped, not waited for."""
         now = self.clock()
         claimable = sa.or_(
             sa.and_(batch_lines.c.state == "pending", batch_lines.c.not_before <= now),
@@ -253,6 +255,18 @@ class BatchStore:
                 )
             ).first()
             if head is None:
+                return []
+            running = (
+                await conn.execute(
+                    sa.select(sa.func.count()).where(
+                        batch_lines.c.batch_id == batch_id,
+                        batch_lines.c.state == "running",
+                        batch_lines.c.claimed_at >= now - lease_s,
+                    )
+                )
+            ).scalar_one()
+            count = min(count, batch_limit - int(running))
+            if count <= 0:
                 return []
             rows = (
                 await conn.execute(

@@ -43,10 +43,19 @@ def result(custom_id: str, by: str) -> dict[str, object]:
 async def test_concurrent_claims_never_share_a_line(stores: tuple[BatchStore, Clock]) -> None:
     store, _ = stores
     batch_id = await started(store, 50)
-    claims = await asyncio.gather(*(store.claim(batch_id, f"w{i}", 10, 30) for i in range(5)))
+    claims = await asyncio.gather(*(store.claim(batch_id, f"w{i}", 10, 30, 100) for i in range(5)))
     lines = [line.line for claim in claims for line in claim]
     assert sorted(lines) == list(range(1, 51))
-    assert await store.claim(batch_id, "late", 10, 30) == []
+    assert await store.claim(batch_id, "late", 10, 30, 100) == []
+
+
+async def test_a_batch_runs_no_more_lines_at_once_than_its_limit(stores: tuple[BatchStore, Clock]) -> None:
+    store, _ = stores
+    batch_id = await started(store, 10)
+    first = await store.claim(batch_id, "one", 10, 30, 3)
+    assert len(first) == 3 and await store.claim(batch_id, "two", 10, 30, 3) == []
+    assert await store.record(first[0], "output", result("c1", "one"))
+    assert [line.line for line in await store.claim(batch_id, "two", 10, 30, 3)] == [4]
 
 
 async def test_a_lapsed_lease_is_claimed_again_and_the_result_is_written_once(
@@ -54,11 +63,11 @@ async def test_a_lapsed_lease_is_claimed_again_and_the_result_is_written_once(
 ) -> None:
     store, clock = stores
     batch_id = await started(store, 2)
-    first = await store.claim(batch_id, "dead", 2, 30)
+    first = await store.claim(batch_id, "dead", 2, 30, 100)
     clock.now += 10
     await store.renew("dead", [(batch_id, 1)])  # line 1 is renewed, line 2 is not
     clock.now += 25
-    again = await store.claim(batch_id, "alive", 2, 30)
+    again = await store.claim(batch_id, "alive", 2, 30, 100)
     assert [line.line for line in again] == [2]
     assert await store.record(again[0], "output", result("c2", "alive"))
     assert not await store.record(first[1], "output", result("c2", "dead"))  # the first write stands
@@ -76,18 +85,18 @@ async def test_a_lapsed_lease_is_claimed_again_and_the_result_is_written_once(
 async def test_a_line_handed_back_waits_for_its_retry(stores: tuple[BatchStore, Clock]) -> None:
     store, clock = stores
     batch_id = await started(store, 1)
-    (line,) = await store.claim(batch_id, "w", 1, 30)
+    (line,) = await store.claim(batch_id, "w", 1, 30, 100)
     await store.release(line, "w", 5)
-    assert await store.claim(batch_id, "w", 1, 30) == []
+    assert await store.claim(batch_id, "w", 1, 30, 100) == []
     clock.now += 6
-    assert [again.line for again in await store.claim(batch_id, "w", 1, 30)] == [1]
+    assert [again.line for again in await store.claim(batch_id, "w", 1, 30, 100)] == [1]
 
 
 @pytest.mark.parametrize("final", ["expired", "cancelled"])
 async def test_undone_lines_end_in_the_error_file(stores: tuple[BatchStore, Clock], final: str) -> None:
     store, clock = stores
     batch_id = await started(store, 3)
-    (line,) = await store.claim(batch_id, "w", 1, 30)
+    (line,) = await store.claim(batch_id, "w", 1, 30, 100)
     assert await store.record(line, "output", result("c1", "w"))
     if final == "cancelled":
         await store.cancel("owner", batch_id)
