@@ -10,7 +10,7 @@ TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 STAMP := $(VENV)/.installed-$(ENGINE)
 ARGS ?=
 
-.PHONY: install serve test lint docs models tools bench bench-quick bench-router bench-routing bench-fleet clean
+.PHONY: install serve test lint docs models tools bench bench-quick bench-router bench-routing bench-fleet bench-batch clean
 
 install: $(STAMP)
 
@@ -76,6 +76,12 @@ bench-router: $(STAMP)
 bench-routing: $(STAMP)
 	$(PIP) install -q -e ".[bench]"
 	$(PY) -m bench.routing_quality $(ARGS)
+
+# Suite 5, a batch beside live traffic: live streamed chat alone, then with a large batch on the same simulated
+# instances; live TTFT p50/p99 ratios (target <= 1.1x) and the batch's throughput (bench/batch_load.py).
+bench-batch: $(STAMP)
+	$(PIP) install -q -e ".[bench]"
+	$(PY) -m bench.batch_load $(ARGS)
 
 # Suite 4, routing at fleet scale: simulated vLLM instances (bench/fleet/) behind the real router, every policy
 # over four workloads, at 16 and then 64 instances (about 15 and 20 minutes on 2 cores).

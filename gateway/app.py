@@ -16,9 +16,11 @@ from starlette.responses import Response
 from engine_adapters.base import EngineAdapter
 from gateway import middleware
 from gateway.api import (
+    batches,
     chat,
     completions,
     embeddings,
+    files,
     health,
     keys,
     lora,
@@ -44,9 +46,12 @@ from gateway.lifecycle import Drain
 from gateway.limit_store import LimitStore, MemoryStore
 from gateway.observability.tracing import build_tracing
 from gateway.relay.door import FrontDoor
+from gateway.services.batch_runner import BatchRunner
 from gateway.settings import LimitSettings, Settings
 from gateway.state import AppState
 from gateway.store import build_store
+from gateway.store.batches import BatchStore
+from gateway.store.files import FileStore
 from gateway.store.keys import KeyRecords, KeySync
 
 log = logging.getLogger(__name__)
@@ -126,6 +131,11 @@ def create_app(settings: Settings, adapter_factory: AdapterFactory | None = None
     records = KeyRecords(store.db, store.ensure_schema)
     admin_key_set = settings.auth.admin_key is not None
     key_sync = state.key_sync = KeySync(records, state.keys, settings.auth.keys_refresh_s, admin_key_set)
+    state.files = FileStore(store.db, settings.batch)  # the same database: one backup holds everything
+    state.batches = BatchStore(store.db, state.files)
+    runner = state.batch_runner = BatchRunner(
+        state.batches, state.files, settings.batch, state.metrics, paused=lambda: state.draining
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -145,10 +155,12 @@ def create_app(settings: Settings, adapter_factory: AdapterFactory | None = None
         state.draining, state.drain = False, Drain()
         store.maintain()
         state.ready = True
+        runner.start(app)  # lines run through the whole app, middlewares and all
         try:
             yield
         finally:
             state.draining = True
+            await runner.close()  # its running lines go back to the store, for this or another replica
             if state.route_table is not None:
                 await state.route_table.stop()  # no reload may start a route while they close
             for run in state.background_runs:  # each writes itself failed: the client may retrieve it
@@ -183,6 +195,8 @@ def create_app(settings: Settings, adapter_factory: AdapterFactory | None = None
         messages,
         scoring,
         routed,
+        files,
+        batches,
     ):
         app.include_router(module.router)
     if settings.allow_runtime_lora_updating:  # as vLLM: the routes exist only when runtime updates are allowed

@@ -36,6 +36,9 @@ from gateway.settings import ApiKey
 
 log = logging.getLogger(__name__)
 
+# The ASGI scope extension naming the configured key an in-process request acts as (the batch runner's, for a
+# batch's owner): no client can set a scope extension from the wire.
+ACTING_KEY = "tokenyard.acting_key"
 _RELOAD_CHECK_S = 1.0  # stat() the keys file at most this often
 _LIMIT_OPTIONS = {
     "rpm": "requests_per_minute",

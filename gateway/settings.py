@@ -484,6 +484,34 @@ class StoreSettings(BaseModel):
         return value
 
 
+class BatchSettings(BaseModel):
+    """The Batch API (/v1/files, /v1/batches): uploaded files, and the runner that serves batches' lines at the
+    lowest priority. max_concurrency is per process; max_concurrency_per_batch counts every replica's lines."""
+
+    max_file_bytes: int = Field(default=200 * 1024 * 1024, ge=1024, description="The largest upload; past it, 413.")
+    files_dir: Path | None = Field(
+        default=None,
+        description="Keep files' bytes in this directory (a volume the replicas share) instead of the SQL store.",
+    )
+    upload_timeout_s: float = Field(default=600.0, gt=0, description="For a whole upload to arrive; then 408.")
+    max_concurrency: int = Field(default=16, ge=1, description="Batch lines running at once in this process.")
+    max_concurrency_per_batch: int = Field(
+        default=8, ge=1, description="Lines of one batch running at once, over every replica."
+    )
+    poll_s: float = Field(default=0.5, gt=0, description="How often the runner looks for work.")
+    lease_s: float = Field(
+        default=30.0, gt=0, description="A claimed line not marked alive this long (its process died) is run again."
+    )
+    completion_window_s: float = Field(
+        default=86400.0,
+        gt=0,
+        description='How long a batch\'s completion_window ("24h") lasts; past it, unfinished lines expire.',
+    )
+    retry_s: float = Field(
+        default=2.0, gt=0, description="A line refused for load (429, 503) waits this long before it is tried again."
+    )
+
+
 ApiKeys = Annotated[list[ApiKey], NoDecode, BeforeValidator(_split_keys)]
 # --- end of the security and limits settings ---------------------------------------------------
 
@@ -536,6 +564,7 @@ class Settings(BaseSettings):
     tls: TlsSettings = Field(default_factory=TlsSettings)
     tracing: TracingSettings = Field(default_factory=TracingSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
+    batch: BatchSettings = Field(default_factory=BatchSettings)
     # vLLM's VLLM_ALLOW_RUNTIME_LORA_UPDATING: POST /v1/load_lora_adapter and /v1/unload_lora_adapter.
     allow_runtime_lora_updating: bool = Field(
         default=False, description="Serve POST /v1/load_lora_adapter and /v1/unload_lora_adapter."

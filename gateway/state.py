@@ -19,7 +19,10 @@ from gateway.settings import Settings
 if TYPE_CHECKING:
     from gateway.observability.otel import Tracing
     from gateway.routing.reload import RouteTable
+    from gateway.services.batch_runner import BatchRunner
     from gateway.store import ResponseStore
+    from gateway.store.batches import BatchStore
+    from gateway.store.files import FileStore
     from gateway.store.keys import KeySync
 
 
@@ -62,6 +65,9 @@ class AppState:
     runtime_loras: dict[str, str] = field(default_factory=dict)  # adapter loaded at run time -> its base model
     response_store: ResponseStore | None = None  # stored responses (gateway.store), when create_app built the app
     key_sync: KeySync | None = None  # the keys API's keys in the store, copied into `keys` (gateway.store.keys)
+    files: FileStore | None = None  # the Batch API's files (gateway.store.files), when create_app built the app
+    batches: BatchStore | None = None  # the Batch API's batches and their lines (gateway.store.batches)
+    batch_runner: BatchRunner | None = None  # runs batches' lines here, sharing them with the other replicas
     background_runs: set[asyncio.Task[None]] = field(default_factory=set)  # background responses running here
     held: HeldBytes = field(init=False)  # bytes of the requests waiting for a slot or an instance
 

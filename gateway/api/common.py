@@ -41,6 +41,17 @@ SSE_RESPONSE: dict[int | str, dict[str, Any]] = {
 }
 
 
+def list_page(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
+    """OpenAI's paginated list object."""
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": has_more,
+    }
+
+
 def app_state(request: Request) -> AppState:
     state: AppState = request.app.state.tokenyard
     return state

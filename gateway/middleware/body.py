@@ -11,6 +11,9 @@ A multipart/form-data body to the audio paths or to a path that a route passes t
 only as far as its `model` field (gateway.middleware.multipart), and the rest streams on to the instance,
 counted against the same cap and deadline as it comes (Upload, BodyStream). Where no instance takes it
 (engine mode), the app answers from the model field (a 404), never "not valid JSON".
+
+An upload to /v1/files is not read here at all: it streams on to the app, which writes it to the store as it
+comes, counted against batch.max_file_bytes and batch.upload_timeout_s instead.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from engine_adapters.base import RawBody
 from gateway.errors import GatewayError, InvalidRequest, PayloadTooLarge, RequestTimeout
 from gateway.held import held_as
-from gateway.middleware.context import header, is_service_path, model_of, request_info, send_error
+from gateway.middleware.context import FILES_PATH, header, is_service_path, model_of, request_info, send_error
 from gateway.middleware.multipart import FormStart, boundary_of, read_form_start
 from gateway.protocol.pooling import AUDIO_PATHS
 from gateway.state import AppState
@@ -40,6 +43,7 @@ _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _NOT_STRUCTURE = bytes(byte for byte in range(256) if byte not in b'"[]{}')
 # A string in what is left once escapes are gone, or an unterminated one up to the end (never a second try).
 _STRING = re.compile(rb'"[^"]*+(?:"|\Z)')
+_FORM_OVERHEAD = 64 * 1024  # a file upload's form fields and boundaries, beside the file's bytes
 _STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
 
 
@@ -249,6 +253,9 @@ class BodyMiddleware:
         if not is_service_path(scope) or scope["method"] not in _BODY_METHODS:
             await self.app(scope, receive, send)
             return
+        if scope["path"] == FILES_PATH:
+            await self._file_upload(scope, receive, send)
+            return
         info = request_info(scope)
         try:
             length = self._declared(scope)
@@ -272,6 +279,20 @@ class BodyMiddleware:
         info.body, info.model = body, model_of(scope, body)
         held_as(self.state.held, 3 * len(raw))  # the bytes, and their parsed copy (about twice their size)
         await self.app(scope, replaying(raw, receive), send)
+
+    async def _file_upload(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """POST /v1/files: the body streams on to the app (which writes it to the store as it comes), counted
+        against the upload cap and deadline instead of the JSON body's."""
+        batch = self.state.settings.batch
+        cap = batch.max_file_bytes + _FORM_OVERHEAD
+        declared = header(scope, b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > cap:
+            self.metrics.rejected.labels("body_size").inc()
+            exc = PayloadTooLarge(f"The file is larger than {batch.max_file_bytes} bytes.")
+            await send_error(send, exc, close=True)
+            return
+        stream = BodyStream(receive, cap, asyncio.get_running_loop().time() + batch.upload_timeout_s)
+        await self.app(scope, stream.replaying(b""), send)
 
     def _declared(self, scope: Scope) -> int | None:
         declared = header(scope, b"content-length")

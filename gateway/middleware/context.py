@@ -24,6 +24,9 @@ ADMIN_USAGE_PATH = "/admin/usage"  # every key's usage: needs the admin key inst
 # Runtime LoRA loading (engine mode, opt-in): the admin key too, where keys are set (gateway.api.lora).
 LORA_PATHS = frozenset({"/v1/load_lora_adapter", "/v1/unload_lora_adapter"})
 _SCOPE_KEY = "tokenyard.request"
+FILES_PATH = "/v1/files"  # an upload, streamed into the store: not read by the body middleware
+BATCH_API_PREFIXES = ("/v1/files", "/v1/batches")  # the Batch API's own routes: they generate nothing
+
 # The path being served, for send_error to write the error body its client reads (OpenAI's or
 # Anthropic's). Set by attach(), which the outermost middleware calls; each request runs in its own task.
 _ERROR_PATH: ContextVar[str] = ContextVar("tokenyard_error_path", default="")
@@ -65,6 +68,11 @@ def request_info(scope: Scope) -> RequestInfo:
 def is_service_path(scope: Scope) -> bool:
     """HTTP requests other than the probes and /metrics: what keys, limits and the drain apply to."""
     return scope["type"] == "http" and scope["path"] not in PROBE_PATHS and scope["path"] != METRICS_PATH
+
+
+def generates_nothing(path: str) -> bool:
+    """The Batch API's routes: a body there (a batch's create) asks for no tokens, so none are charged for it."""
+    return path.startswith(BATCH_API_PREFIXES)
 
 
 def model_of(scope: Scope, body: Any) -> str | None:

@@ -32,6 +32,7 @@ from gateway.middleware.context import (
     USAGE_PATH,
     Headers,
     RequestInfo,
+    generates_nothing,
     is_service_path,
     request_info,
     send_error,
@@ -310,7 +311,7 @@ class LimitsMiddleware:
             await self.app(scope, receive, send)
             return
         info = request_info(scope)
-        ask = measure(info.body) if isinstance(info.body, dict) else None
+        ask = measure(info.body) if isinstance(info.body, dict) and not generates_nothing(scope["path"]) else None
         charge = self._charge(scope, info, ask)
         if ask is not None:
             try:

@@ -162,6 +162,18 @@ class Metrics:
             ["status"],
             registry=r,
         )
+        self.batches = Gauge(
+            "tokenyard_batches",
+            "Batches by status, as last counted by the batch runner.",
+            ["status"],
+            registry=r,
+        )
+        self.batch_requests = Counter(
+            "tokenyard_batch_requests_total",
+            "Batch lines run by this process, by outcome (completed, failed, retried).",
+            ["outcome"],
+            registry=r,
+        )
 
         self._children: dict[tuple[object, ...], Any] = {}
 

@@ -3,7 +3,9 @@
 - `db`: the engine for a URL, and the one boundary where the database's failures become a 503;
 - `migrate`: Alembic's migrations, run at start under the database's lock;
 - `schema`: the tables; `migrations/`: their revisions;
-- `responses`: the stored responses, their owners, liveness, cancels, events and purge.
+- `responses`: the stored responses, their owners, liveness, cancels, events and purge;
+- `files`: the Batch API's files, their bytes in chunks (or in a directory);
+- `batches`: batches and their lines, claimed by the replicas' batch runners.
 """
 
 from __future__ import annotations

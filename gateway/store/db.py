@@ -76,6 +76,20 @@ def _own_sqlite_transactions(engine: AsyncEngine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+async def after_row(
+    conn: AsyncConnection, table: sa.Table, owner: str, after: str, descending: bool
+) -> sa.ColumnElement[bool] | None:
+    """Keyset pagination on (created_at, id): the rows that come after the owner's row `after` in that order;
+    None when there is no such row."""
+    cursor = (
+        await conn.execute(sa.select(table.c.created_at).where(table.c.id == after, table.c.owner == owner))
+    ).first()
+    if cursor is None:
+        return None
+    key, mark = sa.tuple_(table.c.created_at, table.c.id), sa.tuple_(sa.literal(cursor[0]), sa.literal(after))
+    return key < mark if descending else key > mark
+
+
 class Database:
     """The engine, and `transaction()`: one unit of work whose failure to reach the database is a 503."""
 
@@ -86,11 +100,12 @@ class Database:
         self._observe = observe  # (operation, seconds, failed): the store's metrics
 
     @contextlib.asynccontextmanager
-    async def transaction(self, operation: str) -> AsyncIterator[AsyncConnection]:
+    async def transaction(self, operation: str, timeout_s: float | None = None) -> AsyncIterator[AsyncConnection]:
+        """`timeout_s`: this unit's own limit, for one that is long by nature (a batch's lines in or files out)."""
         started = time.perf_counter()
         failed = True
         try:
-            async with asyncio.timeout(self.timeout_s), self.engine.begin() as conn:
+            async with asyncio.timeout(timeout_s or self.timeout_s), self.engine.begin() as conn:
                 yield conn
             failed = False
         except _DOWN as exc:

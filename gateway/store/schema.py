@@ -51,3 +51,69 @@ api_keys = sa.Table(
     sa.Column("revoked_at", sa.Float, nullable=True),
     sa.Column("created_by", sa.String(128), nullable=False),
 )
+
+# An uploaded file (or a batch's output or error file): what /v1/files lists. Its bytes are in file_chunks,
+# or in a directory (batch.files_dir) when `in_dir`.
+files = sa.Table(
+    "files",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("owner", sa.String(128), nullable=False, index=True),  # the key's name; "" with no keys
+    sa.Column("purpose", sa.String(32), nullable=False),
+    sa.Column("filename", sa.String(512), nullable=False),
+    sa.Column("bytes", sa.BigInteger, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),  # uploading, processed
+    sa.Column("in_dir", sa.Boolean, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+file_chunks = sa.Table(
+    "file_chunks",
+    metadata,
+    sa.Column("file_id", sa.String(64), primary_key=True),
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("data", sa.LargeBinary, nullable=False),
+)
+
+# A batch: the Batch object's fields, each OpenAI timestamp in its own column.
+batches = sa.Table(
+    "batches",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("owner", sa.String(128), nullable=False, index=True),
+    sa.Column("status", sa.String(16), nullable=False, index=True),
+    sa.Column("endpoint", sa.String(64), nullable=False),
+    sa.Column("input_file_id", sa.String(64), nullable=False),
+    sa.Column("completion_window", sa.String(8), nullable=False),
+    sa.Column("metadata", sa.JSON, nullable=True),
+    sa.Column("errors", sa.JSON, nullable=True),
+    sa.Column("output_file_id", sa.String(64), nullable=True),
+    sa.Column("error_file_id", sa.String(64), nullable=True),
+    sa.Column("total", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
+    *(
+        sa.Column(f"{stage}_at", sa.Float, nullable=True)
+        for stage in ("in_progress", "finalizing", "completed", "failed", "expired", "cancelling", "cancelled")
+    ),
+)
+
+# One line of a batch's input: claimed by a process while it runs (a lease it renews), and its result,
+# written once (state done), keyed by (batch_id, custom_id).
+batch_lines = sa.Table(
+    "batch_lines",
+    metadata,
+    sa.Column("batch_id", sa.String(64), primary_key=True),
+    sa.Column("line", sa.Integer, primary_key=True, autoincrement=False),  # 1-based, as the file's lines
+    sa.Column("custom_id", sa.String(512), nullable=False),
+    sa.Column("body", sa.JSON, nullable=True),  # the request body; None when the line was refused as it was read
+    sa.Column("state", sa.String(8), nullable=False),  # pending, running, done
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("not_before", sa.Float, nullable=False),  # a line refused for load waits until then
+    sa.Column("claimed_by", sa.String(64), nullable=True),
+    sa.Column("claimed_at", sa.Float, nullable=True),
+    sa.Column("outcome", sa.String(8), nullable=True),  # output, error
+    sa.Column("result", sa.JSON, nullable=True),  # the output or error file's line
+    sa.UniqueConstraint("batch_id", "custom_id", name="uq_batch_lines_custom_id"),
+    sa.Index("ix_batch_lines_state", "batch_id", "state"),
+)

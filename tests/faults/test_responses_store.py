@@ -72,7 +72,7 @@ def test_a_response_stored_through_one_router_is_continued_through_the_other(
     postgres_server: PostgresServer,  # noqa: F811  (the fixture)
 ) -> None:
     one, two = two_routers(fleet, postgres_server)
-    assert asyncio.run(schema_versions(postgres_server)) == [head()]
+    assert asyncio.run(schema_versions(postgres_server)) == [head()]  # migrated once, to the newest revision
     first = create(one, ALICE, input="one two three four", max_output_tokens=4)
     assert first.status_code == 200, first.text
     stored = httpx.get(f"{two.url}/v1/responses/{first.json()['id']}", headers=auth(ALICE), timeout=10)
