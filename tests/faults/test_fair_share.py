@@ -19,12 +19,12 @@ FLOOD, STEADY = "sk-flood-0123456789", "sk-steady-0123456789"
 LIMITS = {"max_in_flight": 1, "max_queue": 256, "queue_timeout_s": 120}
 
 
-def _start(fleet: Fleet, flood_weight: int, steady_weight: int) -> tuple[Engine, Router]:
+def _start(fleet: Fleet, flood_weight: int, steady_weight: int, delay_ms: int) -> tuple[Engine, Router]:
     keys = [
         {"key": FLOOD, "name": "flood", "weight": flood_weight},
         {"key": STEADY, "name": "steady", "weight": steady_weight},
     ]
-    (engine,), router = fleet.start(1, tokens=2, delay_ms=10, config={"api_keys": keys, "limits": LIMITS})
+    (engine,), router = fleet.start(1, tokens=2, delay_ms=delay_ms, config={"api_keys": keys, "limits": LIMITS})
     return engine, router
 
 
@@ -48,7 +48,9 @@ def _admitted(router: Router, key: str) -> float:
 
 
 def test_a_steady_key_is_served_ahead_of_a_flood(fleet: Fleet) -> None:
-    engine, router = _start(fleet, 1, 1)
+    # A service time (2 tokens of 50 ms) well above what a loaded box adds to the router's own work and to the
+    # answers' way back, so the count of flood answers between steady ones measures the queue's order.
+    engine, router = _start(fleet, 1, 1, delay_ms=50)
 
     async def run() -> None:
         done: list[str] = []
@@ -77,7 +79,7 @@ def test_a_steady_key_is_served_ahead_of_a_flood(fleet: Fleet) -> None:
 
 
 def test_weights_three_to_one_give_three_to_one_service(fleet: Fleet) -> None:
-    engine, router = _start(fleet, 3, 1)
+    engine, router = _start(fleet, 3, 1, delay_ms=10)
 
     async def run() -> list[str]:
         done: list[str] = []
