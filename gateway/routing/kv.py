@@ -4,7 +4,10 @@ The stages, per request: the prompt's token ids as the engine will see them (cha
 tokenizer of the model when the route names one, else the instance's own /tokenize, cached briefly); their
 full blocks keyed as the index keys stored blocks (kv_index.block_keys); each instance's count of leading
 blocks it holds; the deepest instance, unless taking the request would put it above `load_factor` times
-the mean load (the bound `prefix` uses), then the least loaded. A prompt that no instance holds yet goes by
+the mean load (the bound `prefix` uses), then the least loaded. A hot prefix also spreads before that: when
+the chosen holder is above the mean load and the prefix it holds has had more of the recent requests than
+its holders could carry within `kv_spread_load_factor` times the mean each, the request goes to the least
+loaded instance, which then holds the prefix too (bounded loads on each prefix's own traffic). A prompt that no instance holds yet goes by
 the `prefix` policy's ring, so concurrent requests for a new prefix meet on one instance.
 
 An instance whose events we do not have (no endpoint found, not yet synced) is routed by `prefix` alone;
@@ -52,42 +55,92 @@ def _entry_bytes(ids: array[int]) -> int:
 DECISIONS = ("cached", "spread", "approximate")
 
 
+class PrefixTraffic:
+    """Each prefix's share of the requests lately: a count per prefix that halves every `half_life_s`, beside
+    the count of all requests; at most `size` prefixes are counted, the least recently seen dropped first."""
+
+    def __init__(self, half_life_s: float = 10.0, size: int = 4096, clock: Callable[[], float] = time.monotonic):
+        self.half_life_s, self.size, self.clock = half_life_s, size, clock
+        self.total = (0.0, clock())
+        self._counts: OrderedDict[bytes, tuple[float, float]] = OrderedDict()  # (count, when), oldest first
+
+    def _decayed(self, entry: tuple[float, float], now: float) -> float:
+        return entry[0] * 0.5 ** ((now - entry[1]) / self.half_life_s)
+
+    def add(self, prefix: bytes) -> tuple[float, float]:
+        """Count a request for `prefix`; (its count, all requests' count) since, both decayed."""
+        now = self.clock()
+        total = self._decayed(self.total, now) + 1
+        self.total = (total, now)
+        count = self._decayed(self._counts.pop(prefix, (0.0, now)), now) + 1
+        self._counts[prefix] = (count, now)
+        if len(self._counts) > self.size:
+            self._counts.popitem(last=False)
+        return count, total
+
+
 class KvPrefix:
     """The choice itself, given the prompt's token ids (None: unknown, so `prefix` decides)."""
 
     def __init__(self, index: KvIndex, rng: random.Random, settings: RouterSettings) -> None:
-        self.index = index
+        self.index, self.rng = index, rng
         self.load_factor = settings.prefix_load_factor
+        self.spread_factor = settings.kv_spread_load_factor
+        self.traffic = PrefixTraffic()
         self.approximate = Prefix(rng, settings.prefix_chars, settings.prefix_load_factor)
         self.least_loaded = LeastLoaded(rng)
         self.decisions = dict.fromkeys(DECISIONS, 0)
 
     def choose(self, candidates: Sequence[C], request: RouteRequest, tokens: list[int] | None = None) -> C:
-        depth = self.depths(candidates, tokens) if tokens else {}
+        depth, keys = self.depths(candidates, tokens) if tokens else ({}, {})
         held = [c for c in candidates if depth.get(c.key)]
         if not held:
             self.decisions["approximate"] += 1
             return self.approximate.choose(candidates, request)
-        total = sum(c.score() for c in candidates)
-        capacity = max(1, math.ceil(self.load_factor * (total + 1) / len(candidates)))
+        mean = (sum(c.score() for c in candidates) + 1) / len(candidates)  # with this request
+        capacity = max(1, math.ceil(self.load_factor * mean))
         fits = [c for c in held if c.score() + 1 <= capacity]
         if not fits:  # a hot prefix: its holders are full, so it spreads
             self.decisions["spread"] += 1
             return self.least_loaded.choose(candidates, request)
+        deepest = max(depth[c.key] for c in fits)
+        top = [c for c in fits if depth[c.key] == deepest]
+        least = min(c.score() for c in top)
+        best = self.rng.choice([c for c in top if c.score() == least])  # ties drawn, never the first listed
+        share = self.traffic.add(keys[best.key][depth[best.key] - 1])
+        if best.score() + 1 > math.ceil(mean) and self._too_few(len(candidates), held, depth, best, share):
+            self.decisions["spread"] += 1
+            return self.least_loaded.choose(candidates, request)
         self.decisions["cached"] += 1
-        return max(fits, key=lambda c: (depth[c.key], -c.score()))
+        return best
 
-    def depths(self, candidates: Sequence[C], tokens: list[int]) -> dict[str, int]:
-        """Leading blocks of the prompt each synced instance holds (instances may differ in block size)."""
+    def _too_few(
+        self, instances: int, held: Sequence[C], depth: dict[str, int], best: C, share: tuple[float, float]
+    ) -> bool:
+        """Whether the prefix `best` holds has more of the recent requests than its holders can carry within
+        `spread_factor` times the mean each: then one more instance takes it (bounded loads on the prefix's
+        own traffic), so a hot prefix reaches as many instances as its share needs."""
+        count, total = share
+        if total < 2 * instances:  # too few requests seen to tell a share
+            return False
+        holders = sum(1 for c in held if depth[c.key] >= depth[best.key])
+        return count * instances > holders * self.spread_factor * total
+
+    def depths(self, candidates: Sequence[C], tokens: list[int]) -> tuple[dict[str, int], dict[str, list[bytes]]]:
+        """Leading blocks of the prompt each synced instance holds (instances may differ in block size), and
+        the prompt's block keys at each instance's block size."""
         by_size: dict[int, list[str]] = {}
         for c in candidates:
             size = self.index.block_size(c.key)
             if size and self.index.synced(c.key):
                 by_size.setdefault(size, []).append(c.key)
         depth: dict[str, int] = {}
-        for size, keys in by_size.items():
-            depth.update(self.index.matched(block_keys(tokens, size), keys))
-        return depth
+        keys: dict[str, list[bytes]] = {}
+        for size, instances in by_size.items():
+            sized = block_keys(tokens, size)
+            depth.update(self.index.matched(sized, instances))
+            keys.update(dict.fromkeys(instances, sized))
+        return depth, keys
 
 
 class PromptTokens:
