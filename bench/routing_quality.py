@@ -387,7 +387,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--sim",
         action="store_true",
         help="two simulated instances (bench.fleet.server, blocks of 128 tokens as vLLM's CPU build uses, "
-        "--kv-blocks each, shared by --sim-kv-groups) in place of the real engines: Suite 4's check against the real thing",
+        "--kv-blocks each, shared by --sim-kv-groups) in place of the real engines: Suite 4's check against the "
+        "real thing",
     )
     parser.add_argument(
         "--sim-kv-groups",
@@ -438,7 +439,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         tokenizer: str | None = None
         if args.sim:  # the simulated instances tokenize their own way: the kv router asks their /tokenize
-            procs += [launch_sim(args.port_base + 1, events_ports[0], args.kv_blocks, args.sim_kv_groups, work / "sim.log")] * 2
+            procs += [
+                launch_sim(args.port_base + 1, events_ports[0], args.kv_blocks, args.sim_kv_groups, work / "sim.log")
+            ] * 2
         for index in range(0 if args.sim else len(instances)):
             core = str(cores[index % len(cores)])
             env = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": core, "HF_HUB_OFFLINE": "1"}
@@ -488,7 +491,9 @@ def main(argv: list[str] | None = None) -> None:
         "machine": {"cores": os.cpu_count(), "load_avg_at_end": os.getloadavg()},
         "workload": asdict(workload),
         "kv_blocks": args.kv_blocks,
-        "instances": f"simulated (bench.fleet.server, 128-token blocks, {args.sim_kv_groups} KV-cache groups)" if args.sim else "vLLM CPU engines",
+        "instances": f"simulated (bench.fleet.server, 128-token blocks, {args.sim_kv_groups} KV-cache groups)"
+        if args.sim
+        else "vLLM CPU engines",
         "phases": [asdict(p) for p in phases],
         "per_policy": per_policy(phases),
         "summary": summarise(phases),

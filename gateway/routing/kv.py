@@ -7,8 +7,9 @@ blocks it holds; the deepest instance, unless taking the request would put it ab
 the mean load (the bound `prefix` uses), then the least loaded. A hot prefix also spreads before that: when
 the chosen holder is above the mean load and the prefix it holds has had more of the recent requests than
 its holders could carry within `kv_spread_load_factor` times the mean each, the request goes to the least
-loaded instance, which then holds the prefix too (bounded loads on each prefix's own traffic). A prompt that no instance holds yet goes by
-the `prefix` policy's ring, so concurrent requests for a new prefix meet on one instance.
+loaded instance, which then holds the prefix too (bounded loads on each prefix's own traffic). A prompt that
+no instance holds yet goes by the `prefix` policy's ring, so concurrent requests for a new prefix meet on one
+instance.
 
 An instance whose events we do not have (no endpoint found, not yet synced) is routed by `prefix` alone;
 /ready lists which instances are which, and tokenyard_route_kv_instances counts them.
