@@ -98,18 +98,19 @@ class KvPrefix:
         if not held:
             self.decisions["approximate"] += 1
             return self.approximate.choose(candidates, request)
-        mean = (sum(c.score() for c in candidates) + 1) / len(candidates)  # with this request
+        load = {c.key: c.score() for c in candidates}  # read once: each reads the instance's counters
+        mean = (sum(load.values()) + 1) / len(candidates)  # with this request
         capacity = max(1, math.ceil(self.load_factor * mean))
-        fits = [c for c in held if c.score() + 1 <= capacity]
+        fits = [c for c in held if load[c.key] + 1 <= capacity]
         if not fits:  # a hot prefix: its holders are full, so it spreads
             self.decisions["spread"] += 1
             return self.least_loaded.choose(candidates, request)
         deepest = max(depth[c.key] for c in fits)
         top = [c for c in fits if depth[c.key] == deepest]
-        least = min(c.score() for c in top)
-        best = self.rng.choice([c for c in top if c.score() == least])  # ties drawn, never the first listed
-        share = self.traffic.add(keys[best.key][depth[best.key] - 1])
-        if best.score() + 1 > math.ceil(mean) and self._too_few(len(candidates), held, depth, best, share):
+        least = min(load[c.key] for c in top)
+        best = self.rng.choice([c for c in top if load[c.key] == least])  # ties drawn, never the first listed
+        share = self.traffic.add(keys[best.key][deepest - 1])
+        if least + 1 > math.ceil(mean) and self._too_few(len(candidates), held, depth, best, share):
             self.decisions["spread"] += 1
             return self.least_loaded.choose(candidates, request)
         self.decisions["cached"] += 1
