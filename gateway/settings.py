@@ -296,6 +296,11 @@ class RouterSettings(BaseModel):
     kv_tokenize_timeout_s: float = Field(default=2.0, gt=0, description="An instance's /tokenize, for routing.")
     kv_tokenize_cache_size: int = Field(default=1024, ge=0, description="Prompts whose tokens are kept for routing.")
     kv_tokenize_cache_ttl_s: float = Field(default=30.0, ge=0, description="How long kept tokens stay.")
+    kv_tokenize_reuse_turns: bool = Field(
+        default=True,
+        description="Policy kv: a chat's next turn is routed on the token ids kept for its previous turn (the "
+        "start of its own) instead of asking /tokenize; every other turn still asks.",
+    )
     kv_tokenize_cache_bytes: int = Field(
         default=64 * 1024 * 1024, ge=0, description="Bytes of token ids kept for routing (8 a token, 160 an entry)."
     )

@@ -160,16 +160,17 @@ class PromptTokens:
         self.ttl_s = settings.kv_tokenize_cache_ttl_s
         self.size = settings.kv_tokenize_cache_size
         self.max_bytes = settings.kv_tokenize_cache_bytes
+        self.reuse_turns = settings.kv_tokenize_reuse_turns
         self.bytes = 0  # what the cache holds now, as counted against max_bytes
         self._cache: OrderedDict[bytes, tuple[float, array[int]]] = OrderedDict()  # oldest first
 
     @staticmethod
-    def _body(request: RouteRequest) -> dict[str, Any]:
-        return (
-            {"messages": request.messages, "add_generation_prompt": True}
-            if request.messages is not None
-            else {"prompt": request.prompt}
-        )
+    def _body_of(messages: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"messages": messages, "add_generation_prompt": True}
+
+    @classmethod
+    def _body(cls, request: RouteRequest) -> dict[str, Any]:
+        return cls._body_of(request.messages) if request.messages is not None else {"prompt": request.prompt}
 
     @classmethod
     def _key(cls, request: RouteRequest) -> bytes:
@@ -182,11 +183,25 @@ class PromptTokens:
         key = self._key(request)
         if (hit := self._cache.get(key)) is not None:
             return hit[1].tolist()
+        if self.reuse_turns and (earlier := self._previous_turn(request)) is not None:
+            return earlier
         body = self._body(request)
         ids = self._local(request) if self.tokenizer is not None else await self._remote(body, request, instance)
         if ids is not None:
             self._keep(key, ids)
         return ids
+
+    def _previous_turn(self, request: RouteRequest) -> list[int] | None:
+        """A chat's next turn (its messages so far, an answer, a new question) routed on the ids kept for the
+        turn before: with the generation prompt, those are the start of this turn's own ids in the usual
+        chat templates, and they reach past everything an instance may hold of the session but the last
+        answer. Not kept under this turn's key, so the turn after asks again and the ids never fall more
+        than one turn behind."""
+        messages = request.messages
+        if not messages or len(messages) < 3 or messages[-2].get("role") != "assistant":
+            return None
+        earlier = self._cache.get(hashlib.sha256(orjson.dumps(self._body_of(messages[:-2]))).digest())
+        return earlier[1].tolist() if earlier is not None else None
 
     def forget(self, request: RouteRequest) -> None:
         """The request these ids were for failed: they are not kept for the next."""

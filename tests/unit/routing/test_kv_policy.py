@@ -151,6 +151,34 @@ async def test_prompt_tokens_render_the_chat_template_and_keep_recent_answers() 
     assert await tokens.ids(token_prompt, None) == [5, 6, 7]  # type: ignore[arg-type]
 
 
+class GemmaLikeTokenizer(FakeTokenizer):
+    """An answer opens as the generation prompt does (<model>), as in Gemma's, Llama's and ChatML templates."""
+
+    def apply_chat_template(self, messages: list[dict[str, str]], tokenize: bool, add_generation_prompt: bool) -> str:
+        turns = "".join(f"<{'model' if m['role'] == 'assistant' else m['role']}>{m['content']}" for m in messages)
+        return turns + ("<model>" if add_generation_prompt else "")
+
+
+async def test_a_chats_next_turn_is_routed_on_its_previous_turns_ids_one_turn_behind_at_most() -> None:
+    tokenizer = GemmaLikeTokenizer()
+    tokens = PromptTokens(RouterSettings(), tokenizer)
+    turn1 = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
+    turn2 = [*turn1, {"role": "assistant", "content": "yo"}, {"role": "user", "content": "more"}]
+    turn3 = [*turn2, {"role": "assistant", "content": "ok"}, {"role": "user", "content": "again"}]
+    first = await tokens.ids(RouteRequest("r", "m", messages=turn1), None)  # type: ignore[arg-type]
+    assert first is not None and tokenizer.calls == 1
+    second = await tokens.ids(RouteRequest("r", "m", messages=turn2), None)  # type: ignore[arg-type]
+    assert second == first and tokenizer.calls == 1  # the previous turn's ids, asked of no one
+    whole = tokenizer.encode(tokenizer.apply_chat_template(turn2, False, True), add_special_tokens=False)
+    assert whole[: len(first)] == first  # the start of the turn's own ids
+    await tokens.ids(RouteRequest("r", "m", messages=turn3), None)  # type: ignore[arg-type]
+    assert tokenizer.calls == 3  # turn 2's ids were not kept: turn 3 is tokenized itself
+    plain = PromptTokens(RouterSettings(kv_tokenize_reuse_turns=False), tokenizer)
+    await plain.ids(RouteRequest("r", "m", messages=turn1), None)  # type: ignore[arg-type]
+    await plain.ids(RouteRequest("r", "m", messages=turn2), None)  # type: ignore[arg-type]
+    assert tokenizer.calls == 5
+
+
 class TokenizingInstance:
     """An instance's /tokenize answer, as bytes (OpenAIHttpAdapter.forward's shape)."""
 
