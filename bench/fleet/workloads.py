@@ -16,11 +16,10 @@ The pooled hit rate replays every prompt of the workload, in arrival order, thro
 whole fleet's blocks (N x C) with vLLM's eviction, one request at a time: no load bound and no split of the
 blocks over instances. The oracle is the pooled hit rate less what a fleet under the routers' load bound
 must prefill more than once: an instance may serve at most `load_factor` x R / N of the R requests (m), so a
-system prompt that P requests share is held by at least ceil(P / m) instances, and at least ceil(R / m)
-instances serve something, each holding at least one system prompt; every instance past a prompt's first
-prefills that prompt's full blocks once. The fewest such prefills (the extra instances go to the shortest
-prompts) are taken off the pooled hits. No routing under the bound can be expected to beat the oracle (LRU
-is not optimal, so it is a bound in practice, not a theorem). The ceiling is the hit rate with an unbounded
+system prompt that P requests share is held by at least ceil(P / m) instances, and every instance past a
+prompt's first prefills that prompt's full blocks once; those prefills are taken off the pooled hits. No
+routing under the bound can be expected to beat the oracle (LRU is not optimal, so it is a bound in
+practice, not a theorem). The ceiling is the hit rate with an unbounded
 cache and no load bound: the reuse the trace has at all.
 """
 
@@ -161,19 +160,12 @@ def repeat_prefills(workload: list[Session], instances: int, load_factor: float,
     requests: dict[str, int] = {}
     for session in workload:
         requests[session.system] = requests.get(session.system, 0) + len(session.turns)
-    total = sum(requests.values())
-    most = load_factor * total / instances  # requests an instance may serve
-    holders = {system: math.ceil(count / most) for system, count in requests.items()}
-    blocks = {s: len(text.render_chat([{"role": "system", "content": s}], False)) // block_size for s in requests}
-    short_first = sorted(requests, key=lambda s: blocks[s])
-    missing = min(instances, math.ceil(total / most)) - sum(holders.values())
-    for system in short_first * max(0, missing):
-        if missing <= 0:
-            break
-        if holders[system] < requests[system]:
-            holders[system] += 1
-            missing -= 1
-    return sum((holders[s] - 1) * blocks[s] * block_size for s in requests)
+    most = load_factor * sum(requests.values()) / instances  # requests an instance may serve
+    repeats = 0
+    for system, count in requests.items():
+        blocks = len(text.render_chat([{"role": "system", "content": system}], False)) // block_size
+        repeats += (math.ceil(count / most) - 1) * blocks * block_size
+    return repeats
 
 
 def oracle(
