@@ -245,11 +245,18 @@ def launch(config: Path, text: str, log: Path, env: dict[str, str]) -> subproces
     )
 
 
-def launch_sim(port: int, events_port: int, blocks: int, log: Path) -> subprocess.Popen[bytes]:
-    """Two simulated instances on `port` and the one after, serving MODEL (Suite 4's bench.fleet.server)."""
+# Gemma 3 270M's KV-cache groups in vLLM: its 18 layers are 15 sliding-window and 3 full-attention ones
+# (config.json layer_types), split into groups of 3 layers (the smaller count), so 1 + 5 groups share the pool.
+GEMMA3_KV_GROUPS = 6
+
+
+def launch_sim(port: int, events_port: int, blocks: int, groups: int, log: Path) -> subprocess.Popen[bytes]:
+    """Two simulated instances on `port` and the one after, serving MODEL (Suite 4's bench.fleet.server), with
+    the real engines' cache: `blocks` of 128 tokens (vLLM CPU's default) shared by Gemma 3's KV-cache groups."""
     return subprocess.Popen(
         [sys.executable, "-m", "bench.fleet.server", "--instances", "2", "--port", str(port)]
-        + ["--events-port", str(events_port), "--blocks", str(blocks), "--block-size", "128", "--model", MODEL],
+        + ["--events-port", str(events_port), "--blocks", str(blocks), "--block-size", "128", "--model", MODEL]
+        + ["--kv-groups", str(groups)],
         cwd=ROOT,
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
@@ -380,7 +387,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--sim",
         action="store_true",
         help="two simulated instances (bench.fleet.server, blocks of 128 tokens as vLLM's CPU build uses, "
-        "--kv-blocks each) in place of the real engines: Suite 4's check against the real thing",
+        "--kv-blocks each, shared by --sim-kv-groups) in place of the real engines: Suite 4's check against the "
+        "real thing",
+    )
+    parser.add_argument(
+        "--sim-kv-groups",
+        type=int,
+        default=GEMMA3_KV_GROUPS,
+        help="with --sim: KV-cache groups sharing each simulated pool (Gemma 3 270M's: 6)",
     )
     args = parser.parse_args(argv)
     if args.sim and not args.kv_blocks:
@@ -425,7 +439,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         tokenizer: str | None = None
         if args.sim:  # the simulated instances tokenize their own way: the kv router asks their /tokenize
-            procs += [launch_sim(args.port_base + 1, events_ports[0], args.kv_blocks, work / "sim.log")] * 2
+            procs += [
+                launch_sim(args.port_base + 1, events_ports[0], args.kv_blocks, args.sim_kv_groups, work / "sim.log")
+            ] * 2
         for index in range(0 if args.sim else len(instances)):
             core = str(cores[index % len(cores)])
             env = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": core, "HF_HUB_OFFLINE": "1"}
@@ -475,7 +491,9 @@ def main(argv: list[str] | None = None) -> None:
         "machine": {"cores": os.cpu_count(), "load_avg_at_end": os.getloadavg()},
         "workload": asdict(workload),
         "kv_blocks": args.kv_blocks,
-        "instances": "simulated (bench.fleet.server, 128-token blocks)" if args.sim else "vLLM CPU engines",
+        "instances": f"simulated (bench.fleet.server, 128-token blocks, {args.sim_kv_groups} KV-cache groups)"
+        if args.sim
+        else "vLLM CPU engines",
         "phases": [asdict(p) for p in phases],
         "per_policy": per_policy(phases),
         "summary": summarise(phases),

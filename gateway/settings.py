@@ -293,10 +293,21 @@ class RouterSettings(BaseModel):
         ge=1024,
         description="One SSE event an instance may send; past it the stream ends with an error event.",
     )
+    kv_spread_load_factor: float = Field(
+        default=1.0,
+        ge=1.0,
+        description="Policy kv: a prefix with more of the recent requests than its holders can carry within "
+        "this times the mean load each goes to one more instance (the least loaded) once its holder is above the mean.",
+    )
     kv_max_blocks: int = Field(default=500_000, ge=1, description="Blocks the KV index holds over all instances.")
     kv_tokenize_timeout_s: float = Field(default=2.0, gt=0, description="An instance's /tokenize, for routing.")
     kv_tokenize_cache_size: int = Field(default=1024, ge=0, description="Prompts whose tokens are kept for routing.")
     kv_tokenize_cache_ttl_s: float = Field(default=30.0, ge=0, description="How long kept tokens stay.")
+    kv_tokenize_reuse_turns: bool = Field(
+        default=True,
+        description="Policy kv: a chat's next turn is routed on the token ids kept for its previous turn (the "
+        "start of its own) instead of asking /tokenize; every other turn still asks.",
+    )
     kv_tokenize_cache_bytes: int = Field(
         default=64 * 1024 * 1024, ge=0, description="Bytes of token ids kept for routing (8 a token, 160 an entry)."
     )

@@ -12,6 +12,14 @@ block), blocks are cached once full (BlockStored, with the parent's hash and the
 block whose hash is already cached is not cached twice. Unlike vLLM, a request reserves the blocks for its
 whole output when it is admitted (so nothing is ever preempted), and output blocks are announced when the
 request ends rather than as each fills.
+
+A hybrid model (attention types mixed across layers, such as Gemma 3's five sliding-window layers to one
+full-attention layer) has several KV-cache groups in vLLM (kv_cache_utils._get_kv_cache_groups_uniform_page_size:
+layers of one type split into groups of equal size) and every group draws its blocks from the one pool
+(get_kv_cache_config_from_groups: num_blocks is the pool's, num_gpu_blocks_override included). A block of
+tokens then costs one block a group, so a pool of C blocks caches C // G blocks of tokens (`groups`, G).
+Sliding-window groups are modelled as if they were full-attention ones: vLLM drops their blocks that fall
+out of the window and needs only the window's blocks for a hit, so a real hybrid cache holds a little more.
 """
 
 from __future__ import annotations
@@ -65,11 +73,14 @@ class Allocation:
 
 
 class PrefixCache:
-    def __init__(self, num_blocks: int, block_size: int = 16) -> None:
-        self.num_blocks, self.block_size = num_blocks, block_size
-        self._hash: list[int | None] = [None] * num_blocks
-        self._refs = [0] * num_blocks
-        self._free: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))  # head: next to be taken
+    def __init__(self, num_blocks: int, block_size: int = 16, groups: int = 1) -> None:
+        """`num_blocks`: the pool's blocks; `groups`: the model's KV-cache groups sharing them (1 unless hybrid)."""
+        if groups < 1 or num_blocks < groups:
+            raise ValueError("a pool needs at least one block for each of its groups")
+        self.num_blocks, self.block_size = num_blocks // groups, block_size  # blocks of tokens
+        self._hash: list[int | None] = [None] * self.num_blocks
+        self._refs = [0] * self.num_blocks
+        self._free: OrderedDict[int, None] = OrderedDict.fromkeys(range(self.num_blocks))  # head: next to be taken
         self._by_hash: dict[int, int] = {}
         self.events: list[CacheEvent] = []  # drained by the publisher
         self.queries = self.hits = 0  # tokens, as vllm:prefix_cache_queries / _hits count them

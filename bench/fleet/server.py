@@ -245,15 +245,17 @@ class Instance:
 class Fleet:
     """Many instances in this process, sharing one simulated clock."""
 
-    def __init__(self, clock: Clock, blocks: int, block_size: int = 16, timing: Timing | None = None) -> None:
-        self.clock, self.blocks, self.block_size = clock, blocks, block_size
+    def __init__(
+        self, clock: Clock, blocks: int, block_size: int = 16, timing: Timing | None = None, kv_groups: int = 1
+    ) -> None:
+        self.clock, self.blocks, self.block_size, self.kv_groups = clock, blocks, block_size, kv_groups
         self.timing = timing or Timing()
         self.context = zmq.asyncio.Context()
         self.instances: dict[int, Instance] = {}  # by port
         self.retired: list[Instance] = []
 
     async def add(self, port: int, events_port: int, model: str = MODEL) -> Instance:
-        cache = PrefixCache(self.blocks, self.block_size)
+        cache = PrefixCache(self.blocks, self.block_size, self.kv_groups)
         engine = Engine(cache, self.clock, self.timing, output_token=text.OUTPUT_TOKEN)
         publisher = Publisher(self.context, events_port, events_port + 1)
         engine.on_events = lambda: publisher.publish(cache.drain_events())
@@ -304,7 +306,7 @@ class Fleet:
 
 
 async def serve(args: argparse.Namespace) -> None:
-    fleet = Fleet(Clock(args.scale), args.blocks, args.block_size)
+    fleet = Fleet(Clock(args.scale), args.blocks, args.block_size, kv_groups=args.kv_groups)
     for index in range(args.instances):
         await fleet.add(args.port + index, args.events_port + 2 * index, args.model)
     print(json.dumps({"ready": [i.url for i in fleet.instances.values()]}), flush=True)
@@ -323,6 +325,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--events-port", type=int, default=9300, help="KV events: two ports an instance from here.")
     parser.add_argument("--blocks", type=int, default=2048, help="KV-cache blocks an instance holds (C).")
     parser.add_argument("--block-size", type=int, default=16, help="Tokens a block (B).")
+    parser.add_argument(
+        "--kv-groups", type=int, default=1, help="KV-cache groups sharing the pool (a hybrid model's; Gemma 3: 6)."
+    )
     parser.add_argument("--scale", type=float, default=1.0, help="Simulated seconds a wall-clock second.")
     parser.add_argument("--model", default=MODEL)
     asyncio.run(serve(parser.parse_args(argv)))

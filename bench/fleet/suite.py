@@ -68,6 +68,7 @@ class Phase:
     span_s: float
     oracle_hit_rate: float
     ceiling_hit_rate: float
+    pooled_hit_rate: float | None = None  # the oracle before the repeated prefills the load bound forces
     kv_decisions: dict[str, int] | None = None
     errors: dict[str, int] | None = None  # what the lost requests were answered
     hit_series: list[tuple[float, float]] | None = None  # churn: (window start, hit rate), simulated
@@ -295,7 +296,7 @@ async def run_phase(
     # Each instance's requests in the system (waiting or running) over the phase, by Little's law: the sum of
     # its requests' times from arrival to finish, all in simulated time.
     busy = [sum(r.finish - r.arrival for r in i.records[counts[id(i)] :]) for i in instances]
-    limits = oracle(workload, fleet.blocks * len(instances), fleet.block_size)
+    limits = oracle(workload, fleet.blocks * len(instances), fleet.block_size, len(instances), LOAD_FACTOR[0])
     decisions = None
     if kv1 is not None:
         before = (kv0 or {}).get("decisions") or {}
@@ -322,6 +323,7 @@ async def run_phase(
         t1 - t0,
         limits["oracle_hit_rate"],
         limits["ceiling_hit_rate"],
+        pooled_hit_rate=limits["pooled_hit_rate"],
         kv_decisions=decisions,
         kv_resyncs=int(resyncs) if resyncs is not None else None,
         errors=dict(Counter(o.error for o in outcomes if o.error)) or None,

@@ -4,8 +4,12 @@ The stages, per request: the prompt's token ids as the engine will see them (cha
 tokenizer of the model when the route names one, else the instance's own /tokenize, cached briefly); their
 full blocks keyed as the index keys stored blocks (kv_index.block_keys); each instance's count of leading
 blocks it holds; the deepest instance, unless taking the request would put it above `load_factor` times
-the mean load (the bound `prefix` uses), then the least loaded. A prompt that no instance holds yet goes by
-the `prefix` policy's ring, so concurrent requests for a new prefix meet on one instance.
+the mean load (the bound `prefix` uses), then the least loaded. A hot prefix also spreads before that: when
+the chosen holder is above the mean load and the prefix it holds has had more of the recent requests than
+its holders could carry within `kv_spread_load_factor` times the mean each, the request goes to the least
+loaded instance, which then holds the prefix too (bounded loads on each prefix's own traffic). A prompt that
+no instance holds yet goes by the `prefix` policy's ring, so concurrent requests for a new prefix meet on one
+instance.
 
 An instance whose events we do not have (no endpoint found, not yet synced) is routed by `prefix` alone;
 /ready lists which instances are which, and tokenyard_route_kv_instances counts them.
@@ -52,42 +56,93 @@ def _entry_bytes(ids: array[int]) -> int:
 DECISIONS = ("cached", "spread", "approximate")
 
 
+class PrefixTraffic:
+    """Each prefix's share of the requests lately: a count per prefix that halves every `half_life_s`, beside
+    the count of all requests; at most `size` prefixes are counted, the least recently seen dropped first."""
+
+    def __init__(self, half_life_s: float = 10.0, size: int = 4096, clock: Callable[[], float] = time.monotonic):
+        self.half_life_s, self.size, self.clock = half_life_s, size, clock
+        self.total = (0.0, clock())
+        self._counts: OrderedDict[bytes, tuple[float, float]] = OrderedDict()  # (count, when), oldest first
+
+    def _decayed(self, entry: tuple[float, float], now: float) -> float:
+        return entry[0] * 0.5 ** ((now - entry[1]) / self.half_life_s)
+
+    def add(self, prefix: bytes) -> tuple[float, float]:
+        """Count a request for `prefix`; (its count, all requests' count) since, both decayed."""
+        now = self.clock()
+        total = self._decayed(self.total, now) + 1
+        self.total = (total, now)
+        count = self._decayed(self._counts.pop(prefix, (0.0, now)), now) + 1
+        self._counts[prefix] = (count, now)
+        if len(self._counts) > self.size:
+            self._counts.popitem(last=False)
+        return count, total
+
+
 class KvPrefix:
     """The choice itself, given the prompt's token ids (None: unknown, so `prefix` decides)."""
 
     def __init__(self, index: KvIndex, rng: random.Random, settings: RouterSettings) -> None:
-        self.index = index
+        self.index, self.rng = index, rng
         self.load_factor = settings.prefix_load_factor
+        self.spread_factor = settings.kv_spread_load_factor
+        self.traffic = PrefixTraffic()
         self.approximate = Prefix(rng, settings.prefix_chars, settings.prefix_load_factor)
         self.least_loaded = LeastLoaded(rng)
         self.decisions = dict.fromkeys(DECISIONS, 0)
 
     def choose(self, candidates: Sequence[C], request: RouteRequest, tokens: list[int] | None = None) -> C:
-        depth = self.depths(candidates, tokens) if tokens else {}
+        depth, keys = self.depths(candidates, tokens) if tokens else ({}, {})
         held = [c for c in candidates if depth.get(c.key)]
         if not held:
             self.decisions["approximate"] += 1
             return self.approximate.choose(candidates, request)
-        total = sum(c.score() for c in candidates)
-        capacity = max(1, math.ceil(self.load_factor * (total + 1) / len(candidates)))
-        fits = [c for c in held if c.score() + 1 <= capacity]
+        load = {c.key: c.score() for c in candidates}  # read once: each reads the instance's counters
+        mean = (sum(load.values()) + 1) / len(candidates)  # with this request
+        capacity = max(1, math.ceil(self.load_factor * mean))
+        fits = [c for c in held if load[c.key] + 1 <= capacity]
         if not fits:  # a hot prefix: its holders are full, so it spreads
             self.decisions["spread"] += 1
             return self.least_loaded.choose(candidates, request)
+        deepest = max(depth[c.key] for c in fits)
+        top = [c for c in fits if depth[c.key] == deepest]
+        least = min(load[c.key] for c in top)
+        best = self.rng.choice([c for c in top if load[c.key] == least])  # ties drawn, never the first listed
+        share = self.traffic.add(keys[best.key][deepest - 1])
+        if least + 1 > math.ceil(mean) and self._too_few(len(candidates), held, depth, best, share):
+            self.decisions["spread"] += 1
+            return self.least_loaded.choose(candidates, request)
         self.decisions["cached"] += 1
-        return max(fits, key=lambda c: (depth[c.key], -c.score()))
+        return best
 
-    def depths(self, candidates: Sequence[C], tokens: list[int]) -> dict[str, int]:
-        """Leading blocks of the prompt each synced instance holds (instances may differ in block size)."""
+    def _too_few(
+        self, instances: int, held: Sequence[C], depth: dict[str, int], best: C, share: tuple[float, float]
+    ) -> bool:
+        """Whether the prefix `best` holds has more of the recent requests than its holders can carry within
+        `spread_factor` times the mean each: then one more instance takes it (bounded loads on the prefix's
+        own traffic), so a hot prefix reaches as many instances as its share needs."""
+        count, total = share
+        if total < 2 * instances:  # too few requests seen to tell a share
+            return False
+        holders = sum(1 for c in held if depth[c.key] >= depth[best.key])
+        return count * instances > holders * self.spread_factor * total
+
+    def depths(self, candidates: Sequence[C], tokens: list[int]) -> tuple[dict[str, int], dict[str, list[bytes]]]:
+        """Leading blocks of the prompt each synced instance holds (instances may differ in block size), and
+        the prompt's block keys at each instance's block size."""
         by_size: dict[int, list[str]] = {}
         for c in candidates:
             size = self.index.block_size(c.key)
             if size and self.index.synced(c.key):
                 by_size.setdefault(size, []).append(c.key)
         depth: dict[str, int] = {}
-        for size, keys in by_size.items():
-            depth.update(self.index.matched(block_keys(tokens, size), keys))
-        return depth
+        keys: dict[str, list[bytes]] = {}
+        for size, instances in by_size.items():
+            sized = block_keys(tokens, size)
+            depth.update(self.index.matched(sized, instances))
+            keys.update(dict.fromkeys(instances, sized))
+        return depth, keys
 
 
 class PromptTokens:
@@ -105,16 +160,17 @@ class PromptTokens:
         self.ttl_s = settings.kv_tokenize_cache_ttl_s
         self.size = settings.kv_tokenize_cache_size
         self.max_bytes = settings.kv_tokenize_cache_bytes
+        self.reuse_turns = settings.kv_tokenize_reuse_turns
         self.bytes = 0  # what the cache holds now, as counted against max_bytes
         self._cache: OrderedDict[bytes, tuple[float, array[int]]] = OrderedDict()  # oldest first
 
     @staticmethod
-    def _body(request: RouteRequest) -> dict[str, Any]:
-        return (
-            {"messages": request.messages, "add_generation_prompt": True}
-            if request.messages is not None
-            else {"prompt": request.prompt}
-        )
+    def _body_of(messages: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"messages": messages, "add_generation_prompt": True}
+
+    @classmethod
+    def _body(cls, request: RouteRequest) -> dict[str, Any]:
+        return cls._body_of(request.messages) if request.messages is not None else {"prompt": request.prompt}
 
     @classmethod
     def _key(cls, request: RouteRequest) -> bytes:
@@ -127,11 +183,25 @@ class PromptTokens:
         key = self._key(request)
         if (hit := self._cache.get(key)) is not None:
             return hit[1].tolist()
+        if self.reuse_turns and (earlier := self._previous_turn(request)) is not None:
+            return earlier
         body = self._body(request)
         ids = self._local(request) if self.tokenizer is not None else await self._remote(body, request, instance)
         if ids is not None:
             self._keep(key, ids)
         return ids
+
+    def _previous_turn(self, request: RouteRequest) -> list[int] | None:
+        """A chat's next turn (its messages so far, an answer, a new question) routed on the ids kept for the
+        turn before: with the generation prompt, those are the start of this turn's own ids in the usual
+        chat templates, and they reach past everything an instance may hold of the session but the last
+        answer. Not kept under this turn's key, so the turn after asks again and the ids never fall more
+        than one turn behind."""
+        messages = request.messages
+        if not messages or len(messages) < 3 or messages[-2].get("role") != "assistant":
+            return None
+        earlier = self._cache.get(hashlib.sha256(orjson.dumps(self._body_of(messages[:-2]))).digest())
+        return earlier[1].tolist() if earlier is not None else None
 
     def forget(self, request: RouteRequest) -> None:
         """The request these ids were for failed: they are not kept for the next."""

@@ -115,15 +115,23 @@ class KvIndex:
         return len(held.keys) if held else 0
 
     def matched(self, keys: Sequence[bytes], instances: Iterable[str]) -> dict[str, int]:
-        """How many of the leading `keys` each instance holds, all of them in a row."""
+        """How many of the leading `keys` each instance holds, all of them in a row. An instance's depth is
+        written once, when it drops out (this runs on every routed request, over every instance)."""
         depth = dict.fromkeys(instances, 0)
         alive = set(depth)
-        for index, key in enumerate(keys):
-            alive &= (self._holders.get(key) or {}).keys()
-            if not alive:
-                break
-            for instance in alive:
-                depth[instance] = index + 1
+        reached = 0
+        for key in keys:
+            holders = self._holders.get(key)
+            kept = alive & holders.keys() if holders else set()
+            if len(kept) < len(alive):
+                for gone in alive - kept:
+                    depth[gone] = reached
+                alive = kept
+                if not alive:
+                    break
+            reached += 1
+        for instance in alive:
+            depth[instance] = reached
         return depth
 
     # -- what the subscriber feeds --------------------------------------------------

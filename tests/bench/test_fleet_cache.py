@@ -96,3 +96,16 @@ def test_reset_is_refused_while_blocks_are_in_use() -> None:
     assert cache.reset()
     assert cache.drain_events() == [Cleared()]
     assert cache.cached_prefix(block_hashes(list(range(8)), B)) == 0
+
+
+def test_a_hybrid_models_groups_share_the_pool_so_it_caches_a_groups_share_of_it() -> None:
+    # 18 blocks shared by 3 KV-cache groups hold 6 blocks of tokens: two prompts of 3 blocks each fit, a third
+    # evicts the first (as 6 blocks and one group would), where one group would keep all three.
+    cache, whole = PrefixCache(18, B, groups=3), PrefixCache(18, B)
+    a, b, c = [1, 2, 3, 4, 5, 6, 7, 8], [11, 12, 13, 14, 15, 16, 17, 18], [21, 22, 23, 24, 25, 26, 27, 28]
+    for each in (cache, whole):
+        for prompt in (a, b, c):
+            run(each, prompt + [0])
+    assert run(cache, b + [0]) == 8 and run(cache, a + [0]) == 0
+    assert run(whole, a + [0]) == 8
+    assert cache.allocate(4, block_hashes([9, 9, 9, 9], B), 28) is None  # 7 blocks of tokens: more than it holds

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from bench.fleet import text
 from bench.fleet.report import recovery_s, targets
-from bench.fleet.workloads import Session, Shape, Turn, build, oracle
+from bench.fleet.workloads import Session, Shape, Turn, build, oracle, repeat_prefills
 
 
 def test_a_sessions_later_turns_carry_its_history_with_the_answers() -> None:
@@ -38,6 +40,20 @@ def test_the_oracle_counts_whole_blocks_of_repeated_prompts() -> None:
     assert limits["ceiling_hit_rate"] == limits["oracle_hit_rate"] == 2 * 64 / (3 * 69)  # 4 blocks, twice
     tiny = oracle(sessions, blocks=5, block_size=16)  # one prompt's blocks: the next one still finds them
     assert tiny["oracle_hit_rate"] == limits["oracle_hit_rate"]
+
+
+def test_the_oracle_takes_off_what_a_load_bound_forces_to_be_prefilled_again() -> None:
+    a = " ".join(f"a{i}" for i in range(62))  # BOS, role, 62 words, end of turn: 65 tokens, 4 whole blocks
+    b = " ".join(f"b{i}" for i in range(30))  # 33 tokens, 2 whole blocks
+    sessions = [Session(float(i), a, [Turn("x", 1, 0.0)]) for i in range(6)]
+    sessions += [Session(6.0, b, [Turn("x", 1, 0.0), Turn("y", 1, 0.0)])]
+    # 8 requests on 4 instances within 1.0 x the mean: 2 an instance, so a's 6 need 3 holders, b's 2 need 1.
+    assert repeat_prefills(sessions, instances=4, load_factor=1.0) == 2 * 4 * 16
+    assert repeat_prefills(sessions, instances=4, load_factor=2.0) == 1 * 4 * 16  # 4 an instance: a on 2
+    assert repeat_prefills(sessions, instances=1, load_factor=1.0) == 0
+    limits = oracle(sessions, blocks=1000, block_size=16, instances=4, load_factor=1.0)
+    queries = sum(len(text.render_chat(s.messages(i))) for s in sessions for i in range(len(s.turns)))
+    assert limits["pooled_hit_rate"] - limits["oracle_hit_rate"] == pytest.approx(2 * 4 * 16 / queries)
 
 
 def phase(workload: str, policy: str, **values: Any) -> dict[str, Any]:

@@ -171,6 +171,33 @@ def test_the_kv_tokenize_cache_is_bounded_in_bytes_and_keeps_no_refused_prompt(
     )
 
 
+def test_a_chats_next_turn_is_routed_on_the_ids_kept_for_its_previous_turn(
+    fleet: Fleet, kv_events: KvPublisher
+) -> None:
+    _, router = _kv_fleet(fleet, kv_events)
+    turn1 = [{"role": "user", "content": "hello there"}]
+    turn2 = [*turn1, {"role": "assistant", "content": "hi"}, {"role": "user", "content": "and now"}]
+    turn3 = [*turn2, {"role": "assistant", "content": "yes"}, {"role": "user", "content": "once more"}]
+    kept = []
+    for messages in (turn1, turn2, turn3):
+        answer = httpx.post(f"{router.url}/v1/chat/completions", json={"model": MODEL, "messages": messages})
+        assert answer.status_code == 200
+        kept.append(_kv_status(router)["tokenize_cache"]["entries"])
+    # Turn 2 asked no /tokenize (nothing new kept): it went on turn 1's ids. Turn 3 asked, as turn 2's were
+    # never kept.
+    assert kept == [1, 1, 2]
+
+
+def test_with_turn_reuse_off_every_turn_asks_for_its_own_ids(fleet: Fleet, kv_events: KvPublisher) -> None:
+    _, router = _kv_fleet(fleet, kv_events, kv_tokenize_reuse_turns=False)
+    turn1 = [{"role": "user", "content": "hello there"}]
+    turn2 = [*turn1, {"role": "assistant", "content": "hi"}, {"role": "user", "content": "and now"}]
+    for messages, entries in ((turn1, 1), (turn2, 2)):
+        answer = httpx.post(f"{router.url}/v1/chat/completions", json={"model": MODEL, "messages": messages})
+        assert answer.status_code == 200
+        assert _kv_status(router)["tokenize_cache"]["entries"] == entries
+
+
 def test_an_unreadable_kv_batch_is_skipped_and_the_index_keeps_following(fleet: Fleet, kv_events: KvPublisher) -> None:
     _, router = _kv_fleet(fleet, kv_events, kv_max_blocks=100)
     kv_events.publish(_stored([1], [1, 2, 3, 4]))

@@ -33,6 +33,21 @@ def test_only_a_leading_run_counts() -> None:
     assert index.matched(block_keys(PROMPT[:6], SIZE), [A]) == {A: 1}  # a partial block is never a key
 
 
+def test_each_instance_gets_the_depth_where_its_own_run_ends() -> None:
+    index = KvIndex(max_blocks=100)
+    C = "http://c:8000"
+    index.apply(A, 0, 1.0, [stored(PROMPT, [1, 2, 3, 4])])  # all four blocks
+    index.apply(B, 0, 1.0, [stored(PROMPT[:8], [1, 2])])  # the first two
+    index.apply(C, 0, 1.0, [stored(PROMPT[:4], [1]), stored(PROMPT[8:12], [3], parent=9)])  # 1, then a stray
+    assert index.matched(block_keys(PROMPT, SIZE), [A, B, C, "http://d:8000"]) == {
+        A: 4,
+        B: 2,
+        C: 1,
+        "http://d:8000": 0,
+    }
+    assert index.matched([], [A]) == {A: 0}
+
+
 def test_a_lora_adapters_blocks_do_not_match_the_base_model() -> None:
     index = KvIndex(max_blocks=100)
     index.apply(A, 0, 1.0, [stored(PROMPT[:8], [1, 2], lora_name="sql")])

@@ -6,7 +6,7 @@ import random
 from collections import Counter
 
 from engine_adapters.base import GenerateRequest, RouteRequest, SamplingOptions
-from gateway.routing.kv import KvPrefix, PromptTokens
+from gateway.routing.kv import KvPrefix, PrefixTraffic, PromptTokens
 from gateway.routing.kv_index import KvIndex, Stored
 from gateway.routing.policies import Prefix
 from gateway.settings import RouterSettings
@@ -60,6 +60,52 @@ def test_a_hot_prefix_spreads_once_its_holder_is_past_the_bound() -> None:
     assert kv.choose([a, b], request(), TOKENS) is a
 
 
+def test_a_prefix_with_more_traffic_than_its_holders_carry_spreads_past_the_mean() -> None:
+    index = KvIndex(1000)
+    a, b, c, d = fleet(1, 1, 0, 0)  # the mean with this request: 3 / 4; a would be above it, within ceil(1.5 * 3 / 4)
+    holding(index, a, 8)
+    for other in (b, c, d):
+        holding(index, other, 0)
+    kv = policy(index)
+    other = [9] * 32  # a prompt that no one holds: routed by `prefix`, and counted by no prefix
+    for _ in range(7):  # every request so far for a's prefix: its share needs all 4 instances, it has 1
+        assert kv.choose([a, b, c, d], request(), TOKENS) is a  # too few seen to tell a share (fewer than 8)
+    loose = KvPrefix(index, random.Random(3), RouterSettings(kv_spread_load_factor=4.0))
+    loose.traffic = kv.traffic  # the same share, but 4 times the mean on its one holder is within the bound
+    assert loose.choose([a, b, c, d], request(), TOKENS) is a
+    assert kv.choose([a, b, c, d], request(), TOKENS) in (c, d)  # the least loaded takes it
+    assert kv.decisions["spread"] == 1
+    a.load = 0
+    assert kv.choose([a, b, c, d], request(), TOKENS) is a  # within the mean: it stays
+    assert kv.choose([a, b, c, d], request(), other) is not None
+
+
+def test_a_prefix_with_a_small_share_stays_on_its_holder_above_the_mean() -> None:
+    index = KvIndex(1000)
+    a, b = fleet(0, 0)
+    holding(index, a, 8)
+    holding(index, b, 0)
+    tick = [0.0]
+    kv = KvPrefix(index, random.Random(3), RouterSettings())
+    kv.traffic = PrefixTraffic(half_life_s=10.0, clock=lambda: tick[0])
+    for _ in range(30):  # other prefixes' requests: a's prefix will have 1 in 31 of them
+        kv.traffic.add(b"another prefix")
+    a.load = 1  # a would be above the mean, (1 + 1) / 2, and within the usual bound, ceil(1.5 * 1)
+    assert kv.choose([a, b], request(), TOKENS) is a
+    assert kv.decisions == {"cached": 1, "spread": 0, "approximate": 0}
+
+
+def test_prefix_traffic_halves_every_half_life() -> None:
+    tick = [0.0]
+    traffic = PrefixTraffic(half_life_s=10.0, size=2, clock=lambda: tick[0])
+    assert traffic.add(b"x") == (1.0, 1.0)
+    tick[0] = 10.0
+    assert traffic.add(b"x") == (1.5, 1.5)
+    assert traffic.add(b"y") == (1.0, 2.5)
+    traffic.add(b"z")  # past `size`: x, the least recently seen, is dropped
+    assert traffic.add(b"x") == (1.0, 4.5)
+
+
 def test_without_tokens_or_holders_it_routes_as_prefix_does() -> None:
     index = KvIndex(1000)
     candidates = fleet(0, 0, 0)
@@ -103,6 +149,34 @@ async def test_prompt_tokens_render_the_chat_template_and_keep_recent_answers() 
     assert tokenizer.calls == 3  # the cache holds one answer
     token_prompt = RouteRequest("r", "m", [5, 6, 7])
     assert await tokens.ids(token_prompt, None) == [5, 6, 7]  # type: ignore[arg-type]
+
+
+class GemmaLikeTokenizer(FakeTokenizer):
+    """An answer opens as the generation prompt does (<model>), as in Gemma's, Llama's and ChatML templates."""
+
+    def apply_chat_template(self, messages: list[dict[str, str]], tokenize: bool, add_generation_prompt: bool) -> str:
+        turns = "".join(f"<{'model' if m['role'] == 'assistant' else m['role']}>{m['content']}" for m in messages)
+        return turns + ("<model>" if add_generation_prompt else "")
+
+
+async def test_a_chats_next_turn_is_routed_on_its_previous_turns_ids_one_turn_behind_at_most() -> None:
+    tokenizer = GemmaLikeTokenizer()
+    tokens = PromptTokens(RouterSettings(), tokenizer)
+    turn1 = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
+    turn2 = [*turn1, {"role": "assistant", "content": "yo"}, {"role": "user", "content": "more"}]
+    turn3 = [*turn2, {"role": "assistant", "content": "ok"}, {"role": "user", "content": "again"}]
+    first = await tokens.ids(RouteRequest("r", "m", messages=turn1), None)  # type: ignore[arg-type]
+    assert first is not None and tokenizer.calls == 1
+    second = await tokens.ids(RouteRequest("r", "m", messages=turn2), None)  # type: ignore[arg-type]
+    assert second == first and tokenizer.calls == 1  # the previous turn's ids, asked of no one
+    whole = tokenizer.encode(tokenizer.apply_chat_template(turn2, False, True), add_special_tokens=False)
+    assert whole[: len(first)] == first  # the start of the turn's own ids
+    await tokens.ids(RouteRequest("r", "m", messages=turn3), None)  # type: ignore[arg-type]
+    assert tokenizer.calls == 3  # turn 2's ids were not kept: turn 3 is tokenized itself
+    plain = PromptTokens(RouterSettings(kv_tokenize_reuse_turns=False), tokenizer)
+    await plain.ids(RouteRequest("r", "m", messages=turn1), None)  # type: ignore[arg-type]
+    await plain.ids(RouteRequest("r", "m", messages=turn2), None)  # type: ignore[arg-type]
+    assert tokenizer.calls == 5
 
 
 class TokenizingInstance:
@@ -161,3 +235,13 @@ async def test_a_route_with_policy_kv_follows_the_index_and_says_which_instances
         assert status["decisions"]["cached"] == 3 and status["blocks_indexed"] == 2
     finally:
         await adapter.close()
+
+
+def test_equal_holders_equally_loaded_share_the_requests() -> None:
+    index = KvIndex(1000)
+    candidates = fleet(0, 0, 0)
+    for c in candidates:
+        holding(index, c, 8)
+    kv = policy(index)
+    picks = Counter(kv.choose(candidates, request(), TOKENS).key for _ in range(300))
+    assert set(picks) == {c.key for c in candidates} and min(picks.values()) > 60
