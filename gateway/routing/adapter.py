@@ -42,12 +42,14 @@ from engine_adapters.base import (
 from engine_adapters.openai_http import HttpTimeouts, OpenAIHttpAdapter
 from engine_adapters.polling import poll_until
 from gateway.errors import EngineUnavailable, GatewayError
+from gateway.fair_share import claim
 from gateway.held import waiting
 from gateway.observability.metrics import LoraStat, RouteStatus, UpstreamStat
 from gateway.protocol.paths import RELAYED_AS_BYTES
 from gateway.routing.breaker import Breaker, BreakerState
 from gateway.routing.discovery import Resolver, discover, resolve, watch_dns
 from gateway.routing.health import probe, watch_health
+from gateway.routing.holding import HeldQueue
 from gateway.routing.instance import Instance, Lease
 from gateway.routing.kube import EndpointSliceWatch
 from gateway.routing.kv import KvRouting
@@ -89,7 +91,9 @@ class RoutedAdapter:
         self._closed = False
         self.held = 0  # requests waiting now for an instance to become routable
         self.resumes = ResumeCounts()  # resume_streams: watched streams that failed mid-way, by outcome
-        self._routable_again = asyncio.Event()  # set, then replaced, whenever an instance may have become routable
+        self._held_queue = (
+            HeldQueue()
+        )  # released, in the admission order, whenever an instance may have become routable
         # Policy kv: the instances' KV events, followed from start to close.
         self.kv = KvRouting(route, settings, self.rng, lambda: self._key.value) if route.policy == "kv" else None
         self._timeouts = HttpTimeouts(
@@ -305,8 +309,8 @@ class RoutedAdapter:
 
     async def _hold(self, until: float, hold_s: float) -> None:
         """Wait until an instance is routable, or raise at `until` (monotonic), `hold_s` after the request came.
-        A wait is woken when an instance joins or passes a health check again, and re-checks every health
-        interval (a breaker's cooldown ends)."""
+        The held are woken when an instance joins or passes a health check again, in the admission order
+        (gateway.routing.holding), and re-check every health interval (a breaker's cooldown ends)."""
         self.held += 1
         try:
             with waiting():  # its body's bytes count against limits.max_held_bytes while it waits
@@ -315,23 +319,27 @@ class RoutedAdapter:
             self.held -= 1
 
     async def _wait_routable(self, until: float, hold_s: float) -> None:
-        while not self.routable():
-            left = until - time.monotonic()
-            if left <= 0:  # a client retrying soon after a long hold would be held again: say how long
-                raise EngineUnavailable(
-                    f"No instance of `{self.route.name}` became ready within {hold_s:g} s."
-                    if hold_s
-                    else f"No healthy instance serves `{self.route.name}` now.",
-                    retry_after_s=max(hold_s, self.settings.health_interval_s),
-                )
-            woken = self._routable_again
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(min(left, self.settings.health_interval_s)):
-                    await woken.wait()
+        while not self.routable():  # released but none is routable again (it failed at once): held anew
+            place = self._held_queue.join(claim())
+            try:
+                while not place.turn.done():
+                    left = until - time.monotonic()
+                    if left <= 0:  # a client retrying soon after a long hold would be held again: say how long
+                        raise EngineUnavailable(
+                            f"No instance of `{self.route.name}` became ready within {hold_s:g} s."
+                            if hold_s
+                            else f"No healthy instance serves `{self.route.name}` now.",
+                            retry_after_s=max(hold_s, self.settings.health_interval_s),
+                        )
+                    await asyncio.wait([place.turn], timeout=min(left, self.settings.health_interval_s))
+                    if not place.turn.done() and self.routable():  # routable unannounced: a breaker's cooldown ended
+                        self._wake_held()
+                        await asyncio.wait([place.turn])  # done: this yields once, so those released before it go first
+            finally:
+                self._held_queue.leave(place)
 
     def _wake_held(self) -> None:
-        self._routable_again.set()
-        self._routable_again = asyncio.Event()
+        self._held_queue.release()
 
     async def _backoff(self, attempt: int) -> None:
         # Exponential with jitter, so retries from many requests do not arrive together.
