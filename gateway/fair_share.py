@@ -44,7 +44,8 @@ class Claim:
     weight: int = 1
 
 
-_CLAIM: ContextVar[Claim] = ContextVar("tokenyard_claim", default=Claim())
+_UNCLAIMED = Claim()
+_CLAIM: ContextVar[Claim | None] = ContextVar("tokenyard_claim", default=None)
 
 
 def claim_as(claim: Claim) -> None:
@@ -54,4 +55,4 @@ def claim_as(claim: Claim) -> None:
 
 def claim() -> Claim:
     """The claim of the request running in this context (priority 0, no key, weight 1 when none was named)."""
-    return _CLAIM.get()
+    return _CLAIM.get() or _UNCLAIMED

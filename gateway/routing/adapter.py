@@ -49,7 +49,7 @@ from gateway.protocol.paths import RELAYED_AS_BYTES
 from gateway.routing.breaker import Breaker, BreakerState
 from gateway.routing.discovery import Resolver, discover, resolve, watch_dns
 from gateway.routing.health import probe, watch_health
-from gateway.routing.holding import HeldQueue
+from gateway.routing.holding import HeldQueue, Place
 from gateway.routing.instance import Instance, Lease
 from gateway.routing.kube import EndpointSliceWatch
 from gateway.routing.kv import KvRouting
@@ -287,59 +287,68 @@ class RoutedAdapter:
         }.get(policy, "the least loaded")
 
     async def _choose(self, attempts: _Attempts) -> Lease:
+        place = None
         if not self.routable():
-            await self._hold(attempts.hold_until, attempts.hold_s)
+            place = await self._hold(attempts.hold_until, attempts.hold_s)
             attempts.tried.clear()  # the instances changed while it was held
-        candidates = [i for i in self.routable() if i.url not in attempts.tried]
-        if not candidates:
-            raise attempts.error or EngineUnavailable(f"No healthy instance serves `{attempts.request.model}` now.")
-        model = attempts.request.model
-        if self.lora.serves(model):
-            instance = await self.lora.choose(candidates, attempts.request, attempts.hold_until)
-        elif self.kv is not None:
-            instance = await self.kv.choose(candidates, attempts.request, lambda i: i.adapter)
-        else:
-            instance = self.policy.choose(candidates, attempts.request)
-        attempts.tried.add(instance.url)
-        self.lora.track(instance, model)
-        return Lease(instance, on_release=lambda: self.lora.release(instance, model))
+        try:
+            candidates = [i for i in self.routable() if i.url not in attempts.tried]
+            if not candidates:
+                raise attempts.error or EngineUnavailable(f"No healthy instance serves `{attempts.request.model}` now.")
+            model = attempts.request.model
+            if self.lora.serves(model):
+                instance = await self.lora.choose(candidates, attempts.request, attempts.hold_until)
+            elif self.kv is not None:
+                instance = await self.kv.choose(candidates, attempts.request, lambda i: i.adapter)
+            else:
+                instance = self.policy.choose(candidates, attempts.request)
+            attempts.tried.add(instance.url)
+            self.lora.track(instance, model)
+            return Lease(instance, on_release=lambda: self.lora.release(instance, model))
+        finally:
+            if place is not None:  # chosen (or failed): the next held request's turn
+                self._held_queue.pass_on(place)
 
     def hold_timeout_s(self) -> float:
         return self.settings.hold_timeout_s if self.route.hold_timeout_s is None else self.route.hold_timeout_s
 
-    async def _hold(self, until: float, hold_s: float) -> None:
-        """Wait until an instance is routable, or raise at `until` (monotonic), `hold_s` after the request came.
-        The held are woken when an instance joins or passes a health check again, in the admission order
-        (gateway.routing.holding), and re-check every health interval (a breaker's cooldown ends)."""
+    async def _hold(self, until: float, hold_s: float) -> Place:
+        """Wait for this request's turn with an instance routable, or raise at `until` (monotonic), `hold_s`
+        after the request came. The held get their turns in the admission order (gateway.routing.holding) when
+        an instance joins or passes a health check again, and re-check every health interval (a breaker's
+        cooldown ends). The caller passes the turn on once it has chosen its instance."""
         self.held += 1
         try:
             with waiting():  # its body's bytes count against limits.max_held_bytes while it waits
-                await self._wait_routable(until, hold_s)
+                return await self._wait_routable(until, hold_s)
         finally:
             self.held -= 1
 
-    async def _wait_routable(self, until: float, hold_s: float) -> None:
-        while not self.routable():  # released but none is routable again (it failed at once): held anew
-            place = self._held_queue.join(claim())
-            try:
-                while not place.turn.done():
-                    left = until - time.monotonic()
-                    if left <= 0:  # a client retrying soon after a long hold would be held again: say how long
-                        raise EngineUnavailable(
-                            f"No instance of `{self.route.name}` became ready within {hold_s:g} s."
-                            if hold_s
-                            else f"No healthy instance serves `{self.route.name}` now.",
-                            retry_after_s=max(hold_s, self.settings.health_interval_s),
-                        )
-                    await asyncio.wait([place.turn], timeout=min(left, self.settings.health_interval_s))
-                    if not place.turn.done() and self.routable():  # routable unannounced: a breaker's cooldown ended
-                        self._wake_held()
-                        await asyncio.wait([place.turn])  # done: this yields once, so those released before it go first
-            finally:
-                self._held_queue.leave(place)
+    async def _wait_routable(self, until: float, hold_s: float) -> Place:
+        place = self._held_queue.join(claim())
+        try:
+            while True:
+                if place.turn.done():
+                    if self.routable():
+                        return place
+                    place = self._held_queue.hold_again(place)  # gone again before its turn came
+                left = until - time.monotonic()
+                if left <= 0:  # a client retrying soon after a long hold would be held again: say how long
+                    raise EngineUnavailable(
+                        f"No instance of `{self.route.name}` became ready within {hold_s:g} s."
+                        if hold_s
+                        else f"No healthy instance serves `{self.route.name}` now.",
+                        retry_after_s=max(hold_s, self.settings.health_interval_s),
+                    )
+                await asyncio.wait([place.turn], timeout=min(left, self.settings.health_interval_s))
+                if not place.turn.done() and self.routable():  # routable unannounced: a breaker's cooldown ended
+                    self._held_queue.release()
+        except BaseException:
+            self._held_queue.leave(place)
+            raise
 
     def _wake_held(self) -> None:
-        self._held_queue.release()
+        self._held_queue.release()  # the held get their turns one by one, most urgent first
 
     async def _backoff(self, attempt: int) -> None:
         # Exponential with jitter, so retries from many requests do not arrive together.
