@@ -3,7 +3,8 @@
 Each request goes to one instance chosen by the route's policy among the routable ones (healthy and
 breaker not open). While the route has no routable instance at all (it is starting, scaled to zero,
 or every instance is down), a request is held for up to hold_timeout_s until one becomes routable, then
-served; past that it gets 503 engine_unavailable (with Retry-After). A held request whose client leaves
+served, the held one by one in the admission order (gateway.routing.holding); past that it gets 503
+engine_unavailable (with Retry-After). A held request whose client leaves
 is cancelled with its task, and so leaves the hold at once.
 
 A failure before anything could have reached the client is retried on another instance with backoff,
