@@ -297,6 +297,8 @@ class RoutedAdapter:
             if not candidates:
                 raise attempts.error or EngineUnavailable(f"No healthy instance serves `{attempts.request.model}` now.")
             model = attempts.request.model
+            if (self.lora.serves(model) or self.kv is not None) and place is not None:
+                self._held_queue.pass_on(place)  # these choices may wait (for room, for tokens): not the others
             if self.lora.serves(model):
                 instance = await self.lora.choose(candidates, attempts.request, attempts.hold_until)
             elif self.kv is not None:
@@ -307,7 +309,7 @@ class RoutedAdapter:
             self.lora.track(instance, model)
             return Lease(instance, on_release=lambda: self.lora.release(instance, model))
         finally:
-            if place is not None:  # chosen (or failed): the next held request's turn
+            if place is not None:  # chosen (or failed): the next held request's turn, if not passed on yet
                 self._held_queue.pass_on(place)
 
     def hold_timeout_s(self) -> float:
