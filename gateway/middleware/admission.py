@@ -6,7 +6,7 @@ never an unbounded queue. When the queue is full, a more urgent arrival takes th
 least urgent waiter, which is refused: low priority is shed first.
 
 Within a priority, waiting requests are served across keys in proportion to their keys' fair-share weights
-(gateway.scopes; start-time fair queuing, _FairShare): one key's flood waits behind its own requests, not in
+(gateway.scopes; start-time fair queuing, gateway.fair_share): one key's flood waits behind its own requests, not in
 front of another key's. A full queue sheds the least urgent, then the one furthest back in its key's share.
 
 Priority follows vLLM's convention (lower runs sooner, default 0) and comes from the `x-priority`
@@ -26,6 +26,7 @@ from typing import Any, cast
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.errors import EngineUnavailable, GatewayError, InvalidRequest, PermissionDenied, RateLimited
+from gateway.fair_share import Claim, FairShare, claim_as
 from gateway.held import waiting
 from gateway.middleware.context import RequestInfo, header, is_service_path, request_info, send_error
 from gateway.state import AppState
@@ -40,34 +41,11 @@ class Refused(Exception):
 @dataclass(order=True)
 class _Waiter:
     priority: int
-    start: float  # its fair-share start tag (_FairShare): within a priority, the smallest is served first
+    start: float  # its fair-share start tag (FairShare): within a priority, the smallest is served first
     seq: int
     key: str = field(compare=False)
     since: float = field(compare=False)  # when it began to wait (monotonic)
     future: asyncio.Future[None] = field(compare=False)
-
-
-class _FairShare:
-    """Start-time fair queuing over keys: a key's next request starts where its previous one finished, or
-    where service is now if that is later, and finishes 1/weight later. Served smallest start first, each key
-    gets a share of the slots in proportion to its weight, and a flood waits behind its own requests."""
-
-    def __init__(self) -> None:
-        self.now = 0.0  # the start tag of the request served last
-        self.finish: dict[str, float] = {}  # key -> the finish tag of its last request
-
-    def start(self, key: str) -> float:
-        return max(self.now, self.finish.get(key, 0.0))
-
-    def take(self, key: str, weight: int) -> float:
-        start = self.start(key)
-        self.finish[key] = start + 1.0 / weight
-        return start
-
-    def served(self, start: float) -> None:
-        self.now = max(self.now, start)
-        if len(self.finish) > 1024:  # keys behind service now would start at `now` anyway
-            self.finish = {key: tag for key, tag in self.finish.items() if tag > self.now}
 
 
 class Admission:
@@ -85,7 +63,7 @@ class Admission:
         self.running = 0
         self.waiting: list[_Waiter] = []  # a few hundred at most: plain min/max scans are enough
         self._seq = itertools.count()
-        self._share = _FairShare()
+        self._share = FairShare()
 
     async def acquire(self, priority: int = 0, key: str = "", weight: int = 1) -> None:
         self._prune()
@@ -219,10 +197,12 @@ class AdmissionMiddleware:
             ceiling = info.key_scope.max_priority
             await send_error(send, PermissionDenied(f"This API key may not ask for a priority below {ceiling}."))
             return
+        key_scope = info.key_scope
+        claim = Claim(priority, info.key_name or "", key_scope.weight if key_scope is not None else 1)
         admission = self._admission(info.model)
         if admission is not None:
             try:
-                await self._acquire(admission, priority, info)
+                await self._acquire(admission, claim, info)
             except Refused as exc:
                 self.state.metrics.rejected.labels("admission").inc()
                 await send_error(send, await self._refusal(info.model or "", exc))
@@ -233,6 +213,7 @@ class AdmissionMiddleware:
                 return
         if priority:
             info.forwarded = dataclasses.replace(info.forwarded, priority=priority)
+        claim_as(claim)  # a route holding it for an instance orders it the same way (gateway.routing.holding)
         try:
             await self.app(scope, receive, send)
         finally:
@@ -240,16 +221,15 @@ class AdmissionMiddleware:
                 admission.release()
 
     @staticmethod
-    async def _acquire(admission: Admission, priority: int, info: RequestInfo) -> None:
-        key, weight = info.key_name or "", info.key_scope.weight if info.key_scope is not None else 1
+    async def _acquire(admission: Admission, claim: Claim, info: RequestInfo) -> None:
         trace = info.forwarded.trace
         if trace is None:
-            await _wait_for(admission, priority, key, weight)
+            await _wait_for(admission, claim.priority, claim.key, claim.weight)
             return
         with trace.span(
-            "tokenyard.admission", {"tokenyard.priority": priority, "tokenyard.queue_depth": admission.depth}
+            "tokenyard.admission", {"tokenyard.priority": claim.priority, "tokenyard.queue_depth": admission.depth}
         ):
-            await _wait_for(admission, priority, key, weight)
+            await _wait_for(admission, claim.priority, claim.key, claim.weight)
 
     def _admission(self, model: str | None) -> Admission | None:
         """Only models this server serves get a queue, one per route or engine (every alias and adapter of it

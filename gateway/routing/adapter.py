@@ -3,7 +3,8 @@
 Each request goes to one instance chosen by the route's policy among the routable ones (healthy and
 breaker not open). While the route has no routable instance at all (it is starting, scaled to zero,
 or every instance is down), a request is held for up to hold_timeout_s until one becomes routable, then
-served; past that it gets 503 engine_unavailable (with Retry-After). A held request whose client leaves
+served, the held one by one in the admission order (gateway.routing.holding); past that it gets 503
+engine_unavailable (with Retry-After). A held request whose client leaves
 is cancelled with its task, and so leaves the hold at once.
 
 A failure before anything could have reached the client is retried on another instance with backoff,
@@ -42,12 +43,14 @@ from engine_adapters.base import (
 from engine_adapters.openai_http import HttpTimeouts, OpenAIHttpAdapter
 from engine_adapters.polling import poll_until
 from gateway.errors import EngineUnavailable, GatewayError
+from gateway.fair_share import claim
 from gateway.held import waiting
 from gateway.observability.metrics import LoraStat, RouteStatus, UpstreamStat
 from gateway.protocol.paths import RELAYED_AS_BYTES
 from gateway.routing.breaker import Breaker, BreakerState
 from gateway.routing.discovery import Resolver, discover, resolve, watch_dns
 from gateway.routing.health import probe, watch_health
+from gateway.routing.holding import HeldQueue, Place
 from gateway.routing.instance import Instance, Lease
 from gateway.routing.kube import EndpointSliceWatch
 from gateway.routing.kv import KvRouting
@@ -89,7 +92,9 @@ class RoutedAdapter:
         self._closed = False
         self.held = 0  # requests waiting now for an instance to become routable
         self.resumes = ResumeCounts()  # resume_streams: watched streams that failed mid-way, by outcome
-        self._routable_again = asyncio.Event()  # set, then replaced, whenever an instance may have become routable
+        self._held_queue = (
+            HeldQueue()
+        )  # released, in the admission order, whenever an instance may have become routable
         # Policy kv: the instances' KV events, followed from start to close.
         self.kv = KvRouting(route, settings, self.rng, lambda: self._key.value) if route.policy == "kv" else None
         self._timeouts = HttpTimeouts(
@@ -283,55 +288,70 @@ class RoutedAdapter:
         }.get(policy, "the least loaded")
 
     async def _choose(self, attempts: _Attempts) -> Lease:
+        place = None
         if not self.routable():
-            await self._hold(attempts.hold_until, attempts.hold_s)
+            place = await self._hold(attempts.hold_until, attempts.hold_s)
             attempts.tried.clear()  # the instances changed while it was held
-        candidates = [i for i in self.routable() if i.url not in attempts.tried]
-        if not candidates:
-            raise attempts.error or EngineUnavailable(f"No healthy instance serves `{attempts.request.model}` now.")
-        model = attempts.request.model
-        if self.lora.serves(model):
-            instance = await self.lora.choose(candidates, attempts.request, attempts.hold_until)
-        elif self.kv is not None:
-            instance = await self.kv.choose(candidates, attempts.request, lambda i: i.adapter)
-        else:
-            instance = self.policy.choose(candidates, attempts.request)
-        attempts.tried.add(instance.url)
-        self.lora.track(instance, model)
-        return Lease(instance, on_release=lambda: self.lora.release(instance, model))
+        try:
+            candidates = [i for i in self.routable() if i.url not in attempts.tried]
+            if not candidates:
+                raise attempts.error or EngineUnavailable(f"No healthy instance serves `{attempts.request.model}` now.")
+            model = attempts.request.model
+            if (self.lora.serves(model) or self.kv is not None) and place is not None:
+                self._held_queue.pass_on(place)  # these choices may wait (for room, for tokens): not the others
+            if self.lora.serves(model):
+                instance = await self.lora.choose(candidates, attempts.request, attempts.hold_until)
+            elif self.kv is not None:
+                instance = await self.kv.choose(candidates, attempts.request, lambda i: i.adapter)
+            else:
+                instance = self.policy.choose(candidates, attempts.request)
+            attempts.tried.add(instance.url)
+            self.lora.track(instance, model)
+            return Lease(instance, on_release=lambda: self.lora.release(instance, model))
+        finally:
+            if place is not None:  # chosen (or failed): the next held request's turn, if not passed on yet
+                self._held_queue.pass_on(place)
 
     def hold_timeout_s(self) -> float:
         return self.settings.hold_timeout_s if self.route.hold_timeout_s is None else self.route.hold_timeout_s
 
-    async def _hold(self, until: float, hold_s: float) -> None:
-        """Wait until an instance is routable, or raise at `until` (monotonic), `hold_s` after the request came.
-        A wait is woken when an instance joins or passes a health check again, and re-checks every health
-        interval (a breaker's cooldown ends)."""
+    async def _hold(self, until: float, hold_s: float) -> Place:
+        """Wait for this request's turn with an instance routable, or raise at `until` (monotonic), `hold_s`
+        after the request came. The held get their turns in the admission order (gateway.routing.holding) when
+        an instance joins or passes a health check again, and re-check every health interval (a breaker's
+        cooldown ends). The caller passes the turn on once it has chosen its instance."""
         self.held += 1
         try:
             with waiting():  # its body's bytes count against limits.max_held_bytes while it waits
-                await self._wait_routable(until, hold_s)
+                return await self._wait_routable(until, hold_s)
         finally:
             self.held -= 1
 
-    async def _wait_routable(self, until: float, hold_s: float) -> None:
-        while not self.routable():
-            left = until - time.monotonic()
-            if left <= 0:  # a client retrying soon after a long hold would be held again: say how long
-                raise EngineUnavailable(
-                    f"No instance of `{self.route.name}` became ready within {hold_s:g} s."
-                    if hold_s
-                    else f"No healthy instance serves `{self.route.name}` now.",
-                    retry_after_s=max(hold_s, self.settings.health_interval_s),
-                )
-            woken = self._routable_again
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(min(left, self.settings.health_interval_s)):
-                    await woken.wait()
+    async def _wait_routable(self, until: float, hold_s: float) -> Place:
+        place = self._held_queue.join(claim())
+        try:
+            while True:
+                if place.turn.done():
+                    if self.routable():
+                        return place
+                    place = self._held_queue.hold_again(place)  # gone again before its turn came
+                left = until - time.monotonic()
+                if left <= 0:  # a client retrying soon after a long hold would be held again: say how long
+                    raise EngineUnavailable(
+                        f"No instance of `{self.route.name}` became ready within {hold_s:g} s."
+                        if hold_s
+                        else f"No healthy instance serves `{self.route.name}` now.",
+                        retry_after_s=max(hold_s, self.settings.health_interval_s),
+                    )
+                await asyncio.wait([place.turn], timeout=min(left, self.settings.health_interval_s))
+                if not place.turn.done() and self.routable():  # routable unannounced: a breaker's cooldown ended
+                    self._held_queue.release()
+        except BaseException:
+            self._held_queue.leave(place)
+            raise
 
     def _wake_held(self) -> None:
-        self._routable_again.set()
-        self._routable_again = asyncio.Event()
+        self._held_queue.release()  # the held get their turns one by one, most urgent first
 
     async def _backoff(self, attempt: int) -> None:
         # Exponential with jitter, so retries from many requests do not arrive together.

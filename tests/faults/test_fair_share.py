@@ -2,7 +2,8 @@
 in flight at a time (limits.max_in_flight: 1), so that the order the answers come back in is the order of
 service: one key's flood of 64 does not hold back a key sending one request at a time, and weights 3:1 give
 3:1 service while both keys keep the queue full. /ready names the longest-waiting key; /metrics counts each
-key's requests admitted."""
+key's requests admitted. Requests held for a route with no instance up yet (scale from zero) reach the
+instance, once it comes up, in the same order: the most urgent first, then the keys in turn."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import re
 from typing import Any
 
 import httpx
+import orjson
 
 from tests.faults.harness import MODEL, Engine, Fleet, Router
 from tests.support.waiting import until
@@ -96,3 +98,44 @@ def test_weights_three_to_one_give_three_to_one_service(fleet: Fleet) -> None:
     served = asyncio.run(run())[1:41]  # past the first (in service before the queue filled): both keys saturate
     heavy = served.count("flood")
     assert 27 <= heavy <= 33, served  # about 30 of 40
+
+
+def test_held_requests_reach_the_instance_in_the_admission_order(fleet_both: Fleet) -> None:
+    fleet = fleet_both
+    engine = Engine(fleet.workdir, tokens=2, delay_ms=10)  # not started yet: the route's one instance is down
+    fleet.engines.append(engine)
+    keys = [{"key": FLOOD, "name": "flood", "weight": 1}, {"key": STEADY, "name": "steady", "weight": 1}]
+    config = {"api_keys": keys, "limits": {"max_in_flight": 64, "max_queue": 64, "queue_timeout_s": 120}}
+    router = Router(fleet.workdir, [engine.url], config=config, route={"hold_timeout_s": 120}, splice=fleet.splice)
+    fleet.routers.append(router.start())
+    router.wait_ready()
+
+    def held() -> int:
+        found: int = httpx.get(f"{router.url}/ready", timeout=5).json()["models"][MODEL]["waiting_requests"]
+        return found
+
+    async def send(client: httpx.AsyncClient, key: str, name: str, priority: int = 0) -> None:
+        body = {"model": MODEL, "messages": [{"role": "user", "content": name}], "max_tokens": 2}
+        headers = {"authorization": f"Bearer {key}", "x-priority": str(priority)}
+        answer = await client.post("/v1/chat/completions", json=body, headers=headers)
+        assert answer.status_code == 200, answer.text
+
+    async def run() -> None:
+        async with httpx.AsyncClient(base_url=router.url, timeout=120) as client:
+            tasks = [asyncio.create_task(send(client, FLOOD, f"flood-{i}")) for i in range(12)]
+            await until(lambda: held() == 12, 30, "the flood held")
+            tasks += [asyncio.create_task(send(client, STEADY, f"steady-{i}")) for i in range(2)]
+            await until(lambda: held() == 14, 30, "the steady key's two held behind the flood")
+            tasks.append(asyncio.create_task(send(client, FLOOD, "urgent", priority=-1)))
+            await until(lambda: held() == 15, 30, "the urgent one held last")
+            engine.start()  # the instance comes up; the router's health check finds it and releases the held
+            await asyncio.gather(*tasks)
+
+    asyncio.run(run())
+    arrived = [orjson.loads(seen["body"])["messages"][0]["content"] for seen in engine.requests()]
+    assert sorted(arrived) == sorted(["urgent", "steady-0", "steady-1", *(f"flood-{i}" for i in range(12))])
+    assert arrived[0] == "urgent", " ".join(arrived)  # held last, but the most urgent
+    # Then the keys in turn (flood, steady, flood, steady, ...), where arrival order would put both after all 12.
+    steady = [place for place, name in enumerate(arrived) if name.startswith("steady")]
+    assert steady[-1] <= 6, arrived
+    assert held() == 0

@@ -18,12 +18,14 @@ class FakeUpstream:
         self.url = url
         self.behaviour = "ok"
         self.attempts = 0
+        self.arrived: list[str] = []  # generation's request ids, in the order they reached this instance
         self.aborted: list[str] = []
         self.max_len: int | None = 2048
         self.lora_names: frozenset[str] = frozenset()
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[Chunk]:
         self.attempts += 1
+        self.arrived.append(request.request_id)
         if self.behaviour == "before":
             raise EngineUnavailable("down")
         if self.behaviour == "invalid":

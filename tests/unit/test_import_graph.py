@@ -3,11 +3,11 @@ layers below it (imports under TYPE_CHECKING count for cycles too: a reader must
 for layers they do not, as they cost nothing at run time), so each package can be read from the bottom up.
 
 The layers, lowest first, are declared once in LAYERS. Besides the folders, the top-level modules sit here:
-model_store (builtin models, stdlib only), held and spend (a request's held bytes and spent tokens, context
-variables) and scopes (what a key may use) beside engine_adapters; lifecycle (drain), keys, limit_store,
-redis_store and store (what AppState holds) beside state; engines (settings -> adapters), server and
-uvicorn_coupling (uvicorn) beside app; gateway/__main__ beside cli. engine_adapters.errors is the lower half
-of the one error tree, so it sits with gateway.errors at the bottom."""
+model_store (builtin models, stdlib only), held, spend and fair_share (a request's held bytes, spent tokens
+and claim to its place in a queue, context variables) and scopes (what a key may use) beside engine_adapters;
+lifecycle (drain), keys, limit_store, redis_store and store (what AppState holds) beside state; engines
+(settings -> adapters), server and uvicorn_coupling (uvicorn) beside app; gateway/__main__ beside cli.
+engine_adapters.errors is the lower half of the one error tree, so it sits with gateway.errors at the bottom."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ PACKAGES = ("gateway", "engine_adapters")
 # Lowest first; a module belongs to the layer of the longest prefix that names it.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("gateway.protocol", "gateway.settings", "gateway.errors", "engine_adapters.errors"),
-    ("engine_adapters", "gateway.model_store", "gateway.held", "gateway.spend", "gateway.scopes"),
+    ("engine_adapters", "gateway.model_store", "gateway.held", "gateway.fair_share", "gateway.spend", "gateway.scopes"),
     ("gateway.observability",),
     ("gateway.routing",),
     (

@@ -10,6 +10,7 @@ import pytest
 
 from engine_adapters.base import GenerateRequest, SamplingOptions
 from gateway.errors import EngineUnavailable, InvalidRequest
+from gateway.fair_share import Claim, claim_as
 from gateway.routing.adapter import RoutedAdapter
 from gateway.routing.breaker import BreakerState
 from gateway.routing.health import probe
@@ -127,6 +128,50 @@ async def test_a_request_is_held_until_an_instance_comes_back() -> None:
     adapter._wake_held()  # as the health check does when an instance passes again
     assert await held == [f"{URLS[1]}:0", f"{URLS[1]}:1"]
     assert adapter.held == 0 and adapter.status().ready_instances == 1
+
+
+@pytest.mark.parametrize(
+    ("sent", "order"),
+    [
+        # Key a floods 6, key b sends 2, then one urgent request of key a: the urgent first, then a and b in turn.
+        (
+            [("a0", "a", 1, 0), *[(f"a{i}", "a", 1, 0) for i in range(1, 6)], ("b0", "b", 1, 0), ("b1", "b", 1, 0)]
+            + [("urgent", "a", 1, -1)],
+            ["urgent", "a0", "b0", "a1", "b1", "a2", "a3", "a4", "a5"],
+        ),
+        # Weights 1:3: b's three go for each of a's one; a client that left gives up its place.
+        (
+            [
+                *[(f"a{i}", "a", 1, 0) for i in range(4)],
+                *[(f"b{i}", "b", 3, 0) for i in range(6)],
+                ("gone", "b", 3, -5),
+            ],
+            ["a0", "b0", "b1", "b2", "a1", "b3", "b4", "b5", "a2", "a3"],
+        ),
+    ],
+)
+async def test_held_requests_reach_the_instance_in_the_admission_order(
+    sent: list[tuple[str, str, int, int]], order: list[str]
+) -> None:
+    adapter, fakes = routed(urls=URLS[:1])
+    adapter.instances[URLS[0]].healthy = False
+
+    async def held(request_id: str, key: str, weight: int, priority: int) -> list[str]:
+        claim_as(Claim(priority, key, weight))  # as the admission middleware does, in this request's context
+        return await texts(adapter, request(request_id=request_id))
+
+    tasks = {}
+    for request_id, key, weight, priority in sent:  # each held before the next comes: arrival is this order
+        tasks[request_id] = asyncio.create_task(held(request_id, key, weight, priority))
+        await until(lambda: adapter.held == len(tasks), 5, f"{request_id} held", in_thread=False)
+    if "gone" in tasks:
+        tasks.pop("gone").cancel()
+        await until(lambda: adapter.held == len(tasks), 5, "the cancelled one left", in_thread=False)
+    adapter.instances[URLS[0]].healthy = True
+    adapter._wake_held()  # as the health check does when the instance passes
+    await asyncio.gather(*tasks.values())
+    assert fakes[URLS[0]].arrived == order
+    assert adapter.held == 0 and len(adapter._held_queue) == 0
 
 
 async def test_a_hold_ends_in_503_at_its_timeout_and_a_cancelled_one_leaves_at_once() -> None:
