@@ -232,5 +232,9 @@ class BatchRunner:
             "error": None,
         }
         outcome = "output" if 200 <= status < 300 else "error"
+        if outcome == "error":  # the status and the error's code only: a line's content may be private
+            said = body.get("error") if isinstance(body, dict) else None
+            code = said.get("code") or said.get("type") if isinstance(said, dict) else None
+            log.warning("batch %s line %d answered %d (%s)", line.batch_id, line.line, status, code)
         if await self.batches.record(line, outcome, result):
             self.metrics.batch_requests.labels("completed" if outcome == "output" else "failed").inc()
