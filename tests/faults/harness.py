@@ -104,6 +104,7 @@ class Router:
         aliases: tuple[str, ...] = (),
         config: dict[str, Any] | None = None,
         route: dict[str, Any] | None = None,
+        env: dict[str, str] | None = None,
         **router: Any,
     ) -> None:
         self.port = free_port()
@@ -123,6 +124,7 @@ class Router:
         }
         self.policy, self.log_level, self.aliases, self.extra = policy, log_level, list(aliases), config or {}
         self.route = route or {}  # more of the route's settings
+        self.env = env or {}  # environment variables over the test run's (which outrank the config file)
         self.write_config(upstreams)
         self.log_path = workdir / f"router-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -139,7 +141,7 @@ class Router:
                 cwd=ROOT,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
             )
         return self
 

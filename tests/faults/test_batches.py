@@ -41,9 +41,12 @@ def input_file() -> bytes:
     return b"".join(orjson.dumps(line) + b"\n" for line in [*lines[:700], malformed, *lines[700:]])
 
 
-def batch_router(fleet: Fleet, engines: list[Engine], store: dict[str, Any]) -> Router:
+def batch_router(fleet: Fleet, engines: list[Engine], store: dict[str, Any], data_dir: Path) -> Router:
+    """A router whose store is the test's own: the test run's TOKENYARD_DATA_DIR (which outranks the config
+    file) is shared by every server the run starts, and each of those would run this batch's lines too."""
     config = {"api_keys": [{"key": KEY, "name": "owner"}], "batch": BATCH, **store}
-    router = Router(fleet.workdir, [engine.url for engine in engines], config=config)
+    env = {"TOKENYARD_DATA_DIR": str(data_dir)}
+    router = Router(fleet.workdir, [engine.url for engine in engines], config=config, env=env)
     fleet.routers.append(router)
     return router
 
@@ -103,7 +106,7 @@ def check_results(router: Router, batch_id: str, engines: list[Engine], kills: i
 def test_a_batch_survives_its_router_killed_twice(fleet: Fleet, tmp_path: Path) -> None:
     engines = [Engine(fleet.workdir, tokens=2, delay_ms=5).start() for _ in range(2)]
     fleet.engines += engines
-    router = batch_router(fleet, engines, {"data_dir": str(tmp_path / "data")}).start()
+    router = batch_router(fleet, engines, {}, tmp_path / "data").start()
     for engine in engines:
         engine.wait_ready()
     router.wait_ready()
@@ -119,11 +122,12 @@ def test_a_batch_survives_its_router_killed_twice(fleet: Fleet, tmp_path: Path) 
 def test_two_replicas_share_a_batch_and_one_is_killed(
     fleet: Fleet,
     postgres_server: PostgresServer,  # noqa: F811  (the fixture)
+    tmp_path: Path,
 ) -> None:
     engines = [Engine(fleet.workdir, tokens=2, delay_ms=5).start() for _ in range(2)]
     fleet.engines += engines
     store = {"store": {"url": postgres_server.url, "timeout_s": 5}}
-    one, two = batch_router(fleet, engines, store), batch_router(fleet, engines, store)
+    one, two = (batch_router(fleet, engines, store, tmp_path / name) for name in ("one", "two"))
     for router in (one, two):
         router.start()
     for engine in engines:
