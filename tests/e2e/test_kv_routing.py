@@ -110,13 +110,14 @@ def test_a_cached_prompt_goes_to_the_instance_holding_it(router: str, fleet: Eng
         return holder in status["events_instances"] and status["blocks_indexed"] > indexed_before  # type: ignore[operator]
 
     wait_until(indexed, 30, "the holder's blocks indexed", interval_s=0.5)
-    # The router's health checks scrape each instance's load every second: two intervals on, its view of the
-    # holder no longer counts Q0 as running, so the first turn is not spread away from a holder seen busy.
-    time.sleep(2 * HEALTH_INTERVAL_S + 0.5)
 
     before = [served(url) for url in fleet.instances]
     hits_before = metric(holder, "vllm:prefix_cache_hits_total")
     for turn in range(1, 4):
+        # The router's health checks scrape each instance's load every second: two intervals on, its view of
+        # the holder no longer counts the turn before as running, so this one is not spread away from a holder
+        # seen busy (nothing exposes the scraped load to wait on).
+        time.sleep(2 * HEALTH_INTERVAL_S + 0.5)
         chat(router, system, f"Q{turn}")
     moved = [served(url) - b for url, b in zip(fleet.instances, before)]
     assert moved == [0, 3], (moved, kv_routing(router)["decisions"])
