@@ -12,7 +12,6 @@ from typing import Any
 
 import httpx
 import openai
-import yaml
 
 from gateway.store.migrate import head
 from tests.faults.harness import MODEL, Engine, Fleet, Router
@@ -25,20 +24,12 @@ REFRESH_S, STALE_S, STORE_TIMEOUT_S = 0.5, 4.0, 1.0
 BOUND_S = REFRESH_S + STORE_TIMEOUT_S + 1.0  # the documented bound, and room for a busy machine
 
 
-class KeysRouter(Router):
-    def __init__(self, workdir: Path, upstreams: list[str], store_url: str) -> None:
-        self.store_url = store_url
-        super().__init__(workdir, upstreams)
-
-    def write_config(self, upstreams: list[str]) -> None:
-        super().write_config(upstreams)
-        config = yaml.safe_load(self.config.read_text())
-        config.update(
-            auth={"admin_key": ADMIN, "keys_refresh_s": REFRESH_S, "keys_stale_after_s": STALE_S},
-            store={"url": self.store_url, "timeout_s": STORE_TIMEOUT_S},
-            log_level="info",
-        )
-        self.config.write_text(yaml.safe_dump(config))
+def keys_router(workdir: Path, upstreams: list[str], store_url: str) -> Router:
+    config = {
+        "auth": {"admin_key": ADMIN, "keys_refresh_s": REFRESH_S, "keys_stale_after_s": STALE_S},
+        "store": {"url": store_url, "timeout_s": STORE_TIMEOUT_S},
+    }
+    return Router(workdir, upstreams, log_level="info", config=config)
 
 
 def _admin(router: Router, method: str, path: str, **body: Any) -> dict[str, Any]:
@@ -72,7 +63,7 @@ def test_keys_minted_on_one_router_work_and_are_revoked_on_both(
 ) -> None:
     engine = Engine(fleet.workdir, tokens=2, delay_ms=1).start()
     fleet.engines.append(engine)
-    one, two = routers = [KeysRouter(fleet.workdir, [engine.url], postgres_server.url) for _ in range(2)]
+    one, two = routers = [keys_router(fleet.workdir, [engine.url], postgres_server.url) for _ in range(2)]
     fleet.routers += routers
     for router in routers:
         router.start()

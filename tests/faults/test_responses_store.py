@@ -13,7 +13,6 @@ from typing import Any
 
 import asyncpg
 import httpx
-import yaml
 
 from gateway.store.migrate import head
 from tests.faults.harness import MODEL, Engine, Fleet, Router
@@ -27,25 +26,18 @@ def auth(key: str) -> dict[str, str]:
     return {"authorization": f"Bearer {key}"}
 
 
-class StoreRouter(Router):
-    def __init__(self, workdir: Path, upstreams: list[str], store_url: str) -> None:
-        self.store_url = store_url
-        super().__init__(workdir, upstreams)
-
-    def write_config(self, upstreams: list[str]) -> None:
-        super().write_config(upstreams)
-        config = yaml.safe_load(self.config.read_text())
-        config.update(
-            api_keys=[{"key": ALICE, "name": "alice"}, {"key": BOB, "name": "bob"}],
-            store={"url": self.store_url, "heartbeat_s": 0.2, "stale_after_s": 2, "timeout_s": 2},
-        )
-        self.config.write_text(yaml.safe_dump(config))
+def store_router(workdir: Path, upstreams: list[str], store_url: str) -> Router:
+    config = {
+        "api_keys": [{"key": ALICE, "name": "alice"}, {"key": BOB, "name": "bob"}],
+        "store": {"url": store_url, "heartbeat_s": 0.2, "stale_after_s": 2, "timeout_s": 2},
+    }
+    return Router(workdir, upstreams, config=config)
 
 
-def two_routers(fleet: Fleet, pg: PostgresServer, tokens: int = 4, delay_ms: float = 1) -> list[StoreRouter]:
+def two_routers(fleet: Fleet, pg: PostgresServer, tokens: int = 4, delay_ms: float = 1) -> list[Router]:
     engine = Engine(fleet.workdir, tokens=tokens, delay_ms=delay_ms).start()
     fleet.engines.append(engine)
-    routers = [StoreRouter(fleet.workdir, [engine.url], pg.url) for _ in range(2)]
+    routers = [store_router(fleet.workdir, [engine.url], pg.url) for _ in range(2)]
     fleet.routers += routers
     for router in routers:  # together: both migrate the fresh database at once
         router.start()
