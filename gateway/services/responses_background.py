@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -31,6 +32,9 @@ from gateway.store.responses import RUNNING
 log = logging.getLogger(__name__)
 
 POLL_S = 0.1  # how often a resumed stream looks for new events
+# A run writes its row's end just before its last events (so a client told "completed" finds it stored): a
+# follower that finds the row ended waits this long for those events, then ends (their writer may have died).
+ENDED_WAIT_S = 5.0
 _TERMINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
 
 
@@ -112,6 +116,7 @@ async def resume(store: ResponseStore, owner: str, response_id: str, starting_af
 
 
 async def _follow(store: ResponseStore, owner: str, response_id: str, after: int) -> AsyncIterator[bytes]:
+    ended_at: float | None = None
     while True:
         events = await store.events_after(response_id, after)
         for seq, data in events:
@@ -122,8 +127,16 @@ async def _follow(store: ResponseStore, owner: str, response_id: str, after: int
                 return
         if events:
             continue
-        if (await store.get(owner, response_id)).status not in RUNNING:
-            if not await store.events_after(response_id, after):  # nothing written since: it has ended
+        if ended_at is None and (await store.get(owner, response_id)).status not in RUNNING:
+            if await _last_was_read(store, response_id, after):
                 return
-            continue
+            ended_at = time.monotonic()
+        if ended_at is not None and time.monotonic() - ended_at > ENDED_WAIT_S:
+            return
         await asyncio.sleep(POLL_S)
+
+
+async def _last_was_read(store: ResponseStore, response_id: str, after: int) -> bool:
+    """Whether the ended run's terminal event is stored at or before `after` (a resume from past the end)."""
+    stored = await store.events_after(response_id, -1)
+    return bool(stored) and stored[-1][0] <= after and orjson.loads(stored[-1][1])["type"] in _TERMINAL_EVENTS

@@ -15,6 +15,7 @@ import orjson
 import pytest
 import pytest_asyncio
 
+from engine_adapters.base import Chunk, GenerateRequest
 from gateway.settings import ApiKey, BatchSettings
 from tests.support.scripted_app import MODEL, scripted_client, settings, state_of
 from tests.support.scripted_engine import Script, ScriptedAdapter
@@ -207,11 +208,27 @@ async def test_lines_refused_for_load_are_tried_again_and_cancel_ends_the_rest(t
         assert all(line["response"]["status_code"] == 200 for line in output)
 
 
+class FirstLinesFast(ScriptedAdapter):
+    """The first three requests answer at once, the rest take a minute each: a batch's window ends with some
+    lines done and some not, however loaded the machine (a 1.5 s window once ended with none done on CI)."""
+
+    def __init__(self) -> None:
+        super().__init__(MODEL, Script(tokens=2))
+        self.started = 0
+
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[Chunk]:
+        self.started += 1
+        if self.started > 3:
+            self.script = Script(tokens=2, delay_s=30.0)
+        async for chunk in super().generate(request):
+            yield chunk
+
+
 async def test_an_expired_batch_reports_its_unfinished_lines(tmp_path: Path) -> None:
-    adapter = ScriptedAdapter(MODEL, Script(tokens=2, delay_s=0.3))
+    adapter = FirstLinesFast()
     config = settings(
         data_dir=tmp_path,
-        batch=BatchSettings(poll_s=0.05, completion_window_s=1.5, max_concurrency_per_batch=1),
+        batch=BatchSettings(poll_s=0.05, completion_window_s=3.0, max_concurrency_per_batch=1),
     )
     async with scripted_client(config, adapter) as client:
         api = sdk(client, "none")

@@ -17,8 +17,9 @@ import pytest
 from engine_adapters.base import Chunk, GenerateRequest
 from gateway.errors import ContextLengthExceeded, InvalidRequest
 from gateway.middleware.limits import TAIL_BYTES, usage_in
+from gateway.services import responses_background
 from gateway.services.responses_input import chat_messages
-from tests.support.scripted_app import MODEL, RecordingAdapter, scripted_client, settings
+from tests.support.scripted_app import MODEL, RecordingAdapter, scripted_client, settings, state_of
 from tests.support.scripted_engine import Script
 
 KEYS = [{"key": "sk-alice-0123456789", "name": "alice"}, {"key": "sk-bob-0123456789", "name": "bob"}]
@@ -361,6 +362,37 @@ async def test_a_background_stream_is_resumed_after_a_sequence_number(tmp_path: 
         await poll(client, plain["id"], {"completed", "incomplete"})
         not_streamed = await client.get(f"/v1/responses/{plain['id']}", params={"stream": "true"})
         assert not_streamed.status_code == 400
+
+
+async def test_a_follower_waits_for_the_last_events_written_after_the_row_ended(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run writes its row's end just before its terminal event; a follower reading between the two gets the
+    event (one CI run under load ended the stream early), and a resume from past the end ends at once."""
+    monkeypatch.setattr(responses_background, "ENDED_WAIT_S", 3600.0)
+    async with scripted_client(settings(data_dir=tmp_path)) as client:
+        store = state_of(client).response_store
+        assert store is not None
+        body = {"id": "resp_race", "status": "in_progress", "object": "response", "output": []}
+        await store.create("none", body, [], background=True, streamed=True)
+        opened = {"type": "response.created", "sequence_number": 0}
+        await store.append_events("resp_race", [(0, orjson.dumps(opened).decode())])
+        await store.save({**body, "status": "completed"})
+        follower = asyncio.create_task(_read_all(await responses_background.resume(store, "none", "resp_race", -1)))
+        await asyncio.sleep(3 * responses_background.POLL_S)  # the follower has seen the ended row, no end event
+        assert not follower.done()
+        completed = {"type": "response.completed", "sequence_number": 1}
+        await store.append_events("resp_race", [(1, orjson.dumps(completed).decode())])
+        assert [e["type"] for e in events_of(await asyncio.wait_for(follower, 30))] == [
+            "response.created",
+            "response.completed",
+        ]
+        past_end = await responses_background.resume(store, "none", "resp_race", 1)
+        assert await asyncio.wait_for(_read_all(past_end), 30) == b""
+
+
+async def _read_all(stream: AsyncIterator[bytes]) -> bytes:
+    return b"".join([part async for part in stream])
 
 
 def test_media_parts_become_chat_parts_as_plain_dicts() -> None:
