@@ -227,14 +227,18 @@ async def read_body(receive: Receive, max_bytes: int, deadline: float) -> bytes:
 
 
 def replaying(raw: bytes, receive: Receive) -> Receive:
-    """The body once, then the real channel (so the app still hears a disconnect)."""
-    pending = True
+    """The body once, then the real channel (so the app still hears a disconnect). The bytes are let go once
+    replayed: a routed request relays its parsed body, and the disconnect watcher it starts at once takes
+    the replay, so a request held for an instance keeps one copy of its body, not two."""
+    body: bytes | None = raw
+    del raw
 
     async def replay() -> Message:
-        nonlocal pending
-        if pending:
-            pending = False
-            return {"type": "http.request", "body": raw, "more_body": False}
+        nonlocal body
+        if body is not None:
+            message = {"type": "http.request", "body": body, "more_body": False}
+            body = None
+            return message
         return await receive()
 
     return replay
@@ -278,7 +282,9 @@ class BodyMiddleware:
             return
         info.body, info.model = body, model_of(scope, body)
         held_as(self.state.held, 3 * len(raw))  # the bytes, and their parsed copy (about twice their size)
-        await self.app(scope, replaying(raw, receive), send)
+        replay = replaying(raw, receive)
+        del raw  # the replay's to let go of (a held request keeps its parsed body only)
+        await self.app(scope, replay, send)
 
     async def _file_upload(self, scope: Scope, receive: Receive, send: Send) -> None:
         """POST /v1/files: the body streams on to the app (which writes it to the store as it comes), counted

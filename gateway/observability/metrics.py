@@ -275,7 +275,7 @@ class KvStatus:
     blocks: int
     events_applied: int
     resyncs: int
-    decisions: dict[str, int]  # how requests were routed: cached, spread, approximate
+    decisions: dict[str, int]  # how requests were routed: cached, bounded, spread, approximate
     tokenize_cache_entries: int = 0  # prompts whose token ids are kept for routing
     tokenize_cache_bytes: int = 0  # what they cost, as counted against kv_tokenize_cache_bytes
 
@@ -446,8 +446,8 @@ def _kv_metrics(statuses: list[RouteStatus]) -> Iterator[Metric]:
     )
     decisions = CounterMetricFamily(
         "tokenyard_route_kv_decisions",
-        "Requests routed to the instance holding most "
-        "of the prompt (cached), away from holders past the load bound (spread), or "
+        "Requests routed to the instance holding most of the prompt (cached), to a holder of less of it "
+        "because the deeper ones were past the load bound (bounded), away from every holder (spread), or "
         "by the approximate prefix policy (approximate).",
         labels=["model", "decision"],
     )

@@ -61,6 +61,7 @@ class FrontDoor:
         except GatewayError as exc:
             await send_error(send, exc)
             return
+        await receive()  # the body's bytes, replayed, let go of: the parsed body is relayed (one copy held)
         try:
             await until_disconnect(receive, work, scope)
         except ClientDisconnected:

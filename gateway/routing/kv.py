@@ -1,7 +1,8 @@
 """Policy `kv`: send a request to the instance whose KV cache holds the longest run of its prompt's blocks.
 
 The stages, per request: the prompt's token ids as the engine will see them (chat template applied: a local
-tokenizer of the model when the route names one, else the instance's own /tokenize, cached briefly); their
+tokenizer of the model when the route names one, else an instance's /tokenize, the instances taking turns,
+cached briefly); their
 full blocks keyed as the index keys stored blocks (kv_index.block_keys); each instance's count of leading
 blocks it holds; the deepest instance, unless taking the request would put it above `load_factor` times
 the mean load (the bound `prefix` uses), then the least loaded. A hot prefix also spreads before that: when
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import logging
 import math
 import random
@@ -50,10 +52,10 @@ def _entry_bytes(ids: array[int]) -> int:
     return _ENTRY_BYTES + ids.itemsize * len(ids)
 
 
-# How a request was routed: to the instance holding most of its prompt (cached), away from holders that were
-# past the load bound (spread), or by `prefix` when no synced instance held any of it, or its tokens were
-# not known (approximate).
-DECISIONS = ("cached", "spread", "approximate")
+# How a request was routed: to the instance holding most of its prompt (cached), to a holder of less of it
+# because the deeper ones were past the load bound (bounded), away from every holder (spread), or by `prefix`
+# when no synced instance held any of it, or its tokens were not known (approximate).
+DECISIONS = ("cached", "bounded", "spread", "approximate")
 
 
 class PrefixTraffic:
@@ -113,7 +115,7 @@ class KvPrefix:
         if least + 1 > math.ceil(mean) and self._too_few(len(candidates), held, depth, best, share):
             self.decisions["spread"] += 1
             return self.least_loaded.choose(candidates, request)
-        self.decisions["cached"] += 1
+        self.decisions["cached" if deepest == max(depth[c.key] for c in held) else "bounded"] += 1
         return best
 
     def _too_few(
@@ -295,6 +297,7 @@ class KvRouting:
         self.key = key  # the route's instance key, sent with the /v1/models that tells the endpoints
         self._context = new_context()
         self._follows: dict[str, asyncio.Task[None]] = {}
+        self._asked = itertools.count()  # whose /tokenize is asked next, in turn
         self._client = httpx.AsyncClient(timeout=httpx.Timeout(5.0, connect=settings.connect_timeout_s))
 
     async def start(self) -> None:
@@ -344,13 +347,14 @@ class KvRouting:
     async def choose(
         self, candidates: Sequence[C], request: RouteRequest, tokenizer: Callable[[C], OpenAIHttpAdapter]
     ) -> C:
-        """The instance for the request; `tokenizer` gives the instance to ask for the prompt's ids (a retry
-        finds them in the cache)."""
+        """The instance for the request; `tokenizer` gives the instance to ask for the prompt's ids, the synced
+        instances taking turns (a retry finds them in the cache)."""
         tracked = [c for c in candidates if self.index.synced(c.key)]
         if not tracked:
             self.policy.decisions["approximate"] += 1
             return self.policy.approximate.choose(candidates, request)
-        return self.policy.choose(candidates, request, await self.tokens.ids(request, tokenizer(tracked[0])))
+        asked = tracked[next(self._asked) % len(tracked)]
+        return self.policy.choose(candidates, request, await self.tokens.ids(request, tokenizer(asked)))
 
     def status(self, urls: list[str]) -> KvStatus:
         synced = [url for url in urls if self.index.synced(url)]

@@ -57,7 +57,7 @@ async def test_queue_timeout_and_a_waiter_that_leaves() -> None:
     started = time.perf_counter()
     with pytest.raises(Refused, match=r"no slot within 0.2s"):
         await admission.acquire()
-    assert 0.19 <= time.perf_counter() - started < 0.5
+    assert 0.19 <= time.perf_counter() - started < 2.0  # at the timeout, not at the slot (never freed)
     leaving = asyncio.create_task(admission.acquire())
     await _settle()
     leaving.cancel()
@@ -108,7 +108,7 @@ async def test_queue_timeout_over_http() -> None:
         await asyncio.sleep(0.05)
         started = time.perf_counter()
         waited = await _post(client)
-        assert waited.status_code == 429 and 0.19 <= time.perf_counter() - started < 0.45
+        assert waited.status_code == 429 and 0.19 <= time.perf_counter() - started < 2.0  # 429: gave up first
         assert (await first).status_code == 200
 
 

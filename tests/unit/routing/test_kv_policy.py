@@ -60,6 +60,17 @@ def test_a_hot_prefix_spreads_once_its_holder_is_past_the_bound() -> None:
     assert kv.choose([a, b], request(), TOKENS) is a
 
 
+def test_a_shallower_holder_within_the_bound_is_counted_bounded() -> None:
+    index = KvIndex(1000)
+    a, b, c = fleet(3, 0, 0)  # capacity ceil(1.5 * 4 / 3) = 2: a, the deepest holder, would go to 4
+    holding(index, a, 8)
+    holding(index, b, 2)
+    holding(index, c, 0)
+    kv = policy(index)
+    assert kv.choose([a, b, c], request(), TOKENS) is b
+    assert kv.decisions == {"cached": 0, "bounded": 1, "spread": 0, "approximate": 0}
+
+
 def test_a_prefix_with_more_traffic_than_its_holders_carry_spreads_past_the_mean() -> None:
     index = KvIndex(1000)
     a, b, c, d = fleet(1, 1, 0, 0)  # the mean with this request: 3 / 4; a would be above it, within ceil(1.5 * 3 / 4)
@@ -92,7 +103,7 @@ def test_a_prefix_with_a_small_share_stays_on_its_holder_above_the_mean() -> Non
         kv.traffic.add(b"another prefix")
     a.load = 1  # a would be above the mean, (1 + 1) / 2, and within the usual bound, ceil(1.5 * 1)
     assert kv.choose([a, b], request(), TOKENS) is a
-    assert kv.decisions == {"cached": 1, "spread": 0, "approximate": 0}
+    assert kv.decisions == {"cached": 1, "bounded": 0, "spread": 0, "approximate": 0}
 
 
 def test_prefix_traffic_halves_every_half_life() -> None:
@@ -184,10 +195,31 @@ class TokenizingInstance:
 
     def __init__(self, answer: bytes) -> None:
         self.answer = answer
+        self.asked = 0
 
     async def forward(self, request: RouteRequest, path: str, body: dict[str, object]) -> bytes:
         assert path == "/tokenize" and body["add_generation_prompt"] is True
+        self.asked += 1
         return self.answer
+
+
+async def test_the_synced_instances_take_turns_answering_tokenize() -> None:
+    from gateway.routing.kv import KvRouting
+    from gateway.settings import RouteSettings
+
+    instances = fleet(0, 0, 0)
+    route = RouteSettings(name="m", policy="kv", upstreams=[c.key for c in instances])
+    routing = KvRouting(route, RouterSettings(), random.Random(0), lambda: None)
+    try:
+        for c in instances[:2]:
+            holding(routing.index, c, 0)  # the third has sent no events: it is not asked
+        answers = {c.key: TokenizingInstance(b'{"tokens": [1, 2, 3]}') for c in instances}
+        for n in range(6):
+            chat = RouteRequest(f"r{n}", "m", messages=[{"role": "user", "content": f"question {n}"}])
+            await routing.choose(instances, chat, lambda c: answers[c.key])  # type: ignore[arg-type,return-value]
+        assert [answers[c.key].asked for c in instances] == [3, 3, 0]
+    finally:
+        await routing.close()
 
 
 async def test_an_instances_token_ids_are_taken_only_when_they_are_all_integers() -> None:
@@ -221,7 +253,7 @@ async def test_a_route_with_policy_kv_follows_the_index_and_says_which_instances
             "events_instances": [],
             "fallback_instances": urls,
             "blocks_indexed": 0,
-            "decisions": {"cached": 0, "spread": 0, "approximate": 0},
+            "decisions": {"cached": 0, "bounded": 0, "spread": 0, "approximate": 0},
             "tokenize_cache": {"entries": 0, "bytes": 0},
         }
         # b's events say it holds the prompt's first two blocks; a is synced and holds nothing.
