@@ -276,8 +276,13 @@ class RouterSettings(BaseModel):
     prefix_load_factor: float = Field(
         default=1.5,
         ge=1.0,
-        description="Policy prefix: the preferred instance keeps "
+        description="Policies prefix and kv: the preferred instance keeps "
         "a request while its load stays within this times the mean.",
+    )
+    prefix_load_slack: int = Field(
+        default=0,
+        ge=0,
+        description="Policies prefix and kv: ... or within this many requests above the mean, whichever is more.",
     )
     session_header: str = Field(
         default="x-session-id", description="Policy session: the header with the key (else the body's `user`)."

@@ -44,6 +44,7 @@ RESULTS = ROOT / "bench" / "results"
 POLICIES = ("round-robin", "least-loaded", "prefix", "kv")
 PROFILE = ["-m", "cProfile", "-o", os.environ["FLEET_PROFILE"]] if os.environ.get("FLEET_PROFILE") else []
 LOAD_FACTOR = [1.5]  # router.prefix_load_factor of every phase's router (--load-factor)
+LOAD_SLACK = [0]  # router.prefix_load_slack of every phase's router (--load-slack)
 WINDOW_S = 5.0  # simulated seconds a point of the churn run's hit-rate series
 
 
@@ -85,12 +86,13 @@ def _pct(values: list[float], q: float) -> float:
 # -- the router ---------------------------------------------------------------------------
 
 
-def router_config(port: int, policy: str, urls: list[str], load_factor: float = 1.5) -> str:
+def router_config(port: int, policy: str, urls: list[str], load_factor: float = 1.5, load_slack: int = 0) -> str:
     upstreams = "".join(f"      - {url}\n" for url in urls)
     return (
         f"host: 127.0.0.1\nport: {port}\nlog_level: warning\n"
         "limits:\n  max_in_flight: 100000\n  max_queue: 100000\n  queue_timeout_s: 600\n"
         f"router:\n  first_token_timeout_s: 600\n  idle_timeout_s: 600\n  prefix_load_factor: {load_factor}\n"
+        f"  prefix_load_slack: {load_slack}\n"
         "  kv_discovery_interval_s: 0.5\n  reload_interval_s: 0.2\n"
         f"routes:\n  - name: {MODEL}\n    policy: {policy}\n    upstreams:\n{upstreams}"
     )
@@ -105,7 +107,7 @@ class Router:
         self.proc: subprocess.Popen[bytes] | None = None
 
     async def start(self, urls: list[str]) -> None:
-        self.config.write_text(router_config(self.port, self.policy, urls, LOAD_FACTOR[0]))
+        self.config.write_text(router_config(self.port, self.policy, urls, LOAD_FACTOR[0], LOAD_SLACK[0]))
         self._spawn()
         await self.wait(lambda state: state.get("ready_instances") == len(urls))
 
@@ -119,7 +121,7 @@ class Router:
         )
 
     async def set_upstreams(self, urls: list[str]) -> None:
-        self.config.write_text(router_config(self.port, self.policy, urls, LOAD_FACTOR[0]))
+        self.config.write_text(router_config(self.port, self.policy, urls, LOAD_FACTOR[0], LOAD_SLACK[0]))
         await self.wait(lambda state: state.get("instances") == len(urls) and state.get("ready_instances") == len(urls))
 
     async def wait(self, ok: Any, timeout_s: float = 120) -> dict[str, Any]:
@@ -432,6 +434,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--scale", type=float, default=None, help="Simulated seconds a wall-clock second (overrides).")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--load-factor", type=float, default=1.5, help="The routers' prefix_load_factor.")
+    parser.add_argument("--load-slack", type=int, default=0, help="The routers' prefix_load_slack.")
     parser.add_argument("--port", type=int, default=21000)
     parser.add_argument("--workloads", type=lambda v: tuple(v.split(",")), default=WORKLOADS)
     parser.add_argument("--policies", type=lambda v: tuple(v.split(",")), default=POLICIES)
@@ -452,9 +455,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
-    LOAD_FACTOR[0] = args.load_factor
+    LOAD_FACTOR[0], LOAD_SLACK[0] = args.load_factor, args.load_slack
     result = asyncio.run(run(args))
-    result["prefix_load_factor"] = args.load_factor
+    result["prefix_load_factor"], result["prefix_load_slack"] = args.load_factor, args.load_slack
     stem = args.name or f"{result['date']}-fleet-{args.instances}"
     args.out.mkdir(parents=True, exist_ok=True)
     if args.update and (args.out / f"{stem}.json").exists():  # these workloads' phases replace the file's

@@ -39,7 +39,7 @@ from gateway.errors import GatewayError
 from gateway.observability.metrics import KvStatus
 from gateway.routing.kv_events import KvSubscriber, discover_endpoints, endpoint_for, new_context
 from gateway.routing.kv_index import KvIndex, block_keys
-from gateway.routing.policies import C, LeastLoaded, Prefix
+from gateway.routing.policies import C, LeastLoaded, LoadBound, Prefix
 from gateway.settings import RouterSettings, RouteSettings
 
 log = logging.getLogger(__name__)
@@ -87,10 +87,10 @@ class KvPrefix:
 
     def __init__(self, index: KvIndex, rng: random.Random, settings: RouterSettings) -> None:
         self.index, self.rng = index, rng
-        self.load_factor = settings.prefix_load_factor
+        self.bound = LoadBound.of(settings)
         self.spread_factor = settings.kv_spread_load_factor
         self.traffic = PrefixTraffic()
-        self.approximate = Prefix(rng, settings.prefix_chars, settings.prefix_load_factor)
+        self.approximate = Prefix(rng, settings.prefix_chars, self.bound)
         self.least_loaded = LeastLoaded(rng)
         self.decisions = dict.fromkeys(DECISIONS, 0)
 
@@ -102,7 +102,7 @@ class KvPrefix:
             return self.approximate.choose(candidates, request)
         load = {c.key: c.score() for c in candidates}  # read once: each reads the instance's counters
         mean = (sum(load.values()) + 1) / len(candidates)  # with this request
-        capacity = max(1, math.ceil(self.load_factor * mean))
+        capacity = self.bound.capacity(sum(load.values()), len(candidates))
         fits = [c for c in held if load[c.key] + 1 <= capacity]
         if not fits:  # a hot prefix: its holders are full, so it spreads
             self.decisions["spread"] += 1

@@ -13,6 +13,7 @@ import itertools
 import math
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from engine_adapters.base import RouteRequest
@@ -112,22 +113,41 @@ class Session:
         return self.rings.owner(candidates, request.routing_key)
 
 
+@dataclass(frozen=True)
+class LoadBound:
+    """How loaded an instance may be and still keep a request its cache favours (policies prefix and kv):
+    within `factor` times the mean load with the request, or within `slack` requests above that mean,
+    whichever is more (consistent hashing with bounded loads; the slack keeps a small fleet-wide load from
+    making a relative bound of one or two requests)."""
+
+    factor: float
+    slack: int = 0
+
+    @classmethod
+    def of(cls, settings: RouterSettings) -> LoadBound:
+        return cls(settings.prefix_load_factor, settings.prefix_load_slack)
+
+    def capacity(self, total: float, instances: int) -> int:
+        """The most requests an instance may have with this one, given the fleet's `total` load without it.
+        Rounded up, and at least 1, so an idle fleet keeps its affinity."""
+        mean = (total + 1) / instances
+        return max(1, math.ceil(self.factor * mean), math.ceil(mean) + self.slack)
+
+
 class Prefix:
     """Affinity on the prompt's first characters, so the instance holding that prefix in its cache
-    serves it; bounded: an instance that would go above `load_factor` times the mean load after
-    taking the request (consistent hashing with bounded loads) sends it to the least loaded instead."""
+    serves it; bounded: an instance that would go past the load bound after taking the request sends it to
+    the least loaded instead."""
 
-    def __init__(self, rng: random.Random, prefix_chars: int, load_factor: float) -> None:
+    def __init__(self, rng: random.Random, prefix_chars: int, bound: LoadBound) -> None:
         self.rings = _Rings()
         self.fallback = LeastLoaded(rng)
         self.prefix_chars = prefix_chars
-        self.load_factor = load_factor
+        self.bound = bound
 
     def choose(self, candidates: Sequence[C], request: RouteRequest) -> C:
         preferred = self.rings.owner(candidates, prompt_prefix(request, self.prefix_chars))
-        total = sum(c.score() for c in candidates)
-        # Rounded up, and at least 1, so an idle fleet keeps its affinity.
-        capacity = max(1, math.ceil(self.load_factor * (total + 1) / len(candidates)))
+        capacity = self.bound.capacity(sum(c.score() for c in candidates), len(candidates))
         if preferred.score() + 1 > capacity:
             return self.fallback.choose(candidates, request)
         return preferred
@@ -159,5 +179,5 @@ def make_policy(name: str, settings: RouterSettings, rng: random.Random | None =
     if name == "session":
         return Session(rng)
     if name in ("prefix", "kv"):  # kv: the approximation it falls back to (gateway.routing.kv chooses)
-        return Prefix(rng, settings.prefix_chars, settings.prefix_load_factor)
+        return Prefix(rng, settings.prefix_chars, LoadBound.of(settings))
     return LeastLoaded(rng)

@@ -8,7 +8,7 @@ from collections import Counter
 from engine_adapters.base import GenerateRequest, RouteRequest, SamplingOptions
 from gateway.routing.kv import KvPrefix, PrefixTraffic, PromptTokens
 from gateway.routing.kv_index import KvIndex, Stored
-from gateway.routing.policies import Prefix
+from gateway.routing.policies import LoadBound, Prefix
 from gateway.settings import RouterSettings
 from tests.unit.routing.test_policies import Fake
 
@@ -40,7 +40,7 @@ def policy(index: KvIndex, load_factor: float = 1.5) -> KvPrefix:
 def test_the_deepest_holder_wins_whatever_the_prefix_ring_says() -> None:
     index = KvIndex(1000)
     a, b, c = fleet(0, 0, 0)
-    ring_pick = Prefix(random.Random(0), 256, 1.5).choose([a, b, c], request())
+    ring_pick = Prefix(random.Random(0), 256, LoadBound(1.5)).choose([a, b, c], request())
     deep, shallow = [x for x in (a, b, c) if x is not ring_pick][:2]
     holding(index, shallow, 2)
     holding(index, deep, 6)
@@ -69,6 +69,17 @@ def test_a_shallower_holder_within_the_bound_is_counted_bounded() -> None:
     kv = policy(index)
     assert kv.choose([a, b, c], request(), TOKENS) is b
     assert kv.decisions == {"cached": 0, "bounded": 1, "spread": 0, "approximate": 0}
+
+
+def test_the_deepest_holder_keeps_a_request_within_the_slack() -> None:
+    index = KvIndex(1000)
+    a, b, c = fleet(3, 0, 0)  # as above, but a slack of 2: capacity ceil(4 / 3) + 2 = 4, and a goes to 4
+    holding(index, a, 8)
+    holding(index, b, 2)
+    holding(index, c, 0)
+    kv = KvPrefix(index, random.Random(3), RouterSettings(prefix_load_slack=2))
+    assert kv.choose([a, b, c], request(), TOKENS) is a
+    assert kv.decisions["cached"] == 1
 
 
 def test_a_prefix_with_more_traffic_than_its_holders_carry_spreads_past_the_mean() -> None:
@@ -120,7 +131,7 @@ def test_prefix_traffic_halves_every_half_life() -> None:
 def test_without_tokens_or_holders_it_routes_as_prefix_does() -> None:
     index = KvIndex(1000)
     candidates = fleet(0, 0, 0)
-    approximate = Prefix(random.Random(0), 256, 1.5)
+    approximate = Prefix(random.Random(0), 256, LoadBound(1.5))
     kv = policy(index)
     for text in ("alpha", "beta", "gamma", "delta"):
         assert kv.choose(candidates, request(text), None) is approximate.choose(candidates, request(text))

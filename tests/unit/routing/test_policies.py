@@ -12,6 +12,7 @@ from engine_adapters.base import RouteRequest
 from gateway.routing.policies import (
     HashRing,
     LeastLoaded,
+    LoadBound,
     PowerOfTwo,
     Prefix,
     RoundRobin,
@@ -101,7 +102,7 @@ def test_removing_an_instance_moves_only_its_keys() -> None:
 
 
 def test_prefix_affinity_keeps_a_prompt_on_one_instance() -> None:
-    policy = Prefix(random.Random(5), prefix_chars=16, load_factor=1.5)
+    policy = Prefix(random.Random(5), prefix_chars=16, bound=LoadBound(1.5))
     members = fleet(0, 0, 0)
     owner = policy.choose(members, request("The same system prompt, then question one"))
     # Same first 16 characters, different tail: same instance.
@@ -111,7 +112,7 @@ def test_prefix_affinity_keeps_a_prompt_on_one_instance() -> None:
 
 
 def test_prefix_affinity_is_bounded_by_the_load_factor() -> None:
-    policy = Prefix(random.Random(6), prefix_chars=64, load_factor=1.5)
+    policy = Prefix(random.Random(6), prefix_chars=64, bound=LoadBound(1.5))
     members = fleet(0, 0, 0)
     prompt = "a long shared prefix"
     owner = policy.choose(members, request(prompt))
@@ -122,9 +123,20 @@ def test_prefix_affinity_is_bounded_by_the_load_factor() -> None:
     # With 5 it would hold 6 > ceil(1.5 * (8 + 1) / 3) = 5: the request goes to the least loaded.
     owner.load = 5
     assert policy.choose(members, request(prompt)) is others[1]
+    # A slack of 3 lets it hold ceil(9 / 3) + 3 = 6: it keeps the request.
+    slack = Prefix(random.Random(6), prefix_chars=64, bound=LoadBound(1.5, slack=3))
+    assert slack.choose(members, request(prompt)) is owner
     for member in members:  # an idle fleet keeps its affinity
         member.load = 0
     assert policy.choose(members, request(prompt)) is owner
+
+
+def test_the_load_bound_is_the_larger_of_the_factor_and_the_slack() -> None:
+    assert LoadBound(1.5).capacity(total=0, instances=4) == 1  # an idle fleet keeps its affinity
+    assert LoadBound(1.5).capacity(total=11, instances=4) == 5  # ceil(1.5 * 12 / 4)
+    assert LoadBound(1.5, slack=4).capacity(total=11, instances=4) == 7  # ceil(12 / 4) + 4
+    assert LoadBound(1.5, slack=4).capacity(total=399, instances=4) == 150  # a busy fleet: the factor's
+    assert LoadBound.of(RouterSettings(prefix_load_factor=2.0, prefix_load_slack=1)) == LoadBound(2.0, 1)
 
 
 def test_prompt_prefix_of_messages_and_token_ids() -> None:
