@@ -280,9 +280,10 @@ class RouterSettings(BaseModel):
         "a request while its load stays within this times the mean.",
     )
     prefix_load_slack: int = Field(
-        default=0,
+        default=4,
         ge=0,
-        description="Policies prefix and kv: ... or within this many requests above the mean, whichever is more.",
+        description="Policies prefix and kv: ... or within this many requests above the mean, whichever is more "
+        "(a GPU engine runs a few more requests at little cost; 0 for engines that slow with each one).",
     )
     session_header: str = Field(
         default="x-session-id", description="Policy session: the header with the key (else the body's `user`)."

@@ -44,7 +44,7 @@ RESULTS = ROOT / "bench" / "results"
 POLICIES = ("round-robin", "least-loaded", "prefix", "kv")
 PROFILE = ["-m", "cProfile", "-o", os.environ["FLEET_PROFILE"]] if os.environ.get("FLEET_PROFILE") else []
 LOAD_FACTOR = [1.5]  # router.prefix_load_factor of every phase's router (--load-factor)
-LOAD_SLACK = [0]  # router.prefix_load_slack of every phase's router (--load-slack)
+LOAD_SLACK = [4]  # router.prefix_load_slack of every phase's router (--load-slack)
 WINDOW_S = 5.0  # simulated seconds a point of the churn run's hit-rate series
 
 
@@ -86,7 +86,7 @@ def _pct(values: list[float], q: float) -> float:
 # -- the router ---------------------------------------------------------------------------
 
 
-def router_config(port: int, policy: str, urls: list[str], load_factor: float = 1.5, load_slack: int = 0) -> str:
+def router_config(port: int, policy: str, urls: list[str], load_factor: float = 1.5, load_slack: int = 4) -> str:
     upstreams = "".join(f"      - {url}\n" for url in urls)
     return (
         f"host: 127.0.0.1\nport: {port}\nlog_level: warning\n"
@@ -434,7 +434,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--scale", type=float, default=None, help="Simulated seconds a wall-clock second (overrides).")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--load-factor", type=float, default=1.5, help="The routers' prefix_load_factor.")
-    parser.add_argument("--load-slack", type=int, default=0, help="The routers' prefix_load_slack.")
+    parser.add_argument("--load-slack", type=int, default=4, help="The routers' prefix_load_slack.")
     parser.add_argument("--port", type=int, default=21000)
     parser.add_argument("--workloads", type=lambda v: tuple(v.split(",")), default=WORKLOADS)
     parser.add_argument("--policies", type=lambda v: tuple(v.split(",")), default=POLICIES)

@@ -34,7 +34,7 @@ def holding(index: KvIndex, instance: Fake, blocks: int) -> None:
 
 
 def policy(index: KvIndex, load_factor: float = 1.5) -> KvPrefix:
-    return KvPrefix(index, random.Random(3), RouterSettings(prefix_load_factor=load_factor))
+    return KvPrefix(index, random.Random(3), RouterSettings(prefix_load_factor=load_factor, prefix_load_slack=0))
 
 
 def test_the_deepest_holder_wins_whatever_the_prefix_ring_says() -> None:
