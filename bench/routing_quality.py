@@ -229,7 +229,9 @@ def router_config(port: int, policy: str, instances: list[str], tokenizer: str |
     upstreams = "".join(f"      - {url}\n" for url in instances)
     local = f"    kv_tokenizer: {tokenizer}\n" if tokenizer and policy == "kv" else ""
     return (
+        # CPU engines slow with each request they run: no slack on the load bound (docs/router.md).
         f"host: 127.0.0.1\nport: {port}\nlog_level: warning\nrouter:\n  kv_discovery_interval_s: 1\n"
+        "  prefix_load_slack: 0\n"
         f"routes:\n  - name: {MODEL}\n    policy: {policy}\n{local}    upstreams:\n{upstreams}"
     )
 

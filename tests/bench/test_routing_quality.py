@@ -43,6 +43,7 @@ def test_generated_configs_are_valid_tokenyard_settings() -> None:
     router = Settings(**yaml.safe_load(router_config(8263, "prefix", urls, tokenizer="/models/gemma")))
     assert router.routes[0].policy == "prefix" and len(router.routes[0].upstreams) == 2
     assert router.routes[0].kv_tokenizer is None  # only the kv router tokenizes
+    assert router.router.prefix_load_slack == 0  # CPU engines: the load bound without slack
     kv = Settings(**yaml.safe_load(router_config(8264, "kv", urls, tokenizer="/models/gemma")))
     assert kv.routes[0].policy == "kv" and kv.routes[0].kv_tokenizer == "/models/gemma"
 
