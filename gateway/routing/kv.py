@@ -2,10 +2,10 @@
 
 The stages, per request: the prompt's token ids as the engine will see them (chat template applied: a local
 tokenizer of the model when the route names one, else an instance's /tokenize, the instances taking turns,
-cached briefly); their
-full blocks keyed as the index keys stored blocks (kv_index.block_keys); each instance's count of leading
-blocks it holds; the deepest instance, unless taking the request would put it above `load_factor` times
-the mean load (the bound `prefix` uses), then the least loaded. A hot prefix also spreads before that: when
+cached briefly); their full blocks keyed as the index keys stored blocks (kv_index.block_keys); each
+instance's count of leading blocks it holds; the deepest instance, unless taking the request would put it
+past the load bound (policies.LoadBound, which `prefix` uses too), then the deepest within it, then the
+least loaded. A hot prefix also spreads before that: when
 the chosen holder is above the mean load and the prefix it holds has had more of the recent requests than
 its holders could carry within `kv_spread_load_factor` times the mean each, the request goes to the least
 loaded instance, which then holds the prefix too (bounded loads on each prefix's own traffic). A prompt that
