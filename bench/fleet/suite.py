@@ -38,13 +38,15 @@ from bench.fleet.server import MODEL, Fleet, Instance
 from bench.fleet.workloads import WORKLOADS, Session, Shape, build, oracle
 from gateway.routing.kv_events import decode
 from gateway.routing.kv_index import KvIndex
+from gateway.settings import RouterSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results"
 POLICIES = ("round-robin", "least-loaded", "prefix", "kv")
 PROFILE = ["-m", "cProfile", "-o", os.environ["FLEET_PROFILE"]] if os.environ.get("FLEET_PROFILE") else []
-LOAD_FACTOR = [1.5]  # router.prefix_load_factor of every phase's router (--load-factor)
-LOAD_SLACK = [4]  # router.prefix_load_slack of every phase's router (--load-slack)
+ROUTER_DEFAULTS = RouterSettings()  # the load bound's defaults, which --load-factor and --load-slack override
+LOAD_FACTOR = [ROUTER_DEFAULTS.prefix_load_factor]  # router.prefix_load_factor of every phase's router
+LOAD_SLACK = [ROUTER_DEFAULTS.prefix_load_slack]  # router.prefix_load_slack of every phase's router
 WINDOW_S = 5.0  # simulated seconds a point of the churn run's hit-rate series
 
 
@@ -86,7 +88,7 @@ def _pct(values: list[float], q: float) -> float:
 # -- the router ---------------------------------------------------------------------------
 
 
-def router_config(port: int, policy: str, urls: list[str], load_factor: float = 1.5, load_slack: int = 4) -> str:
+def router_config(port: int, policy: str, urls: list[str], load_factor: float, load_slack: int) -> str:
     upstreams = "".join(f"      - {url}\n" for url in urls)
     return (
         f"host: 127.0.0.1\nport: {port}\nlog_level: warning\n"
@@ -433,8 +435,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--real-rps", type=float, default=100.0, help="Wall-clock requests/s the scale aims at.")
     parser.add_argument("--scale", type=float, default=None, help="Simulated seconds a wall-clock second (overrides).")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--load-factor", type=float, default=1.5, help="The routers' prefix_load_factor.")
-    parser.add_argument("--load-slack", type=int, default=4, help="The routers' prefix_load_slack.")
+    parser.add_argument(
+        "--load-factor", type=float, default=ROUTER_DEFAULTS.prefix_load_factor, help="The routers' prefix_load_factor."
+    )
+    parser.add_argument(
+        "--load-slack", type=int, default=ROUTER_DEFAULTS.prefix_load_slack, help="The routers' prefix_load_slack."
+    )
     parser.add_argument("--port", type=int, default=21000)
     parser.add_argument("--workloads", type=lambda v: tuple(v.split(",")), default=WORKLOADS)
     parser.add_argument("--policies", type=lambda v: tuple(v.split(",")), default=POLICIES)

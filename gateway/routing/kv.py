@@ -101,8 +101,9 @@ class KvPrefix:
             self.decisions["approximate"] += 1
             return self.approximate.choose(candidates, request)
         load = {c.key: c.score() for c in candidates}  # read once: each reads the instance's counters
-        mean = (sum(load.values()) + 1) / len(candidates)  # with this request
-        capacity = self.bound.capacity(sum(load.values()), len(candidates))
+        total = sum(load.values())
+        mean = (total + 1) / len(candidates)  # with this request
+        capacity = self.bound.capacity(total, len(candidates))
         fits = [c for c in held if load[c.key] + 1 <= capacity]
         if not fits:  # a hot prefix: its holders are full, so it spreads
             self.decisions["spread"] += 1

@@ -33,8 +33,9 @@ def holding(index: KvIndex, instance: Fake, blocks: int) -> None:
     )
 
 
-def policy(index: KvIndex, load_factor: float = 1.5) -> KvPrefix:
-    return KvPrefix(index, random.Random(3), RouterSettings(prefix_load_factor=load_factor, prefix_load_slack=0))
+def policy(index: KvIndex, load_factor: float = 1.5, load_slack: int = 0) -> KvPrefix:
+    settings = RouterSettings(prefix_load_factor=load_factor, prefix_load_slack=load_slack)
+    return KvPrefix(index, random.Random(3), settings)
 
 
 def test_the_deepest_holder_wins_whatever_the_prefix_ring_says() -> None:
@@ -77,7 +78,7 @@ def test_the_deepest_holder_keeps_a_request_within_the_slack() -> None:
     holding(index, a, 8)
     holding(index, b, 2)
     holding(index, c, 0)
-    kv = KvPrefix(index, random.Random(3), RouterSettings(prefix_load_slack=2))
+    kv = policy(index, load_slack=2)
     assert kv.choose([a, b, c], request(), TOKENS) is a
     assert kv.decisions["cached"] == 1
 
