@@ -27,7 +27,7 @@ import random
 import time
 from array import array
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Any
 
 import httpx
@@ -38,7 +38,7 @@ from engine_adapters.openai_http import OpenAIHttpAdapter
 from gateway.errors import GatewayError
 from gateway.observability.metrics import KvStatus
 from gateway.routing.kv_events import KvSubscriber, discover_endpoints, endpoint_for, new_context
-from gateway.routing.kv_index import KvIndex, block_keys
+from gateway.routing.kv_index import Key, KvIndex, block_keys
 from gateway.routing.policies import C, LeastLoaded, LoadBound, Prefix
 from gateway.settings import RouterSettings, RouteSettings
 
@@ -65,12 +65,12 @@ class PrefixTraffic:
     def __init__(self, half_life_s: float = 10.0, size: int = 4096, clock: Callable[[], float] = time.monotonic):
         self.half_life_s, self.size, self.clock = half_life_s, size, clock
         self.total = (0.0, clock())
-        self._counts: OrderedDict[bytes, tuple[float, float]] = OrderedDict()  # (count, when), oldest first
+        self._counts: OrderedDict[Hashable, tuple[float, float]] = OrderedDict()  # (count, when), oldest first
 
     def _decayed(self, entry: tuple[float, float], now: float) -> float:
         return entry[0] * 0.5 ** ((now - entry[1]) / self.half_life_s)
 
-    def add(self, prefix: bytes) -> tuple[float, float]:
+    def add(self, prefix: Hashable) -> tuple[float, float]:
         """Count a request for `prefix`; (its count, all requests' count) since, both decayed."""
         now = self.clock()
         total = self._decayed(self.total, now) + 1
@@ -95,56 +95,50 @@ class KvPrefix:
         self.decisions = dict.fromkeys(DECISIONS, 0)
 
     def choose(self, candidates: Sequence[C], request: RouteRequest, tokens: list[int] | None = None) -> C:
-        depth, keys = self.depths(candidates, tokens) if tokens else ({}, {})
-        held = [c for c in candidates if depth.get(c.key)]
+        by_key = {c.key: c for c in candidates}  # each instance's key read once: this runs per request
+        depth, keys = self.depths(by_key, tokens) if tokens else ({}, {})
+        held = {key: blocks for key, blocks in depth.items() if blocks}
         if not held:
             self.decisions["approximate"] += 1
             return self.approximate.choose(candidates, request)
-        load = {c.key: c.score() for c in candidates}  # read once: each reads the instance's counters
+        load = {key: c.score() for key, c in by_key.items()}  # read once: each reads the instance's counters
         total = sum(load.values())
         mean = (total + 1) / len(candidates)  # with this request
         capacity = self.bound.capacity(total, len(candidates))
-        fits = [c for c in held if load[c.key] + 1 <= capacity]
+        fits = [key for key in held if load[key] + 1 <= capacity]
         if not fits:  # a hot prefix: its holders are full, so it spreads
             self.decisions["spread"] += 1
             return self.least_loaded.choose(candidates, request)
-        deepest = max(depth[c.key] for c in fits)
-        top = [c for c in fits if depth[c.key] == deepest]
-        least = min(load[c.key] for c in top)
-        best = self.rng.choice([c for c in top if load[c.key] == least])  # ties drawn, never the first listed
-        share = self.traffic.add(keys[best.key][deepest - 1])
-        if least + 1 > math.ceil(mean) and self._too_few(len(candidates), held, depth, best, share):
+        deepest = max(held[key] for key in fits)
+        top = [key for key in fits if held[key] == deepest]
+        least = min(load[key] for key in top)
+        best = self.rng.choice([key for key in top if load[key] == least])  # ties drawn, never the first listed
+        share = self.traffic.add(keys[best][deepest - 1])
+        if least + 1 > math.ceil(mean) and self._too_few(len(candidates), held, best, share):
             self.decisions["spread"] += 1
             return self.least_loaded.choose(candidates, request)
-        self.decisions["cached" if deepest == max(depth[c.key] for c in held) else "bounded"] += 1
-        return best
+        self.decisions["cached" if deepest == max(held.values()) else "bounded"] += 1
+        return by_key[best]
 
-    def _too_few(
-        self, instances: int, held: Sequence[C], depth: dict[str, int], best: C, share: tuple[float, float]
-    ) -> bool:
+    def _too_few(self, instances: int, held: dict[str, int], best: str, share: tuple[float, float]) -> bool:
         """Whether the prefix `best` holds has more of the recent requests than its holders can carry within
         `spread_factor` times the mean each: then one more instance takes it (bounded loads on the prefix's
         own traffic), so a hot prefix reaches as many instances as its share needs."""
         count, total = share
         if total < 2 * instances:  # too few requests seen to tell a share
             return False
-        holders = sum(1 for c in held if depth[c.key] >= depth[best.key])
+        holders = sum(1 for blocks in held.values() if blocks >= held[best])
         return count * instances > holders * self.spread_factor * total
 
-    def depths(self, candidates: Sequence[C], tokens: list[int]) -> tuple[dict[str, int], dict[str, list[bytes]]]:
-        """Leading blocks of the prompt each synced instance holds (instances may differ in block size), and
-        the prompt's block keys at each instance's block size."""
-        by_size: dict[int, list[str]] = {}
-        for c in candidates:
-            size = self.index.block_size(c.key)
-            if size and self.index.synced(c.key):
-                by_size.setdefault(size, []).append(c.key)
+    def depths(self, instances: Iterable[str], tokens: list[int]) -> tuple[dict[str, int], dict[str, list[Key]]]:
+        """Leading blocks of the prompt each synced instance of `instances` holds (instances may differ in
+        block size), and the prompt's block keys at each instance's block size."""
         depth: dict[str, int] = {}
-        keys: dict[str, list[bytes]] = {}
-        for size, instances in by_size.items():
+        keys: dict[str, list[Key]] = {}
+        for size, synced in self.index.by_block_size(instances).items():
             sized = block_keys(tokens, size)
-            depth.update(self.index.matched(sized, instances))
-            keys.update(dict.fromkeys(instances, sized))
+            depth.update(self.index.matched(sized, synced))
+            keys.update(dict.fromkeys(synced, sized))
         return depth, keys
 
 

@@ -15,7 +15,6 @@ all, the oldest entries of the instance holding the most are dropped.
 from __future__ import annotations
 
 import enum
-import hashlib
 from array import array
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
@@ -23,29 +22,36 @@ from dataclasses import dataclass, field
 from typing import Union
 
 EngineHash = Union[int, bytes]  # noqa: UP007 (vLLM sends either)
+Key = int  # our key of a block: see `chained`
 ROOT = b"tokenyard-kv"
+_NOBODY: dict[str, int] = {}
 
 
-def _chain(parent: bytes, tokens: Sequence[int]) -> bytes:
-    return hashlib.blake2b(parent + array("q", tokens).tobytes(), digest_size=16).digest()
+def chained(parent: Key, tokens: Sequence[int], block_size: int) -> list[Key]:
+    """Our key of each full block of `tokens` after the block keyed `parent`, each chained from the one before.
 
-
-def root_key(lora_name: str | None) -> bytes:
-    """The parent of a sequence's first block: blocks of a LoRA adapter never match the base model's."""
-    return _chain(ROOT + (lora_name or "").encode(), ())
-
-
-def block_keys(tokens: Sequence[int], block_size: int, lora_name: str | None = None) -> list[bytes]:
-    """Our key of each full block of `tokens`, each chained from the one before (a partial block is never cached).
-    The same keys as `_chain` block by block, with the tokens packed once (this runs on every routed request)."""
-    keys: list[bytes] = []
-    parent = root_key(lora_name)
+    A key is Python's own hash of (the parent's key, the block's token ids packed as int64 bytes): 64 bits,
+    the bytes hashed with SipHash under the process's random seed. The index lives in one process and its
+    keys are never stored or sent, so a key need only agree with itself within the process, and a client
+    cannot aim at a collision without the seed (one would cost a cache miss, not a wrong answer). This runs
+    for every routed request and every stored block: the tokens are packed once, a block is a slice."""
     packed = array("q", tokens).tobytes()
     width = 8 * block_size
+    keys: list[Key] = []
     for start in range(0, len(tokens) // block_size * width, width):
-        parent = hashlib.blake2b(parent + packed[start : start + width], digest_size=16).digest()
+        parent = hash((parent, packed[start : start + width]))
         keys.append(parent)
     return keys
+
+
+def root_key(lora_name: str | None) -> Key:
+    """The parent of a sequence's first block: blocks of a LoRA adapter never match the base model's."""
+    return hash((ROOT, lora_name or ""))
+
+
+def block_keys(tokens: Sequence[int], block_size: int, lora_name: str | None = None) -> list[Key]:
+    """Our key of each full block of `tokens` (a partial block is never cached)."""
+    return chained(root_key(lora_name), tokens, block_size)
 
 
 @dataclass(frozen=True)
@@ -83,7 +89,7 @@ class Verdict(enum.Enum):
 class _Held:
     """One instance's cached blocks: (group, vLLM's hash) -> our key, oldest first."""
 
-    keys: OrderedDict[tuple[int | None, EngineHash], bytes] = field(default_factory=OrderedDict)
+    keys: OrderedDict[tuple[int | None, EngineHash], Key] = field(default_factory=OrderedDict)
     next_seq: int = 0
     last_ts: float = float("-inf")
     block_size: int | None = None
@@ -94,7 +100,7 @@ class KvIndex:
     def __init__(self, max_blocks: int) -> None:
         self.max_blocks = max_blocks
         self._held: dict[str, _Held] = {}
-        self._holders: dict[bytes, dict[str, int]] = {}  # our key -> instance -> references (one per group)
+        self._holders: dict[Key, dict[str, int]] = {}  # our key -> instance -> references (one per group)
         self.size = 0  # entries over all instances
         self.events_applied = 0
         self.resyncs = 0  # counted by the subscribers, which do them
@@ -102,36 +108,43 @@ class KvIndex:
 
     # -- what the router asks -------------------------------------------------------
 
-    def block_size(self, instance: str) -> int | None:
-        held = self._held.get(instance)
-        return held.block_size if held else None
-
     def synced(self, instance: str) -> bool:
         held = self._held.get(instance)
         return bool(held and held.synced)
+
+    def by_block_size(self, instances: Iterable[str]) -> dict[int, list[str]]:
+        """The synced ones of `instances`, by the block size they cache in (instances may differ)."""
+        out: dict[int, list[str]] = {}
+        for instance in instances:
+            held = self._held.get(instance)
+            if held is not None and held.synced and held.block_size:
+                out.setdefault(held.block_size, []).append(instance)
+        return out
 
     def blocks(self, instance: str) -> int:
         held = self._held.get(instance)
         return len(held.keys) if held else 0
 
-    def matched(self, keys: Sequence[bytes], instances: Iterable[str]) -> dict[str, int]:
-        """How many of the leading `keys` each instance holds, all of them in a row. An instance's depth is
-        written once, when it drops out (this runs on every routed request, over every instance)."""
+    def matched(self, keys: Sequence[Key], instances: Iterable[str]) -> dict[str, int]:
+        """How many of the leading `keys` each instance holds, all of them in a row. This runs on every routed
+        request, over every instance, so a key costs one subset test (in C) while several instances still
+        match, a set only when one drops out, and one lookup once a single instance is left."""
         depth = dict.fromkeys(instances, 0)
         alive = set(depth)
-        reached = 0
-        for key in keys:
-            holders = self._holders.get(key)
-            kept = alive & holders.keys() if holders else set()
-            if len(kept) < len(alive):
+        holders_of = self._holders.get
+        reached, count = 0, len(keys)
+        while len(alive) > 1 and reached < count:
+            holders = holders_of(keys[reached], _NOBODY)
+            if not holders.keys() >= alive:
+                kept = alive.intersection(holders)
                 for gone in alive - kept:
                     depth[gone] = reached
                 alive = kept
-                if not alive:
-                    break
-            reached += 1
-        for instance in alive:
-            depth[instance] = reached
+            reached += 1 if alive else 0
+        for only in alive:  # one left (or all of them, every key held)
+            while reached < count and only in holders_of(keys[reached], _NOBODY):
+                reached += 1
+            depth[only] = reached
         return depth
 
     # -- what the subscriber feeds --------------------------------------------------
@@ -183,21 +196,20 @@ class KvIndex:
             self.skipped += len(event.block_hashes)
             return
         if event.parent_block_hash is None:
-            parent: bytes | None = root_key(event.lora_name)
+            parent: Key | None = root_key(event.lora_name)
         else:
             parent = held.keys.get((event.group, event.parent_block_hash))
         if parent is None:  # its parent was evicted, or came before we listened
             self.skipped += len(event.block_hashes)
             return
         held.block_size = size
-        for index, engine_hash in enumerate(event.block_hashes):
-            parent = _chain(parent, event.token_ids[index * size : (index + 1) * size])
+        for engine_hash, key in zip(event.block_hashes, chained(parent, event.token_ids, size)):
             entry = (event.group, engine_hash)
             if entry in held.keys:
                 held.keys.move_to_end(entry)
                 continue
-            held.keys[entry] = parent
-            refs = self._holders.setdefault(parent, {})
+            held.keys[entry] = key
+            refs = self._holders.setdefault(key, {})
             refs[instance] = refs.get(instance, 0) + 1
             self.size += 1
         while self.size > self.max_blocks:
@@ -208,7 +220,7 @@ class KvIndex:
         _, key = held.keys.popitem(last=False)
         self._unref(name, key)
 
-    def _unref(self, instance: str, key: bytes) -> None:
+    def _unref(self, instance: str, key: Key) -> None:
         self.size -= 1
         refs = self._holders.get(key)
         if refs is None or instance not in refs:

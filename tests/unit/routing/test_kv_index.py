@@ -21,7 +21,7 @@ def test_a_stored_sequence_is_found_by_the_prompts_own_keys() -> None:
     keys = block_keys(PROMPT, SIZE)
     assert len(keys) == 4
     assert index.matched(keys, [A, B]) == {A: 3, B: 0}
-    assert index.block_size(A) == SIZE and index.synced(A) and not index.synced(B)
+    assert index.by_block_size([A, B]) == {SIZE: [A]} and index.synced(A) and not index.synced(B)
     assert index.events_applied == 2 and index.size == 3
 
 
@@ -46,6 +46,9 @@ def test_each_instance_gets_the_depth_where_its_own_run_ends() -> None:
         "http://d:8000": 0,
     }
     assert index.matched([], [A]) == {A: 0}
+    index.apply(B, 1, 2.0, [stored(PROMPT[8:], [3, 4], parent=2)])  # now B holds all four too
+    assert index.matched(block_keys(PROMPT, SIZE), [A, B, C]) == {A: 4, B: 4, C: 1}
+    assert index.matched(block_keys(PROMPT, SIZE), []) == {}
 
 
 def test_a_lora_adapters_blocks_do_not_match_the_base_model() -> None:
