@@ -127,6 +127,9 @@ async def discover_endpoints(
     return None
 
 
+_Resync = tuple[Verdict, int, tuple[float, list[Event]]]  # why, the batch that showed it, that batch decoded
+
+
 class KvSubscriber:
     """One instance's events, applied to the index as they come."""
 
@@ -139,41 +142,54 @@ class KvSubscriber:
         self.decode_errors = 0
 
     async def run(self) -> None:
-        """Read the batches as they come. A route follows every instance, so this runs for each message of
-        each of them: the socket is a plain one read when the loop sees its descriptor ready, every message
-        waiting taken at once (pyzmq's asyncio sockets make a future and a callback per message, which
-        costs the router about half as much again per message)."""
+        """Apply the batches as they come, until cancelled (a socket error is raised). A route follows every
+        instance, so this runs for every message of every one: the socket is a plain one, read in the loop's
+        own callback when its descriptor is ready, every batch waiting applied there and then (pyzmq's
+        asyncio sockets, or a task woken per message, cost the router about twice as much a message). A
+        batch that needs a re-sync stops the reading until the re-sync is done: what comes meanwhile waits
+        in the socket, in order."""
         sub = zmq.Socket(self.context, zmq.SUB)
         sub.setsockopt(zmq.SUBSCRIBE, b"")
         sub.setsockopt(zmq.LINGER, 0)
         sub.connect(self.endpoint)
-        loop, ready = asyncio.get_running_loop(), asyncio.Event()
+        loop = asyncio.get_running_loop()
         descriptor = cast(int, sub.getsockopt(zmq.FD))
-        loop.add_reader(descriptor, ready.set)  # ZMQ's descriptor says only "look": EVENTS tells what there is
         try:
             while True:
-                ready.clear()
-                while cast(int, sub.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
-                    frames = sub.recv_multipart(zmq.NOBLOCK)
-                    if len(frames) == 3:
-                        await self.take(int.from_bytes(frames[1], "big", signed=True), frames[2])
-                await ready.wait()
+                wanted: asyncio.Future[_Resync] = loop.create_future()
+                loop.add_reader(descriptor, self._read, sub, wanted)
+                self._read(sub, wanted)  # what came before the reader was added
+                resync = await wanted
+                loop.remove_reader(descriptor)
+                await self.resync(*resync)
         finally:
             loop.remove_reader(descriptor)
             sub.close()
 
-    async def take(self, seq: int, payload: bytes) -> None:
+    def _read(self, sub: zmq.Socket[bytes], wanted: asyncio.Future[_Resync]) -> None:
+        """Apply every batch waiting in the socket (ZMQ's descriptor only says "look": EVENTS tells what there
+        is); one that needs a re-sync, or a socket error, ends the reading and goes to `run` by `wanted`
+        (which takes the reader away)."""
+        try:
+            while not wanted.done() and cast(int, sub.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+                frames = sub.recv_multipart(zmq.NOBLOCK)
+                if len(frames) == 3 and (resync := self.take(int.from_bytes(frames[1], "big", signed=True), frames[2])):
+                    wanted.set_result(resync)
+        except zmq.ZMQError as exc:
+            wanted.set_exception(exc)
+
+    def take(self, seq: int, payload: bytes) -> _Resync | None:
+        """Apply one batch; what a re-sync needs, when the batch does not follow the last one applied."""
         batch = self._decode(payload)
         if batch is None:
-            return
+            return None
         try:
             verdict = self.index.apply(self.instance, seq, *batch)
         except (ValueError, OverflowError, TypeError) as exc:  # past what decode checks: unreadable all the same
             self._unreadable(exc)
             self.index.drop(self.instance, next_seq=seq + 1)  # half applied: what it holds is not known now
-            return
-        if verdict in (Verdict.GAP, Verdict.RESTART):
-            await self.resync(verdict, seq, batch)
+            return None
+        return (verdict, seq, batch) if verdict in (Verdict.GAP, Verdict.RESTART) else None
 
     async def resync(self, verdict: Verdict, seq: int, live: tuple[float, list[Event]]) -> None:
         self.index.resyncs += 1
