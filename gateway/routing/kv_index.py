@@ -15,7 +15,6 @@ all, the oldest entries of the instance holding the most are dropped.
 from __future__ import annotations
 
 import enum
-import random
 from array import array
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
@@ -95,7 +94,6 @@ class _Held:
     last_ts: float = float("-inf")
     block_size: int | None = None
     synced: bool = False  # a batch has been applied since the last drop
-    tag: int = field(default_factory=lambda: random.getrandbits(64))  # its share of a key's holders' signature
 
 
 class KvIndex:
@@ -103,7 +101,6 @@ class KvIndex:
         self.max_blocks = max_blocks
         self._held: dict[str, _Held] = {}
         self._holders: dict[Key, dict[str, int]] = {}  # our key -> instance -> references (one per group)
-        self._signature: dict[Key, int] = {}  # our key -> its holders' tags XORed: which holders, in one number
         self.size = 0  # entries over all instances
         self.events_applied = 0
         self.resyncs = 0  # counted by the subscribers, which do them
@@ -129,36 +126,23 @@ class KvIndex:
         return len(held.keys) if held else 0
 
     def matched(self, keys: Sequence[Key], instances: Iterable[str]) -> dict[str, int]:
-        """How many of the leading `keys` each instance holds, all of them in a row.
-
-        This runs on every routed request, over every instance. While several instances still match, a key
-        whose holders are the very set the key before had (their signatures and counts agree: a shared
-        system prompt's blocks, held by the same instances) costs one comparison; another costs a subset
-        test in C, and a set only when an instance drops out. Once one instance is left, a key costs one
-        lookup. (Two sets of holders alike in signature and count but not the same: odds of 2^-64 a key.)"""
+        """How many of the leading `keys` each instance holds, all of them in a row. This runs on every routed
+        request, over every instance, so a key costs one subset test (in C) while several instances still
+        match, a set only when one drops out, and one lookup once a single instance is left."""
         depth = dict.fromkeys(instances, 0)
         alive = set(depth)
-        holders_of, signature_of = self._holders.get, self._signature.get
-        reached, checked = 0, (-1, 0)  # (signature, count) of a set of holders known to hold all of `alive`
-        for key in keys:
-            if len(alive) <= 1:
-                break
-            holders = holders_of(key, _NOBODY)
-            seen = (signature_of(key, -2), len(holders))
-            if seen != checked:
-                if not holders.keys() >= alive:
-                    kept = alive.intersection(holders)
-                    for gone in alive - kept:
-                        depth[gone] = reached
-                    alive = kept
-                    if not alive:
-                        break
-                checked = seen
-            reached += 1
-        for only in alive:  # one left (or several, holding every key)
-            for key in keys[reached:] if len(alive) == 1 else ():
-                if only not in holders_of(key, _NOBODY):
-                    break
+        holders_of = self._holders.get
+        reached, count = 0, len(keys)
+        while len(alive) > 1 and reached < count:
+            holders = holders_of(keys[reached], _NOBODY)
+            if not holders.keys() >= alive:
+                kept = alive.intersection(holders)
+                for gone in alive - kept:
+                    depth[gone] = reached
+                alive = kept
+            reached += 1 if alive else 0
+        for only in alive:  # one left (or all of them, every key held)
+            while reached < count and only in holders_of(keys[reached], _NOBODY):
                 reached += 1
             depth[only] = reached
         return depth
@@ -202,7 +186,7 @@ class KvIndex:
             for engine_hash in event.block_hashes:
                 key = held.keys.pop((event.group, engine_hash), None)
                 if key is not None:
-                    self._unref(instance, held, key)
+                    self._unref(instance, key)
         else:
             self._clear(instance, held)
 
@@ -226,10 +210,7 @@ class KvIndex:
                 continue
             held.keys[entry] = key
             refs = self._holders.setdefault(key, {})
-            if instance not in refs:
-                refs[instance] = 0
-                self._signature[key] = self._signature.get(key, 0) ^ held.tag
-            refs[instance] += 1
+            refs[instance] = refs.get(instance, 0) + 1
             self.size += 1
         while self.size > self.max_blocks:
             self._evict_one()
@@ -237,9 +218,9 @@ class KvIndex:
     def _evict_one(self) -> None:
         name, held = max(self._held.items(), key=lambda item: len(item[1].keys))
         _, key = held.keys.popitem(last=False)
-        self._unref(name, held, key)
+        self._unref(name, key)
 
-    def _unref(self, instance: str, held: _Held, key: Key) -> None:
+    def _unref(self, instance: str, key: Key) -> None:
         self.size -= 1
         refs = self._holders.get(key)
         if refs is None or instance not in refs:
@@ -247,11 +228,10 @@ class KvIndex:
         refs[instance] -= 1
         if refs[instance] <= 0:
             del refs[instance]
-            self._signature[key] ^= held.tag
             if not refs:
-                del self._holders[key], self._signature[key]
+                del self._holders[key]
 
     def _clear(self, instance: str, held: _Held) -> None:
         for key in held.keys.values():
-            self._unref(instance, held, key)
+            self._unref(instance, key)
         held.keys.clear()
