@@ -51,6 +51,16 @@ def test_each_instance_gets_the_depth_where_its_own_run_ends() -> None:
     assert index.matched(block_keys(PROMPT, SIZE), []) == {}
 
 
+def test_each_instance_stops_at_its_own_first_missing_block() -> None:
+    index = KvIndex(max_blocks=100)
+    C = "http://c:8000"
+    for instance in (A, B, C):
+        index.apply(instance, 0, 1.0, [stored(PROMPT[:12], [1, 2, 3])])
+    index.apply(B, 1, 2.0, [Removed([2])])  # B: blocks 1 and 3 (a hole at 2)
+    index.apply(C, 1, 2.0, [Removed([3])])  # C: blocks 1 and 2
+    assert index.matched(block_keys(PROMPT, SIZE), [A, B, C]) == {A: 3, B: 1, C: 2}
+
+
 def test_a_lora_adapters_blocks_do_not_match_the_base_model() -> None:
     index = KvIndex(max_blocks=100)
     index.apply(A, 0, 1.0, [stored(PROMPT[:8], [1, 2], lora_name="sql")])
