@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from bench.fleet.workloads import WORKLOADS
 from bench.plots import pyplot
 
 WINDOW_S = 5.0
@@ -57,13 +58,14 @@ def targets(phases: list[dict[str, Any]]) -> list[dict[str, Any]]:
         add("churn: kv requests lost", churn["lost"], 0)
         if steady := _phase(phases, "sessions", "kv"):
             add("churn: kv hit rate back to 0.9x of sessions' within (s)", recovery_s(churn, steady["hit_rate"]), 30.0)
-    rr = _phase(phases, "sessions", "round-robin")
-    if kv and rr:
-        add(
-            "sessions: router CPU per request, kv / round-robin",
-            kv["router_cpu_ms_per_request"] / max(1e-9, rr["router_cpu_ms_per_request"]),
-            1.3,
-        )
+    for workload in WORKLOADS:  # the target names no workload: each is held to it
+        own, rr = _phase(phases, workload, "kv"), _phase(phases, workload, "round-robin")
+        if own and rr:
+            add(
+                f"{workload}: router CPU per request, kv / round-robin",
+                own["router_cpu_ms_per_request"] / max(1e-9, rr["router_cpu_ms_per_request"]),
+                1.3,
+            )
     for phase in phases:
         if phase["policy"] == "kv" and phase.get("kv_index_bytes_per_1000_blocks"):
             out.append(

@@ -66,14 +66,17 @@ def test_targets_are_ratios_within_the_run() -> None:
         phase("sessions", "kv", hit_rate=0.85, oracle_hit_rate=0.9, ttft_p50_s=0.2, router_cpu_ms_per_request=1.2),
         phase("sessions", "prefix", ttft_p50_s=0.3),
         phase("sessions", "round-robin", ttft_p50_s=0.3),
-        phase("hot", "kv", imbalance=1.3),
+        phase("hot", "kv", imbalance=1.3, router_cpu_ms_per_request=1.4),
+        phase("hot", "round-robin"),
     ]
     met = {t["target"]: t["met"] for t in targets(phases)}
     assert met["sessions: kv hit rate / oracle"] is True  # 0.944
     assert met["sessions: kv TTFT p50 / prefix"] is True  # 0.67
     assert met["sessions: kv TTFT p50 / round-robin"] is False  # 0.67 > 0.5
     assert met["hot: kv load imbalance (max/mean)"] is False
-    assert met["sessions: router CPU per request, kv / round-robin"] is True
+    assert met["sessions: router CPU per request, kv / round-robin"] is True  # 1.2
+    assert met["hot: router CPU per request, kv / round-robin"] is False  # 1.4: every workload is held to it
+    assert "shared: router CPU per request, kv / round-robin" not in met  # not run
 
 
 def test_recovery_is_the_time_from_each_change_to_a_window_back_at_level() -> None:
