@@ -314,6 +314,11 @@ class RouterSettings(BaseModel):
         description="Policy kv: a chat's next turn is routed on the token ids kept for its previous turn (the "
         "start of its own) instead of asking /tokenize; every other turn still asks.",
     )
+    kv_tokenize_shared_starts: bool = Field(
+        default=True,
+        description="Policy kv: chats that differ only in their last message are routed on the token ids of what "
+        "they share, asked of /tokenize once, when those begin the whole chat's ids (gateway.routing.kv_tokens).",
+    )
     kv_tokenize_cache_bytes: int = Field(
         default=64 * 1024 * 1024, ge=0, description="Bytes of token ids kept for routing (8 a token, 160 an entry)."
     )

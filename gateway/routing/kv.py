@@ -2,15 +2,14 @@
 
 The stages, per request: the prompt's token ids as the engine will see them (chat template applied: a local
 tokenizer of the model when the route names one, else an instance's /tokenize, the instances taking turns,
-cached briefly); their full blocks keyed as the index keys stored blocks (kv_index.block_keys); each
-instance's count of leading blocks it holds; the deepest instance, unless taking the request would put it
-past the load bound (policies.LoadBound, which `prefix` uses too), then the deepest within it, then the
-least loaded. A hot prefix also spreads before that: when
-the chosen holder is above the mean load and the prefix it holds has had more of the recent requests than
-its holders could carry within `kv_spread_load_factor` times the mean each, the request goes to the least
-loaded instance, which then holds the prefix too (bounded loads on each prefix's own traffic). A prompt that
-no instance holds yet goes by the `prefix` policy's ring, so concurrent requests for a new prefix meet on one
-instance.
+reused where they can be: gateway.routing.kv_tokens); their full blocks keyed as the index keys stored blocks
+(kv_index.block_keys); each instance's count of leading blocks it holds; the deepest instance, unless taking
+the request would put it past the load bound (policies.LoadBound, which `prefix` uses too), then the deepest
+within it, then the least loaded. A hot prefix also spreads before that: when the chosen holder is above the
+mean load and the prefix it holds has had more of the recent requests than its holders could carry within
+`kv_spread_load_factor` times the mean each, the request goes to the least loaded instance, which then holds
+the prefix too (bounded loads on each prefix's own traffic). A prompt that no instance holds yet goes by the
+`prefix` policy's ring, so concurrent requests for a new prefix meet on one instance.
 
 An instance whose events we do not have (no endpoint found, not yet synced) is routed by `prefix` alone;
 /ready lists which instances are which, and tokenyard_route_kv_instances counts them.
@@ -19,37 +18,26 @@ An instance whose events we do not have (no endpoint found, not yet synced) is r
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import itertools
 import logging
 import math
 import random
 import time
-from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Sequence
-from typing import Any
 
 import httpx
-import orjson
 
 from engine_adapters.base import RouteRequest
 from engine_adapters.openai_http import OpenAIHttpAdapter
-from gateway.errors import GatewayError
 from gateway.observability.metrics import KvStatus
 from gateway.routing.kv_events import KvSubscriber, discover_endpoints, endpoint_for, new_context
 from gateway.routing.kv_index import Key, KvIndex, block_keys
+from gateway.routing.kv_tokens import PromptTokens, load_tokenizer
 from gateway.routing.policies import C, LeastLoaded, LoadBound, Prefix
 from gateway.settings import RouterSettings, RouteSettings
 
 log = logging.getLogger(__name__)
-
-
-_ENTRY_BYTES = 160  # an entry's own cost besides its ids: its key, its tuple, its place in the dict
-
-
-def _entry_bytes(ids: array[int]) -> int:
-    return _ENTRY_BYTES + ids.itemsize * len(ids)
 
 
 # How a request was routed: to the instance holding most of its prompt (cached), to a holder of less of it
@@ -140,143 +128,6 @@ class KvPrefix:
             depth.update(self.index.matched(sized, synced))
             keys.update(dict.fromkeys(synced, sized))
         return depth, keys
-
-
-class PromptTokens:
-    """A prompt's token ids, from a local tokenizer or an instance's /tokenize; recent answers are kept.
-
-    The cache is bounded three ways, all settings: entries (kv_tokenize_cache_size), bytes of token ids
-    (kv_tokenize_cache_bytes: 8 a token, plus _ENTRY_BYTES an entry) and age (kv_tokenize_cache_ttl_s: entries
-    are dropped oldest first on every call, looked up or not). An entry is keyed by a digest of the prompt,
-    never the prompt itself, and is dropped again when the request it was made for fails (`forget`): a client
-    sending prompts an instance refuses pins nothing here."""
-
-    def __init__(self, settings: RouterSettings, tokenizer: Any = None) -> None:
-        self.tokenizer = tokenizer
-        self.timeout_s = settings.kv_tokenize_timeout_s
-        self.ttl_s = settings.kv_tokenize_cache_ttl_s
-        self.size = settings.kv_tokenize_cache_size
-        self.max_bytes = settings.kv_tokenize_cache_bytes
-        self.reuse_turns = settings.kv_tokenize_reuse_turns
-        self.bytes = 0  # what the cache holds now, as counted against max_bytes
-        self._cache: OrderedDict[bytes, tuple[float, array[int]]] = OrderedDict()  # oldest first
-
-    @staticmethod
-    def _body_of(messages: list[dict[str, Any]]) -> dict[str, Any]:
-        return {"messages": messages, "add_generation_prompt": True}
-
-    @classmethod
-    def _body(cls, request: RouteRequest) -> dict[str, Any]:
-        return cls._body_of(request.messages) if request.messages is not None else {"prompt": request.prompt}
-
-    @classmethod
-    def _key(cls, request: RouteRequest) -> bytes:
-        return hashlib.sha256(orjson.dumps(cls._body(request))).digest()
-
-    async def ids(self, request: RouteRequest, instance: OpenAIHttpAdapter) -> list[int] | None:
-        if request.messages is None and not isinstance(request.prompt, str):
-            return list(request.prompt) if request.prompt else None  # already token ids
-        self._expire(time.monotonic())
-        key = self._key(request)
-        if (hit := self._cache.get(key)) is not None:
-            return hit[1].tolist()
-        if self.reuse_turns and (earlier := self._previous_turn(request)) is not None:
-            return earlier
-        body = self._body(request)
-        ids = self._local(request) if self.tokenizer is not None else await self._remote(body, request, instance)
-        if ids is not None:
-            self._keep(key, ids)
-        return ids
-
-    def _previous_turn(self, request: RouteRequest) -> list[int] | None:
-        """A chat's next turn (its messages so far, an answer, a new question) routed on the ids kept for the
-        turn before: with the generation prompt, those are the start of this turn's own ids in the usual
-        chat templates, and they reach past everything an instance may hold of the session but the last
-        answer. Not kept under this turn's key, so the turn after asks again and the ids never fall more
-        than one turn behind."""
-        messages = request.messages
-        if not messages or len(messages) < 3 or messages[-2].get("role") != "assistant":
-            return None
-        earlier = self._cache.get(hashlib.sha256(orjson.dumps(self._body_of(messages[:-2]))).digest())
-        return earlier[1].tolist() if earlier is not None else None
-
-    def forget(self, request: RouteRequest) -> None:
-        """The request these ids were for failed: they are not kept for the next."""
-        if self._cache and (request.messages is not None or isinstance(request.prompt, str)):
-            self._drop(self._key(request))
-
-    def _keep(self, key: bytes, ids: list[int]) -> None:
-        try:
-            packed = array("q", ids)
-        except OverflowError:  # not ids an engine makes: used once, never kept
-            return
-        cost = _entry_bytes(packed)
-        if self.size == 0 or cost > self.max_bytes:
-            return
-        self._drop(key)
-        self._cache[key] = (time.monotonic(), packed)
-        self.bytes += cost
-        while len(self._cache) > self.size or self.bytes > self.max_bytes:
-            self._drop(next(iter(self._cache)))
-
-    def _drop(self, key: bytes) -> None:
-        if (entry := self._cache.pop(key, None)) is not None:
-            self.bytes -= _entry_bytes(entry[1])
-
-    def _expire(self, now: float) -> None:
-        while self._cache:
-            oldest = next(iter(self._cache))
-            if now - self._cache[oldest][0] < self.ttl_s:
-                return
-            self._drop(oldest)
-
-    def status(self) -> tuple[int, int]:
-        """(entries, bytes) kept now."""
-        return len(self._cache), self.bytes
-
-    def _local(self, request: RouteRequest) -> list[int] | None:
-        """As the engine renders it (engine_adapters.vllm_local.prompt_ids): the template writes BOS itself."""
-        try:
-            if request.messages is not None:
-                text = self.tokenizer.apply_chat_template(request.messages, tokenize=False, add_generation_prompt=True)
-                return list(self.tokenizer.encode(text, add_special_tokens=False))
-            return list(self.tokenizer.encode(request.prompt))
-        except Exception as exc:  # a template that cannot render these messages: the instance will say so
-            log.debug("local tokenizer failed: %s", exc)
-            return None
-
-    async def _remote(
-        self, body: dict[str, Any], request: RouteRequest, instance: OpenAIHttpAdapter
-    ) -> list[int] | None:
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                # Under the request's model name only: the routing's own call, not the client's request.
-                answer = await instance.forward(RouteRequest(request.request_id, request.model), "/tokenize", body)
-            tokens = orjson.loads(answer).get("tokens")
-        except (GatewayError, TimeoutError, ValueError, AttributeError) as exc:
-            log.debug("/tokenize for routing failed: %s", exc)
-            return None
-        if not isinstance(tokens, list):
-            return None
-        try:
-            array("q", tokens)  # token ids are ints (checked at C speed: this runs on every routed request)
-        except (TypeError, OverflowError):
-            return None
-        return tokens
-
-
-def load_tokenizer(path: str) -> Any:
-    """The model's tokenizer, with transformers when it is installed; None otherwise."""
-    try:
-        from transformers import AutoTokenizer
-    except ImportError:
-        log.warning("kv_tokenizer %s: transformers is not installed; tokenizing on the instances", path)
-        return None
-    try:
-        return AutoTokenizer.from_pretrained(path)
-    except Exception as exc:
-        log.warning("kv_tokenizer %s cannot be loaded (%s); tokenizing on the instances", path, exc)
-        return None
 
 
 class KvRouting:

@@ -6,8 +6,9 @@ import random
 from collections import Counter
 
 from engine_adapters.base import GenerateRequest, RouteRequest, SamplingOptions
-from gateway.routing.kv import KvPrefix, PrefixTraffic, PromptTokens
+from gateway.routing.kv import KvPrefix, PrefixTraffic
 from gateway.routing.kv_index import KvIndex, Stored
+from gateway.routing.kv_tokens import PromptTokens
 from gateway.routing.policies import LoadBound, Prefix
 from gateway.settings import RouterSettings
 from tests.unit.routing.test_policies import Fake

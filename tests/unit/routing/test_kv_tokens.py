@@ -1,0 +1,109 @@
+"""Token ids for policy kv: chats that share their start are routed on the start's ids, asked once, when the
+chat template renders the start as the beginning of the whole chat."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from engine_adapters.base import RouteRequest
+from gateway.routing.kv_tokens import PromptTokens
+from gateway.settings import RouterSettings
+
+SYSTEM = {"role": "system", "content": "a long shared document " * 8}
+
+
+class ChatMLTokenizer:
+    """Each message rendered in turn, as ChatML and Llama 3 do: a start renders as the beginning of the whole."""
+
+    def __init__(self) -> None:
+        self.calls: list[bool] = []  # add_generation_prompt of each rendering
+
+    def render(self, messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
+        return "".join(f"<{m['role']}>{m['content']}<end>" for m in messages) + (
+            "<bot>" if add_generation_prompt else ""
+        )
+
+    def apply_chat_template(self, messages: list[dict[str, Any]], tokenize: bool, add_generation_prompt: bool) -> str:
+        self.calls.append(add_generation_prompt)
+        return self.render(messages, add_generation_prompt)
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return [ord(ch) for ch in text]
+
+
+class FoldingTokenizer(ChatMLTokenizer):
+    """As Gemma's template does: the system prompt goes into the first user turn, so alone it renders nothing."""
+
+    def render(self, messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
+        system = "".join(m["content"] for m in messages if m["role"] == "system")
+        rest = [m for m in messages if m["role"] != "system"]
+        if rest:
+            rest[0] = {**rest[0], "content": system + rest[0]["content"]}
+        return "<bos>" + super().render(rest, add_generation_prompt)
+
+
+def chat(question: str) -> RouteRequest:
+    return RouteRequest("r", "m", messages=[SYSTEM, {"role": "user", "content": question}])
+
+
+async def ids(tokens: PromptTokens, request: RouteRequest) -> list[int] | None:
+    return await tokens.ids(request, None)  # type: ignore[arg-type]
+
+
+async def test_chats_sharing_a_start_are_routed_on_its_ids_asked_once() -> None:
+    tokenizer = ChatMLTokenizer()
+    tokens = PromptTokens(RouterSettings(), tokenizer)
+    first = await ids(tokens, chat("one?"))
+    assert tokenizer.calls == [True]  # a start seen once: the chat is tokenized whole
+    await ids(tokens, chat("two?"))
+    assert tokenizer.calls == [True, True, False]  # seen again: the start is asked for too (no generation prompt)
+    third = await ids(tokens, chat("three?"))
+    assert tokenizer.calls == [True, True, False]  # asked of no one
+    start = tokenizer.encode(tokenizer.render([SYSTEM], False))
+    assert third == start and first is not None and first[: len(start)] == start
+    assert await ids(tokens, chat("one?")) == first  # a chat's own ids still come first
+
+
+async def test_a_start_the_template_renders_otherwise_is_refused_and_not_asked_again() -> None:
+    tokenizer = FoldingTokenizer()
+    tokens = PromptTokens(RouterSettings(), tokenizer)
+    for question in ("one?", "two?", "three?", "four?"):
+        assert await ids(tokens, chat(question)) == tokenizer.encode(tokenizer.render(chat(question).messages, True))  # type: ignore[arg-type]
+    assert tokenizer.calls == [True, True, False, True, True]  # "<bos>" alone: refused once, then whole chats
+
+
+async def test_shared_starts_can_be_switched_off_and_need_a_last_message_from_the_user() -> None:
+    tokenizer = ChatMLTokenizer()
+    tokens = PromptTokens(RouterSettings(kv_tokenize_shared_starts=False), tokenizer)
+    for question in ("one?", "two?", "three?"):
+        await ids(tokens, chat(question))
+    assert tokenizer.calls == [True, True, True]
+    tokenizer.calls.clear()
+    tokens = PromptTokens(RouterSettings(kv_tokenize_reuse_turns=False), tokenizer)
+    for answer in ("a", "b", "c"):  # the same start, but the last message is the assistant's own
+        await ids(tokens, RouteRequest("r", "m", messages=[SYSTEM, {"role": "assistant", "content": answer}]))
+    assert tokenizer.calls == [True, True, True]
+
+
+class RenderingInstance:
+    """An instance's /tokenize, rendering the body it is sent as ChatMLTokenizer does."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict[str, Any]] = []
+
+    async def forward(self, request: RouteRequest, path: str, body: dict[str, Any]) -> bytes:
+        assert path == "/tokenize"
+        self.bodies.append(body)
+        text = ChatMLTokenizer().render(body["messages"], body["add_generation_prompt"])
+        return orjson.dumps({"tokens": [ord(ch) for ch in text]})
+
+
+async def test_an_instance_is_asked_for_the_start_without_a_generation_prompt() -> None:
+    instance = RenderingInstance()
+    tokens = PromptTokens(RouterSettings())
+    for question in ("one?", "two?", "three?"):
+        await tokens.ids(chat(question), instance)  # type: ignore[arg-type]
+    assert [len(b["messages"]) for b in instance.bodies] == [2, 2, 1]
+    assert [b["add_generation_prompt"] for b in instance.bodies] == [True, True, False]
