@@ -15,6 +15,7 @@ all, the oldest entries of the instance holding the most are dropped.
 from __future__ import annotations
 
 import enum
+import random
 from array import array
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
@@ -25,6 +26,7 @@ EngineHash = Union[int, bytes]  # noqa: UP007 (vLLM sends either)
 Key = int  # our key of a block: see `chained`
 ROOT = b"tokenyard-kv"
 _NOBODY: dict[str, int] = {}
+_SIGNATURE = ""  # in a key's holders: their tags XORed (see KvIndex.matched); no instance has this name
 
 
 def chained(parent: Key, tokens: Sequence[int], block_size: int) -> list[Key]:
@@ -94,6 +96,7 @@ class _Held:
     last_ts: float = float("-inf")
     block_size: int | None = None
     synced: bool = False  # a batch has been applied since the last drop
+    tag: int = field(default_factory=lambda: random.getrandbits(64))  # its share of a key's holders' signature
 
 
 class KvIndex:
@@ -101,6 +104,7 @@ class KvIndex:
         self.max_blocks = max_blocks
         self._held: dict[str, _Held] = {}
         self._holders: dict[Key, dict[str, int]] = {}  # our key -> instance -> references (one per group)
+        # ... and _SIGNATURE -> the holders' tags XORed: which instances hold the key, in one number
         self.size = 0  # entries over all instances
         self.events_applied = 0
         self.resyncs = 0  # counted by the subscribers, which do them
@@ -126,23 +130,36 @@ class KvIndex:
         return len(held.keys) if held else 0
 
     def matched(self, keys: Sequence[Key], instances: Iterable[str]) -> dict[str, int]:
-        """How many of the leading `keys` each instance holds, all of them in a row. This runs on every routed
-        request, over every instance, so a key costs one subset test (in C) while several instances still
-        match, a set only when one drops out, and one lookup once a single instance is left."""
+        """How many of the leading `keys` each instance holds, all of them in a row.
+
+        This runs on every routed request, over every instance, with the index mostly out of the CPU's caches,
+        so it touches little. While several instances still match, a key whose holders have the signature and
+        count of the key before's (a system prompt held by the same instances) is passed at that; another
+        costs a subset test in C, and a set only when an instance drops out. Once one instance is left, a key
+        costs one lookup. (Another set of holders with the same signature and count: odds of 2^-64 a key.)"""
         depth = dict.fromkeys(instances, 0)
         alive = set(depth)
         holders_of = self._holders.get
-        reached, count = 0, len(keys)
-        while len(alive) > 1 and reached < count:
-            holders = holders_of(keys[reached], _NOBODY)
-            if not holders.keys() >= alive:
-                kept = alive.intersection(holders)
-                for gone in alive - kept:
-                    depth[gone] = reached
-                alive = kept
-            reached += 1 if alive else 0
-        for only in alive:  # one left (or all of them, every key held)
-            while reached < count and only in holders_of(keys[reached], _NOBODY):
+        reached, checked = 0, None  # (signature, count) of a key's holders known to include all of `alive`
+        for key in keys:
+            if len(alive) <= 1:
+                break
+            holders = holders_of(key, _NOBODY)
+            seen = (holders.get(_SIGNATURE), len(holders))
+            if seen != checked:
+                if not holders.keys() >= alive:
+                    kept = alive.intersection(holders)
+                    for gone in alive - kept:
+                        depth[gone] = reached
+                    alive = kept
+                    if not alive:
+                        break
+                checked = seen
+            reached += 1
+        for only in alive:  # one left (or several, holding every key)
+            for key in keys[reached:] if len(alive) == 1 else ():
+                if only not in holders_of(key, _NOBODY):
+                    break
                 reached += 1
             depth[only] = reached
         return depth
@@ -186,7 +203,7 @@ class KvIndex:
             for engine_hash in event.block_hashes:
                 key = held.keys.pop((event.group, engine_hash), None)
                 if key is not None:
-                    self._unref(instance, key)
+                    self._unref(instance, held, key)
         else:
             self._clear(instance, held)
 
@@ -209,8 +226,13 @@ class KvIndex:
                 held.keys.move_to_end(entry)
                 continue
             held.keys[entry] = key
-            refs = self._holders.setdefault(key, {})
-            refs[instance] = refs.get(instance, 0) + 1
+            refs = self._holders.get(key)
+            if refs is None:
+                refs = self._holders[key] = {_SIGNATURE: 0}
+            if instance not in refs:
+                refs[instance] = 0
+                refs[_SIGNATURE] ^= held.tag
+            refs[instance] += 1
             self.size += 1
         while self.size > self.max_blocks:
             self._evict_one()
@@ -218,9 +240,9 @@ class KvIndex:
     def _evict_one(self) -> None:
         name, held = max(self._held.items(), key=lambda item: len(item[1].keys))
         _, key = held.keys.popitem(last=False)
-        self._unref(name, key)
+        self._unref(name, held, key)
 
-    def _unref(self, instance: str, key: Key) -> None:
+    def _unref(self, instance: str, held: _Held, key: Key) -> None:
         self.size -= 1
         refs = self._holders.get(key)
         if refs is None or instance not in refs:
@@ -228,10 +250,11 @@ class KvIndex:
         refs[instance] -= 1
         if refs[instance] <= 0:
             del refs[instance]
-            if not refs:
+            refs[_SIGNATURE] ^= held.tag
+            if len(refs) == 1:  # the signature alone
                 del self._holders[key]
 
     def _clear(self, instance: str, held: _Held) -> None:
         for key in held.keys.values():
-            self._unref(instance, key)
+            self._unref(instance, held, key)
         held.keys.clear()

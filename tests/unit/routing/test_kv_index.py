@@ -58,6 +58,7 @@ def test_each_instance_stops_at_its_own_first_missing_block() -> None:
         index.apply(instance, 0, 1.0, [stored(PROMPT[:12], [1, 2, 3])])
     index.apply(B, 1, 2.0, [Removed([2])])  # B: blocks 1 and 3 (a hole at 2)
     index.apply(C, 1, 2.0, [Removed([3])])  # C: blocks 1 and 2
+    # holders: block 1 {A, B, C}, block 2 {A, C}, block 3 {A, B}: 2 and 3 alike in number, not in members
     assert index.matched(block_keys(PROMPT, SIZE), [A, B, C]) == {A: 3, B: 1, C: 2}
 
 
