@@ -39,7 +39,7 @@ _LABEL = re.compile(rb'(\w+)="([^"]*)"')
 _ENGINE_DEAD = "EngineCore encountered an issue"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EngineLoad:
     """What an instance's own /metrics says (vLLM's gauges), summed over its engines."""
 
@@ -49,7 +49,7 @@ class EngineLoad:
     lora: LoraGauge | None = None  # vllm:lora_requests_info, where LoRA is enabled
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LoraGauge:
     """vLLM's vllm:lora_requests_info: the adapters with requests running or waiting, and max_lora."""
 

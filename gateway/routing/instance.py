@@ -15,7 +15,7 @@ WAITING_WEIGHT = 2.0
 KV_CACHE_WEIGHT = 4.0
 
 
-@dataclass
+@dataclass(slots=True)  # read for every candidate of every routed request
 class Instance:
     url: str
     adapter: OpenAIHttpAdapter
@@ -36,8 +36,9 @@ class Instance:
 
     def score(self) -> float:
         # `running` includes our own requests, so the larger of the two, not the sum.
-        busy = max(float(self.in_flight), self.engine.running)
-        return busy + WAITING_WEIGHT * self.engine.waiting + KV_CACHE_WEIGHT * self.engine.kv_cache_usage
+        engine, in_flight = self.engine, self.in_flight
+        busy = in_flight if in_flight > engine.running else engine.running
+        return busy + WAITING_WEIGHT * engine.waiting + KV_CACHE_WEIGHT * engine.kv_cache_usage
 
     def report(self, exc: BaseException | None) -> None:
         """Feed the breaker one outcome: None is a success; a 429, a 500 or a client's leaving is no verdict."""

@@ -24,7 +24,7 @@ import math
 import random
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 
 import httpx
 
@@ -32,9 +32,9 @@ from engine_adapters.base import RouteRequest
 from engine_adapters.openai_http import OpenAIHttpAdapter
 from gateway.observability.metrics import KvStatus
 from gateway.routing.kv_events import KvSubscriber, discover_endpoints, endpoint_for, new_context
-from gateway.routing.kv_index import Key, KvIndex, block_keys
-from gateway.routing.kv_tokens import PromptTokens, load_tokenizer
-from gateway.routing.policies import C, LeastLoaded, LoadBound, Prefix
+from gateway.routing.kv_index import KvIndex
+from gateway.routing.kv_tokens import Prompt, PromptTokens, load_tokenizer
+from gateway.routing.policies import C, LoadBound, Prefix, least_loaded
 from gateway.settings import RouterSettings, RouteSettings
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ class PrefixTraffic:
 
 
 class KvPrefix:
-    """The choice itself, given the prompt's token ids (None: unknown, so `prefix` decides)."""
+    """The choice itself, given the prompt (None: its token ids are unknown, so `prefix` decides)."""
 
     def __init__(self, index: KvIndex, rng: random.Random, settings: RouterSettings) -> None:
         self.index, self.rng = index, rng
@@ -79,32 +79,47 @@ class KvPrefix:
         self.spread_factor = settings.kv_spread_load_factor
         self.traffic = PrefixTraffic()
         self.approximate = Prefix(rng, settings.prefix_chars, self.bound)
-        self.least_loaded = LeastLoaded(rng)
         self.decisions = dict.fromkeys(DECISIONS, 0)
 
-    def choose(self, candidates: Sequence[C], request: RouteRequest, tokens: list[int] | None = None) -> C:
-        by_key = {c.key: c for c in candidates}  # each instance's key read once: this runs per request
-        depth, keys = self.depths(by_key, tokens) if tokens else ({}, {})
-        held = {key: blocks for key, blocks in depth.items() if blocks}
+    def choose(
+        self,
+        candidates: Sequence[C],
+        request: RouteRequest,
+        prompt: Prompt | None = None,
+        synced: dict[int, list[str]] | None = None,
+    ) -> C:
+        """`synced`: the candidates' synced instances by block size (KvIndex.by_block_size), if known.
+
+        This runs for every routed request, over every instance, each pass costing more in memory touched
+        than in instructions: each instance's key and load are read once, in one pass."""
+        if synced is None:
+            synced = self.index.by_block_size(c.key for c in candidates)
+        held = self.held(synced, prompt) if prompt is not None else {}
         if not held:
             self.decisions["approximate"] += 1
             return self.approximate.choose(candidates, request)
-        load = {key: c.score() for key, c in by_key.items()}  # read once: each reads the instance's counters
+        by_key: dict[str, C] = {}
+        load: dict[str, float] = {}
+        for c in candidates:
+            by_key[key := c.key] = c
+            load[key] = c.score()
         total = sum(load.values())
         mean = (total + 1) / len(candidates)  # with this request
         capacity = self.bound.capacity(total, len(candidates))
         fits = [key for key in held if load[key] + 1 <= capacity]
         if not fits:  # a hot prefix: its holders are full, so it spreads
             self.decisions["spread"] += 1
-            return self.least_loaded.choose(candidates, request)
+            return by_key[least_loaded(load, self.rng)]
         deepest = max(held[key] for key in fits)
         top = [key for key in fits if held[key] == deepest]
         least = min(load[key] for key in top)
         best = self.rng.choice([key for key in top if load[key] == least])  # ties drawn, never the first listed
-        share = self.traffic.add(keys[best][deepest - 1])
+        size = self.index.block_size(best)
+        assert prompt is not None and size is not None  # `best` holds blocks of it, so it is synced
+        share = self.traffic.add(prompt.keys(size)[deepest - 1])
         if least + 1 > math.ceil(mean) and self._too_few(len(candidates), held, best, share):
             self.decisions["spread"] += 1
-            return self.least_loaded.choose(candidates, request)
+            return by_key[least_loaded(load, self.rng)]
         self.decisions["cached" if deepest == max(held.values()) else "bounded"] += 1
         return by_key[best]
 
@@ -118,16 +133,13 @@ class KvPrefix:
         holders = sum(1 for blocks in held.values() if blocks >= held[best])
         return count * instances > holders * self.spread_factor * total
 
-    def depths(self, instances: Iterable[str], tokens: list[int]) -> tuple[dict[str, int], dict[str, list[Key]]]:
-        """Leading blocks of the prompt each synced instance of `instances` holds (instances may differ in
-        block size), and the prompt's block keys at each instance's block size."""
+    def held(self, synced: dict[int, list[str]], prompt: Prompt) -> dict[str, int]:
+        """Leading blocks of the prompt each instance of `synced` holds (keyed at its block size: instances may
+        differ), for those holding any."""
         depth: dict[str, int] = {}
-        keys: dict[str, list[Key]] = {}
-        for size, synced in self.index.by_block_size(instances).items():
-            sized = block_keys(tokens, size)
-            depth.update(self.index.matched(sized, synced))
-            keys.update(dict.fromkeys(synced, sized))
-        return depth, keys
+        for size, instances in synced.items():
+            depth.update(self.index.matched(prompt.keys(size), instances))
+        return {key: blocks for key, blocks in depth.items() if blocks}
 
 
 class KvRouting:
@@ -195,12 +207,15 @@ class KvRouting:
     ) -> C:
         """The instance for the request; `tokenizer` gives the instance to ask for the prompt's ids, the synced
         instances taking turns (a retry finds them in the cache)."""
-        tracked = [c for c in candidates if self.index.synced(c.key)]
-        if not tracked:
+        synced = self.index.by_block_size(c.key for c in candidates)
+        if not synced:
             self.policy.decisions["approximate"] += 1
             return self.policy.approximate.choose(candidates, request)
-        asked = tracked[next(self._asked) % len(tracked)]
-        return self.policy.choose(candidates, request, await self.tokens.ids(request, tokenizer(asked)))
+        tracked = [key for keys in synced.values() for key in keys]
+        turn = tracked[next(self._asked) % len(tracked)]
+        asked = next(c for c in candidates if c.key == turn)
+        prompt = await self.tokens.prompt(request, tokenizer(asked), list(synced))
+        return self.policy.choose(candidates, request, prompt, synced)
 
     def status(self, urls: list[str]) -> KvStatus:
         synced = [url for url in urls if self.index.synced(url)]

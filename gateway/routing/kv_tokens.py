@@ -8,11 +8,15 @@ Asking costs the router a round trip per request, so three kinds of answers are 
   and a new question, is routed on the ids kept for the turn before, which start its own;
 - a shared start (`router.kv_tokenize_shared_starts`): chats that differ only in their last message (a long
   system prompt or document, then a new question) are routed on the ids of what they share, everything before
-  the last message. The second chat seen with a start asks for the start's ids once (without a generation
-  prompt) and keeps them if they begin the whole prompt's ids and make most of it; not every chat template
-  renders a start as the beginning of the whole (Gemma's folds the system prompt into the first user turn),
-  and a start refused is not asked again. The new last message's blocks are cached nowhere yet, so leaving
-  them out costs the routing nothing.
+  the last message. The first chat seen with a start is tokenized whole. The second, while the first one's
+  ids are still kept, asks for the start's ids alone (without a generation prompt), keeps them if they begin
+  the first chat's ids and make most of it, and is routed on them: one round trip, as for any new prompt.
+  Not every chat template renders a start as the beginning of the whole (Gemma's folds the system prompt
+  into the first user turn), and a start refused is not asked for again. The new last message's blocks are
+  cached nowhere yet, so leaving them out costs the routing nothing.
+
+A kept answer is a `Prompt`: the ids and their block keys at the fleet's block sizes, so a prompt seen again
+(a retry, a chat whose start or previous turn is kept) is neither tokenized nor keyed again.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ import logging
 import time
 from array import array
 from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -30,20 +36,72 @@ import orjson
 from engine_adapters.base import RouteRequest
 from engine_adapters.openai_http import OpenAIHttpAdapter
 from gateway.errors import GatewayError
+from gateway.routing.kv_index import block_keys
 from gateway.settings import RouterSettings
 
 log = logging.getLogger(__name__)
 
-_ENTRY_BYTES = 160  # an entry's own cost besides its ids: its key, its tuple, its place in the dict
-_REFUSED = -1  # a start whose ids do not begin the whole prompt's, or could not be had
+_ENTRY_BYTES = 400  # an entry's own cost besides its arrays: its key, its tuple, its Prompt, their dicts
+_REFUSED = b""  # a start whose ids do not begin its chats' ids, or could not be had (a digest is never empty)
 
 
-def _entry_bytes(ids: array[int]) -> int:
-    return _ENTRY_BYTES + ids.itemsize * len(ids)
+class Prompt:
+    """A prompt's token ids, and their block keys (kv_index.block_keys) at each block size asked, made once."""
+
+    __slots__ = ("ids", "_keys")
+
+    def __init__(self, ids: Iterable[int]) -> None:
+        self.ids: array[int] = array("q", ids)  # raises OverflowError past int64: not ids an engine makes
+        self._keys: dict[int, array[int]] = {}
+
+    def keys(self, block_size: int) -> array[int]:
+        keys = self._keys.get(block_size)
+        if keys is None:
+            keys = self._keys[block_size] = array("q", block_keys(self.ids, block_size))
+        return keys
+
+    def nbytes(self) -> int:
+        """What keeping it costs, as counted against router.kv_tokenize_cache_bytes."""
+        return _ENTRY_BYTES + 8 * (len(self.ids) + sum(map(len, self._keys.values())))
 
 
-def _digest(body: dict[str, Any]) -> bytes:
-    return hashlib.sha256(orjson.dumps(body)).digest()
+@dataclass(frozen=True, slots=True)
+class _Digests:
+    """Digests of what a request's prompt can be routed on (the cache's keys, never the prompt itself)."""
+
+    whole: bytes  # the body /tokenize is asked for the prompt
+    # A chat's next turn (its messages so far, an answer, a new question) can be routed on the ids kept for
+    # the turn before, all but the last two messages with the generation prompt: in the usual chat templates
+    # those begin this turn's own ids, and reach past everything an instance may hold of the session but the
+    # last answer. (Not kept under this turn's key, so the turn after asks again: never a turn further back.)
+    previous: bytes | None
+    start: bytes | None  # a chat's messages before a last one from the user, without the generation prompt
+
+
+def _digests(request: RouteRequest) -> _Digests:
+    """All three in one pass over the messages (each rendered once, and hashed once): a digest of each
+    message's JSON in turn, copied where the start and the previous turn end. JSON has no bare newline, so
+    the separators make any two different lists of messages hash different text."""
+    messages = request.messages
+    if messages is None:
+        return _Digests(hashlib.sha256(b"prompt\n" + orjson.dumps(request.prompt)).digest(), None, None)
+    running = hashlib.sha256(b"chat\n")
+    previous = start = None
+    last = len(messages) - 1
+    for at, message in enumerate(messages):
+        if at == last - 1 and at >= 1 and message.get("role") == "assistant":
+            previous = _closed(running, generation_prompt=True)
+        if at == last and at >= 1 and message.get("role") == "user":
+            start = _closed(running, generation_prompt=False)
+        running.update(orjson.dumps(message))
+        running.update(b"\n")
+    return _Digests(_closed(running, generation_prompt=True), previous, start)
+
+
+def _closed(running: Any, generation_prompt: bool) -> bytes:
+    done = running.copy()
+    done.update(b"+" if generation_prompt else b"-")
+    return done.digest()
 
 
 def _chat_body(messages: list[dict[str, Any]], generation_prompt: bool = True) -> dict[str, Any]:
@@ -53,8 +111,8 @@ def _chat_body(messages: list[dict[str, Any]], generation_prompt: bool = True) -
 class PromptTokens:
     """A prompt's token ids, from a local tokenizer or an instance's /tokenize; recent answers are kept.
 
-    The cache is bounded three ways, all settings: entries (kv_tokenize_cache_size), bytes of token ids
-    (kv_tokenize_cache_bytes: 8 a token, plus _ENTRY_BYTES an entry) and age (kv_tokenize_cache_ttl_s: entries
+    The cache is bounded three ways, all settings: entries (kv_tokenize_cache_size), bytes (kv_tokenize_cache_bytes:
+    8 a token id and 8 a block key, plus _ENTRY_BYTES an entry) and age (kv_tokenize_cache_ttl_s: entries
     are dropped oldest first on every call, looked up or not). An entry is keyed by a digest of the body
     /tokenize is asked, never the prompt itself, and a prompt's entry is dropped again when the request it was
     made for fails (`forget`): a client sending prompts an instance refuses pins nothing here. The starts seen
@@ -69,97 +127,100 @@ class PromptTokens:
         self.reuse_turns = settings.kv_tokenize_reuse_turns
         self.shared_starts = settings.kv_tokenize_shared_starts
         self.bytes = 0  # what the cache holds now, as counted against max_bytes
-        self._cache: OrderedDict[bytes, tuple[float, array[int]]] = OrderedDict()  # oldest first
-        self._starts: OrderedDict[bytes, int] = OrderedDict()  # a start's digest -> chats seen with it, or _REFUSED
+        self._cache: OrderedDict[bytes, tuple[float, Prompt, int]] = OrderedDict()  # (kept at, it, its bytes)
+        # A start's digest -> the digest of the first chat seen with it (whose ids are kept), or _REFUSED.
+        self._starts: OrderedDict[bytes, bytes] = OrderedDict()
 
     @staticmethod
     def _body(request: RouteRequest) -> dict[str, Any]:
         return _chat_body(request.messages) if request.messages is not None else {"prompt": request.prompt}
 
-    async def ids(self, request: RouteRequest, instance: OpenAIHttpAdapter) -> list[int] | None:
+    async def prompt(
+        self, request: RouteRequest, instance: OpenAIHttpAdapter, block_sizes: Sequence[int] = ()
+    ) -> Prompt | None:
+        """The request's prompt, keyed at `block_sizes` (those of the instances routed on) if it is kept."""
         if request.messages is None and not isinstance(request.prompt, str):
-            return list(request.prompt) if request.prompt else None  # already token ids
+            return _given(request.prompt)
         self._expire(time.monotonic())
-        body = self._body(request)
-        key = _digest(body)
-        if (hit := self._cache.get(key)) is not None:
-            return hit[1].tolist()
-        if self.reuse_turns and (earlier := self._previous_turn(request)) is not None:
-            return earlier
-        start = self._start(request) if self.shared_starts else None
-        if start is not None and (kept := self._cache.get(start[0])) is not None:
-            return kept[1].tolist()
-        ids = await self._tokenize(body, request, instance)
-        if ids is not None:
-            self._keep(key, ids)
-            if start is not None and self._seen_again(start[0]):
-                await self._learn_start(*start, ids, request, instance)
-        return ids
-
-    def _previous_turn(self, request: RouteRequest) -> list[int] | None:
-        """A chat's next turn (its messages so far, an answer, a new question) routed on the ids kept for the
-        turn before: with the generation prompt, those are the start of this turn's own ids in the usual
-        chat templates, and they reach past everything an instance may hold of the session but the last
-        answer. Not kept under this turn's key, so the turn after asks again and the ids never fall more
-        than one turn behind."""
-        messages = request.messages
-        if not messages or len(messages) < 3 or messages[-2].get("role") != "assistant":
+        digests = _digests(request)
+        kept = self._kept(digests.whole, block_sizes)
+        if kept is None and self.reuse_turns and digests.previous is not None:
+            kept = self._kept(digests.previous, block_sizes)
+        start = digests.start if self.shared_starts and kept is None else None
+        if start is not None:
+            kept = self._kept(start, block_sizes)
+        if kept is None and start is not None:
+            kept = await self._learn_start(start, request, instance, block_sizes)
+        if kept is not None:
+            return kept
+        found = await self._tokenize(self._body(request), request, instance)
+        if found is None:
             return None
-        earlier = self._cache.get(_digest(_chat_body(messages[:-2])))
-        return earlier[1].tolist() if earlier is not None else None
+        if start is not None:
+            self._seen(start, digests.whole)
+        return self._keep(digests.whole, found, block_sizes)
 
-    @staticmethod
-    def _start(request: RouteRequest) -> tuple[bytes, dict[str, Any]] | None:
-        """A chat's start, all its messages before a last one from the user: its digest and its /tokenize body."""
-        messages = request.messages
-        if not messages or len(messages) < 2 or messages[-1].get("role") != "user":
+    def _kept(self, key: bytes, block_sizes: Sequence[int]) -> Prompt | None:
+        """A kept prompt, keyed at `block_sizes` (counted again when that made keys)."""
+        entry = self._cache.get(key)
+        if entry is None:
             return None
-        body = _chat_body(messages[:-1], generation_prompt=False)
-        return _digest(body), body
+        prompt = entry[1]
+        for size in block_sizes:
+            prompt.keys(size)
+        if prompt.nbytes() != entry[2]:
+            self._keep(key, prompt, ())
+        return prompt
 
-    def _seen_again(self, start: bytes) -> bool:
-        """Count a chat with this start; True the first time one is seen again (its ids are worth asking)."""
-        seen = self._starts.pop(start, 0)
-        self._starts[start] = seen if seen == _REFUSED else seen + 1
+    def _seen(self, start: bytes, whole: bytes) -> None:
+        """A chat with this start was tokenized whole (its ids kept under `whole`), unless the start is refused."""
+        if self._starts.pop(start, None) == _REFUSED:
+            whole = _REFUSED
+        self._starts[start] = whole
         while len(self._starts) > self.size:
             self._starts.popitem(last=False)
-        return seen >= 1
 
     async def _learn_start(
-        self, start: bytes, body: dict[str, Any], whole: list[int], request: RouteRequest, instance: OpenAIHttpAdapter
-    ) -> None:
-        """Ask for the start's ids; keep them if they begin `whole`, the ids of a chat with this start, and make
-        most of it (a template that renders the start otherwise alone, like Gemma's folding its system prompt
-        into the first user turn, would give a few ids that route on nothing)."""
-        ids = await self._tokenize(body, request, instance)
-        if ids is not None and 2 * len(ids) > len(whole) and whole[: len(ids)] == ids:
-            self._keep(start, ids)
-        else:
-            self._starts[start] = _REFUSED
-            log.debug("a shared start's ids do not begin its chats' ids: its chats are tokenized whole")
+        self, start: bytes, request: RouteRequest, instance: OpenAIHttpAdapter, block_sizes: Sequence[int]
+    ) -> Prompt | None:
+        """The ids of a start that an earlier chat, still kept, had too: asked for once, and kept if they begin
+        that chat's ids and make most of it (a template that renders the start otherwise alone, like Gemma's
+        folding its system prompt into the first user turn, would give a few ids that route on nothing); a
+        start refused is not asked for again."""
+        earlier = self._cache.get(self._starts.get(start, _REFUSED))
+        if earlier is None or not request.messages:
+            return None
+        body = _chat_body(request.messages[:-1], generation_prompt=False)
+        found = await self._tokenize(body, request, instance)
+        whole = earlier[1].ids
+        if found is not None and 2 * len(found.ids) > len(whole) and whole[: len(found.ids)] == found.ids:
+            return self._keep(start, found, block_sizes)
+        self._starts[start] = _REFUSED
+        log.debug("a shared start's ids do not begin its chats' ids: its chats are tokenized whole")
+        return None
 
     def forget(self, request: RouteRequest) -> None:
         """The request these ids were for failed: they are not kept for the next."""
         if self._cache and (request.messages is not None or isinstance(request.prompt, str)):
-            self._drop(_digest(self._body(request)))
+            self._drop(_digests(request).whole)
 
-    def _keep(self, key: bytes, ids: list[int]) -> None:
-        try:
-            packed = array("q", ids)
-        except OverflowError:  # not ids an engine makes: used once, never kept
-            return
-        cost = _entry_bytes(packed)
-        if self.size == 0 or cost > self.max_bytes:
-            return
+    def _keep(self, key: bytes, prompt: Prompt, block_sizes: Sequence[int]) -> Prompt:
+        """Key `prompt` at `block_sizes` and keep it under `key`, if it fits."""
+        for size in block_sizes:
+            prompt.keys(size)
+        cost = prompt.nbytes()
         self._drop(key)
-        self._cache[key] = (time.monotonic(), packed)
+        if self.size == 0 or cost > self.max_bytes:
+            return prompt
+        self._cache[key] = (time.monotonic(), prompt, cost)
         self.bytes += cost
         while len(self._cache) > self.size or self.bytes > self.max_bytes:
             self._drop(next(iter(self._cache)))
+        return prompt
 
     def _drop(self, key: bytes) -> None:
         if (entry := self._cache.pop(key, None)) is not None:
-            self.bytes -= _entry_bytes(entry[1])
+            self.bytes -= entry[2]
 
     def _expire(self, now: float) -> None:
         while self._cache:
@@ -174,8 +235,12 @@ class PromptTokens:
 
     async def _tokenize(
         self, body: dict[str, Any], request: RouteRequest, instance: OpenAIHttpAdapter
-    ) -> list[int] | None:
-        return self._local(body) if self.tokenizer is not None else await self._remote(body, request, instance)
+    ) -> Prompt | None:
+        ids = self._local(body) if self.tokenizer is not None else await self._remote(body, request, instance)
+        try:
+            return Prompt(ids) if ids is not None else None
+        except (TypeError, OverflowError):  # not ids an engine makes
+            return None
 
     def _local(self, body: dict[str, Any]) -> list[int] | None:
         """As the engine renders it (engine_adapters.vllm_local.prompt_ids): the template writes BOS itself."""
@@ -201,13 +266,15 @@ class PromptTokens:
         except (GatewayError, TimeoutError, ValueError, AttributeError) as exc:
             log.debug("/tokenize for routing failed: %s", exc)
             return None
-        if not isinstance(tokens, list):
-            return None
-        try:
-            array("q", tokens)  # token ids are ints (checked at C speed: this runs on every routed request)
-        except (TypeError, OverflowError):
-            return None
-        return tokens
+        return tokens if isinstance(tokens, list) else None  # ints, as Prompt checks
+
+
+def _given(ids: Sequence[int] | None) -> Prompt | None:
+    """A prompt sent as token ids, never kept (nothing was asked for it)."""
+    try:
+        return Prompt(ids) if ids else None
+    except (TypeError, OverflowError):
+        return None
 
 
 def load_tokenizer(path: str) -> Any:

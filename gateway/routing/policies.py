@@ -12,7 +12,7 @@ import hashlib
 import itertools
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -30,6 +30,7 @@ class Candidate(Protocol):
 
 
 C = TypeVar("C", bound=Candidate)
+K = TypeVar("K")
 
 
 class Policy(Protocol):
@@ -75,10 +76,14 @@ class LeastLoaded:
         self.rng = rng
 
     def choose(self, candidates: Sequence[C], request: RouteRequest) -> C:
-        scores = [c.score() for c in candidates]
-        best = min(scores)
-        ties = [c for c, s in zip(candidates, scores) if s == best]
-        return ties[0] if len(ties) == 1 else self.rng.choice(ties)
+        return candidates[least_loaded({at: c.score() for at, c in enumerate(candidates)}, self.rng)]
+
+
+def least_loaded(scores: Mapping[K, float], rng: random.Random) -> K:
+    """The key of the lowest score; ties drawn."""
+    best = min(scores.values())
+    ties = [key for key, score in scores.items() if score == best]
+    return ties[0] if len(ties) == 1 else rng.choice(ties)
 
 
 class PowerOfTwo:

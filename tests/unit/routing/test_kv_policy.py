@@ -8,13 +8,15 @@ from collections import Counter
 from engine_adapters.base import GenerateRequest, RouteRequest, SamplingOptions
 from gateway.routing.kv import KvPrefix, PrefixTraffic
 from gateway.routing.kv_index import KvIndex, Stored
-from gateway.routing.kv_tokens import PromptTokens
+from gateway.routing.kv_tokens import Prompt, PromptTokens
 from gateway.routing.policies import LoadBound, Prefix
 from gateway.settings import RouterSettings
+from tests.unit.routing.test_kv_tokens import ids
 from tests.unit.routing.test_policies import Fake
 
 SIZE = 4
-TOKENS = list(range(1, 33))  # eight blocks
+IDS = list(range(1, 33))  # eight blocks
+TOKENS = Prompt(IDS)
 
 
 def request(text: str = "a long system prompt") -> RouteRequest:
@@ -30,7 +32,7 @@ def holding(index: KvIndex, instance: Fake, blocks: int) -> None:
         instance.key,
         index.next_seq(instance.key),
         1.0,
-        [Stored(list(range(blocks)), None, TOKENS[: blocks * SIZE], SIZE)],
+        [Stored(list(range(blocks)), None, IDS[: blocks * SIZE], SIZE)],
     )
 
 
@@ -91,7 +93,7 @@ def test_a_prefix_with_more_traffic_than_its_holders_carry_spreads_past_the_mean
     for other in (b, c, d):
         holding(index, other, 0)
     kv = policy(index)
-    other = [9] * 32  # a prompt that no one holds: routed by `prefix`, and counted by no prefix
+    other = Prompt([9] * 32)  # a prompt that no one holds: routed by `prefix`, and counted by no prefix
     for _ in range(7):  # every request so far for a's prefix: its share needs all 4 instances, it has 1
         assert kv.choose([a, b, c, d], request(), TOKENS) is a  # too few seen to tell a share (fewer than 8)
     loose = KvPrefix(index, random.Random(3), RouterSettings(kv_spread_load_factor=4.0))
@@ -165,14 +167,14 @@ async def test_prompt_tokens_render_the_chat_template_and_keep_recent_answers() 
     tokenizer = FakeTokenizer()
     tokens = PromptTokens(RouterSettings(kv_tokenize_cache_size=1), tokenizer)
     chat = RouteRequest("r", "m", messages=[{"role": "user", "content": "hi"}])
-    ids = await tokens.ids(chat, None)  # type: ignore[arg-type]
-    assert ids == [ord(ch) for ch in "<user>hi<model>"]  # no second BOS: the template writes its own
-    assert await tokens.ids(chat, None) == ids and tokenizer.calls == 1  # type: ignore[arg-type]
-    assert await tokens.ids(request("x"), None) == [2, ord("x")]  # type: ignore[arg-type]
-    await tokens.ids(chat, None)  # type: ignore[arg-type]
+    first = await ids(tokens, chat)
+    assert first == [ord(ch) for ch in "<user>hi<model>"]  # no second BOS: the template writes its own
+    assert await ids(tokens, chat) == first and tokenizer.calls == 1
+    assert await ids(tokens, request("x")) == [2, ord("x")]
+    await ids(tokens, chat)
     assert tokenizer.calls == 3  # the cache holds one answer
     token_prompt = RouteRequest("r", "m", [5, 6, 7])
-    assert await tokens.ids(token_prompt, None) == [5, 6, 7]  # type: ignore[arg-type]
+    assert await ids(tokens, token_prompt) == [5, 6, 7]
 
 
 class GemmaLikeTokenizer(FakeTokenizer):
@@ -189,17 +191,17 @@ async def test_a_chats_next_turn_is_routed_on_its_previous_turns_ids_one_turn_be
     turn1 = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
     turn2 = [*turn1, {"role": "assistant", "content": "yo"}, {"role": "user", "content": "more"}]
     turn3 = [*turn2, {"role": "assistant", "content": "ok"}, {"role": "user", "content": "again"}]
-    first = await tokens.ids(RouteRequest("r", "m", messages=turn1), None)  # type: ignore[arg-type]
+    first = await ids(tokens, RouteRequest("r", "m", messages=turn1))
     assert first is not None and tokenizer.calls == 1
-    second = await tokens.ids(RouteRequest("r", "m", messages=turn2), None)  # type: ignore[arg-type]
+    second = await ids(tokens, RouteRequest("r", "m", messages=turn2))
     assert second == first and tokenizer.calls == 1  # the previous turn's ids, asked of no one
     whole = tokenizer.encode(tokenizer.apply_chat_template(turn2, False, True), add_special_tokens=False)
     assert whole[: len(first)] == first  # the start of the turn's own ids
-    await tokens.ids(RouteRequest("r", "m", messages=turn3), None)  # type: ignore[arg-type]
+    await ids(tokens, RouteRequest("r", "m", messages=turn3))
     assert tokenizer.calls == 3  # turn 2's ids were not kept: turn 3 is tokenized itself
     plain = PromptTokens(RouterSettings(kv_tokenize_reuse_turns=False), tokenizer)
-    await plain.ids(RouteRequest("r", "m", messages=turn1), None)  # type: ignore[arg-type]
-    await plain.ids(RouteRequest("r", "m", messages=turn2), None)  # type: ignore[arg-type]
+    await ids(plain, RouteRequest("r", "m", messages=turn1))
+    await ids(plain, RouteRequest("r", "m", messages=turn2))
     assert tokenizer.calls == 5
 
 
@@ -241,7 +243,7 @@ async def test_an_instances_token_ids_are_taken_only_when_they_are_all_integers(
     cases += [(b'{"tokens": [true, 99999999999999999999]}', None), (b'{"count": 3}', None)]
     for answer, expected in cases:
         tokens = PromptTokens(RouterSettings())
-        assert await tokens.ids(chat, TokenizingInstance(answer)) == expected, answer  # type: ignore[arg-type]
+        assert await ids(tokens, chat, TokenizingInstance(answer)) == expected, answer
 
 
 async def test_a_route_with_policy_kv_follows_the_index_and_says_which_instances_fall_back() -> None:
@@ -270,10 +272,10 @@ async def test_a_route_with_policy_kv_follows_the_index_and_says_which_instances
             "tokenize_cache": {"entries": 0, "bytes": 0},
         }
         # b's events say it holds the prompt's first two blocks; a is synced and holds nothing.
-        adapter.kv.index.apply("http://b:1", 0, 1.0, [Stored([1, 2], None, TOKENS[:8], SIZE)])  # type: ignore[union-attr]
+        adapter.kv.index.apply("http://b:1", 0, 1.0, [Stored([1, 2], None, IDS[:8], SIZE)])  # type: ignore[union-attr]
         adapter.kv.index.apply("http://a:1", 0, 1.0, [])  # type: ignore[union-attr]
         for n in range(3):
-            prompt = GenerateRequest(f"r{n}", "m", SamplingOptions(), prompt=[*TOKENS[:8], 90 + n])
+            prompt = GenerateRequest(f"r{n}", "m", SamplingOptions(), prompt=[*IDS[:8], 90 + n])
             assert [c.text async for c in adapter.generate(prompt)] == ["http://b:1:0", "http://b:1:1"]
         status = adapter.status().as_json()["kv_routing"]
         assert status["events_instances"] == urls and status["fallback_instances"] == []

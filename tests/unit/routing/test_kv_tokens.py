@@ -3,12 +3,14 @@ chat template renders the start as the beginning of the whole chat."""
 
 from __future__ import annotations
 
+from array import array
 from typing import Any
 
 import orjson
 
 from engine_adapters.base import RouteRequest
-from gateway.routing.kv_tokens import PromptTokens
+from gateway.routing.kv_index import block_keys
+from gateway.routing.kv_tokens import Prompt, PromptTokens
 from gateway.settings import RouterSettings
 
 SYSTEM = {"role": "system", "content": "a long shared document " * 8}
@@ -48,8 +50,9 @@ def chat(question: str) -> RouteRequest:
     return RouteRequest("r", "m", messages=[SYSTEM, {"role": "user", "content": question}])
 
 
-async def ids(tokens: PromptTokens, request: RouteRequest) -> list[int] | None:
-    return await tokens.ids(request, None)  # type: ignore[arg-type]
+async def ids(tokens: PromptTokens, request: RouteRequest, instance: Any = None) -> list[int] | None:
+    prompt = await tokens.prompt(request, instance)
+    return prompt.ids.tolist() if prompt is not None else None
 
 
 async def test_chats_sharing_a_start_are_routed_on_its_ids_asked_once() -> None:
@@ -57,12 +60,12 @@ async def test_chats_sharing_a_start_are_routed_on_its_ids_asked_once() -> None:
     tokens = PromptTokens(RouterSettings(), tokenizer)
     first = await ids(tokens, chat("one?"))
     assert tokenizer.calls == [True]  # a start seen once: the chat is tokenized whole
-    await ids(tokens, chat("two?"))
-    assert tokenizer.calls == [True, True, False]  # seen again: the start is asked for too (no generation prompt)
+    second = await ids(tokens, chat("two?"))
+    assert tokenizer.calls == [True, False]  # seen again: the start alone is asked for (no generation prompt)
     third = await ids(tokens, chat("three?"))
-    assert tokenizer.calls == [True, True, False]  # asked of no one
+    assert tokenizer.calls == [True, False]  # asked of no one
     start = tokenizer.encode(tokenizer.render([SYSTEM], False))
-    assert third == start and first is not None and first[: len(start)] == start
+    assert second == third == start and first is not None and first[: len(start)] == start
     assert await ids(tokens, chat("one?")) == first  # a chat's own ids still come first
 
 
@@ -71,7 +74,7 @@ async def test_a_start_the_template_renders_otherwise_is_refused_and_not_asked_a
     tokens = PromptTokens(RouterSettings(), tokenizer)
     for question in ("one?", "two?", "three?", "four?"):
         assert await ids(tokens, chat(question)) == tokenizer.encode(tokenizer.render(chat(question).messages, True))  # type: ignore[arg-type]
-    assert tokenizer.calls == [True, True, False, True, True]  # "<bos>" alone: refused once, then whole chats
+    assert tokenizer.calls == [True, False, True, True, True]  # "<bos>" alone: refused once, then whole chats
 
 
 async def test_shared_starts_can_be_switched_off_and_need_a_last_message_from_the_user() -> None:
@@ -104,6 +107,28 @@ async def test_an_instance_is_asked_for_the_start_without_a_generation_prompt() 
     instance = RenderingInstance()
     tokens = PromptTokens(RouterSettings())
     for question in ("one?", "two?", "three?"):
-        await tokens.ids(chat(question), instance)  # type: ignore[arg-type]
-    assert [len(b["messages"]) for b in instance.bodies] == [2, 2, 1]
-    assert [b["add_generation_prompt"] for b in instance.bodies] == [True, True, False]
+        await ids(tokens, chat(question), instance)
+    assert [len(b["messages"]) for b in instance.bodies] == [2, 1]
+    assert [b["add_generation_prompt"] for b in instance.bodies] == [True, False]
+
+
+async def test_a_start_is_learned_from_an_earlier_chat_only_while_that_chats_ids_are_kept() -> None:
+    tokenizer = ChatMLTokenizer()
+    tokens = PromptTokens(RouterSettings(kv_tokenize_cache_size=1), tokenizer)
+    await ids(tokens, chat("one?"))
+    await ids(tokens, RouteRequest("r", "m", "another prompt"))  # the cache holds one answer: chat one's goes
+    await ids(tokens, chat("two?"))
+    assert tokenizer.calls == [True, True]  # nothing to check a start against: the chat is tokenized whole
+    assert await ids(tokens, chat("three?")) == tokenizer.encode(tokenizer.render([SYSTEM], False))
+    assert tokenizer.calls == [True, True, False]  # checked against chat two's ids, kept until then
+
+
+async def test_a_kept_prompt_is_keyed_once_at_each_block_size_and_its_keys_are_counted() -> None:
+    tokens = PromptTokens(RouterSettings(), ChatMLTokenizer())
+    first = await tokens.prompt(chat("one?"), None, [4])  # type: ignore[arg-type]
+    assert first is not None and first.keys(4) == array("q", block_keys(first.ids, 4))
+    ids_only = Prompt(first.ids).nbytes()
+    assert tokens.status() == (1, first.nbytes()) and first.nbytes() == ids_only + 8 * (len(first.ids) // 4)
+    again = await tokens.prompt(chat("one?"), None, [4, 8])  # type: ignore[arg-type]
+    assert again is first and tokens.status() == (1, first.nbytes())  # keyed at 8 too, and counted again
+    assert first.nbytes() == ids_only + 8 * (len(first.ids) // 4 + len(first.ids) // 8)
