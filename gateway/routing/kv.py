@@ -138,7 +138,7 @@ class KvPrefix:
         differ), for those holding any."""
         depth: dict[str, int] = {}
         for size, instances in synced.items():
-            depth.update(self.index.matched(prompt.keys(size), instances))
+            depth.update(self.index.matched(prompt.keys(size), instances, prompt.holders(size)))
         return {key: blocks for key, blocks in depth.items() if blocks}
 
 

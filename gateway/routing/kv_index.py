@@ -143,23 +143,42 @@ class KvIndex:
         held = self._held.get(instance)
         return len(held.keys) if held else 0
 
-    def matched(self, keys: Sequence[Key], instances: Iterable[str]) -> dict[str, int]:
+    def matched(
+        self, keys: Sequence[Key], instances: Iterable[str], found: list[dict[str, int]] | None = None
+    ) -> dict[str, int]:
         """How many of the leading `keys` each instance holds, all of them in a row.
 
         This runs on every routed request, over every instance, with the index mostly out of the CPU's caches,
         so it touches little. While several instances still match, a key whose holders have the signature of
         the key before's (a system prompt held by the same instances) is passed at that; another costs a
         subset test in C, and a set only when an instance drops out. Once one instance is left, a key costs
-        one lookup. (Another set of holders with the same signature: odds of 2^-64 a key.)"""
+        one lookup. (Another set of holders with the same signature: odds of 2^-64 a key.)
+
+        `found`: where a caller matching the same keys again (a kept prompt: a shared system prompt comes back
+        with every request) keeps the holders found for them, the index's own dicts, so the next match reads
+        them without looking the keys up. A dict leaves the index with its last holder, its signature 0 from
+        then on, and is never changed again: one whose signature is not 0 is still the key's."""
+        found = [] if found is None else found
         depth = dict.fromkeys(instances, 0)
         alive = set(depth)
+        if len(found) == len(keys) and keys:  # every key found before: at once, when the same ones hold them all
+            signatures = {holders[_SIGNATURE] for holders in found}
+            if len(signatures) == 1 and (first := found[0])[_SIGNATURE] > 0 and first.keys() >= alive:
+                return dict.fromkeys(depth, len(keys))
         holders_of = self._holders.get
         reached, checked = 0, None  # the signature of a key's holders known to include all of `alive`
         for key in keys:
             if len(alive) <= 1:
                 break
-            holders = holders_of(key, _NOBODY)
+            holders = found[reached] if reached < len(found) else _NOBODY
             seen = holders[_SIGNATURE]
+            if seen <= 0:  # not found before, or no longer the key's (nobody holds it: _NOBODY's is -1)
+                holders = holders_of(key, _NOBODY)
+                seen = holders[_SIGNATURE]
+                if reached < len(found):
+                    found[reached] = holders
+                else:  # every key before was found (a key nobody holds ends the walk)
+                    found.append(holders)
             if seen != checked:
                 if not holders.keys() >= alive:
                     kept = alive.intersection(holders)

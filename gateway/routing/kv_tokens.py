@@ -46,13 +46,15 @@ _REFUSED = b""  # a start whose ids do not begin its chats' ids, or could not be
 
 
 class Prompt:
-    """A prompt's token ids, and their block keys (kv_index.block_keys) at each block size asked, made once."""
+    """A prompt's token ids, and their block keys (kv_index.block_keys) at each block size asked, made once,
+    with the holders the index last found for them (KvIndex.matched)."""
 
-    __slots__ = ("ids", "_keys")
+    __slots__ = ("ids", "_keys", "_holders")
 
     def __init__(self, ids: Iterable[int]) -> None:
         self.ids: array[int] = array("q", ids)  # raises OverflowError past int64: not ids an engine makes
         self._keys: dict[int, array[int]] = {}
+        self._holders: dict[int, list[dict[str, int]]] = {}
 
     def keys(self, block_size: int) -> array[int]:
         keys = self._keys.get(block_size)
@@ -60,9 +62,14 @@ class Prompt:
             keys = self._keys[block_size] = array("q", block_keys(self.ids, block_size))
         return keys
 
+    def holders(self, block_size: int) -> list[dict[str, int]]:
+        return self._holders.setdefault(block_size, [])
+
     def nbytes(self) -> int:
-        """What keeping it costs, as counted against router.kv_tokenize_cache_bytes."""
-        return _ENTRY_BYTES + 8 * (len(self.ids) + sum(map(len, self._keys.values())))
+        """What keeping it costs, as counted against router.kv_tokenize_cache_bytes (8 bytes an id, a key and a
+        reference to a key's holders)."""
+        keyed = sum(map(len, self._keys.values())) + sum(map(len, self._holders.values()))
+        return _ENTRY_BYTES + 8 * (len(self.ids) + keyed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,11 +172,13 @@ class PromptTokens:
         entry = self._cache.get(key)
         if entry is None:
             return None
-        prompt = entry[1]
+        kept_at, prompt, counted = entry
         for size in block_sizes:
             prompt.keys(size)
-        if prompt.nbytes() != entry[2]:
-            self._keep(key, prompt, ())
+        if (cost := prompt.nbytes()) != counted:  # keyed at a new size, or matched: counted again, as old as it was
+            self._cache[key] = (kept_at, prompt, cost)
+            self.bytes += cost - counted
+            self._trim()
         return prompt
 
     def _seen(self, start: bytes, whole: bytes) -> None:
@@ -214,9 +223,12 @@ class PromptTokens:
             return prompt
         self._cache[key] = (time.monotonic(), prompt, cost)
         self.bytes += cost
+        self._trim()
+        return prompt
+
+    def _trim(self) -> None:
         while len(self._cache) > self.size or self.bytes > self.max_bytes:
             self._drop(next(iter(self._cache)))
-        return prompt
 
     def _drop(self, key: bytes) -> None:
         if (entry := self._cache.pop(key, None)) is not None:

@@ -62,6 +62,21 @@ def test_each_instance_stops_at_its_own_first_missing_block() -> None:
     assert index.matched(block_keys(PROMPT, SIZE), [A, B, C]) == {A: 3, B: 1, C: 2}
 
 
+def test_holders_found_before_are_read_again_only_while_they_are_the_keys_own() -> None:
+    index = KvIndex(max_blocks=100)
+    keys, found = block_keys(PROMPT, SIZE), []  # type: ignore[var-annotated]
+    index.apply(A, 0, 1.0, [stored(PROMPT, [1, 2, 3, 4])])
+    index.apply(B, 0, 1.0, [stored(PROMPT, [1, 2, 3, 4])])
+    assert index.matched(keys, [A, B], found) == {A: 4, B: 4} and len(found) == 4
+    index.apply(A, 1, 2.0, [Removed([3, 4])])  # the holders found change
+    assert index.matched(keys, [A, B], found) == {A: 2, B: 4}
+    index.apply(B, 1, 2.0, [Removed([3, 4])])  # blocks 3 and 4 leave the index, and their dicts with them
+    index.apply(A, 2, 3.0, [stored(PROMPT[8:], [5, 6], parent=2)])  # ... back, held by A, in new dicts
+    assert index.matched(keys, [A, B], found) == {A: 4, B: 2} == index.matched(keys, [A, B])
+    index.apply(A, 3, 4.0, [Cleared()])
+    assert index.matched(keys, [A, B], found) == {A: 0, B: 2} == index.matched(keys, [A, B])
+
+
 def test_a_lora_adapters_blocks_do_not_match_the_base_model() -> None:
     index = KvIndex(max_blocks=100)
     index.apply(A, 0, 1.0, [stored(PROMPT[:8], [1, 2], lora_name="sql")])

@@ -16,7 +16,6 @@ from tests.unit.routing.test_policies import Fake
 
 SIZE = 4
 IDS = list(range(1, 33))  # eight blocks
-TOKENS = Prompt(IDS)
 
 
 def request(text: str = "a long system prompt") -> RouteRequest:
@@ -49,7 +48,7 @@ def test_the_deepest_holder_wins_whatever_the_prefix_ring_says() -> None:
     holding(index, shallow, 2)
     holding(index, deep, 6)
     holding(index, ring_pick, 0)  # synced, holds nothing
-    assert policy(index).choose([a, b, c], request(), TOKENS) is deep
+    assert policy(index).choose([a, b, c], request(), Prompt(IDS)) is deep
 
 
 def test_a_hot_prefix_spreads_once_its_holder_is_past_the_bound() -> None:
@@ -57,11 +56,11 @@ def test_a_hot_prefix_spreads_once_its_holder_is_past_the_bound() -> None:
     a, b = fleet(0, 0)
     holding(index, a, 8)
     kv = policy(index, load_factor=1.5)
-    assert kv.choose([a, b], request(), TOKENS) is a
+    assert kv.choose([a, b], request(), Prompt(IDS)) is a
     a.load, b.load = 3, 0  # capacity ceil(1.5 * 4 / 2) = 3: a would go to 4
-    assert kv.choose([a, b], request(), TOKENS) is b
+    assert kv.choose([a, b], request(), Prompt(IDS)) is b
     a.load = 2
-    assert kv.choose([a, b], request(), TOKENS) is a
+    assert kv.choose([a, b], request(), Prompt(IDS)) is a
 
 
 def test_a_shallower_holder_within_the_bound_is_counted_bounded() -> None:
@@ -71,7 +70,7 @@ def test_a_shallower_holder_within_the_bound_is_counted_bounded() -> None:
     holding(index, b, 2)
     holding(index, c, 0)
     kv = policy(index)
-    assert kv.choose([a, b, c], request(), TOKENS) is b
+    assert kv.choose([a, b, c], request(), Prompt(IDS)) is b
     assert kv.decisions == {"cached": 0, "bounded": 1, "spread": 0, "approximate": 0}
 
 
@@ -82,7 +81,7 @@ def test_the_deepest_holder_keeps_a_request_within_the_slack() -> None:
     holding(index, b, 2)
     holding(index, c, 0)
     kv = policy(index, load_slack=2)
-    assert kv.choose([a, b, c], request(), TOKENS) is a
+    assert kv.choose([a, b, c], request(), Prompt(IDS)) is a
     assert kv.decisions["cached"] == 1
 
 
@@ -95,14 +94,14 @@ def test_a_prefix_with_more_traffic_than_its_holders_carry_spreads_past_the_mean
     kv = policy(index)
     other = Prompt([9] * 32)  # a prompt that no one holds: routed by `prefix`, and counted by no prefix
     for _ in range(7):  # every request so far for a's prefix: its share needs all 4 instances, it has 1
-        assert kv.choose([a, b, c, d], request(), TOKENS) is a  # too few seen to tell a share (fewer than 8)
+        assert kv.choose([a, b, c, d], request(), Prompt(IDS)) is a  # too few seen to tell a share (fewer than 8)
     loose = KvPrefix(index, random.Random(3), RouterSettings(kv_spread_load_factor=4.0))
     loose.traffic = kv.traffic  # the same share, but 4 times the mean on its one holder is within the bound
-    assert loose.choose([a, b, c, d], request(), TOKENS) is a
-    assert kv.choose([a, b, c, d], request(), TOKENS) in (c, d)  # the least loaded takes it
+    assert loose.choose([a, b, c, d], request(), Prompt(IDS)) is a
+    assert kv.choose([a, b, c, d], request(), Prompt(IDS)) in (c, d)  # the least loaded takes it
     assert kv.decisions["spread"] == 1
     a.load = 0
-    assert kv.choose([a, b, c, d], request(), TOKENS) is a  # within the mean: it stays
+    assert kv.choose([a, b, c, d], request(), Prompt(IDS)) is a  # within the mean: it stays
     assert kv.choose([a, b, c, d], request(), other) is not None
 
 
@@ -117,7 +116,7 @@ def test_a_prefix_with_a_small_share_stays_on_its_holder_above_the_mean() -> Non
     for _ in range(30):  # other prefixes' requests: a's prefix will have 1 in 31 of them
         kv.traffic.add(b"another prefix")
     a.load = 1  # a would be above the mean, (1 + 1) / 2, and within the usual bound, ceil(1.5 * 1)
-    assert kv.choose([a, b], request(), TOKENS) is a
+    assert kv.choose([a, b], request(), Prompt(IDS)) is a
     assert kv.decisions == {"cached": 1, "bounded": 0, "spread": 0, "approximate": 0}
 
 
@@ -139,7 +138,7 @@ def test_without_tokens_or_holders_it_routes_as_prefix_does() -> None:
     kv = policy(index)
     for text in ("alpha", "beta", "gamma", "delta"):
         assert kv.choose(candidates, request(text), None) is approximate.choose(candidates, request(text))
-        assert kv.choose(candidates, request(text), TOKENS) is approximate.choose(candidates, request(text))
+        assert kv.choose(candidates, request(text), Prompt(IDS)) is approximate.choose(candidates, request(text))
 
 
 def test_an_unsynced_instance_is_not_scored_from_stale_blocks() -> None:
@@ -147,7 +146,7 @@ def test_an_unsynced_instance_is_not_scored_from_stale_blocks() -> None:
     a, b = fleet(0, 0)
     holding(index, a, 8)
     index.drop(a.key)  # a re-sync in progress: what it held is unknown
-    picks = Counter(policy(index).choose([a, b], request(t), TOKENS).key for t in map(str, range(50)))
+    picks = Counter(policy(index).choose([a, b], request(t), Prompt(IDS)).key for t in map(str, range(50)))
     assert set(picks) == {a.key, b.key}  # the ring, not a
 
 
@@ -290,5 +289,5 @@ def test_equal_holders_equally_loaded_share_the_requests() -> None:
     for c in candidates:
         holding(index, c, 8)
     kv = policy(index)
-    picks = Counter(kv.choose(candidates, request(), TOKENS).key for _ in range(300))
+    picks = Counter(kv.choose(candidates, request(), Prompt(IDS)).key for _ in range(300))
     assert set(picks) == {c.key for c in candidates} and min(picks.values()) > 60
