@@ -8,6 +8,7 @@ import pytest
 
 from bench.fleet import text
 from bench.fleet.report import recovery_s, targets
+from bench.fleet.suite import plan
 from bench.fleet.workloads import Session, Shape, Turn, build, oracle, repeat_prefills
 
 
@@ -87,3 +88,28 @@ def test_recovery_is_the_time_from_each_change_to_a_window_back_at_level() -> No
     assert recovery_s(churn, 0.9) == 14.0  # 0.81: first reached by the window 20-25 s, 14 s after the first change
     assert recovery_s(churn, 0.5) == 4.0  # 0.45: reached by the window holding each change, 4 s later
     assert recovery_s({**churn, "hit_series": [(0.0, 0.1)]}, 0.9) == float("inf")
+
+
+def test_the_cpu_target_is_the_median_of_the_pairs_run() -> None:
+    phases = [phase("hot", "round-robin"), phase("hot", "kv", router_cpu_ms_per_request=1.5)]
+    phases += [phase("hot", "kv", router_cpu_ms_per_request=1.2, repeat=1), phase("hot", "round-robin", repeat=1)]
+    phases += [
+        phase("hot", "round-robin", router_cpu_ms_per_request=1.1, repeat=2),
+        phase("hot", "kv", router_cpu_ms_per_request=1.375, repeat=2),
+    ]
+    (cpu,) = [t for t in targets(phases) if "router CPU" in t["target"]]
+    assert cpu["target"] == "hot: router CPU per request, kv / round-robin (median of 3 pairs: 1.50, 1.20, 1.25)"
+    assert cpu["value"] == pytest.approx(1.25) and cpu["met"] is True
+
+
+def test_extra_pairs_alternate_which_policy_runs_first() -> None:
+    assert plan(("round-robin", "prefix", "kv"), 3) == [
+        (0, "round-robin"),
+        (0, "prefix"),
+        (0, "kv"),
+        (1, "kv"),
+        (1, "round-robin"),
+        (2, "round-robin"),
+        (2, "kv"),
+    ]
+    assert plan(("prefix", "kv"), 3) == [(0, "prefix"), (0, "kv")]  # no round-robin to pair with
