@@ -84,11 +84,12 @@ bench-batch: $(STAMP)
 	$(PY) -m bench.batch_load $(ARGS)
 
 # Suite 4, routing at fleet scale: simulated vLLM instances (bench/fleet/) behind the real router, every policy
-# over four workloads, at 16 and then 64 instances (about 15 and 20 minutes on 2 cores).
+# over four workloads, at 16 and then 64 instances, where the router CPU target is the median of three
+# round-robin/kv pairs a workload (about 15 and 35 minutes on 2 cores).
 bench-fleet: $(STAMP)
 	$(PIP) install -q -e ".[bench]"
 	$(PY) -m bench.fleet --instances 16 $(ARGS)
-	$(PY) -m bench.fleet --instances 64 --policies round-robin,prefix,kv $(ARGS)
+	$(PY) -m bench.fleet --instances 64 --policies round-robin,prefix,kv --cpu-pairs 3 $(ARGS)
 
 # Under 5 minutes, no peer installs: Suite 2 with the stub, direct vs tokenyard's router vs the naive proxy.
 bench-quick: $(STAMP)

@@ -317,10 +317,13 @@ class RouterSettings(BaseModel):
     kv_tokenize_shared_starts: bool = Field(
         default=True,
         description="Policy kv: chats that differ only in their last message are routed on the token ids of what "
-        "they share, asked of /tokenize once, when those begin the whole chat's ids (gateway.routing.kv_tokens).",
+        "they share, asked of /tokenize once, when those begin an earlier chat's ids (gateway.routing.kv_tokens).",
     )
     kv_tokenize_cache_bytes: int = Field(
-        default=64 * 1024 * 1024, ge=0, description="Bytes of token ids kept for routing (8 a token, 160 an entry)."
+        default=64 * 1024 * 1024,
+        ge=0,
+        description="Bytes of prompts kept for routing (8 a token id, 8 a block key and a reference to its holders, "
+        "400 an entry).",
     )
     kv_discovery_interval_s: float = Field(
         default=5.0, gt=0, description="How often an instance without KV events is asked again."

@@ -118,12 +118,13 @@ def _chat_body(messages: list[dict[str, Any]], generation_prompt: bool = True) -
 class PromptTokens:
     """A prompt's token ids, from a local tokenizer or an instance's /tokenize; recent answers are kept.
 
-    The cache is bounded three ways, all settings: entries (kv_tokenize_cache_size), bytes (kv_tokenize_cache_bytes:
-    8 a token id and 8 a block key, plus _ENTRY_BYTES an entry) and age (kv_tokenize_cache_ttl_s: entries
-    are dropped oldest first on every call, looked up or not). An entry is keyed by a digest of the body
-    /tokenize is asked, never the prompt itself, and a prompt's entry is dropped again when the request it was
-    made for fails (`forget`): a client sending prompts an instance refuses pins nothing here. The starts seen
-    (a digest and a count each) are bounded by kv_tokenize_cache_size too."""
+    The cache is bounded three ways, all settings: entries (kv_tokenize_cache_size), bytes
+    (kv_tokenize_cache_bytes: 8 a token id, a block key or a holders reference, plus _ENTRY_BYTES an entry) and
+    age (kv_tokenize_cache_ttl_s: entries are dropped oldest first on every call, looked up or not). An entry
+    is keyed by a digest of the messages (or prompt) /tokenize is asked, never the prompt itself, and a
+    prompt's entry is dropped again when the request it was made for fails (`forget`): a client sending
+    prompts an instance refuses pins nothing here. The starts seen (two digests each) are bounded by
+    kv_tokenize_cache_size too."""
 
     def __init__(self, settings: RouterSettings, tokenizer: Any = None) -> None:
         self.tokenizer = tokenizer
