@@ -138,7 +138,8 @@ class KvPrefix:
         differ), for those holding any."""
         depth: dict[str, int] = {}
         for size, instances in synced.items():
-            depth.update(self.index.matched(prompt.keys(size), instances, prompt.holders(size)))
+            if size:  # 0: nothing cached yet
+                depth.update(self.index.matched(prompt.keys(size), instances, prompt.holders(size)))
         return {key: blocks for key, blocks in depth.items() if blocks}
 
 
@@ -214,7 +215,7 @@ class KvRouting:
         tracked = [key for keys in synced.values() for key in keys]
         turn = tracked[next(self._asked) % len(tracked)]
         asked = next(c for c in candidates if c.key == turn)
-        prompt = await self.tokens.prompt(request, tokenizer(asked), list(synced))
+        prompt = await self.tokens.prompt(request, tokenizer(asked), [size for size in synced if size])
         return self.policy.choose(candidates, request, prompt, synced)
 
     def status(self, urls: list[str]) -> KvStatus:

@@ -127,12 +127,13 @@ class KvIndex:
         return bool(held and held.synced)
 
     def by_block_size(self, instances: Iterable[str]) -> dict[int, list[str]]:
-        """The synced ones of `instances`, by the block size they cache in (instances may differ)."""
+        """The synced ones of `instances`, by the block size they cache in (instances may differ); 0 for those
+        that have cached nothing yet, so their size is not known."""
         out: dict[int, list[str]] = {}
         for instance in instances:
             held = self._held.get(instance)
-            if held is not None and held.synced and held.block_size:
-                out.setdefault(held.block_size, []).append(instance)
+            if held is not None and held.synced:
+                out.setdefault(held.block_size or 0, []).append(instance)
         return out
 
     def block_size(self, instance: str) -> int | None:

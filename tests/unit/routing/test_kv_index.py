@@ -23,6 +23,8 @@ def test_a_stored_sequence_is_found_by_the_prompts_own_keys() -> None:
     assert index.matched(keys, [A, B]) == {A: 3, B: 0}
     assert index.by_block_size([A, B]) == {SIZE: [A]} and index.synced(A) and not index.synced(B)
     assert index.events_applied == 2 and index.size == 3
+    index.apply(B, 0, 1.0, [])  # synced, with nothing cached yet: its block size is not known
+    assert index.by_block_size([A, B]) == {SIZE: [A], 0: [B]}
 
 
 def test_only_a_leading_run_counts() -> None:
