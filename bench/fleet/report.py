@@ -81,7 +81,7 @@ def targets(phases: list[dict[str, Any]]) -> list[dict[str, Any]]:
             )
             add(f"{workload}: router CPU per request, kv / round-robin{pairs}", statistics.median(ratios), 1.3)
     for phase in phases:
-        if phase["policy"] == "kv" and phase.get("kv_index_bytes_per_1000_blocks"):
+        if phase["policy"] == "kv" and not phase.get("repeat") and phase.get("kv_index_bytes_per_1000_blocks"):
             out.append(
                 {
                     "target": f"{phase['workload']}: KV index KiB per 1,000 cached blocks (reported)",
