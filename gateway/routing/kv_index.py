@@ -235,7 +235,7 @@ class KvIndex:
             self._store(instance, held, event)
         elif isinstance(event, Removed):
             pop, group = held.keys.pop, event.group
-            gone = (pop(h if group is None else (group, h), None) for h in event.block_hashes)
+            gone = (pop(h if group is None else (group, h), None) for h in event.block_hashes)  # _entry, inlined
             self._unref(instance, held, [key for key in gone if key is not None])
         else:
             self._clear(instance, held)
@@ -256,7 +256,7 @@ class KvIndex:
         # Every block of every instance's events comes through here: names are looked up once, outside.
         keys, holders, tag, group, added = held.keys, self._holders, held.tag, event.group, 0
         for engine_hash, key in zip(event.block_hashes, chained(parent, event.token_ids, size)):
-            entry = engine_hash if group is None else (group, engine_hash)
+            entry = engine_hash if group is None else (group, engine_hash)  # _entry, inlined: a call a block costs
             if entry in keys:  # stored again: now the newest
                 keys[entry] = keys.pop(entry)
                 continue

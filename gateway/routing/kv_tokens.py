@@ -148,7 +148,7 @@ class PromptTokens:
     ) -> Prompt | None:
         """The request's prompt, keyed at `block_sizes` (those of the instances routed on) if it is kept."""
         if request.messages is None and not isinstance(request.prompt, str):
-            return _given(request.prompt)
+            return _checked(request.prompt) if request.prompt else None  # sent as token ids: never kept
         self._expire(time.monotonic())
         digests = _digests(request)
         kept = self._kept(digests.whole, block_sizes)
@@ -156,9 +156,7 @@ class PromptTokens:
             kept = self._kept(digests.previous, block_sizes)
         start = digests.start if self.shared_starts and kept is None else None
         if start is not None:
-            kept = self._kept(start, block_sizes)
-        if kept is None and start is not None:
-            kept = await self._learn_start(start, request, instance, block_sizes)
+            kept = self._kept(start, block_sizes) or await self._learn_start(start, request, instance, block_sizes)
         if kept is not None:
             return kept
         found = await self._tokenize(self._body(request), request, instance)
@@ -250,10 +248,7 @@ class PromptTokens:
         self, body: dict[str, Any], request: RouteRequest, instance: OpenAIHttpAdapter
     ) -> Prompt | None:
         ids = self._local(body) if self.tokenizer is not None else await self._remote(body, request, instance)
-        try:
-            return Prompt(ids) if ids is not None else None
-        except (TypeError, OverflowError):  # not ids an engine makes
-            return None
+        return _checked(ids) if ids is not None else None
 
     def _local(self, body: dict[str, Any]) -> list[int] | None:
         """As the engine renders it (engine_adapters.vllm_local.prompt_ids): the template writes BOS itself."""
@@ -282,10 +277,10 @@ class PromptTokens:
         return tokens if isinstance(tokens, list) else None  # ints, as Prompt checks
 
 
-def _given(ids: Sequence[int] | None) -> Prompt | None:
-    """A prompt sent as token ids, never kept (nothing was asked for it)."""
+def _checked(ids: Iterable[int]) -> Prompt | None:
+    """A Prompt of `ids`, None unless they are ints within int64, as an engine makes."""
     try:
-        return Prompt(ids) if ids else None
+        return Prompt(ids)
     except (TypeError, OverflowError):
         return None
 
