@@ -86,7 +86,7 @@ class KvPrefix:
         candidates: Sequence[C],
         request: RouteRequest,
         prompt: Prompt | None = None,
-        synced: dict[int, list[str]] | None = None,
+        synced: dict[int, set[str]] | None = None,
     ) -> C:
         """`synced`: the candidates' synced instances by block size (KvIndex.by_block_size), if known.
 
@@ -133,14 +133,14 @@ class KvPrefix:
         holders = sum(1 for blocks in held.values() if blocks >= held[best])
         return count * instances > holders * self.spread_factor * total
 
-    def held(self, synced: dict[int, list[str]], prompt: Prompt) -> dict[str, int]:
+    def held(self, synced: dict[int, set[str]], prompt: Prompt) -> dict[str, int]:
         """Leading blocks of the prompt each instance of `synced` holds (keyed at its block size: instances may
         differ), for those holding any."""
         depth: dict[str, int] = {}
         for size, instances in synced.items():
             if size:  # 0: nothing cached yet
                 depth.update(self.index.matched(prompt.keys(size), instances, prompt.holders(size)))
-        return {key: blocks for key, blocks in depth.items() if blocks}
+        return depth
 
 
 class KvRouting:
@@ -212,10 +212,13 @@ class KvRouting:
         if not synced:
             self.policy.decisions["approximate"] += 1
             return self.policy.approximate.choose(candidates, request)
-        tracked = [key for keys in synced.values() for key in keys]
-        turn = tracked[next(self._asked) % len(tracked)]
-        asked = next(c for c in candidates if c.key == turn)
-        prompt = await self.tokens.prompt(request, tokenizer(asked), [size for size in synced if size])
+
+        def asked() -> OpenAIHttpAdapter:  # only when /tokenize is asked: most prompts are kept
+            tracked = [key for keys in synced.values() for key in keys]
+            turn = tracked[next(self._asked) % len(tracked)]
+            return tokenizer(next(c for c in candidates if c.key == turn))
+
+        prompt = await self.tokens.prompt(request, asked, [size for size in synced if size])
         return self.policy.choose(candidates, request, prompt, synced)
 
     def status(self, urls: list[str]) -> KvStatus:

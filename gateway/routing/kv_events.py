@@ -128,6 +128,7 @@ async def discover_endpoints(
 
 
 _Resync = tuple[Verdict, int, tuple[float, list[Event]]]  # why, the batch that showed it, that batch decoded
+_POLLIN, _EVENTS, _NOBLOCK = int(zmq.POLLIN), int(zmq.EVENTS), int(zmq.NOBLOCK)  # ints: enum flags cost a call
 
 
 class KvSubscriber:
@@ -171,8 +172,8 @@ class KvSubscriber:
         is); one that needs a re-sync, or a socket error, ends the reading and goes to `run` by `wanted`
         (which takes the reader away)."""
         try:
-            while not wanted.done() and cast(int, sub.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
-                frames = sub.recv_multipart(zmq.NOBLOCK)
+            while not wanted.done() and cast(int, sub.getsockopt(_EVENTS)) & _POLLIN:
+                frames = sub.recv_multipart(_NOBLOCK)
                 if len(frames) == 3 and (resync := self.take(int.from_bytes(frames[1], "big", signed=True), frames[2])):
                     wanted.set_result(resync)
         except zmq.ZMQError as exc:

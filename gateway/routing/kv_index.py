@@ -18,6 +18,7 @@ import enum
 import random
 from array import array
 from collections.abc import Iterable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Union
 
@@ -126,14 +127,14 @@ class KvIndex:
         held = self._held.get(instance)
         return bool(held and held.synced)
 
-    def by_block_size(self, instances: Iterable[str]) -> dict[int, list[str]]:
+    def by_block_size(self, instances: Iterable[str]) -> dict[int, set[str]]:
         """The synced ones of `instances`, by the block size they cache in (instances may differ); 0 for those
         that have cached nothing yet, so their size is not known."""
-        out: dict[int, list[str]] = {}
+        out: dict[int, set[str]] = {}
         for instance in instances:
             held = self._held.get(instance)
             if held is not None and held.synced:
-                out.setdefault(held.block_size or 0, []).append(instance)
+                out.setdefault(held.block_size or 0, set()).add(instance)
         return out
 
     def block_size(self, instance: str) -> int | None:
@@ -145,32 +146,31 @@ class KvIndex:
         return len(held.keys) if held else 0
 
     def matched(
-        self, keys: Sequence[Key], instances: Iterable[str], found: list[dict[str, int]] | None = None
+        self, keys: Sequence[Key], instances: AbstractSet[str], found: list[dict[str, int]] | None = None
     ) -> dict[str, int]:
-        """How many of the leading `keys` each instance holds, all of them in a row.
+        """How many of the leading `keys` each of `instances` holds, all of them in a row, for those holding
+        the first (an instance holding none is left out).
 
-        This runs on every routed request, over every instance, with the index mostly out of the CPU's caches,
-        so it touches little. While several instances still match, a key whose holders have the signature of
-        the key before's (a system prompt held by the same instances) is passed at that; another costs a
-        subset test in C, and a set only when an instance drops out. Once one instance is left, a key costs
-        one lookup. (Another set of holders with the same signature: odds of 2^-64 a key.)
+        This runs on every routed request, with the index mostly out of the CPU's caches, so it touches
+        little: the instances holding the first key (a few, of however many there are), then, while several
+        still match, a key whose holders have the signature of the key before's (a system prompt held by the
+        same instances) is passed at that; another costs a subset test in C, and a set only when an instance
+        drops out. (Another set of holders with the same signature: odds of 2^-64 a key.)
 
         `found`: where a caller matching the same keys again (a kept prompt: a shared system prompt comes back
         with every request) keeps the holders found for them, the index's own dicts, so the next match reads
         them without looking the keys up. A dict leaves the index with its last holder, its signature 0 from
         then on, and is never changed again: one whose signature is not 0 is still the key's."""
         found = [] if found is None else found
-        depth = dict.fromkeys(instances, 0)
-        alive = set(depth)
         if len(found) == len(keys) and keys:  # every key found before: at once, when the same ones hold them all
             signatures = {holders[_SIGNATURE] for holders in found}
-            if len(signatures) == 1 and (first := found[0])[_SIGNATURE] > 0 and first.keys() >= alive:
-                return dict.fromkeys(depth, len(keys))
+            if len(signatures) == 1 and (first := found[0])[_SIGNATURE] > 0:
+                return {instance: len(keys) for instance in first if instance in instances}
         holders_of = self._holders.get
+        depth: dict[str, int] = {}
+        alive: set[str] | None = None  # the instances holding every key so far
         reached, checked = 0, None  # the signature of a key's holders known to include all of `alive`
         for key in keys:
-            if len(alive) <= 1:
-                break
             holders = found[reached] if reached < len(found) else _NOBODY
             seen = holders[_SIGNATURE]
             if seen <= 0:  # not found before, or no longer the key's (nobody holds it: _NOBODY's is -1)
@@ -181,21 +181,19 @@ class KvIndex:
                 else:  # every key before was found (a key nobody holds ends the walk)
                     found.append(holders)
             if seen != checked:
-                if not holders.keys() >= alive:
+                if alive is None:
+                    alive = {instance for instance in holders if instance in instances}
+                elif not holders.keys() >= alive:
                     kept = alive.intersection(holders)
                     for gone in alive - kept:
                         depth[gone] = reached
                     alive = kept
-                    if not alive:
-                        break
+                if not alive:
+                    break
                 checked = seen
             reached += 1
-        for only in alive:  # one left (or several, holding every key)
-            for key in keys[reached:] if len(alive) == 1 else ():
-                if only not in holders_of(key, _NOBODY):
-                    break
-                reached += 1
-            depth[only] = reached
+        for instance in alive or ():  # those holding every key
+            depth[instance] = reached
         return depth
 
     # -- what the subscriber feeds --------------------------------------------------

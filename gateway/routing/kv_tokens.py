@@ -14,6 +14,11 @@ Asking costs the router a round trip per request, so three kinds of answers are 
   Not every chat template renders a start as the beginning of the whole (Gemma's folds the system prompt
   into the first user turn), and a start refused is not asked for again. The new last message's blocks are
   cached nowhere yet, so leaving them out costs the routing nothing.
+  Whether a start begins its chat is the template's doing, and the template sees a start's shape (its
+  messages' roles, the kinds of their content, their other fields), not its text: once a start of a shape
+  has begun its chat's ids, a new start of that shape whose messages are longer than the last one is asked
+  for alone at its first chat, and kept unchecked (a group of chats costs one round trip, not two); a shape
+  whose start did not begin its chat is not asked for alone again.
 
 A kept answer is a `Prompt`: the ids and their block keys at the fleet's block sizes, so a prompt seen again
 (a retry, a chat whose start or previous turn is kept) is neither tokenized nor keyed again.
@@ -27,7 +32,7 @@ import logging
 import time
 from array import array
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +46,7 @@ from gateway.settings import RouterSettings
 
 log = logging.getLogger(__name__)
 
+Asked = Callable[[], OpenAIHttpAdapter]  # the instance whose /tokenize is asked, called only when one is
 _ENTRY_BYTES = 400  # an entry's own cost besides its arrays: its key, its tuple, its Prompt, their dicts
 _REFUSED = b""  # a start whose ids do not begin its chats' ids, or could not be had (a digest is never empty)
 
@@ -83,6 +89,7 @@ class _Digests:
     # last answer. (Not kept under this turn's key, so the turn after asks again: never a turn further back.)
     previous: bytes | None
     start: bytes | None  # a chat's messages before a last one from the user, without the generation prompt
+    start_most: bool = False  # the start's messages, as JSON, are longer than the last one: most of the chat
 
 
 def _digests(request: RouteRequest) -> _Digests:
@@ -94,15 +101,27 @@ def _digests(request: RouteRequest) -> _Digests:
         return _Digests(hashlib.sha256(b"prompt\n" + orjson.dumps(request.prompt)).digest(), None, None)
     running = hashlib.sha256(b"chat\n")
     previous = start = None
-    last = len(messages) - 1
+    last, before = len(messages) - 1, 0
     for at, message in enumerate(messages):
         if at == last - 1 and at >= 1 and message.get("role") == "assistant":
             previous = _closed(running, generation_prompt=True)
         if at == last and at >= 1 and message.get("role") == "user":
             start = _closed(running, generation_prompt=False)
-        running.update(orjson.dumps(message))
+        rendered = orjson.dumps(message)
+        running.update(rendered)
         running.update(b"\n")
-    return _Digests(_closed(running, generation_prompt=True), previous, start)
+        before += len(rendered)
+    most = start is not None and before > 2 * len(rendered)  # `before` counts the last message too
+    return _Digests(_closed(running, generation_prompt=True), previous, start, most)
+
+
+def _shape(messages: list[dict[str, Any]]) -> tuple[tuple[Any, ...], ...]:
+    """What a chat template sees of messages besides their text: each one's role, its content's kind, its
+    other fields' names."""
+    return tuple(
+        (m.get("role"), type(m.get("content")).__name__, *sorted(k for k in m if k not in ("role", "content")))
+        for m in messages
+    )
 
 
 def _closed(running: Any, generation_prompt: bool) -> bytes:
@@ -138,15 +157,16 @@ class PromptTokens:
         self._cache: OrderedDict[bytes, tuple[float, Prompt, int]] = OrderedDict()  # (kept at, it, its bytes)
         # A start's digest -> the digest of the first chat seen with it (whose ids are kept), or _REFUSED.
         self._starts: OrderedDict[bytes, bytes] = OrderedDict()
+        # A start's shape -> whether the last start of it checked began its chat's ids.
+        self._shapes: OrderedDict[tuple[Any, ...], bool] = OrderedDict()
 
     @staticmethod
     def _body(request: RouteRequest) -> dict[str, Any]:
         return _chat_body(request.messages) if request.messages is not None else {"prompt": request.prompt}
 
-    async def prompt(
-        self, request: RouteRequest, instance: OpenAIHttpAdapter, block_sizes: Sequence[int] = ()
-    ) -> Prompt | None:
-        """The request's prompt, keyed at `block_sizes` (those of the instances routed on) if it is kept."""
+    async def prompt(self, request: RouteRequest, asked: Asked, block_sizes: Sequence[int] = ()) -> Prompt | None:
+        """The request's prompt, keyed at `block_sizes` (those of the instances routed on) if it is kept;
+        `asked()` gives the instance whose /tokenize is asked, when one is."""
         if request.messages is None and not isinstance(request.prompt, str):
             return _checked(request.prompt) if request.prompt else None  # sent as token ids: never kept
         self._expire(time.monotonic())
@@ -156,10 +176,10 @@ class PromptTokens:
             kept = self._kept(digests.previous, block_sizes)
         start = digests.start if self.shared_starts and kept is None else None
         if start is not None:
-            kept = self._kept(start, block_sizes) or await self._learn_start(start, request, instance, block_sizes)
+            kept = self._kept(start, block_sizes) or await self._learn_start(digests, request, asked, block_sizes)
         if kept is not None:
             return kept
-        found = await self._tokenize(self._body(request), request, instance)
+        found = await self._tokenize(self._body(request), request, asked)
         if found is None:
             return None
         if start is not None:
@@ -182,29 +202,36 @@ class PromptTokens:
 
     def _seen(self, start: bytes, whole: bytes) -> None:
         """A chat with this start was tokenized whole (its ids kept under `whole`), unless the start is refused."""
-        if self._starts.pop(start, None) == _REFUSED:
-            whole = _REFUSED
-        self._starts[start] = whole
-        while len(self._starts) > self.size:
-            self._starts.popitem(last=False)
+        _remember(self._starts, start, _REFUSED if self._starts.get(start) == _REFUSED else whole, self.size)
 
     async def _learn_start(
-        self, start: bytes, request: RouteRequest, instance: OpenAIHttpAdapter, block_sizes: Sequence[int]
+        self, digests: _Digests, request: RouteRequest, asked: Asked, block_sizes: Sequence[int]
     ) -> Prompt | None:
         """The ids of a start that an earlier chat, still kept, had too: asked for once, and kept if they begin
         that chat's ids and make most of it (a template that renders the start otherwise alone, like Gemma's
         folding its system prompt into the first user turn, would give a few ids that route on nothing); a
-        start refused is not asked for again."""
+        start refused is not asked for again. A start of a shape that has begun its chat before is asked for
+        at its first chat, and kept unchecked when its messages make most of the chat."""
+        start = digests.start
+        assert start is not None and request.messages
+        head = request.messages[:-1]
+        shape = _shape(head)
+        trusted = self._shapes.get(shape)
         earlier = self._cache.get(self._starts.get(start, _REFUSED))
-        if earlier is None or not request.messages:
+        if trusted is False or (earlier is None and not (trusted and digests.start_most)):
             return None
-        body = _chat_body(request.messages[:-1], generation_prompt=False)
-        found = await self._tokenize(body, request, instance)
-        whole = earlier[1].ids
-        if found is not None and 2 * len(found.ids) > len(whole) and whole[: len(found.ids)] == found.ids:
-            return self._keep(start, found, block_sizes)
+        found = await self._tokenize(_chat_body(head, generation_prompt=False), request, asked)
+        if earlier is None:  # a start of a trusted shape, at its first chat
+            return self._keep(start, found, block_sizes) if found is not None else None
+        if found is not None:
+            whole = earlier[1].ids
+            ok = 2 * len(found.ids) > len(whole) and whole[: len(found.ids)] == found.ids
+            if ok or digests.start_most:  # not ok though its messages make most of the chat: the template's doing
+                _remember(self._shapes, shape, ok, self.size)
+            if ok:
+                return self._keep(start, found, block_sizes)
         self._starts[start] = _REFUSED
-        log.debug("a shared start's ids do not begin its chats' ids: its chats are tokenized whole")
+        log.debug("a shared start's ids do not make most of its chat's ids: its chats are tokenized whole")
         return None
 
     def forget(self, request: RouteRequest) -> None:
@@ -244,10 +271,8 @@ class PromptTokens:
         """(entries, bytes) kept now."""
         return len(self._cache), self.bytes
 
-    async def _tokenize(
-        self, body: dict[str, Any], request: RouteRequest, instance: OpenAIHttpAdapter
-    ) -> Prompt | None:
-        ids = self._local(body) if self.tokenizer is not None else await self._remote(body, request, instance)
+    async def _tokenize(self, body: dict[str, Any], request: RouteRequest, asked: Asked) -> Prompt | None:
+        ids = self._local(body) if self.tokenizer is not None else await self._remote(body, request, asked())
         return _checked(ids) if ids is not None else None
 
     def _local(self, body: dict[str, Any]) -> list[int] | None:
@@ -275,6 +300,14 @@ class PromptTokens:
             log.debug("/tokenize for routing failed: %s", exc)
             return None
         return tokens if isinstance(tokens, list) else None  # ints, as Prompt checks
+
+
+def _remember(mapping: OrderedDict[Any, Any], key: Any, value: Any, size: int) -> None:
+    """Set `key` as the newest entry of `mapping`, which keeps its `size` newest."""
+    mapping.pop(key, None)
+    mapping[key] = value
+    while len(mapping) > size:
+        mapping.popitem(last=False)
 
 
 def _checked(ids: Iterable[int]) -> Prompt | None:

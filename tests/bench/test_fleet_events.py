@@ -93,18 +93,18 @@ async def test_the_routers_subscriber_follows_an_instance_and_replays_what_it_mi
         assert len(prompts) <= 10  # so nothing of `early` was evicted
         await until(lambda: index.next_seq(INSTANCE) == len(prompts))
         assert index.resyncs == 1  # the first batch it saw left a gap, filled from the replay socket
-        assert index.matched(block_keys(early, B), [INSTANCE])[INSTANCE] == 3
+        assert index.matched(block_keys(early, B), {INSTANCE}).get(INSTANCE, 0) == 3
         # New blocks, then their eviction, arrive live; the index agrees with the cache block for block.
         fresh = list(range(700, 764))
         serve(cache, fresh)
         publisher.publish(cache.drain_events())
-        await until(lambda: index.matched(block_keys(fresh, B), [INSTANCE])[INSTANCE] == 4)
+        await until(lambda: index.matched(block_keys(fresh, B), {INSTANCE}).get(INSTANCE, 0) == 4)
         serve(cache, list(range(5000, 5000 + 16 * 15)))  # 15 of the 16 blocks: most of the rest goes
         publisher.publish(cache.drain_events())
         await until(lambda: index.next_seq(INSTANCE) == len(prompts) + 2)
         for prompt in [*prompts, fresh]:
             expected = cache.cached_prefix(block_hashes(prompt, B))
-            assert index.matched(block_keys(prompt, B), [INSTANCE])[INSTANCE] == expected
+            assert index.matched(block_keys(prompt, B), {INSTANCE}).get(INSTANCE, 0) == expected
         assert cache.cached_prefix(block_hashes(early, B)) == 0
     finally:
         task.cancel()

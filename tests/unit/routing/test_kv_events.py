@@ -81,10 +81,10 @@ async def test_events_gap_replay_and_restart_through_real_sockets() -> None:
     try:
         await asyncio.sleep(0.3)  # the SUB socket's connection (a PUB drops what it sends before it)
         pub.publish(batch(stored(PROMPT[4:8], [12], parent=11)))
-        await until(lambda: index.matched(keys, [INSTANCE])[INSTANCE] == 2, in_thread=False)
+        await until(lambda: index.matched(keys, {INSTANCE}).get(INSTANCE, 0) == 2, in_thread=False)
         assert index.resyncs == 1 and index.next_seq(INSTANCE) == 2
         pub.publish(batch(kv_events.BlockRemoved(block_hashes=[12], medium="GPU", group_idx=0)))
-        await until(lambda: index.matched(keys, [INSTANCE])[INSTANCE] == 1, in_thread=False)
+        await until(lambda: index.matched(keys, {INSTANCE}).get(INSTANCE, 0) == 1, in_thread=False)
 
         # The engine restarts: a new publisher on the same ports numbers from 0 again; the old blocks go.
         pub.shutdown()
@@ -93,8 +93,8 @@ async def test_events_gap_replay_and_restart_through_real_sockets() -> None:
         await asyncio.sleep(0.5)
         other = list(range(900, 916))
         pub.publish(batch(stored(other[:8], [21, 22])))
-        await until(lambda: index.matched(block_keys(other, SIZE), [INSTANCE])[INSTANCE] == 2, in_thread=False)
-        assert index.matched(keys, [INSTANCE])[INSTANCE] == 0
+        await until(lambda: index.matched(block_keys(other, SIZE), {INSTANCE}).get(INSTANCE, 0) == 2, in_thread=False)
+        assert index.matched(keys, {INSTANCE}).get(INSTANCE, 0) == 0
         assert index.resyncs == 2
     finally:
         task.cancel()
@@ -118,8 +118,8 @@ async def test_a_gap_the_publisher_no_longer_buffers_drops_the_instances_blocks(
         pub.publish(batch(stored(list(range(40, 44)), [5])))  # seq 2: a gap after our 0
         await until(lambda: index.resyncs == 1, in_thread=False)
         await until(lambda: index.next_seq(INSTANCE) == 3, in_thread=False)
-        assert index.matched(block_keys(PROMPT, SIZE), [INSTANCE])[INSTANCE] == 0  # dropped
-        assert index.matched(block_keys(list(range(40, 44)), SIZE), [INSTANCE])[INSTANCE] == 1
+        assert index.matched(block_keys(PROMPT, SIZE), {INSTANCE}).get(INSTANCE, 0) == 0  # dropped
+        assert index.matched(block_keys(list(range(40, 44)), SIZE), {INSTANCE}).get(INSTANCE, 0) == 1
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

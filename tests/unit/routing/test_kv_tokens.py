@@ -51,7 +51,7 @@ def chat(question: str) -> RouteRequest:
 
 
 async def ids(tokens: PromptTokens, request: RouteRequest, instance: Any = None) -> list[int] | None:
-    prompt = await tokens.prompt(request, instance)
+    prompt = await tokens.prompt(request, lambda: instance)
     return prompt.ids.tolist() if prompt is not None else None
 
 
@@ -125,10 +125,43 @@ async def test_a_start_is_learned_from_an_earlier_chat_only_while_that_chats_ids
 
 async def test_a_kept_prompt_is_keyed_once_at_each_block_size_and_its_keys_are_counted() -> None:
     tokens = PromptTokens(RouterSettings(), ChatMLTokenizer())
-    first = await tokens.prompt(chat("one?"), None, [4])  # type: ignore[arg-type]
+    first = await tokens.prompt(chat("one?"), lambda: None, [4])  # type: ignore[arg-type,return-value]
     assert first is not None and first.keys(4) == array("q", block_keys(first.ids, 4))
     ids_only = Prompt(first.ids).nbytes()
     assert tokens.status() == (1, first.nbytes()) and first.nbytes() == ids_only + 8 * (len(first.ids) // 4)
-    again = await tokens.prompt(chat("one?"), None, [4, 8])  # type: ignore[arg-type]
+    again = await tokens.prompt(chat("one?"), lambda: None, [4, 8])  # type: ignore[arg-type,return-value]
     assert again is first and tokens.status() == (1, first.nbytes())  # keyed at 8 too, and counted again
     assert first.nbytes() == ids_only + 8 * (len(first.ids) // 4 + len(first.ids) // 8)
+
+
+def group_chat(system: dict[str, Any], question: str) -> RouteRequest:
+    return RouteRequest("r", "m", messages=[system, {"role": "user", "content": question}])
+
+
+async def test_a_start_of_a_shape_that_began_its_chat_is_asked_alone_at_its_first_chat() -> None:
+    tokenizer = ChatMLTokenizer()
+    tokens = PromptTokens(RouterSettings(), tokenizer)
+    await ids(tokens, chat("one?"))
+    await ids(tokens, chat("two?"))  # the shape (a system message, then the user's) begins its chat: trusted
+    other = {"role": "system", "content": "another group's document " * 8}
+    tokenizer.calls.clear()
+    first = await ids(tokens, group_chat(other, "one?"))
+    assert tokenizer.calls == [False] and first == tokenizer.encode(tokenizer.render([other], False))
+    assert await ids(tokens, group_chat(other, "two?")) == first and tokenizer.calls == [False]
+    named = {**other, "name": "ops"}  # another shape: the template may render it otherwise
+    await ids(tokens, group_chat(named, "one?"))
+    short = {"role": "system", "content": "terse"}  # the last message makes most of the chat
+    await ids(tokens, group_chat(short, "a long question " * 8))
+    assert tokenizer.calls == [False, True, True]
+
+
+async def test_a_shape_whose_start_did_not_begin_its_chat_is_not_asked_alone_again() -> None:
+    tokenizer = FoldingTokenizer()
+    tokens = PromptTokens(RouterSettings(), tokenizer)
+    await ids(tokens, chat("one?"))
+    await ids(tokens, chat("two?"))  # "<bos>" alone: refused, and the shape with it
+    other = {"role": "system", "content": "another group's document " * 8}
+    tokenizer.calls.clear()
+    for question in ("one?", "two?", "three?"):
+        await ids(tokens, group_chat(other, question))
+    assert tokenizer.calls == [True, True, True]  # whole chats: its start is never asked for
