@@ -89,7 +89,7 @@ bench-batch: $(STAMP)
 bench-fleet: $(STAMP)
 	$(PIP) install -q -e ".[bench]"
 	$(PY) -m bench.fleet --instances 16 $(ARGS)
-	$(PY) -m bench.fleet --instances 64 --policies round-robin,prefix,kv --cpu-pairs 3 $(ARGS)
+	$(PY) -m bench.fleet --instances 64 --policies round-robin,prefix,kv --cpu-pairs 5 $(ARGS)
 
 # Under 5 minutes, no peer installs: Suite 2 with the stub, direct vs tokenyard's router vs the naive proxy.
 bench-quick: $(STAMP)

@@ -214,6 +214,8 @@ class PromptTokens:
         at its first chat, and kept unchecked when its messages make most of the chat."""
         start = digests.start
         assert start is not None and request.messages
+        if self._starts.get(start) == _REFUSED:
+            return None
         head = request.messages[:-1]
         shape = _shape(head)
         trusted = self._shapes.get(shape)
