@@ -214,12 +214,13 @@ class PromptTokens:
         at its first chat, and kept unchecked when its messages make most of the chat."""
         start = digests.start
         assert start is not None and request.messages
-        if self._starts.get(start) == _REFUSED:
+        first = self._starts.get(start)  # the digest of the first chat seen with it, or _REFUSED
+        if first == _REFUSED:
             return None
         head = request.messages[:-1]
         shape = _shape(head)
         trusted = self._shapes.get(shape)
-        earlier = self._cache.get(self._starts.get(start, _REFUSED))
+        earlier = self._cache.get(first) if first is not None else None
         if trusted is False or (earlier is None and not (trusted and digests.start_most)):
             return None
         found = await self._tokenize(_chat_body(head, generation_prompt=False), request, asked)

@@ -46,8 +46,8 @@ class FoldingTokenizer(ChatMLTokenizer):
         return "<bos>" + super().render(rest, add_generation_prompt)
 
 
-def chat(question: str) -> RouteRequest:
-    return RouteRequest("r", "m", messages=[SYSTEM, {"role": "user", "content": question}])
+def chat(question: str, system: dict[str, Any] = SYSTEM) -> RouteRequest:
+    return RouteRequest("r", "m", messages=[system, {"role": "user", "content": question}])
 
 
 async def ids(tokens: PromptTokens, request: RouteRequest, instance: Any = None) -> list[int] | None:
@@ -134,10 +134,6 @@ async def test_a_kept_prompt_is_keyed_once_at_each_block_size_and_its_keys_are_c
     assert first.nbytes() == ids_only + 8 * (len(first.ids) // 4 + len(first.ids) // 8)
 
 
-def group_chat(system: dict[str, Any], question: str) -> RouteRequest:
-    return RouteRequest("r", "m", messages=[system, {"role": "user", "content": question}])
-
-
 async def test_a_start_of_a_shape_that_began_its_chat_is_asked_alone_at_its_first_chat() -> None:
     tokenizer = ChatMLTokenizer()
     tokens = PromptTokens(RouterSettings(), tokenizer)
@@ -145,13 +141,13 @@ async def test_a_start_of_a_shape_that_began_its_chat_is_asked_alone_at_its_firs
     await ids(tokens, chat("two?"))  # the shape (a system message, then the user's) begins its chat: trusted
     other = {"role": "system", "content": "another group's document " * 8}
     tokenizer.calls.clear()
-    first = await ids(tokens, group_chat(other, "one?"))
+    first = await ids(tokens, chat("one?", other))
     assert tokenizer.calls == [False] and first == tokenizer.encode(tokenizer.render([other], False))
-    assert await ids(tokens, group_chat(other, "two?")) == first and tokenizer.calls == [False]
+    assert await ids(tokens, chat("two?", other)) == first and tokenizer.calls == [False]
     named = {**other, "name": "ops"}  # another shape: the template may render it otherwise
-    await ids(tokens, group_chat(named, "one?"))
+    await ids(tokens, chat("one?", named))
     short = {"role": "system", "content": "terse"}  # the last message makes most of the chat
-    await ids(tokens, group_chat(short, "a long question " * 8))
+    await ids(tokens, chat("a long question " * 8, short))
     assert tokenizer.calls == [False, True, True]
 
 
@@ -163,5 +159,5 @@ async def test_a_shape_whose_start_did_not_begin_its_chat_is_not_asked_alone_aga
     other = {"role": "system", "content": "another group's document " * 8}
     tokenizer.calls.clear()
     for question in ("one?", "two?", "three?"):
-        await ids(tokens, group_chat(other, question))
+        await ids(tokens, chat(question, other))
     assert tokenizer.calls == [True, True, True]  # whole chats: its start is never asked for
